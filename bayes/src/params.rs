@@ -1,0 +1,255 @@
+//! Named parameters and buffers.
+//!
+//! Every parameter has a stable PyTorch-style name (`features.0.weight`), so that weights, scores
+//! and masks can be exchanged with PyTorch through safetensors. Parameters are trainable
+//! [`Var`]s; buffers (batch-norm running statistics) are stored beside them but never handed to
+//! an optimiser. Both live in `BTreeMap`s, so iteration is always in sorted name order, never in
+//! hash order: a requirement for bit-identical runs.
+
+use crate::init::Init;
+use crate::rng::SeededRng;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Default)]
+struct StoreInner {
+    params: BTreeMap<String, Var>,
+    buffers: BTreeMap<String, Var>,
+}
+
+/// The named parameters and buffers of a model (cheap to clone: clones share the storage).
+#[derive(Clone, Default)]
+pub struct ParamStore {
+    inner: Arc<Mutex<StoreInner>>,
+}
+
+fn lock(m: &Mutex<StoreInner>) -> MutexGuard<'_, StoreInner> {
+    // A poisoned lock only means another thread panicked while holding it; the maps are intact.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ParamStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The trainable parameters, by name in sorted order.
+    pub fn params(&self) -> BTreeMap<String, Var> {
+        lock(&self.inner).params.clone()
+    }
+
+    /// The buffers (non-trainable state such as running statistics), by name in sorted order.
+    pub fn buffers(&self) -> BTreeMap<String, Var> {
+        lock(&self.inner).buffers.clone()
+    }
+
+    /// The trainable parameters in sorted name order.
+    pub fn trainable(&self) -> Vec<Var> {
+        lock(&self.inner).params.values().cloned().collect()
+    }
+
+    /// A parameter or buffer by name.
+    pub fn get(&self, name: &str) -> Option<Var> {
+        let g = lock(&self.inner);
+        g.params.get(name).or_else(|| g.buffers.get(name)).cloned()
+    }
+
+    /// Number of scalar trainable parameters.
+    pub fn num_params(&self) -> usize {
+        lock(&self.inner).params.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Number of non-zero scalar trainable parameters.
+    pub fn num_nonzero(&self) -> Result<usize> {
+        let mut n = 0usize;
+        for v in lock(&self.inner).params.values() {
+            let nz = v
+                .as_tensor()
+                .ne(0f64)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            n += nz as usize;
+        }
+        Ok(n)
+    }
+
+    /// Every parameter and buffer as a tensor, by name: what a checkpoint saves.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        let g = lock(&self.inner);
+        g.params
+            .iter()
+            .chain(g.buffers.iter())
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Copies values into the store. Strict: every stored name must be present with the same
+    /// shape and no unknown name may appear; the error names the offending tensor.
+    pub fn load(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let g = lock(&self.inner);
+        for name in tensors.keys() {
+            if !g.params.contains_key(name) && !g.buffers.contains_key(name) {
+                candle_core::bail!("unexpected tensor `{name}`: the model has no parameter or buffer of that name");
+            }
+        }
+        for (name, var) in g.params.iter().chain(g.buffers.iter()) {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}`")))?;
+            if t.dims() != var.dims() {
+                candle_core::bail!(
+                    "tensor `{name}` has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                );
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+
+    fn insert(&self, name: String, var: Var, buffer: bool) -> Result<()> {
+        let mut g = lock(&self.inner);
+        if g.params.contains_key(&name) || g.buffers.contains_key(&name) {
+            candle_core::bail!("duplicate parameter name `{name}`");
+        }
+        if buffer {
+            g.buffers.insert(name, var);
+        } else {
+            g.params.insert(name, var);
+        }
+        Ok(())
+    }
+}
+
+/// Creates parameters under a path, drawing initial values from the run's seeded generator.
+///
+/// Modelled on candle-nn's `VarBuilder`: `pb.pp("fc1").param("weight", …)` creates `fc1.weight`.
+///
+/// ```
+/// use secateur_bayes::{ParamBuilder, ParamStore, SeededRng, Init};
+/// use candle_core::{DType, Device};
+/// let store = ParamStore::new();
+/// let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+/// let w = pb.pp("fc1").param("weight", &[3, 4], Init::TorchDefault).unwrap();
+/// assert_eq!(w.dims(), &[3, 4]);
+/// assert!(store.get("fc1.weight").is_some());
+/// ```
+#[derive(Clone)]
+pub struct ParamBuilder {
+    store: ParamStore,
+    rng: Arc<Mutex<SeededRng>>,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl ParamBuilder {
+    /// A builder at the root path of `store`, drawing from `rng`.
+    pub fn new(store: ParamStore, rng: SeededRng, dtype: DType, device: Device) -> Self {
+        Self {
+            store,
+            rng: Arc::new(Mutex::new(rng)),
+            prefix: String::new(),
+            dtype,
+            device,
+        }
+    }
+
+    /// A builder one level down: `pp("features").pp("0")` names `features.0.*`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let mut b = self.clone();
+        b.prefix = self.path(&name.to_string());
+        b
+    }
+
+    /// The full name of `name` under this builder's path.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The store parameters are registered in.
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// The dtype of new parameters.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device of new parameters.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The state of the initialisation generator (draws so far continue from here).
+    pub fn rng_state(&self) -> crate::rng::RngState {
+        self.rng.lock().unwrap_or_else(|e| e.into_inner()).state()
+    }
+
+    fn draw(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        init.sample(shape, &mut rng, self.dtype, &self.device)
+    }
+
+    /// Creates the trainable parameter `name` and returns a tensor sharing its storage (updates
+    /// by the optimiser are seen through it).
+    pub fn param(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let var = Var::from_tensor(&self.draw(shape, init)?)?;
+        let t = var.as_tensor().clone();
+        self.store.insert(self.path(name), var, false)?;
+        Ok(t)
+    }
+
+    /// Creates the buffer `name` (stored and checkpointed, never trained) and returns its [`Var`]
+    /// so the owning layer can update it.
+    pub fn buffer(&self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        let var = Var::from_tensor(&self.draw(shape, init)?)?;
+        self.store.insert(self.path(name), var.clone(), true)?;
+        Ok(var)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_sorted_and_duplicates_refused() -> Result<()> {
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+        pb.pp("b").param("weight", &[2], Init::Const(1.0))?;
+        pb.pp("a").param("weight", &[3], Init::Const(2.0))?;
+        pb.pp("a").buffer("running_mean", &[3], Init::Const(0.0))?;
+        assert!(pb.pp("a").param("weight", &[3], Init::Const(2.0)).is_err());
+        let names: Vec<_> = store.params().into_keys().collect();
+        assert_eq!(names, vec!["a.weight", "b.weight"]);
+        assert_eq!(store.num_params(), 5);
+        Ok(())
+    }
+
+    #[test]
+    fn load_is_strict_and_updates_shared_tensors() -> Result<()> {
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+        let w = pb.param("w", &[2], Init::Const(0.0))?;
+        let mut m = HashMap::new();
+        m.insert("w".to_string(), Tensor::new(&[3f32, 4.], &Device::Cpu)?);
+        store.load(&m)?;
+        assert_eq!(w.to_vec1::<f32>()?, vec![3., 4.]);
+        m.insert("x".to_string(), Tensor::new(&[1f32], &Device::Cpu)?);
+        assert!(store.load(&m).is_err());
+        m.remove("x");
+        m.insert("w".to_string(), Tensor::new(&[1f32], &Device::Cpu)?);
+        assert!(store.load(&m).is_err());
+        Ok(())
+    }
+}

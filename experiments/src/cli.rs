@@ -1,0 +1,181 @@
+//! The `secateur` command line (clap).
+
+use crate::commands::{self, TrainOptions, QUICKSTART_TOML};
+use crate::config::StudyConfig;
+use crate::error::{ExpError, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// secateur: Bayesian deep learning and pruning on candle.
+#[derive(Debug, Parser)]
+#[command(name = "secateur", version, about, long_about = None)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model from a TOML config, or resume a run.
+    Train(TrainCmd),
+    /// Evaluate a finished run's weights on its test set.
+    Eval(EvalCmd),
+    /// Inspect data sets.
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        action: DataCmd,
+    },
+    /// Train LeNet-5 on the shipped Fashion-MNIST subset and print the results.
+    Quickstart(QuickstartCmd),
+}
+
+/// Options shared by commands that read data and run models.
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Directory searched first for data sets (then $SECATEUR_DATA, system locations, the user
+    /// cache, the repository's data/).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Device: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// `secateur train`.
+#[derive(Debug, Args)]
+pub struct TrainCmd {
+    /// The study config (TOML). Required unless --resume is given.
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Override a config value, e.g. `--set optim.lr=0.1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Override the seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run directory (default runs/<study>-<timestamp>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Resume the run in DIR from its last checkpoint (its config.toml, plus any --set).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "out"])]
+    pub resume: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `secateur eval`.
+#[derive(Debug, Args)]
+pub struct EvalCmd {
+    /// The run directory.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `secateur data …`.
+#[derive(Debug, Subcommand)]
+pub enum DataCmd {
+    /// Where a named data set was found, its sizes, class counts and pixel statistics.
+    Info {
+        /// Data set name (fashion-mnist-mini, fashion-mnist, mnist, cifar10, cifar100, uci-digits, …).
+        name: String,
+        /// Directory searched first.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// `secateur quickstart`.
+#[derive(Debug, Args)]
+pub struct QuickstartCmd {
+    /// Run directory (default runs/quickstart-<timestamp>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Override the seed (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// No progress output.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
+    if let Some(s) = seed {
+        set.push(format!("seed={s}"));
+    }
+    set
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(c) => {
+            let set = with_seed(c.set, c.seed);
+            let (cfg, resume) = match &c.resume {
+                Some(dir) => (
+                    StudyConfig::from_file(&dir.join("config.toml"), &set)?,
+                    Some(dir.as_path()),
+                ),
+                None => {
+                    let path = c
+                        .config
+                        .as_ref()
+                        .ok_or_else(|| ExpError::config("--config", "missing"))?;
+                    (StudyConfig::from_file(path, &set)?, None)
+                }
+            };
+            let opts = TrainOptions {
+                out: c.out,
+                data_dir: c.common.data_dir,
+                device: c.common.device,
+                quiet: c.quiet,
+            };
+            let s = commands::train(&cfg, &opts, resume)?;
+            println!("{}", commands::metrics_table(&s.metrics));
+            println!("run directory: {}", s.dir.display());
+        }
+        Command::Eval(c) => {
+            let (m, cfg) = commands::eval(&c.run, c.common.data_dir.as_deref(), &c.common.device)?;
+            println!("{} on {} ({})", cfg.model.arch, cfg.data.name, c.run.display());
+            println!("  test_accuracy   {:.4}\n  test_nll        {:.4}\n  test_brier      {:.4}\n  test_ece        {:.4}\n  test_mce        {:.4}", m.accuracy, m.nll, m.brier, m.ece, m.mce);
+        }
+        Command::Data {
+            action: DataCmd::Info { name, data_dir },
+        } => {
+            println!("{}", crate::data::describe(&name, data_dir.as_deref())?);
+        }
+        Command::Quickstart(c) => {
+            let set = with_seed(c.set, c.seed);
+            let cfg = StudyConfig::from_toml(QUICKSTART_TOML, "experiments/configs/quickstart.toml", &set)?;
+            eprintln!(
+                "quickstart: {} on {} for {} epochs (seed {})",
+                cfg.model.arch, cfg.data.name, cfg.train.epochs, cfg.seed
+            );
+            let opts = TrainOptions {
+                out: c.out,
+                data_dir: c.common.data_dir,
+                device: c.common.device,
+                quiet: c.quiet,
+            };
+            let s = commands::train(&cfg, &opts, None)?;
+            println!("\nquickstart results\n{}", commands::metrics_table(&s.metrics));
+            println!("run directory: {}", s.dir.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The commands behind the CLI: `train`, `eval`, `data info`, `quickstart`.
+
+use crate::atomic;
+use crate::config::StudyConfig;
+use crate::data::{load_images, LoadedImages, Normalizer};
+use crate::error::{ExpError, Result};
+use crate::loader::ImageBatches;
+use crate::observe::{Progress, RunRecorder};
+use crate::store::RunDir;
+use candle_core::{DType, Device, Tensor};
+use secateur_bayes::{ParamBuilder, ParamStore, Sampling, SeededRng};
+use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
+use secateur_inference::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+use secateur_inference::predict::{predict, Predictions};
+use secateur_inference::train::{Observer, TrainSettings, Trainer};
+use secateur_models::{build, Deterministic, ModelSpec, Network};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Sub-stream numbers of the run's seed: one generator per purpose, so that, e.g., changing the
+/// architecture does not change the data order.
+const STREAM_INIT: u64 = 1;
+const STREAM_TRAIN: u64 = 2;
+const STREAM_EVAL: u64 = 3;
+
+/// Options of `train` beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Run directory (default `runs/<study>-<timestamp>`).
+    pub out: Option<PathBuf>,
+    /// Data directory searched first.
+    pub data_dir: Option<PathBuf>,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// Silence progress output.
+    pub quiet: bool,
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The flat metrics written to `metrics.json`.
+    pub metrics: Map<String, Value>,
+}
+
+/// Parses a device name.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "" | "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            ExpError::config(
+                "--device",
+                format!("cuda is not available: {e} (build with `--features cuda` on a machine with an NVIDIA GPU)"),
+            )
+        }),
+        other => Err(ExpError::config(
+            "--device",
+            format!("`{other}` is unknown; use cpu or cuda"),
+        )),
+    }
+}
+
+/// The model of a config, freshly initialised from the config's seed.
+pub fn build_model(
+    cfg: &StudyConfig,
+    input: [usize; 3],
+    classes: usize,
+    dev: &Device,
+) -> Result<(Network, ParamStore)> {
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(
+        store.clone(),
+        SeededRng::substream(cfg.seed, STREAM_INIT),
+        DType::F32,
+        dev.clone(),
+    );
+    let spec = ModelSpec {
+        arch: cfg.model.arch.clone(),
+        input,
+        classes,
+    };
+    let net = build(&spec, &Deterministic, &pb)?;
+    Ok((net, store))
+}
+
+fn optimizer(cfg: &StudyConfig) -> Result<Box<dyn Optimizer>> {
+    let o = &cfg.optim;
+    Ok(match o.kind.as_str() {
+        "sgd" => Box::new(Sgd::new(SgdConfig {
+            momentum: o.momentum,
+            dampening: 0.0,
+            nesterov: o.nesterov,
+            weight_decay: o.weight_decay,
+        })?),
+        "adamw" => Box::new(AdamW::new(AdamWConfig {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        })?),
+        k => return Err(ExpError::config("optim.kind", format!("`{k}` is unknown"))),
+    })
+}
+
+fn load_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<LoadedImages> {
+    let dir = data_dir.map(Path::to_path_buf).or_else(|| cfg.data.dir.clone());
+    Ok(load_images(&cfg.data.name, dir.as_deref())?)
+}
+
+fn evaluate(
+    net: &Network,
+    test: &crate::data::ImageSet,
+    norm: &Normalizer,
+    cfg: &StudyConfig,
+    dev: &Device,
+) -> Result<(Predictions, ClassificationMetrics)> {
+    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
+    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
+    let m = classification_metrics(&p.probs, &p.labels, p.classes)?;
+    Ok((p, m))
+}
+
+/// Trains the config's model, or resumes the run in `resume`; writes the run directory.
+pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let dev = device(&opts.device)?;
+    let run = match resume {
+        Some(p) => RunDir::open(p)?,
+        None => RunDir::create(&cfg.name, opts.out.as_deref())?,
+    };
+    // A new run records its resolved config before training; a resumed run only once it has
+    // succeeded, so a failing resume leaves the good run as it was.
+    if resume.is_none() {
+        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
+    }
+
+    let data = load_data(cfg, opts.data_dir.as_deref())?;
+    let (train_set, _val_set) = if cfg.data.val_fraction > 0.0 {
+        let mut split_rng = SeededRng::substream(cfg.seed, 4);
+        data.train.split(cfg.data.val_fraction, &mut split_rng)?
+    } else {
+        (data.train.clone(), data.train.subset(&[])?)
+    };
+    let norm = Normalizer::from_set(&train_set);
+    let input = [train_set.channels, train_set.height, train_set.width];
+    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
+    let (net, store) = build_model(cfg, input, classes, &dev)?;
+
+    let settings = TrainSettings {
+        epochs: cfg.train.epochs,
+        lr: cfg.optim.lr,
+        schedule: cfg.train.schedule.clone(),
+        sampling: Sampling::Mean,
+    };
+    let mut trainer = Trainer::new(
+        &net,
+        store.clone(),
+        optimizer(cfg)?,
+        settings,
+        SeededRng::substream(cfg.seed, STREAM_TRAIN),
+    )?;
+    if resume.is_some() {
+        let ck = run.read_checkpoint()?;
+        trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
+    }
+    let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });
+    let mut train_batches = ImageBatches::new(
+        &train_set,
+        norm.clone(),
+        cfg.data.batch_size,
+        true,
+        augment,
+        dev.clone(),
+    );
+    let mut test_batches = ImageBatches::new(
+        &data.test,
+        norm.clone(),
+        cfg.data.eval_batch_size,
+        false,
+        None,
+        dev.clone(),
+    );
+    let mut recorder = RunRecorder::new(&run);
+    let mut progress = Progress::new(opts.quiet);
+    let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
+    let state = trainer.fit(&mut train_batches, Some(&mut test_batches), &mut observers)?;
+
+    let (preds, m) = evaluate(&net, &data.test, &norm, cfg, &dev)?;
+    let mut metrics = Map::new();
+    let mut put = |k: &str, v: Value| {
+        metrics.insert(k.to_string(), v);
+    };
+    put("study", cfg.name.clone().into());
+    put("arch", cfg.model.arch.clone().into());
+    put("layers", cfg.model.layers.clone().into());
+    put("dataset", cfg.data.name.clone().into());
+    put("train_size", train_set.len().into());
+    put("test_size", data.test.len().into());
+    put("test_accuracy", m.accuracy.into());
+    put("test_nll", m.nll.into());
+    put("test_brier", m.brier.into());
+    put("test_ece", m.ece.into());
+    put("test_mce", m.mce.into());
+    put(
+        "train_loss",
+        state.history.last().map(|r| r.train_loss).unwrap_or(f64::NAN).into(),
+    );
+    put("params_total", store.num_params().into());
+    put("params_nonzero", store.num_nonzero()?.into());
+    put("epochs", state.epochs_done.into());
+    put("seed", cfg.seed.into());
+    put("wall_seconds", t0.elapsed().as_secs_f64().into());
+
+    atomic::write_safetensors(&run.file("weights.safetensors"), &store.tensors())?;
+    write_predictions(&run, &preds)?;
+    atomic::write_string(&run.file("report.md"), &report(cfg, &metrics, &state.history))?;
+    #[cfg(feature = "hdf5")]
+    crate::h5::write_results(&run.file("results.h5"), &metrics, &preds, &state.history)?;
+    let json = serde_json::to_string_pretty(&Value::Object(metrics.clone()))
+        .map_err(|e| ExpError::io(run.path(), std::io::Error::other(e)))?;
+    atomic::write_string(&run.file("metrics.json"), &json)?;
+    if resume.is_some() {
+        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
+    }
+    Ok(RunSummary {
+        dir: run.path().to_path_buf(),
+        metrics,
+    })
+}
+
+fn write_predictions(run: &RunDir, p: &Predictions) -> Result<()> {
+    let n = p.labels.len();
+    let probs = Tensor::from_vec(p.probs.clone(), (n, p.classes), &Device::Cpu)?;
+    let labels = Tensor::from_vec(p.labels.clone(), n, &Device::Cpu)?;
+    let (kp, kl) = ("probs".to_string(), "labels".to_string());
+    atomic::write_safetensors(&run.file("predictions.safetensors"), [(&kp, &probs), (&kl, &labels)])
+}
+
+fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inference::train::EpochRecord]) -> String {
+    let f = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let mut s = format!(
+        "# {}\n\n{} ({} layers) on {}, seed {}, {} epochs.\n\n",
+        cfg.name, cfg.model.arch, cfg.model.layers, cfg.data.name, cfg.seed, cfg.train.epochs
+    );
+    s.push_str("| metric | value |\n|---|---|\n");
+    for k in [
+        "test_accuracy",
+        "test_nll",
+        "test_brier",
+        "test_ece",
+        "test_mce",
+        "params_total",
+        "params_nonzero",
+        "wall_seconds",
+    ] {
+        s.push_str(&format!("| {k} | {:.4} |\n", f(k)));
+    }
+    s.push_str("\n## History\n\n| epoch | lr | train loss | train acc | test acc | test NLL | test ECE |\n|---|---|---|---|---|---|---|\n");
+    for r in history {
+        let (a, n, e) = r
+            .eval
+            .as_ref()
+            .map(|x| (x.accuracy, x.nll, x.ece))
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        s.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.4} | {a:.4} | {n:.4} | {e:.4} |\n",
+            r.epoch, r.lr, r.train_loss, r.train_accuracy
+        ));
+    }
+    s
+}
+
+/// Evaluates a finished run's final weights on its test set.
+pub fn eval(
+    run_dir: &Path,
+    data_dir: Option<&Path>,
+    device_name: &str,
+) -> Result<(ClassificationMetrics, StudyConfig)> {
+    let run = RunDir::open(run_dir)?;
+    let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+    let dev = device(device_name)?;
+    let data = load_data(&cfg, data_dir)?;
+    let train_set = if cfg.data.val_fraction > 0.0 {
+        let mut split_rng = SeededRng::substream(cfg.seed, 4);
+        data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
+    } else {
+        data.train.clone()
+    };
+    let norm = Normalizer::from_set(&train_set);
+    let input = [train_set.channels, train_set.height, train_set.width];
+    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
+    let (net, store) = build_model(&cfg, input, classes, &dev)?;
+    let weights = run.file("weights.safetensors");
+    let tensors = if weights.exists() {
+        atomic::read_safetensors(&weights)?
+    } else {
+        run.read_checkpoint()?.weights
+    };
+    store.load(&tensors)?;
+    let (_, m) = evaluate(&net, &data.test, &norm, &cfg, &dev)?;
+    Ok((m, cfg))
+}
+
+/// The quickstart config, shipped in `experiments/configs/quickstart.toml`.
+pub const QUICKSTART_TOML: &str = include_str!("../configs/quickstart.toml");
+
+/// Formats a metrics map as a short table for the terminal.
+pub fn metrics_table(m: &Map<String, Value>) -> String {
+    let mut s = String::new();
+    for k in [
+        "arch",
+        "dataset",
+        "epochs",
+        "seed",
+        "test_accuracy",
+        "test_nll",
+        "test_brier",
+        "test_ece",
+        "test_mce",
+        "params_total",
+        "wall_seconds",
+    ] {
+        if let Some(v) = m.get(k) {
+            let shown = match v {
+                Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            s.push_str(&format!("  {k:<15} {shown}\n"));
+        }
+    }
+    s
+}

@@ -1,0 +1,329 @@
+//! Study configs: TOML files, nested as `StudyConfig { name, seed, data, model, optim, train }`.
+//!
+//! Every section has documented defaults (its `Default`), unknown keys are refused by name
+//! (`deny_unknown_fields`), and [`StudyConfig::validate`] refuses impossible values, naming the
+//! field. `--set key=value` overrides are applied to the TOML tree before it is read, so they
+//! are checked exactly like the file.
+
+use crate::error::{ExpError, Result};
+use secateur_inference::schedule::Schedule;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A whole study: what to train, on what, how, and with which seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudyConfig {
+    /// Study name; run directories are `runs/<name>-<timestamp>/`. Default `study`.
+    pub name: String,
+    /// The run's seed: initialisation, shuffling, augmentation and noise all derive from it.
+    /// Default 0.
+    pub seed: u64,
+    /// The data set and batching.
+    pub data: DataConfig,
+    /// The architecture and layer kind.
+    pub model: ModelConfig,
+    /// The optimiser.
+    pub optim: OptimConfig,
+    /// Epochs and learning-rate schedule.
+    pub train: TrainConfig,
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        Self {
+            name: "study".into(),
+            seed: 0,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            optim: OptimConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// The data set and how it is batched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Named data set (`fashion-mnist-mini`, `fashion-mnist`, `mnist`, `cifar10`, `cifar100`).
+    /// Default `fashion-mnist-mini` (shipped in `data/`).
+    pub name: String,
+    /// Where to look first (overridden by `--data-dir`); then `SECATEUR_DATA`, system locations,
+    /// the user cache, and the repository's `data/`. Default: none.
+    pub dir: Option<PathBuf>,
+    /// Training mini-batch size. Default 128.
+    pub batch_size: usize,
+    /// Evaluation batch size. Default 1000.
+    pub eval_batch_size: usize,
+    /// Random crop (padding 4) and horizontal flip on training batches, as for CIFAR. Default false.
+    pub augment: bool,
+    /// Fraction of the training split held out for validation (reported as `val_*`). Default 0.
+    pub val_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            name: "fashion-mnist-mini".into(),
+            dir: None,
+            batch_size: 128,
+            eval_batch_size: 1000,
+            augment: false,
+            val_fraction: 0.0,
+        }
+    }
+}
+
+/// The architecture and the kind of layers it is built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Architecture (`mlp`, `lenet5`, `vgg11`, `vgg16`, `resnet20`, `resnet32`, `resnet56`,
+    /// `resnet18`, `vit-tiny`). Default `lenet5`.
+    pub arch: String,
+    /// Layer kind made by the factory. Default `deterministic`.
+    pub layers: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            arch: "lenet5".into(),
+            layers: "deterministic".into(),
+        }
+    }
+}
+
+/// The optimiser and its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// `sgd` or `adamw`. Default `sgd`.
+    pub kind: String,
+    /// Base learning rate. Default 0.05.
+    pub lr: f64,
+    /// SGD momentum. Default 0.9.
+    pub momentum: f64,
+    /// SGD Nesterov momentum. Default false.
+    pub nesterov: bool,
+    /// Weight decay (L2 added to the gradient for SGD, decoupled for AdamW). Default 5e-4.
+    pub weight_decay: f64,
+    /// AdamW β₁. Default 0.9.
+    pub beta1: f64,
+    /// AdamW β₂. Default 0.999.
+    pub beta2: f64,
+    /// AdamW ε. Default 1e-8.
+    pub eps: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            kind: "sgd".into(),
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Epochs and the learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Number of epochs. Default 10.
+    pub epochs: usize,
+    /// Learning-rate schedule. Default constant.
+    pub schedule: Schedule,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            schedule: Schedule::default(),
+        }
+    }
+}
+
+impl StudyConfig {
+    /// Parses a config from TOML text, applying `key=value` overrides first; `source` names the
+    /// file in errors.
+    pub fn from_toml(text: &str, source: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ExpError::config(source, e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: StudyConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ExpError::config(source, e.to_string()))?;
+        cfg.validate().map_err(|m| ExpError::config(source, m))?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file (see [`StudyConfig::from_toml`]).
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ExpError::io(path, e))?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// The fully resolved config as TOML (what `config.toml` in a run directory holds).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| ExpError::config("resolved config", e.to_string()))
+    }
+
+    /// Refuses impossible values; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let d = &self.data;
+        if d.batch_size == 0 {
+            return Err("data.batch_size must be at least 1".into());
+        }
+        if d.eval_batch_size == 0 {
+            return Err("data.eval_batch_size must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&d.val_fraction) {
+            return Err(format!("data.val_fraction must be in [0, 1), got {}", d.val_fraction));
+        }
+        if !secateur_models::arch::ARCHITECTURES.contains(&self.model.arch.as_str()) {
+            return Err(format!(
+                "model.arch `{}` is unknown; known: {}",
+                self.model.arch,
+                secateur_models::arch::ARCHITECTURES.join(", ")
+            ));
+        }
+        if self.model.layers != "deterministic" {
+            return Err(format!(
+                "model.layers `{}` is unknown; known: deterministic",
+                self.model.layers
+            ));
+        }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(format!("optim.lr must be positive, got {}", o.lr));
+        }
+        if !(o.weight_decay.is_finite() && o.weight_decay >= 0.0) {
+            return Err(format!("optim.weight_decay must be ≥ 0, got {}", o.weight_decay));
+        }
+        match o.kind.as_str() {
+            "sgd" => {
+                if !(0.0..1.0).contains(&o.momentum) {
+                    return Err(format!("optim.momentum must be in [0, 1), got {}", o.momentum));
+                }
+                if o.nesterov && o.momentum == 0.0 {
+                    return Err("optim.nesterov needs optim.momentum > 0".into());
+                }
+            }
+            "adamw" => {
+                if !(0.0..1.0).contains(&o.beta1) {
+                    return Err(format!("optim.beta1 must be in [0, 1), got {}", o.beta1));
+                }
+                if !(0.0..1.0).contains(&o.beta2) {
+                    return Err(format!("optim.beta2 must be in [0, 1), got {}", o.beta2));
+                }
+                if !(o.eps.is_finite() && o.eps > 0.0) {
+                    return Err(format!("optim.eps must be positive, got {}", o.eps));
+                }
+            }
+            k => return Err(format!("optim.kind `{k}` is unknown; known: sgd, adamw")),
+        }
+        if self.train.epochs == 0 {
+            return Err("train.epochs must be at least 1".into());
+        }
+        self.train
+            .schedule
+            .validate()
+            .map_err(|e| format!("train.schedule: {e}"))?;
+        Ok(())
+    }
+}
+
+/// Applies one `a.b.c=value` override to a TOML table. The value is read as TOML (`0.1`, `true`,
+/// `[30, 60]`, `"text"`); anything that is not valid TOML is taken as a string.
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| ExpError::config("--set", format!("`{spec}` is not key=value")))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(|k| k.is_empty()) {
+        return Err(ExpError::config("--set", format!("`{spec}` has an empty key")));
+    }
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(ExpError::config("--set", format!("`{key}`: `{p}` is not a section"))),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip() -> Result<()> {
+        let cfg = StudyConfig::default();
+        assert!(cfg.validate().is_ok());
+        let again = StudyConfig::from_toml(&cfg.to_toml()?, "round trip", &[])?;
+        assert_eq!(cfg, again);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let e = StudyConfig::from_toml("[optim]\nlearning_rate = 0.1\n", "x.toml", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("learning_rate") && e.contains("x.toml"), "{e}");
+        let e = StudyConfig::from_toml("", "x.toml", &["model.depth=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("depth"), "{e}");
+    }
+
+    #[test]
+    fn impossible_values_are_refused_by_field() {
+        for (set, field) in [
+            ("optim.lr=-1", "optim.lr"),
+            ("data.batch_size=0", "data.batch_size"),
+            ("train.epochs=0", "train.epochs"),
+            ("optim.momentum=1.5", "optim.momentum"),
+            ("model.arch=\"resnet9000\"", "model.arch"),
+            ("optim.kind=\"lbfgs\"", "optim.kind"),
+            ("data.val_fraction=1.0", "data.val_fraction"),
+        ] {
+            let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{set}: {e}");
+        }
+    }
+
+    #[test]
+    fn overrides_parse_toml_values() -> Result<()> {
+        let cfg = StudyConfig::from_toml(
+            "",
+            "c",
+            &["optim.lr=0.2".into(), "seed=9".into(), "model.arch=mlp".into()],
+        )?;
+        assert_eq!(cfg.optim.lr, 0.2);
+        assert_eq!(cfg.seed, 9);
+        assert_eq!(cfg.model.arch, "mlp");
+        Ok(())
+    }
+}

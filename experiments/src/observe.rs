@@ -1,0 +1,85 @@
+//! Observers of a training run that touch the terminal and the run directory.
+
+use crate::store::RunDir;
+use candle_core::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use secateur_inference::train::{Checkpoint, EpochRecord, Observer, StepInfo};
+
+fn to_candle(e: crate::error::ExpError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// Writes `history.csv` and a checkpoint after every epoch.
+pub struct RunRecorder<'a> {
+    run: &'a RunDir,
+}
+
+impl<'a> RunRecorder<'a> {
+    /// Records into `run`.
+    pub fn new(run: &'a RunDir) -> Self {
+        Self { run }
+    }
+}
+
+impl Observer for RunRecorder<'_> {
+    fn on_epoch(&mut self, _record: &EpochRecord, ckpt: &Checkpoint) -> Result<()> {
+        self.run.write_history(&ckpt.state.history).map_err(to_candle)?;
+        self.run.write_checkpoint(ckpt).map_err(to_candle)
+    }
+}
+
+/// A progress bar per epoch (loss, accuracy, images/s) on a terminal, and one summary line per
+/// epoch on standard error in any case (so logs of batch jobs show progress too).
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl Progress {
+    /// A progress reporter; `quiet` silences the per-epoch lines too.
+    pub fn new(quiet: bool) -> Self {
+        Self { bar: None, quiet }
+    }
+}
+
+impl Observer for Progress {
+    fn on_step(&mut self, s: &StepInfo) -> Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
+        if s.step == 1 {
+            let bar = ProgressBar::new(s.steps as u64);
+            let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(s.epoch.to_string());
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(s.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3} {:.0} img/s",
+                s.loss, s.accuracy, s.examples_per_sec
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_epoch(&mut self, r: &EpochRecord, _ckpt: &Checkpoint) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if !self.quiet {
+            let eval = match &r.eval {
+                Some(m) => format!("  test acc {:.4} nll {:.4} ece {:.4}", m.accuracy, m.nll, m.ece),
+                None => String::new(),
+            };
+            eprintln!(
+                "epoch {:>3}  lr {:.4}  train loss {:.4} acc {:.4}{eval}  ({:.1}s)",
+                r.epoch, r.lr, r.train_loss, r.train_accuracy, r.seconds
+            );
+        }
+        Ok(())
+    }
+}

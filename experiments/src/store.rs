@@ -1,0 +1,195 @@
+//! The run store: one directory per run, `runs/<study>-<timestamp>/`.
+//!
+//! ```text
+//! config.toml              the fully resolved config, seed included (written before training)
+//! history.csv              one row per epoch
+//! checkpoints/latest       name of the newest complete checkpoint directory
+//! checkpoints/epoch-NNNN/  weights.safetensors, optimizer.safetensors, state.json
+//! weights.safetensors      final weights and buffers, PyTorch-style names
+//! predictions.safetensors  test-set probabilities `probs` [N, K] and `labels` [N]
+//! metrics.json             flat summary (test_accuracy, test_nll, …)
+//! report.md                a short human-readable report
+//! results.h5               arrays and metrics again, with the `hdf5` feature
+//! ```
+//! Every file is written atomically. A checkpoint directory is complete before `latest` names it,
+//! so a run killed mid-checkpoint resumes from the previous one.
+
+use crate::atomic;
+use crate::error::{ExpError, Result};
+use secateur_inference::train::{Checkpoint, EpochRecord, TrainState};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+/// A checkpoint read back from disk.
+pub struct LoadedCheckpoint {
+    /// Weights and buffers.
+    pub weights: HashMap<String, candle_core::Tensor>,
+    /// Optimiser state.
+    pub optimizer: HashMap<String, candle_core::Tensor>,
+    /// Trainer state.
+    pub state: TrainState,
+}
+
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // UTC civil date from days since the epoch (Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl RunDir {
+    /// A new run directory: `out` if given (it must not hold a finished or started run), else
+    /// `runs/<study>-<timestamp>` (with a numeric suffix if that exists).
+    pub fn create(study: &str, out: Option<&Path>) -> Result<Self> {
+        let path = match out {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let base = PathBuf::from("runs").join(format!("{study}-{}", timestamp()));
+                let mut p = base.clone();
+                let mut k = 1;
+                while p.exists() {
+                    p = PathBuf::from(format!("{}-{k}", base.display()));
+                    k += 1;
+                }
+                p
+            }
+        };
+        if path.join("metrics.json").exists() || path.join("checkpoints").exists() {
+            return Err(ExpError::Run {
+                path,
+                message: "already holds a run; refusing to overwrite it (choose another --out, or --resume it)".into(),
+            });
+        }
+        std::fs::create_dir_all(path.join("checkpoints")).map_err(|e| ExpError::io(&path, e))?;
+        Ok(Self { path })
+    }
+
+    /// An existing run directory (for `eval` and `--resume`).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("config.toml").is_file() {
+            return Err(ExpError::Run {
+                path: path.to_path_buf(),
+                message: "not a run directory (no config.toml)".into(),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A file inside the run directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes the history as CSV (one row per epoch).
+    pub fn write_history(&self, history: &[EpochRecord]) -> Result<()> {
+        let mut s = String::from(
+            "epoch,lr,train_loss,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds\n",
+        );
+        for r in history {
+            let (a, n, b, e, m) = match &r.eval {
+                Some(x) => (x.accuracy, x.nll, x.brier, x.ece, x.mce),
+                None => (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN),
+            };
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{:.3}\n",
+                r.epoch, r.lr, r.train_loss, r.train_accuracy, a, n, b, e, m, r.seconds
+            ));
+        }
+        atomic::write_string(&self.file("history.csv"), &s)
+    }
+
+    /// Writes a complete checkpoint directory, then points `checkpoints/latest` at it and removes
+    /// the previous one.
+    pub fn write_checkpoint(&self, ckpt: &Checkpoint) -> Result<()> {
+        let root = self.file("checkpoints");
+        let name = format!("epoch-{:04}", ckpt.state.epochs_done);
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| ExpError::io(&dir, e))?;
+        atomic::write_safetensors(&dir.join("weights.safetensors"), &ckpt.weights)?;
+        atomic::write_safetensors(&dir.join("optimizer.safetensors"), &ckpt.optimizer)?;
+        let state =
+            serde_json::to_string_pretty(&ckpt.state).map_err(|e| ExpError::io(&dir, std::io::Error::other(e)))?;
+        atomic::write_string(&dir.join("state.json"), &state)?;
+        let previous = std::fs::read_to_string(root.join("latest")).ok();
+        atomic::write_string(&root.join("latest"), &name)?;
+        if let Some(prev) = previous {
+            let prev = prev.trim();
+            if prev != name && !prev.is_empty() && !prev.contains('/') {
+                let _ = std::fs::remove_dir_all(root.join(prev));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the newest complete checkpoint.
+    pub fn read_checkpoint(&self) -> Result<LoadedCheckpoint> {
+        let root = self.file("checkpoints");
+        let latest = root.join("latest");
+        let name = std::fs::read_to_string(&latest).map_err(|e| ExpError::io(&latest, e))?;
+        let dir = root.join(name.trim());
+        let state_path = dir.join("state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|e| ExpError::io(&state_path, e))?;
+        let state: TrainState = serde_json::from_str(&text).map_err(|e| ExpError::Run {
+            path: state_path.clone(),
+            message: format!("corrupt checkpoint state: {e}"),
+        })?;
+        Ok(LoadedCheckpoint {
+            weights: atomic::read_safetensors(&dir.join("weights.safetensors"))?,
+            optimizer: atomic::read_safetensors(&dir.join("optimizer.safetensors"))?,
+            state,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_has_the_expected_shape() {
+        let t = timestamp();
+        assert_eq!(t.len(), 15, "{t}");
+        assert!(t.starts_with("20"));
+    }
+
+    #[test]
+    fn refuses_to_overwrite_a_finished_run() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| ExpError::io("tempdir", e))?;
+        let out = dir.path().join("r");
+        let run = RunDir::create("t", Some(&out))?;
+        atomic::write_string(&run.file("metrics.json"), "{}")?;
+        assert!(RunDir::create("t", Some(&out)).is_err());
+        Ok(())
+    }
+}

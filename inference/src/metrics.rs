@@ -1,0 +1,230 @@
+//! Classification metrics computed in `f64` from predicted class probabilities.
+//!
+//! All functions take the probabilities row-major as `[N × classes]` (`probs[i * classes + k]` is
+//! the probability of class `k` for example `i`) and the true labels (length `N`). They return
+//! errors, never panic, on malformed input: a length that is not `N × classes`, a label
+//! `≥ classes`, `N = 0`, `classes = 0`, or a probability that is not finite or is negative.
+//! Rows are not required to sum to one (averaged Monte Carlo predictions may be off by rounding).
+//!
+//! # Calibration binning
+//!
+//! The *confidence* of a prediction is its largest probability; the *prediction* is the class
+//! attaining it, ties broken by the lowest class index. With `B` equal-width bins, bin `b`
+//! (`0 ≤ b < B`) covers the half-open interval `(b/B, (b+1)/B]` — open below, closed above.
+//! This is torchmetrics' convention: `_binning_bucketize` assigns
+//! `torch.bucketize(confidence, linspace(0, 1, B + 1)) - 1` with `right=False`, i.e. the bin whose
+//! upper edge is the first boundary `≥ confidence` (the older loop version tests
+//! `lower < c ≤ upper` explicitly). A confidence of exactly `0` (only possible for an all-zero
+//! row) goes to the first bin and a confidence above `1` to the last; torchmetrics has no bin
+//! for either. Boundaries are compared in `f64` as `b as f64 / B as f64`; torchmetrics compares in
+//! `f32`, so a confidence lying within rounding of a boundary may land in the neighbouring bin.
+
+use candle_core::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// Number of equal-width confidence bins used by [`classification_metrics`] for ECE and MCE
+/// (Guo et al. 2017 use 15).
+pub const CALIBRATION_BINS: usize = 15;
+
+/// Summary metrics of a probabilistic classifier on a labelled set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassificationMetrics {
+    /// Fraction of examples whose arg-max class (lowest index on ties) equals the label.
+    pub accuracy: f64,
+    /// Mean negative log-likelihood `−(1/N) Σ_i ln max(p_{i,y_i}, f32::MIN_POSITIVE)`, in nats.
+    pub nll: f64,
+    /// Multi-class Brier score `(1/N) Σ_i Σ_k (p_{ik} − 1[k = y_i])²`, in `[0, 2]`.
+    pub brier: f64,
+    /// Expected calibration error with [`CALIBRATION_BINS`] equal-width bins.
+    pub ece: f64,
+    /// Maximum calibration error over the non-empty bins of the same binning.
+    pub mce: f64,
+}
+
+/// One bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReliabilityBin {
+    /// Lower edge `b/B` of the bin (excluded, except that a confidence of exactly 0 falls here for
+    /// the first bin).
+    pub lower: f64,
+    /// Upper edge `(b+1)/B` of the bin (included).
+    pub upper: f64,
+    /// Number of examples whose confidence falls in the bin.
+    pub count: usize,
+    /// Mean confidence of those examples; `0` for an empty bin (as torchmetrics' `nan_to_num`).
+    pub mean_confidence: f64,
+    /// Fraction of those examples predicted correctly; `0` for an empty bin.
+    pub accuracy: f64,
+}
+
+/// Checks the shapes and values of `probs` and `labels`; returns `N`.
+fn check_inputs(probs: &[f32], labels: &[u32], classes: usize) -> Result<usize> {
+    if classes == 0 {
+        bail!("classes must be at least 1");
+    }
+    let n = labels.len();
+    if n == 0 {
+        bail!("no examples: labels is empty");
+    }
+    match n.checked_mul(classes) {
+        Some(expected) if expected == probs.len() => {}
+        _ => bail!(
+            "probs has {} values but {} labels × {} classes need {}",
+            probs.len(),
+            n,
+            classes,
+            n as u128 * classes as u128
+        ),
+    }
+    if let Some((i, &y)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= classes) {
+        bail!("label {y} of example {i} is not below classes = {classes}");
+    }
+    if let Some((j, &p)) = probs.iter().enumerate().find(|(_, &p)| !p.is_finite() || p < 0.0) {
+        bail!(
+            "probability {p} of example {}, class {} is not a finite non-negative number",
+            j / classes,
+            j % classes
+        );
+    }
+    Ok(n)
+}
+
+/// Arg-max of a row (lowest index on ties) and its value.
+fn top1(row: &[f32]) -> (usize, f32) {
+    let mut best = 0;
+    let mut best_p = row[0];
+    for (k, &p) in row.iter().enumerate().skip(1) {
+        if p > best_p {
+            best = k;
+            best_p = p;
+        }
+    }
+    (best, best_p)
+}
+
+/// Index of the bin `(b/B, (b+1)/B]` holding confidence `c`: the number of interior boundaries
+/// `b/B` (`1 ≤ b < B`) strictly below `c`.
+fn bin_index(c: f64, bins: usize) -> usize {
+    let mut lo = 0usize; // invariant: boundaries 1..=lo are < c
+    let mut hi = bins - 1; // boundaries above hi are not interior
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if (mid as f64) / (bins as f64) < c {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
+/// Per-bin counts and means for a reliability diagram, with `bins` equal-width bins
+/// `(b/bins, (b+1)/bins]` over the top-1 confidence (see the [module docs](self) for the edge
+/// convention, which follows torchmetrics).
+///
+/// For bin `b` with examples `I_b`: `count = |I_b|`,
+/// `mean_confidence = (1/|I_b|) Σ_{i∈I_b} max_k p_{ik}` and
+/// `accuracy = (1/|I_b|) Σ_{i∈I_b} 1[argmax_k p_{ik} = y_i]`; empty bins report zeros.
+///
+/// ```
+/// use secateur_inference::metrics::reliability_bins;
+/// // Confidences 0.9 (correct) and 0.6 (wrong) with two bins (0, 0.5] and (0.5, 1].
+/// let bins = reliability_bins(&[0.9, 0.1, 0.4, 0.6], &[0, 0], 2, 2)?;
+/// assert_eq!(bins[0].count, 0);
+/// assert_eq!(bins[1].count, 2);
+/// assert!((bins[1].mean_confidence - 0.75).abs() < 1e-7);
+/// assert_eq!(bins[1].accuracy, 0.5);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn reliability_bins(probs: &[f32], labels: &[u32], classes: usize, bins: usize) -> Result<Vec<ReliabilityBin>> {
+    if bins == 0 {
+        bail!("bins must be at least 1");
+    }
+    check_inputs(probs, labels, classes)?;
+    let mut count = vec![0usize; bins];
+    let mut conf_sum = vec![0f64; bins];
+    let mut correct = vec![0usize; bins];
+    for (row, &y) in probs.chunks_exact(classes).zip(labels) {
+        let (pred, conf) = top1(row);
+        let b = bin_index(conf as f64, bins);
+        count[b] += 1;
+        conf_sum[b] += conf as f64;
+        correct[b] += usize::from(pred == y as usize);
+    }
+    Ok((0..bins)
+        .map(|b| {
+            let (mean_confidence, accuracy) = if count[b] == 0 {
+                (0.0, 0.0)
+            } else {
+                (conf_sum[b] / count[b] as f64, correct[b] as f64 / count[b] as f64)
+            };
+            ReliabilityBin {
+                lower: b as f64 / bins as f64,
+                upper: (b + 1) as f64 / bins as f64,
+                count: count[b],
+                mean_confidence,
+                accuracy,
+            }
+        })
+        .collect())
+}
+
+/// Accuracy, NLL, Brier score, ECE and MCE of predicted probabilities `probs` (row-major
+/// `[N × classes]`) against `labels`, all accumulated in `f64`.
+///
+/// - accuracy `= (1/N) Σ_i 1[argmax_k p_{ik} = y_i]`, ties broken by the lowest class index;
+/// - NLL `= −(1/N) Σ_i ln max(p_{i,y_i}, f32::MIN_POSITIVE)`: the probability of the true class
+///   is clamped at the smallest positive normal `f32` (≈ 1.18e-38) so that a zero probability
+///   gives a large finite value (≈ 87.3 nats) instead of `+∞`;
+/// - Brier `= (1/N) Σ_i Σ_k (p_{ik} − 1[k = y_i])²`, the multi-class sum of Brier (1950), in
+///   `[0, 2]`; some libraries divide by `K = classes` as well (then divide this value by `K`);
+/// - ECE `= Σ_b (n_b/N) |acc_b − conf_b|` (Naeini et al. 2015; Guo et al. 2017) over
+///   [`CALIBRATION_BINS`] = 15 equal-width bins `(b/15, (b+1)/15]` of the top-1 confidence, as
+///   computed by [`reliability_bins`] (torchmetrics' `multiclass_calibration_error` with
+///   `n_bins=15, norm="l1"`);
+/// - MCE `= max_b |acc_b − conf_b|` over the non-empty bins (torchmetrics' `norm="max"`).
+///
+/// ```
+/// use secateur_inference::metrics::classification_metrics;
+/// // One example, two classes, p = (0.8, 0.2), label 0.
+/// let m = classification_metrics(&[0.8, 0.2], &[0], 2)?;
+/// assert_eq!(m.accuracy, 1.0);
+/// assert!((m.nll - (-(0.8f32 as f64).ln())).abs() < 1e-12);
+/// assert!((m.brier - 0.08).abs() < 1e-7); // 0.2² + 0.2²
+/// assert!((m.ece - 0.2).abs() < 1e-7); // |1 − 0.8|
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn classification_metrics(probs: &[f32], labels: &[u32], classes: usize) -> Result<ClassificationMetrics> {
+    let n = check_inputs(probs, labels, classes)?;
+    let clamp = f32::MIN_POSITIVE as f64;
+    let (mut correct, mut nll, mut brier) = (0usize, 0f64, 0f64);
+    for (row, &y) in probs.chunks_exact(classes).zip(labels) {
+        let y = y as usize;
+        let (pred, _) = top1(row);
+        correct += usize::from(pred == y);
+        nll -= (row[y] as f64).max(clamp).ln();
+        brier += row
+            .iter()
+            .enumerate()
+            .map(|(k, &p)| {
+                let d = p as f64 - if k == y { 1.0 } else { 0.0 };
+                d * d
+            })
+            .sum::<f64>();
+    }
+    let bins = reliability_bins(probs, labels, classes, CALIBRATION_BINS)?;
+    let (mut ece, mut mce) = (0f64, 0f64);
+    for b in bins.iter().filter(|b| b.count > 0) {
+        let gap = (b.accuracy - b.mean_confidence).abs();
+        ece += b.count as f64 / n as f64 * gap;
+        mce = mce.max(gap);
+    }
+    let n = n as f64;
+    Ok(ClassificationMetrics {
+        accuracy: correct as f64 / n,
+        nll: nll / n,
+        brier: brier / n,
+        ece,
+        mce,
+    })
+}

@@ -1,0 +1,288 @@
+//! The training loop.
+//!
+//! [`Trainer::fit`] runs epochs of mini-batch gradient descent on the softmax cross-entropy,
+//! evaluates after every epoch, and reports to [`Observer`]s (progress bars, history files,
+//! checkpoints live in `secateur-experiments`, which owns files and the terminal). All randomness
+//! (shuffling, augmentation, layer noise) comes from the trainer's [`SeededRng`], whose state is
+//! part of the [`TrainState`] saved at each epoch end, so that a resumed run continues
+//! bit-identically. A non-finite loss stops the run with an error before anything of that epoch
+//! is reported, so the last checkpoint an observer wrote stays the last good one.
+
+use crate::metrics::{classification_metrics, ClassificationMetrics};
+use crate::optim::Optimizer;
+use crate::predict::predict;
+use crate::schedule::Schedule;
+use candle_core::{DType, Result, Tensor, Var, D};
+use secateur_bayes::rng::RngState;
+use secateur_bayes::{Ctx, Module, ParamStore, Sampling, SeededRng};
+use secateur_models::layers::cross_entropy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// A source of mini-batches `(inputs, integer labels)`.
+pub trait Batches {
+    /// Number of batches in one pass.
+    fn num_batches(&self) -> usize;
+    /// Number of examples in one pass.
+    fn num_examples(&self) -> usize;
+    /// Prepares a pass (e.g. draws the epoch's shuffle from `rng`).
+    fn start_epoch(&mut self, epoch: usize, rng: &mut SeededRng);
+    /// Batch `i` of the current pass; augmentation draws from `rng`.
+    fn batch(&mut self, i: usize, rng: &mut SeededRng) -> Result<(Tensor, Tensor)>;
+}
+
+/// One epoch's summary: one row of `history.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (on the augmented batches, in train mode).
+    pub train_accuracy: f64,
+    /// Metrics on the evaluation set, if one was given.
+    pub eval: Option<ClassificationMetrics>,
+    /// Wall-clock seconds of the epoch's training (not evaluation).
+    pub seconds: f64,
+}
+
+/// What a checkpoint needs besides weights and optimiser state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// The trainer's generator after the last completed epoch.
+    pub rng: RngState,
+    /// The history so far.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Progress of one training step, for progress bars.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Step within the epoch, from 1.
+    pub step: usize,
+    /// Steps in the epoch.
+    pub steps: usize,
+    /// This batch's loss.
+    pub loss: f64,
+    /// Running mean accuracy of the epoch so far.
+    pub accuracy: f64,
+    /// Examples per second so far in this epoch.
+    pub examples_per_sec: f64,
+}
+
+/// Watches a training run (argmin-style observers).
+pub trait Observer {
+    /// Called once before the first epoch that will run.
+    fn on_start(&mut self, _epochs: usize, _steps_per_epoch: usize, _start_epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// Called after every optimiser step.
+    fn on_step(&mut self, _info: &StepInfo) -> Result<()> {
+        Ok(())
+    }
+    /// Called after every completed (and evaluated) epoch, with everything a checkpoint needs.
+    fn on_epoch(&mut self, _record: &EpochRecord, _ckpt: &Checkpoint) -> Result<()> {
+        Ok(())
+    }
+    /// Called once after the last epoch.
+    fn on_end(&mut self, _state: &TrainState) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything needed to resume: weights and buffers, optimiser state, trainer state.
+pub struct Checkpoint {
+    /// Parameters and buffers by name.
+    pub weights: BTreeMap<String, Tensor>,
+    /// Optimiser state by name.
+    pub optimizer: BTreeMap<String, Tensor>,
+    /// Epoch count, generator state and history.
+    pub state: TrainState,
+}
+
+/// The training loop's settings.
+#[derive(Debug, Clone)]
+pub struct TrainSettings {
+    /// Total epochs.
+    pub epochs: usize,
+    /// Base learning rate (the schedule scales it).
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// How stochastic layers sample during training.
+    pub sampling: Sampling,
+}
+
+/// Trains a model: owns the optimiser and the run's generator.
+pub struct Trainer<'a> {
+    model: &'a dyn Module,
+    params: BTreeMap<String, Var>,
+    store: ParamStore,
+    optimizer: Box<dyn Optimizer + 'a>,
+    settings: TrainSettings,
+    rng: SeededRng,
+    history: Vec<EpochRecord>,
+    start_epoch: usize,
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer for `model` whose parameters live in `store`; `rng` is the run's generator
+    /// (after initialisation).
+    pub fn new(
+        model: &'a dyn Module,
+        store: ParamStore,
+        optimizer: Box<dyn Optimizer + 'a>,
+        settings: TrainSettings,
+        rng: SeededRng,
+    ) -> Result<Self> {
+        if settings.epochs == 0 {
+            candle_core::bail!("epochs must be at least 1");
+        }
+        if !(settings.lr.is_finite() && settings.lr > 0.0) {
+            candle_core::bail!("lr must be a positive number, got {}", settings.lr);
+        }
+        Ok(Self {
+            model,
+            params: store.params(),
+            store,
+            optimizer,
+            settings,
+            rng,
+            history: Vec::new(),
+            start_epoch: 0,
+        })
+    }
+
+    /// Restores a checkpoint: weights, optimiser state, generator and history. Training then
+    /// continues at epoch `state.epochs_done + 1`.
+    pub fn resume(
+        &mut self,
+        weights: &std::collections::HashMap<String, Tensor>,
+        optimizer: &std::collections::HashMap<String, Tensor>,
+        state: TrainState,
+    ) -> Result<()> {
+        if state.epochs_done > self.settings.epochs {
+            candle_core::bail!(
+                "checkpoint has {} epochs done but the run asks for {}",
+                state.epochs_done,
+                self.settings.epochs
+            );
+        }
+        self.store.load(weights)?;
+        self.optimizer.load_state(optimizer)?;
+        self.rng = SeededRng::from_state(state.rng);
+        self.start_epoch = state.epochs_done;
+        self.history = state.history;
+        Ok(())
+    }
+
+    /// The history so far.
+    pub fn history(&self) -> &[EpochRecord] {
+        &self.history
+    }
+
+    /// Trains up to `settings.epochs`, evaluating on `eval` after each epoch.
+    pub fn fit(
+        &mut self,
+        train: &mut dyn Batches,
+        mut eval: Option<&mut dyn Batches>,
+        observers: &mut [&mut dyn Observer],
+    ) -> Result<TrainState> {
+        let steps = train.num_batches();
+        if steps == 0 {
+            candle_core::bail!("the training set yields no batches");
+        }
+        for o in observers.iter_mut() {
+            o.on_start(self.settings.epochs, steps, self.start_epoch)?;
+        }
+        for epoch in self.start_epoch..self.settings.epochs {
+            let t0 = Instant::now();
+            train.start_epoch(epoch, &mut self.rng);
+            let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            let mut lr = self.settings.lr;
+            for step in 0..steps {
+                lr = self.settings.schedule.lr_at(self.settings.lr, epoch, step, steps);
+                let (x, y) = train.batch(step, &mut self.rng)?;
+                let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
+                let logits = self.model.forward(&x, &mut ctx)?;
+                let loss = cross_entropy(&logits, &y)?;
+                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !lv.is_finite() {
+                    candle_core::bail!(
+                        "training diverged: loss is {lv} at epoch {}, step {}; the last good checkpoint is kept",
+                        epoch + 1,
+                        step + 1
+                    );
+                }
+                let grads = loss.backward()?;
+                self.optimizer.step(&self.params, &grads, lr)?;
+                let pred = logits.argmax(D::Minus1)?;
+                correct += pred
+                    .eq(&y.to_dtype(DType::U32)?)?
+                    .to_dtype(DType::F32)?
+                    .sum_all()?
+                    .to_scalar::<f32>()? as usize;
+                seen += y.dim(0)?;
+                loss_sum += lv;
+                let info = StepInfo {
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    steps,
+                    loss: lv,
+                    accuracy: correct as f64 / seen as f64,
+                    examples_per_sec: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                };
+                for o in observers.iter_mut() {
+                    o.on_step(&info)?;
+                }
+            }
+            let seconds = t0.elapsed().as_secs_f64();
+            let eval_metrics = match eval.as_deref_mut() {
+                Some(data) => {
+                    // Evaluation draws from its own sub-stream so it never shifts the training stream.
+                    let mut erng = SeededRng::substream(self.rng.seed(), 1_000_000 + epoch as u64);
+                    let p = predict(self.model, data, Sampling::Mean, &mut erng)?;
+                    Some(classification_metrics(&p.probs, &p.labels, p.classes)?)
+                }
+                None => None,
+            };
+            let record = EpochRecord {
+                epoch: epoch + 1,
+                lr,
+                train_loss: loss_sum / steps as f64,
+                train_accuracy: correct as f64 / seen as f64,
+                eval: eval_metrics,
+                seconds,
+            };
+            self.history.push(record.clone());
+            let ckpt = Checkpoint {
+                weights: self.store.tensors(),
+                optimizer: self.optimizer.state()?,
+                state: TrainState {
+                    epochs_done: epoch + 1,
+                    rng: self.rng.state(),
+                    history: self.history.clone(),
+                },
+            };
+            for o in observers.iter_mut() {
+                o.on_epoch(&record, &ckpt)?;
+            }
+        }
+        let state = TrainState {
+            epochs_done: self.settings.epochs,
+            rng: self.rng.state(),
+            history: self.history.clone(),
+        };
+        for o in observers.iter_mut() {
+            o.on_end(&state)?;
+        }
+        Ok(state)
+    }
+}

@@ -1,0 +1,11 @@
+//! The `secateur` command line.
+
+use clap::Parser;
+
+fn main() {
+    let cli = secateur_experiments::cli::Cli::parse();
+    if let Err(e) = secateur_experiments::cli::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
