@@ -217,6 +217,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
 
     atomic::write_safetensors(&run.file("weights.safetensors"), &store.tensors())?;
     write_predictions(&run, &preds)?;
+    crate::plot::write_run_plots(&run, &state.history, &preds)?;
     atomic::write_string(&run.file("report.md"), &report(cfg, &metrics, &state.history))?;
     #[cfg(feature = "hdf5")]
     crate::h5::write_results(&run.file("results.h5"), &metrics, &preds, &state.history)?;

@@ -9,7 +9,8 @@
 //! - [`store`]: run directories, checkpoints, history; [`atomic`]: atomic file writes.
 //! - [`loader`]: mini-batches for the training loop; [`observe`]: progress bars and recorders.
 //! - [`commands`]: `train`, `eval`, `data info`, `quickstart`; [`cli`]: the clap front end.
-//! - planned: plots and reports of calibration, pruning studies, one binary per study.
+//! - [`plot`]: PNG learning curves and reliability diagrams for every run.
+//! - planned: calibration and pruning reports, one binary per study.
 
 pub mod atomic;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod h5;
 pub mod loader;
 pub mod observe;
+pub mod plot;
 pub mod store;
 
 pub use error::{ExpError, Result};

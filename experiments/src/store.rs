@@ -7,6 +7,8 @@
 //! checkpoints/epoch-NNNN/  weights.safetensors, optimizer.safetensors, state.json
 //! weights.safetensors      final weights and buffers, PyTorch-style names
 //! predictions.safetensors  test-set probabilities `probs` [N, K] and `labels` [N]
+//! curves.png               learning curves (loss/NLL and accuracy per epoch, train and test)
+//! reliability.png          reliability diagram of the test predictions (15 bins, ECE in the title)
 //! metrics.json             flat summary (test_accuracy, test_nll, …)
 //! report.md                a short human-readable report
 //! results.h5               arrays and metrics again, with the `hdf5` feature

@@ -92,7 +92,8 @@ impl Conv2d {
 
 /// Convolution of `x: [B, C, H, W]` with `weight`, plus a per-channel bias.
 pub fn conv2d_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCfg) -> Result<Tensor> {
-    let y = x.conv2d(weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
+    // secateur's convolution ops on CPU (fast, differentiable twice); candle's conv2d elsewhere.
+    let y = secateur_kernels::conv::conv2d(x, weight, cfg.stride, cfg.padding, cfg.dilation, cfg.groups)?;
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
         None => Ok(y),
@@ -146,31 +147,27 @@ impl Module for BatchNorm {
             candle_core::bail!("batch norm over {c} channels got input of shape {:?}", x.dims());
         }
         let bshape: Vec<usize> = (0..rank).map(|i| if i == 1 { c } else { 1 }).collect();
-        // [B, C, rest…] → [C, B·rest]
-        let xt = x.transpose(0, 1)?.contiguous()?.reshape((c, ()))?;
-        let (mean, var) = if ctx.is_train() {
-            let n = xt.dim(1)?;
-            let mean = xt.mean(D::Minus1)?;
-            let centred = xt.broadcast_sub(&mean.unsqueeze(1)?)?;
-            let var = centred.sqr()?.mean(D::Minus1)?;
-            let unbiased = (var.detach() * (n as f64 / (n.max(2) - 1) as f64))?;
-            let m = self.momentum;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean.set(&rm)?;
-            self.running_var.set(&rv)?;
-            (mean, var)
-        } else {
-            (
-                self.running_mean.as_tensor().clone(),
-                self.running_var.as_tensor().clone(),
-            )
-        };
-        let inv = (var + self.eps)?.sqrt()?.recip()?;
-        let scale = (&self.weight * inv)?;
-        let shift = (&self.bias - (&mean * &scale)?)?;
-        x.broadcast_mul(&scale.reshape(bshape.clone())?)?
-            .broadcast_add(&shift.reshape(bshape)?)
+        if !ctx.is_train() {
+            let inv = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
+            let scale = (&self.weight * inv)?;
+            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            return x.broadcast_mul(&scale.reshape(bshape.clone())?)?.broadcast_add(&shift.reshape(bshape)?);
+        }
+        // Per-channel sums without a transposed copy: [B, C, rest] summed over rest, then B.
+        let batch = x.dim(0)?;
+        let n = x.elem_count() / c;
+        let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape((batch, c, ()))?.sum(2)?.sum(0) };
+        let mean = (per_channel(x)? / n as f64)?;
+        let centred = x.broadcast_sub(&mean.reshape(bshape.clone())?)?;
+        let var = (per_channel(&centred.sqr()?)? / n as f64)?;
+        let unbiased = (var.detach() * (n as f64 / (n.max(2) - 1) as f64))?;
+        let m = self.momentum;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        let scale = (&self.weight * (var + self.eps)?.sqrt()?.recip()?)?;
+        centred.broadcast_mul(&scale.reshape(bshape.clone())?)?.broadcast_add(&self.bias.reshape(bshape)?)
     }
 }
 
@@ -258,18 +255,9 @@ impl MaxPool2d {
 
 impl Module for MaxPool2d {
     fn forward(&self, x: &Tensor, _ctx: &mut Ctx) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (Some(ho), Some(wo)) = (self.out_size(h), self.out_size(w)) else {
-            candle_core::bail!("max pool {k}×{k} got a {h}×{w} input", k = self.kernel);
-        };
-        let k = self.kernel;
-        let (b, c) = (x.dim(0)?, x.dim(1)?);
-        let x = if ho * k != h || wo * k != w {
-            x.narrow(2, 0, ho * k)?.narrow(3, 0, wo * k)?.contiguous()?
-        } else {
-            x.contiguous()?
-        };
-        x.reshape((b, c, ho, k, wo, k))?.max(5)?.max(3)
+        // The fast CPU kernel (PyTorch's first-maximum rule, twice differentiable); candle's own
+        // `max_pool2d` is not used: its gradient is scaled by 1/k² in candle 0.11.
+        secateur_kernels::pool::max_pool2d(x, self.kernel)
     }
 }
 

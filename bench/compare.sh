@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Side-by-side training-step benchmark: secateur (candle) vs plain PyTorch on the CPU.
+#
+#   bench/compare.sh                      # all models
+#   MODELS="mlp lenet5" bench/compare.sh  # a subset
+#   STEPS=20 WARMUP=3 bench/compare.sh    # same step counts for every model
+#
+# Sets up PyTorch in bench/.venv if missing, builds bench_step in release, then runs each model
+# in separate processes on both sides with the same batch size (BATCH, 128), dtype (f32), thread
+# count (THREADS, 2), warm-up and step count, and prints a markdown table of median ms per step,
+# peak RSS and the ratios secateur / PyTorch, followed by the machine description.
+# Raw JSON lines are kept in $OUT_DIR (default bench/results/<timestamp>/).
+# HVP=0 skips the second table: one Hessian-vector product by double backprop vs one gradient
+# (forward + backward) on the secateur side, HVP_STEPS / HVP_WARMUP timed / warm-up repetitions.
+# BENCH_STEP_BIN=/path/to/bench_step uses a prebuilt binary (e.g. one built from another commit)
+# instead of building this tree's; SECATEUR_LABEL then says what it is in the machine description.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/bench/.venv"
+PY="$VENV/bin/python"
+BATCH="${BATCH:-128}"
+THREADS="${THREADS:-2}"
+MODELS="${MODELS:-mlp lenet5 resnet20 bayes-mlp bayes-lenet5}"
+OUT_DIR="${OUT_DIR:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT_DIR"
+
+# Per-model defaults (warm-up steps, timed steps); STEPS / WARMUP override them all.
+steps_for() {
+  case "$1" in
+    mlp|bayes-mlp) echo "${STEPS:-100}" ;;
+    lenet5|bayes-lenet5) echo "${STEPS:-50}" ;;
+    resnet20) echo "${STEPS:-10}" ;;
+    *) echo "${STEPS:-20}" ;;
+  esac
+}
+warmup_for() {
+  case "$1" in
+    resnet20) echo "${WARMUP:-2}" ;;
+    *) echo "${WARMUP:-5}" ;;
+  esac
+}
+
+# --- PyTorch environment -------------------------------------------------------------------
+if ! [ -x "$PY" ] || ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "compare.sh: setting up PyTorch in $VENV (first run only; large download)" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  if ! "$VENV/bin/pip" install --quiet torch numpy; then
+    echo "compare.sh: pip install torch from PyPI failed; trying the PyTorch CPU index" >&2
+    "$VENV/bin/pip" install --quiet torch numpy --index-url https://download.pytorch.org/whl/cpu || {
+      echo "compare.sh: PyTorch could not be installed; the PyTorch column cannot be measured" >&2
+      exit 1
+    }
+  fi
+fi
+
+# --- secateur binary ------------------------------------------------------------------------
+if [ -n "${BENCH_STEP_BIN:-}" ]; then
+  BIN="$BENCH_STEP_BIN"
+else
+  echo "compare.sh: building bench_step (release)" >&2
+  cargo build --release --quiet -p secateur-experiments --bin bench_step
+  BIN="$ROOT/target/release/bench_step"
+fi
+
+# Same thread count everywhere: rayon (candle, gemm), OpenMP and MKL (PyTorch).
+export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+for m in $MODELS; do
+  s="$(steps_for "$m")"; w="$(warmup_for "$m")"
+  echo "compare.sh: $m (batch $BATCH, $w warm-up + $s timed steps, $THREADS threads)" >&2
+  "$BIN" --model "$m" --batch "$BATCH" --steps "$s" --warmup "$w" --json \
+    >"$OUT_DIR/secateur-$m.json" 2>"$OUT_DIR/secateur-$m.err" || true
+  "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" --batch "$BATCH" --steps "$s" --warmup "$w" \
+    --threads "$THREADS" --json >"$OUT_DIR/pytorch-$m.json" 2>"$OUT_DIR/pytorch-$m.err" || true
+done
+HVP_MODELS=""
+if [ "${HVP:-1}" != "0" ]; then
+  for m in $MODELS; do
+    case "$m" in
+      mlp) hs="${HVP_STEPS:-20}" ;; lenet5) hs="${HVP_STEPS:-10}" ;; resnet20) hs="${HVP_STEPS:-3}" ;; *) continue ;;
+    esac
+    HVP_MODELS="$HVP_MODELS $m"
+    echo "compare.sh: $m Hessian-vector product (${HVP_WARMUP:-1} warm-up + $hs timed)" >&2
+    "$BIN" --model "$m" --batch "$BATCH" --steps "$hs" --warmup "${HVP_WARMUP:-1}" --hvp --json \
+      >"$OUT_DIR/hvp-$m.json" 2>"$OUT_DIR/hvp-$m.err" || true
+  done
+fi
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- table ----------------------------------------------------------------------------------
+CPU="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)"
+CORES="$(nproc)"
+TORCH="$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo '?')"
+RUSTC="$(rustc --version)"
+CANDLE="$(awk '/^name = "candle-core"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)"
+COMMIT="${SECATEUR_LABEL:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')}"
+
+OUT_DIR="$OUT_DIR" MODELS="$MODELS" HVP_MODELS="$HVP_MODELS" python3 - <<'EOF'
+import json, os
+out = os.environ["OUT_DIR"]
+
+def load(side, m):
+    try:
+        with open(os.path.join(out, f"{side}-{m}.json")) as f:
+            lines = [l for l in f.read().splitlines() if l.strip().startswith("{")]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+
+def ok(r):
+    return r is not None and r.get("supported", True) and "median_ms" in r
+
+def fmt(v, nd=1):
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.{max(nd, 2)}f}"
+
+print("| model | params | secateur ms/step | PyTorch ms/step | ratio | secateur peak MiB | PyTorch peak MiB | ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+notes = []
+for m in os.environ["MODELS"].split():
+    s, p = load("secateur", m), load("pytorch", m)
+    sp = s.get("params") if ok(s) else None
+    pp = p.get("params") if ok(p) else None
+    if sp is not None and pp is not None and sp != pp:
+        notes.append(f"{m}: parameter counts differ (secateur {sp}, PyTorch {pp})")
+    params = f"{pp if pp is not None else sp:,}" if (pp or sp) else "?"
+    st = fmt(s["median_ms"]) if ok(s) else "n/a"
+    pt = fmt(p["median_ms"]) if ok(p) else "n/a"
+    tr = f"{s['median_ms'] / p['median_ms']:.2f}×" if ok(s) and ok(p) else "n/a"
+    sm = f"{s['peak_rss_mib']:.0f}" if ok(s) else "n/a"
+    pm = f"{p['peak_rss_mib']:.0f}" if ok(p) else "n/a"
+    mr = f"{s['peak_rss_mib'] / p['peak_rss_mib']:.2f}×" if ok(s) and ok(p) else "n/a"
+    print(f"| {m} | {params} | {st} | {pt} | {tr} | {sm} | {pm} | {mr} |")
+    for side, r in (("secateur", s), ("PyTorch", p)):
+        if r is None:
+            notes.append(f"{m}: no result from {side} (see {side.lower()}-{m}.err)")
+        elif not ok(r):
+            notes.append(f"{m}: {side}: {r.get('error', 'not supported')}")
+print()
+print("Memory growth above the process's resident size after start-up (PyTorch's import alone is")
+print("several hundred MiB, so peak RSS mostly compares library footprints):")
+print()
+print("| model | secateur peak − start MiB | PyTorch peak − start MiB |")
+print("|---|---:|---:|")
+for m in os.environ["MODELS"].split():
+    s, p = load("secateur", m), load("pytorch", m)
+    sd = f"{s['peak_rss_mib'] - s['base_rss_mib']:.0f}" if ok(s) else "n/a"
+    pd = f"{p['peak_rss_mib'] - p['base_rss_mib']:.0f}" if ok(p) else "n/a"
+    print(f"| {m} | {sd} | {pd} |")
+hvp_models = os.environ.get("HVP_MODELS", "").split()
+if hvp_models:
+    print()
+    print("Hessian-vector product by double backprop (secateur; Rademacher v; checked against a central")
+    print("difference of gradients in f64, batch 16):")
+    print()
+    print("| model | gradient ms | HVP ms | HVP / gradient | rel. error vs finite differences |")
+    print("|---|---:|---:|---:|---:|")
+    for m in hvp_models:
+        r = load("hvp", m)
+        if r is None or "hvp_median_ms" not in r:
+            err = (r or {}).get("error", "no result")
+            print(f"| {m} | n/a | n/a | n/a | {str(err).splitlines()[0] if err else 'n/a'} |")
+            continue
+        if r.get("hvp_error"):
+            print(f"| {m} | {fmt(r['grad_median_ms'])} | failed | n/a | {r['hvp_error'].splitlines()[0]} |")
+            continue
+        print(f"| {m} | {fmt(r['grad_median_ms'])} | {fmt(r['hvp_median_ms'])} | {r['hvp_over_grad']:.2f}× | {r['hvp_fd_rel_err']:.1e} |")
+if notes:
+    print()
+    for n in notes:
+        print(f"- {n}")
+EOF
+
+cat <<EOF
+
+Median of the timed steps; batch $BATCH, f32, $THREADS threads (RAYON/OMP/MKL_NUM_THREADS=$THREADS,
+torch.set_num_threads($THREADS)); ratio = secateur / PyTorch; peak = process peak RSS
+(VmHWM / ru_maxrss). Steps per model: $(for m in $MODELS; do printf '%s %s+%s, ' "$m" "$(warmup_for "$m")" "$(steps_for "$m")"; done | sed 's/, $//') (warm-up+timed).
+
+- CPU: $CPU, $CORES cores
+- torch $TORCH; $RUSTC; candle-core $CANDLE; secateur $COMMIT
+- load average before / after: $LOAD_BEFORE / $LOAD_AFTER
+- raw results: ${OUT_DIR#"$ROOT"/}
+EOF

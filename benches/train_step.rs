@@ -1,0 +1,63 @@
+//! Criterion benchmarks of full training steps (forward in train mode, cross-entropy, backward,
+//! SGD with momentum 0.9) at batch 128, f32, CPU:
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo bench --bench train_step            # all three models
+//! RAYON_NUM_THREADS=2 cargo bench --bench train_step -- lenet5  # one model
+//! ```
+//!
+//! Few samples in flat sampling mode so that the slow ResNet-20 step stays quick. The side-by-side
+//! comparison with PyTorch is `bench/compare.sh`, which uses the `bench_step` binary of
+//! `secateur-experiments` with the same step.
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
+use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
+use secateur_models::layers::cross_entropy;
+use secateur_models::{build, Deterministic, ModelSpec};
+use std::time::Duration;
+
+const BATCH: usize = 128;
+
+fn bench_model(c: &mut Criterion, arch: &str, input: [usize; 3], measurement: Duration) {
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+    let net = build(&ModelSpec::new(arch, input, 10), &Deterministic, &pb).expect("build");
+    let mut data = SeededRng::new(1);
+    let [ch, h, w] = input;
+    let x = data.randn(&[BATCH, ch, h, w], DType::F32, &Device::Cpu).expect("input");
+    let labels: Vec<u32> = (0..BATCH).map(|i| (i % 10) as u32).collect();
+    let y = Tensor::from_vec(labels, BATCH, &Device::Cpu).expect("labels");
+    let params = store.params();
+    let mut opt = Sgd::new(SgdConfig::default()).expect("sgd");
+    let mut rng = SeededRng::new(2);
+
+    let mut group = c.benchmark_group("train_step");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(measurement)
+        .throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function(format!("{arch}/b{BATCH}"), |b| {
+        b.iter(|| {
+            let mut ctx = Ctx::train(&mut rng, Sampling::Mean);
+            let logits = net.forward(&x, &mut ctx).expect("forward");
+            let loss = cross_entropy(&logits, &y).expect("loss");
+            let grads = loss.backward().expect("backward");
+            opt.step(&params, &grads, 0.01).expect("sgd step");
+            loss.to_scalar::<f32>().expect("loss value")
+        })
+    });
+    group.finish();
+}
+
+fn train_steps(c: &mut Criterion) {
+    bench_model(c, "mlp", [1, 28, 28], Duration::from_secs(2));
+    bench_model(c, "lenet5", [1, 28, 28], Duration::from_secs(3));
+    bench_model(c, "resnet20", [3, 32, 32], Duration::from_secs(5));
+}
+
+criterion_group!(benches, train_steps);
+criterion_main!(benches);

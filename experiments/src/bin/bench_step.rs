@@ -1,0 +1,468 @@
+//! `bench_step`: times full training steps of one model, for the side-by-side comparison with
+//! PyTorch in `bench/compare.sh` (issue 3, "Benchmarks").
+//!
+//! ```text
+//! cargo run --release -p secateur-experiments --bin bench_step -- \
+//!     --model lenet5 --batch 128 --steps 50 --warmup 5 [--json] [--hvp]
+//! ```
+//!
+//! A step is what the training loop does: forward in train mode (`Sampling::Mean`), softmax
+//! cross-entropy, `backward`, and SGD with momentum 0.9. Input and labels are fixed draws of the
+//! seeded generator. The report gives the median and mean milliseconds per step and the peak
+//! resident memory of the process (`VmHWM`). Threads: set `RAYON_NUM_THREADS` (candle's CPU
+//! backend and gemm use rayon).
+//!
+//! `--hvp` instead times one Hessian-vector product by double backpropagation (`g = ∇L`,
+//! `Hv = ∇(g·v)`) against one gradient computation (forward + backward), and checks `Hv` against a
+//! central finite difference of gradients. Candle reads `CANDLE_GRAD_DO_NOT_DETACH` into a
+//! thread-local on a thread's first backward, so the plain gradient is timed on one thread
+//! without it and the HVP on another thread after setting it; `--hvp` sets it itself.
+//!
+//! Exit status 2 with `"supported": false` in the JSON line means the model is not available on
+//! the Rust side yet (e.g. `bayes-lenet5` before the Bayesian layers land).
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use clap::Parser;
+use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
+use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
+use secateur_models::layers::cross_entropy;
+use secateur_models::{build, Deterministic, ModelSpec, Network};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Time secateur training steps (forward + cross-entropy + backward + SGD momentum)")]
+struct Args {
+    /// Model: mlp, lenet5, resnet20 (bayes-lenet5, bayes-mlp: not yet on the Rust side).
+    #[arg(long, default_value = "lenet5")]
+    model: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Learning rate of the SGD step.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    /// Print one JSON line only.
+    #[arg(long)]
+    json: bool,
+    /// Time a Hessian-vector product by double backprop instead of training steps.
+    #[arg(long)]
+    hvp: bool,
+    /// Check double-backprop HVPs of single ops (conv2d, max pool, ...) against finite differences.
+    #[arg(long)]
+    hvp_ops: bool,
+}
+
+/// Input shape `[C, H, W]` of a model name.
+fn input_shape(model: &str) -> Option<[usize; 3]> {
+    match model {
+        "mlp" | "lenet5" => Some([1, 28, 28]),
+        "resnet20" => Some([3, 32, 32]),
+        _ => None,
+    }
+}
+
+/// A field of `/proc/self/status` in MiB (`VmHWM`, `VmRSS`), or NaN where unavailable.
+fn proc_status_mib(field: &str) -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return f64::NAN;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// The model, its parameters and a fixed batch.
+struct Setup {
+    net: Network,
+    store: ParamStore,
+    x: Tensor,
+    y: Tensor,
+}
+
+fn setup(model: &str, input: [usize; 3], batch: usize) -> Result<Setup> {
+    setup_dtype(model, input, batch, DType::F32)
+}
+
+fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType) -> Result<Setup> {
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), dtype, Device::Cpu);
+    let net = build(&ModelSpec::new(model, input, 10), &Deterministic, &pb)?;
+    let mut data_rng = SeededRng::new(1);
+    let [c, h, w] = input;
+    let x = data_rng.randn(&[batch, c, h, w], dtype, &Device::Cpu)?;
+    let labels: Vec<u32> = (0..batch).map(|_| rand::RngCore::next_u32(&mut data_rng) % 10).collect();
+    let y = Tensor::from_vec(labels, batch, &Device::Cpu)?;
+    Ok(Setup { net, store, x, y })
+}
+
+fn loss(s: &Setup, rng: &mut SeededRng) -> Result<Tensor> {
+    let mut ctx = Ctx::train(rng, Sampling::Mean);
+    let logits = s.net.forward(&s.x, &mut ctx)?;
+    cross_entropy(&logits, &s.y)
+}
+
+/// Times `warmup + steps` calls of `f`, returning the timed durations in ms.
+fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        f()?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(times)
+}
+
+fn threads() -> String {
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+}
+
+fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
+    let rss_base = proc_status_mib("VmRSS");
+    let s = setup(&args.model, input, args.batch)?;
+    let params: BTreeMap<String, Var> = s.store.params();
+    let mut opt = Sgd::new(SgdConfig::default())?;
+    let mut rng = SeededRng::new(2);
+    let mut last_loss = f32::NAN;
+    let times = time_steps(args.warmup, args.steps, || {
+        let l = loss(&s, &mut rng)?;
+        let grads = l.backward()?;
+        opt.step(&params, &grads, args.lr)?;
+        last_loss = l.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    Ok(serde_json::json!({
+        "impl": "secateur",
+        "mode": "train_step",
+        "model": args.model,
+        "supported": true,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": threads(),
+        "params": s.store.num_params(),
+        "median_ms": median(&times),
+        "mean_ms": mean(&times),
+        "min_ms": times.iter().cloned().fold(f64::INFINITY, f64::min),
+        "peak_rss_mib": proc_status_mib("VmHWM"),
+        "base_rss_mib": rss_base,
+        "final_loss": last_loss,
+    }))
+}
+
+/// `Σ_i (a_i · b_i).sum()` over the parameters present in both.
+fn dot(params: &BTreeMap<String, Var>, a: &GradStore, v: &BTreeMap<String, Tensor>) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for (name, var) in params {
+        let Some(g) = a.get(var.as_tensor()) else { continue };
+        let term = (g * &v[name])?.sum_all()?;
+        acc = Some(match acc {
+            None => term,
+            Some(t) => (t + term)?,
+        });
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("no parameter has a gradient".into()))
+}
+
+/// Gradients of all parameters, detached, by name.
+fn grad_map(params: &BTreeMap<String, Var>, g: &GradStore) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for (name, var) in params {
+        if let Some(t) = g.get(var.as_tensor()) {
+            out.insert(name.clone(), t.detach());
+        }
+    }
+    Ok(out)
+}
+
+/// A Rademacher (±1) probe vector per parameter, as in Hutchinson's estimator.
+fn rademacher(params: &BTreeMap<String, Var>, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    let mut vrng = SeededRng::new(seed);
+    let mut v = BTreeMap::new();
+    for (name, var) in params {
+        let u = vrng.rand_uniform(var.dims(), 0.0, 1.0, var.dtype(), &Device::Cpu)?;
+        v.insert(name.clone(), ((u.ge(0.5)?.to_dtype(var.dtype())? * 2.0)? - 1.0)?);
+    }
+    Ok(v)
+}
+
+/// Relative error `‖Hv − FD‖ / ‖FD‖` of the double-backprop HVP against the central difference
+/// `(g(θ + εv) − g(θ − εv)) / 2ε`, in f64 so that a small ε is meaningful. Batch norm uses batch
+/// statistics in train mode, so the loss is a deterministic function of θ for the fixed batch.
+fn hvp_fd_check(model: &str, input: [usize; 3], batch: usize) -> Result<f64> {
+    let s = setup_dtype(model, input, batch, DType::F64)?;
+    let params = s.store.params();
+    let v = rademacher(&params, 3)?;
+    let mut rng = SeededRng::new(2);
+    let hv = hvp_once(&s, &params, &v, &mut rng)?;
+    let eps = 1e-8f64;
+    let mut theta = BTreeMap::new();
+    for (n, p) in &params {
+        theta.insert(n.clone(), p.as_tensor().copy()?);
+    }
+    let mut grad_at = |sign: f64| -> Result<BTreeMap<String, Tensor>> {
+        for (n, p) in &params {
+            p.set(&(&theta[n] + (&v[n] * (sign * eps))?)?)?;
+        }
+        let l = loss(&s, &mut rng)?;
+        grad_map(&params, &l.backward()?)
+    };
+    let gp = grad_at(1.0)?;
+    let gm = grad_at(-1.0)?;
+    let (mut num, mut den) = (0f64, 0f64);
+    for (n, h) in &hv {
+        let fd = ((&gp[n] - &gm[n])? / (2.0 * eps))?;
+        let e2 = (h - &fd)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        let f2 = fd.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        if std::env::var_os("BENCH_STEP_DEBUG").is_some() {
+            let h2 = h.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            eprintln!("{n}: |Hv| {:.4e} |FD| {:.4e} rel {:.3e}", h2.sqrt(), f2.sqrt(), (e2 / f2.max(1e-300)).sqrt());
+        }
+        num += e2;
+        den += f2;
+    }
+    Ok((num / den.max(1e-300)).sqrt())
+}
+
+/// The `Hv` of one parameter set by double backprop.
+fn hvp_once(s: &Setup, params: &BTreeMap<String, Var>, v: &BTreeMap<String, Tensor>, rng: &mut SeededRng)
+    -> Result<BTreeMap<String, Tensor>> {
+    let l = loss(s, rng)?;
+    let g = l.backward()?;
+    let gv = dot(params, &g, v)?;
+    let hv = gv.backward()?;
+    grad_map(params, &hv)
+}
+
+fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
+    let (model, batch, warmup, steps) = (args.model.clone(), args.batch, args.warmup, args.steps);
+    // 1. Plain gradient (forward + backward) on a fresh thread, CANDLE_GRAD_DO_NOT_DETACH unset.
+    let m = model.clone();
+    let grad_times = std::thread::spawn(move || -> Result<Vec<f64>> {
+        let s = setup(&m, input, batch)?;
+        let mut rng = SeededRng::new(2);
+        time_steps(warmup, steps, || {
+            let g = loss(&s, &mut rng)?.backward()?;
+            drop(g);
+            Ok(())
+        })
+    })
+    .join()
+    .map_err(|_| candle_core::Error::Msg("gradient thread panicked".into()))??;
+
+    // 2. HVP on a second thread, whose backward passes read the variable as set.
+    // No other thread of this process reads or writes the environment at this point (the first
+    // worker has joined; rayon's workers do not touch it).
+    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    let m = model.clone();
+    let out = std::thread::spawn(move || -> Result<serde_json::Value> {
+        let s = setup(&m, input, batch)?;
+        let params = s.store.params();
+        let v = rademacher(&params, 3)?;
+        let mut rng = SeededRng::new(2);
+        // Gradient with the graph kept (what the first half of an HVP costs).
+        let grad_keep = time_steps(warmup, steps, || {
+            drop(loss(&s, &mut rng)?.backward()?);
+            Ok(())
+        })?;
+        let mut failure: Option<String> = None;
+        let mut hvp_times = Vec::new();
+        match time_steps(warmup, steps, || hvp_once(&s, &params, &v, &mut rng).map(drop)) {
+            Ok(t) => hvp_times = t,
+            Err(e) => failure = Some(e.to_string()),
+        }
+        let fd_rel_err = if failure.is_none() {
+            hvp_fd_check(&m, input, batch.min(16))?
+        } else {
+            f64::NAN
+        };
+        let (g, h) = (median(&grad_times), median(&hvp_times));
+        Ok(serde_json::json!({
+            "impl": "secateur",
+            "mode": "hvp",
+            "model": m,
+            "supported": true,
+            "batch": batch,
+            "steps": steps,
+            "warmup": warmup,
+            "threads": threads(),
+            "params": s.store.num_params(),
+            "grad_median_ms": g,
+            "grad_keep_graph_median_ms": median(&grad_keep),
+            "hvp_median_ms": h,
+            "hvp_mean_ms": mean(&hvp_times),
+            "hvp_over_grad": h / g,
+            "hvp_fd_rel_err": fd_rel_err,
+            "hvp_error": failure,
+            "peak_rss_mib": proc_status_mib("VmHWM"),
+        }))
+    })
+    .join()
+    .map_err(|_| candle_core::Error::Msg("HVP thread panicked".into()))??;
+    Ok(out)
+}
+
+/// One op under test: `f(θ, x)` with parameter `θ` and fixed input `x`.
+type OpFn = fn(&Tensor, &Tensor) -> Result<Tensor>;
+
+/// Double-backprop HVP of `L(θ) = Σ c ⊙ f(θ)²` (f64) against central differences, per op.
+fn hvp_ops() -> Result<serde_json::Value> {
+    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    std::thread::spawn(|| -> Result<serde_json::Value> {
+        let dev = Device::Cpu;
+        let mut r = SeededRng::new(5);
+        let cases: Vec<(&str, Vec<usize>, Vec<usize>, OpFn)> = vec![
+            ("matmul (weight)", vec![5, 7], vec![4, 7], |w, x| x.matmul(&w.t()?)),
+            ("conv2d (weight) k3 p0", vec![4, 3, 3, 3], vec![2, 3, 8, 8], |w, x| x.conv2d(w, 0, 1, 1, 1)),
+            ("conv2d (weight) k5 p2", vec![4, 3, 5, 5], vec![2, 3, 8, 8], |w, x| x.conv2d(w, 2, 1, 1, 1)),
+            ("conv2d (weight) k3 p1 s2", vec![4, 3, 3, 3], vec![2, 3, 8, 8], |w, x| x.conv2d(w, 1, 2, 1, 1)),
+            ("conv2d (input) k3 p1", vec![2, 3, 8, 8], vec![4, 3, 3, 3], |x, w| x.conv2d(w, 1, 1, 1, 1)),
+            ("conv_transpose2d (input) k3 p1", vec![2, 4, 8, 8], vec![4, 3, 3, 3], |x, w| {
+                x.conv_transpose2d(w, 1, 0, 1, 1)
+            }),
+            ("conv_transpose2d (weight) k3 p1", vec![4, 3, 3, 3], vec![2, 4, 8, 8], |w, x| {
+                x.conv_transpose2d(w, 1, 0, 1, 1)
+            }),
+            ("max pool 2 (reshape + max)", vec![2, 3, 8, 8], vec![1], |t, _| {
+                let t = (t * t)?;
+                t.reshape((2, 3, 4, 2, 4, 2))?.max(5)?.max(3)
+            }),
+            ("conv(relu(conv(x, θ)), θ)", vec![3, 3, 3, 3], vec![2, 3, 8, 8], |w, x| {
+                x.conv2d(w, 1, 1, 1, 1)?.relu()?.conv2d(w, 1, 1, 1, 1)
+            }),
+            ("conv(pool(conv(x, θ)), θ)", vec![3, 3, 3, 3], vec![2, 3, 8, 8], |w, x| {
+                let y = x.conv2d(w, 1, 1, 1, 1)?;
+                let y = y.reshape((2, 3, 4, 2, 4, 2))?.max(5)?.max(3)?;
+                y.conv2d(w, 1, 1, 1, 1)
+            }),
+            ("conv(conv(x, θ), θ) p0", vec![3, 3, 3, 3], vec![2, 3, 8, 8], |w, x| {
+                x.conv2d(w, 0, 1, 1, 1)?.conv2d(w, 0, 1, 1, 1)
+            }),
+            ("conv(x, θ) → linear(θ)", vec![3, 3, 3, 3], vec![2, 3, 5, 5], |w, x| {
+                let y = x.conv2d(w, 0, 1, 1, 1)?.flatten_from(1)?; // [2, 27]
+                y.matmul(&w.flatten_all()?.narrow(0, 0, 27)?.unsqueeze(1)?)
+            }),
+            ("candle max_pool2d 2", vec![2, 3, 8, 8], vec![1], |t, _| (t * t)?.max_pool2d(2)),
+            ("relu(x·θ)", vec![2, 3, 8, 8], vec![2, 3, 8, 8], |t, x| ((t * x)? + t.sqr()?)?.relu()),
+            ("log_softmax + gather", vec![4, 10], vec![1], |t, _| {
+                let lp = candle_nn_free_log_softmax(&t.sqr()?)?;
+                let idx = Tensor::new(&[[1u32], [3], [0], [9]], t.device())?;
+                lp.gather(&idx, 1)
+            }),
+        ];
+        let mut out = serde_json::Map::new();
+        for (name, tshape, xshape, f) in cases {
+            let theta0 = r.randn(&tshape, DType::F64, &dev)?;
+            let x = r.randn(&xshape, DType::F64, &dev)?;
+            let probe = f(&theta0, &x)?;
+            let c = r.randn(probe.dims(), DType::F64, &dev)?;
+            let v = r.randn(&tshape, DType::F64, &dev)?;
+            let theta = Var::from_tensor(&theta0)?;
+            let lossf = |t: &Tensor| -> Result<Tensor> { (f(t, &x)?.sqr()? * &c)?.sum_all() };
+            let res = (|| -> Result<f64> {
+                let g = lossf(theta.as_tensor())?.backward()?;
+                let gt = g.get(theta.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
+                let hv_store = (gt * &v)?.sum_all()?.backward()?;
+                let hv = hv_store
+                    .get(theta.as_tensor())
+                    .cloned()
+                    .unwrap_or(theta.as_tensor().zeros_like()?);
+                let eps = 1e-6;
+                let grad_at = |sgn: f64| -> Result<Tensor> {
+                    let t = Var::from_tensor(&(&theta0 + (&v * (sgn * eps))?)?)?;
+                    let g = lossf(t.as_tensor())?.backward()?;
+                    Ok(g.get(t.as_tensor()).unwrap().detach())
+                };
+                let fd = ((grad_at(1.0)? - grad_at(-1.0)?)? / (2.0 * eps))?;
+                let num = (hv - &fd)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                let den = fd.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                Ok((num / den.max(1e-300)).sqrt())
+            })();
+            out.insert(
+                name.to_string(),
+                match res {
+                    Ok(e) => serde_json::json!(e),
+                    Err(e) => serde_json::json!(format!("error: {e}")),
+                },
+            );
+        }
+        Ok(serde_json::json!({"impl": "secateur", "mode": "hvp_ops", "rel_err": out}))
+    })
+    .join()
+    .map_err(|_| candle_core::Error::Msg("HVP thread panicked".into()))?
+}
+
+/// `log_softmax` from differentiable ops (as candle-nn's).
+fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(1)?.detach();
+    let d = x.broadcast_sub(&m)?;
+    d.broadcast_sub(&d.exp()?.sum_keepdim(1)?.log()?)
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.hvp_ops {
+        match hvp_ops() {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("bench_step: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let Some(input) = input_shape(&args.model) else {
+        let j = serde_json::json!({
+            "impl": "secateur",
+            "model": args.model,
+            "supported": false,
+            "error": format!("model `{}` is not supported by bench_step yet (supported: mlp, lenet5, resnet20)", args.model),
+        });
+        println!("{j}");
+        std::process::exit(2);
+    };
+    let result = if args.hvp { hvp_bench(&args, input) } else { train_bench(&args, input) };
+    match result {
+        Ok(j) => {
+            if !args.json {
+                eprintln!("{}", serde_json::to_string_pretty(&j).unwrap_or_default());
+            }
+            println!("{j}");
+        }
+        Err(e) => {
+            let j = serde_json::json!({"impl": "secateur", "model": args.model, "supported": true, "error": e.to_string()});
+            println!("{j}");
+            eprintln!("bench_step: {e}");
+            std::process::exit(1);
+        }
+    }
+}

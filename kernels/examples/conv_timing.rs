@@ -1,0 +1,41 @@
+//! Quick per-op timings (batch 128, f32): `cargo run --release -p secateur-kernels --example conv_timing`.
+use candle_core::{Device, Tensor};
+use secateur_kernels::conv::{conv2d_input_grad, conv2d_weight_grad, conv2d_with, ConvParams};
+use std::time::Instant;
+
+fn time<F: FnMut()>(name: &str, mut f: F) {
+    f();
+    let reps = 10;
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    println!("{name:40} {:8.3} ms", t.elapsed().as_secs_f64() * 1e3 / reps as f64);
+}
+
+fn main() -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    for (c, hw, o, k, pad) in [(1, 28, 6, 5, 2), (6, 14, 16, 5, 0), (16, 32, 16, 3, 1)] {
+        let p = ConvParams::new(1, pad, 1, 1);
+        let x = Tensor::randn(0f32, 1.0, (128, c, hw, hw), &dev)?;
+        let w = Tensor::randn(0f32, 0.1, (o, c, k, k), &dev)?;
+        let y = conv2d_with(&x, &w, p)?;
+        println!("-- {c}x{hw}x{hw} -> {o} k{k} p{pad}");
+        time("fwd", || drop(conv2d_with(&x, &w, p).unwrap()));
+        time("input grad", || drop(conv2d_input_grad(&y, &w, p, (hw, hw)).unwrap()));
+        time("weight grad", || drop(conv2d_weight_grad(&x, &y, p, (k, k)).unwrap()));
+        let yv = candle_core::Var::from_tensor(&y)?;
+        time("loss backward only (no conv)", || drop(yv.as_tensor().backward().unwrap()));
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let wv = candle_core::Var::from_tensor(&w)?;
+        time("fwd+bwd secateur", || {
+            let y = conv2d_with(xv.as_tensor(), wv.as_tensor(), p).unwrap();
+            drop(y.backward().unwrap())
+        });
+        time("fwd+bwd candle", || {
+            let y = xv.as_tensor().conv2d(wv.as_tensor(), pad, 1, 1, 1).unwrap();
+            drop(y.backward().unwrap())
+        });
+    }
+    Ok(())
+}

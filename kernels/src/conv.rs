@@ -1,0 +1,833 @@
+//! 2-D convolution as three candle custom ops that are closed under differentiation.
+//!
+//! With `x: [N, C, H, W]`, `w: [O, C/G, KH, KW]` (`G` groups), stride `s`, padding `p` and
+//! dilation `d`, the convolution is
+//!
+//! ```text
+//! y[n, o, i, j] = Σ_{c ∈ group(o), a, b} w[o, c, a, b] · x[n, c, i·s_h − p_h + a·d_h, j·s_w − p_w + b·d_w]
+//! ```
+//!
+//! (zero outside the image). All three ops below are partial derivatives of the same trilinear
+//! form `T(x, w, g) = ⟨conv(x, w), g⟩`:
+//!
+//! - [`Conv2dOp`]: `y = conv(x, w)` (`= ∂T/∂g`),
+//! - [`Conv2dInputGrad`]: `dx = conv_transpose(dy, w)` (`= ∂T/∂x` at `g = dy`),
+//! - [`Conv2dWeightGrad`]: `dw = Σ_n dy[n] ⊗ patches(x[n])` (`= ∂T/∂w` at `g = dy`).
+//!
+//! Hence every backward pass is again made of these three ops:
+//!
+//! | forward | upstream `G` | gradients |
+//! |---|---|---|
+//! | `y = conv(x, w)` | `G ~ y` | `dx = InputGrad(G, w)`, `dw = WeightGrad(x, G)` |
+//! | `dx = InputGrad(dy, w)` | `G ~ x` | `d(dy) = conv(G, w)`, `dw = WeightGrad(G, dy)` |
+//! | `dw = WeightGrad(x, dy)` | `G ~ w` | `dx = InputGrad(dy, G)`, `d(dy) = conv(x, G)` |
+//!
+//! so Hessian-vector products by double backpropagation work (with `CANDLE_GRAD_DO_NOT_DETACH=1`).
+//!
+//! CPU path: per sample and group, the input is packed (im2col) into a `[C/G·KH·KW, OH·OW]`
+//! matrix and multiplied with the `gemm` crate, in parallel over the batch with rayon (one packing
+//! buffer per worker). The input gradient multiplies `wᵀ · dy[n]` and scatters it back (col2im).
+//! The weight gradient is accumulated per chunk of the batch (the chunking depends only on the
+//! batch size, never on the thread count) and the chunk sums are added in chunk order, so results
+//! are bit-identical from run to run. f32 and f64 run on the fast path; other dtypes, and every
+//! non-CPU device (CUDA), use candle's own `conv2d` / `conv_transpose2d`.
+
+use std::borrow::Cow;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Stride, padding, dilation (as `(height, width)` pairs) and group count of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvParams {
+    /// Stride `(s_h, s_w)`, both ≥ 1.
+    pub stride: (usize, usize),
+    /// Zero padding `(p_h, p_w)` on each side.
+    pub padding: (usize, usize),
+    /// Dilation `(d_h, d_w)`, both ≥ 1.
+    pub dilation: (usize, usize),
+    /// Number of groups `G` (≥ 1): `C` and `O` must be multiples of `G`.
+    pub groups: usize,
+}
+
+impl ConvParams {
+    /// Square parameters: the same stride, padding and dilation along height and width.
+    pub fn new(stride: usize, padding: usize, dilation: usize, groups: usize) -> Self {
+        Self {
+            stride: (stride, stride),
+            padding: (padding, padding),
+            dilation: (dilation, dilation),
+            groups,
+        }
+    }
+
+    fn is_square(&self) -> bool {
+        self.stride.0 == self.stride.1
+            && self.padding.0 == self.padding.1
+            && self.dilation.0 == self.dilation.1
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.stride.0 == 0 || self.stride.1 == 0 {
+            bail!("conv2d: stride must be ≥ 1, got {:?}", self.stride)
+        }
+        if self.dilation.0 == 0 || self.dilation.1 == 0 {
+            bail!("conv2d: dilation must be ≥ 1, got {:?}", self.dilation)
+        }
+        if self.groups == 0 {
+            bail!("conv2d: groups must be ≥ 1")
+        }
+        Ok(())
+    }
+
+    /// Output size along one axis: `⌊(n + 2p − d(k − 1) − 1) / s⌋ + 1`, or `None` if the
+    /// (dilated) kernel does not fit in the padded input.
+    fn out_dim(n: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
+        let span = d * (k - 1) + 1;
+        let padded = n + 2 * p;
+        if k == 0 || padded < span {
+            None
+        } else {
+            Some((padded - span) / s + 1)
+        }
+    }
+
+    /// Output spatial size `(OH, OW)` for input `(h, w)` and kernel `(kh, kw)`.
+    pub fn out_hw(&self, hw: (usize, usize), khw: (usize, usize)) -> Option<(usize, usize)> {
+        Some((
+            Self::out_dim(hw.0, khw.0, self.stride.0, self.padding.0, self.dilation.0)?,
+            Self::out_dim(hw.1, khw.1, self.stride.1, self.padding.1, self.dilation.1)?,
+        ))
+    }
+}
+
+/// Full geometry of one convolution `x: [n, c, h, w] * w: [o, c/groups, kh, kw] -> [n, o, oh, ow]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub p: ConvParams,
+}
+
+impl Geom {
+    /// Builds and validates the geometry; errors name the shapes.
+    pub fn new(
+        x: (usize, usize, usize, usize),
+        w: (usize, usize, usize, usize),
+        p: ConvParams,
+    ) -> Result<Self> {
+        p.check()?;
+        let (n, c, h, wd) = x;
+        let (o, cg, kh, kw) = w;
+        if c != cg * p.groups || o % p.groups != 0 || o == 0 || cg == 0 {
+            bail!(
+                "conv2d: input [{n}, {c}, {h}, {wd}] and kernel [{o}, {cg}, {kh}, {kw}] do not match \
+                 with {} groups (need C = kernel_C·groups and O divisible by groups)",
+                p.groups
+            )
+        }
+        let Some((oh, ow)) = p.out_hw((h, wd), (kh, kw)) else {
+            bail!(
+                "conv2d: kernel [{o}, {cg}, {kh}, {kw}] (dilation {:?}) larger than the padded \
+                 input [{n}, {c}, {h}, {wd}] (padding {:?})",
+                p.dilation,
+                p.padding
+            )
+        };
+        Ok(Self { n, c, h, w: wd, o, kh, kw, oh, ow, p })
+    }
+
+    pub fn cg(&self) -> usize {
+        self.c / self.p.groups
+    }
+    pub fn og(&self) -> usize {
+        self.o / self.p.groups
+    }
+    /// Rows of the packed matrix: `C/G · KH · KW`.
+    pub fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    /// Columns of the packed matrix: `OH · OW`.
+    pub fn pix(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub fn x_shape(&self) -> Shape {
+        Shape::from((self.n, self.c, self.h, self.w))
+    }
+    pub fn w_shape(&self) -> Shape {
+        Shape::from((self.o, self.cg(), self.kh, self.kw))
+    }
+    pub fn y_shape(&self) -> Shape {
+        Shape::from((self.n, self.o, self.oh, self.ow))
+    }
+    /// True when im2col is the identity (1×1 kernel, stride 1, no padding).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.p.stride == (1, 1)
+            && self.p.padding == (0, 0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU kernels
+// ---------------------------------------------------------------------------------------------
+
+/// Element types of the fast CPU path.
+pub(crate) trait Elem:
+    Copy + Send + Sync + 'static + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
+    const ZERO: Self;
+    const ONE: Self;
+}
+impl Elem for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+impl Elem for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// Row-major `dst[m, n] (+)= lhs[m, k] · rhs[k, n]` with explicit strides (in elements):
+/// `lhs[i, l] = lhs[i·lrs + l·lcs]`, `rhs[l, j] = rhs[l·rrs + j·rcs]`, `dst` is contiguous with
+/// row stride `n`. Single-threaded: parallelism is over the batch.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    lrs: usize,
+    lcs: usize,
+    rhs: &[T],
+    rrs: usize,
+    rcs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(T::ZERO);
+        }
+        return;
+    }
+    assert!(lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
+    assert!(rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    // SAFETY: the asserts above bound every index gemm reads or writes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Valid output columns `[lo, hi)` for kernel offset `off = kj·d − p` along an axis of length
+/// `len` with stride `s` and `out` outputs: those `j` with `0 ≤ j·s + off < len`.
+#[inline]
+fn valid_range(off: isize, len: usize, s: usize, out: usize) -> (usize, usize) {
+    let lo = if off >= 0 { 0 } else { ((-off) as usize).div_ceil(s) };
+    let last = len as isize - 1 - off;
+    let hi = if last < 0 { 0 } else { (last as usize / s + 1).min(out) };
+    (lo.min(hi), hi)
+}
+
+/// Packs one group of one sample, `x: [C/G, H, W]`, into `cols: [C/G·KH·KW, OH·OW]`.
+pub(crate) fn im2col<T: Elem>(x: &[T], cols: &mut [T], g: &Geom) {
+    let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
+    let (sh, sw) = g.p.stride;
+    let (ph, pw) = g.p.padding;
+    let (dh, dw) = g.p.dilation;
+    let pix = oh * ow;
+    for c in 0..g.cg() {
+        let xc = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.kh {
+            let offy = (ki * dh) as isize - ph as isize;
+            let (ylo, yhi) = valid_range(offy, h, sh, oh);
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let dst = &mut cols[row * pix..(row + 1) * pix];
+                let offx = (kj * dw) as isize - pw as isize;
+                let (xlo, xhi) = valid_range(offx, w, sw, ow);
+                dst[..ylo * ow].fill(T::ZERO);
+                dst[yhi * ow..].fill(T::ZERO);
+                for oy in ylo..yhi {
+                    let iy = (oy * sh) as isize + offy;
+                    let src = &xc[iy as usize * w..(iy as usize + 1) * w];
+                    let d = &mut dst[oy * ow..(oy + 1) * ow];
+                    d[..xlo].fill(T::ZERO);
+                    d[xhi..].fill(T::ZERO);
+                    if xlo < xhi {
+                        let ix0 = ((xlo * sw) as isize + offx) as usize;
+                        if sw == 1 {
+                            d[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+                        } else {
+                            for (t, v) in d[xlo..xhi].iter_mut().enumerate() {
+                                *v = src[ix0 + t * sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adjoint of [`im2col`]: adds `cols: [C/G·KH·KW, OH·OW]` back into `x: [C/G, H, W]`.
+pub(crate) fn col2im_add<T: Elem>(cols: &[T], x: &mut [T], g: &Geom) {
+    let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
+    let (sh, sw) = g.p.stride;
+    let (ph, pw) = g.p.padding;
+    let (dh, dw) = g.p.dilation;
+    let pix = oh * ow;
+    for c in 0..g.cg() {
+        let xc = &mut x[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.kh {
+            let offy = (ki * dh) as isize - ph as isize;
+            let (ylo, yhi) = valid_range(offy, h, sh, oh);
+            for kj in 0..g.kw {
+                let row = (c * g.kh + ki) * g.kw + kj;
+                let src = &cols[row * pix..(row + 1) * pix];
+                let offx = (kj * dw) as isize - pw as isize;
+                let (xlo, xhi) = valid_range(offx, w, sw, ow);
+                if xlo >= xhi {
+                    continue;
+                }
+                for oy in ylo..yhi {
+                    let iy = ((oy * sh) as isize + offy) as usize;
+                    let drow = &mut xc[iy * w..(iy + 1) * w];
+                    let s = &src[oy * ow + xlo..oy * ow + xhi];
+                    let ix0 = ((xlo * sw) as isize + offx) as usize;
+                    if sw == 1 {
+                        for (d, &v) in drow[ix0..ix0 + s.len()].iter_mut().zip(s) {
+                            *d = *d + v;
+                        }
+                    } else {
+                        for (t, &v) in s.iter().enumerate() {
+                            let d = &mut drow[ix0 + t * sw];
+                            *d = *d + v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y = conv(x, w)` on contiguous buffers.
+pub(crate) fn conv_fwd_cpu<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
+    let xs = g.c * g.h * g.w;
+    let mut y = vec![T::ZERO; g.n * g.o * pix];
+    if y.is_empty() {
+        return y;
+    }
+    let pointwise = g.is_pointwise();
+    y.par_chunks_mut(g.o * pix).enumerate().for_each_init(
+        || if pointwise { Vec::new() } else { vec![T::ZERO; k * pix] },
+        |cols, (ni, yn)| {
+            let xn = &x[ni * xs..(ni + 1) * xs];
+            for gi in 0..g.p.groups {
+                let xg = &xn[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
+                let packed: &[T] = if pointwise {
+                    xg
+                } else {
+                    im2col(xg, cols, g);
+                    cols
+                };
+                let wg = &w[gi * og * k..(gi + 1) * og * k];
+                let yg = &mut yn[gi * og * pix..(gi + 1) * og * pix];
+                matmul(og, pix, k, yg, false, wg, k, 1, packed, pix, 1);
+            }
+        },
+    );
+    y
+}
+
+/// `dx = conv_transpose(dy, w)` (the input gradient) on contiguous buffers.
+pub(crate) fn conv_input_grad_cpu<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
+    let xs = g.c * g.h * g.w;
+    let gs = cg * g.h * g.w;
+    let mut dx = vec![T::ZERO; g.n * xs];
+    if dx.is_empty() {
+        return dx;
+    }
+    let pointwise = g.is_pointwise();
+    dx.par_chunks_mut(xs).enumerate().for_each_init(
+        || if pointwise { Vec::new() } else { vec![T::ZERO; k * pix] },
+        |dcols, (ni, dxn)| {
+            let dyn_ = &dy[ni * g.o * pix..(ni + 1) * g.o * pix];
+            for gi in 0..g.p.groups {
+                let wg = &w[gi * og * k..(gi + 1) * og * k];
+                let dyg = &dyn_[gi * og * pix..(gi + 1) * og * pix];
+                let dxg = &mut dxn[gi * gs..(gi + 1) * gs];
+                // dcols[k, pix] = wgᵀ[k, og] · dyg[og, pix]
+                if pointwise {
+                    matmul(k, pix, og, dxg, false, wg, 1, k, dyg, pix, 1);
+                } else {
+                    matmul(k, pix, og, dcols, false, wg, 1, k, dyg, pix, 1);
+                    col2im_add(dcols, dxg, g);
+                }
+            }
+        },
+    );
+    dx
+}
+
+/// Number of samples per weight-gradient chunk: a function of the batch size only, so the
+/// summation order (and hence every bit of the result) does not depend on the thread count.
+pub(crate) fn wgrad_chunk(n: usize) -> usize {
+    const CHUNKS: usize = 16;
+    n.div_ceil(CHUNKS).max(1)
+}
+
+/// Adds per-chunk partial sums in chunk order.
+pub(crate) fn reduce_in_order<T: Elem>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut it = parts.into_iter();
+    let mut acc = it.next().unwrap_or_else(|| vec![T::ZERO; len]);
+    for part in it {
+        for (a, b) in acc.iter_mut().zip(part) {
+            *a = *a + b;
+        }
+    }
+    acc
+}
+
+/// `dw = Σ_n dy[n] · patches(x[n])ᵀ` (the weight gradient) on contiguous buffers.
+pub(crate) fn conv_weight_grad_cpu<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
+    let xs = g.c * g.h * g.w;
+    let len = g.o * k;
+    let pointwise = g.is_pointwise();
+    let chunk = wgrad_chunk(g.n);
+    let starts: Vec<usize> = (0..g.n).step_by(chunk).collect();
+    let parts: Vec<Vec<T>> = starts
+        .par_iter()
+        .map(|&start| {
+            let mut acc = vec![T::ZERO; len];
+            let mut cols = if pointwise { Vec::new() } else { vec![T::ZERO; k * pix] };
+            for ni in start..(start + chunk).min(g.n) {
+                let xn = &x[ni * xs..(ni + 1) * xs];
+                let dyn_ = &dy[ni * g.o * pix..(ni + 1) * g.o * pix];
+                for gi in 0..g.p.groups {
+                    let xg = &xn[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
+                    let packed: &[T] = if pointwise {
+                        xg
+                    } else {
+                        im2col(xg, &mut cols, g);
+                        &cols
+                    };
+                    let dyg = &dyn_[gi * og * pix..(gi + 1) * og * pix];
+                    let accg = &mut acc[gi * og * k..(gi + 1) * og * k];
+                    // acc[og, k] += dyg[og, pix] · packedᵀ[pix, k]
+                    matmul(og, k, pix, accg, true, dyg, pix, 1, packed, 1, pix);
+                }
+            }
+            acc
+        })
+        .collect();
+    reduce_in_order(parts, len)
+}
+
+/// Contiguous view of a CPU buffer in its layout (copies only when strided).
+pub(crate) fn contiguous<'a, T: Copy>(data: &'a [T], l: &Layout) -> Cow<'a, [T]> {
+    if let Some((a, b)) = l.contiguous_offsets() {
+        return Cow::Borrowed(&data[a..b]);
+    }
+    let dims = l.dims();
+    let stride = l.stride();
+    let total: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(total);
+    let mut idx = vec![0usize; dims.len()];
+    for _ in 0..total {
+        let off: usize = l.start_offset() + idx.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>();
+        out.push(data[off]);
+        for d in (0..dims.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < dims[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match *l.dims() {
+        [a, b, c, d] => Ok((a, b, c, d)),
+        ref d => bail!("{what}: expected a rank-4 tensor, got shape {d:?}"),
+    }
+}
+
+/// Runs a binary kernel on f32 or f64 storage.
+fn dispatch2(
+    name: &str,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    f32k: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64k: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+            Ok(CpuStorage::F32(f32k(&contiguous(a, l1), &contiguous(b, l2))))
+        }
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+            Ok(CpuStorage::F64(f64k(&contiguous(a, l1), &contiguous(b, l2))))
+        }
+        _ => bail!(
+            "{name}: the CPU kernel supports f32 and f64 (both operands alike), got {:?} and {:?}",
+            s1.dtype(),
+            s2.dtype()
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Custom ops
+// ---------------------------------------------------------------------------------------------
+
+/// `y = conv(x, w)`: `(x: [N, C, H, W], w: [O, C/G, KH, KW]) -> [N, O, OH, OW]`.
+/// Backward: `dx = InputGrad(G, w)`, `dw = WeightGrad(x, G)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dOp {
+    /// Convolution parameters.
+    pub params: ConvParams,
+}
+
+/// `dx = conv_transpose(dy, w)`: `(dy: [N, O, OH, OW], w: [O, C/G, KH, KW]) -> [N, C, H, W]`,
+/// i.e. `dx[n, c, ·] = Σ_o w[o, c]ᵀ ⋆ dy[n, o]` scattered back through the patches; `(H, W)` is
+/// given explicitly (several input sizes give the same output size when the stride is > 1).
+/// Backward: `d(dy) = conv(G, w)`, `dw = WeightGrad(G, dy)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dInputGrad {
+    /// Convolution parameters (of the forward convolution).
+    pub params: ConvParams,
+    /// Input spatial size `(H, W)` of the forward convolution.
+    pub input_hw: (usize, usize),
+}
+
+/// `dw = Σ_n dy[n] ⊗ patches(x[n])`: `(x: [N, C, H, W], dy: [N, O, OH, OW]) -> [O, C/G, KH, KW]`
+/// with the kernel size `(KH, KW)` given explicitly.
+/// Backward: `dx = InputGrad(dy, G)`, `d(dy) = conv(x, G)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dWeightGrad {
+    /// Convolution parameters (of the forward convolution).
+    pub params: ConvParams,
+    /// Kernel spatial size `(KH, KW)`.
+    pub kernel_hw: (usize, usize),
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "secateur-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(dims4(l1, "conv2d input")?, dims4(l2, "conv2d kernel")?, self.params)?;
+        let out = dispatch2(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |x, w| conv_fwd_cpu(x, w, &g),
+            |x, w| conv_fwd_cpu(x, w, &g),
+        )?;
+        Ok((out, g.y_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let dx = conv2d_input_grad(grad, w, self.params, (h, wd))?;
+        let dw = conv2d_weight_grad(x, grad, self.params, (kh, kw))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl Conv2dInputGrad {
+    fn geom(&self, dy: (usize, usize, usize, usize), w: (usize, usize, usize, usize)) -> Result<Geom> {
+        let (n, o, oh, ow) = dy;
+        let (ow_, cg, kh, kw) = w;
+        let g = Geom::new(
+            (n, cg * self.params.groups, self.input_hw.0, self.input_hw.1),
+            w,
+            self.params,
+        )?;
+        if o != ow_ || (g.oh, g.ow) != (oh, ow) {
+            bail!(
+                "conv2d input grad: output gradient [{n}, {o}, {oh}, {ow}] does not match kernel \
+                 [{ow_}, {cg}, {kh}, {kw}] on input size {:?} (expected [{n}, {ow_}, {}, {}])",
+                self.input_hw,
+                g.oh,
+                g.ow
+            )
+        }
+        Ok(g)
+    }
+}
+
+impl CustomOp2 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "secateur-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(dims4(l1, "conv2d output grad")?, dims4(l2, "conv2d kernel")?)?;
+        let out = dispatch2(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |dy, w| conv_input_grad_cpu(dy, w, &g),
+            |dy, w| conv_input_grad_cpu(dy, w, &g),
+        )?;
+        Ok((out, g.x_shape()))
+    }
+
+    fn bwd(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        _dx: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, kh, kw) = w.dims4()?;
+        let ddy = conv2d_with(grad, w, self.params)?;
+        let dw = conv2d_weight_grad(grad, dy, self.params, (kh, kw))?;
+        Ok((Some(ddy), Some(dw)))
+    }
+}
+
+impl Conv2dWeightGrad {
+    fn geom(&self, x: (usize, usize, usize, usize), dy: (usize, usize, usize, usize)) -> Result<Geom> {
+        let (n, c, h, w) = x;
+        let (n2, o, oh, ow) = dy;
+        let gr = self.params.groups;
+        if c % gr != 0 {
+            bail!("conv2d weight grad: input channels {c} not divisible by {gr} groups")
+        }
+        let g = Geom::new(x, (o, c / gr, self.kernel_hw.0, self.kernel_hw.1), self.params)?;
+        if n != n2 || (g.oh, g.ow) != (oh, ow) {
+            bail!(
+                "conv2d weight grad: input [{n}, {c}, {h}, {w}] and output gradient \
+                 [{n2}, {o}, {oh}, {ow}] do not match kernel size {:?} (expected [{n}, {o}, {}, {}])",
+                self.kernel_hw,
+                g.oh,
+                g.ow
+            )
+        }
+        Ok(g)
+    }
+}
+
+impl CustomOp2 for Conv2dWeightGrad {
+    fn name(&self) -> &'static str {
+        "secateur-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom(dims4(l1, "conv2d input")?, dims4(l2, "conv2d output grad")?)?;
+        let out = dispatch2(
+            self.name(),
+            s1,
+            l1,
+            s2,
+            l2,
+            |x, dy| conv_weight_grad_cpu(x, dy, &g),
+            |x, dy| conv_weight_grad_cpu(x, dy, &g),
+        )?;
+        Ok((out, g.w_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        _dw: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, w) = x.dims4()?;
+        let dx = conv2d_input_grad(dy, grad, self.params, (h, w))?;
+        let ddy = conv2d_with(x, grad, self.params)?;
+        Ok((Some(dx), Some(ddy)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public functions
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the fast path applies: CPU tensors of dtype f32 or f64.
+pub(crate) fn fast_path(a: &Tensor, b: &Tensor) -> bool {
+    matches!(a.device(), Device::Cpu)
+        && a.dtype() == b.dtype()
+        && matches!(a.dtype(), DType::F32 | DType::F64)
+}
+
+fn need_square(p: &ConvParams, what: &str) -> Result<()> {
+    if !p.is_square() {
+        bail!("{what}: rectangular stride/padding/dilation {p:?} are only supported on the CPU fast path (f32/f64)")
+    }
+    Ok(())
+}
+
+/// 2-D convolution `y[n, o, i, j] = Σ_{c ∈ group(o), a, b} w[o, c, a, b] · x[n, c, i·s − p + a·d, j·s − p + b·d]`
+/// of `x: [N, C, H, W]` with `w: [O, C/groups, KH, KW]`, giving `[N, O, OH, OW]` with
+/// `OH = ⌊(H + 2p − d(KH − 1) − 1)/s⌋ + 1` (likewise `OW`).
+///
+/// On CPU (f32/f64) this is [`Conv2dOp`], whose gradients are again convolution custom ops (so
+/// double backpropagation works); elsewhere it is candle's `Tensor::conv2d`.
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    groups: usize,
+) -> Result<Tensor> {
+    conv2d_with(x, w, ConvParams::new(stride, padding, dilation, groups))
+}
+
+/// [`conv2d`] with per-axis parameters ([`ConvParams`]).
+pub fn conv2d_with(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor> {
+    // Validate up front so that shape errors are the same on every device.
+    let g = Geom::new(x.dims4()?, w.dims4()?, params)?;
+    if fast_path(x, w) {
+        x.contiguous()?
+            .apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(Conv2dOp { params })))
+    } else {
+        need_square(&params, "conv2d")?;
+        let _ = g;
+        x.conv2d(w, params.padding.0, params.stride.0, params.dilation.0, params.groups)
+    }
+}
+
+/// Input gradient of a convolution, `dx = conv_transpose(dy, w)`: for `dy: [N, O, OH, OW]` and
+/// `w: [O, C/G, KH, KW]`, returns `dx: [N, C, H, W]` with `⟨dx, v⟩ = ⟨dy, conv(v, w)⟩` for all `v`;
+/// `input_hw = (H, W)`.
+pub fn conv2d_input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    params: ConvParams,
+    input_hw: (usize, usize),
+) -> Result<Tensor> {
+    let op = Conv2dInputGrad { params, input_hw };
+    let g = op.geom(dy.dims4()?, w.dims4()?)?;
+    if fast_path(dy, w) {
+        return dy
+            .contiguous()?
+            .apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(op)));
+    }
+    need_square(&params, "conv2d input grad")?;
+    let (s, p, d) = (params.stride.0, params.padding.0, params.dilation.0);
+    // conv_transpose2d gives (OH − 1)s − 2p + d(KH − 1) + 1 + output_padding rows.
+    let base = (g.oh - 1) * s + d * (g.kh - 1) + 1 - 2 * p;
+    let out_pad = g.h - base;
+    if g.w - ((g.ow - 1) * s + d * (g.kw - 1) + 1 - 2 * p) != out_pad {
+        bail!("conv2d input grad: unequal output padding along height and width is not supported off the CPU path")
+    }
+    let og = g.og();
+    let parts = (0..params.groups)
+        .map(|gi| {
+            dy.narrow(1, gi * og, og)?
+                .contiguous()?
+                .conv_transpose2d(&w.narrow(0, gi * og, og)?.contiguous()?, p, out_pad, s, d)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 1)
+}
+
+/// Weight gradient of a convolution, `dw[o, c, a, b] = Σ_{n, i, j} dy[n, o, i, j] · x[n, c', i·s − p + a·d, j·s − p + b·d]`
+/// (`c'` the `c`-th channel of `o`'s group): for `x: [N, C, H, W]` and `dy: [N, O, OH, OW]`,
+/// returns `[O, C/G, KH, KW]` with `⟨dw, v⟩ = ⟨dy, conv(x, v)⟩` for all `v`; `kernel_hw = (KH, KW)`.
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    params: ConvParams,
+    kernel_hw: (usize, usize),
+) -> Result<Tensor> {
+    let op = Conv2dWeightGrad { params, kernel_hw };
+    let g = op.geom(x.dims4()?, dy.dims4()?)?;
+    if fast_path(x, dy) {
+        return x
+            .contiguous()?
+            .apply_op2_arc(&dy.contiguous()?, std::sync::Arc::new(Box::new(op)));
+    }
+    need_square(&params, "conv2d weight grad")?;
+    let (s, p, d) = (params.stride.0, params.padding.0, params.dilation.0);
+    let (cg, og) = (g.cg(), g.og());
+    // candle's own formulation: the batch becomes the channel axis, stride and dilation swap.
+    let parts = (0..params.groups)
+        .map(|gi| {
+            let xg = x.narrow(1, gi * cg, cg)?.transpose(0, 1)?.contiguous()?;
+            let dyg = dy.narrow(1, gi * og, og)?.transpose(0, 1)?.contiguous()?;
+            xg.conv2d(&dyg, p, d, s, 1)?
+                .transpose(0, 1)?
+                .narrow(2, 0, g.kh)?
+                .narrow(D::Minus1, 0, g.kw)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)?.contiguous()
+}

@@ -1,0 +1,19 @@
+//! # secateur-kernels
+//!
+//! Fast CPU kernels as candle custom ops. candle 0.11's CPU convolution is far behind PyTorch's
+//! (its weight gradient is computed as a convolution with the batch as channels), so secateur
+//! brings its own, built so that every backward pass is itself made of differentiable custom ops
+//! (Hessian-vector products by double backpropagation keep working). On CUDA the functions here
+//! fall back to candle's own ops.
+//!
+//! Module plan:
+//! - [`conv`]: 2-D convolution forward, input gradient and weight gradient (im2col packing into
+//!   gemm, parallel over the batch), closed under differentiation.
+//! - [`lrt`]: fused local-reparameterisation convolution and linear layer: mean and variance
+//!   outputs from one pass over the packed input (Kingma, Salimans & Welling 2015).
+//! - [`pool`], [`loss`]: max pooling and softmax cross-entropy on the training hot path.
+
+pub mod conv;
+pub mod loss;
+pub mod lrt;
+pub mod pool;

@@ -1,0 +1,130 @@
+//! Second-order tests: Hessian-vector products by double backpropagation through the custom ops
+//! (`CANDLE_GRAD_DO_NOT_DETACH=1`), compared with central differences of the gradient,
+//! `Hv ≈ (∇f(θ + εv) − ∇f(θ − εv)) / 2ε`, in f64. Kept in its own test binary so that the
+//! environment variable does not leak into the first-order tests.
+
+mod common;
+
+use candle_core::{DType, Result, Tensor, Var};
+use common::*;
+use secateur_kernels::conv::{conv2d_input_grad, conv2d_weight_grad, conv2d_with};
+
+fn enable_double_backprop() {
+    // candle reads this once per thread, at the first backward pass on that thread.
+    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+}
+
+type Objective<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
+
+fn gradient(f: Objective, theta: &[Tensor]) -> Vec<Tensor> {
+    let vars: Vec<Var> = theta.iter().map(var).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let g = f(&ts).unwrap().backward().unwrap();
+    vars.iter().map(|v| g.get(v).unwrap().detach()).collect()
+}
+
+/// Hessian-vector product of `f` at `theta` along `v`, by double backpropagation.
+fn hvp(f: Objective, theta: &[Tensor], v: &[Tensor]) -> Vec<Tensor> {
+    let vars: Vec<Var> = theta.iter().map(var).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let g = f(&ts).unwrap().backward().unwrap();
+    let mut gv = Tensor::zeros((), DType::F64, &candle_core::Device::Cpu).unwrap();
+    for (var, vi) in vars.iter().zip(v) {
+        let gi = g.get(var).expect("first-order gradient");
+        gv = (gv + gi.mul(vi).unwrap().sum_all().unwrap()).unwrap();
+    }
+    let h = gv.backward().unwrap();
+    vars.iter()
+        .zip(theta)
+        .map(|(var, t)| match h.get(var) {
+            Some(t) => t.clone(),
+            None => t.zeros_like().unwrap(),
+        })
+        .collect()
+}
+
+/// Checks double backprop against central differences of the gradient.
+fn check_hvp(name: &str, f: Objective, theta: &[Tensor], seed: u64) {
+    let v: Vec<Tensor> = theta
+        .iter()
+        .enumerate()
+        .map(|(i, t)| rand_t(t.dims(), seed + i as u64, DType::F64).unwrap())
+        .collect();
+    let hv = hvp(f, theta, &v);
+    let eps = 1e-5;
+    let shift = |s: f64| -> Vec<Tensor> {
+        theta.iter().zip(&v).map(|(t, vi)| (t + (vi * (s * eps)).unwrap()).unwrap()).collect()
+    };
+    let gp = gradient(f, &shift(1.0));
+    let gm = gradient(f, &shift(-1.0));
+    for (i, ((hvi, p), m)) in hv.iter().zip(&gp).zip(&gm).enumerate() {
+        let fd = ((p - m).unwrap() / (2.0 * eps)).unwrap();
+        assert!(max_abs(&fd).unwrap() > 1e-8, "{name}: degenerate Hessian block {i}");
+        assert_close(hvi, &fd, 1e-6, &format!("{name}: Hv block {i}"));
+    }
+}
+
+#[test]
+fn conv_hessian_vector_products() {
+    enable_double_backprop();
+    for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
+        let p = c.p;
+        let x = rand_t(&c.x, 300 + i as u64, DType::F64).unwrap();
+        let w = rand_t(&c.w, 400 + i as u64, DType::F64).unwrap();
+        let y = conv2d_with(&x, &w, p).unwrap();
+        let r = rand_t(y.dims(), 500, DType::F64).unwrap();
+        let dy = rand_t(y.dims(), 501, DType::F64).unwrap();
+        let hw = (c.x[2], c.x[3]);
+        let khw = (c.w[2], c.w[3]);
+        let rx = rand_t(&c.x, 502, DType::F64).unwrap();
+        let rw = rand_t(&c.w, 503, DType::F64).unwrap();
+
+        // f(x, w) = Σ R ⊙ tanh(conv(x, w))
+        let f_conv = |t: &[Tensor]| conv2d_with(&t[0], &t[1], p)?.tanh()?.mul(&r)?.sum_all();
+        check_hvp(&format!("{} conv", c.name), &f_conv, &[x.clone(), w.clone()], 600);
+
+        // f(dy, w) = Σ R ⊙ tanh(InputGrad(dy, w))
+        let f_in = |t: &[Tensor]| conv2d_input_grad(&t[0], &t[1], p, hw)?.tanh()?.mul(&rx)?.sum_all();
+        check_hvp(&format!("{} input grad", c.name), &f_in, &[dy.clone(), w.clone()], 700);
+
+        // f(x, dy) = Σ R ⊙ tanh(WeightGrad(x, dy))
+        let f_w = |t: &[Tensor]| conv2d_weight_grad(&t[0], &t[1], p, khw)?.tanh()?.mul(&rw)?.sum_all();
+        check_hvp(&format!("{} weight grad", c.name), &f_w, &[x.clone(), dy.clone()], 800);
+    }
+}
+
+/// A two-layer conv net: Hv through conv → tanh → conv, w.r.t. both kernels and the input.
+#[test]
+fn two_layer_hessian_vector_product() {
+    enable_double_backprop();
+    let p1 = secateur_kernels::conv::ConvParams::new(1, 1, 1, 1);
+    let p2 = secateur_kernels::conv::ConvParams::new(2, 0, 1, 1);
+    let x = rand_t(&[2, 3, 9, 11], 1, DType::F64).unwrap();
+    let w1 = rand_t(&[4, 3, 3, 3], 2, DType::F64).unwrap();
+    let w2 = rand_t(&[2, 4, 3, 3], 3, DType::F64).unwrap();
+    let f = |t: &[Tensor]| {
+        let h = conv2d_with(&t[0], &t[1], p1)?.tanh()?;
+        conv2d_with(&h, &t[2], p2)?.sqr()?.sum_all()
+    };
+    check_hvp("two-layer", &f, &[x, w1, w2], 10);
+}
+
+/// Hv through the fused local-reparameterisation op (and its fused weight-gradient op).
+#[test]
+fn lrt_hessian_vector_products() {
+    enable_double_backprop();
+    for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
+        let p = c.p;
+        let x = rand_t(&c.x, 900 + i as u64, DType::F64).unwrap();
+        let mu = rand_t(&c.w, 910 + i as u64, DType::F64).unwrap();
+        let s2 = rand_t(&c.w, 920 + i as u64, DType::F64).unwrap().sqr().unwrap();
+        let y = conv2d_with(&x, &mu, p).unwrap();
+        let rm = rand_t(y.dims(), 930, DType::F64).unwrap();
+        let rv = rand_t(y.dims(), 931, DType::F64).unwrap();
+        let f = |t: &[Tensor]| {
+            let (m, v) = secateur_kernels::lrt::lrt_conv2d(&t[0], &t[1], &t[2], p)?;
+            m.tanh()?.mul(&rm)?.sum_all()? + v.sin()?.mul(&rv)?.sum_all()?
+        };
+        check_hvp(&format!("{} lrt", c.name), &f, &[x, mu, s2], 940);
+    }
+}
