@@ -117,3 +117,13 @@ fn a_finished_run_is_not_overwritten() {
     assert!(train(&cfg(&["train.epochs=1", "seed=5"]), &opts(&run), None).is_err());
     assert_eq!(std::fs::read_to_string(run.join("metrics.json")).unwrap(), before);
 }
+
+#[test]
+fn validation_split_is_held_out_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let s = train(&cfg(&["train.epochs=1", "data.val_fraction=0.1"]), &opts(&run), None).unwrap();
+    assert_eq!(s.metrics["train_size"].as_u64(), Some(9000));
+    assert_eq!(s.metrics["val_size"].as_u64(), Some(1000));
+    assert!(s.metrics["val_accuracy"].as_f64().unwrap() > 0.5);
+}

@@ -139,7 +139,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     }
 
     let data = load_data(cfg, opts.data_dir.as_deref())?;
-    let (train_set, _val_set) = if cfg.data.val_fraction > 0.0 {
+    let (train_set, val_set) = if cfg.data.val_fraction > 0.0 {
         let mut split_rng = SeededRng::substream(cfg.seed, 4);
         data.train.split(cfg.data.val_fraction, &mut split_rng)?
     } else {
@@ -205,6 +205,13 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     put("test_brier", m.brier.into());
     put("test_ece", m.ece.into());
     put("test_mce", m.mce.into());
+    if !val_set.is_empty() {
+        let (_, v) = evaluate(&net, &val_set, &norm, cfg, &dev)?;
+        put("val_size", val_set.len().into());
+        put("val_accuracy", v.accuracy.into());
+        put("val_nll", v.nll.into());
+        put("val_ece", v.ece.into());
+    }
     put(
         "train_loss",
         state.history.last().map(|r| r.train_loss).unwrap_or(f64::NAN).into(),
