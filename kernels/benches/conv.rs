@@ -9,7 +9,7 @@
 use candle_core::{Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
 use secateur_kernels::conv::{conv2d, ConvParams};
-use secateur_kernels::lrt::lrt_conv2d;
+use secateur_kernels::lrt::{lrt_conv2d, lrt_conv2d_fused};
 
 struct Shape {
     name: &'static str,
@@ -21,9 +21,30 @@ struct Shape {
 }
 
 const SHAPES: [Shape; 3] = [
-    Shape { name: "lenet_c1_1x28x28_6x5x5_p2", c: 1, hw: 28, o: 6, k: 5, pad: 2 },
-    Shape { name: "lenet_c2_6x14x14_16x5x5", c: 6, hw: 14, o: 16, k: 5, pad: 0 },
-    Shape { name: "resnet_16x32x32_16x3x3_p1", c: 16, hw: 32, o: 16, k: 3, pad: 1 },
+    Shape {
+        name: "lenet_c1_1x28x28_6x5x5_p2",
+        c: 1,
+        hw: 28,
+        o: 6,
+        k: 5,
+        pad: 2,
+    },
+    Shape {
+        name: "lenet_c2_6x14x14_16x5x5",
+        c: 6,
+        hw: 14,
+        o: 16,
+        k: 5,
+        pad: 0,
+    },
+    Shape {
+        name: "resnet_16x32x32_16x3x3_p1",
+        c: 16,
+        hw: 32,
+        o: 16,
+        k: 3,
+        pad: 1,
+    },
 ];
 const BATCH: usize = 128;
 
@@ -53,7 +74,9 @@ fn bench(c: &mut Criterion) {
             })
         });
         let p = ConvParams::new(1, s.pad, 1, 1);
-        g.bench_function("lrt_fwd/fused", |b| b.iter(|| lrt_conv2d(&x, &w, &s2, p).unwrap()));
+        g.bench_function("lrt_fwd/fused", |b| {
+            b.iter(|| lrt_conv2d_fused(&x, &w, &s2, p).unwrap())
+        });
         g.bench_function("lrt_fwd/two_convs", |b| {
             b.iter(|| {
                 let m = conv2d(&x, &w, 1, s.pad, 1, 1).unwrap();
@@ -63,7 +86,7 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function("lrt_fwd_bwd/fused", |b| {
             b.iter(|| {
-                let (m, v) = lrt_conv2d(xv.as_tensor(), wv.as_tensor(), sv.as_tensor(), p).unwrap();
+                let (m, v) = lrt_conv2d_fused(xv.as_tensor(), wv.as_tensor(), sv.as_tensor(), p).unwrap();
                 (m + v).unwrap().backward().unwrap()
             })
         });
@@ -73,6 +96,9 @@ fn bench(c: &mut Criterion) {
                 let v = conv2d(&xv.as_tensor().sqr().unwrap(), sv.as_tensor(), 1, s.pad, 1, 1).unwrap();
                 (m + v).unwrap().backward().unwrap()
             })
+        });
+        g.bench_function("lrt_fwd/default_no_grad", |b| {
+            b.iter(|| lrt_conv2d(&x, &w, &s2, p).unwrap())
         });
         g.finish();
     }

@@ -25,7 +25,9 @@ fn main() -> candle_core::Result<()> {
         time("input grad", || drop(conv2d_input_grad(&y, &w, p, (hw, hw)).unwrap()));
         time("weight grad", || drop(conv2d_weight_grad(&x, &y, p, (k, k)).unwrap()));
         let yv = candle_core::Var::from_tensor(&y)?;
-        time("loss backward only (no conv)", || drop(yv.as_tensor().backward().unwrap()));
+        time("loss backward only (no conv)", || {
+            drop(yv.as_tensor().backward().unwrap())
+        });
         let xv = candle_core::Var::from_tensor(&x)?;
         let wv = candle_core::Var::from_tensor(&w)?;
         time("fwd+bwd secateur", || {

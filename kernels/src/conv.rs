@@ -35,9 +35,7 @@
 use std::borrow::Cow;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D,
-};
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Stride, padding, dilation (as `(height, width)` pairs) and group count of a convolution.
@@ -65,9 +63,7 @@ impl ConvParams {
     }
 
     fn is_square(&self) -> bool {
-        self.stride.0 == self.stride.1
-            && self.padding.0 == self.padding.1
-            && self.dilation.0 == self.dilation.1
+        self.stride.0 == self.stride.1 && self.padding.0 == self.padding.1 && self.dilation.0 == self.dilation.1
     }
 
     fn check(&self) -> Result<()> {
@@ -121,11 +117,7 @@ pub(crate) struct Geom {
 
 impl Geom {
     /// Builds and validates the geometry; errors name the shapes.
-    pub fn new(
-        x: (usize, usize, usize, usize),
-        w: (usize, usize, usize, usize),
-        p: ConvParams,
-    ) -> Result<Self> {
+    pub fn new(x: (usize, usize, usize, usize), w: (usize, usize, usize, usize), p: ConvParams) -> Result<Self> {
         p.check()?;
         let (n, c, h, wd) = x;
         let (o, cg, kh, kw) = w;
@@ -144,7 +136,18 @@ impl Geom {
                 p.padding
             )
         };
-        Ok(Self { n, c, h, w: wd, o, kh, kw, oh, ow, p })
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            oh,
+            ow,
+            p,
+        })
     }
 
     pub fn cg(&self) -> usize {
@@ -172,10 +175,7 @@ impl Geom {
     }
     /// True when im2col is the identity (1×1 kernel, stride 1, no padding).
     pub fn is_pointwise(&self) -> bool {
-        self.kh == 1
-            && self.kw == 1
-            && self.p.stride == (1, 1)
-            && self.p.padding == (0, 0)
+        self.kh == 1 && self.kw == 1 && self.p.stride == (1, 1) && self.p.padding == (0, 0)
     }
 }
 
@@ -238,6 +238,57 @@ pub(crate) fn matmul<T: Elem>(
             1,
             n as isize,
             accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `dst[i, j] = Σ_l lhs[i, l] · rhs[l, j]` into a column-major `dst` (`dst[i, j] = dst[j·m + i]`),
+/// overwriting it; strides as in [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_col_major_dst<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    lhs: &[T],
+    lrs: usize,
+    lcs: usize,
+    rhs: &[T],
+    rrs: usize,
+    rcs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n);
+    if k == 0 {
+        dst[..m * n].fill(T::ZERO);
+        return;
+    }
+    assert!(lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
+    assert!(rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    // SAFETY: the asserts above bound every index gemm reads or writes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
             lhs.as_ptr(),
             lcs as isize,
             lrs as isize,
@@ -369,7 +420,9 @@ pub(crate) fn conv_fwd_cpu<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
                 };
                 let wg = &w[gi * og * k..(gi + 1) * og * k];
                 let yg = &mut yn[gi * og * pix..(gi + 1) * og * pix];
-                matmul(og, pix, k, yg, false, wg, k, 1, packed, pix, 1);
+                // y[og, pix] written as the column-major [pix, og] product packedᵀ · wgᵀ
+                // (measured faster than the row-major wg · packed)
+                matmul_col_major_dst(pix, og, k, yg, packed, 1, pix, wg, 1, k);
             }
         },
     );
@@ -395,10 +448,11 @@ pub(crate) fn conv_input_grad_cpu<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T
                 let dyg = &dyn_[gi * og * pix..(gi + 1) * og * pix];
                 let dxg = &mut dxn[gi * gs..(gi + 1) * gs];
                 // dcols[k, pix] = wgᵀ[k, og] · dyg[og, pix]
+                // computed as the column-major [pix, k] product dygᵀ · wg (measured faster)
                 if pointwise {
-                    matmul(k, pix, og, dxg, false, wg, 1, k, dyg, pix, 1);
+                    matmul_col_major_dst(pix, k, og, dxg, dyg, 1, pix, wg, k, 1);
                 } else {
-                    matmul(k, pix, og, dcols, false, wg, 1, k, dyg, pix, 1);
+                    matmul_col_major_dst(pix, k, og, dcols, dyg, 1, pix, wg, k, 1);
                     col2im_add(dcols, dxg, g);
                 }
             }
@@ -452,14 +506,30 @@ pub(crate) fn conv_weight_grad_cpu<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<
                     };
                     let dyg = &dyn_[gi * og * pix..(gi + 1) * og * pix];
                     let accg = &mut acc[gi * og * k..(gi + 1) * og * k];
-                    // acc[og, k] += dyg[og, pix] · packedᵀ[pix, k]
-                    matmul(og, k, pix, accg, true, dyg, pix, 1, packed, 1, pix);
+                    // accᵀ[k, og] += packed[k, pix] · dygᵀ[pix, og] (transposed at the end: the
+                    // long pixel axis then runs along gemm's preferred direction)
+                    matmul(k, og, pix, accg, true, packed, pix, 1, dyg, 1, pix);
                 }
             }
             acc
         })
         .collect();
-    reduce_in_order(parts, len)
+    untranspose_groups(&reduce_in_order(parts, len), g)
+}
+
+/// Per group, `[C/G·KH·KW, O/G] -> [O/G, C/G·KH·KW]` (the weight gradients are accumulated
+/// transposed, which the `gemm` crate runs several times faster for these shapes).
+pub(crate) fn untranspose_groups<T: Elem>(acc_t: &[T], g: &Geom) -> Vec<T> {
+    let (k, og) = (g.k(), g.og());
+    let mut dw = vec![T::ZERO; acc_t.len()];
+    for (src, dst) in acc_t.chunks(og * k).zip(dw.chunks_mut(og * k)) {
+        for r in 0..k {
+            for c in 0..og {
+                dst[c * k + r] = src[r * og + c];
+            }
+        }
+    }
+    dw
 }
 
 /// Contiguous view of a CPU buffer in its layout (copies only when strided).
@@ -504,12 +574,8 @@ fn dispatch2(
     f64k: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
 ) -> Result<CpuStorage> {
     match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            Ok(CpuStorage::F32(f32k(&contiguous(a, l1), &contiguous(b, l2))))
-        }
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            Ok(CpuStorage::F64(f64k(&contiguous(a, l1), &contiguous(b, l2))))
-        }
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32k(&contiguous(a, l1), &contiguous(b, l2)))),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64k(&contiguous(a, l1), &contiguous(b, l2)))),
         _ => bail!(
             "{name}: the CPU kernel supports f32 and f64 (both operands alike), got {:?} and {:?}",
             s1.dtype(),
@@ -558,13 +624,7 @@ impl CustomOp2 for Conv2dOp {
         "secateur-conv2d"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::new(dims4(l1, "conv2d input")?, dims4(l2, "conv2d kernel")?, self.params)?;
         let out = dispatch2(
             self.name(),
@@ -578,13 +638,7 @@ impl CustomOp2 for Conv2dOp {
         Ok((out, g.y_shape()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _y: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
         let dx = conv2d_input_grad(grad, w, self.params, (h, wd))?;
@@ -620,13 +674,7 @@ impl CustomOp2 for Conv2dInputGrad {
         "secateur-conv2d-input-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(dims4(l1, "conv2d output grad")?, dims4(l2, "conv2d kernel")?)?;
         let out = dispatch2(
             self.name(),
@@ -640,13 +688,7 @@ impl CustomOp2 for Conv2dInputGrad {
         Ok((out, g.x_shape()))
     }
 
-    fn bwd(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        _dx: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, dy: &Tensor, w: &Tensor, _dx: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, kh, kw) = w.dims4()?;
         let ddy = conv2d_with(grad, w, self.params)?;
         let dw = conv2d_weight_grad(grad, dy, self.params, (kh, kw))?;
@@ -681,13 +723,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         "secateur-conv2d-weight-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(dims4(l1, "conv2d input")?, dims4(l2, "conv2d output grad")?)?;
         let out = dispatch2(
             self.name(),
@@ -701,13 +737,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         Ok((out, g.w_shape()))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        dy: &Tensor,
-        _dw: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, x: &Tensor, dy: &Tensor, _dw: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, w) = x.dims4()?;
         let dx = conv2d_input_grad(dy, grad, self.params, (h, w))?;
         let ddy = conv2d_with(x, grad, self.params)?;
@@ -721,9 +751,7 @@ impl CustomOp2 for Conv2dWeightGrad {
 
 /// Whether the fast path applies: CPU tensors of dtype f32 or f64.
 pub(crate) fn fast_path(a: &Tensor, b: &Tensor) -> bool {
-    matches!(a.device(), Device::Cpu)
-        && a.dtype() == b.dtype()
-        && matches!(a.dtype(), DType::F32 | DType::F64)
+    matches!(a.device(), Device::Cpu) && a.dtype() == b.dtype() && matches!(a.dtype(), DType::F32 | DType::F64)
 }
 
 fn need_square(p: &ConvParams, what: &str) -> Result<()> {
@@ -739,14 +767,7 @@ fn need_square(p: &ConvParams, what: &str) -> Result<()> {
 ///
 /// On CPU (f32/f64) this is [`Conv2dOp`], whose gradients are again convolution custom ops (so
 /// double backpropagation works); elsewhere it is candle's `Tensor::conv2d`.
-pub fn conv2d(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-    groups: usize,
-) -> Result<Tensor> {
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, dilation: usize, groups: usize) -> Result<Tensor> {
     conv2d_with(x, w, ConvParams::new(stride, padding, dilation, groups))
 }
 
@@ -767,12 +788,7 @@ pub fn conv2d_with(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor>
 /// Input gradient of a convolution, `dx = conv_transpose(dy, w)`: for `dy: [N, O, OH, OW]` and
 /// `w: [O, C/G, KH, KW]`, returns `dx: [N, C, H, W]` with `⟨dx, v⟩ = ⟨dy, conv(v, w)⟩` for all `v`;
 /// `input_hw = (H, W)`.
-pub fn conv2d_input_grad(
-    dy: &Tensor,
-    w: &Tensor,
-    params: ConvParams,
-    input_hw: (usize, usize),
-) -> Result<Tensor> {
+pub fn conv2d_input_grad(dy: &Tensor, w: &Tensor, params: ConvParams, input_hw: (usize, usize)) -> Result<Tensor> {
     let op = Conv2dInputGrad { params, input_hw };
     let g = op.geom(dy.dims4()?, w.dims4()?)?;
     if fast_path(dy, w) {
@@ -791,9 +807,13 @@ pub fn conv2d_input_grad(
     let og = g.og();
     let parts = (0..params.groups)
         .map(|gi| {
-            dy.narrow(1, gi * og, og)?
-                .contiguous()?
-                .conv_transpose2d(&w.narrow(0, gi * og, og)?.contiguous()?, p, out_pad, s, d)
+            dy.narrow(1, gi * og, og)?.contiguous()?.conv_transpose2d(
+                &w.narrow(0, gi * og, og)?.contiguous()?,
+                p,
+                out_pad,
+                s,
+                d,
+            )
         })
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, 1)
@@ -802,12 +822,7 @@ pub fn conv2d_input_grad(
 /// Weight gradient of a convolution, `dw[o, c, a, b] = Σ_{n, i, j} dy[n, o, i, j] · x[n, c', i·s − p + a·d, j·s − p + b·d]`
 /// (`c'` the `c`-th channel of `o`'s group): for `x: [N, C, H, W]` and `dy: [N, O, OH, OW]`,
 /// returns `[O, C/G, KH, KW]` with `⟨dw, v⟩ = ⟨dy, conv(x, v)⟩` for all `v`; `kernel_hw = (KH, KW)`.
-pub fn conv2d_weight_grad(
-    x: &Tensor,
-    dy: &Tensor,
-    params: ConvParams,
-    kernel_hw: (usize, usize),
-) -> Result<Tensor> {
+pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, params: ConvParams, kernel_hw: (usize, usize)) -> Result<Tensor> {
     let op = Conv2dWeightGrad { params, kernel_hw };
     let g = op.geom(x.dims4()?, dy.dims4()?)?;
     if fast_path(x, dy) {

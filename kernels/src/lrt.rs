@@ -12,8 +12,10 @@
 //! packed columns with `μ`, squares them in place and multiplies with `s²`.
 //!
 //! Design: a custom op returns a single tensor, so [`LrtConv2dOp`] returns `[2, N, O, OH, OW]`
-//! (mean first, then variance) and [`lrt_conv2d`] hands back `out.get(0)` and `out.get(1)`, which
-//! are contiguous views. Its backward, with upstream `(G_m, G_v)`, is
+//! (mean first, then variance) and [`lrt_conv2d_fused`] hands back `out.get(0)` and `out.get(1)`,
+//! which are contiguous views. [`lrt_conv2d`] uses it when no gradient is tracked and two
+//! separate convolutions otherwise (candle's backward of the split is slower than the saving;
+//! see its notes). Its backward, with upstream `(G_m, G_v)`, is
 //!
 //! ```text
 //! dx  = InputGrad(G_m, μ) + 2x ⊙ InputGrad(G_v, s²)
@@ -37,8 +39,8 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use crate::conv::{
-    contiguous, conv2d_input_grad, conv2d_with, fast_path, im2col, matmul, reduce_in_order,
-    wgrad_chunk, ConvParams, Elem, Geom,
+    contiguous, conv2d_input_grad, conv2d_with, fast_path, im2col, matmul, matmul_col_major_dst, reduce_in_order,
+    untranspose_groups, wgrad_chunk, ConvParams, Elem, Geom,
 };
 
 /// Fused `[2, N, O, OH, OW]` output of `(conv(x, μ), conv(x², s²))` for `x: [N, C, H, W]`,
@@ -91,18 +93,18 @@ fn lrt_fwd_cpu<T: Elem>(x: &[T], mu: &[T], s2: &[T], g: &Geom) -> Vec<T> {
                     let wr = gi * og * k..(gi + 1) * og * k;
                     let yr = gi * og * pix..(gi + 1) * og * pix;
                     if g.is_pointwise() {
-                        matmul(og, pix, k, &mut mn[yr.clone()], false, &mu[wr.clone()], k, 1, xg, pix, 1);
+                        matmul_col_major_dst(pix, og, k, &mut mn[yr.clone()], xg, 1, pix, &mu[wr.clone()], 1, k);
                         for (c, &v) in cols.iter_mut().zip(xg) {
                             *c = v * v;
                         }
                     } else {
                         im2col(xg, cols, g);
-                        matmul(og, pix, k, &mut mn[yr.clone()], false, &mu[wr.clone()], k, 1, cols, pix, 1);
+                        matmul_col_major_dst(pix, og, k, &mut mn[yr.clone()], cols, 1, pix, &mu[wr.clone()], 1, k);
                         for c in cols.iter_mut() {
                             *c = *c * *c;
                         }
                     }
-                    matmul(og, pix, k, &mut vn[yr], false, &s2[wr], k, 1, cols, pix, 1);
+                    matmul_col_major_dst(pix, og, k, &mut vn[yr], cols, 1, pix, &s2[wr], 1, k);
                 }
             },
         );
@@ -134,17 +136,34 @@ fn lrt_wgrad_cpu<T: Elem>(x: &[T], gr: &[T], g: &Geom) -> Vec<T> {
                     let yr = ni * ys + gi * og * pix..ni * ys + (gi + 1) * og * pix;
                     let (am, av) = acc.split_at_mut(len);
                     let ar = gi * og * k..(gi + 1) * og * k;
-                    matmul(og, k, pix, &mut am[ar.clone()], true, &gm[yr.clone()], pix, 1, &cols, 1, pix);
+                    // accumulated transposed, as in the plain weight gradient
+                    matmul(
+                        k,
+                        og,
+                        pix,
+                        &mut am[ar.clone()],
+                        true,
+                        &cols,
+                        pix,
+                        1,
+                        &gm[yr.clone()],
+                        1,
+                        pix,
+                    );
                     for c in cols.iter_mut() {
                         *c = *c * *c;
                     }
-                    matmul(og, k, pix, &mut av[ar], true, &gv[yr], pix, 1, &cols, 1, pix);
+                    matmul(k, og, pix, &mut av[ar], true, &cols, pix, 1, &gv[yr], 1, pix);
                 }
             }
             acc
         })
         .collect();
-    reduce_in_order(parts, 2 * len)
+    let acc_t = reduce_in_order(parts, 2 * len);
+    let (m, v) = acc_t.split_at(len);
+    let mut out = untranspose_groups(m, g);
+    out.extend(untranspose_groups(v, g));
+    out
 }
 
 impl CustomOp3 for LrtConv2dOp {
@@ -161,17 +180,31 @@ impl CustomOp3 for LrtConv2dOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(d4(dims(l1), "lrt input")?, d4(dims(l2), "lrt mean kernel")?, self.params)?;
+        let g = Geom::new(
+            d4(dims(l1), "lrt input")?,
+            d4(dims(l2), "lrt mean kernel")?,
+            self.params,
+        )?;
         if l2.dims() != l3.dims() {
-            bail!("lrt conv2d: mean kernel {:?} and variance kernel {:?} differ", l2.dims(), l3.dims())
+            bail!(
+                "lrt conv2d: mean kernel {:?} and variance kernel {:?} differ",
+                l2.dims(),
+                l3.dims()
+            )
         }
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(
-                lrt_fwd_cpu(&contiguous(a, l1), &contiguous(b, l2), &contiguous(c, l3), &g),
-            ),
-            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(
-                lrt_fwd_cpu(&contiguous(a, l1), &contiguous(b, l2), &contiguous(c, l3), &g),
-            ),
+            (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => CpuStorage::F32(lrt_fwd_cpu(
+                &contiguous(a, l1),
+                &contiguous(b, l2),
+                &contiguous(c, l3),
+                &g,
+            )),
+            (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => CpuStorage::F64(lrt_fwd_cpu(
+                &contiguous(a, l1),
+                &contiguous(b, l2),
+                &contiguous(c, l3),
+                &g,
+            )),
             _ => bail!(
                 "lrt conv2d: the CPU kernel supports f32 and f64, got {:?}, {:?}, {:?}",
                 s1.dtype(),
@@ -207,7 +240,11 @@ impl LrtWeightGradOp {
         if c % gr != 0 {
             bail!("lrt weight grad: input channels {c} not divisible by {gr} groups")
         }
-        let geom = Geom::new((n, c, h, w), (o, c / gr, self.kernel_hw.0, self.kernel_hw.1), self.params)?;
+        let geom = Geom::new(
+            (n, c, h, w),
+            (o, c / gr, self.kernel_hw.0, self.kernel_hw.1),
+            self.params,
+        )?;
         if two != 2 || n2 != n || (geom.oh, geom.ow) != (oh, ow) {
             bail!(
                 "lrt weight grad: input {x:?} and gradient {g:?} do not match kernel size {:?} \
@@ -226,13 +263,7 @@ impl CustomOp2 for LrtWeightGradOp {
         "secateur-lrt-weight-grad"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.geom(l1.dims(), l2.dims())?;
         let out = match (s1, s2) {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
@@ -274,7 +305,10 @@ fn lrt_input_grad(x: &Tensor, g: &Tensor, mu: &Tensor, s2: &Tensor, p: ConvParam
 
 /// `(WeightGrad(x, G_m), WeightGrad(x², G_v))` stacked as `[2, O, C/G, KH, KW]`.
 fn lrt_weight_grad(x: &Tensor, g: &Tensor, p: ConvParams, khw: (usize, usize)) -> Result<Tensor> {
-    let op = LrtWeightGradOp { params: p, kernel_hw: khw };
+    let op = LrtWeightGradOp {
+        params: p,
+        kernel_hw: khw,
+    };
     if fast_path(x, g) {
         op.geom(x.dims(), g.dims())?;
         x.contiguous()?.apply_op2_arc(&g.contiguous()?, Arc::new(Box::new(op)))
@@ -289,7 +323,11 @@ fn lrt_weight_grad(x: &Tensor, g: &Tensor, p: ConvParams, khw: (usize, usize)) -
 fn lrt_stacked(x: &Tensor, mu: &Tensor, s2: &Tensor, p: ConvParams) -> Result<Tensor> {
     let g = Geom::new(x.dims4()?, mu.dims4()?, p)?;
     if mu.dims() != s2.dims() {
-        bail!("lrt conv2d: mean kernel {:?} and variance kernel {:?} differ", mu.dims(), s2.dims())
+        bail!(
+            "lrt conv2d: mean kernel {:?} and variance kernel {:?} differ",
+            mu.dims(),
+            s2.dims()
+        )
     }
     let _ = g;
     if fast_path(x, mu) && mu.dtype() == s2.dtype() {
@@ -305,9 +343,32 @@ fn lrt_stacked(x: &Tensor, mu: &Tensor, s2: &Tensor, p: ConvParams) -> Result<Te
 
 /// Local-reparameterisation convolution: for `x: [N, C, H, W]` and the posterior mean `μ` and
 /// variance `s²` (both `[O, C/G, KH, KW]`), returns `(conv(x, μ), conv(x², s²))`, each
-/// `[N, O, OH, OW]`, from one packing of `x` per sample on CPU (f32/f64); two candle
-/// convolutions elsewhere. Differentiable (twice) in `x`, `μ` and `s²`.
+/// `[N, O, OH, OW]`. Differentiable (twice) in `x`, `μ` and `s²`.
+///
+/// When no argument tracks gradients (evaluation, Monte Carlo prediction) this is
+/// [`lrt_conv2d_fused`]; otherwise it is two of secateur's convolutions, because candle's backward
+/// of the split of the fused `[2, …]` output (`narrow` → zero-padded `cat` → `add`, single-threaded
+/// over the full output) costs more than the second packing saves (measured: LeNet-5 first conv,
+/// batch 128, forward + backward 24.6 ms fused vs 6.9 ms as two convolutions).
 pub fn lrt_conv2d(x: &Tensor, mu: &Tensor, s2: &Tensor, params: ConvParams) -> Result<(Tensor, Tensor)> {
+    if x.track_op() || mu.track_op() || s2.track_op() {
+        if mu.dims() != s2.dims() {
+            bail!(
+                "lrt conv2d: mean kernel {:?} and variance kernel {:?} differ",
+                mu.dims(),
+                s2.dims()
+            )
+        }
+        Ok((conv2d_with(x, mu, params)?, conv2d_with(&x.sqr()?, s2, params)?))
+    } else {
+        lrt_conv2d_fused(x, mu, s2, params)
+    }
+}
+
+/// Fused local-reparameterisation convolution: `(conv(x, μ), conv(x², s²))` as the two halves of
+/// one [`LrtConv2dOp`] output `[2, N, O, OH, OW]` (one packing of `x` per sample on CPU, f32/f64;
+/// two candle convolutions elsewhere). Differentiable (twice) in `x`, `μ` and `s²`.
+pub fn lrt_conv2d_fused(x: &Tensor, mu: &Tensor, s2: &Tensor, params: ConvParams) -> Result<(Tensor, Tensor)> {
     let out = lrt_stacked(x, mu, s2, params)?;
     Ok((out.get(0)?, out.get(1)?))
 }

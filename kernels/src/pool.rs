@@ -53,7 +53,14 @@ impl Geom {
         if k == 0 || h < k || w < k {
             candle_core::bail!("max pool {k}×{k} got a {h}×{w} input");
         }
-        Ok(Self { planes: b * c, h, w, ho: h / k, wo: w / k, k })
+        Ok(Self {
+            planes: b * c,
+            h,
+            w,
+            ho: h / k,
+            wo: w / k,
+            k,
+        })
     }
     fn out_shape(&self, layout: &Layout) -> Result<Shape> {
         let (b, c, _, _) = layout.shape().dims4()?;
@@ -147,7 +154,10 @@ impl CustomOp1 for MaxPool {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2(&grad.contiguous()?, Scatter { k: self.k })?))
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2(&grad.contiguous()?, Scatter { k: self.k })?,
+        ))
     }
 }
 
@@ -163,22 +173,33 @@ impl CustomOp2 for Scatter {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::of(l1, self.k)?;
         if l2.shape() != &g.out_shape(l1)? {
-            candle_core::bail!("max pool scatter: gradient {:?} does not match input {:?}", l2.shape(), l1.shape());
+            candle_core::bail!(
+                "max pool scatter: gradient {:?} does not match input {:?}",
+                l2.shape(),
+                l1.shape()
+            );
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(scatter(contiguous::<f32>(s1, l1, "input")?, contiguous::<f32>(s2, l2, "gradient")?, g))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(scatter(contiguous::<f64>(s1, l1, "input")?, contiguous::<f64>(s2, l2, "gradient")?, g))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(scatter(
+                contiguous::<f32>(s1, l1, "input")?,
+                contiguous::<f32>(s2, l2, "gradient")?,
+                g,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(scatter(
+                contiguous::<f64>(s1, l1, "input")?,
+                contiguous::<f64>(s2, l2, "gradient")?,
+                g,
+            )),
             _ => candle_core::bail!("max pool scatter: unsupported or mixed dtypes"),
         };
         Ok((out, l1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _g: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((None, Some(x.contiguous()?.apply_op2(&grad.contiguous()?, Gather { k: self.k })?)))
+        Ok((
+            None,
+            Some(x.contiguous()?.apply_op2(&grad.contiguous()?, Gather { k: self.k })?),
+        ))
     }
 }
 
@@ -194,22 +215,33 @@ impl CustomOp2 for Gather {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = Geom::of(l1, self.k)?;
         if l2.shape() != l1.shape() {
-            candle_core::bail!("max pool gather: {:?} does not match input {:?}", l2.shape(), l1.shape());
+            candle_core::bail!(
+                "max pool gather: {:?} does not match input {:?}",
+                l2.shape(),
+                l1.shape()
+            );
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(gather(contiguous::<f32>(s1, l1, "input")?, contiguous::<f32>(s2, l2, "tensor")?, g))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(gather(contiguous::<f64>(s1, l1, "input")?, contiguous::<f64>(s2, l2, "tensor")?, g))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(gather(
+                contiguous::<f32>(s1, l1, "input")?,
+                contiguous::<f32>(s2, l2, "tensor")?,
+                g,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(gather(
+                contiguous::<f64>(s1, l1, "input")?,
+                contiguous::<f64>(s2, l2, "tensor")?,
+                g,
+            )),
             _ => candle_core::bail!("max pool gather: unsupported or mixed dtypes"),
         };
         Ok((out, g.out_shape(l1)?))
     }
 
     fn bwd(&self, x: &Tensor, _big: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((None, Some(x.contiguous()?.apply_op2(&grad.contiguous()?, Scatter { k: self.k })?)))
+        Ok((
+            None,
+            Some(x.contiguous()?.apply_op2(&grad.contiguous()?, Scatter { k: self.k })?),
+        ))
     }
 }
 
@@ -221,7 +253,12 @@ mod tests {
     fn reference(x: &Tensor, k: usize) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let (ho, wo) = (h / k, w / k);
-        x.narrow(2, 0, ho * k)?.narrow(3, 0, wo * k)?.contiguous()?.reshape((b, c, ho, k, wo, k))?.max(5)?.max(3)
+        x.narrow(2, 0, ho * k)?
+            .narrow(3, 0, wo * k)?
+            .contiguous()?
+            .reshape((b, c, ho, k, wo, k))?
+            .max(5)?
+            .max(3)
     }
 
     fn input(shape: (usize, usize, usize, usize), dtype: DType) -> Result<Tensor> {
@@ -233,7 +270,12 @@ mod tests {
 
     #[test]
     fn forward_matches_reductions_on_odd_shapes() -> Result<()> {
-        for (shape, k) in [((2, 3, 9, 13), 2), ((1, 1, 7, 7), 3), ((3, 2, 4, 4), 2), ((1, 2, 5, 6), 5)] {
+        for (shape, k) in [
+            ((2, 3, 9, 13), 2),
+            ((1, 1, 7, 7), 3),
+            ((3, 2, 4, 4), 2),
+            ((1, 2, 5, 6), 5),
+        ] {
             let x = input(shape, DType::F32)?;
             let a: Vec<f32> = max_pool2d(&x, k)?.flatten_all()?.to_vec1()?;
             let b: Vec<f32> = reference(&x, k)?.flatten_all()?.to_vec1()?;
@@ -281,8 +323,12 @@ mod tests {
         let x = input((2, 3, 6, 6), DType::F64)?;
         let g = input((2, 3, 3, 3), DType::F64)?.sin()?;
         let big = input((2, 3, 6, 6), DType::F64)?.cos()?;
-        let lhs = (x.apply_op2(&g, Scatter { k: 2 })? * &big)?.sum_all()?.to_scalar::<f64>()?;
-        let rhs = (x.apply_op2(&big, Gather { k: 2 })? * &g)?.sum_all()?.to_scalar::<f64>()?;
+        let lhs = (x.apply_op2(&g, Scatter { k: 2 })? * &big)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+        let rhs = (x.apply_op2(&big, Gather { k: 2 })? * &g)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         assert!((lhs - rhs).abs() < 1e-12, "{lhs} vs {rhs}");
         Ok(())
     }

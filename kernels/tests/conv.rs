@@ -24,8 +24,18 @@ fn forward_matches_candle_and_direct_loop() {
             let y = conv2d(&x, &w, c.p.stride.0, c.p.padding.0, c.p.dilation.0, c.p.groups).unwrap();
             assert_eq!(y.dtype(), dt);
             let tol = if dt == DType::F64 { 1e-12 } else { 1e-5 };
-            assert_close(&y, &reference(&x, &w, c.p), tol, &format!("{} {dt:?} vs candle", c.name));
-            assert_close(&y, &naive_conv(&x, &w, c.p).unwrap(), tol, &format!("{} {dt:?} vs loop", c.name));
+            assert_close(
+                &y,
+                &reference(&x, &w, c.p),
+                tol,
+                &format!("{} {dt:?} vs candle", c.name),
+            );
+            assert_close(
+                &y,
+                &naive_conv(&x, &w, c.p).unwrap(),
+                tol,
+                &format!("{} {dt:?} vs loop", c.name),
+            );
         }
     }
 }
@@ -86,10 +96,18 @@ fn adjoint_identities() {
         let vw = rand_t(&c.w, 8, DType::F64).unwrap();
         let lhs = dot(&dx, &vx);
         let rhs = dot(&dy, &conv2d_with(&vx, &w, c.p).unwrap());
-        assert!((lhs - rhs).abs() < 1e-10 * (1.0 + rhs.abs()), "{}: input adjoint {lhs} vs {rhs}", c.name);
+        assert!(
+            (lhs - rhs).abs() < 1e-10 * (1.0 + rhs.abs()),
+            "{}: input adjoint {lhs} vs {rhs}",
+            c.name
+        );
         let lhs = dot(&dw, &vw);
         let rhs = dot(&dy, &conv2d_with(&x, &vw, c.p).unwrap());
-        assert!((lhs - rhs).abs() < 1e-10 * (1.0 + rhs.abs()), "{}: weight adjoint {lhs} vs {rhs}", c.name);
+        assert!(
+            (lhs - rhs).abs() < 1e-10 * (1.0 + rhs.abs()),
+            "{}: weight adjoint {lhs} vs {rhs}",
+            c.name
+        );
     }
 }
 
@@ -107,9 +125,24 @@ fn first_order_finite_differences() {
         type OpFn = Box<dyn Fn(&Tensor, &Tensor) -> Tensor>;
         let p = c.p;
         let ops: Vec<(&str, OpFn, Tensor, Tensor)> = vec![
-            ("conv", Box::new(move |a, b| conv2d_with(a, b, p).unwrap()), x.clone(), w.clone()),
-            ("input_grad", Box::new(move |a, b| conv2d_input_grad(a, b, p, hw).unwrap()), dy.clone(), w.clone()),
-            ("weight_grad", Box::new(move |a, b| conv2d_weight_grad(a, b, p, khw).unwrap()), x.clone(), dy.clone()),
+            (
+                "conv",
+                Box::new(move |a, b| conv2d_with(a, b, p).unwrap()),
+                x.clone(),
+                w.clone(),
+            ),
+            (
+                "input_grad",
+                Box::new(move |a, b| conv2d_input_grad(a, b, p, hw).unwrap()),
+                dy.clone(),
+                w.clone(),
+            ),
+            (
+                "weight_grad",
+                Box::new(move |a, b| conv2d_weight_grad(a, b, p, khw).unwrap()),
+                x.clone(),
+                dy.clone(),
+            ),
         ];
         for (name, op, a, b) in ops {
             let out_dims = op(&a, &b).dims().to_vec();
@@ -117,17 +150,37 @@ fn first_order_finite_differences() {
             let f = |a: &Tensor, b: &Tensor| sum_f64(&op(a, b).tanh().unwrap().mul(&r).unwrap());
             let av = var(&a);
             let bv = var(&b);
-            let g = op(av.as_tensor(), bv.as_tensor()).tanh().unwrap().mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g = op(av.as_tensor(), bv.as_tensor())
+                .tanh()
+                .unwrap()
+                .mul(&r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
             let (ga, gb) = (g.get(&av).unwrap(), g.get(&bv).unwrap());
             for k in 0..2u64 {
                 let va = rand_t(a.dims(), 50 + k, DType::F64).unwrap();
                 let vb = rand_t(b.dims(), 60 + k, DType::F64).unwrap();
-                let fd_a = (f(&(&a + (&va * eps).unwrap()).unwrap(), &b) - f(&(&a - (&va * eps).unwrap()).unwrap(), &b)) / (2.0 * eps);
-                let fd_b = (f(&a, &(&b + (&vb * eps).unwrap()).unwrap()) - f(&a, &(&b - (&vb * eps).unwrap()).unwrap())) / (2.0 * eps);
+                let fd_a = (f(&(&a + (&va * eps).unwrap()).unwrap(), &b)
+                    - f(&(&a - (&va * eps).unwrap()).unwrap(), &b))
+                    / (2.0 * eps);
+                let fd_b = (f(&a, &(&b + (&vb * eps).unwrap()).unwrap())
+                    - f(&a, &(&b - (&vb * eps).unwrap()).unwrap()))
+                    / (2.0 * eps);
                 let an_a = dot(ga, &va);
                 let an_b = dot(gb, &vb);
-                assert!((fd_a - an_a).abs() < 1e-6 * (1.0 + an_a.abs()), "{} {name} d/da: fd {fd_a} vs {an_a}", c.name);
-                assert!((fd_b - an_b).abs() < 1e-6 * (1.0 + an_b.abs()), "{} {name} d/db: fd {fd_b} vs {an_b}", c.name);
+                assert!(
+                    (fd_a - an_a).abs() < 1e-6 * (1.0 + an_a.abs()),
+                    "{} {name} d/da: fd {fd_a} vs {an_a}",
+                    c.name
+                );
+                assert!(
+                    (fd_b - an_b).abs() < 1e-6 * (1.0 + an_b.abs()),
+                    "{} {name} d/db: fd {fd_b} vs {an_b}",
+                    c.name
+                );
             }
         }
     }
@@ -136,12 +189,26 @@ fn first_order_finite_differences() {
 /// Element-by-element finite differences of the full gradient on a small case.
 #[test]
 fn elementwise_finite_differences_small() {
-    let c = Case { name: "small", x: [1, 2, 5, 6], w: [3, 2, 3, 3], p: ConvParams::new(2, 1, 1, 1) };
+    let c = Case {
+        name: "small",
+        x: [1, 2, 5, 6],
+        w: [3, 2, 3, 3],
+        p: ConvParams::new(2, 1, 1, 1),
+    };
     let (x, w) = inputs(&c, 77, DType::F64);
     let r = rand_t(conv2d_with(&x, &w, c.p).unwrap().dims(), 78, DType::F64).unwrap();
     let f = |x: &Tensor, w: &Tensor| sum_f64(&conv2d_with(x, w, c.p).unwrap().sin().unwrap().mul(&r).unwrap());
     let (xv, wv) = (var(&x), var(&w));
-    let g = conv2d_with(xv.as_tensor(), wv.as_tensor(), c.p).unwrap().sin().unwrap().mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = conv2d_with(xv.as_tensor(), wv.as_tensor(), c.p)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .mul(&r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     for (t, gt, is_x) in [(&x, g.get(&xv).unwrap(), true), (&w, g.get(&wv).unwrap(), false)] {
         let base: Vec<f64> = t.flatten_all().unwrap().to_vec1().unwrap();
         let gv: Vec<f64> = gt.flatten_all().unwrap().to_vec1().unwrap();
@@ -153,8 +220,17 @@ fn elementwise_finite_differences_small() {
             m[i] -= eps;
             let tp = Tensor::from_vec(p, t.dims(), &Device::Cpu).unwrap();
             let tm = Tensor::from_vec(m, t.dims(), &Device::Cpu).unwrap();
-            let fd = if is_x { (f(&tp, &w) - f(&tm, &w)) / (2.0 * eps) } else { (f(&x, &tp) - f(&x, &tm)) / (2.0 * eps) };
-            assert!((fd - gv[i]).abs() < 1e-7, "element {i} ({}): fd {fd} vs {}", if is_x { "x" } else { "w" }, gv[i]);
+            let fd = if is_x {
+                (f(&tp, &w) - f(&tm, &w)) / (2.0 * eps)
+            } else {
+                (f(&x, &tp) - f(&x, &tm)) / (2.0 * eps)
+            };
+            assert!(
+                (fd - gv[i]).abs() < 1e-7,
+                "element {i} ({}): fd {fd} vs {}",
+                if is_x { "x" } else { "w" },
+                gv[i]
+            );
         }
     }
 }
@@ -194,8 +270,20 @@ fn strided_inputs_are_handled() {
     let w = ws.transpose(0, 1).unwrap();
     assert!(!x.is_contiguous() && !w.is_contiguous());
     let y = conv2d_with(&x, &w, p).unwrap();
-    assert_close(&y, &reference(&x.contiguous().unwrap(), &w.contiguous().unwrap(), p), 1e-12, "strided fwd");
-    let dy = rand_t(y.dims(), 5, DType::F64).unwrap().transpose(2, 3).unwrap().contiguous().unwrap().transpose(2, 3).unwrap();
+    assert_close(
+        &y,
+        &reference(&x.contiguous().unwrap(), &w.contiguous().unwrap(), p),
+        1e-12,
+        "strided fwd",
+    );
+    let dy = rand_t(y.dims(), 5, DType::F64)
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .transpose(2, 3)
+        .unwrap();
     let dx = conv2d_input_grad(&dy, &w, p, (7, 6)).unwrap();
     let dx_ref = conv2d_input_grad(&dy.contiguous().unwrap(), &w.contiguous().unwrap(), p, (7, 6)).unwrap();
     assert_close(&dx, &dx_ref, 1e-14, "strided input grad");
@@ -228,7 +316,15 @@ fn shape_errors_are_errors() {
 fn f16_falls_back_to_candle() {
     let x = rand_t(&[2, 3, 8, 8], 1, DType::F32).unwrap();
     let w = rand_t(&[4, 3, 3, 3], 2, DType::F32).unwrap();
-    let y = conv2d(&x.to_dtype(DType::F16).unwrap(), &w.to_dtype(DType::F16).unwrap(), 1, 1, 1, 1).unwrap();
+    let y = conv2d(
+        &x.to_dtype(DType::F16).unwrap(),
+        &w.to_dtype(DType::F16).unwrap(),
+        1,
+        1,
+        1,
+        1,
+    )
+    .unwrap();
     assert_eq!(y.dtype(), DType::F16);
     assert_close(&y, &reference(&x, &w, ConvParams::new(1, 1, 1, 1)), 5e-2, "f16");
 }

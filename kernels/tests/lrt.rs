@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Tensor};
 use common::*;
 use secateur_kernels::conv::{conv2d_with, ConvParams};
-use secateur_kernels::lrt::{lrt_conv2d, lrt_linear};
+use secateur_kernels::lrt::{lrt_conv2d, lrt_conv2d_fused, lrt_linear};
 
 fn inputs(c: &Case, seed: u64, dt: DType) -> (Tensor, Tensor, Tensor) {
     let x = rand_t(&c.x, seed, dt).unwrap();
@@ -22,9 +22,42 @@ fn mean_and_variance_match_two_reference_convs() {
         for dt in [DType::F64, DType::F32] {
             let (x, mu, s2) = inputs(c, 10 * i as u64, dt);
             let (m, v) = lrt_conv2d(&x, &mu, &s2, c.p).unwrap();
+            let (mf, vf) = lrt_conv2d_fused(&x, &mu, &s2, c.p).unwrap();
+            assert_eq!(
+                mf.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+                m.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            );
+            assert_eq!(
+                vf.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap(),
+                v.flatten_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            );
             let p = c.p;
             let m_ref = x.conv2d(&mu, p.padding.0, p.stride.0, p.dilation.0, p.groups).unwrap();
-            let v_ref = x.sqr().unwrap().conv2d(&s2, p.padding.0, p.stride.0, p.dilation.0, p.groups).unwrap();
+            let v_ref = x
+                .sqr()
+                .unwrap()
+                .conv2d(&s2, p.padding.0, p.stride.0, p.dilation.0, p.groups)
+                .unwrap();
             let tol = if dt == DType::F64 { 1e-12 } else { 1e-5 };
             assert!(m.is_contiguous() && v.is_contiguous());
             assert_close(&m, &m_ref, tol, &format!("{} {dt:?} mean", c.name));
@@ -55,7 +88,7 @@ fn gradients_match_unfused_composition() {
                 .unwrap()
             };
             let (xv, mv, sv) = (var(&x), var(&mu), var(&s2));
-            let (m, v) = lrt_conv2d(xv.as_tensor(), mv.as_tensor(), sv.as_tensor(), c.p).unwrap();
+            let (m, v) = lrt_conv2d_fused(xv.as_tensor(), mv.as_tensor(), sv.as_tensor(), c.p).unwrap();
             let g = loss(m, v).backward().unwrap();
             let (xr, mr, sr) = (var(&x), var(&mu), var(&s2));
             let m = conv2d_with(xr.as_tensor(), mr.as_tensor(), c.p).unwrap();
@@ -79,13 +112,15 @@ fn first_order_finite_differences() {
         let rm = rand_t(y.dims(), 5, DType::F64).unwrap();
         let rv = rand_t(y.dims(), 6, DType::F64).unwrap();
         let f = |t: [&Tensor; 3]| -> Tensor {
-            let (m, v) = lrt_conv2d(t[0], t[1], t[2], c.p).unwrap();
+            let (m, v) = lrt_conv2d_fused(t[0], t[1], t[2], c.p).unwrap();
             (m.tanh().unwrap().mul(&rm).unwrap().sum_all().unwrap()
                 + v.sin().unwrap().mul(&rv).unwrap().sum_all().unwrap())
             .unwrap()
         };
         let vars = [var(&x), var(&mu), var(&s2)];
-        let g = f([vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor()]).backward().unwrap();
+        let g = f([vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor()])
+            .backward()
+            .unwrap();
         let base = [x.clone(), mu.clone(), s2.clone()];
         for j in 0..3 {
             let d = rand_t(base[j].dims(), 40 + j as u64, DType::F64).unwrap();
@@ -95,7 +130,11 @@ fn first_order_finite_differences() {
             tm[j] = (&base[j] - (&d * eps).unwrap()).unwrap();
             let fd = (sum_f64(&f([&tp[0], &tp[1], &tp[2]])) - sum_f64(&f([&tm[0], &tm[1], &tm[2]]))) / (2.0 * eps);
             let an = dot(g.get(&vars[j]).unwrap(), &d);
-            assert!((fd - an).abs() < 1e-6 * (1.0 + an.abs()), "{} arg {j}: fd {fd} vs {an}", c.name);
+            assert!(
+                (fd - an).abs() < 1e-6 * (1.0 + an.abs()),
+                "{} arg {j}: fd {fd} vs {an}",
+                c.name
+            );
         }
     }
 }
@@ -108,10 +147,19 @@ fn bit_identical_repeats_and_thread_counts() {
     let s2 = rand_t(&[8, 3, 5, 5], 3, DType::F32).unwrap().sqr().unwrap();
     let run = || {
         let (xv, mv, sv) = (var(&x), var(&mu), var(&s2));
-        let (m, v) = lrt_conv2d(xv.as_tensor(), mv.as_tensor(), sv.as_tensor(), p).unwrap();
-        let g = (m.sqr().unwrap().sum_all().unwrap() + v.sum_all().unwrap()).unwrap().backward().unwrap();
+        let (m, v) = lrt_conv2d_fused(xv.as_tensor(), mv.as_tensor(), sv.as_tensor(), p).unwrap();
+        let g = (m.sqr().unwrap().sum_all().unwrap() + v.sum_all().unwrap())
+            .unwrap()
+            .backward()
+            .unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        [flat(&m), flat(&v), flat(g.get(&xv).unwrap()), flat(g.get(&mv).unwrap()), flat(g.get(&sv).unwrap())]
+        [
+            flat(&m),
+            flat(&v),
+            flat(g.get(&xv).unwrap()),
+            flat(g.get(&mv).unwrap()),
+            flat(g.get(&sv).unwrap()),
+        ]
     };
     let first = run();
     assert!(first == run(), "repeat differs");
@@ -127,6 +175,9 @@ fn shape_errors_are_errors() {
     let mu = rand_t(&[4, 3, 3, 3], 2, DType::F32).unwrap();
     let s2 = rand_t(&[4, 3, 3, 1], 2, DType::F32).unwrap();
     assert!(lrt_conv2d(&x, &mu, &s2, ConvParams::new(1, 1, 1, 1)).is_err());
+    assert!(lrt_conv2d_fused(&x, &mu, &s2, ConvParams::new(1, 1, 1, 1)).is_err());
+    let xv = var(&x);
+    assert!(lrt_conv2d(xv.as_tensor(), &mu, &s2, ConvParams::new(1, 1, 1, 1)).is_err());
     let bad = rand_t(&[4, 2, 3, 3], 2, DType::F32).unwrap();
     assert!(lrt_conv2d(&x, &bad, &bad, ConvParams::new(1, 1, 1, 1)).is_err());
     let xl = rand_t(&[5, 7], 1, DType::F32).unwrap();
@@ -142,11 +193,21 @@ fn linear_matches_reference_and_finite_differences() {
     let s2 = rand_t(&[3, 7], 3, DType::F64).unwrap().sqr().unwrap();
     let (m, v) = lrt_linear(&x, &mu, &s2).unwrap();
     assert_close(&m, &x.matmul(&mu.t().unwrap()).unwrap(), 1e-14, "linear mean");
-    assert_close(&v, &x.sqr().unwrap().matmul(&s2.t().unwrap()).unwrap(), 1e-14, "linear var");
+    assert_close(
+        &v,
+        &x.sqr().unwrap().matmul(&s2.t().unwrap()).unwrap(),
+        1e-14,
+        "linear var",
+    );
     let r = rand_t(&[5, 3], 4, DType::F64).unwrap();
     let f = |x: &Tensor, mu: &Tensor, s2: &Tensor| {
         let (m, v) = lrt_linear(x, mu, s2).unwrap();
-        (m.tanh().unwrap() + v.sqrt().unwrap()).unwrap().mul(&r).unwrap().sum_all().unwrap()
+        (m.tanh().unwrap() + v.sqrt().unwrap())
+            .unwrap()
+            .mul(&r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
     };
     let (xv, mv, sv) = (var(&x), var(&mu), var(&s2));
     let g = f(xv.as_tensor(), mv.as_tensor(), sv.as_tensor()).backward().unwrap();

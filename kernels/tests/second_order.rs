@@ -53,7 +53,11 @@ fn check_hvp(name: &str, f: Objective, theta: &[Tensor], seed: u64) {
     let hv = hvp(f, theta, &v);
     let eps = 1e-5;
     let shift = |s: f64| -> Vec<Tensor> {
-        theta.iter().zip(&v).map(|(t, vi)| (t + (vi * (s * eps)).unwrap()).unwrap()).collect()
+        theta
+            .iter()
+            .zip(&v)
+            .map(|(t, vi)| (t + (vi * (s * eps)).unwrap()).unwrap())
+            .collect()
     };
     let gp = gradient(f, &shift(1.0));
     let gm = gradient(f, &shift(-1.0));
@@ -122,7 +126,7 @@ fn lrt_hessian_vector_products() {
         let rm = rand_t(y.dims(), 930, DType::F64).unwrap();
         let rv = rand_t(y.dims(), 931, DType::F64).unwrap();
         let f = |t: &[Tensor]| {
-            let (m, v) = secateur_kernels::lrt::lrt_conv2d(&t[0], &t[1], &t[2], p)?;
+            let (m, v) = secateur_kernels::lrt::lrt_conv2d_fused(&t[0], &t[1], &t[2], p)?;
             m.tanh()?.mul(&rm)?.sum_all()? + v.sin()?.mul(&rv)?.sum_all()?
         };
         check_hvp(&format!("{} lrt", c.name), &f, &[x, mu, s2], 940);

@@ -151,7 +151,9 @@ impl Module for BatchNorm {
             let inv = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
             let scale = (&self.weight * inv)?;
             let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            return x.broadcast_mul(&scale.reshape(bshape.clone())?)?.broadcast_add(&shift.reshape(bshape)?);
+            return x
+                .broadcast_mul(&scale.reshape(bshape.clone())?)?
+                .broadcast_add(&shift.reshape(bshape)?);
         }
         // Per-channel sums without a transposed copy: [B, C, rest] summed over rest, then B.
         let batch = x.dim(0)?;
@@ -167,7 +169,9 @@ impl Module for BatchNorm {
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
         let scale = (&self.weight * (var + self.eps)?.sqrt()?.recip()?)?;
-        centred.broadcast_mul(&scale.reshape(bshape.clone())?)?.broadcast_add(&self.bias.reshape(bshape)?)
+        centred
+            .broadcast_mul(&scale.reshape(bshape.clone())?)?
+            .broadcast_add(&self.bias.reshape(bshape)?)
     }
 }
 

@@ -32,17 +32,72 @@ fn sq(s: usize, p: usize, d: usize, g: usize) -> ConvParams {
 /// depthwise, non-square inputs, channel counts 1 and 3.
 pub fn cases() -> Vec<Case> {
     vec![
-        Case { name: "b1 c1 3x3 p1 on 9x13", x: [1, 1, 9, 13], w: [2, 1, 3, 3], p: sq(1, 1, 1, 1) },
-        Case { name: "1x1", x: [2, 3, 9, 13], w: [4, 3, 1, 1], p: sq(1, 0, 1, 1) },
-        Case { name: "1x1 stride 2", x: [2, 3, 9, 13], w: [4, 3, 1, 1], p: sq(2, 0, 1, 1) },
-        Case { name: "7x7 stride 2 pad 3", x: [2, 3, 11, 10], w: [2, 3, 7, 7], p: sq(2, 3, 1, 1) },
-        Case { name: "groups 2", x: [3, 4, 9, 13], w: [6, 2, 3, 3], p: sq(1, 1, 1, 2) },
-        Case { name: "dilation 2 pad 2", x: [2, 3, 13, 9], w: [5, 3, 3, 3], p: sq(1, 2, 2, 1) },
-        Case { name: "depthwise stride 2", x: [2, 4, 10, 12], w: [4, 1, 3, 3], p: sq(2, 1, 1, 4) },
-        Case { name: "5x5 pad 2 (LeNet)", x: [3, 2, 8, 8], w: [3, 2, 5, 5], p: sq(1, 2, 1, 1) },
-        Case { name: "5x5 no pad", x: [2, 3, 9, 9], w: [4, 3, 5, 5], p: sq(1, 0, 1, 1) },
-        Case { name: "3x5 kernel stride 2", x: [2, 3, 9, 13], w: [4, 3, 3, 5], p: sq(2, 1, 1, 1) },
-        Case { name: "stride 3 pad 1 dil 2 groups 3", x: [2, 3, 14, 11], w: [3, 1, 3, 3], p: sq(3, 1, 2, 3) },
+        Case {
+            name: "b1 c1 3x3 p1 on 9x13",
+            x: [1, 1, 9, 13],
+            w: [2, 1, 3, 3],
+            p: sq(1, 1, 1, 1),
+        },
+        Case {
+            name: "1x1",
+            x: [2, 3, 9, 13],
+            w: [4, 3, 1, 1],
+            p: sq(1, 0, 1, 1),
+        },
+        Case {
+            name: "1x1 stride 2",
+            x: [2, 3, 9, 13],
+            w: [4, 3, 1, 1],
+            p: sq(2, 0, 1, 1),
+        },
+        Case {
+            name: "7x7 stride 2 pad 3",
+            x: [2, 3, 11, 10],
+            w: [2, 3, 7, 7],
+            p: sq(2, 3, 1, 1),
+        },
+        Case {
+            name: "groups 2",
+            x: [3, 4, 9, 13],
+            w: [6, 2, 3, 3],
+            p: sq(1, 1, 1, 2),
+        },
+        Case {
+            name: "dilation 2 pad 2",
+            x: [2, 3, 13, 9],
+            w: [5, 3, 3, 3],
+            p: sq(1, 2, 2, 1),
+        },
+        Case {
+            name: "depthwise stride 2",
+            x: [2, 4, 10, 12],
+            w: [4, 1, 3, 3],
+            p: sq(2, 1, 1, 4),
+        },
+        Case {
+            name: "5x5 pad 2 (LeNet)",
+            x: [3, 2, 8, 8],
+            w: [3, 2, 5, 5],
+            p: sq(1, 2, 1, 1),
+        },
+        Case {
+            name: "5x5 no pad",
+            x: [2, 3, 9, 9],
+            w: [4, 3, 5, 5],
+            p: sq(1, 0, 1, 1),
+        },
+        Case {
+            name: "3x5 kernel stride 2",
+            x: [2, 3, 9, 13],
+            w: [4, 3, 3, 5],
+            p: sq(2, 1, 1, 1),
+        },
+        Case {
+            name: "stride 3 pad 1 dil 2 groups 3",
+            x: [2, 3, 14, 11],
+            w: [3, 1, 3, 3],
+            p: sq(3, 1, 2, 3),
+        },
     ]
 }
 
@@ -53,13 +108,23 @@ pub fn rect_cases() -> Vec<Case> {
             name: "rect params",
             x: [2, 2, 9, 13],
             w: [3, 2, 3, 5],
-            p: ConvParams { stride: (1, 2), padding: (2, 1), dilation: (1, 2), groups: 1 },
+            p: ConvParams {
+                stride: (1, 2),
+                padding: (2, 1),
+                dilation: (1, 2),
+                groups: 1,
+            },
         },
         Case {
             name: "rect params groups 2",
             x: [1, 4, 10, 7],
             w: [2, 2, 4, 2],
-            p: ConvParams { stride: (2, 1), padding: (0, 3), dilation: (2, 1), groups: 2 },
+            p: ConvParams {
+                stride: (2, 1),
+                padding: (0, 3),
+                dilation: (2, 1),
+                groups: 2,
+            },
         },
     ]
 }
@@ -128,7 +193,12 @@ pub fn assert_close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
 
 /// Sum of all elements as f64.
 pub fn sum_f64(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// `⟨a, b⟩` as f64.
