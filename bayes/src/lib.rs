@@ -13,18 +13,37 @@
 //! - [`params`]: named parameters and buffers ([`params::ParamStore`]) in sorted (BTreeMap) order
 //!   with PyTorch-style names, and the [`params::ParamBuilder`] that creates them path by path.
 //! - [`init`]: seeded initialisers (PyTorch defaults: Kaiming uniform, Kaiming normal, Xavier).
-//! - planned: `dist` (distributions), `prior` (priors as values), `divergence` (analytic and Monte
-//!   Carlo KL, variational-dropout approximations, geometric Jensen–Shannon), `layers`
-//!   (mean-field Gaussian, variational dropout, gates), and the `Variational` trait.
+//! - [`prior`]: priors as values ([`prior::Prior`]: Gaussian, scale mixture, log-uniform,
+//!   spike-and-slab) with elementwise log-densities.
+//! - [`divergence`]: divergences of a factorised Gaussian posterior from a prior, summed over
+//!   weights (analytic and Monte Carlo KL, the variational-dropout approximations of Kingma et al.
+//!   2015 and Molchanov et al. 2017, the geometric Jensen–Shannon divergence), and the config
+//!   value [`divergence::Divergence`] (`kl`, `kl-mc:S`, `js:α`).
+//! - [`variational`]: the [`variational::Variational`] trait (divergence, posterior statistics)
+//!   that every probabilistic layer implements and registers in the [`ParamStore`], so training
+//!   and pruning reach it without knowing its type.
+//! - [`layers`]: mean-field Gaussian layers (weight sampling, local reparameterisation, Flipout)
+//!   and sparse variational dropout.
+//! - [`math`]: stable softplus and sigmoid; [`error`]: [`error::ConfigError`] for refused values.
 
 pub mod ctx;
+pub mod divergence;
+pub mod error;
 pub mod init;
+pub mod layers;
+pub mod math;
 pub mod module;
 pub mod params;
+pub mod prior;
 pub mod rng;
+pub mod variational;
 
 pub use ctx::{Ctx, Mode, Sampling};
+pub use divergence::Divergence;
+pub use error::ConfigError;
 pub use init::Init;
 pub use module::Module;
 pub use params::{ParamBuilder, ParamStore};
+pub use prior::Prior;
 pub use rng::SeededRng;
+pub use variational::{PosteriorStats, Variational};

@@ -17,3 +17,9 @@ impl<M: Module + ?Sized> Module for Box<M> {
         (**self).forward(x, ctx)
     }
 }
+
+impl<M: Module + ?Sized> Module for std::sync::Arc<M> {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        (**self).forward(x, ctx)
+    }
+}

@@ -6,8 +6,10 @@
 //! an optimiser. Both live in `BTreeMap`s, so iteration is always in sorted name order, never in
 //! hash order: a requirement for bit-identical runs.
 
+use crate::divergence::Divergence;
 use crate::init::Init;
 use crate::rng::SeededRng;
+use crate::variational::{PosteriorStats, Variational};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 struct StoreInner {
     params: BTreeMap<String, Var>,
     buffers: BTreeMap<String, Var>,
+    variational: BTreeMap<String, Arc<dyn Variational>>,
 }
 
 /// The named parameters and buffers of a model (cheap to clone: clones share the storage).
@@ -111,6 +114,71 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Registers a probabilistic layer under `name` (its path, e.g. `features.0`), so that
+    /// [`ParamStore::divergence`] and [`ParamStore::posterior_stats`] reach it. Refuses a name
+    /// registered twice.
+    pub fn register_variational(&self, name: impl Into<String>, layer: Arc<dyn Variational>) -> Result<()> {
+        let name = name.into();
+        let mut g = lock(&self.inner);
+        if g.variational.contains_key(&name) {
+            candle_core::bail!("duplicate variational layer `{name}`");
+        }
+        g.variational.insert(name, layer);
+        Ok(())
+    }
+
+    /// The registered probabilistic layers, in sorted name order.
+    pub fn variational_layers(&self) -> Vec<(String, Arc<dyn Variational>)> {
+        lock(&self.inner)
+            .variational
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The total divergence of every registered layer, **summed** (a scalar tensor,
+    /// differentiable), and each layer's share as an `f64`, by layer name.
+    ///
+    /// Layers are visited in sorted name order, so Monte Carlo divergences draw from `rng` in a
+    /// reproducible order. With no probabilistic layer the total is a zero scalar in the dtype
+    /// and on the device of the first parameter (f32 on the CPU for an empty store).
+    pub fn divergence(&self, how: &Divergence, rng: &mut SeededRng) -> Result<(Tensor, BTreeMap<String, f64>)> {
+        let layers = self.variational_layers();
+        let mut per_layer = BTreeMap::new();
+        let mut total: Option<Tensor> = None;
+        for (name, layer) in layers {
+            let d = layer
+                .divergence(how, rng)
+                .map_err(|e| candle_core::Error::Msg(format!("divergence of layer `{name}`: {e}")))?;
+            per_layer.insert(name, d.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            total = Some(match total {
+                None => d,
+                Some(t) => (t + d)?,
+            });
+        }
+        let total = match total {
+            Some(t) => t,
+            None => {
+                let g = lock(&self.inner);
+                match g.params.values().next() {
+                    Some(v) => Tensor::zeros((), v.dtype(), v.device())?,
+                    None => Tensor::zeros((), DType::F32, &Device::Cpu)?,
+                }
+            }
+        };
+        Ok((total, per_layer))
+    }
+
+    /// Posterior statistics of every probabilistic parameter of every registered layer (layers in
+    /// sorted name order, each layer's parameters in its own order).
+    pub fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
+        let mut out = Vec::new();
+        for (_, layer) in self.variational_layers() {
+            out.extend(layer.posterior_stats()?);
+        }
+        Ok(out)
+    }
+
     fn insert(&self, name: String, var: Var, buffer: bool) -> Result<()> {
         let mut g = lock(&self.inner);
         if g.params.contains_key(&name) || g.buffers.contains_key(&name) {
@@ -173,6 +241,17 @@ impl ParamBuilder {
         } else {
             format!("{}.{name}", self.prefix)
         }
+    }
+
+    /// This builder's path (`features.0`; empty at the root).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Registers a probabilistic layer in the store under this builder's path (see
+    /// [`ParamStore::register_variational`]).
+    pub fn register_variational(&self, layer: Arc<dyn Variational>) -> Result<()> {
+        self.store.register_variational(self.prefix.clone(), layer)
     }
 
     /// The store parameters are registered in.

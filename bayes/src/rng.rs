@@ -106,6 +106,24 @@ impl SeededRng {
     }
 }
 
+impl SeededRng {
+    /// A tensor of independent Rademacher signs (±1 with probability ½ each), e.g. the sign
+    /// vectors of Flipout (Wen et al. 2018) or Hutchinson probes.
+    pub fn rademacher(&mut self, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let bits = self.inner.next_u64();
+            for k in 0..64.min(n - v.len()) {
+                v.push(if (bits >> k) & 1 == 1 { 1f32 } else { -1f32 });
+            }
+        }
+        Tensor::from_vec(v, shape, &Device::Cpu)?
+            .to_dtype(dtype)?
+            .to_device(device)
+    }
+}
+
 impl RngCore for SeededRng {
     fn next_u32(&mut self) -> u32 {
         self.inner.next_u32()

@@ -1,0 +1,460 @@
+//! Mean-field Gaussian layers ("Bayes by Backprop", Blundell, Cornebise, Kavukcuoglu & Wierstra
+//! 2015, "Weight uncertainty in neural networks").
+//!
+//! Each weight and bias has an independent Gaussian posterior `q(w) = N(μ, σ²)` with
+//! `σ = softplus(ρ) = log(1 + e^ρ)`, so `μ` and `ρ` are unconstrained. Parameters, under the
+//! builder's path: `weight_mu`, `weight_rho`, `bias_mu`, `bias_rho`. `μ` is initialised as
+//! PyTorch initialises `nn.Linear`/`nn.Conv2d` (`U(±1/√fan_in)`), `ρ` to the constant with
+//! `softplus(ρ) = init_std` (default `1e-3`: the network starts close to a deterministic one).
+//!
+//! The forward pass uses the estimator in `ctx.sampling` (see
+//! [`super::gaussian_linear`]): the posterior mean, one weight draw
+//! (reparameterisation), local reparameterisation, or Flipout. The divergence from the layer's
+//! [`Prior`] is any [`Divergence`] (analytic KL and JS^Gα for Gaussian priors, Monte Carlo KL
+//! for any prior with a density), summed over weights and biases.
+
+use super::{gaussian_conv2d, gaussian_linear, Conv2dGeom, GaussianWeights};
+use crate::ctx::Ctx;
+use crate::divergence::{gaussian_divergence, Divergence};
+use crate::error::ConfigError;
+use crate::init::Init;
+use crate::math::{inv_softplus, softplus};
+use crate::module::Module;
+use crate::params::ParamBuilder;
+use crate::prior::Prior;
+use crate::rng::SeededRng;
+use crate::variational::{PosteriorStats, Variational};
+use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The default initial posterior standard deviation.
+pub const DEFAULT_INIT_STD: f64 = 1e-3;
+
+fn check_init_std(what: &str, s: f64) -> std::result::Result<(), ConfigError> {
+    if s.is_finite() && s > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(what, "init_std", "finite and > 0", s))
+    }
+}
+
+/// Configuration of a [`BayesLinear`] layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BayesLinearConfig {
+    /// Input features.
+    pub in_dim: usize,
+    /// Output features.
+    pub out_dim: usize,
+    /// Whether the layer has a (Gaussian) bias.
+    pub bias: bool,
+    /// Prior over every weight and bias.
+    pub prior: Prior,
+    /// Initial posterior standard deviation (> 0).
+    pub init_std: f64,
+}
+
+impl BayesLinearConfig {
+    /// `in_dim → out_dim` with bias, prior `N(0, 1)`, `init_std = 1e-3`.
+    pub fn new(in_dim: usize, out_dim: usize) -> Self {
+        Self {
+            in_dim,
+            out_dim,
+            bias: true,
+            prior: Prior::default(),
+            init_std: DEFAULT_INIT_STD,
+        }
+    }
+    /// With or without bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// With this prior.
+    pub fn with_prior(mut self, prior: Prior) -> Self {
+        self.prior = prior;
+        self
+    }
+    /// With this initial posterior standard deviation.
+    pub fn with_init_std(mut self, init_std: f64) -> Self {
+        self.init_std = init_std;
+        self
+    }
+    /// Checks the prior and `init_std`.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        self.prior.validate()?;
+        check_init_std("bayes linear", self.init_std)
+    }
+}
+
+/// Creates `{name}_mu` and `{name}_rho` under `pb`.
+fn gaussian_param(pb: &ParamBuilder, name: &str, shape: &[usize], mu: Init, init_std: f64) -> Result<(Tensor, Tensor)> {
+    let m = pb.param(&format!("{name}_mu"), shape, mu)?;
+    let r = pb.param(&format!("{name}_rho"), shape, Init::Const(inv_softplus(init_std)))?;
+    Ok((m, r))
+}
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// The parameters of a mean-field Gaussian layer, shared by the linear and conv variants.
+#[derive(Debug, Clone)]
+struct MeanField {
+    name: String,
+    weight_mu: Tensor,
+    weight_rho: Tensor,
+    bias: Option<(Tensor, Tensor)>,
+    prior: Prior,
+}
+
+impl MeanField {
+    fn sigmas(&self) -> Result<(Tensor, Option<Tensor>)> {
+        let ws = softplus(&self.weight_rho)?;
+        let bs = match &self.bias {
+            Some((_, r)) => Some(softplus(r)?),
+            None => None,
+        };
+        Ok((ws, bs))
+    }
+
+    fn divergence(&self, how: &Divergence, rng: &mut SeededRng) -> Result<Tensor> {
+        let (ws, bs) = self.sigmas()?;
+        let mut d = gaussian_divergence(how, &self.weight_mu, &ws, &self.prior, rng)?;
+        if let (Some((bm, _)), Some(bs)) = (&self.bias, bs) {
+            d = (d + gaussian_divergence(how, bm, &bs, &self.prior, rng)?)?;
+        }
+        Ok(d)
+    }
+
+    fn stats(&self) -> Result<Vec<PosteriorStats>> {
+        let one = |name: &str, mu: &Tensor, rho: &Tensor| -> Result<PosteriorStats> {
+            let mu = mu.detach();
+            let sigma = softplus(&rho.detach())?;
+            // log α = log σ² − log μ² (the 1e-16 keeps μ = 0 finite)
+            let log_alpha = (sigma.sqr()?.log()? - (mu.sqr()? + 1e-16)?.log()?)?;
+            Ok(PosteriorStats {
+                name: join(&self.name, name),
+                mean: mu,
+                std: Some(sigma),
+                log_alpha: Some(log_alpha),
+                inclusion: None,
+            })
+        };
+        let mut v = vec![one("weight", &self.weight_mu, &self.weight_rho)?];
+        if let Some((m, r)) = &self.bias {
+            v.push(one("bias", m, r)?);
+        }
+        Ok(v)
+    }
+}
+
+/// A mean-field Gaussian fully connected layer (Blundell et al. 2015): `y = x Wᵀ + b` with
+/// `W ~ N(μ_W, softplus(ρ_W)²)`, `b ~ N(μ_b, softplus(ρ_b)²)`; the estimator is chosen by
+/// `ctx.sampling`.
+///
+/// ```
+/// use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
+/// use secateur_bayes::layers::{BayesLinear, BayesLinearConfig};
+/// use secateur_bayes::divergence::Divergence;
+/// use candle_core::{DType, Device, Tensor};
+/// let store = ParamStore::new();
+/// let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+/// let fc: Box<dyn Module> = Box::new(BayesLinear::new(&pb.pp("fc1"), BayesLinearConfig::new(4, 2)).unwrap());
+/// let mut rng = SeededRng::new(1);
+/// let y = fc.forward(&Tensor::ones((3, 4), DType::F32, &Device::Cpu).unwrap(), &mut Ctx::train(&mut rng, Sampling::Local)).unwrap();
+/// assert_eq!(y.dims(), &[3, 2]);
+/// assert!(store.get("fc1.weight_rho").is_some());
+/// let (kl, per_layer) = store.divergence(&Divergence::Kl, &mut rng).unwrap();
+/// assert!(kl.to_scalar::<f32>().unwrap() > 0.0 && per_layer.contains_key("fc1"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct BayesLinear {
+    inner: MeanField,
+}
+
+impl BayesLinear {
+    /// Creates `weight_mu`, `weight_rho` (`[out, in]`) and, with bias, `bias_mu`, `bias_rho`
+    /// (`[out]`) under `pb`, and registers the layer as [`Variational`] under `pb`'s path (the
+    /// registered copy shares the parameter storage with the returned layer).
+    pub fn new(pb: &ParamBuilder, cfg: BayesLinearConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (weight_mu, weight_rho) = gaussian_param(
+            pb,
+            "weight",
+            &[cfg.out_dim, cfg.in_dim],
+            Init::TorchDefault,
+            cfg.init_std,
+        )?;
+        let bias = if cfg.bias {
+            Some(gaussian_param(
+                pb,
+                "bias",
+                &[cfg.out_dim],
+                Init::torch_bias(cfg.in_dim),
+                cfg.init_std,
+            )?)
+        } else {
+            None
+        };
+        let layer = Self {
+            inner: MeanField {
+                name: pb.prefix().to_string(),
+                weight_mu,
+                weight_rho,
+                bias,
+                prior: cfg.prior,
+            },
+        };
+        pb.register_variational(Arc::new(layer.clone()))?;
+        Ok(layer)
+    }
+
+    /// A layer from existing tensors (tests, loading); not registered anywhere. `name` is the
+    /// layer's path, used in its posterior statistics.
+    pub fn from_tensors(
+        name: impl Into<String>,
+        weight_mu: Tensor,
+        weight_rho: Tensor,
+        bias: Option<(Tensor, Tensor)>,
+        prior: Prior,
+    ) -> Result<Self> {
+        prior.validate()?;
+        Ok(Self {
+            inner: MeanField {
+                name: name.into(),
+                weight_mu,
+                weight_rho,
+                bias,
+                prior,
+            },
+        })
+    }
+
+    /// Weight posterior mean μ.
+    pub fn weight_mu(&self) -> &Tensor {
+        &self.inner.weight_mu
+    }
+    /// Weight posterior ρ (σ = softplus(ρ)).
+    pub fn weight_rho(&self) -> &Tensor {
+        &self.inner.weight_rho
+    }
+    /// Bias posterior (μ, ρ), if the layer has a bias.
+    pub fn bias(&self) -> Option<&(Tensor, Tensor)> {
+        self.inner.bias.as_ref()
+    }
+    /// The prior.
+    pub fn prior(&self) -> &Prior {
+        &self.inner.prior
+    }
+}
+
+impl Module for BayesLinear {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (ws, bs) = self.inner.sigmas()?;
+        let w = GaussianWeights {
+            mu: &self.inner.weight_mu,
+            sigma: &ws,
+            bias_mu: self.inner.bias.as_ref().map(|b| &b.0),
+            bias_sigma: bs.as_ref(),
+        };
+        gaussian_linear(x, w, ctx.sampling, ctx.rng)
+    }
+}
+
+impl Variational for BayesLinear {
+    fn divergence(&self, how: &Divergence, rng: &mut SeededRng) -> Result<Tensor> {
+        self.inner.divergence(how, rng)
+    }
+    fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
+        self.inner.stats()
+    }
+}
+
+/// Configuration of a [`BayesConv2d`] layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BayesConv2dConfig {
+    /// Input channels.
+    pub in_ch: usize,
+    /// Output channels.
+    pub out_ch: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride, padding, dilation, groups.
+    pub geom: Conv2dGeom,
+    /// Whether the layer has a (Gaussian) bias.
+    pub bias: bool,
+    /// Prior over every weight and bias.
+    pub prior: Prior,
+    /// Initial posterior standard deviation (> 0).
+    pub init_std: f64,
+}
+
+impl BayesConv2dConfig {
+    /// A `kernel × kernel` convolution, stride 1, no padding, with bias, prior `N(0, 1)`,
+    /// `init_std = 1e-3`.
+    pub fn new(in_ch: usize, out_ch: usize, kernel: usize) -> Self {
+        Self {
+            in_ch,
+            out_ch,
+            kernel,
+            geom: Conv2dGeom::default(),
+            bias: true,
+            prior: Prior::default(),
+            init_std: DEFAULT_INIT_STD,
+        }
+    }
+    /// With this geometry.
+    pub fn with_geom(mut self, geom: Conv2dGeom) -> Self {
+        self.geom = geom;
+        self
+    }
+    /// With this stride.
+    pub fn with_stride(mut self, stride: usize) -> Self {
+        self.geom.stride = stride;
+        self
+    }
+    /// With this padding.
+    pub fn with_padding(mut self, padding: usize) -> Self {
+        self.geom.padding = padding;
+        self
+    }
+    /// With or without bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// With this prior.
+    pub fn with_prior(mut self, prior: Prior) -> Self {
+        self.prior = prior;
+        self
+    }
+    /// With this initial posterior standard deviation.
+    pub fn with_init_std(mut self, init_std: f64) -> Self {
+        self.init_std = init_std;
+        self
+    }
+    /// Checks the prior, `init_std` and the geometry.
+    pub fn validate(&self) -> Result<()> {
+        self.prior.validate()?;
+        check_init_std("bayes conv2d", self.init_std)?;
+        if self.kernel == 0 {
+            candle_core::bail!("bayes conv2d: kernel must be ≥ 1");
+        }
+        self.geom.check("bayes conv2d", self.in_ch, self.out_ch)
+    }
+}
+
+/// A mean-field Gaussian 2-D convolution (Blundell et al. 2015); the local reparameterisation
+/// uses a mean and a variance convolution ([`lrt_conv`](super::lrt_conv)), Flipout sign vectors
+/// per example and channel.
+#[derive(Debug, Clone)]
+pub struct BayesConv2d {
+    inner: MeanField,
+    geom: Conv2dGeom,
+}
+
+impl BayesConv2d {
+    /// Creates `weight_mu`, `weight_rho` (`[out, in/groups, k, k]`) and, with bias, `bias_mu`,
+    /// `bias_rho` (`[out]`) under `pb`, and registers the layer under `pb`'s path.
+    pub fn new(pb: &ParamBuilder, cfg: BayesConv2dConfig) -> Result<Self> {
+        cfg.validate()?;
+        let shape = [cfg.out_ch, cfg.in_ch / cfg.geom.groups, cfg.kernel, cfg.kernel];
+        let (weight_mu, weight_rho) = gaussian_param(pb, "weight", &shape, Init::TorchDefault, cfg.init_std)?;
+        let fan_in = shape[1] * shape[2] * shape[3];
+        let bias = if cfg.bias {
+            Some(gaussian_param(
+                pb,
+                "bias",
+                &[cfg.out_ch],
+                Init::torch_bias(fan_in),
+                cfg.init_std,
+            )?)
+        } else {
+            None
+        };
+        let layer = Self {
+            inner: MeanField {
+                name: pb.prefix().to_string(),
+                weight_mu,
+                weight_rho,
+                bias,
+                prior: cfg.prior,
+            },
+            geom: cfg.geom,
+        };
+        pb.register_variational(Arc::new(layer.clone()))?;
+        Ok(layer)
+    }
+
+    /// A layer from existing tensors (tests, loading); not registered anywhere.
+    pub fn from_tensors(
+        name: impl Into<String>,
+        weight_mu: Tensor,
+        weight_rho: Tensor,
+        bias: Option<(Tensor, Tensor)>,
+        prior: Prior,
+        geom: Conv2dGeom,
+    ) -> Result<Self> {
+        prior.validate()?;
+        let (o, ci, _, _) = weight_mu.dims4()?;
+        geom.check("bayes conv2d", ci * geom.groups, o)?;
+        Ok(Self {
+            inner: MeanField {
+                name: name.into(),
+                weight_mu,
+                weight_rho,
+                bias,
+                prior,
+            },
+            geom,
+        })
+    }
+
+    /// Weight posterior mean μ.
+    pub fn weight_mu(&self) -> &Tensor {
+        &self.inner.weight_mu
+    }
+    /// Weight posterior ρ (σ = softplus(ρ)).
+    pub fn weight_rho(&self) -> &Tensor {
+        &self.inner.weight_rho
+    }
+    /// Bias posterior (μ, ρ), if the layer has a bias.
+    pub fn bias(&self) -> Option<&(Tensor, Tensor)> {
+        self.inner.bias.as_ref()
+    }
+    /// The prior.
+    pub fn prior(&self) -> &Prior {
+        &self.inner.prior
+    }
+    /// The convolution geometry.
+    pub fn geom(&self) -> Conv2dGeom {
+        self.geom
+    }
+}
+
+impl Module for BayesConv2d {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (ws, bs) = self.inner.sigmas()?;
+        let w = GaussianWeights {
+            mu: &self.inner.weight_mu,
+            sigma: &ws,
+            bias_mu: self.inner.bias.as_ref().map(|b| &b.0),
+            bias_sigma: bs.as_ref(),
+        };
+        gaussian_conv2d(x, w, self.geom, ctx.sampling, ctx.rng)
+    }
+}
+
+impl Variational for BayesConv2d {
+    fn divergence(&self, how: &Divergence, rng: &mut SeededRng) -> Result<Tensor> {
+        self.inner.divergence(how, rng)
+    }
+    fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
+        self.inner.stats()
+    }
+}

@@ -1,0 +1,255 @@
+//! Probabilistic layers and the estimators they share.
+//!
+//! - [`mean_field`]: mean-field Gaussian weights (Blundell et al. 2015), [`BayesLinear`] and
+//!   [`BayesConv2d`], with weight sampling, local reparameterisation and Flipout.
+//! - [`sparse_vd`]: sparse variational dropout (Molchanov, Ashukha & Vetrov 2017), [`SvdLinear`]
+//!   and [`SvdConv2d`].
+//! - [`variational_dropout`]: variational dropout with learned α per weight or per unit (Kingma,
+//!   Salimans & Welling 2015), [`VdLinear`] (linear only so far).
+//! - [`dropout`]: MC dropout (Gal & Ghahramani 2016), [`McDropout`], the baseline.
+//!
+//! Every layer here is built from a [`ParamBuilder`](crate::ParamBuilder), creates its parameters
+//! under the builder's path and registers itself as [`Variational`](crate::Variational) in the
+//! builder's store, so `Box::new(layer)` can be handed to an architecture as a
+//! `Box<dyn Module>` while training and pruning still reach it through the store.
+//!
+//! The estimators (how a Gaussian posterior over weights `N(μ, σ²)` becomes an output) are shared
+//! by all families, in [`gaussian_linear`] and [`gaussian_conv2d`], selected by
+//! [`Sampling`].
+
+pub mod dropout;
+pub mod mean_field;
+pub mod sparse_vd;
+pub mod variational_dropout;
+
+pub use dropout::McDropout;
+pub use mean_field::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig};
+pub use sparse_vd::{SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig};
+pub use variational_dropout::{VdGranularity, VdLinear, VdLinearConfig};
+
+use crate::ctx::Sampling;
+use crate::rng::SeededRng;
+use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Added to the pre-activation variance before the square root of the local
+/// reparameterisation, so the gradient stays finite where the variance is zero.
+pub const LRT_VAR_EPS: f64 = 1e-16;
+
+/// Geometry of a 2-D convolution (square stride, padding, dilation; groups).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conv2dGeom {
+    /// Stride (≥ 1).
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Dilation (≥ 1).
+    pub dilation: usize,
+    /// Groups (≥ 1, dividing both channel counts).
+    pub groups: usize,
+}
+
+impl Default for Conv2dGeom {
+    /// Stride 1, no padding, dilation 1, one group.
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            groups: 1,
+        }
+    }
+}
+
+impl Conv2dGeom {
+    /// Checks stride, dilation and groups against the channel counts.
+    pub(crate) fn check(&self, what: &str, in_ch: usize, out_ch: usize) -> Result<()> {
+        if self.stride == 0 || self.dilation == 0 {
+            candle_core::bail!("{what}: stride and dilation must be ≥ 1");
+        }
+        if self.groups == 0 || in_ch % self.groups != 0 || out_ch % self.groups != 0 {
+            candle_core::bail!(
+                "{what}: groups {} must divide in_ch {in_ch} and out_ch {out_ch}",
+                self.groups
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A Gaussian posterior over a layer's weights and (optionally) bias, as the estimators see it:
+/// weight `N(μ, σ²)` and bias `N(b_μ, b_σ²)` (a deterministic bias has `bias_sigma = None`).
+#[derive(Debug, Clone, Copy)]
+pub struct GaussianWeights<'a> {
+    /// Weight mean μ (`[out, in]` or `[out, in/groups, k, k]`).
+    pub mu: &'a Tensor,
+    /// Weight standard deviation σ (same shape).
+    pub sigma: &'a Tensor,
+    /// Bias mean (`[out]`).
+    pub bias_mu: Option<&'a Tensor>,
+    /// Bias standard deviation (`[out]`); `None` for a deterministic bias.
+    pub bias_sigma: Option<&'a Tensor>,
+}
+
+impl GaussianWeights<'_> {
+    /// One reparameterised bias draw `b_μ + b_σ ε` (or `b_μ` for a deterministic bias).
+    fn sample_bias(&self, rng: &mut SeededRng) -> Result<Option<Tensor>> {
+        match (self.bias_mu, self.bias_sigma) {
+            (Some(m), Some(s)) => {
+                let eps = rng.randn(m.dims(), m.dtype(), m.device())?;
+                Ok(Some((m + (s * eps)?)?))
+            }
+            (Some(m), None) => Ok(Some(m.clone())),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// One reparameterised weight draw `μ + σ ε`.
+    fn sample_weight(&self, rng: &mut SeededRng) -> Result<Tensor> {
+        let eps = rng.randn(self.mu.dims(), self.mu.dtype(), self.mu.device())?;
+        self.mu + (self.sigma * eps)?
+    }
+}
+
+fn add_bias_rows(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+fn add_bias_channels(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    match b {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// A Gaussian-weight linear layer `y = x Wᵀ + b` for `x: [..., in]` (leading dimensions are
+/// flattened into rows, each row its own example), with the estimator `sampling`:
+///
+/// - `Mean`: `x μᵀ + b_μ`;
+/// - `Weight` (Blundell et al. 2015): one draw `W = μ + σ ε`, `b = b_μ + b_σ ε'` per call;
+/// - `Local` (Kingma, Salimans & Welling 2015): `y = x μᵀ + b_μ + √(x² (σ²)ᵀ + b_σ² + 1e−16) ⊙ ε`,
+///   an independent pre-activation draw per example;
+/// - `Flipout` (Wen et al. 2018): `y = x μᵀ + ((x ⊙ s_in) ΔWᵀ) ⊙ s_out + b`, `ΔW = σ ⊙ ε` one per
+///   call, `s_in`, `s_out` Rademacher sign vectors per example, `b` one draw per call.
+pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: &mut SeededRng) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    if dims.is_empty() {
+        candle_core::bail!("linear layer: input must have rank ≥ 1, got a scalar");
+    }
+    let in_dim = dims[dims.len() - 1];
+    let (out_dim, w_in) = w.mu.dims2()?;
+    if in_dim != w_in {
+        candle_core::bail!("linear layer: input has {in_dim} features, the weight expects {w_in}");
+    }
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.reshape((rows, in_dim))?;
+    let (dt, dev) = (x.dtype(), x.device());
+    let y = match sampling {
+        Sampling::Mean => add_bias_rows(x2.matmul(&w.mu.t()?)?, w.bias_mu)?,
+        Sampling::Weight => {
+            let wt = w.sample_weight(rng)?;
+            let b = w.sample_bias(rng)?;
+            add_bias_rows(x2.matmul(&wt.t()?)?, b.as_ref())?
+        }
+        Sampling::Local => {
+            let mean = add_bias_rows(x2.matmul(&w.mu.t()?)?, w.bias_mu)?;
+            let var = x2.sqr()?.matmul(&w.sigma.sqr()?.t()?)?;
+            let var = match w.bias_sigma {
+                Some(bs) => var.broadcast_add(&bs.sqr()?)?,
+                None => var,
+            };
+            let eps = rng.randn(&[rows, out_dim], dt, dev)?;
+            (mean + ((var + LRT_VAR_EPS)?.sqrt()? * eps)?)?
+        }
+        Sampling::Flipout => {
+            let mean = x2.matmul(&w.mu.t()?)?;
+            let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
+            let delta = (w.sigma * eps)?;
+            let b = w.sample_bias(rng)?;
+            let s_in = rng.rademacher(&[rows, in_dim], dt, dev)?;
+            let s_out = rng.rademacher(&[rows, out_dim], dt, dev)?;
+            let pert = ((x2 * s_in)?.matmul(&delta.t()?)? * s_out)?;
+            add_bias_rows((mean + pert)?, b.as_ref())?
+        }
+    };
+    let mut out = dims;
+    let last = out.len() - 1;
+    out[last] = out_dim;
+    y.reshape(out)
+}
+
+/// The local-reparameterisation convolution pair `(conv(x, μ), conv(x², σ²))` (Kingma, Salimans
+/// & Welling 2015: the pre-activation of a Gaussian-weight convolution is Gaussian with this mean
+/// and variance, per output element), without bias.
+///
+/// SWAP POINT: this is the single function a fused local-reparameterisation kernel replaces
+/// (`secateur_kernels::lrt::lrt_conv2d` computes both convolutions from one packing of `x`); for
+/// now it is two `candle_core::Tensor::conv2d` calls.
+pub fn lrt_conv(x: &Tensor, mu: &Tensor, var: &Tensor, geom: Conv2dGeom) -> Result<(Tensor, Tensor)> {
+    let mean = conv(x, mu, geom)?;
+    let v = conv(&x.sqr()?, var, geom)?;
+    Ok((mean, v))
+}
+
+fn conv(x: &Tensor, w: &Tensor, g: Conv2dGeom) -> Result<Tensor> {
+    x.conv2d(w, g.padding, g.stride, g.dilation, g.groups)
+}
+
+/// A Gaussian-weight 2-D convolution for `x: [N, C, H, W]`, weight `[O, C/groups, k, k]`, with
+/// the estimator `sampling` (as [`gaussian_linear`]; for convolutions):
+///
+/// - `Mean`: `conv(x, μ) + b_μ`;
+/// - `Weight`: one weight and bias draw per call, shared by the batch;
+/// - `Local`: `conv(x, μ) + b_μ + √(conv(x², σ²) + b_σ² + 1e−16) ⊙ ε`, `ε` per output element
+///   ([`lrt_conv`]);
+/// - `Flipout` (Wen et al. 2018): `conv(x, μ) + conv(x ⊙ s_in, ΔW) ⊙ s_out + b`, `ΔW = σ ⊙ ε` one per
+///   call, sign vectors per example and channel (`s_in: [N, C, 1, 1]`, `s_out: [N, O, 1, 1]`).
+pub fn gaussian_conv2d(
+    x: &Tensor,
+    w: GaussianWeights,
+    geom: Conv2dGeom,
+    sampling: Sampling,
+    rng: &mut SeededRng,
+) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    let (o, ci, _, _) = w.mu.dims4()?;
+    if ci * geom.groups != c {
+        candle_core::bail!(
+            "conv layer: input has {c} channels, the weight expects {} ({} groups)",
+            ci * geom.groups,
+            geom.groups
+        );
+    }
+    let (dt, dev) = (x.dtype(), x.device());
+    match sampling {
+        Sampling::Mean => add_bias_channels(conv(x, w.mu, geom)?, w.bias_mu),
+        Sampling::Weight => {
+            let wt = w.sample_weight(rng)?;
+            let b = w.sample_bias(rng)?;
+            add_bias_channels(conv(x, &wt, geom)?, b.as_ref())
+        }
+        Sampling::Local => {
+            let (mean, var) = lrt_conv(x, w.mu, &w.sigma.sqr()?, geom)?;
+            let mean = add_bias_channels(mean, w.bias_mu)?;
+            let var = match w.bias_sigma {
+                Some(bs) => add_bias_channels(var, Some(&bs.sqr()?))?,
+                None => var,
+            };
+            let eps = rng.randn(mean.dims(), dt, dev)?;
+            mean + ((var + LRT_VAR_EPS)?.sqrt()? * eps)?
+        }
+        Sampling::Flipout => {
+            let mean = conv(x, w.mu, geom)?;
+            let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
+            let delta = (w.sigma * eps)?;
+            let b = w.sample_bias(rng)?;
+            let s_in = rng.rademacher(&[n, c, 1, 1], dt, dev)?;
+            let s_out = rng.rademacher(&[n, o, 1, 1], dt, dev)?;
+            let pert = conv(&x.broadcast_mul(&s_in)?, &delta, geom)?.broadcast_mul(&s_out)?;
+            add_bias_channels((mean + pert)?, b.as_ref())
+        }
+    }
+}
