@@ -12,6 +12,9 @@
 # Raw JSON lines are kept in $OUT_DIR (default bench/results/<timestamp>/).
 # HVP=0 skips the second table: one Hessian-vector product by double backprop vs one gradient
 # (forward + backward) on the secateur side, HVP_STEPS / HVP_WARMUP timed / warm-up repetitions.
+# QUIET=1 waits (at most QUIET_MAX seconds, default 600) before each run for three 5-second
+# windows in which the CPUs are more than 85% idle. Every run records the CPU time that other
+# processes used meanwhile ("background cores"), shown in the table when above 0.1 core.
 # BENCH_STEP_BIN=/path/to/bench_step uses a prebuilt binary (e.g. one built from another commit)
 # instead of building this tree's; SECATEUR_LABEL then says what it is in the machine description.
 set -euo pipefail
@@ -68,14 +71,44 @@ fi
 # Same thread count everywhere: rayon (candle, gemm), OpenMP and MKL (PyTorch).
 export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 
+# CPU ticks (all CPUs): total and busy.
+cpu_ticks() { awk '/^cpu / {t = 0; for (i = 2; i <= 9; i++) t += $i; print t, t - $5 - $6; exit}' /proc/stat; }
+# Children's user + system CPU seconds so far, from bash's `times` (second line). `times` must run
+# in this shell, not in a command-substitution subshell, so it writes to a file read afterwards.
+TIMES_FILE="$OUT_DIR/.times"
+child_cpu() {
+  awk 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); s += a[1] * 60 + a[2] } print s }' "$TIMES_FILE"
+}
+wait_quiet() {
+  [ "${QUIET:-0}" = "0" ] && return 0
+  local ok=0 start=$SECONDS t1 b1 t2 b2
+  while [ $ok -lt 3 ] && [ $((SECONDS - start)) -lt "${QUIET_MAX:-600}" ]; do
+    read -r t1 b1 < <(cpu_ticks); sleep 5; read -r t2 b2 < <(cpu_ticks)
+    if [ $((100 * (b2 - b1))) -lt $((15 * (t2 - t1))) ]; then ok=$((ok + 1)); else ok=0; fi
+  done
+}
+# run_measured NAME CMD...: runs CMD with stdout to $OUT_DIR/NAME.json, stderr to NAME.err, and
+# writes the average number of cores other processes kept busy meanwhile to NAME.bg.
+NCPU="$(nproc)"
+run_measured() {
+  local name="$1"; shift
+  wait_quiet
+  local t1 b1 t2 b2 c1 c2
+  times >"$TIMES_FILE"; read -r t1 b1 < <(cpu_ticks); c1="$(child_cpu)"
+  "$@" >"$OUT_DIR/$name.json" 2>"$OUT_DIR/$name.err" || true
+  times >"$TIMES_FILE"; read -r t2 b2 < <(cpu_ticks); c2="$(child_cpu)"
+  awk -v t="$((t2 - t1))" -v b="$((b2 - b1))" -v c1="$c1" -v c2="$c2" -v n="$NCPU" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { if (t <= 0) { print 0; exit } bg = (b - (c2 - c1) * hz) / (t / n); if (bg < 0) bg = 0; printf "%.2f\n", bg }' \
+    >"$OUT_DIR/$name.bg"
+}
+
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 for m in $MODELS; do
   s="$(steps_for "$m")"; w="$(warmup_for "$m")"
   echo "compare.sh: $m (batch $BATCH, $w warm-up + $s timed steps, $THREADS threads)" >&2
-  "$BIN" --model "$m" --batch "$BATCH" --steps "$s" --warmup "$w" --json \
-    >"$OUT_DIR/secateur-$m.json" 2>"$OUT_DIR/secateur-$m.err" || true
-  "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" --batch "$BATCH" --steps "$s" --warmup "$w" \
-    --threads "$THREADS" --json >"$OUT_DIR/pytorch-$m.json" 2>"$OUT_DIR/pytorch-$m.err" || true
+  run_measured "secateur-$m" "$BIN" --model "$m" --batch "$BATCH" --steps "$s" --warmup "$w" --json
+  run_measured "pytorch-$m" "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" --batch "$BATCH" \
+    --steps "$s" --warmup "$w" --threads "$THREADS" --json
 done
 HVP_MODELS=""
 if [ "${HVP:-1}" != "0" ]; then
@@ -85,8 +118,7 @@ if [ "${HVP:-1}" != "0" ]; then
     esac
     HVP_MODELS="$HVP_MODELS $m"
     echo "compare.sh: $m Hessian-vector product (${HVP_WARMUP:-1} warm-up + $hs timed)" >&2
-    "$BIN" --model "$m" --batch "$BATCH" --steps "$hs" --warmup "${HVP_WARMUP:-1}" --hvp --json \
-      >"$OUT_DIR/hvp-$m.json" 2>"$OUT_DIR/hvp-$m.err" || true
+    run_measured "hvp-$m" "$BIN" --model "$m" --batch "$BATCH" --steps "$hs" --warmup "${HVP_WARMUP:-1}" --hvp --json
   done
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -110,6 +142,13 @@ def load(side, m):
         return json.loads(lines[-1]) if lines else None
     except (OSError, ValueError):
         return None
+
+def background(name):
+    try:
+        with open(os.path.join(out, f"{name}.bg")) as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return 0.0
 
 def ok(r):
     return r is not None and r.get("supported", True) and "median_ms" in r
@@ -139,6 +178,9 @@ for m in os.environ["MODELS"].split():
     mr = f"{s['peak_rss_mib'] / p['peak_rss_mib']:.2f}×" if ok(s) and ok(p) else "n/a"
     print(f"| {m} | {params} | {st} | {pt} | {tr} | {sm} | {pm} | {mr} |")
     for side, r in (("secateur", s), ("PyTorch", p)):
+        bg = background(f"{side.lower()}-{m}")
+        if bg > 0.1:
+            notes.append(f"{m}: other processes kept {bg:.2f} of {os.cpu_count()} cores busy during the {side} run")
         if r is None:
             notes.append(f"{m}: no result from {side} (see {side.lower()}-{m}.err)")
         elif not ok(r):
@@ -158,12 +200,15 @@ hvp_models = os.environ.get("HVP_MODELS", "").split()
 if hvp_models:
     print()
     print("Hessian-vector product by double backprop (secateur; Rademacher v; checked against a central")
-    print("difference of gradients in f64, batch 16):")
+    print("difference of gradients in f64, batch 8, smallest error over steps 1e-6, 1e-8, 1e-10):")
     print()
     print("| model | gradient ms | HVP ms | HVP / gradient | rel. error vs finite differences |")
     print("|---|---:|---:|---:|---:|")
     for m in hvp_models:
         r = load("hvp", m)
+        bg = background(f"hvp-{m}")
+        if bg > 0.1:
+            notes.append(f"{m} HVP: other processes kept {bg:.2f} of {os.cpu_count()} cores busy during the run")
         if r is None or "hvp_median_ms" not in r:
             err = (r or {}).get("error", "no result")
             print(f"| {m} | n/a | n/a | n/a | {str(err).splitlines()[0] if err else 'n/a'} |")

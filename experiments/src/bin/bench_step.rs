@@ -18,8 +18,10 @@
 //! thread-local on a thread's first backward, so the plain gradient is timed on one thread
 //! without it and the HVP on another thread after setting it; `--hvp` sets it itself.
 //!
-//! Exit status 2 with `"supported": false` in the JSON line means the model is not available on
-//! the Rust side yet (e.g. `bayes-lenet5` before the Bayesian layers land).
+//! `bayes-mlp` and `bayes-lenet5` use the mean-field Gaussian layers of `secateur-bayes` with local
+//! reparameterisation (`Sampling::Local`), `softplus(ρ) = softplus(-5)` initially, and the loss
+//! `CE + KL / 60000` with the analytic KL to `N(0, 1)`, as `bench/pytorch_step.py` does.
+//! Exit status 2 with `"supported": false` in the JSON line means an unknown model.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -27,14 +29,17 @@ use clap::Parser;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
 use secateur_models::layers::cross_entropy;
-use secateur_models::{build, Deterministic, ModelSpec, Network};
+use secateur_bayes::layers::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom};
+use secateur_bayes::Divergence;
+use secateur_models::{build, Conv2dCfg, Deterministic, LayerFactory, LinearCfg, ModelSpec, Network};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Time secateur training steps (forward + cross-entropy + backward + SGD momentum)")]
 struct Args {
-    /// Model: mlp, lenet5, resnet20 (bayes-lenet5, bayes-mlp: not yet on the Rust side).
+    /// Model: mlp, lenet5, resnet20, bayes-mlp, bayes-lenet5 (mean-field Gaussian, local
+    /// reparameterisation, loss + KL / 60000).
     #[arg(long, default_value = "lenet5")]
     model: String,
     /// Batch size.
@@ -63,9 +68,45 @@ struct Args {
 /// Input shape `[C, H, W]` of a model name.
 fn input_shape(model: &str) -> Option<[usize; 3]> {
     match model {
-        "mlp" | "lenet5" => Some([1, 28, 28]),
+        "mlp" | "lenet5" | "bayes-mlp" | "bayes-lenet5" => Some([1, 28, 28]),
         "resnet20" => Some([3, 32, 32]),
         _ => None,
+    }
+}
+
+/// Initial posterior standard deviation of the Bayesian rows: `softplus(-5)`, the `ρ = -5`
+/// initialisation of bayesian-torch-style layers (and of `bench/pytorch_step.py`).
+const BAYES_INIT_STD: f64 = 0.006_715_348_489_117_967;
+
+/// Training-set size `N` of the `KL / N` term (MNIST), as in `bench/pytorch_step.py`.
+const TRAIN_SIZE: f64 = 60_000.0;
+
+/// Mean-field Gaussian layers of `secateur-bayes` (prior `N(0, 1)`), for the `bayes-*` rows:
+/// a bench-local factory until the models crate has its own.
+struct MeanField;
+
+impl LayerFactory for MeanField {
+    fn name(&self) -> &str {
+        "mean-field"
+    }
+    fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
+        let c = BayesLinearConfig::new(cfg.in_dim, cfg.out_dim)
+            .with_bias(cfg.bias)
+            .with_init_std(BAYES_INIT_STD);
+        Ok(Box::new(BayesLinear::new(pb, c)?))
+    }
+    fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
+        let geom = Conv2dGeom {
+            stride: cfg.stride,
+            padding: cfg.padding,
+            dilation: cfg.dilation,
+            groups: cfg.groups,
+        };
+        let c = BayesConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
+            .with_geom(geom)
+            .with_bias(cfg.bias)
+            .with_init_std(BAYES_INIT_STD);
+        Ok(Box::new(BayesConv2d::new(pb, c)?))
     }
 }
 
@@ -104,6 +145,8 @@ struct Setup {
     store: ParamStore,
     x: Tensor,
     y: Tensor,
+    /// Bayesian rows: local reparameterisation and `+ KL / N` in the loss.
+    bayes: bool,
 }
 
 fn setup(model: &str, input: [usize; 3], batch: usize) -> Result<Setup> {
@@ -113,19 +156,38 @@ fn setup(model: &str, input: [usize; 3], batch: usize) -> Result<Setup> {
 fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType) -> Result<Setup> {
     let store = ParamStore::new();
     let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), dtype, Device::Cpu);
-    let net = build(&ModelSpec::new(model, input, 10), &Deterministic, &pb)?;
+    let (arch, bayes) = match model.strip_prefix("bayes-") {
+        Some(arch) => (arch, true),
+        None => (model, false),
+    };
+    let factory: &dyn LayerFactory = if bayes { &MeanField } else { &Deterministic };
+    let net = build(&ModelSpec::new(arch, input, 10), factory, &pb)?;
     let mut data_rng = SeededRng::new(1);
     let [c, h, w] = input;
     let x = data_rng.randn(&[batch, c, h, w], dtype, &Device::Cpu)?;
-    let labels: Vec<u32> = (0..batch).map(|_| rand::RngCore::next_u32(&mut data_rng) % 10).collect();
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| rand::RngCore::next_u32(&mut data_rng) % 10)
+        .collect();
     let y = Tensor::from_vec(labels, batch, &Device::Cpu)?;
-    Ok(Setup { net, store, x, y })
+    Ok(Setup {
+        net,
+        store,
+        x,
+        y,
+        bayes,
+    })
 }
 
 fn loss(s: &Setup, rng: &mut SeededRng) -> Result<Tensor> {
-    let mut ctx = Ctx::train(rng, Sampling::Mean);
+    let sampling = if s.bayes { Sampling::Local } else { Sampling::Mean };
+    let mut ctx = Ctx::train(rng, sampling);
     let logits = s.net.forward(&s.x, &mut ctx)?;
-    cross_entropy(&logits, &s.y)
+    let ce = cross_entropy(&logits, &s.y)?;
+    if !s.bayes {
+        return Ok(ce);
+    }
+    let (kl, _) = s.store.divergence(&Divergence::Kl, rng)?;
+    ce + (kl / TRAIN_SIZE)?
 }
 
 /// Times `warmup + steps` calls of `f`, returning the timed durations in ms.
@@ -216,46 +278,65 @@ fn rademacher(params: &BTreeMap<String, Var>, seed: u64) -> Result<BTreeMap<Stri
 }
 
 /// Relative error `‖Hv − FD‖ / ‖FD‖` of the double-backprop HVP against the central difference
-/// `(g(θ + εv) − g(θ − εv)) / 2ε`, in f64 so that a small ε is meaningful. Batch norm uses batch
+/// `(g(θ + εv) − g(θ − εv)) / 2ε`, in f64 so that a small ε is meaningful (smallest over
+/// ε ∈ {1e-6, 1e-8, 1e-10}; batch of at most 8). Batch norm uses batch
 /// statistics in train mode, so the loss is a deterministic function of θ for the fixed batch.
 fn hvp_fd_check(model: &str, input: [usize; 3], batch: usize) -> Result<f64> {
     let s = setup_dtype(model, input, batch, DType::F64)?;
     let params = s.store.params();
     let v = rademacher(&params, 3)?;
-    let mut rng = SeededRng::new(2);
-    let hv = hvp_once(&s, &params, &v, &mut rng)?;
-    let eps = 1e-8f64;
+    // The same noise (local reparameterisation) at every evaluation: a fresh generator each time.
+    let hv = hvp_once(&s, &params, &v, &mut SeededRng::new(2))?;
     let mut theta = BTreeMap::new();
     for (n, p) in &params {
         theta.insert(n.clone(), p.as_tensor().copy()?);
     }
-    let mut grad_at = |sign: f64| -> Result<BTreeMap<String, Tensor>> {
-        for (n, p) in &params {
-            p.set(&(&theta[n] + (&v[n] * (sign * eps))?)?)?;
+    // The networks are piecewise smooth (ReLU, max pool): a difference whose step crosses a kink
+    // is meaningless, and the chance of crossing one grows with the step and with the number of
+    // units. The smallest error over a few steps is reported.
+    let mut best = f64::INFINITY;
+    for eps in [1e-6f64, 1e-8, 1e-10] {
+        let grad_at = |sign: f64| -> Result<BTreeMap<String, Tensor>> {
+            for (n, p) in &params {
+                p.set(&(&theta[n] + (&v[n] * (sign * eps))?)?)?;
+            }
+            let l = loss(&s, &mut SeededRng::new(2))?;
+            grad_map(&params, &l.backward()?)
+        };
+        let gp = grad_at(1.0)?;
+        let gm = grad_at(-1.0)?;
+        let (mut num, mut den) = (0f64, 0f64);
+        for (n, h) in &hv {
+            let fd = ((&gp[n] - &gm[n])? / (2.0 * eps))?;
+            let e2 = (h - &fd)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            let f2 = fd.sqr()?.sum_all()?.to_scalar::<f64>()?;
+            if std::env::var_os("BENCH_STEP_DEBUG").is_some() {
+                let h2 = h.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                eprintln!(
+                    "eps {eps:e} {n}: |Hv| {:.4e} |FD| {:.4e} rel {:.3e}",
+                    h2.sqrt(),
+                    f2.sqrt(),
+                    (e2 / f2.max(1e-300)).sqrt()
+                );
+            }
+            num += e2;
+            den += f2;
         }
-        let l = loss(&s, &mut rng)?;
-        grad_map(&params, &l.backward()?)
-    };
-    let gp = grad_at(1.0)?;
-    let gm = grad_at(-1.0)?;
-    let (mut num, mut den) = (0f64, 0f64);
-    for (n, h) in &hv {
-        let fd = ((&gp[n] - &gm[n])? / (2.0 * eps))?;
-        let e2 = (h - &fd)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-        let f2 = fd.sqr()?.sum_all()?.to_scalar::<f64>()?;
-        if std::env::var_os("BENCH_STEP_DEBUG").is_some() {
-            let h2 = h.sqr()?.sum_all()?.to_scalar::<f64>()?;
-            eprintln!("{n}: |Hv| {:.4e} |FD| {:.4e} rel {:.3e}", h2.sqrt(), f2.sqrt(), (e2 / f2.max(1e-300)).sqrt());
-        }
-        num += e2;
-        den += f2;
+        best = best.min((num / den.max(1e-300)).sqrt());
     }
-    Ok((num / den.max(1e-300)).sqrt())
+    for (n, p) in &params {
+        p.set(&theta[n])?;
+    }
+    Ok(best)
 }
 
 /// The `Hv` of one parameter set by double backprop.
-fn hvp_once(s: &Setup, params: &BTreeMap<String, Var>, v: &BTreeMap<String, Tensor>, rng: &mut SeededRng)
-    -> Result<BTreeMap<String, Tensor>> {
+fn hvp_once(
+    s: &Setup,
+    params: &BTreeMap<String, Var>,
+    v: &BTreeMap<String, Tensor>,
+    rng: &mut SeededRng,
+) -> Result<BTreeMap<String, Tensor>> {
     let l = loss(s, rng)?;
     let g = l.backward()?;
     let gv = dot(params, &g, v)?;
@@ -301,7 +382,7 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
             Err(e) => failure = Some(e.to_string()),
         }
         let fd_rel_err = if failure.is_none() {
-            hvp_fd_check(&m, input, batch.min(16))?
+            hvp_fd_check(&m, input, batch.min(8))?
         } else {
             f64::NAN
         };
@@ -342,37 +423,74 @@ fn hvp_ops() -> Result<serde_json::Value> {
         let mut r = SeededRng::new(5);
         let cases: Vec<(&str, Vec<usize>, Vec<usize>, OpFn)> = vec![
             ("matmul (weight)", vec![5, 7], vec![4, 7], |w, x| x.matmul(&w.t()?)),
-            ("conv2d (weight) k3 p0", vec![4, 3, 3, 3], vec![2, 3, 8, 8], |w, x| x.conv2d(w, 0, 1, 1, 1)),
-            ("conv2d (weight) k5 p2", vec![4, 3, 5, 5], vec![2, 3, 8, 8], |w, x| x.conv2d(w, 2, 1, 1, 1)),
-            ("conv2d (weight) k3 p1 s2", vec![4, 3, 3, 3], vec![2, 3, 8, 8], |w, x| x.conv2d(w, 1, 2, 1, 1)),
-            ("conv2d (input) k3 p1", vec![2, 3, 8, 8], vec![4, 3, 3, 3], |x, w| x.conv2d(w, 1, 1, 1, 1)),
-            ("conv_transpose2d (input) k3 p1", vec![2, 4, 8, 8], vec![4, 3, 3, 3], |x, w| {
-                x.conv_transpose2d(w, 1, 0, 1, 1)
+            ("conv2d (weight) k3 p0", vec![4, 3, 3, 3], vec![2, 3, 8, 8], |w, x| {
+                x.conv2d(w, 0, 1, 1, 1)
             }),
-            ("conv_transpose2d (weight) k3 p1", vec![4, 3, 3, 3], vec![2, 4, 8, 8], |w, x| {
-                x.conv_transpose2d(w, 1, 0, 1, 1)
+            ("conv2d (weight) k5 p2", vec![4, 3, 5, 5], vec![2, 3, 8, 8], |w, x| {
+                x.conv2d(w, 2, 1, 1, 1)
             }),
+            (
+                "conv2d (weight) k3 p1 s2",
+                vec![4, 3, 3, 3],
+                vec![2, 3, 8, 8],
+                |w, x| x.conv2d(w, 1, 2, 1, 1),
+            ),
+            ("conv2d (input) k3 p1", vec![2, 3, 8, 8], vec![4, 3, 3, 3], |x, w| {
+                x.conv2d(w, 1, 1, 1, 1)
+            }),
+            (
+                "conv_transpose2d (input) k3 p1",
+                vec![2, 4, 8, 8],
+                vec![4, 3, 3, 3],
+                |x, w| x.conv_transpose2d(w, 1, 0, 1, 1),
+            ),
+            (
+                "conv_transpose2d (weight) k3 p1",
+                vec![4, 3, 3, 3],
+                vec![2, 4, 8, 8],
+                |w, x| x.conv_transpose2d(w, 1, 0, 1, 1),
+            ),
             ("max pool 2 (reshape + max)", vec![2, 3, 8, 8], vec![1], |t, _| {
                 let t = (t * t)?;
                 t.reshape((2, 3, 4, 2, 4, 2))?.max(5)?.max(3)
             }),
-            ("conv(relu(conv(x, θ)), θ)", vec![3, 3, 3, 3], vec![2, 3, 8, 8], |w, x| {
-                x.conv2d(w, 1, 1, 1, 1)?.relu()?.conv2d(w, 1, 1, 1, 1)
+            (
+                "conv(relu(conv(x, θ)), θ)",
+                vec![3, 3, 3, 3],
+                vec![2, 3, 8, 8],
+                |w, x| x.conv2d(w, 1, 1, 1, 1)?.relu()?.conv2d(w, 1, 1, 1, 1),
+            ),
+            (
+                "conv(pool(conv(x, θ)), θ)",
+                vec![3, 3, 3, 3],
+                vec![2, 3, 8, 8],
+                |w, x| {
+                    let y = x.conv2d(w, 1, 1, 1, 1)?;
+                    let y = y.reshape((2, 3, 4, 2, 4, 2))?.max(5)?.max(3)?;
+                    y.conv2d(w, 1, 1, 1, 1)
+                },
+            ),
+            (
+                "conv(conv(x, θ), θ) p0",
+                vec![3, 3, 3, 3],
+                vec![2, 3, 8, 8],
+                |w, x| x.conv2d(w, 0, 1, 1, 1)?.conv2d(w, 0, 1, 1, 1),
+            ),
+            (
+                "conv(x, θ) → linear(θ)",
+                vec![3, 3, 3, 3],
+                vec![2, 3, 5, 5],
+                |w, x| {
+                    let y = x.conv2d(w, 0, 1, 1, 1)?.flatten_from(1)?; // [2, 27]
+                    y.matmul(&w.flatten_all()?.narrow(0, 0, 27)?.unsqueeze(1)?)
+                },
+            ),
+            ("candle max_pool2d 2", vec![2, 3, 8, 8], vec![1], |t, _| {
+                (t * t)?.max_pool2d(2)
             }),
-            ("conv(pool(conv(x, θ)), θ)", vec![3, 3, 3, 3], vec![2, 3, 8, 8], |w, x| {
-                let y = x.conv2d(w, 1, 1, 1, 1)?;
-                let y = y.reshape((2, 3, 4, 2, 4, 2))?.max(5)?.max(3)?;
-                y.conv2d(w, 1, 1, 1, 1)
+            ("relu(x·θ)", vec![2, 3, 8, 8], vec![2, 3, 8, 8], |t, x| {
+                ((t * x)? + t.sqr()?)?.relu()
             }),
-            ("conv(conv(x, θ), θ) p0", vec![3, 3, 3, 3], vec![2, 3, 8, 8], |w, x| {
-                x.conv2d(w, 0, 1, 1, 1)?.conv2d(w, 0, 1, 1, 1)
-            }),
-            ("conv(x, θ) → linear(θ)", vec![3, 3, 3, 3], vec![2, 3, 5, 5], |w, x| {
-                let y = x.conv2d(w, 0, 1, 1, 1)?.flatten_from(1)?; // [2, 27]
-                y.matmul(&w.flatten_all()?.narrow(0, 0, 27)?.unsqueeze(1)?)
-            }),
-            ("candle max_pool2d 2", vec![2, 3, 8, 8], vec![1], |t, _| (t * t)?.max_pool2d(2)),
-            ("relu(x·θ)", vec![2, 3, 8, 8], vec![2, 3, 8, 8], |t, x| ((t * x)? + t.sqr()?)?.relu()),
             ("log_softmax + gather", vec![4, 10], vec![1], |t, _| {
                 let lp = candle_nn_free_log_softmax(&t.sqr()?)?;
                 let idx = Tensor::new(&[[1u32], [3], [0], [9]], t.device())?;
@@ -390,7 +508,9 @@ fn hvp_ops() -> Result<serde_json::Value> {
             let lossf = |t: &Tensor| -> Result<Tensor> { (f(t, &x)?.sqr()? * &c)?.sum_all() };
             let res = (|| -> Result<f64> {
                 let g = lossf(theta.as_tensor())?.backward()?;
-                let gt = g.get(theta.as_tensor()).ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
+                let gt = g
+                    .get(theta.as_tensor())
+                    .ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
                 let hv_store = (gt * &v)?.sum_all()?.backward()?;
                 let hv = hv_store
                     .get(theta.as_tensor())
@@ -445,12 +565,19 @@ fn main() {
             "impl": "secateur",
             "model": args.model,
             "supported": false,
-            "error": format!("model `{}` is not supported by bench_step yet (supported: mlp, lenet5, resnet20)", args.model),
+            "error": format!(
+                "model `{}` is not supported by bench_step (supported: mlp, lenet5, resnet20, bayes-mlp, bayes-lenet5)",
+                args.model
+            ),
         });
         println!("{j}");
         std::process::exit(2);
     };
-    let result = if args.hvp { hvp_bench(&args, input) } else { train_bench(&args, input) };
+    let result = if args.hvp {
+        hvp_bench(&args, input)
+    } else {
+        train_bench(&args, input)
+    };
     match result {
         Ok(j) => {
             if !args.json {
@@ -459,7 +586,8 @@ fn main() {
             println!("{j}");
         }
         Err(e) => {
-            let j = serde_json::json!({"impl": "secateur", "model": args.model, "supported": true, "error": e.to_string()});
+            let j =
+                serde_json::json!({"impl": "secateur", "model": args.model, "supported": true, "error": e.to_string()});
             println!("{j}");
             eprintln!("bench_step: {e}");
             std::process::exit(1);
