@@ -90,3 +90,43 @@ fn eval_of_a_non_run_directory_fails_clearly() {
     assert!(!o.status.success());
     assert!(text(&o).contains("not a run directory"), "{}", text(&o));
 }
+
+#[test]
+fn bad_bayesian_settings_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[model]\narch = \"mlp\"\nlayers = \"sparse-vd\"\n").unwrap();
+    let c = cfg.to_str().unwrap();
+    for (set, field) in [
+        ("bayes.mc_samples=0", "bayes.mc_samples"),
+        ("model.layers=gaussian-process", "model.layers"),
+        ("bayes.init_std=-1", "bayes.init_std"),
+        ("bayes.divergence=js:7", "bayes.divergence"),
+    ] {
+        let out = dir.path().join("run");
+        let o = secateur(&[
+            "train",
+            "--config",
+            c,
+            "--set",
+            set,
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(!o.status.success(), "{set} was accepted");
+        let t = text(&o);
+        assert!(t.contains(field), "{set}: {t}");
+        assert!(!out.join("metrics.json").exists());
+    }
+    // the unknown layer kind lists the known ones
+    let o = secateur(&[
+        "train",
+        "--config",
+        c,
+        "--set",
+        "model.layers=gaussian-process",
+        "--quiet",
+    ]);
+    assert!(text(&o).contains("mean-field"), "{}", text(&o));
+}

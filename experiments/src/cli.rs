@@ -1,6 +1,6 @@
 //! The `secateur` command line (clap).
 
-use crate::commands::{self, TrainOptions, QUICKSTART_TOML};
+use crate::commands::{self, TrainOptions, QUICKSTART_SPARSE_VD_TOML, QUICKSTART_TOML};
 use crate::config::StudyConfig;
 use crate::error::{ExpError, Result};
 use clap::{Args, Parser, Subcommand};
@@ -28,7 +28,8 @@ pub enum Command {
         #[command(subcommand)]
         action: DataCmd,
     },
-    /// Train LeNet-5 on the shipped Fashion-MNIST subset and print the results.
+    /// Train a deterministic and a sparse-variational-dropout LeNet-5 on the shipped
+    /// Fashion-MNIST subset and print their results side by side.
     Quickstart(QuickstartCmd),
 }
 
@@ -97,15 +98,19 @@ pub enum DataCmd {
 /// `secateur quickstart`.
 #[derive(Debug, Args)]
 pub struct QuickstartCmd {
-    /// Run directory (default runs/quickstart-<timestamp>).
+    /// Parent directory of the two runs, `DIR/deterministic` and `DIR/sparse-vd` (default
+    /// runs/quickstart-<timestamp> and runs/quickstart-sparse-vd-<timestamp>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Override the seed (default 0).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Override a config value (repeatable).
+    /// Override a config value of both runs (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Only the deterministic LeNet-5 (skip the sparse-VD run).
+    #[arg(long)]
+    pub deterministic_only: bool,
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
@@ -161,20 +166,39 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Quickstart(c) => {
             let set = with_seed(c.set, c.seed);
-            let cfg = StudyConfig::from_toml(QUICKSTART_TOML, "experiments/configs/quickstart.toml", &set)?;
-            eprintln!(
-                "quickstart: {} on {} for {} epochs (seed {})",
-                cfg.model.arch, cfg.data.name, cfg.train.epochs, cfg.seed
+            let det = StudyConfig::from_toml(QUICKSTART_TOML, "experiments/configs/quickstart.toml", &set)?;
+            let svd = StudyConfig::from_toml(
+                QUICKSTART_SPARSE_VD_TOML,
+                "experiments/configs/quickstart-sparse-vd.toml",
+                &set,
+            )?;
+            let mut runs = vec![("deterministic", det)];
+            if !c.deterministic_only {
+                runs.push(("sparse-vd", svd));
+            }
+            let mut results = Vec::new();
+            for (label, cfg) in &runs {
+                eprintln!(
+                    "quickstart: {} ({} layers) on {} for {} epochs (seed {})",
+                    cfg.model.arch, cfg.model.layers, cfg.data.name, cfg.train.epochs, cfg.seed
+                );
+                let opts = TrainOptions {
+                    out: c.out.as_ref().map(|o| o.join(label)),
+                    data_dir: c.common.data_dir.clone(),
+                    device: c.common.device.clone(),
+                    quiet: c.quiet,
+                };
+                let s = commands::train(cfg, &opts, None)?;
+                eprintln!("run directory: {}", s.dir.display());
+                results.push((*label, s.metrics));
+            }
+            let refs: Vec<(&str, &serde_json::Map<String, serde_json::Value>)> =
+                results.iter().map(|(l, m)| (*l, m)).collect();
+            println!(
+                "\nquickstart results (LeNet-5, {})\n{}",
+                runs[0].1.data.name,
+                commands::comparison_table(&refs)
             );
-            let opts = TrainOptions {
-                out: c.out,
-                data_dir: c.common.data_dir,
-                device: c.common.device,
-                quiet: c.quiet,
-            };
-            let s = commands::train(&cfg, &opts, None)?;
-            println!("\nquickstart results\n{}", commands::metrics_table(&s.metrics));
-            println!("run directory: {}", s.dir.display());
         }
     }
     Ok(())

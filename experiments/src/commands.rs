@@ -12,9 +12,11 @@ use secateur_bayes::{ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
 use secateur_inference::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use secateur_inference::predict::{predict, Predictions};
+use secateur_inference::predict::{predict_mc, McPredictions};
 use secateur_inference::train::{Observer, TrainSettings, Trainer};
-use secateur_models::{build, Deterministic, ModelSpec, Network};
+use secateur_models::{build, ModelSpec, Network};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -63,7 +65,8 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
-/// The model of a config, freshly initialised from the config's seed.
+/// The model of a config, freshly initialised from the config's seed, with the layers of
+/// `model.layers` (the factory of `secateur_models::factory`, options from `[bayes]`).
 pub fn build_model(
     cfg: &StudyConfig,
     input: [usize; 3],
@@ -82,8 +85,71 @@ pub fn build_model(
         input,
         classes,
     };
-    let net = build(&spec, &Deterministic, &pb)?;
+    let factory = secateur_models::factory(&cfg.model.layers, &cfg.bayes.factory_options())
+        .map_err(|e| ExpError::config("model.layers", e.to_string()))?;
+    let net = build(&spec, factory.as_ref(), &pb)?;
     Ok((net, store))
+}
+
+/// How the stochastic layers of a config's model sample: `Mean` for deterministic layers,
+/// `bayes.sampling` for the Gaussian layers, and a mask draw (`Weight`) for MC dropout, whose
+/// masks are drawn whenever sampling is not `Mean`.
+pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
+    Ok(match cfg.model.layers.as_str() {
+        "deterministic" => Sampling::Mean,
+        "mc-dropout" => Sampling::Weight,
+        _ => cfg
+            .bayes
+            .sampling()
+            .map_err(|e| ExpError::config("bayes.sampling", e))?,
+    })
+}
+
+/// Test-time parameter counts `(nonzero, total)` of a model: the variance parameters of the
+/// probabilistic layers (`*_rho`, `*_log_sigma2`) are not weights of the test-time network and
+/// are skipped; a posterior mean `{name}_mu` counts as the weight `{name}`, zero where it is
+/// zero or, with `threshold = Some(t)` (sparse VD), where `log α ≥ t` (the weight is dropped at
+/// test time, Molchanov et al. 2017). For a deterministic model this is the count of non-zero
+/// trainable parameters.
+pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(usize, usize)> {
+    let stats: BTreeMap<String, secateur_bayes::PosteriorStats> = store
+        .posterior_stats()?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    let count = |t: &Tensor| -> Result<usize> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize) };
+    let (mut nonzero, mut total) = (0usize, 0usize);
+    for (name, var) in store.params() {
+        if name.ends_with("_rho") || name.ends_with("_log_sigma2") {
+            continue;
+        }
+        let t = var.as_tensor();
+        total += t.elem_count();
+        let stat = name.strip_suffix("_mu").and_then(|base| stats.get(base));
+        let kept = t.ne(0f64)?;
+        let kept = match (stat, threshold) {
+            (Some(st), Some(th)) => match &st.log_alpha {
+                Some(la) => kept.mul(&la.lt(th)?)?,
+                None => kept,
+            },
+            _ => kept,
+        };
+        nonzero += count(&kept)?;
+    }
+    Ok((nonzero, total))
+}
+
+/// The fraction of weights with `log α ≥ threshold` over every posterior statistic that has a
+/// `log α` (sparse VD: every weight of every layer); `None` if there is none.
+pub fn sparsity_log_alpha(store: &ParamStore, threshold: f64) -> Result<Option<f64>> {
+    let (mut dropped, mut n) = (0f64, 0usize);
+    for s in store.posterior_stats()? {
+        if let Some(la) = &s.log_alpha {
+            dropped += la.ge(threshold)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            n += la.elem_count();
+        }
+    }
+    Ok((n > 0).then(|| dropped / n as f64))
 }
 
 fn optimizer(cfg: &StudyConfig) -> Result<Box<dyn Optimizer>> {
@@ -110,18 +176,56 @@ fn load_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<LoadedImages>
     Ok(load_images(&cfg.data.name, dir.as_deref())?)
 }
 
+/// Test-set evaluation: Monte Carlo with `bayes.eval_samples` samples for a Bayesian model
+/// (the classification metrics are those of the averaged probabilities), the posterior mean /
+/// deterministic forward pass otherwise.
+struct Evaluation {
+    preds: Predictions,
+    metrics: ClassificationMetrics,
+    mc: Option<McPredictions>,
+}
+
 fn evaluate(
     net: &Network,
     test: &crate::data::ImageSet,
     norm: &Normalizer,
     cfg: &StudyConfig,
     dev: &Device,
-) -> Result<(Predictions, ClassificationMetrics)> {
+) -> Result<Evaluation> {
+    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
+    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    if cfg.is_bayesian() {
+        let mc = predict_mc(net, &mut batches, sampling(cfg)?, cfg.bayes.eval_samples, &mut rng)?;
+        let p = &mc.predictions;
+        let metrics = classification_metrics(&p.probs, &p.labels, p.classes)?;
+        Ok(Evaluation {
+            preds: p.clone(),
+            metrics,
+            mc: Some(mc),
+        })
+    } else {
+        let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
+        let metrics = classification_metrics(&p.probs, &p.labels, p.classes)?;
+        Ok(Evaluation {
+            preds: p,
+            metrics,
+            mc: None,
+        })
+    }
+}
+
+/// Accuracy of the posterior-mean network (`Sampling::Mean`) on a set.
+fn posterior_mean_accuracy(
+    net: &Network,
+    test: &crate::data::ImageSet,
+    norm: &Normalizer,
+    cfg: &StudyConfig,
+    dev: &Device,
+) -> Result<f64> {
     let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
     let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
-    let m = classification_metrics(&p.probs, &p.labels, p.classes)?;
-    Ok((p, m))
+    Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
 }
 
 /// Trains the config's model, or resumes the run in `resume`; writes the run directory.
@@ -154,7 +258,10 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         epochs: cfg.train.epochs,
         lr: cfg.optim.lr,
         schedule: cfg.train.schedule.clone(),
-        sampling: Sampling::Mean,
+        sampling: sampling(cfg)?,
+        objective: cfg
+            .objective(train_set.len())
+            .map_err(|e| ExpError::config("bayes", e))?,
     };
     let mut trainer = Trainer::new(
         &net,
@@ -189,7 +296,10 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
     let state = trainer.fit(&mut train_batches, Some(&mut test_batches), &mut observers)?;
 
-    let (preds, m) = evaluate(&net, &data.test, &norm, cfg, &dev)?;
+    let ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
+    let (preds, m) = (ev.preds, ev.metrics);
+    let sparse_threshold = (cfg.model.layers == "sparse-vd").then_some(cfg.bayes.sparse_vd_threshold);
+    let (nonzero, weights_total) = test_time_params(&store, sparse_threshold)?;
     let mut metrics = Map::new();
     let mut put = |k: &str, v: Value| {
         metrics.insert(k.to_string(), v);
@@ -206,7 +316,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     put("test_ece", m.ece.into());
     put("test_mce", m.mce.into());
     if !val_set.is_empty() {
-        let (_, v) = evaluate(&net, &val_set, &norm, cfg, &dev)?;
+        let v = evaluate(&net, &val_set, &norm, cfg, &dev)?.metrics;
         put("val_size", val_set.len().into());
         put("val_accuracy", v.accuracy.into());
         put("val_nll", v.nll.into());
@@ -216,8 +326,28 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         "train_loss",
         state.history.last().map(|r| r.train_loss).unwrap_or(f64::NAN).into(),
     );
+    if let Some(last) = state.history.last() {
+        put("train_nll", last.train_nll.into());
+        put("train_divergence", last.train_divergence.into());
+    }
+    if let Some(mc) = &ev.mc {
+        put("eval_samples", mc.samples.into());
+        put("test_mutual_information", mc.mean_mutual_information().into());
+        put("test_predictive_entropy", mc.mean_predictive_entropy().into());
+        put("test_expected_entropy", mc.mean_expected_entropy().into());
+        put(
+            "test_accuracy_posterior_mean",
+            posterior_mean_accuracy(&net, &data.test, &norm, cfg, &dev)?.into(),
+        );
+    }
+    if let Some(th) = sparse_threshold {
+        if let Some(f) = sparsity_log_alpha(&store, th)? {
+            put("sparsity_log_alpha", f.into());
+        }
+    }
     put("params_total", store.num_params().into());
-    put("params_nonzero", store.num_nonzero()?.into());
+    put("params_weights", weights_total.into());
+    put("params_nonzero", nonzero.into());
     put("epochs", state.epochs_done.into());
     put("seed", cfg.seed.into());
     put("wall_seconds", t0.elapsed().as_secs_f64().into());
@@ -261,11 +391,16 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
         "test_brier",
         "test_ece",
         "test_mce",
+        "test_mutual_information",
+        "test_accuracy_posterior_mean",
+        "sparsity_log_alpha",
         "params_total",
         "params_nonzero",
         "wall_seconds",
     ] {
-        s.push_str(&format!("| {k} | {:.4} |\n", f(k)));
+        if m.contains_key(k) {
+            s.push_str(&format!("| {k} | {:.4} |\n", f(k)));
+        }
     }
     s.push_str("\n## History\n\n| epoch | lr | train loss | train acc | test acc | test NLL | test ECE |\n|---|---|---|---|---|---|---|\n");
     for r in history {
@@ -309,18 +444,52 @@ pub fn eval(
         run.read_checkpoint()?.weights
     };
     store.load(&tensors)?;
-    let (_, m) = evaluate(&net, &data.test, &norm, &cfg, &dev)?;
+    let m = evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics;
     Ok((m, cfg))
 }
 
 /// The quickstart config, shipped in `experiments/configs/quickstart.toml`.
 pub const QUICKSTART_TOML: &str = include_str!("../configs/quickstart.toml");
 
+/// The quickstart's sparse-VD LeNet-5, shipped in `experiments/configs/quickstart-sparse-vd.toml`.
+pub const QUICKSTART_SPARSE_VD_TOML: &str = include_str!("../configs/quickstart-sparse-vd.toml");
+
+/// Runs side by side as a terminal table: accuracy, NLL, ECE, the fraction of weights with
+/// `log α ≥ threshold` and the test-time non-zero parameters, one column per run.
+pub fn comparison_table(runs: &[(&str, &Map<String, Value>)]) -> String {
+    let mut s = format!("  {:<28}", "");
+    for (name, _) in runs {
+        s.push_str(&format!("{name:>16}"));
+    }
+    s.push('\n');
+    for (k, label) in [
+        ("test_accuracy", "test accuracy"),
+        ("test_nll", "test NLL"),
+        ("test_ece", "test ECE"),
+        ("sparsity_log_alpha", "weights with log α ≥ 3"),
+        ("params_nonzero", "non-zero parameters"),
+        ("wall_seconds", "seconds"),
+    ] {
+        s.push_str(&format!("  {label:<28}"));
+        for (_, m) in runs {
+            let shown = match m.get(k) {
+                Some(Value::Number(n)) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+                Some(v) => v.to_string(),
+                None => "—".into(),
+            };
+            s.push_str(&format!("{shown:>16}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
 /// Formats a metrics map as a short table for the terminal.
 pub fn metrics_table(m: &Map<String, Value>) -> String {
     let mut s = String::new();
     for k in [
         "arch",
+        "layers",
         "dataset",
         "epochs",
         "seed",
@@ -329,7 +498,10 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
         "test_brier",
         "test_ece",
         "test_mce",
+        "test_mutual_information",
+        "sparsity_log_alpha",
         "params_total",
+        "params_nonzero",
         "wall_seconds",
     ] {
         if let Some(v) = m.get(k) {
@@ -338,7 +510,7 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
                 Value::String(t) => t.clone(),
                 other => other.to_string(),
             };
-            s.push_str(&format!("  {k:<15} {shown}\n"));
+            s.push_str(&format!("  {k:<24} {shown}\n"));
         }
     }
     s

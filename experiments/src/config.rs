@@ -1,4 +1,5 @@
-//! Study configs: TOML files, nested as `StudyConfig { name, seed, data, model, optim, train }`.
+//! Study configs: TOML files, nested as
+//! `StudyConfig { name, seed, data, model, optim, train, bayes }`.
 //!
 //! Every section has documented defaults (its `Default`), unknown keys are refused by name
 //! (`deny_unknown_fields`), and [`StudyConfig::validate`] refuses impossible values, naming the
@@ -6,7 +7,10 @@
 //! are checked exactly like the file.
 
 use crate::error::{ExpError, Result};
+use secateur_bayes::{Divergence, Prior};
+use secateur_inference::elbo::{BetaSchedule, ElboConfig, Objective};
 use secateur_inference::schedule::Schedule;
+use secateur_models::bayes_factory::{is_bayesian, FactoryOptions, LAYER_KINDS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -27,6 +31,8 @@ pub struct StudyConfig {
     pub optim: OptimConfig,
     /// Epochs and learning-rate schedule.
     pub train: TrainConfig,
+    /// Bayesian layers and the ELBO (read when `model.layers` is not `deterministic`).
+    pub bayes: BayesConfig,
 }
 
 impl Default for StudyConfig {
@@ -38,6 +44,7 @@ impl Default for StudyConfig {
             model: ModelConfig::default(),
             optim: OptimConfig::default(),
             train: TrainConfig::default(),
+            bayes: BayesConfig::default(),
         }
     }
 }
@@ -82,7 +89,9 @@ pub struct ModelConfig {
     /// Architecture (`mlp`, `lenet5`, `vgg11`, `vgg16`, `resnet20`, `resnet32`, `resnet56`,
     /// `resnet18`, `vit-tiny`). Default `lenet5`.
     pub arch: String,
-    /// Layer kind made by the factory. Default `deterministic`.
+    /// Layer kind made by the factory: `deterministic`, `mean-field` (Blundell et al. 2015),
+    /// `sparse-vd` (Molchanov et al. 2017) or `mc-dropout` (Gal & Ghahramani 2016). Default
+    /// `deterministic`.
     pub layers: String,
 }
 
@@ -151,6 +160,167 @@ impl Default for TrainConfig {
     }
 }
 
+/// Bayesian layers, the ELBO objective and Monte Carlo evaluation (`[bayes]`).
+///
+/// The loss of a Bayesian run is `(1/S) Σₛ NLL_s + β(t) · T · D / N` with `S = mc_samples`,
+/// `β = beta`, `T = temperature`, `D` the summed `divergence` of every probabilistic layer and `N`
+/// the training-set size (see `secateur_inference::elbo` for how `T` enters: likelihood
+/// tempering). Evaluation averages `eval_samples` stochastic passes. Deterministic runs ignore
+/// this section.
+///
+/// ```toml
+/// [bayes]
+/// prior = { kind = "gaussian", mean = 0.0, std = 1.0 }
+/// init_std = 1e-3
+/// divergence = "kl"            # or "kl-mc:8", "js:0.5"
+/// beta = { kind = "linear", delay = 5, warmup = 15 }
+/// temperature = 1.0
+/// mc_samples = 1
+/// eval_samples = 10
+/// sampling = "local"           # or "weight", "flipout"
+/// sparse_vd_threshold = 3.0
+/// mc_dropout_p = 0.1
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BayesConfig {
+    /// Prior of the mean-field layers (`gaussian`, `scale-mixture`, `log-uniform`,
+    /// `spike-and-slab`; checked when read). Default `N(0, 1)`. Sparse VD always uses its
+    /// log-uniform prior.
+    pub prior: Prior,
+    /// Initial posterior standard deviation of the mean-field layers, `softplus(ρ₀)`. Default 1e-3.
+    pub init_std: f64,
+    /// Divergence: `kl`, `kl-mc:S` or `js:ALPHA`. Default `kl`.
+    pub divergence: String,
+    /// KL annealing schedule β(t) (`constant`, `linear`, `cyclical`). Default constant 1.
+    pub beta: BetaSchedule,
+    /// Posterior temperature T > 0 (likelihood tempering; T < 1 is a cold posterior). Default 1.
+    pub temperature: f64,
+    /// Monte Carlo samples S ≥ 1 of the expected NLL per training step. Default 1.
+    pub mc_samples: usize,
+    /// Samples ≥ 1 averaged at evaluation (test metrics, mutual information). Default 10.
+    pub eval_samples: usize,
+    /// Estimator of the Gaussian layers: `local` (local reparameterisation, Kingma et al. 2015),
+    /// `weight` (one weight draw per batch, Blundell et al. 2015) or `flipout` (Wen et al. 2018).
+    /// Default `local`.
+    pub sampling: String,
+    /// Sparse VD: weights with `log α ≥ sparse_vd_threshold` are zero at test time. Default 3.
+    pub sparse_vd_threshold: f64,
+    /// MC dropout: drop probability in [0, 1). Default 0.1.
+    pub mc_dropout_p: f64,
+}
+
+impl Default for BayesConfig {
+    fn default() -> Self {
+        let f = FactoryOptions::default();
+        Self {
+            prior: f.prior,
+            init_std: f.init_std,
+            divergence: "kl".into(),
+            beta: BetaSchedule::default(),
+            temperature: 1.0,
+            mc_samples: 1,
+            eval_samples: 10,
+            sampling: "local".into(),
+            sparse_vd_threshold: f.sparse_vd_threshold,
+            mc_dropout_p: f.dropout,
+        }
+    }
+}
+
+/// The sampling names of `bayes.sampling`.
+pub const SAMPLING_NAMES: &[&str] = &["local", "weight", "flipout"];
+
+impl BayesConfig {
+    /// Refuses impossible values; the message names the field (`bayes.…`).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.prior.validate().map_err(|e| format!("bayes.prior: {e}"))?;
+        if !(self.init_std.is_finite() && self.init_std > 0.0) {
+            return Err(format!("bayes.init_std must be finite and > 0, got {}", self.init_std));
+        }
+        self.divergence()?;
+        self.beta.validate().map_err(|e| format!("bayes.beta: {e}"))?;
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(format!(
+                "bayes.temperature must be finite and > 0, got {}",
+                self.temperature
+            ));
+        }
+        if self.mc_samples == 0 {
+            return Err("bayes.mc_samples must be at least 1, got 0".into());
+        }
+        if self.eval_samples == 0 {
+            return Err("bayes.eval_samples must be at least 1, got 0".into());
+        }
+        self.sampling()?;
+        if !self.sparse_vd_threshold.is_finite() {
+            return Err(format!(
+                "bayes.sparse_vd_threshold must be finite, got {}",
+                self.sparse_vd_threshold
+            ));
+        }
+        if !(0.0..1.0).contains(&self.mc_dropout_p) {
+            return Err(format!(
+                "bayes.mc_dropout_p must be in [0, 1), got {}",
+                self.mc_dropout_p
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed `divergence`.
+    pub fn divergence(&self) -> std::result::Result<Divergence, String> {
+        self.divergence.parse().map_err(|e| format!("bayes.divergence: {e}"))
+    }
+
+    /// The parsed `sampling`.
+    pub fn sampling(&self) -> std::result::Result<secateur_bayes::Sampling, String> {
+        use secateur_bayes::Sampling;
+        match self.sampling.as_str() {
+            "local" => Ok(Sampling::Local),
+            "weight" => Ok(Sampling::Weight),
+            "flipout" => Ok(Sampling::Flipout),
+            other => Err(format!(
+                "bayes.sampling `{other}` is unknown; known: {}",
+                SAMPLING_NAMES.join(", ")
+            )),
+        }
+    }
+
+    /// The options of the layer factories.
+    pub fn factory_options(&self) -> FactoryOptions {
+        FactoryOptions {
+            prior: self.prior,
+            init_std: self.init_std,
+            sparse_vd_threshold: self.sparse_vd_threshold,
+            dropout: self.mc_dropout_p,
+        }
+    }
+}
+
+impl StudyConfig {
+    /// Whether `model.layers` is a Bayesian layer kind (ELBO training, Monte Carlo evaluation).
+    pub fn is_bayesian(&self) -> bool {
+        is_bayesian(&self.model.layers)
+    }
+
+    /// The training objective: cross-entropy for deterministic layers, the ELBO of `[bayes]` with
+    /// `N = train_size` otherwise.
+    pub fn objective(&self, train_size: usize) -> std::result::Result<Objective, String> {
+        if !self.is_bayesian() {
+            return Ok(Objective::CrossEntropy);
+        }
+        let b = &self.bayes;
+        Ok(Objective::Elbo(ElboConfig {
+            divergence: b.divergence()?,
+            beta: b.beta.clone(),
+            temperature: b.temperature,
+            mc_samples: b.mc_samples,
+            train_size,
+        }))
+    }
+}
+
 impl StudyConfig {
     /// Parses a config from TOML text, applying `key=value` overrides first; `source` names the
     /// file in errors.
@@ -196,12 +366,14 @@ impl StudyConfig {
                 secateur_models::arch::ARCHITECTURES.join(", ")
             ));
         }
-        if self.model.layers != "deterministic" {
+        if !LAYER_KINDS.contains(&self.model.layers.as_str()) {
             return Err(format!(
-                "model.layers `{}` is unknown; known: deterministic",
-                self.model.layers
+                "model.layers `{}` is unknown; known: {}",
+                self.model.layers,
+                LAYER_KINDS.join(", ")
             ));
         }
+        self.bayes.validate()?;
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(format!("optim.lr must be positive, got {}", o.lr));
@@ -306,6 +478,18 @@ mod tests {
             ("model.arch=\"resnet9000\"", "model.arch"),
             ("optim.kind=\"lbfgs\"", "optim.kind"),
             ("data.val_fraction=1.0", "data.val_fraction"),
+            ("model.layers=gaussian-process", "model.layers"),
+            ("bayes.mc_samples=0", "bayes.mc_samples"),
+            ("bayes.eval_samples=0", "bayes.eval_samples"),
+            ("bayes.init_std=0", "bayes.init_std"),
+            ("bayes.temperature=-1", "bayes.temperature"),
+            ("bayes.divergence=\"js:2\"", "bayes.divergence"),
+            ("bayes.divergence=\"wasserstein\"", "bayes.divergence"),
+            ("bayes.sampling=\"exact\"", "bayes.sampling"),
+            ("bayes.beta={kind=\"constant\",value=-0.5}", "bayes.beta"),
+            ("bayes.prior={kind=\"gaussian\",mean=0.0,std=0.0}", "std"),
+            ("bayes.prior={kind=\"cauchy\"}", "cauchy"),
+            ("bayes.mc_dropout_p=1.0", "bayes.mc_dropout_p"),
         ] {
             let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
                 .unwrap_err()

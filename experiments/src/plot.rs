@@ -481,6 +481,9 @@ mod tests {
             lr: 0.1,
             train_loss: 2.3 * (-0.25 * t).exp() + 0.05,
             train_accuracy: 1.0 - 0.9 * (-0.3 * t).exp(),
+            train_nll: 2.3 * (-0.25 * t).exp() + 0.05,
+            train_divergence: 0.0,
+            beta: 1.0,
             eval: eval.then(|| ClassificationMetrics {
                 accuracy: 0.97 - 0.8 * (-0.35 * t).exp(),
                 nll: 2.0 * (-0.3 * t).exp() + 0.12 + 0.004 * t,

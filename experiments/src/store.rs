@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! config.toml              the fully resolved config, seed included (written before training)
-//! history.csv              one row per epoch
+//! history.csv              one row per epoch (loss, NLL and divergence apart, β, test metrics)
 //! checkpoints/latest       name of the newest complete checkpoint directory
 //! checkpoints/epoch-NNNN/  weights.safetensors, optimizer.safetensors, state.json
 //! weights.safetensors      final weights and buffers, PyTorch-style names
@@ -116,7 +116,7 @@ impl RunDir {
     /// Writes the history as CSV (one row per epoch).
     pub fn write_history(&self, history: &[EpochRecord]) -> Result<()> {
         let mut s = String::from(
-            "epoch,lr,train_loss,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds\n",
+            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds\n",
         );
         for r in history {
             let (a, n, b, e, m) = match &r.eval {
@@ -124,8 +124,20 @@ impl RunDir {
                 None => (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN),
             };
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{:.3}\n",
-                r.epoch, r.lr, r.train_loss, r.train_accuracy, a, n, b, e, m, r.seconds
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
+                r.epoch,
+                r.lr,
+                r.train_loss,
+                r.train_nll,
+                r.train_divergence,
+                r.beta,
+                r.train_accuracy,
+                a,
+                n,
+                b,
+                e,
+                m,
+                r.seconds
             ));
         }
         atomic::write_string(&self.file("history.csv"), &s)

@@ -9,9 +9,12 @@
 //! - [`schedule`]: learning-rate schedules (multistep, cosine, linear warm-up).
 //! - [`train`]: the training loop with observers (progress, history, checkpoints), a divergence
 //!   guard and bit-identical resume.
-//! - [`predict`]: batched prediction of class probabilities.
-//! - planned: the ELBO objective, SWAG, Stein VI, Monte Carlo prediction.
+//! - [`predict`]: batched prediction of class probabilities, Monte Carlo prediction with S
+//!   posterior samples and the entropy / mutual-information decomposition.
+//! - [`elbo`]: the training objective: cross-entropy or the tempered, annealed negative ELBO.
+//! - planned: SWAG, Stein VI.
 
+pub mod elbo;
 pub mod metrics;
 pub mod optim;
 pub mod predict;

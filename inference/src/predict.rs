@@ -38,3 +38,204 @@ pub fn predict(
     }
     Ok(Predictions { probs, labels, classes })
 }
+
+/// Monte Carlo predictions: the averaged probabilities and the per-example uncertainty
+/// decomposition of [`decompose`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct McPredictions {
+    /// `p̄ = (1/S) Σₛ softmax(f(x; wₛ))`, row-major `[N × classes]`, with the labels.
+    pub predictions: Predictions,
+    /// Number of samples S.
+    pub samples: usize,
+    /// Per example, the predictive entropy `H[p̄]` (nats).
+    pub predictive_entropy: Vec<f32>,
+    /// Per example, the expected entropy `(1/S) Σₛ H[pₛ]` (aleatoric part, nats).
+    pub expected_entropy: Vec<f32>,
+    /// Per example, the mutual information `H[p̄] − (1/S) Σₛ H[pₛ]` between the label and the
+    /// weights (epistemic part, nats, ≥ 0).
+    pub mutual_information: Vec<f32>,
+}
+
+impl McPredictions {
+    /// Mean over examples of the mutual information (epistemic uncertainty).
+    pub fn mean_mutual_information(&self) -> f64 {
+        mean(&self.mutual_information)
+    }
+    /// Mean over examples of the predictive entropy.
+    pub fn mean_predictive_entropy(&self) -> f64 {
+        mean(&self.predictive_entropy)
+    }
+    /// Mean over examples of the expected entropy (aleatoric uncertainty).
+    pub fn mean_expected_entropy(&self) -> f64 {
+        mean(&self.expected_entropy)
+    }
+}
+
+fn mean(v: &[f32]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64
+}
+
+/// The entropy `H[p] = −Σₖ pₖ log pₖ` of one probability vector, in nats, with `0 log 0 = 0`.
+///
+/// ```
+/// use secateur_inference::predict::entropy;
+/// assert!((entropy(&[0.5, 0.5]) - 2f64.ln()).abs() < 1e-12);
+/// assert_eq!(entropy(&[1.0, 0.0]), 0.0);
+/// ```
+pub fn entropy(p: &[f64]) -> f64 {
+    -p.iter().filter(|&&q| q > 0.0).map(|&q| q * q.ln()).sum::<f64>()
+}
+
+/// The uncertainty decomposition of one example's predictive distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Uncertainty {
+    /// `H[p̄]`, the entropy of the averaged probabilities (total uncertainty).
+    pub predictive_entropy: f64,
+    /// `(1/S) Σₛ H[pₛ]` (aleatoric).
+    pub expected_entropy: f64,
+    /// `H[p̄] − (1/S) Σₛ H[pₛ]` (epistemic), clamped at 0 against rounding.
+    pub mutual_information: f64,
+}
+
+/// The decomposition of the predictive entropy of S sampled probability vectors `samples[s]`
+/// (Houlsby et al. 2011, "BALD"; Depeweg et al. 2018; Gal 2016 §3.3):
+///
+/// ```text
+/// H[p̄] = (1/S) Σₛ H[pₛ]  +  I(y; w | x, D),       p̄ = (1/S) Σₛ pₛ
+///        (aleatoric)         (epistemic, mutual information ≥ 0 by the concavity of H)
+/// ```
+///
+/// The mutual information is zero exactly when all samples agree.
+///
+/// ```
+/// use secateur_inference::predict::decompose;
+/// // two confident samples that disagree: no aleatoric, all epistemic (log 2)
+/// let u = decompose(&[&[1.0, 0.0], &[0.0, 1.0]]);
+/// assert!(u.expected_entropy.abs() < 1e-12);
+/// assert!((u.mutual_information - 2f64.ln()).abs() < 1e-12);
+/// ```
+pub fn decompose(samples: &[&[f64]]) -> Uncertainty {
+    let s = samples.len().max(1) as f64;
+    let k = samples.first().map(|p| p.len()).unwrap_or(0);
+    let mut mean_p = vec![0f64; k];
+    let mut expected = 0f64;
+    for p in samples {
+        for (m, &q) in mean_p.iter_mut().zip(p.iter()) {
+            *m += q / s;
+        }
+        expected += entropy(p) / s;
+    }
+    let predictive = entropy(&mean_p);
+    Uncertainty {
+        predictive_entropy: predictive,
+        expected_entropy: expected,
+        mutual_information: (predictive - expected).max(0.0),
+    }
+}
+
+/// `S` stochastic forward passes of `model` in evaluation mode over every batch of `data`,
+/// averaging the softmax probabilities (the Monte Carlo posterior predictive
+/// `p(y | x, D) ≈ (1/S) Σₛ p(y | x, wₛ)`), with the per-example decomposition of [`decompose`].
+///
+/// `sampling` selects the estimator of the stochastic layers (`Weight`, `Local`, `Flipout`;
+/// `Mean` makes every sample identical, so the mutual information is 0). All draws come from
+/// `rng`; the S passes of a batch are consecutive, so results do not depend on the batch size
+/// only through the order of draws. `samples = 0` is refused.
+pub fn predict_mc(
+    model: &dyn Module,
+    data: &mut dyn Batches,
+    sampling: Sampling,
+    samples: usize,
+    rng: &mut SeededRng,
+) -> Result<McPredictions> {
+    if samples == 0 {
+        candle_core::bail!("predict_mc: field `samples` must be at least 1, got 0");
+    }
+    data.start_epoch(0, rng);
+    let (mut probs, mut labels) = (Vec::new(), Vec::new());
+    let (mut pe, mut ee, mut mi) = (Vec::new(), Vec::new(), Vec::new());
+    let mut classes = 0;
+    for i in 0..data.num_batches() {
+        let (x, y) = data.batch(i, rng)?;
+        let mut draws: Vec<Vec<f32>> = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let mut ctx = Ctx::eval(rng, sampling);
+            let logits = model.forward(&x, &mut ctx)?;
+            classes = logits.dim(D::Minus1)?;
+            let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+            draws.push(p.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let n = y.dim(0)?;
+        let mut row: Vec<Vec<f64>> = vec![vec![0.0; classes]; samples];
+        for e in 0..n {
+            for (s, d) in draws.iter().enumerate() {
+                for (k, r) in row[s].iter_mut().enumerate() {
+                    *r = d[e * classes + k] as f64;
+                }
+            }
+            let refs: Vec<&[f64]> = row.iter().map(Vec::as_slice).collect();
+            let u = decompose(&refs);
+            for k in 0..classes {
+                let m = refs.iter().map(|p| p[k]).sum::<f64>() / samples as f64;
+                probs.push(m as f32);
+            }
+            pe.push(u.predictive_entropy as f32);
+            ee.push(u.expected_entropy as f32);
+            mi.push(u.mutual_information as f32);
+        }
+        labels.extend(y.to_dtype(DType::U32)?.to_vec1::<u32>()?);
+    }
+    Ok(McPredictions {
+        predictions: Predictions { probs, labels, classes },
+        samples,
+        predictive_entropy: pe,
+        expected_entropy: ee,
+        mutual_information: mi,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn decomposition_on_hand_computed_probabilities() {
+        // All samples agree on p = (0.7, 0.2, 0.1): MI = 0, H[p̄] = E H = H(p)
+        //   = −(0.7 ln 0.7 + 0.2 ln 0.2 + 0.1 ln 0.1) = 0.249672 + 0.321888 + 0.230259 = 0.801819
+        //   (0.8018185525433372 in Python's math.log).
+        let p: &[f64] = &[0.7, 0.2, 0.1];
+        let u = decompose(&[p, p, p]);
+        assert!(close(u.predictive_entropy, 0.801_818_552_543_337_2), "{u:?}");
+        assert!(close(u.predictive_entropy, u.expected_entropy));
+        assert!(u.mutual_information < 1e-12);
+        // Two samples (0.9, 0.1) and (0.5, 0.5): p̄ = (0.7, 0.3).
+        //   H[p̄] = −(0.7 ln 0.7 + 0.3 ln 0.3) = 0.249672 + 0.361192 = 0.610864
+        //   H(0.9, 0.1) = 0.094824 + 0.230259 = 0.325083;  H(0.5, 0.5) = ln 2 = 0.693147
+        //   E H = 0.509115;  MI = 0.610864 − 0.509115 = 0.101749
+        let u = decompose(&[&[0.9, 0.1], &[0.5, 0.5]]);
+        let h = |p: f64| -(p * p.ln() + (1.0 - p) * (1.0 - p).ln());
+        assert!(close(u.predictive_entropy, h(0.7)));
+        assert!(close(u.expected_entropy, (h(0.9) + 2f64.ln()) / 2.0));
+        assert!((u.mutual_information - 0.101_749).abs() < 1e-5, "{u:?}");
+        assert!(close(u.predictive_entropy, u.expected_entropy + u.mutual_information));
+        // MI ≥ 0 on many random-looking vectors (concavity of H)
+        for a in 1..10 {
+            for b in 1..10 {
+                let (x, y) = (a as f64 / 10.0, b as f64 / 10.0);
+                let u = decompose(&[&[x, 1.0 - x], &[y, 1.0 - y]]);
+                assert!(u.mutual_information >= 0.0);
+                assert!(u.predictive_entropy + 1e-12 >= u.expected_entropy);
+                if a == b {
+                    assert!(u.mutual_information < 1e-12);
+                }
+            }
+        }
+    }
+}

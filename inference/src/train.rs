@@ -1,13 +1,16 @@
 //! The training loop.
 //!
-//! [`Trainer::fit`] runs epochs of mini-batch gradient descent on the softmax cross-entropy,
-//! evaluates after every epoch, and reports to [`Observer`]s (progress bars, history files,
+//! [`Trainer::fit`] runs epochs of mini-batch gradient descent on the objective of
+//! [`TrainSettings::objective`]: the softmax cross-entropy (the default), or the negative ELBO of
+//! [`crate::elbo`] (`S` noisy forward passes per batch plus `β(t) · T · D / N`, the divergence
+//! `D` summed over the model's registered probabilistic layers), evaluates after every epoch, and reports to [`Observer`]s (progress bars, history files,
 //! checkpoints live in `secateur-experiments`, which owns files and the terminal). All randomness
 //! (shuffling, augmentation, layer noise) comes from the trainer's [`SeededRng`], whose state is
 //! part of the [`TrainState`] saved at each epoch end, so that a resumed run continues
 //! bit-identically. A non-finite loss stops the run with an error before anything of that epoch
 //! is reported, so the last checkpoint an observer wrote stays the last good one.
 
+use crate::elbo::Objective;
 use crate::metrics::{classification_metrics, ClassificationMetrics};
 use crate::optim::Optimizer;
 use crate::predict::predict;
@@ -39,14 +42,29 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// Learning rate at the epoch's last step.
     pub lr: f64,
-    /// Mean training loss over the epoch's batches.
+    /// Mean training loss over the epoch's batches (for the ELBO: `NLL + β T D / N`).
     pub train_loss: f64,
+    /// Mean over the epoch's batches of the expected negative log-likelihood per example
+    /// (`(1/S) Σₛ NLL_s`; equal to `train_loss` for the cross-entropy objective).
+    #[serde(default)]
+    pub train_nll: f64,
+    /// Mean over the epoch's batches of the summed divergence `D` of all probabilistic layers
+    /// (not divided by `N`, not weighted by β or T); 0 without probabilistic layers.
+    #[serde(default)]
+    pub train_divergence: f64,
+    /// β at the epoch's last step (1 for the cross-entropy objective).
+    #[serde(default = "one")]
+    pub beta: f64,
     /// Training accuracy over the epoch (on the augmented batches, in train mode).
     pub train_accuracy: f64,
     /// Metrics on the evaluation set, if one was given.
     pub eval: Option<ClassificationMetrics>,
     /// Wall-clock seconds of the epoch's training (not evaluation).
     pub seconds: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// What a checkpoint needs besides weights and optimiser state.
@@ -118,6 +136,8 @@ pub struct TrainSettings {
     pub schedule: Schedule,
     /// How stochastic layers sample during training.
     pub sampling: Sampling,
+    /// What is minimised. Default: the cross-entropy (deterministic training).
+    pub objective: Objective,
 }
 
 /// Trains a model: owns the optimiser and the run's generator.
@@ -130,6 +150,7 @@ pub struct Trainer<'a> {
     rng: SeededRng,
     history: Vec<EpochRecord>,
     start_epoch: usize,
+    has_variational: bool,
 }
 
 impl<'a> Trainer<'a> {
@@ -148,6 +169,8 @@ impl<'a> Trainer<'a> {
         if !(settings.lr.is_finite() && settings.lr > 0.0) {
             candle_core::bail!("lr must be a positive number, got {}", settings.lr);
         }
+        settings.objective.validate()?;
+        let has_variational = !store.variational_layers().is_empty();
         Ok(Self {
             model,
             params: store.params(),
@@ -155,6 +178,7 @@ impl<'a> Trainer<'a> {
             optimizer,
             settings,
             rng,
+            has_variational,
             history: Vec::new(),
             start_epoch: 0,
         })
@@ -206,21 +230,67 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             train.start_epoch(epoch, &mut self.rng);
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            let (mut nll_sum, mut div_sum, mut beta) = (0f64, 0f64, 1f64);
             let mut lr = self.settings.lr;
             for step in 0..steps {
                 lr = self.settings.schedule.lr_at(self.settings.lr, epoch, step, steps);
                 let (x, y) = train.batch(step, &mut self.rng)?;
-                let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
-                let logits = self.model.forward(&x, &mut ctx)?;
-                let loss = cross_entropy(&logits, &y)?;
+                let (loss, logits, nll, div) = match &self.settings.objective {
+                    Objective::CrossEntropy => {
+                        let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
+                        let logits = self.model.forward(&x, &mut ctx)?;
+                        let loss = cross_entropy(&logits, &y)?;
+                        (loss, logits, None, 0.0)
+                    }
+                    Objective::Elbo(c) => {
+                        // (1/S) Σₛ NLL_s over S noisy forward passes of the same batch
+                        let mut nll: Option<Tensor> = None;
+                        let mut logit_sum: Option<Tensor> = None;
+                        for _ in 0..c.mc_samples {
+                            let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
+                            let logits = self.model.forward(&x, &mut ctx)?;
+                            let ce = cross_entropy(&logits, &y)?;
+                            nll = Some(match nll {
+                                None => ce,
+                                Some(t) => (t + ce)?,
+                            });
+                            let l = logits.detach();
+                            logit_sum = Some(match logit_sum {
+                                None => l,
+                                Some(t) => (t + l)?,
+                            });
+                        }
+                        let (Some(nll), Some(logits)) = (nll, logit_sum) else {
+                            candle_core::bail!("elbo: mc_samples must be at least 1");
+                        };
+                        let nll = (nll / c.mc_samples as f64)?;
+                        beta = c.beta.at_step(epoch, step, steps);
+                        let (loss, div) = if self.has_variational {
+                            let (d, _) = self.store.divergence(&c.divergence, &mut self.rng)?;
+                            let dv = d.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                            let w = c.divergence_weight(epoch, step, steps);
+                            ((&nll + (d.to_dtype(nll.dtype())? * w)?)?, dv)
+                        } else {
+                            (nll.clone(), 0.0)
+                        };
+                        let nv = nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                        (loss, logits, Some(nv), div)
+                    }
+                };
                 let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !lv.is_finite() {
+                    let parts = match nll {
+                        Some(n) => format!(" (NLL {n}, divergence {div})"),
+                        None => String::new(),
+                    };
                     candle_core::bail!(
-                        "training diverged: loss is {lv} at epoch {}, step {}; the last good checkpoint is kept",
+                        "training diverged: loss is {lv}{parts} at epoch {}, step {}; the last good checkpoint is kept",
                         epoch + 1,
                         step + 1
                     );
                 }
+                nll_sum += nll.unwrap_or(lv);
+                div_sum += div;
                 let grads = loss.backward()?;
                 self.optimizer.step(&self.params, &grads, lr)?;
                 let pred = logits.argmax(D::Minus1)?;
@@ -257,6 +327,9 @@ impl<'a> Trainer<'a> {
                 epoch: epoch + 1,
                 lr,
                 train_loss: loss_sum / steps as f64,
+                train_nll: nll_sum / steps as f64,
+                train_divergence: div_sum / steps as f64,
+                beta,
                 train_accuracy: correct as f64 / seen as f64,
                 eval: eval_metrics,
                 seconds,

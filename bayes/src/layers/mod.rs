@@ -185,17 +185,15 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: 
 /// & Welling 2015: the pre-activation of a Gaussian-weight convolution is Gaussian with this mean
 /// and variance, per output element), without bias.
 ///
-/// SWAP POINT: this is the single function a fused local-reparameterisation kernel replaces
-/// (`secateur_kernels::lrt::lrt_conv2d` computes both convolutions from one packing of `x`); for
-/// now it is two `candle_core::Tensor::conv2d` calls.
+/// Computed by `secateur_kernels::lrt::lrt_conv2d`: one packing of `x` for both products when
+/// no gradient is tracked (evaluation), two of secateur's fast convolutions when training.
 pub fn lrt_conv(x: &Tensor, mu: &Tensor, var: &Tensor, geom: Conv2dGeom) -> Result<(Tensor, Tensor)> {
-    let mean = conv(x, mu, geom)?;
-    let v = conv(&x.sqr()?, var, geom)?;
-    Ok((mean, v))
+    let p = secateur_kernels::conv::ConvParams::new(geom.stride, geom.padding, geom.dilation, geom.groups);
+    secateur_kernels::lrt::lrt_conv2d(x, mu, var, p)
 }
 
 fn conv(x: &Tensor, w: &Tensor, g: Conv2dGeom) -> Result<Tensor> {
-    x.conv2d(w, g.padding, g.stride, g.dilation, g.groups)
+    secateur_kernels::conv::conv2d(x, w, g.stride, g.padding, g.dilation, g.groups)
 }
 
 /// A Gaussian-weight 2-D convolution for `x: [N, C, H, W]`, weight `[O, C/groups, k, k]`, with
