@@ -23,6 +23,7 @@ pub mod h5;
 pub mod loader;
 pub mod observe;
 pub mod plot;
+pub mod runtime;
 pub mod store;
 
 pub use error::{ExpError, Result};
