@@ -3,24 +3,16 @@
 //! the NLL and divergence columns; the same seed gives the same metrics; a mean-field run with
 //! Monte Carlo KL and several training samples also runs.
 
-use secateur::experiments::commands::{train, TrainOptions};
+mod common;
+
+use common::opts;
+use secateur::experiments::commands::train;
 use secateur::experiments::config::StudyConfig;
-use std::path::Path;
 
 const SMOKE: &str = include_str!("../experiments/configs/sparse-vd-lenet300-smoke.toml");
 
 fn cfg(set: &[&str]) -> StudyConfig {
-    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-    StudyConfig::from_toml(SMOKE, "sparse-vd-lenet300-smoke.toml", &set).expect("smoke config parses")
-}
-
-fn opts(out: &Path) -> TrainOptions {
-    TrainOptions {
-        out: Some(out.to_path_buf()),
-        data_dir: None,
-        device: "cpu".into(),
-        quiet: true,
-    }
+    common::config(SMOKE, "sparse-vd-lenet300-smoke.toml", set)
 }
 
 fn finite(m: &serde_json::Map<String, serde_json::Value>, k: &str) -> f64 {

@@ -2,25 +2,18 @@
 //! same weights as 2 epochs straight; a diverging run stops with an error and keeps the last good
 //! checkpoint and results.
 
+mod common;
+
+use common::opts;
 use secateur::experiments::atomic::read_safetensors;
-use secateur::experiments::commands::{train, TrainOptions};
+use secateur::experiments::commands::train;
 use secateur::experiments::config::StudyConfig;
 use std::path::Path;
 
 const SMOKE: &str = include_str!("../experiments/configs/quickstart-smoke.toml");
 
 fn cfg(set: &[&str]) -> StudyConfig {
-    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-    StudyConfig::from_toml(SMOKE, "quickstart-smoke.toml", &set).expect("smoke config parses")
-}
-
-fn opts(out: &Path) -> TrainOptions {
-    TrainOptions {
-        out: Some(out.to_path_buf()),
-        data_dir: None,
-        device: "cpu".into(),
-        quiet: true,
-    }
+    common::config(SMOKE, "quickstart-smoke.toml", set)
 }
 
 fn metrics_without_time(dir: &Path) -> serde_json::Value {

@@ -26,12 +26,12 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use clap::Parser;
-use secateur_bayes::layers::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom};
+use secateur_bayes::prior::Prior;
 use secateur_bayes::Divergence;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
 use secateur_models::layers::cross_entropy;
-use secateur_models::{build, Conv2dCfg, Deterministic, LayerFactory, LinearCfg, ModelSpec, Network};
+use secateur_models::{build, Deterministic, LayerFactory, MeanField, ModelSpec, Network};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -80,35 +80,6 @@ const BAYES_INIT_STD: f64 = 0.006_715_348_489_117_967;
 
 /// Training-set size `N` of the `KL / N` term (MNIST), as in `bench/pytorch_step.py`.
 const TRAIN_SIZE: f64 = 60_000.0;
-
-/// Mean-field Gaussian layers of `secateur-bayes` (prior `N(0, 1)`), for the `bayes-*` rows:
-/// a bench-local factory until the models crate has its own.
-struct MeanField;
-
-impl LayerFactory for MeanField {
-    fn name(&self) -> &str {
-        "mean-field"
-    }
-    fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
-        let c = BayesLinearConfig::new(cfg.in_dim, cfg.out_dim)
-            .with_bias(cfg.bias)
-            .with_init_std(BAYES_INIT_STD);
-        Ok(Box::new(BayesLinear::new(pb, c)?))
-    }
-    fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
-        let geom = Conv2dGeom {
-            stride: cfg.stride,
-            padding: cfg.padding,
-            dilation: cfg.dilation,
-            groups: cfg.groups,
-        };
-        let c = BayesConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
-            .with_geom(geom)
-            .with_bias(cfg.bias)
-            .with_init_std(BAYES_INIT_STD);
-        Ok(Box::new(BayesConv2d::new(pb, c)?))
-    }
-}
 
 /// A field of `/proc/self/status` in MiB (`VmHWM`, `VmRSS`), or NaN where unavailable.
 fn proc_status_mib(field: &str) -> f64 {
@@ -160,7 +131,10 @@ fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType) -> Re
         Some(arch) => (arch, true),
         None => (model, false),
     };
-    let factory: &dyn LayerFactory = if bayes { &MeanField } else { &Deterministic };
+    // The `bayes-*` rows: mean-field Gaussian layers, prior N(0, 1), σ initialised as
+    // bayesian-torch's ρ = −5 gives (and as `bench/pytorch_step.py` does).
+    let mean_field = MeanField::new(Prior::default(), BAYES_INIT_STD)?;
+    let factory: &dyn LayerFactory = if bayes { &mean_field } else { &Deterministic };
     let net = build(&ModelSpec::new(arch, input, 10), factory, &pb)?;
     let mut data_rng = SeededRng::new(1);
     let [c, h, w] = input;
