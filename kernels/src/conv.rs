@@ -216,42 +216,20 @@ pub(crate) fn matmul<T: Elem>(
     rrs: usize,
     rcs: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(dst.len() >= m * n);
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(T::ZERO);
-        }
-        return;
-    }
-    assert!(lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
-    assert!(rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
-    // SAFETY: the asserts above bound every index gemm reads or writes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
-            rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    gemm_into(
+        m,
+        n,
+        k,
+        dst,
+        DstLayout::RowMajor,
+        accumulate,
+        lhs,
+        lrs,
+        lcs,
+        rhs,
+        rrs,
+        rcs,
+    )
 }
 
 /// `dst[i, j] = Σ_l lhs[i, l] · rhs[l, j]` into a column-major `dst` (`dst[i, j] = dst[j·m + i]`),
@@ -269,16 +247,51 @@ pub(crate) fn matmul_col_major_dst<T: Elem>(
     rrs: usize,
     rcs: usize,
 ) {
+    gemm_into(m, n, k, dst, DstLayout::ColMajor, false, lhs, lrs, lcs, rhs, rrs, rcs)
+}
+
+/// How the contiguous `m × n` destination of [`gemm_into`] is laid out.
+#[derive(Clone, Copy)]
+enum DstLayout {
+    /// `dst[i, j] = dst[i·n + j]`.
+    RowMajor,
+    /// `dst[i, j] = dst[j·m + i]`.
+    ColMajor,
+}
+
+/// The one call into `gemm` behind [`matmul`] and [`matmul_col_major_dst`]: bounds-checked, then
+/// `dst (+)= lhs · rhs` single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into<T: Elem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    layout: DstLayout,
+    accumulate: bool,
+    lhs: &[T],
+    lrs: usize,
+    lcs: usize,
+    rhs: &[T],
+    rrs: usize,
+    rcs: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
     assert!(dst.len() >= m * n);
     if k == 0 {
-        dst[..m * n].fill(T::ZERO);
+        if !accumulate {
+            dst[..m * n].fill(T::ZERO);
+        }
         return;
     }
     assert!(lhs.len() > (m - 1) * lrs + (k - 1) * lcs);
     assert!(rhs.len() > (k - 1) * rrs + (n - 1) * rcs);
+    let (dst_cs, dst_rs) = match layout {
+        DstLayout::RowMajor => (1, n as isize),
+        DstLayout::ColMajor => (m as isize, 1),
+    };
     // SAFETY: the asserts above bound every index gemm reads or writes.
     unsafe {
         gemm::gemm(
@@ -286,9 +299,9 @@ pub(crate) fn matmul_col_major_dst<T: Elem>(
             n,
             k,
             dst.as_mut_ptr(),
-            m as isize,
-            1,
-            false,
+            dst_cs,
+            dst_rs,
+            accumulate,
             lhs.as_ptr(),
             lcs as isize,
             lrs as isize,
