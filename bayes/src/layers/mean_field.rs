@@ -113,6 +113,32 @@ struct MeanField {
 }
 
 impl MeanField {
+    /// Creates `weight_mu`/`weight_rho` of `weight_shape` (μ by PyTorch's default) and, with
+    /// `bias`, `bias_mu`/`bias_rho` of `[weight_shape[0]]` (μ `U(±1/√fan_in)`) under `pb`; every
+    /// ρ starts at `softplus⁻¹(init_std)`.
+    fn create(pb: &ParamBuilder, weight_shape: &[usize], bias: bool, init_std: f64, prior: Prior) -> Result<Self> {
+        let (weight_mu, weight_rho) = gaussian_param(pb, "weight", weight_shape, Init::TorchDefault, init_std)?;
+        let fan_in: usize = weight_shape[1..].iter().product();
+        let bias = if bias {
+            Some(gaussian_param(
+                pb,
+                "bias",
+                &weight_shape[..1],
+                Init::torch_bias(fan_in),
+                init_std,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            name: pb.prefix().to_string(),
+            weight_mu,
+            weight_rho,
+            bias,
+            prior,
+        })
+    }
+
     fn sigmas(&self) -> Result<(Tensor, Option<Tensor>)> {
         let ws = softplus(&self.weight_rho)?;
         let bs = match &self.bias {
@@ -183,32 +209,8 @@ impl BayesLinear {
     /// registered copy shares the parameter storage with the returned layer).
     pub fn new(pb: &ParamBuilder, cfg: BayesLinearConfig) -> Result<Self> {
         cfg.validate()?;
-        let (weight_mu, weight_rho) = gaussian_param(
-            pb,
-            "weight",
-            &[cfg.out_dim, cfg.in_dim],
-            Init::TorchDefault,
-            cfg.init_std,
-        )?;
-        let bias = if cfg.bias {
-            Some(gaussian_param(
-                pb,
-                "bias",
-                &[cfg.out_dim],
-                Init::torch_bias(cfg.in_dim),
-                cfg.init_std,
-            )?)
-        } else {
-            None
-        };
         let layer = Self {
-            inner: MeanField {
-                name: pb.prefix().to_string(),
-                weight_mu,
-                weight_rho,
-                bias,
-                prior: cfg.prior,
-            },
+            inner: MeanField::create(pb, &[cfg.out_dim, cfg.in_dim], cfg.bias, cfg.init_std, cfg.prior)?,
         };
         pb.register_variational(Arc::new(layer.clone()))?;
         Ok(layer)
@@ -364,29 +366,8 @@ impl BayesConv2d {
     pub fn new(pb: &ParamBuilder, cfg: BayesConv2dConfig) -> Result<Self> {
         cfg.validate()?;
         let shape = [cfg.out_ch, cfg.in_ch / cfg.geom.groups, cfg.kernel, cfg.kernel];
-        let (weight_mu, weight_rho) = gaussian_param(pb, "weight", &shape, Init::TorchDefault, cfg.init_std)?;
-        let fan_in = shape[1] * shape[2] * shape[3];
-        let bias = if cfg.bias {
-            Some(gaussian_param(
-                pb,
-                "bias",
-                &[cfg.out_ch],
-                Init::torch_bias(fan_in),
-                cfg.init_std,
-            )?)
-        } else {
-            None
-        };
-        let layer = Self {
-            inner: MeanField {
-                name: pb.prefix().to_string(),
-                weight_mu,
-                weight_rho,
-                bias,
-                prior: cfg.prior,
-            },
-            geom: cfg.geom,
-        };
+        let inner = MeanField::create(pb, &shape, cfg.bias, cfg.init_std, cfg.prior)?;
+        let layer = Self { inner, geom: cfg.geom };
         pb.register_variational(Arc::new(layer.clone()))?;
         Ok(layer)
     }
