@@ -5,7 +5,7 @@
 //! - [`sparse_vd`]: sparse variational dropout (Molchanov, Ashukha & Vetrov 2017), [`SvdLinear`]
 //!   and [`SvdConv2d`].
 //! - [`variational_dropout`]: variational dropout with learned α per weight or per unit (Kingma,
-//!   Salimans & Welling 2015), [`VdLinear`] (linear only so far).
+//!   Salimans & Welling 2015), [`VdLinear`] and [`VdConv2d`].
 //! - [`dropout`]: MC dropout (Gal & Ghahramani 2016), [`McDropout`], the baseline.
 //!
 //! Every layer here is built from a [`ParamBuilder`](crate::ParamBuilder), creates its parameters
@@ -25,7 +25,7 @@ pub mod variational_dropout;
 pub use dropout::McDropout;
 pub use mean_field::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig};
 pub use sparse_vd::{SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig};
-pub use variational_dropout::{VdGranularity, VdLinear, VdLinearConfig};
+pub use variational_dropout::{VdConv2d, VdConv2dConfig, VdGranularity, VdLinear, VdLinearConfig};
 
 use crate::ctx::Sampling;
 use crate::rng::SeededRng;
