@@ -24,10 +24,13 @@
 //!   and pruning reach it without knowing its type.
 //! - [`layers`]: mean-field Gaussian layers (weight sampling, local reparameterisation, Flipout)
 //!   and sparse variational dropout.
+//! - [`empirical_bayes`]: MOPED initialisation of a Bayesian model from a trained deterministic
+//!   one (Krishnan et al. 2020): posterior means = its weights, `σ = δ·|w|`.
 //! - [`math`]: stable softplus and sigmoid; [`error`]: [`error::ConfigError`] for refused values.
 
 pub mod ctx;
 pub mod divergence;
+pub mod empirical_bayes;
 pub mod error;
 pub mod init;
 pub mod layers;
