@@ -6,6 +6,7 @@
 //! | `deterministic` | [`Deterministic`] | [`crate::layers::Linear`], [`crate::layers::Conv2d`] | — |
 //! | `mean-field` | [`MeanField`] | [`BayesLinear`], [`BayesConv2d`] | Blundell et al. 2015 |
 //! | `sparse-vd` | [`SparseVd`] | [`SvdLinear`], [`SvdConv2d`] | Molchanov, Ashukha & Vetrov 2017 |
+//! | `variational-dropout` | [`VariationalDropout`] | [`VdLinear`], [`VdConv2d`] | Kingma, Salimans & Welling 2015 |
 //! | `mc-dropout` | [`McDropoutFactory`] | dropout, then the deterministic layer | Gal & Ghahramani 2016 |
 //!
 //! [`factory`] maps a config name to a boxed factory. The probabilistic layers register
@@ -19,7 +20,7 @@
 //! - The posterior means are initialised as PyTorch initialises `nn.Linear`/`nn.Conv2d`
 //!   (`U(±1/√fan_in)`), whatever initialiser the architecture asks of the deterministic factory
 //!   ([`LinearCfg::init`], [`Conv2dCfg::init`]): the probabilistic layers own their
-//!   initialisation (`softplus(ρ) = init_std`, `log σ² = −10`).
+//!   initialisation (`softplus(ρ) = init_std`, `log σ² = −10`, `log α = vd_init_log_alpha`).
 //! - Strided, padded, dilated and grouped convolutions are all supported (the estimators of
 //!   `secateur-bayes` take the whole [`Conv2dGeom`]); an impossible geometry is refused by the
 //!   layer with the layer's path in the message.
@@ -29,18 +30,28 @@ use crate::layers::{Conv2d, Linear};
 use candle_core::{Result, Tensor};
 use secateur_bayes::layers::mean_field::DEFAULT_INIT_STD;
 use secateur_bayes::layers::sparse_vd::DEFAULT_THRESHOLD;
+use secateur_bayes::layers::variational_dropout::DEFAULT_INIT_LOG_ALPHA;
 use secateur_bayes::layers::{
     BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, McDropout, SvdConv2d, SvdConv2dConfig,
-    SvdLinear, SvdLinearConfig,
+    SvdLinear, SvdLinearConfig, VdConv2d, VdConv2dConfig, VdGranularity, VdLinear, VdLinearConfig,
 };
 use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
 
 /// The layer-kind names [`factory`] accepts (the values of the config key `model.layers`).
-pub const LAYER_KINDS: &[&str] = &["deterministic", "mean-field", "sparse-vd", "mc-dropout"];
+pub const LAYER_KINDS: &[&str] = &[
+    "deterministic",
+    "mean-field",
+    "sparse-vd",
+    "variational-dropout",
+    "mc-dropout",
+];
 
 /// Whether a layer kind is Bayesian: trained with noise and evaluated by Monte Carlo averaging.
 pub fn is_bayesian(layers: &str) -> bool {
-    matches!(layers, "mean-field" | "sparse-vd" | "mc-dropout")
+    matches!(
+        layers,
+        "mean-field" | "sparse-vd" | "variational-dropout" | "mc-dropout"
+    )
 }
 
 /// Options of the Bayesian factories, with the defaults of their layers.
@@ -54,6 +65,10 @@ pub struct FactoryOptions {
     pub sparse_vd_threshold: f64,
     /// Drop probability of MC dropout. Default 0.1.
     pub dropout: f64,
+    /// Variational dropout: α per weight or per input unit. Default per weight.
+    pub vd_granularity: VdGranularity,
+    /// Variational dropout: initial `log α`, in `[−8, 0]`. Default −2.
+    pub vd_init_log_alpha: f64,
 }
 
 impl Default for FactoryOptions {
@@ -63,6 +78,8 @@ impl Default for FactoryOptions {
             init_std: DEFAULT_INIT_STD,
             sparse_vd_threshold: DEFAULT_THRESHOLD,
             dropout: 0.1,
+            vd_granularity: VdGranularity::Weight,
+            vd_init_log_alpha: DEFAULT_INIT_LOG_ALPHA,
         }
     }
 }
@@ -81,6 +98,7 @@ pub fn factory(layers: &str, opts: &FactoryOptions) -> Result<Box<dyn LayerFacto
         "deterministic" => Box::new(Deterministic),
         "mean-field" => Box::new(MeanField::new(opts.prior, opts.init_std)?),
         "sparse-vd" => Box::new(SparseVd::new(opts.sparse_vd_threshold)?),
+        "variational-dropout" => Box::new(VariationalDropout::new(opts.vd_granularity, opts.vd_init_log_alpha)?),
         "mc-dropout" => Box::new(McDropoutFactory::new(opts.dropout)?),
         other => candle_core::bail!("unknown layer kind `{other}`; known: {}", LAYER_KINDS.join(", ")),
     })
@@ -197,6 +215,62 @@ impl LayerFactory for SparseVd {
     }
 }
 
+/// Variational dropout with learned rates (Kingma, Salimans & Welling 2015): `w ~ N(θ, α θ²)`,
+/// log-uniform prior, `log α ∈ [−8, 0]` learned per weight or per input unit (input feature or
+/// input channel). Parameters `{path}.weight_mu` (θ), `{path}.weight_log_alpha`, `{path}.bias`
+/// (deterministic).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VariationalDropout {
+    /// Per weight or per input unit.
+    pub granularity: VdGranularity,
+    /// Initial `log α` (in `[−8, 0]`).
+    pub init_log_alpha: f64,
+}
+
+impl VariationalDropout {
+    /// Checks `init_log_alpha ∈ [−8, 0]`.
+    pub fn new(granularity: VdGranularity, init_log_alpha: f64) -> Result<Self> {
+        VdLinearConfig::new(1, 1)
+            .with_init_log_alpha(init_log_alpha)
+            .validate()?;
+        Ok(Self {
+            granularity,
+            init_log_alpha,
+        })
+    }
+}
+
+impl Default for VariationalDropout {
+    /// α per weight, `log α = −2`.
+    fn default() -> Self {
+        Self {
+            granularity: VdGranularity::Weight,
+            init_log_alpha: DEFAULT_INIT_LOG_ALPHA,
+        }
+    }
+}
+
+impl LayerFactory for VariationalDropout {
+    fn name(&self) -> &str {
+        "variational-dropout"
+    }
+    fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
+        let c = VdLinearConfig::new(cfg.in_dim, cfg.out_dim)
+            .with_bias(cfg.bias)
+            .with_granularity(self.granularity)
+            .with_init_log_alpha(self.init_log_alpha);
+        Ok(Box::new(VdLinear::new(pb, c).map_err(|e| at(pb, e))?))
+    }
+    fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
+        let c = VdConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
+            .with_geom(geom(&cfg))
+            .with_bias(cfg.bias)
+            .with_granularity(self.granularity)
+            .with_init_log_alpha(self.init_log_alpha);
+        Ok(Box::new(VdConv2d::new(pb, c).map_err(|e| at(pb, e))?))
+    }
+}
+
 /// MC dropout (Gal & Ghahramani 2016): inverted dropout with probability `p` on the **input** of
 /// every weight layer made by the factory, followed by the deterministic layer (so parameter
 /// names are exactly the deterministic ones). The mask is drawn whenever `ctx.sampling` is not
@@ -271,7 +345,53 @@ mod tests {
             .unwrap()
             .to_string()
             .contains("threshold"));
+        for v in [0.5, -8.5, f64::NAN] {
+            let bad = FactoryOptions {
+                vd_init_log_alpha: v,
+                ..o
+            };
+            let e = factory("variational-dropout", &bad).err().unwrap().to_string();
+            assert!(e.contains("init_log_alpha"), "{v}: {e}");
+        }
         let bad = FactoryOptions { dropout: 1.0, ..o };
         assert!(factory("mc-dropout", &bad).err().unwrap().to_string().contains("`p`"));
+    }
+
+    #[test]
+    fn variational_dropout_builds_per_unit_rates_and_runs_every_estimator() -> Result<()> {
+        use crate::{build, ModelSpec};
+        use candle_core::{DType, Device};
+        use secateur_bayes::divergence::Divergence;
+        use secateur_bayes::{ParamStore, Sampling, SeededRng};
+        let opts = FactoryOptions {
+            vd_granularity: VdGranularity::Unit,
+            vd_init_log_alpha: -3.0,
+            ..FactoryOptions::default()
+        };
+        let f = factory("variational-dropout", &opts)?;
+        assert!(is_bayesian(f.name()));
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+        let net = build(&ModelSpec::new("lenet5", [1, 28, 28], 10), f.as_ref(), &pb)?;
+        // one rate per input unit: input channels of the convolutions, input features of the
+        // linear layers, every one at the initial value
+        for (name, var) in store.params() {
+            if let Some(layer) = name.strip_suffix(".weight_log_alpha") {
+                let mu = store.get(&format!("{layer}.weight_mu")).unwrap();
+                assert_eq!(var.dims(), &[mu.dims()[1]], "{name}");
+                let v: Vec<f32> = var.as_tensor().to_vec1()?;
+                assert!(v.iter().all(|&x| x == -3.0), "{name}");
+            }
+        }
+        let x = Tensor::ones((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
+        let mut rng = SeededRng::new(1);
+        for s in [Sampling::Mean, Sampling::Weight, Sampling::Local, Sampling::Flipout] {
+            let y = net.forward(&x, &mut Ctx::train(&mut rng, s))?;
+            assert_eq!(y.dims(), &[2, 10], "{s:?}");
+        }
+        let (kl, per_layer) = store.divergence(&Divergence::Kl, &mut rng)?;
+        assert!(kl.to_scalar::<f32>()?.is_finite());
+        assert_eq!(per_layer.len(), 5);
+        Ok(())
     }
 }
