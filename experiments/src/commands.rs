@@ -85,6 +85,9 @@ pub fn build_model(
         input,
         classes,
     };
+    cfg.bayes
+        .vd_granularity()
+        .map_err(|e| ExpError::config("bayes.vd_granularity", e))?;
     let factory = secateur_models::factory(&cfg.model.layers, &cfg.bayes.factory_options())
         .map_err(|e| ExpError::config("model.layers", e.to_string()))?;
     let net = build(&spec, factory.as_ref(), &pb)?;
@@ -106,7 +109,7 @@ pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
 }
 
 /// Test-time parameter counts `(nonzero, total)` of a model: the variance parameters of the
-/// probabilistic layers (`*_rho`, `*_log_sigma2`) are not weights of the test-time network and
+/// probabilistic layers (`*_rho`, `*_log_sigma2`, `*_log_alpha`) are not weights of the test-time network and
 /// are skipped; a posterior mean `{name}_mu` counts as the weight `{name}`, zero where it is
 /// zero or, with `threshold = Some(t)` (sparse VD), where `log α ≥ t` (the weight is dropped at
 /// test time, Molchanov et al. 2017). For a deterministic model this is the count of non-zero
@@ -120,7 +123,7 @@ pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(u
     let count = |t: &Tensor| -> Result<usize> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize) };
     let (mut nonzero, mut total) = (0usize, 0usize);
     for (name, var) in store.params() {
-        if name.ends_with("_rho") || name.ends_with("_log_sigma2") {
+        if name.ends_with("_rho") || name.ends_with("_log_sigma2") || name.ends_with("_log_alpha") {
             continue;
         }
         let t = var.as_tensor();
@@ -150,6 +153,31 @@ pub fn sparsity_log_alpha(store: &ParamStore, threshold: f64) -> Result<Option<f
         }
     }
     Ok((n > 0).then(|| dropped / n as f64))
+}
+
+/// The weights file named by `bayes.init_from`: the path itself, or `weights.safetensors` inside
+/// it when it is a (run) directory.
+pub fn init_weights_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("weights.safetensors")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// Empirical-Bayes (MOPED) initialisation of the model in `store` from the deterministic weights
+/// in `path` (a safetensors file, or a run directory holding `weights.safetensors`), with
+/// `σ = δ·|w|` (Krishnan, Subedar & Tickoo 2020; see
+/// [`secateur_bayes::empirical_bayes::init_from_deterministic`]). Errors name `bayes.init_from`
+/// and the file.
+pub fn init_from_deterministic(store: &ParamStore, path: &Path, delta: f64) -> Result<()> {
+    let file = init_weights_file(path);
+    let det: BTreeMap<String, Tensor> = atomic::read_safetensors(&file)
+        .map_err(|e| ExpError::config("bayes.init_from", e.to_string()))?
+        .into_iter()
+        .collect();
+    secateur_bayes::empirical_bayes::init_from_deterministic(store, &det, delta)
+        .map_err(|e| ExpError::config("bayes.init_from", format!("{}: {e}", file.display())))
 }
 
 fn optimizer(cfg: &StudyConfig) -> Result<Box<dyn Optimizer>> {
@@ -253,6 +281,15 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
     let (net, store) = build_model(cfg, input, classes, &dev)?;
+    // Empirical-Bayes initialisation (a fresh run only: a resumed run loads its checkpoint), and
+    // the posterior-mean test accuracy it starts from.
+    let init_accuracy = match (&cfg.bayes.init_from, resume) {
+        (Some(path), None) => {
+            init_from_deterministic(&store, path, cfg.bayes.init_delta)?;
+            Some(posterior_mean_accuracy(&net, &data.test, &norm, cfg, &dev)?)
+        }
+        _ => None,
+    };
 
     let settings = TrainSettings {
         epochs: cfg.train.epochs,
@@ -339,6 +376,9 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
             "test_accuracy_posterior_mean",
             posterior_mean_accuracy(&net, &data.test, &norm, cfg, &dev)?.into(),
         );
+    }
+    if let Some(a) = init_accuracy {
+        put("init_test_accuracy_posterior_mean", a.into());
     }
     if let Some(th) = sparse_threshold {
         if let Some(f) = sparsity_log_alpha(&store, th)? {

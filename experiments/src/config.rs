@@ -7,6 +7,8 @@
 //! are checked exactly like the file.
 
 use crate::error::{ExpError, Result};
+use secateur_bayes::layers::variational_dropout::{VD_LOG_ALPHA_MAX, VD_LOG_ALPHA_MIN};
+use secateur_bayes::layers::VdGranularity;
 use secateur_bayes::{Divergence, Prior};
 use secateur_inference::elbo::{BetaSchedule, ElboConfig, Objective};
 use secateur_inference::schedule::Schedule;
@@ -90,8 +92,8 @@ pub struct ModelConfig {
     /// `resnet18`, `vit-tiny`). Default `lenet5`.
     pub arch: String,
     /// Layer kind made by the factory: `deterministic`, `mean-field` (Blundell et al. 2015),
-    /// `sparse-vd` (Molchanov et al. 2017) or `mc-dropout` (Gal & Ghahramani 2016). Default
-    /// `deterministic`.
+    /// `sparse-vd` (Molchanov et al. 2017), `variational-dropout` (Kingma et al. 2015) or
+    /// `mc-dropout` (Gal & Ghahramani 2016). Default `deterministic`.
     pub layers: String,
 }
 
@@ -180,6 +182,10 @@ impl Default for TrainConfig {
 /// sampling = "local"           # or "weight", "flipout"
 /// sparse_vd_threshold = 3.0
 /// mc_dropout_p = 0.1
+/// vd_granularity = "weight"    # or "unit" (variational-dropout layers)
+/// vd_init_log_alpha = -2.0
+/// init_from = "runs/lenet5-det/weights.safetensors"   # empirical-Bayes (MOPED) initialisation
+/// init_delta = 0.1
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -208,6 +214,19 @@ pub struct BayesConfig {
     pub sparse_vd_threshold: f64,
     /// MC dropout: drop probability in [0, 1). Default 0.1.
     pub mc_dropout_p: f64,
+    /// Variational dropout (Kingma et al. 2015): α learned per `weight` or per input `unit`
+    /// (input feature of a linear layer, input channel of a convolution). Default `weight`.
+    pub vd_granularity: String,
+    /// Variational dropout: initial `log α`, in [−8, 0]. Default −2.
+    pub vd_init_log_alpha: f64,
+    /// Empirical-Bayes initialisation (MOPED, Krishnan, Subedar & Tickoo 2020): a deterministic
+    /// run's final weights (`weights.safetensors` in its run directory; the directory itself is
+    /// accepted too). The model is initialised from it right after it is built: posterior means
+    /// are its weights, `σ = init_delta · |w|`, other tensors copied by name (see
+    /// `secateur_bayes::empirical_bayes`). Ignored when a run is resumed. Default: none.
+    pub init_from: Option<PathBuf>,
+    /// δ of the empirical-Bayes initialisation (> 0; `σ = δ·|w|`). Default 0.1.
+    pub init_delta: f64,
 }
 
 impl Default for BayesConfig {
@@ -224,6 +243,10 @@ impl Default for BayesConfig {
             sampling: "local".into(),
             sparse_vd_threshold: f.sparse_vd_threshold,
             mc_dropout_p: f.dropout,
+            vd_granularity: "weight".into(),
+            vd_init_log_alpha: f.vd_init_log_alpha,
+            init_from: None,
+            init_delta: secateur_bayes::empirical_bayes::DEFAULT_DELTA,
         }
     }
 }
@@ -265,7 +288,28 @@ impl BayesConfig {
                 self.mc_dropout_p
             ));
         }
+        self.vd_granularity()?;
+        if !(VD_LOG_ALPHA_MIN..=VD_LOG_ALPHA_MAX).contains(&self.vd_init_log_alpha) {
+            return Err(format!(
+                "bayes.vd_init_log_alpha must be in [{VD_LOG_ALPHA_MIN}, {VD_LOG_ALPHA_MAX}], got {}",
+                self.vd_init_log_alpha
+            ));
+        }
+        if self.init_from.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err("bayes.init_from must name a deterministic run's weights file, got an empty path".into());
+        }
+        if !(self.init_delta.is_finite() && self.init_delta > 0.0) {
+            return Err(format!(
+                "bayes.init_delta must be finite and > 0, got {}",
+                self.init_delta
+            ));
+        }
         Ok(())
+    }
+
+    /// The parsed `vd_granularity`.
+    pub fn vd_granularity(&self) -> std::result::Result<VdGranularity, String> {
+        VdGranularity::parse(&self.vd_granularity).map_err(|e| format!("bayes.vd_granularity: {e}"))
     }
 
     /// The parsed `divergence`.
@@ -294,6 +338,9 @@ impl BayesConfig {
             init_std: self.init_std,
             sparse_vd_threshold: self.sparse_vd_threshold,
             dropout: self.mc_dropout_p,
+            // a validated config always parses; `build_model` checks it before building
+            vd_granularity: self.vd_granularity().unwrap_or(VdGranularity::Weight),
+            vd_init_log_alpha: self.vd_init_log_alpha,
         }
     }
 }
@@ -490,6 +537,13 @@ mod tests {
             ("bayes.prior={kind=\"gaussian\",mean=0.0,std=0.0}", "std"),
             ("bayes.prior={kind=\"cauchy\"}", "cauchy"),
             ("bayes.mc_dropout_p=1.0", "bayes.mc_dropout_p"),
+            ("bayes.vd_granularity=\"layer\"", "bayes.vd_granularity"),
+            ("bayes.vd_init_log_alpha=0.5", "bayes.vd_init_log_alpha"),
+            ("bayes.vd_init_log_alpha=-9", "bayes.vd_init_log_alpha"),
+            ("bayes.init_delta=0", "bayes.init_delta"),
+            ("bayes.init_delta=-0.1", "bayes.init_delta"),
+            ("bayes.init_delta=nan", "bayes.init_delta"),
+            ("bayes.init_from=\"\"", "bayes.init_from"),
         ] {
             let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
                 .unwrap_err()
@@ -508,6 +562,26 @@ mod tests {
         assert_eq!(cfg.optim.lr, 0.2);
         assert_eq!(cfg.seed, 9);
         assert_eq!(cfg.model.arch, "mlp");
+        Ok(())
+    }
+
+    #[test]
+    fn variational_dropout_and_empirical_bayes_keys_reach_the_factory() -> Result<()> {
+        let cfg = StudyConfig::from_toml(
+            "[model]\nlayers = \"variational-dropout\"\n[bayes]\nvd_granularity = \"unit\"\nvd_init_log_alpha = -4.0\n\
+             init_from = \"runs/det/weights.safetensors\"\ninit_delta = 0.05\n",
+            "c",
+            &[],
+        )?;
+        assert!(cfg.is_bayesian());
+        let o = cfg.bayes.factory_options();
+        assert_eq!((o.vd_granularity, o.vd_init_log_alpha), (VdGranularity::Unit, -4.0));
+        assert_eq!(
+            cfg.bayes.init_from.as_deref(),
+            Some(Path::new("runs/det/weights.safetensors"))
+        );
+        assert_eq!(cfg.bayes.init_delta, 0.05);
+        assert_eq!(StudyConfig::from_toml(&cfg.to_toml()?, "round trip", &[])?, cfg);
         Ok(())
     }
 }
