@@ -10,7 +10,9 @@
 //! the marginal of each pre-activation under multiplicative Gaussian noise on the inputs,
 //! `x̃ = x ⊙ ξ` with `ξ ~ N(1, α_unit)` drawn independently per example and input element (for a
 //! convolution: per example, channel and pixel, with the channel's rate): the pre-activation is
-//! linear in the independent `ξ`, hence Gaussian with that mean and variance. The divergence is
+//! linear in the independent `ξ`, hence Gaussian with that mean and variance. With the other
+//! estimators (`Weight`, `Flipout`) the per-unit variant samples weights from `N(θ, α_unit θ²)`,
+//! the posterior with α tied per unit, whose per-example marginals are the same. The divergence is
 //! the paper's approximation ([`crate::divergence::kl_vd_kingma`]) summed over the noise
 //! variables (weights or units). Parameters: `weight_mu` (θ), `weight_log_alpha` (the weight's
 //! shape, or `[in]` / `[in_ch]` per unit), and a deterministic `bias`.
