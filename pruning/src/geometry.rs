@@ -39,7 +39,7 @@ pub struct LayerInfo {
     pub order: usize,
     /// Weight shape.
     pub weight_shape: Vec<usize>,
-    /// Output shape for one example (batch dimension removed).
+    /// Output shape for a batch of one example, as the layer returned it.
     pub output_shape: Vec<usize>,
     /// Output positions per example: `H_out · W_out` for a convolution, rows per example for a
     /// linear layer (1 for a flat input, the token count for a transformer).
@@ -150,12 +150,11 @@ pub fn record(spec: &ModelSpec) -> Result<Geometry> {
             .get(&name)
             .map(|v| v.dims().to_vec())
             .ok_or_else(|| candle_core::Error::Msg(format!("recorded layer `{name}` has no weight")))?;
-        let output_shape = out.get(1..).unwrap_or_default().to_vec();
-        let positions = match kind {
-            LayerKind::Conv2d => output_shape.get(1..).unwrap_or_default().iter().product(),
-            // rows per example: every dimension but the last (features)
-            LayerKind::Linear => output_shape[..output_shape.len().saturating_sub(1)].iter().product(),
-        };
+        // output entries per output channel/feature, for a batch of one: H_out·W_out for a
+        // convolution, rows for a linear layer (architectures may fold tokens into the batch)
+        let out_features = weight_shape.first().copied().unwrap_or(1).max(1);
+        let positions = out.iter().product::<usize>() / out_features;
+        let output_shape = out;
         layers.push(LayerInfo {
             name,
             kind,

@@ -120,7 +120,7 @@ pub fn grad(w1: &Mat, w2: &Mat, x: &[f64], y: usize, t: f64) -> (Mat, Mat) {
 }
 
 /// Closed-form Hessian–vector product of one example's loss along `(v1, v2)`.
-pub fn hvp(w1: &Mat, w2: &Mat, x: &[f64], y: usize, t: f64, v1: &Mat, v2: &Mat) -> (Mat, Mat) {
+pub fn hvp_closed(w1: &Mat, w2: &Mat, x: &[f64], y: usize, t: f64, v1: &Mat, v2: &Mat) -> (Mat, Mat) {
     let (h, d, p) = forward(w1, w2, x, y, t);
     let v1x = matvec(v1, x);
     let jv: Vec<f64> = matvec(w2, &v1x)
