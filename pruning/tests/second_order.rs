@@ -163,9 +163,9 @@ fn hutchinson_converges_to_the_exact_diagonal_like_one_over_sqrt_probes() -> Res
     for (a, b) in h[0].iter().zip(&closed) {
         assert!((a - b).abs() < 1e-12, "HVP column vs closed form: {a} vs {b}");
     }
-    for i in 0..n {
-        for j in 0..n {
-            assert!((h[i][j] - h[j][i]).abs() < 1e-12, "Hessian not symmetric at ({i}, {j})");
+    for (i, row) in h.iter().enumerate() {
+        for (j, hij) in row.iter().enumerate() {
+            assert!((hij - h[j][i]).abs() < 1e-12, "Hessian not symmetric at ({i}, {j})");
         }
     }
     let exact: Vec<f64> = (0..n).map(|i| h[i][i]).collect();
