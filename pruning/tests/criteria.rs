@@ -253,3 +253,40 @@ fn posterior_criteria_read_the_posterior_statistics() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn synflow_on_deep_networks_scores_a_float64_twin() -> Result<()> {
+    use secateur_models::{build, Deterministic, ModelSpec};
+    let score_of = |spec: &ModelSpec, dt: DType| -> Result<(secateur_pruning::Scores, ParamStore)> {
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), dt, Device::Cpu);
+        let net = build(spec, &Deterministic, &pb)?;
+        Ok((score(&SynFlow::default_for(spec), &net, &store, None)?, store))
+    };
+    // ResNet-56's synaptic flow overflows f32: refused with the remedy
+    let deep = ModelSpec::new("resnet56", [3, 32, 32], 10);
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+    let net = build(&deep, &Deterministic, &pb)?;
+    let e = score(&SynFlow::default_for(&deep), &net, &store, None).unwrap_err().to_string();
+    assert!(e.contains("float64"), "{e}");
+    let (twin, twin_store) = float64_twin(&deep, &Deterministic, &store)?;
+    let s = score(&SynFlow::default_for(&deep), &twin, &twin_store, None)?;
+    assert_eq!(s.len(), 56);
+    // scores of ln R: for a network homogeneous but for the classifier bias, Σ θ ∂ln R/∂θ is
+    // just under the number of weight layers (Euler)
+    let total: f64 = s.values().map(|t| t.sum_all().unwrap().to_scalar::<f64>().unwrap()).sum();
+    assert!(total > 55.0 && total <= 56.0 + 1e-9, "{total}");
+    // on a shallower network the f32 model and its f64 twin agree
+    let spec = ModelSpec::new("resnet20", [3, 32, 32], 10);
+    let (s32, store32) = score_of(&spec, DType::F32)?;
+    let (twin, twin_store) = float64_twin(&spec, &Deterministic, &store32)?;
+    let s64 = score(&SynFlow::default_for(&spec), &twin, &twin_store, None)?;
+    for (k, a) in &s32 {
+        let b = &s64[k];
+        let err = (a.to_dtype(DType::F64)? - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        let scale = b.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(err <= 1e-4 * scale, "{k}: {err} vs {scale}");
+    }
+    Ok(())
+}

@@ -24,4 +24,4 @@ pub use posterior::{Posterior, PosteriorFisher};
 pub use second_order::{
     double_backprop_enabled, enable_double_backprop, hvp, require_double_backprop, Grasp, HessianScore, Hutchinson,
 };
-pub use synflow::SynFlow;
+pub use synflow::{float64_twin, SynFlow};
