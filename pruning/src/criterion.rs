@@ -21,6 +21,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use rand::seq::SliceRandom;
 use secateur_bayes::{Ctx, Mode, Module, ParamStore, Sampling, SeededRng};
+use secateur_inference::train::Batches;
 use secateur_models::layers::cross_entropy;
 use std::collections::BTreeMap;
 
@@ -127,6 +128,34 @@ impl ScoringData {
             labels.index_select(&idx_t.to_device(labels.device())?, 0)?,
             batch_size,
         )
+    }
+
+    /// The first `max_examples` examples of one pass of a batch source (all of the pass with
+    /// `None`), concatenated, re-batched by `batch_size`. The pass is prepared with
+    /// `batches.start_epoch(0, rng)`.
+    pub fn from_batches(
+        batches: &mut dyn Batches,
+        max_examples: Option<usize>,
+        batch_size: usize,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        batches.start_epoch(0, rng);
+        let want = max_examples.unwrap_or(usize::MAX);
+        let (mut xs, mut ys, mut n) = (Vec::new(), Vec::new(), 0usize);
+        for i in 0..batches.num_batches() {
+            if n >= want {
+                break;
+            }
+            let (x, y) = batches.batch(i, rng)?;
+            let take = x.dims().first().copied().unwrap_or(0).min(want - n);
+            xs.push(x.narrow(0, 0, take)?);
+            ys.push(y.narrow(0, 0, take)?);
+            n += take;
+        }
+        if xs.is_empty() {
+            candle_core::bail!("scoring data: the batch source has no batch");
+        }
+        Self::new(Tensor::cat(&xs, 0)?, Tensor::cat(&ys, 0)?, batch_size)
     }
 
     /// Number of examples `N`.

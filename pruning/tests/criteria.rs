@@ -290,3 +290,36 @@ fn synflow_on_deep_networks_scores_a_float64_twin() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn bayesian_networks_are_scored_through_their_posterior_means() -> Result<()> {
+    use secateur_models::{build, Deterministic, MeanField, ModelSpec};
+    use std::collections::HashMap;
+    // SNIP of a mean-field MLP at its posterior mean equals SNIP of the deterministic MLP whose
+    // weights and biases are those means
+    let spec = ModelSpec::new("mlp", [1, 4, 4], 3);
+    let bstore = ParamStore::new();
+    let pb = ParamBuilder::new(bstore.clone(), SeededRng::new(1), DType::F64, Device::Cpu);
+    let bnet = build(&spec, &MeanField::new(Default::default(), 0.1)?, &pb)?;
+    let dstore = ParamStore::new();
+    let pb = ParamBuilder::new(dstore.clone(), SeededRng::new(2), DType::F64, Device::Cpu);
+    let dnet = build(&spec, &Deterministic, &pb)?;
+    let means: HashMap<String, Tensor> = bstore
+        .params()
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_suffix("_mu").map(|b| (b.to_string(), v.as_tensor().copy().unwrap())))
+        .collect();
+    dstore.load(&means)?;
+    let mut rng = SeededRng::new(3);
+    let x = rng.randn(&[6, 1, 4, 4], DType::F64, &Device::Cpu)?;
+    let y = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &Device::Cpu)?;
+    let d = ScoringData::new(x, y, 4)?;
+    let sb = score(&Snip::default(), &bnet, &bstore, Some(&d))?;
+    let sd = score(&Snip::default(), &dnet, &dstore, Some(&d))?;
+    assert_eq!(sb.keys().collect::<Vec<_>>(), ["fc1.weight", "fc2.weight", "fc3.weight"]);
+    for (k, a) in &sb {
+        let err = (a - &sd[k])?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(err < 1e-14, "{k}: {err}");
+    }
+    Ok(())
+}

@@ -258,3 +258,17 @@ fn greg_config_is_checked() {
         (1e-4, 10, 1.0, 10_000)
     );
 }
+
+#[test]
+fn scoring_data_from_a_batch_source() -> Result<()> {
+    let mut rng = SeededRng::new(1);
+    let xs: Vec<Tensor> = (0..3)
+        .map(|_| rng.randn(&[4, 1, 3, 3], DType::F64, &Device::Cpu).unwrap())
+        .collect();
+    let d = secateur_pruning::ScoringData::from_batches(&mut TwoBatches(xs.clone()), Some(6), 5, &mut rng)?;
+    assert_eq!((d.len(), d.num_batches()), (6, 2));
+    let want = Tensor::cat(&[xs[0].clone(), xs[1].narrow(0, 0, 2)?], 0)?;
+    assert_eq!(v1(&d.inputs), v1(&want));
+    assert_eq!(d.batch(1)?.0.dims(), &[1, 1, 3, 3]);
+    Ok(())
+}
