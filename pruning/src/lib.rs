@@ -19,6 +19,38 @@
 //!   Fisher of the mean-mode network).
 //! - [`bn_warmup`]: batch-norm warm-up before scoring (Gollini Navarrete et al. 2025).
 //! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
+//!
+//! The pipeline of pruning at initialisation: build the model, warm up batch norm, score, allocate,
+//! apply, then train with the masks as a step hook.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use secateur_bayes::{ParamBuilder, ParamStore, Sampling, SeededRng};
+//! use secateur_models::{build, Deterministic, ModelSpec};
+//! use secateur_pruning::{bn_warmup, criterion, geometry, Allocation, Exclusions, ScoringContext, ScoringData};
+//! # fn main() -> candle_core::Result<()> {
+//! let spec = ModelSpec::new("lenet5", [1, 28, 28], 10);
+//! let store = ParamStore::new();
+//! let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+//! let net = build(&spec, &Deterministic, &pb)?;
+//! let mut rng = SeededRng::new(1);
+//! // stand-in data: 2 examples of each of the 10 classes
+//! let x = rng.randn(&[40, 1, 28, 28], DType::F32, &Device::Cpu)?;
+//! let y = Tensor::new((0..40u32).map(|i| i % 10).collect::<Vec<_>>(), &Device::Cpu)?;
+//! bn_warmup::warm_up(&net, [x.clone()], Sampling::Mean, &mut rng)?; // LeNet-5 has no BN: a no-op
+//! let data = ScoringData::per_class(&x, &y, 2, 10, 20, &mut rng)?;
+//! let snip = criterion::by_name("snip")?;
+//! let scores = snip.score(&mut ScoringContext::new(&net, &store, Some(&data), &mut rng))?;
+//! let geometry = geometry::record(&spec)?;
+//! let keep_last = Exclusions { last_layer: true, ..Default::default() }.resolve(Some(&geometry))?;
+//! let masks = Allocation::global(0.9).with_exclude(keep_last).masks(&scores)?;
+//! masks.apply(&store)?;
+//! let table = masks.layer_table(&store, Some(&geometry))?;
+//! assert!(table.collapsed().is_empty());
+//! assert_eq!(masks.kept()?, (0.1f64 * masks.total() as f64).round() as usize);
+//! // training: `masks` implements secateur_inference::hooks::StepHook
+//! # Ok(()) }
+//! ```
 
 pub mod allocate;
 pub mod bn_warmup;

@@ -268,14 +268,19 @@ fn synflow_on_deep_networks_scores_a_float64_twin() -> Result<()> {
     let store = ParamStore::new();
     let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
     let net = build(&deep, &Deterministic, &pb)?;
-    let e = score(&SynFlow::default_for(&deep), &net, &store, None).unwrap_err().to_string();
+    let e = score(&SynFlow::default_for(&deep), &net, &store, None)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("float64"), "{e}");
     let (twin, twin_store) = float64_twin(&deep, &Deterministic, &store)?;
     let s = score(&SynFlow::default_for(&deep), &twin, &twin_store, None)?;
     assert_eq!(s.len(), 56);
     // scores of ln R: for a network homogeneous but for the classifier bias, Σ θ ∂ln R/∂θ is
     // just under the number of weight layers (Euler)
-    let total: f64 = s.values().map(|t| t.sum_all().unwrap().to_scalar::<f64>().unwrap()).sum();
+    let total: f64 = s
+        .values()
+        .map(|t| t.sum_all().unwrap().to_scalar::<f64>().unwrap())
+        .sum();
     assert!(total > 55.0 && total <= 56.0 + 1e-9, "{total}");
     // on a shallower network the f32 model and its f64 twin agree
     let spec = ModelSpec::new("resnet20", [3, 32, 32], 10);
@@ -307,7 +312,10 @@ fn bayesian_networks_are_scored_through_their_posterior_means() -> Result<()> {
     let means: HashMap<String, Tensor> = bstore
         .params()
         .into_iter()
-        .filter_map(|(k, v)| k.strip_suffix("_mu").map(|b| (b.to_string(), v.as_tensor().copy().unwrap())))
+        .filter_map(|(k, v)| {
+            k.strip_suffix("_mu")
+                .map(|b| (b.to_string(), v.as_tensor().copy().unwrap()))
+        })
         .collect();
     dstore.load(&means)?;
     let mut rng = SeededRng::new(3);
@@ -316,7 +324,10 @@ fn bayesian_networks_are_scored_through_their_posterior_means() -> Result<()> {
     let d = ScoringData::new(x, y, 4)?;
     let sb = score(&Snip::default(), &bnet, &bstore, Some(&d))?;
     let sd = score(&Snip::default(), &dnet, &dstore, Some(&d))?;
-    assert_eq!(sb.keys().collect::<Vec<_>>(), ["fc1.weight", "fc2.weight", "fc3.weight"]);
+    assert_eq!(
+        sb.keys().collect::<Vec<_>>(),
+        ["fc1.weight", "fc2.weight", "fc3.weight"]
+    );
     for (k, a) in &sb {
         let err = (a - &sd[k])?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(err < 1e-14, "{k}: {err}");
