@@ -53,6 +53,16 @@ fn apply_and_mask_grads_zero_exactly_the_masked_entries() -> Result<()> {
         mat(grads.get(&net.fc1.weight).unwrap()),
         vec![vec![1.5, 0.0], vec![0.0, 4.5]]
     );
+    // intersection: kept only where both keep; a name in one set keeps its mask
+    let mut other = MaskSet::new();
+    other.insert("fc1.weight", t2(&[[0., 1.], [1., 1.]]))?;
+    other.insert("fc2.weight", t2(&[[1., 1.], [0., 1.]]))?;
+    let both = m.intersect(&other)?;
+    assert_eq!(
+        mat(both.get("fc1.weight").unwrap()),
+        vec![vec![0.0, 0.0], vec![0.0, 1.0]]
+    );
+    assert_eq!(both.kept()?, 1 + 3);
     Ok(())
 }
 
