@@ -15,6 +15,7 @@
 //! - planned: SWAG, Stein VI.
 
 pub mod elbo;
+pub mod hooks;
 pub mod metrics;
 pub mod optim;
 pub mod predict;

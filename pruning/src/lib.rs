@@ -4,17 +4,67 @@
 //! (signal-to-noise ratio, learned dropout rates, Bernoulli gates, Fisher ranking) and is
 //! measured against deterministic baselines on the same models, data and seeds.
 //!
-//! Module plan (the pruning issue builds these):
-//! - `mask`: a mask set, name → 0/1 tensor in sorted order, applied in forward and to gradients.
-//! - `criterion`: the `Criterion` trait — given a model, data and loss, a score per prunable
-//!   parameter; random, magnitude, SNIP, GraSP, SynFlow, Fisher and Hutchinson scores, and the
-//!   posterior criteria read through the posterior-statistics trait.
-//! - `allocate`: global and per-layer top-k to an exact sparsity, exclusions, layer-collapse guard,
-//!   iterative schedules.
-//! - `greg`: growing regularisation (Wang et al. 2021).
+//! Modules:
+//! - [`prunable`]: which tensors are prunable (linear and conv weights, `{name}_mu` for
+//!   Bayesian layers) and their logical names.
+//! - [`mask`]: [`MaskSet`], name → 0/1 tensor; applied to a store, to gradients (and as a
+//!   [`StepHook`](secateur_inference::hooks::StepHook) in training), per-layer table, safetensors.
+//! - [`geometry`]: the weight layers of an architecture in forward order with their output
+//!   sizes (FLOPs, first/last-layer exclusions).
+//! - [`allocate`]: global and per-layer top-k to an exact sparsity, exclusions, a
+//!   minimum-kept guard, thresholds, iterative schedules.
+//! - [`criterion`]: the [`Criterion`] trait and the scoring context (model, store, data, loss);
+//!   the criteria in [`criteria`]: random, magnitude, SNIP, GraSP, SynFlow, Fisher (FP, FTS),
+//!   Hutchinson (HP, HTS) and the posterior criteria (SNR, sparse-VD log α, gate inclusion,
+//!   Fisher of the mean-mode network).
+//! - [`bn_warmup`]: batch-norm warm-up before scoring (Gollini Navarrete et al. 2025).
+//! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
 //!
-//! Nothing is implemented yet; this crate exists so the dependency chain
-//! `bayes ← models ← inference ← pruning ← experiments` is in place from the start.
+//! The pipeline of pruning at initialisation: build the model, warm up batch norm, score, allocate,
+//! apply, then train with the masks as a step hook.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use secateur_bayes::{ParamBuilder, ParamStore, Sampling, SeededRng};
+//! use secateur_models::{build, Deterministic, ModelSpec};
+//! use secateur_pruning::{bn_warmup, criterion, geometry, Allocation, Exclusions, ScoringContext, ScoringData};
+//! # fn main() -> candle_core::Result<()> {
+//! let spec = ModelSpec::new("lenet5", [1, 28, 28], 10);
+//! let store = ParamStore::new();
+//! let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+//! let net = build(&spec, &Deterministic, &pb)?;
+//! let mut rng = SeededRng::new(1);
+//! // stand-in data: 2 examples of each of the 10 classes
+//! let x = rng.randn(&[40, 1, 28, 28], DType::F32, &Device::Cpu)?;
+//! let y = Tensor::new((0..40u32).map(|i| i % 10).collect::<Vec<_>>(), &Device::Cpu)?;
+//! bn_warmup::warm_up(&net, [x.clone()], Sampling::Mean, &mut rng)?; // LeNet-5 has no BN: a no-op
+//! let data = ScoringData::per_class(&x, &y, 2, 10, 20, &mut rng)?;
+//! let snip = criterion::by_name("snip")?;
+//! let scores = snip.score(&mut ScoringContext::new(&net, &store, Some(&data), &mut rng))?;
+//! let geometry = geometry::record(&spec)?;
+//! let keep_last = Exclusions { last_layer: true, ..Default::default() }.resolve(Some(&geometry))?;
+//! let masks = Allocation::global(0.9).with_exclude(keep_last).masks(&scores)?;
+//! masks.apply(&store)?;
+//! let table = masks.layer_table(&store, Some(&geometry))?;
+//! assert!(table.collapsed().is_empty());
+//! assert_eq!(masks.kept()?, (0.1f64 * masks.total() as f64).round() as usize);
+//! // training: `masks` implements secateur_inference::hooks::StepHook
+//! # Ok(()) }
+//! ```
+
+pub mod allocate;
+pub mod bn_warmup;
+pub mod criteria;
+pub mod criterion;
+pub mod geometry;
+pub mod greg;
+pub mod mask;
+pub mod prunable;
+
+pub use allocate::{Allocation, Exclusions, IterativeSchedule, Scope};
+pub use criterion::{Criterion, Loss, ScoringContext, ScoringData};
+pub use geometry::{Geometry, LayerInfo, LayerKind};
+pub use mask::{MaskSet, Scores};
 
 /// The fraction of zero entries among `total` parameters of which `nonzero` are non-zero.
 ///

@@ -1,0 +1,94 @@
+//! Posterior criteria: pruning read from a Bayesian network's learned posterior.
+//!
+//! They read only [`ParamStore::posterior_stats`](secateur_bayes::ParamStore::posterior_stats)
+//! (never the layer types): every registered probabilistic layer reports, per parameter, its
+//! posterior mean, standard deviation, `log α` and gate inclusion probability where its family
+//! has them. Statistics of non-prunable parameters (biases) are skipped; prunable tensors of
+//! deterministic layers get no score (so no mask: they stay dense).
+
+use super::first_order::{EmpiricalFisher, FisherScore};
+use crate::criterion::{Criterion, Loss, ScoringContext};
+use crate::mask::Scores;
+use crate::prunable::prunable;
+use candle_core::Result;
+use secateur_bayes::Sampling;
+
+/// A score computed from posterior statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posterior {
+    /// Signal-to-noise ratio `|μ| / σ` (Graves 2011; Blundell et al. 2015, §5.2; Mohan, Scaife et
+    /// al. 2022 prune a variational network's weights by it).
+    Snr,
+    /// `−log α`, `log α = log σ² − log μ²` (Molchanov, Ashukha & Vetrov 2017: weights with
+    /// `log α ≥ 3` are dropped; with [`crate::allocate::threshold`] at `−3` this is exactly their
+    /// rule, with top-k a target sparsity).
+    LogAlpha,
+    /// Inclusion probability of a Bernoulli gate or spike-and-slab variable.
+    Inclusion,
+}
+
+impl Criterion for Posterior {
+    fn name(&self) -> &str {
+        match self {
+            Posterior::Snr => "snr",
+            Posterior::LogAlpha => "log-alpha",
+            Posterior::Inclusion => "inclusion",
+        }
+    }
+    fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
+        let stats = cx.store.posterior_stats()?;
+        if stats.is_empty() {
+            candle_core::bail!(
+                "criterion `{}` needs a Bayesian model: no probabilistic layer is registered",
+                self.name()
+            );
+        }
+        let targets = prunable(cx.store);
+        let mut out = Scores::new();
+        for s in stats.into_iter().filter(|s| targets.contains_key(&s.name)) {
+            let score = match self {
+                Posterior::Snr => s.snr()?,
+                Posterior::LogAlpha => match &s.log_alpha {
+                    Some(la) => la.neg()?,
+                    None => candle_core::bail!("criterion `log-alpha`: parameter `{}` has no log α", s.name),
+                },
+                Posterior::Inclusion => match &s.inclusion {
+                    Some(p) => p.clone(),
+                    None => candle_core::bail!(
+                        "criterion `inclusion`: parameter `{}` has no gate inclusion probability",
+                        s.name
+                    ),
+                },
+            };
+            out.insert(s.name, score);
+        }
+        Ok(out)
+    }
+}
+
+/// Fisher ranking of a Bayesian network's weights (Mohan, Scaife et al. 2022): the empirical
+/// Fisher diagonal `F = (1/N) Σᵢ gᵢ²` of the **mean-mode** network (every stochastic layer at
+/// its posterior mean, `Sampling::Mean`) with respect to the posterior means `{name}_mu`
+/// (see [`super::first_order::empirical_fisher`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PosteriorFisher {
+    /// The loss (`T = 1`).
+    pub loss: Loss,
+}
+
+impl Criterion for PosteriorFisher {
+    fn name(&self) -> &str {
+        "posterior-fisher"
+    }
+    fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
+        let saved = cx.sampling;
+        cx.sampling = Sampling::Mean;
+        let f = EmpiricalFisher {
+            loss: self.loss,
+            score: FisherScore::Diagonal,
+        }
+        .score(cx);
+        cx.sampling = saved;
+        f
+    }
+}

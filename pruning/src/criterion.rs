@@ -1,0 +1,379 @@
+//! The [`Criterion`] trait and what every criterion is given.
+//!
+//! A criterion returns a score per entry of every prunable tensor (logical name → score tensor
+//! of the tensor's shape; higher = more important, kept first). It is given a
+//! [`ScoringContext`]: the model (a `&dyn Module`), its [`ParamStore`], the scoring data (inputs
+//! and integer labels, consumed in batches), the mode and estimator of the forward pass, and the
+//! run's [`SeededRng`] (every random draw — random scores, Rademacher probes, noisy layers —
+//! comes from it). Criteria that use a loss carry a [`Loss`]: the mean softmax cross-entropy of
+//! `logits / T` over the batch, with a loss temperature `T` (GraSP and the Hutchinson scores use
+//! `T = 200`: Wang et al. 2020; Gollini Navarrete et al. 2025).
+//!
+//! The criteria themselves live in [`crate::criteria`]; [`by_name`] makes one from its config
+//! name ([`CRITERIA`]).
+//!
+//! Scores refer to the *current* values in the store: score after batch-norm warm-up
+//! ([`crate::bn_warmup`]) and in evaluation mode, as Gollini Navarrete et al. (2025) do.
+
+use crate::mask::Scores;
+use crate::prunable::prunable;
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor, Var};
+use rand::seq::SliceRandom;
+use secateur_bayes::{Ctx, Mode, Module, ParamStore, Sampling, SeededRng};
+use secateur_inference::train::Batches;
+use secateur_models::layers::cross_entropy;
+use std::collections::BTreeMap;
+
+/// Scores every prunable parameter of a model.
+pub trait Criterion {
+    /// The criterion's config name (`snip`, `hts`, …).
+    fn name(&self) -> &str;
+    /// A score per entry of every prunable tensor it can score, by logical name (higher = kept
+    /// first). The store's values are unchanged on return.
+    fn score(&self, cx: &mut ScoringContext) -> Result<Scores>;
+}
+
+/// The softmax cross-entropy of `logits / T`, averaged over the batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Loss {
+    /// Loss temperature `T > 0` (1: the ordinary cross-entropy).
+    pub temperature: f64,
+}
+
+impl Default for Loss {
+    /// `T = 1`.
+    fn default() -> Self {
+        Self { temperature: 1.0 }
+    }
+}
+
+impl Loss {
+    /// The loss at temperature `t`.
+    pub fn with_temperature(t: f64) -> Self {
+        Self { temperature: t }
+    }
+
+    /// Checks `T` (finite, > 0).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            candle_core::bail!(
+                "loss: field `temperature` must be finite and > 0, got {}",
+                self.temperature
+            );
+        }
+        Ok(())
+    }
+
+    /// `CE(logits / T, labels)`, the batch mean.
+    pub fn on_logits(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        cross_entropy(&(logits / self.temperature)?, labels)
+    }
+}
+
+/// Inputs and integer labels used for scoring, consumed in batches of `batch_size`.
+#[derive(Debug, Clone)]
+pub struct ScoringData {
+    /// Inputs `[N, …]`.
+    pub inputs: Tensor,
+    /// Labels `[N]` (any integer dtype).
+    pub labels: Tensor,
+    /// Batch size for gradient and Hessian–vector computations (≥ 1).
+    pub batch_size: usize,
+}
+
+impl ScoringData {
+    /// Checks that inputs and labels have the same number of examples (≥ 1) and `batch_size ≥ 1`.
+    pub fn new(inputs: Tensor, labels: Tensor, batch_size: usize) -> Result<Self> {
+        let n = inputs.dims().first().copied().unwrap_or(0);
+        if labels.dims() != [n] {
+            candle_core::bail!(
+                "scoring data: labels have shape {:?}, expected [{n}] to match the inputs {:?}",
+                labels.dims(),
+                inputs.dims()
+            );
+        }
+        if n == 0 {
+            candle_core::bail!("scoring data: no examples");
+        }
+        if batch_size == 0 {
+            candle_core::bail!("scoring data: field `batch_size` must be at least 1");
+        }
+        Ok(Self {
+            inputs,
+            labels,
+            batch_size,
+        })
+    }
+
+    /// `per_class` examples of each class `0..classes`, drawn without replacement with `rng`
+    /// (10 per class in Tanaka et al. 2020 and Gollini Navarrete et al. 2025), ordered by class
+    /// then by draw. Refuses a class with fewer examples, naming it.
+    pub fn per_class(
+        inputs: &Tensor,
+        labels: &Tensor,
+        per_class: usize,
+        classes: usize,
+        batch_size: usize,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        let idx = per_class_indices(labels, per_class, classes, rng)?;
+        let idx_t = Tensor::from_vec(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            idx.len(),
+            inputs.device(),
+        )?;
+        Self::new(
+            inputs.index_select(&idx_t, 0)?,
+            labels.index_select(&idx_t.to_device(labels.device())?, 0)?,
+            batch_size,
+        )
+    }
+
+    /// The first `max_examples` examples of one pass of a batch source (all of the pass with
+    /// `None`), concatenated, re-batched by `batch_size`. The pass is prepared with
+    /// `batches.start_epoch(0, rng)`.
+    pub fn from_batches(
+        batches: &mut dyn Batches,
+        max_examples: Option<usize>,
+        batch_size: usize,
+        rng: &mut SeededRng,
+    ) -> Result<Self> {
+        batches.start_epoch(0, rng);
+        let want = max_examples.unwrap_or(usize::MAX);
+        let (mut xs, mut ys, mut n) = (Vec::new(), Vec::new(), 0usize);
+        for i in 0..batches.num_batches() {
+            if n >= want {
+                break;
+            }
+            let (x, y) = batches.batch(i, rng)?;
+            let take = x.dims().first().copied().unwrap_or(0).min(want - n);
+            xs.push(x.narrow(0, 0, take)?);
+            ys.push(y.narrow(0, 0, take)?);
+            n += take;
+        }
+        if xs.is_empty() {
+            candle_core::bail!("scoring data: the batch source has no batch");
+        }
+        Self::new(Tensor::cat(&xs, 0)?, Tensor::cat(&ys, 0)?, batch_size)
+    }
+
+    /// Number of examples `N`.
+    pub fn len(&self) -> usize {
+        self.inputs.dims()[0]
+    }
+
+    /// Whether there is no example (never true for a checked value).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of batches, `⌈N / batch_size⌉`.
+    pub fn num_batches(&self) -> usize {
+        self.len().div_ceil(self.batch_size)
+    }
+
+    /// Batch `i` (the last may be smaller).
+    pub fn batch(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let start = i * self.batch_size;
+        let len = self.batch_size.min(self.len().saturating_sub(start));
+        if len == 0 {
+            candle_core::bail!(
+                "scoring data: batch {i} is out of range ({} batches)",
+                self.num_batches()
+            );
+        }
+        Ok((self.inputs.narrow(0, start, len)?, self.labels.narrow(0, start, len)?))
+    }
+
+    /// Example `i` as a batch of one.
+    pub fn example(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.inputs.narrow(0, i, 1)?, self.labels.narrow(0, i, 1)?))
+    }
+}
+
+/// Indices of `per_class` examples of each class `0..classes` (see [`ScoringData::per_class`]).
+pub fn per_class_indices(labels: &Tensor, per_class: usize, classes: usize, rng: &mut SeededRng) -> Result<Vec<usize>> {
+    let y = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?;
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &c) in y.iter().enumerate() {
+        if c < 0 || c as usize >= classes {
+            candle_core::bail!("scoring data: label {c} of example {i} is outside 0..{classes}");
+        }
+        by_class[c as usize].push(i);
+    }
+    let mut out = Vec::with_capacity(per_class * classes);
+    for (c, mut idx) in by_class.into_iter().enumerate() {
+        if idx.len() < per_class {
+            candle_core::bail!(
+                "scoring data: class {c} has {} examples, {per_class} per class were asked for",
+                idx.len()
+            );
+        }
+        idx.shuffle(rng);
+        out.extend_from_slice(&idx[..per_class]);
+    }
+    Ok(out)
+}
+
+/// Everything a criterion is given (see the [module documentation](self)).
+pub struct ScoringContext<'a> {
+    /// The model.
+    pub model: &'a dyn Module,
+    /// Its parameters and buffers.
+    pub store: &'a ParamStore,
+    /// Scoring data; `None` for data-free criteria (magnitude, random, SynFlow with an input
+    /// shape, posterior criteria).
+    pub data: Option<&'a ScoringData>,
+    /// Mode of the scoring forward passes (default evaluation: batch norm uses its running
+    /// statistics, warmed up by [`crate::bn_warmup`]).
+    pub mode: Mode,
+    /// Estimator of stochastic layers (default the posterior mean).
+    pub sampling: Sampling,
+    /// The run's generator.
+    pub rng: &'a mut SeededRng,
+}
+
+impl<'a> ScoringContext<'a> {
+    /// A context in evaluation mode with the posterior-mean estimator.
+    pub fn new(
+        model: &'a dyn Module,
+        store: &'a ParamStore,
+        data: Option<&'a ScoringData>,
+        rng: &'a mut SeededRng,
+    ) -> Self {
+        Self {
+            model,
+            store,
+            data,
+            mode: Mode::Eval,
+            sampling: Sampling::Mean,
+            rng,
+        }
+    }
+
+    /// The scoring data, or an error naming `criterion` that needs it.
+    pub fn data(&self, criterion: &str) -> Result<&'a ScoringData> {
+        self.data
+            .ok_or_else(|| candle_core::Error::Msg(format!("criterion `{criterion}` needs scoring data")))
+    }
+
+    /// The model's output on `x` in the context's mode and estimator.
+    pub fn forward(&mut self, x: &Tensor) -> Result<Tensor> {
+        let mut ctx = Ctx {
+            mode: self.mode,
+            sampling: self.sampling,
+            rng: self.rng,
+        };
+        self.model.forward(x, &mut ctx)
+    }
+
+    /// The loss on one batch.
+    pub fn loss(&mut self, loss: &Loss, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let logits = self.forward(x)?;
+        loss.on_logits(&logits, y)
+    }
+
+    /// The prunable tensors by logical name (see [`crate::prunable`]).
+    pub fn targets(&self) -> BTreeMap<String, Var> {
+        prunable(self.store).into_iter().map(|(k, (_, v))| (k, v)).collect()
+    }
+}
+
+/// The gradient of each target in `grads` (zeros where a target has none), detached.
+pub(crate) fn grads_of(targets: &BTreeMap<String, Var>, grads: &GradStore) -> Result<Scores> {
+    targets
+        .iter()
+        .map(|(k, v)| {
+            let g = match grads.get(v.as_tensor()) {
+                Some(g) => g.detach(),
+                None => v.as_tensor().zeros_like()?,
+            };
+            Ok((k.clone(), g))
+        })
+        .collect()
+}
+
+/// `a + c · b` for every name of `a` (names must match).
+pub(crate) fn axpy(a: &mut Scores, c: f64, b: &Scores) -> Result<()> {
+    for (k, v) in a.iter_mut() {
+        let bv = b
+            .get(k)
+            .ok_or_else(|| candle_core::Error::Msg(format!("internal: no `{k}` to add")))?;
+        *v = (&*v + (bv * c)?)?;
+    }
+    Ok(())
+}
+
+/// Zeros shaped like the targets.
+pub(crate) fn zeros_like(targets: &BTreeMap<String, Var>) -> Result<Scores> {
+    targets
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().zeros_like()?)))
+        .collect()
+}
+
+/// The mean gradient `ḡ = ∇_θ L` of the loss over the scoring data (batch losses weighted by
+/// their share of the examples, `Σ_b (n_b / N) ∇L_b`), for every prunable tensor.
+pub fn mean_gradient(cx: &mut ScoringContext, loss: &Loss) -> Result<Scores> {
+    loss.validate()?;
+    let data = cx.data("gradient")?;
+    let targets = cx.targets();
+    let mut acc = zeros_like(&targets)?;
+    let n = data.len() as f64;
+    for b in 0..data.num_batches() {
+        let (x, y) = data.batch(b)?;
+        let w = x.dims()[0] as f64 / n;
+        let g = cx.loss(loss, &x, &y)?.backward()?;
+        axpy(&mut acc, w, &grads_of(&targets, &g)?)?;
+    }
+    Ok(acc)
+}
+
+/// The criterion named `name` (one of [`CRITERIA`]) with its paper defaults.
+///
+/// ```
+/// let c = secateur_pruning::criterion::by_name("hts").unwrap();
+/// assert_eq!(c.name(), "hts");
+/// assert!(secateur_pruning::criterion::by_name("obd").is_err());
+/// ```
+pub fn by_name(name: &str) -> Result<Box<dyn Criterion>> {
+    use crate::criteria::*;
+    Ok(match name {
+        "random" => Box::new(Random),
+        "magnitude" => Box::new(Magnitude),
+        "snip" => Box::new(Snip::default()),
+        "grasp" => Box::new(Grasp::default()),
+        "synflow" => Box::new(SynFlow::default()),
+        "fisher" => Box::new(EmpiricalFisher::new(FisherScore::Diagonal)),
+        "fp" => Box::new(EmpiricalFisher::new(FisherScore::Fp)),
+        "fts" => Box::new(EmpiricalFisher::new(FisherScore::Fts)),
+        "hutchinson" => Box::new(Hutchinson::new(HessianScore::Diagonal)),
+        "hp" => Box::new(Hutchinson::new(HessianScore::Hp)),
+        "hts" => Box::new(Hutchinson::new(HessianScore::Hts)),
+        "snr" => Box::new(Posterior::Snr),
+        "log-alpha" => Box::new(Posterior::LogAlpha),
+        "inclusion" => Box::new(Posterior::Inclusion),
+        "posterior-fisher" => Box::new(PosteriorFisher::default()),
+        other => candle_core::bail!("unknown pruning criterion `{other}`; known: {}", CRITERIA.join(", ")),
+    })
+}
+
+/// The names [`by_name`] accepts.
+pub const CRITERIA: &[&str] = &[
+    "random",
+    "magnitude",
+    "snip",
+    "grasp",
+    "synflow",
+    "fisher",
+    "fp",
+    "fts",
+    "hutchinson",
+    "hp",
+    "hts",
+    "snr",
+    "log-alpha",
+    "inclusion",
+    "posterior-fisher",
+];

@@ -1,0 +1,237 @@
+//! Second-order criteria: Hessian–vector products by double backpropagation against central
+//! differences of gradients (f64) and against the closed form of `common`, GraSP against the
+//! closed form, and the Hutchinson diagonal against the exact diagonal (column by column with
+//! unit vectors), its error shrinking like `1/√probes`. Own binary: every test sets
+//! `CANDLE_GRAD_DO_NOT_DETACH=1` before its thread's first backward pass.
+
+mod common;
+
+use candle_core::{DType, Device, Result, Tensor};
+use common::*;
+use secateur_bayes::{Ctx, Init, Module, ParamBuilder, ParamStore, SeededRng};
+use secateur_models::layers::{Conv2d, Linear, MaxPool2d};
+use secateur_models::{Conv2dCfg, LinearCfg};
+use secateur_pruning::criteria::second_order::hutchinson_diagonal;
+use secateur_pruning::criteria::*;
+use secateur_pruning::criterion::mean_gradient;
+use secateur_pruning::{Criterion, Loss, Scores, ScoringContext, ScoringData};
+
+/// conv 3×3 (padding 1) → tanh → max-pool 2 → flatten → linear, f64, with biases.
+struct ConvNet {
+    conv: Conv2d,
+    fc: Linear,
+}
+
+impl Module for ConvNet {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let h = MaxPool2d::new(2).forward(&self.conv.forward(x, ctx)?.tanh()?, ctx)?;
+        self.fc.forward(&h.flatten_from(1)?, ctx)
+    }
+}
+
+fn conv_net() -> Result<(ConvNet, ParamStore)> {
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(4), DType::F64, Device::Cpu);
+    let conv = Conv2d::new(&pb.pp("conv"), Conv2dCfg::new(2, 3, 3).with_padding(1))?;
+    let fc = Linear::new(
+        &pb.pp("fc"),
+        LinearCfg::new(12, 3).with_init(Init::Normal { mean: 0.0, std: 0.5 }),
+    )?;
+    Ok((ConvNet { conv, fc }, store))
+}
+
+fn random_like(targets: &Scores, seed: u64) -> Result<Scores> {
+    let mut rng = SeededRng::new(seed);
+    targets
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), rng.randn(v.dims(), DType::F64, &Device::Cpu)?)))
+        .collect()
+}
+
+#[test]
+fn hvp_matches_central_differences_of_gradients() -> Result<()> {
+    enable_double_backprop();
+    let (net, store) = conv_net()?;
+    let mut rng = SeededRng::new(9);
+    let x = rng.randn(&[5, 2, 4, 4], DType::F64, &Device::Cpu)?;
+    let y = Tensor::new(&[0u32, 2, 1, 1, 0], &Device::Cpu)?;
+    let data = ScoringData::new(x, y, 2)?; // batches of 2, 2, 1
+    let loss = Loss::default();
+    let mut cx = ScoringContext::new(&net, &store, Some(&data), &mut rng);
+    let targets: Scores = cx
+        .targets()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().copy().unwrap()))
+        .collect();
+    let v = random_like(&targets, 17)?;
+    let hv = hvp(&mut cx, &loss, &v)?;
+    let eps = 1e-5;
+    let mut grad_at = |s: f64| -> Result<Scores> {
+        for (k, var) in cx.targets() {
+            var.set(&(&targets[&k] + (&v[&k] * (s * eps))?)?)?;
+        }
+        mean_gradient(&mut cx, &loss)
+    };
+    let (gp, gm) = (grad_at(1.0)?, grad_at(-1.0)?);
+    for (k, var) in cx.targets() {
+        var.set(&targets[&k])?;
+    }
+    for k in targets.keys() {
+        let fd = ((&gp[k] - &gm[k])? / (2.0 * eps))?;
+        let scale = fd.abs()?.max_all()?.to_scalar::<f64>()?;
+        let err = (&hv[k] - &fd)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(scale > 1e-6, "{k}: degenerate Hessian block");
+        assert!(err < 1e-6 * scale, "{k}: |Hv − FD| = {err}, scale {scale}");
+    }
+    Ok(())
+}
+
+#[test]
+fn grasp_matches_the_closed_form_hessian_gradient_product() -> Result<()> {
+    enable_double_backprop();
+    let (net, store) = two_layer(4, 3, 3, 21, false)?;
+    let (x, y) = data(6, 4, 3, 22)?;
+    let d = ScoringData::new(x.clone(), y.clone(), 4)?;
+    let mut rng = SeededRng::new(0);
+    let s = Grasp::default().score(&mut ScoringContext::new(&net, &store, Some(&d), &mut rng))?;
+    let (w1, w2) = (mat(&net.fc1.weight), mat(&net.fc2.weight));
+    let (xs, ys) = (mat(&x), y.to_vec1::<u32>()?);
+    let t = 200.0;
+    let (g1, g2) = mean_pair(&xs, &ys, |xi, yi| grad(&w1, &w2, xi, yi, t));
+    let (h1, h2) = mean_pair(&xs, &ys, |xi, yi| hvp_closed(&w1, &w2, xi, yi, t, &g1, &g2));
+    // kept-first convention: θ ⊙ Hg (= −S of Wang et al. 2020)
+    let prod = |w: &Mat, h: &Mat| -> Mat {
+        w.iter()
+            .zip(h)
+            .map(|(r, s)| r.iter().zip(s).map(|(a, b)| a * b).collect())
+            .collect()
+    };
+    assert!(rel_err(&mat(&s["fc1.weight"]), &prod(&w1, &h1)) < 1e-9);
+    assert!(rel_err(&mat(&s["fc2.weight"]), &prod(&w2, &h2)) < 1e-9);
+    Ok(())
+}
+
+/// The exact Hessian of the two-layer network's mean loss, column by column: `H e_j` by double
+/// backpropagation for every unit vector `e_j` (checked against the closed form).
+fn exact_hessian(cx: &mut ScoringContext, loss: &Loss) -> Result<Vec<Vec<f64>>> {
+    let targets = cx.targets();
+    let sizes: Vec<(String, Vec<usize>)> = targets.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+    let n: usize = sizes.iter().map(|(_, d)| d.iter().product::<usize>()).sum();
+    let mut cols = Vec::with_capacity(n);
+    for j in 0..n {
+        let mut e = vec![0f64; n];
+        e[j] = 1.0;
+        let mut v = Scores::new();
+        let mut off = 0;
+        for (k, d) in &sizes {
+            let m: usize = d.iter().product();
+            v.insert(
+                k.clone(),
+                Tensor::from_vec(e[off..off + m].to_vec(), d.as_slice(), &Device::Cpu)?,
+            );
+            off += m;
+        }
+        let hv = hvp(cx, loss, &v)?;
+        let col: Vec<f64> = sizes
+            .iter()
+            .flat_map(|(k, _)| hv[k].flatten_all().unwrap().to_vec1::<f64>().unwrap())
+            .collect();
+        cols.push(col);
+    }
+    Ok(cols)
+}
+
+#[test]
+fn hutchinson_converges_to_the_exact_diagonal_like_one_over_sqrt_probes() -> Result<()> {
+    enable_double_backprop();
+    let (net, store) = two_layer(4, 3, 3, 31, false)?;
+    let (x, y) = data(8, 4, 3, 32)?;
+    let d = ScoringData::new(x.clone(), y.clone(), 8)?;
+    let loss = Loss::default();
+    let mut rng = SeededRng::new(0);
+    let mut cx = ScoringContext::new(&net, &store, Some(&d), &mut rng);
+    let h = exact_hessian(&mut cx, &loss)?;
+    let n = h.len();
+    // the unit-vector columns agree with the closed form (first column of W1's block)
+    let (w1, w2) = (mat(&net.fc1.weight), mat(&net.fc2.weight));
+    let mut e1 = zeros(3, 4);
+    e1[0][0] = 1.0;
+    let (c1, c2) = mean_pair(&mat(&x), &y.to_vec1::<u32>()?, |xi, yi| {
+        hvp_closed(&w1, &w2, xi, yi, 1.0, &e1, &zeros(3, 3))
+    });
+    let closed: Vec<f64> = c1.iter().flatten().chain(c2.iter().flatten()).cloned().collect();
+    for (a, b) in h[0].iter().zip(&closed) {
+        assert!((a - b).abs() < 1e-12, "HVP column vs closed form: {a} vs {b}");
+    }
+    for (i, row) in h.iter().enumerate() {
+        for (j, hij) in row.iter().enumerate() {
+            assert!((hij - h[j][i]).abs() < 1e-12, "Hessian not symmetric at ({i}, {j})");
+        }
+    }
+    let exact: Vec<f64> = (0..n).map(|i| h[i][i]).collect();
+    // per probe, Var[(z ⊙ Hz)_i] = Σ_{j≠i} H_ij² (Rademacher z); mean squared error over entries
+    let offdiag: f64 = (0..n)
+        .map(|i| (0..n).filter(|&j| j != i).map(|j| h[i][j] * h[i][j]).sum::<f64>())
+        .sum::<f64>()
+        / n as f64;
+    let seeds = 20;
+    let mut mse = Vec::new();
+    for &probes in &[16usize, 256] {
+        let mut sq = 0.0;
+        for seed in 0..seeds {
+            let mut rng = SeededRng::new(1000 + seed);
+            let mut cx = ScoringContext::new(&net, &store, Some(&d), &mut rng);
+            let (diag, _) = hutchinson_diagonal(&mut cx, &loss, probes)?;
+            let est: Vec<f64> = ["fc1.weight", "fc2.weight"]
+                .iter()
+                .flat_map(|k| diag[*k].flatten_all().unwrap().to_vec1::<f64>().unwrap())
+                .collect();
+            sq += est.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64;
+        }
+        let m = sq / seeds as f64;
+        let theory = offdiag / probes as f64;
+        eprintln!("{probes} probes: mean squared error {m:.3e}, theory {theory:.3e}");
+        assert!(
+            m > 0.5 * theory && m < 2.0 * theory,
+            "{probes} probes: mean squared error {m}, theory {theory}"
+        );
+        mse.push(m);
+    }
+    // 16× the probes: 16× smaller squared error, 4× smaller error
+    let ratio = mse[0] / mse[1];
+    assert!(ratio > 8.0 && ratio < 32.0, "MSE ratio 16 vs 256 probes: {ratio}");
+    Ok(())
+}
+
+#[test]
+fn hp_and_hts_combine_the_diagonal_and_the_gradient() -> Result<()> {
+    enable_double_backprop();
+    let (net, store) = two_layer(3, 3, 2, 41, true)?;
+    let (x, y) = data(4, 3, 2, 42)?;
+    let d = ScoringData::new(x, y, 2)?;
+    let c = Hutchinson::new(HessianScore::Hts);
+    let mut rng = SeededRng::new(5);
+    let hts = c.score(&mut ScoringContext::new(&net, &store, Some(&d), &mut rng))?;
+    let mut rng = SeededRng::new(5);
+    let hp = Hutchinson::new(HessianScore::Hp).score(&mut ScoringContext::new(&net, &store, Some(&d), &mut rng))?;
+    let mut rng = SeededRng::new(5);
+    let (diag, gbar) = hutchinson_diagonal(
+        &mut ScoringContext::new(&net, &store, Some(&d), &mut rng),
+        &c.loss,
+        c.probes,
+    )?;
+    // ḡ at T = 200 equals the mean gradient at T = 200
+    let mut rng = SeededRng::new(5);
+    let g = mean_gradient(&mut ScoringContext::new(&net, &store, Some(&d), &mut rng), &c.loss)?;
+    for (k, w) in [("fc1.weight", &net.fc1.weight), ("fc2.weight", &net.fc2.weight)] {
+        let err = (&gbar[k] - &g[k])?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(err < 1e-15);
+        let half = (w.sqr()?.mul(&diag[k])? * 0.5)?;
+        assert_eq!(mat(&hp[k]), mat(&half), "HP is signed θ² diag(H) / 2");
+        let want = (w.mul(&gbar[k])? + &half)?.abs()?;
+        let err = (&hts[k] - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(err < 1e-15);
+    }
+    assert!(mat(&hp["fc2.weight"]).iter().flatten().any(|v| *v != 0.0));
+    Ok(())
+}
