@@ -112,6 +112,9 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, re
     })
 }
 
+/// Per-channel batch mean and biased variance, as the forward kernel computed them.
+type Moments = (Vec<f64>, Vec<f64>);
+
 /// Geometry: `outer` batch entries, `c` channels, `inner` entries per plane.
 #[derive(Debug, Clone, Copy)]
 struct Geom {
@@ -311,7 +314,7 @@ enum Kernel {
     GradPBackG,
 }
 
-fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Option<(Vec<f64>, Vec<f64>)>) {
+fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Option<Moments>) {
     let chans = a.channels();
     let n = a.geom.n() as f64;
     let out = match kernel {
@@ -388,7 +391,7 @@ fn cpu_run(
     p: (&CpuStorage, &Layout),
     t: Option<(&CpuStorage, &Layout)>,
     stacked: bool,
-) -> Result<(CpuStorage, Shape, Option<(Vec<f64>, Vec<f64>)>)> {
+) -> Result<(CpuStorage, Shape, Option<Moments>)> {
     let geom = Geom::of(x.1.shape())?;
     let (rows, pc) = p.1.shape().dims2()?;
     if pc != geom.c || rows < 2 {
@@ -462,7 +465,7 @@ fn third_order(name: &str) -> candle_core::Error {
 struct BnForward {
     eps: f64,
     relu: bool,
-    stats: Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>,
+    stats: Arc<Mutex<Option<Moments>>>,
 }
 
 impl CustomOp2 for BnForward {
