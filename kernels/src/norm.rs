@@ -80,14 +80,16 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, re
         let op = BnForward {
             eps,
             relu,
-            stats: cell.clone(),
+            moments: cell.clone(),
         };
         let y = x.contiguous()?.apply_op2(&p, op)?;
-        let (mean, var) = match cell.lock() {
-            Ok(mut g) => g.take(),
+        let moments = match cell.lock() {
+            Ok(g) => g.clone(),
             Err(_) => None,
         }
         .ok_or_else(|| candle_core::Error::Msg("batch norm: the forward op left no statistics".into()))?;
+        let mean: Vec<f64> = moments.iter().map(|m| m.mean).collect();
+        let var: Vec<f64> = moments.iter().map(|m| m.var).collect();
         let mean = Tensor::from_vec(mean, c, x.device())?.to_dtype(x.dtype())?;
         let var = Tensor::from_vec(var, c, x.device())?.to_dtype(x.dtype())?;
         return Ok(BatchNormOutput { y, mean, var, count });
@@ -111,9 +113,6 @@ pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, re
         count,
     })
 }
-
-/// Per-channel batch mean and biased variance, as the forward kernel computed them.
-type Moments = (Vec<f64>, Vec<f64>);
 
 /// Geometry: `outer` batch entries, `c` channels, `inner` entries per plane.
 #[derive(Debug, Clone, Copy)]
@@ -153,6 +152,22 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
     }
 }
 
+/// Per-channel batch moments `(mean, biased variance)`, computed once by the forward op and
+/// reused by its backward (the input does not change in between).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Moment {
+    mean: f64,
+    var: f64,
+}
+
+/// Per-channel sums of the upstream gradient `(Σ g', Σ g' x̂)`, computed by the γ/β-gradient
+/// kernel and reused by the x-gradient kernel of the same backward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct GradSums {
+    g: f64,
+    gx: f64,
+}
+
 /// Per-channel quantities every kernel needs, in `f64`.
 #[derive(Debug, Clone, Copy, Default)]
 struct Chan {
@@ -173,6 +188,13 @@ struct Chan {
     hg: f64,
 }
 
+impl Chan {
+    /// The pre-activation `A x + B = γ x̂ + β` whose sign is the ReLU mask.
+    fn pre(&self) -> (f64, f64) {
+        (self.gamma * self.inv, self.beta - self.gamma * self.inv * self.mean)
+    }
+}
+
 /// The inputs of one kernel call, as flat slices.
 struct Args<'a, T> {
     x: &'a [T],
@@ -184,30 +206,80 @@ struct Args<'a, T> {
     geom: Geom,
     eps: f64,
     relu: bool,
+    /// Moments known from the forward pass, if any.
+    moments: Option<&'a [Moment]>,
+    /// Gradient sums known from the γ/β kernel, if any.
+    sums: Option<&'a [GradSums]>,
+}
+
+/// Lanes of the vectorisable loops.
+const LANES: usize = 8;
+
+/// `Σ f(x_i, g_i, h_i)` over three equally long slices, in `T` with [`LANES`] independent
+/// accumulators (so that the loop vectorises), returned in `f64`. Slices that a kernel does not
+/// use are passed as `x` again.
+#[inline(always)]
+fn sum3<T: WithDType>(x: &[T], g: &[T], h: &[T], f: impl Fn(T, T, T) -> T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let (xc, gc, hc) = (x.chunks_exact(LANES), g.chunks_exact(LANES), h.chunks_exact(LANES));
+    let (xr, gr, hr) = (xc.remainder(), gc.remainder(), hc.remainder());
+    for ((xs, gs), hs) in xc.zip(gc).zip(hc) {
+        for k in 0..LANES {
+            acc[k] += f(xs[k], gs[k], hs[k]);
+        }
+    }
+    let mut s: f64 = xr
+        .iter()
+        .zip(gr)
+        .zip(hr)
+        .map(|((&x, &g), &h)| f(x, g, h).to_f64())
+        .sum();
+    for a in acc {
+        s += a.to_f64();
+    }
+    s
+}
+
+/// The `(b, c)` planes of channel `c`, for every `b`.
+fn planes<T>(gm: Geom, buf: &[T], c: usize) -> Vec<&[T]> {
+    (0..gm.outer).map(|b| gm.plane(buf, b, c)).collect()
+}
+
+/// `[g if on else 0]` without a branch.
+#[inline(always)]
+fn select<T: WithDType>(on: bool, v: T) -> T {
+    if on {
+        v
+    } else {
+        T::zero()
+    }
 }
 
 impl<T: WithDType> Args<'_, T> {
-    /// Channel statistics of `x`, then the sums over `g'` and `h` that are present.
+    /// Channel statistics of `x` (or the cached moments), then the sums over `g'` and `h` that
+    /// are present (or the cached gradient sums).
     fn channel(&self, c: usize) -> Chan {
         let gm = self.geom;
         let n = gm.n() as f64;
-        let mut sum = 0f64;
-        for b in 0..gm.outer {
-            sum += gm.plane(self.x, b, c).iter().map(|v| v.to_f64()).sum::<f64>();
-        }
-        let mean = sum / n;
-        let mut sq = 0f64;
-        for b in 0..gm.outer {
-            sq += gm
-                .plane(self.x, b, c)
-                .iter()
-                .map(|v| {
-                    let d = v.to_f64() - mean;
-                    d * d
-                })
-                .sum::<f64>();
-        }
-        let var = sq / n;
+        let planes = |buf| planes(gm, buf, c);
+        let xs = planes(self.x);
+        let Moment { mean, var } = match self.moments {
+            Some(m) => m[c],
+            None => {
+                let mean = xs.iter().map(|x| sum3(x, x, x, |v, _, _| v)).sum::<f64>() / n;
+                let mt = T::from_f64(mean);
+                let sq: f64 = xs
+                    .iter()
+                    .map(|x| {
+                        sum3(x, x, x, |v, _, _| {
+                            let d = v - mt;
+                            d * d
+                        })
+                    })
+                    .sum();
+                Moment { mean, var: sq / n }
+            }
+        };
         let inv = 1.0 / (var + self.eps).sqrt();
         let gamma = self.p[c].to_f64();
         let beta = self.p[gm.c + c].to_f64();
@@ -225,42 +297,49 @@ impl<T: WithDType> Args<'_, T> {
             scale,
             ..Chan::default()
         };
-        if self.g.is_none() && self.h.is_none() {
-            return ch;
-        }
-        let (mut sg, mut sgx, mut sh, mut shx, mut shg) = (0f64, 0f64, 0f64, 0f64, 0f64);
-        for b in 0..gm.outer {
-            let xs = gm.plane(self.x, b, c);
-            let gs = self.g.map(|g| gm.plane(g, b, c));
-            let hs = self.h.map(|h| gm.plane(h, b, c));
-            for i in 0..gm.inner {
-                let xh = (xs[i].to_f64() - mean) * inv;
-                let gp = match gs {
-                    Some(gs) => {
-                        let g = gs[i].to_f64();
-                        if self.relu && gamma * xh + beta <= 0.0 {
-                            0.0
-                        } else {
-                            g
-                        }
-                    }
-                    None => 0.0,
-                };
-                sg += gp;
-                sgx += gp * xh;
-                if let Some(hs) = hs {
-                    let h = hs[i].to_f64();
-                    sh += h;
-                    shx += h * xh;
-                    shg += h * gp;
+        let (pa, pb) = ch.pre();
+        let (pa, pb, mt, z) = (T::from_f64(pa), T::from_f64(pb), T::from_f64(mean), T::zero());
+        let relu = self.relu;
+        let on = move |x: T| !relu || pa * x + pb > z;
+        if let Some(g) = self.g {
+            let GradSums { g: sg, gx: sgx } = match self.sums {
+                Some(s) => s[c],
+                None => {
+                    let gs = planes(g);
+                    let sg: f64 = xs
+                        .iter()
+                        .zip(&gs)
+                        .map(|(x, g)| sum3(x, g, x, |x, g, _| select(on(x), g)))
+                        .sum();
+                    let sgx: f64 = xs
+                        .iter()
+                        .zip(&gs)
+                        .map(|(x, g)| sum3(x, g, x, |x, g, _| select(on(x), g) * (x - mt)))
+                        .sum();
+                    GradSums { g: sg, gx: sgx }
                 }
+            };
+            ch.gbar = sg / n;
+            ch.m = sgx * inv / n;
+            if let Some(h) = self.h {
+                let (gs, hs) = (planes(g), planes(h));
+                let shg: f64 = (0..gm.outer)
+                    .map(|b| sum3(xs[b], gs[b], hs[b], |x, g, h| select(on(x), g) * h))
+                    .sum();
+                ch.hg = shg / n;
             }
         }
-        ch.gbar = sg / n;
-        ch.m = sgx / n;
-        ch.hbar = sh / n;
-        ch.a = shx / n;
-        ch.hg = shg / n;
+        if let Some(h) = self.h {
+            let hs = planes(h);
+            let sh: f64 = hs.iter().map(|h| sum3(h, h, h, |v, _, _| v)).sum();
+            let shx: f64 = xs
+                .iter()
+                .zip(&hs)
+                .map(|(x, h)| sum3(x, h, x, |x, h, _| h * (x - mt)))
+                .sum();
+            ch.hbar = sh / n;
+            ch.a = shx * inv / n;
+        }
         ch
     }
 
@@ -268,30 +347,65 @@ impl<T: WithDType> Args<'_, T> {
         (0..self.geom.c).into_par_iter().map(|c| self.channel(c)).collect()
     }
 
-    /// `out[i] = f(chan, x̂_i, M_i, g_i, h_i)` over every entry, parallel over planes.
-    fn map(&self, chans: &[Chan], f: impl Fn(&Chan, f64, bool, f64, f64) -> f64 + Sync) -> Vec<T> {
+    /// `out = [on ∨ ¬zero_off] (cx x + cg g' + ch h + c0)` with one [`Affine`] per channel,
+    /// parallel over planes, in `T`.
+    fn map(&self, coefs: &[Affine], zero_off: bool) -> Vec<T> {
         let gm = self.geom;
+        let coefs: Vec<[T; 6]> = coefs
+            .iter()
+            .map(|k| [k.a, k.b, k.cx, k.cg, k.ch, k.c0].map(T::from_f64))
+            .collect();
         let mut out = vec![T::zero(); self.x.len()];
+        let (relu, g, h) = (self.relu, self.g, self.h);
         out.par_chunks_mut(gm.inner.max(1)).enumerate().for_each(|(k, o)| {
             let (b, c) = (k / gm.c, k % gm.c);
-            let ch = &chans[c];
             let xs = gm.plane(self.x, b, c);
-            let gs = self.g.map(|g| gm.plane(g, b, c));
-            let hs = self.h.map(|h| gm.plane(h, b, c));
-            for i in 0..gm.inner {
-                let xh = (xs[i].to_f64() - ch.mean) * ch.inv;
-                let on = !self.relu || ch.gamma * xh + ch.beta > 0.0;
-                let g = gs.map_or(0.0, |g| g[i].to_f64());
-                let h = hs.map_or(0.0, |h| h[i].to_f64());
-                o[i] = T::from_f64(f(ch, xh, on, g, h));
+            let gs = g.map_or(xs, |g| gm.plane(g, b, c));
+            let hs = h.map_or(xs, |h| gm.plane(h, b, c));
+            // Monomorphised per (relu, zero_off) so that the loop has no invariant branch.
+            match (relu, zero_off) {
+                (false, _) => affine::<T, false, false>(o, xs, gs, hs, coefs[c]),
+                (true, false) => affine::<T, true, false>(o, xs, gs, hs, coefs[c]),
+                (true, true) => affine::<T, true, true>(o, xs, gs, hs, coefs[c]),
             }
         });
         out
     }
 
+    /// [`Self::map`] with the coefficients `coef(chan)` of each channel.
+    fn map_each(&self, chans: &[Chan], zero_off: bool, coef: impl Fn(&Chan) -> Affine) -> Vec<T> {
+        let coefs: Vec<Affine> = chans.iter().map(coef).collect();
+        self.map(&coefs, zero_off)
+    }
+
     /// A `[rows, C]` tensor buffer from per-channel rows.
     fn per_channel(rows: &[Vec<f64>]) -> Vec<T> {
         rows.iter().flat_map(|r| r.iter().map(|&v| T::from_f64(v))).collect()
+    }
+}
+
+/// Per-channel coefficients of the elementwise map
+/// `out = [on ∨ ¬zero_off] · (cx·x + cg·g' + ch·h + c0)`, with `on = ¬relu ∨ a·x + b > 0`
+/// and `g' = on ? g : 0`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Affine {
+    a: f64,
+    b: f64,
+    cx: f64,
+    cg: f64,
+    ch: f64,
+    c0: f64,
+}
+
+/// The elementwise loop of [`Args::map`] for one plane. Unused inputs carry zero coefficients.
+#[inline(always)]
+fn affine<T: WithDType, const RELU: bool, const ZERO_OFF: bool>(o: &mut [T], x: &[T], g: &[T], h: &[T], k: [T; 6]) {
+    let [pa, pb, cx, cg, ch, c0] = k;
+    let z = T::zero();
+    for (((o, &x), &g), &h) in o.iter_mut().zip(x).zip(g).zip(h) {
+        let on = !RELU || pa * x + pb > z;
+        let v = cx * x + cg * select(on, g) + ch * h + c0;
+        *o = if ZERO_OFF { select(on, v) } else { v };
     }
 }
 
@@ -314,17 +428,33 @@ enum Kernel {
     GradPBackG,
 }
 
-fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Option<Moments>) {
+fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Vec<Chan>) {
     let chans = a.channels();
     let n = a.geom.n() as f64;
     let out = match kernel {
-        Kernel::Forward => a.map(
-            &chans,
-            |ch, xh, on, _, _| if on { ch.gamma * xh + ch.beta } else { 0.0 },
-        ),
-        Kernel::GradX => a.map(&chans, |ch, xh, on, g, _| {
-            let gp = if on { g } else { 0.0 };
-            ch.scale * ch.inv * (gp - ch.gbar - xh * ch.m)
+        // y = act(γ x̂ + β)
+        Kernel::Forward => a.map_each(&chans, a.relu, |ch| {
+            let (pa, pb) = ch.pre();
+            Affine {
+                a: pa,
+                b: pb,
+                cx: pa,
+                c0: pb,
+                ..Affine::default()
+            }
+        }),
+        // (σ/s)(g' − ḡ' − x̂ m) = P g' − P m inv x + P (m inv μ − ḡ')
+        Kernel::GradX => a.map_each(&chans, false, |ch| {
+            let (pa, pb) = ch.pre();
+            let p = ch.scale * ch.inv;
+            Affine {
+                a: pa,
+                b: pb,
+                cx: -p * ch.m * ch.inv,
+                cg: p,
+                c0: p * (ch.m * ch.inv * ch.mean - ch.gbar),
+                ..Affine::default()
+            }
         }),
         Kernel::GradP => {
             let rows = [
@@ -333,16 +463,31 @@ fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Option<Moments>) {
             ];
             Args::<T>::per_channel(&rows)
         }
-        Kernel::HessX => a.map(&chans, |ch, xh, on, g, h| {
-            let gp = if on { g } else { 0.0 };
-            let cc = ch.hg - ch.gbar * ch.hbar;
-            ch.scale * ch.inv * ch.inv * (xh * (3.0 * ch.m * ch.a - cc) - ch.a * (gp - ch.gbar) - ch.m * (h - ch.hbar))
+        // (σ/s²)[x̂ (3ma − c) − a (g' − ḡ') − m (h − h̄)]
+        Kernel::HessX => a.map_each(&chans, false, |ch| {
+            let (pa, pb) = ch.pre();
+            let k = ch.scale * ch.inv * ch.inv;
+            let u = 3.0 * ch.m * ch.a - (ch.hg - ch.gbar * ch.hbar);
+            Affine {
+                a: pa,
+                b: pb,
+                cx: k * u * ch.inv,
+                cg: -k * ch.a,
+                ch: -k * ch.m,
+                c0: k * (-u * ch.inv * ch.mean + ch.a * ch.gbar + ch.m * ch.hbar),
+            }
         }),
-        Kernel::HessG => a.map(&chans, |ch, xh, on, _, h| {
-            if on {
-                ch.scale * ch.inv * (h - ch.hbar - xh * ch.a)
-            } else {
-                0.0
+        // M ⊙ (σ/s)(h − h̄ − x̂ a)
+        Kernel::HessG => a.map_each(&chans, true, |ch| {
+            let (pa, pb) = ch.pre();
+            let p = ch.scale * ch.inv;
+            Affine {
+                a: pa,
+                b: pb,
+                cx: -p * ch.a * ch.inv,
+                ch: p,
+                c0: p * (ch.a * ch.inv * ch.mean - ch.hbar),
+                ..Affine::default()
             }
         }),
         Kernel::HessScale => {
@@ -352,46 +497,51 @@ fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Option<Moments>) {
                 .collect();
             Args::<T>::per_channel(&[row])
         }
+        // M ⊙ (k₁ x̂ + k₂), k the last two rows of the pack
         Kernel::GradPBackG => {
             let c = a.geom.c;
-            let k1: Vec<f64> = (0..c).map(|i| a.p[(a.rows - 2) * c + i].to_f64()).collect();
-            let k2: Vec<f64> = (0..c).map(|i| a.p[(a.rows - 1) * c + i].to_f64()).collect();
-            let gm = a.geom;
-            let mut out = vec![T::zero(); a.x.len()];
-            out.par_chunks_mut(gm.inner.max(1)).enumerate().for_each(|(k, o)| {
-                let (b, ci) = (k / gm.c, k % gm.c);
-                let ch = &chans[ci];
-                let xs = gm.plane(a.x, b, ci);
-                for i in 0..gm.inner {
-                    let xh = (xs[i].to_f64() - ch.mean) * ch.inv;
-                    let on = !a.relu || ch.gamma * xh + ch.beta > 0.0;
-                    o[i] = T::from_f64(if on { k1[ci] * xh + k2[ci] } else { 0.0 });
-                }
-            });
-            out
+            let coefs: Vec<Affine> = chans
+                .iter()
+                .enumerate()
+                .map(|(i, ch)| {
+                    let (pa, pb) = ch.pre();
+                    let (k1, k2) = (a.p[(a.rows - 2) * c + i].to_f64(), a.p[(a.rows - 1) * c + i].to_f64());
+                    Affine {
+                        a: pa,
+                        b: pb,
+                        cx: k1 * ch.inv,
+                        c0: k2 - k1 * ch.inv * ch.mean,
+                        ..Affine::default()
+                    }
+                })
+                .collect();
+            a.map(&coefs, true)
         }
     };
-    let stats = (kernel == Kernel::Forward).then(|| {
-        (
-            chans.iter().map(|ch| ch.mean).collect(),
-            chans.iter().map(|ch| ch.var).collect(),
-        )
-    });
-    (out, stats)
+    (out, chans)
+}
+
+/// What a kernel call may reuse from earlier calls on the same input.
+#[derive(Debug, Clone, Default)]
+struct Cache {
+    moments: Option<Arc<Vec<Moment>>>,
+    sums: Option<Arc<Vec<GradSums>>>,
 }
 
 /// Runs `kernel` on CPU storages: `x`, the parameter pack `p: [rows, C]`, and an optional
-/// gradient input `t` (either `g`, or `[g; h]` stacked on a new leading axis).
+/// gradient input `t` (either `g`, or `[g; h]` stacked on a new leading axis). Returns the
+/// output and the per-channel quantities it computed.
 #[allow(clippy::too_many_arguments)]
 fn cpu_run(
     kernel: Kernel,
     eps: f64,
     relu: bool,
+    cache: &Cache,
     x: (&CpuStorage, &Layout),
     p: (&CpuStorage, &Layout),
     t: Option<(&CpuStorage, &Layout)>,
     stacked: bool,
-) -> Result<(CpuStorage, Shape, Option<Moments>)> {
+) -> Result<(CpuStorage, Shape, Vec<Chan>)> {
     let geom = Geom::of(x.1.shape())?;
     let (rows, pc) = p.1.shape().dims2()?;
     if pc != geom.c || rows < 2 {
@@ -417,6 +567,11 @@ fn cpu_run(
         Kernel::HessScale => Shape::from((1, geom.c)),
         _ => x.1.shape().clone(),
     };
+    let moments = cache.moments.as_deref().map(|m| m.as_slice());
+    let sums = cache.sums.as_deref().map(|s| s.as_slice());
+    if moments.is_some_and(|m| m.len() != geom.c) || sums.is_some_and(|s| s.len() != geom.c) {
+        candle_core::bail!("batch norm: cached statistics do not match {} channels", geom.c);
+    }
     macro_rules! go {
         ($t:ty, $variant:ident) => {{
             let xs = slice::<$t>(x.0, x.1, "input")?;
@@ -442,17 +597,19 @@ fn cpu_run(
                 geom,
                 eps,
                 relu,
+                moments,
+                sums,
             };
-            let (out, stats) = run(kernel, &args);
-            (CpuStorage::$variant(out), stats)
+            let (out, chans) = run(kernel, &args);
+            (CpuStorage::$variant(out), chans)
         }};
     }
-    let (storage, stats) = match (x.0, p.0) {
+    let (storage, chans) = match (x.0, p.0) {
         (CpuStorage::F32(_), CpuStorage::F32(_)) => go!(f32, F32),
         (CpuStorage::F64(_), CpuStorage::F64(_)) => go!(f64, F64),
         _ => candle_core::bail!("batch norm: only f32 and f64 (not mixed) are supported on the CPU"),
     };
-    Ok((storage, out_shape, stats))
+    Ok((storage, out_shape, chans))
 }
 
 fn third_order(name: &str) -> candle_core::Error {
@@ -461,11 +618,18 @@ fn third_order(name: &str) -> candle_core::Error {
     ))
 }
 
-/// `y = act(γ x̂ + β)` from `(x, p = [γ; β])`; records the batch statistics in `stats`.
+/// `y = act(γ x̂ + β)` from `(x, p = [γ; β])`; records the batch moments in `moments` (read by
+/// [`batch_norm_train`] and reused by the backward pass).
 struct BnForward {
     eps: f64,
     relu: bool,
-    stats: Arc<Mutex<Option<Moments>>>,
+    moments: Arc<Mutex<Option<Arc<Vec<Moment>>>>>,
+}
+
+impl BnForward {
+    fn moments(&self) -> Option<Arc<Vec<Moment>>> {
+        self.moments.lock().ok().and_then(|m| m.clone())
+    }
 }
 
 impl CustomOp2 for BnForward {
@@ -473,16 +637,59 @@ impl CustomOp2 for BnForward {
         "secateur-batch-norm"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (out, shape, stats) = cpu_run(Kernel::Forward, self.eps, self.relu, (s1, l1), (s2, l2), None, false)?;
-        if let Ok(mut cell) = self.stats.lock() {
-            *cell = stats;
+        let (out, shape, chans) = cpu_run(
+            Kernel::Forward,
+            self.eps,
+            self.relu,
+            &Cache::default(),
+            (s1, l1),
+            (s2, l2),
+            None,
+            false,
+        )?;
+        let moments: Vec<Moment> = chans
+            .iter()
+            .map(|ch| Moment {
+                mean: ch.mean,
+                var: ch.var,
+            })
+            .collect();
+        if let Ok(mut cell) = self.moments.lock() {
+            *cell = Some(Arc::new(moments));
         }
         Ok((out, shape))
     }
     fn bwd(&self, x: &Tensor, p: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        let dx = x.apply_op3(p, &g, BnGrad::new(Kernel::GradX, self.eps, self.relu))?;
-        let dp = x.apply_op3(p, &g, BnGrad::new(Kernel::GradP, self.eps, self.relu))?;
+        let moments = self.moments();
+        let cache = Cache { moments, sums: None };
+        // γ/β first: its per-channel sums are exactly what the x-gradient needs.
+        let dp = x.apply_op3(p, &g, BnGrad::new(Kernel::GradP, self.eps, self.relu, cache.clone()))?;
+        let rows = dp.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+        let sums: Vec<GradSums> = rows[0]
+            .iter()
+            .zip(&rows[1])
+            .map(|(&gx_scaled, &g)| GradSums { g, gx: gx_scaled })
+            .collect();
+        // `rows[0]` is Σ g' x̂ = inv · Σ g'(x − μ); the kernel expects Σ g'(x − μ).
+        let inv: Vec<f64> = match &cache.moments {
+            Some(m) => m.iter().map(|m| 1.0 / (m.var + self.eps).sqrt()).collect(),
+            None => vec![],
+        };
+        let cache = if inv.len() == sums.len() {
+            Cache {
+                moments: cache.moments,
+                sums: Some(Arc::new(
+                    sums.iter()
+                        .zip(&inv)
+                        .map(|(s, &i)| GradSums { g: s.g, gx: s.gx / i })
+                        .collect(),
+                )),
+            }
+        } else {
+            Cache::default()
+        };
+        let dx = x.apply_op3(p, &g, BnGrad::new(Kernel::GradX, self.eps, self.relu, cache))?;
         Ok((Some(dx), Some(dp)))
     }
 }
@@ -492,11 +699,17 @@ struct BnGrad {
     kernel: Kernel,
     eps: f64,
     relu: bool,
+    cache: Cache,
 }
 
 impl BnGrad {
-    fn new(kernel: Kernel, eps: f64, relu: bool) -> Self {
-        Self { kernel, eps, relu }
+    fn new(kernel: Kernel, eps: f64, relu: bool, cache: Cache) -> Self {
+        Self {
+            kernel,
+            eps,
+            relu,
+            cache,
+        }
     }
 }
 
@@ -523,6 +736,7 @@ impl CustomOp3 for BnGrad {
             self.kernel,
             self.eps,
             self.relu,
+            &self.cache,
             (s1, l1),
             (s2, l2),
             Some((s3, l3)),
@@ -540,7 +754,12 @@ impl CustomOp3 for BnGrad {
         up: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let up = up.contiguous()?;
-        let op = |k: Kernel| BnGrad::new(k, self.eps, self.relu);
+        // Second-order kernels reuse the moments of x, never the gradient sums (their g differs).
+        let cache = Cache {
+            moments: self.cache.moments.clone(),
+            sums: None,
+        };
+        let op = |k: Kernel| BnGrad::new(k, self.eps, self.relu, cache.clone());
         match self.kernel {
             Kernel::GradX => {
                 // t = g, up = h: ∂⟨h, GradX(x, p, g)⟩ w.r.t. x, p (only the row σ is read) and g.

@@ -198,7 +198,10 @@ fn every_parameter_gets_a_gradient(store: &ParamStore, net: &dyn Module, input: 
             let w = grads.get(store.params()[&wname].as_tensor()).expect("weight gradient");
             let wmax = w.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             let bmax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
-            assert!(wmax > 0.0 && bmax < 1e-3 * wmax, "{what}: `{name}` feeds a batch norm: {bmax} vs {wmax}");
+            assert!(
+                wmax > 0.0 && bmax < 1e-3 * wmax,
+                "{what}: `{name}` feeds a batch norm: {bmax} vs {wmax}"
+            );
         } else {
             assert!(v.iter().any(|&x| x != 0.0), "{what}: zero gradient for `{name}`");
         }
