@@ -11,9 +11,14 @@
 //!   gemm, parallel over the batch), closed under differentiation.
 //! - [`lrt`]: fused local-reparameterisation convolution and linear layer: mean and variance
 //!   outputs from one pass over the packed input (Kingma, Salimans & Welling 2015).
+//! - [`activation`]: ReLU and the residual `relu(a + b)` on both cores.
+//! - [`norm`]: training-mode batch norm, optionally fused with its ReLU, closed under
+//!   differentiation to second order.
 //! - [`pool`], [`loss`]: max pooling and softmax cross-entropy on the training hot path.
 
+pub mod activation;
 pub mod conv;
 pub mod loss;
 pub mod lrt;
+pub mod norm;
 pub mod pool;

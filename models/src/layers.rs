@@ -139,39 +139,51 @@ impl BatchNorm {
     }
 }
 
-impl Module for BatchNorm {
-    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+impl BatchNorm {
+    /// `relu(bn(x))` with the two fused in one kernel when training on the CPU
+    /// ([`secateur_kernels::norm::batch_norm_train`]); the same values as
+    /// `relu(self.forward(x))`.
+    pub fn forward_relu(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.normalise(x, ctx, true)
+    }
+
+    fn normalise(&self, x: &Tensor, ctx: &mut Ctx, relu: bool) -> Result<Tensor> {
         let c = self.weight.dim(0)?;
         let rank = x.rank();
         if rank < 2 || x.dim(1)? != c {
             candle_core::bail!("batch norm over {c} channels got input of shape {:?}", x.dims());
         }
-        let bshape: Vec<usize> = (0..rank).map(|i| if i == 1 { c } else { 1 }).collect();
         if !ctx.is_train() {
+            let bshape: Vec<usize> = (0..rank).map(|i| if i == 1 { c } else { 1 }).collect();
             let inv = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
             let scale = (&self.weight * inv)?;
             let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            return x
+            let y = x
                 .broadcast_mul(&scale.reshape(bshape.clone())?)?
-                .broadcast_add(&shift.reshape(bshape)?);
+                .broadcast_add(&shift.reshape(bshape)?)?;
+            return if relu {
+                secateur_kernels::activation::relu(&y)
+            } else {
+                Ok(y)
+            };
         }
-        // Per-channel sums without a transposed copy: [B, C, rest] summed over rest, then B.
-        let batch = x.dim(0)?;
-        let n = x.elem_count() / c;
-        let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape((batch, c, ()))?.sum(2)?.sum(0) };
-        let mean = (per_channel(x)? / n as f64)?;
-        let centred = x.broadcast_sub(&mean.reshape(bshape.clone())?)?;
-        let var = (per_channel(&centred.sqr()?)? / n as f64)?;
-        let unbiased = (var.detach() * (n as f64 / (n.max(2) - 1) as f64))?;
+        // Batch statistics, normalisation, affine map (and ReLU) in one fused, twice
+        // differentiable kernel on the CPU; candle's ops elsewhere.
+        let out = secateur_kernels::norm::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
+        let n = out.count;
+        let unbiased = (out.var * (n as f64 / (n.max(2) - 1) as f64))?;
         let m = self.momentum;
-        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (out.mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
-        let scale = (&self.weight * (var + self.eps)?.sqrt()?.recip()?)?;
-        centred
-            .broadcast_mul(&scale.reshape(bshape.clone())?)?
-            .broadcast_add(&self.bias.reshape(bshape)?)
+        Ok(out.y)
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.normalise(x, ctx, false)
     }
 }
 
@@ -212,7 +224,7 @@ pub struct Relu;
 
 impl Module for Relu {
     fn forward(&self, x: &Tensor, _ctx: &mut Ctx) -> Result<Tensor> {
-        x.relu()
+        secateur_kernels::activation::relu(x)
     }
 }
 

@@ -59,14 +59,16 @@ impl LeNet5 {
     }
 }
 
+use secateur_kernels::activation::relu;
+
 impl Module for LeNet5 {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         check_input("lenet5", x, self.input)?;
         let pool = MaxPool2d::new(2);
-        let x = pool.forward(&self.conv1.forward(x, ctx)?.relu()?, ctx)?;
-        let x = pool.forward(&self.conv2.forward(&x, ctx)?.relu()?, ctx)?;
-        let x = self.fc1.forward(&x.flatten_from(1)?, ctx)?.relu()?;
-        let x = self.fc2.forward(&x, ctx)?.relu()?;
+        let x = pool.forward(&relu(&self.conv1.forward(x, ctx)?)?, ctx)?;
+        let x = pool.forward(&relu(&self.conv2.forward(&x, ctx)?)?, ctx)?;
+        let x = relu(&self.fc1.forward(&x.flatten_from(1)?, ctx)?)?;
+        let x = relu(&self.fc2.forward(&x, ctx)?)?;
         self.fc3.forward(&x, ctx)
     }
 }

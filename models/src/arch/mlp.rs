@@ -71,7 +71,7 @@ impl Module for Mlp {
         for (i, l) in self.layers.iter().enumerate() {
             x = l.forward(&x, ctx)?;
             if i < last {
-                x = x.relu()?;
+                x = secateur_kernels::activation::relu(&x)?;
             }
         }
         Ok(x)

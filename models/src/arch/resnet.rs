@@ -215,9 +215,9 @@ impl BasicBlock {
 
 impl Module for BasicBlock {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let y = self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?.relu()?;
+        let y = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
         let y = self.bn2.forward(&self.conv2.forward(&y, ctx)?, ctx)?;
-        (y + self.shortcut.forward(x, ctx)?)?.relu()
+        secateur_kernels::activation::add_relu(&y, &self.shortcut.forward(x, ctx)?)
     }
 }
 
@@ -300,7 +300,7 @@ impl ResNet {
 impl Module for ResNet {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         check_input("resnet", x, self.input)?;
-        let mut x = self.bn1.forward(&self.conv1.forward(x, ctx)?, ctx)?.relu()?;
+        let mut x = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
         for block in self.layers.iter().flatten() {
             x = block.forward(&x, ctx)?;
         }

@@ -1,0 +1,957 @@
+//! Training-mode batch normalisation (Ioffe & Szegedy 2015), optionally fused with the ReLU that
+//! follows it, as custom ops closed under differentiation up to second order.
+//!
+//! For an input `x: [B, C, ...]` each channel `c` has `n = B · Π(rest)` entries; with the batch
+//! mean `μ`, the biased batch variance `v`, `s = √(v + ε)` and `x̂ = (x − μ) / s`:
+//!
+//! ```text
+//! y = act(γ x̂ + β),       act = identity or ReLU
+//! ```
+//!
+//! Writing `M = [γ x̂ + β > 0]` (all ones without the ReLU), `g' = M ⊙ g` for the upstream
+//! gradient `g`, and per-channel means `ḡ' = mean(g')`, `m = mean(g' x̂)`:
+//!
+//! ```text
+//! ∂L/∂x = (γ / s) (g' − ḡ' − x̂ m),      ∂L/∂γ = Σ g' x̂,      ∂L/∂β = Σ g'
+//! ```
+//!
+//! (the standard batch-norm backward, e.g. Ioffe & Szegedy 2015, §3). The backward is made of
+//! further custom ops of this module, whose own backward passes are derived in closed form
+//! (for an upstream `h` of `∂L/∂x`, with `a = mean(h x̂)`, `h̄ = mean(h)`,
+//! `c = mean(h g') − ḡ' h̄`):
+//!
+//! ```text
+//! ∂⟨h, ∂L/∂x⟩/∂x = (γ / s²) [x̂ (3 m a − c) − a (g' − ḡ') − m (h − h̄)]
+//! ∂⟨h, ∂L/∂x⟩/∂g = M ⊙ (γ / s) (h − h̄ − x̂ a)
+//! ∂⟨h, ∂L/∂x⟩/∂γ = (n / s) (mean(h g') − h̄ ḡ' − a m)
+//! ```
+//!
+//! and for an upstream `k = (k₁, k₂)` of `(∂L/∂γ, ∂L/∂β)`:
+//! `∂/∂x = (k₁ / s)(g' − ḡ' − x̂ m)`, `∂/∂g = M ⊙ (k₁ x̂ + k₂)`. The ReLU mask is piecewise
+//! constant, so it contributes nothing to second derivatives (almost everywhere). Hessian-vector
+//! products by double backpropagation therefore work through these ops; a third derivative is
+//! refused with an error.
+//!
+//! All ops reduce in `f64` per channel (parallel over channels) and apply elementwise formulas
+//! in parallel over `(batch, channel)` planes, on both cores. Off the CPU, [`batch_norm_train`]
+//! falls back to candle's elementwise ops.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// The result of [`batch_norm_train`]: the output and the (detached) batch statistics.
+#[derive(Debug, Clone)]
+pub struct BatchNormOutput {
+    /// `act(γ x̂ + β)`, the shape of the input.
+    pub y: Tensor,
+    /// Batch mean per channel, `[C]`, detached.
+    pub mean: Tensor,
+    /// Biased batch variance per channel, `[C]`, detached (multiply by `n / (n − 1)` for the
+    /// unbiased estimate that running statistics use).
+    pub var: Tensor,
+    /// Entries per channel, `n = B · Π(rest)`.
+    pub count: usize,
+}
+
+/// Training-mode batch norm of `x: [B, C, ...]` with scale `weight: [C]`, shift `bias: [C]` and
+/// `ε = eps`, followed by a ReLU if `relu` (see the module documentation for the formulas and
+/// the derivatives). Differentiable twice in `x`, `weight` and `bias`.
+pub fn batch_norm_train(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, relu: bool) -> Result<BatchNormOutput> {
+    let dims = x.dims();
+    if dims.len() < 2 {
+        candle_core::bail!("batch norm: input must have rank ≥ 2, got {dims:?}");
+    }
+    let c = dims[1];
+    if weight.dims() != [c] || bias.dims() != [c] {
+        candle_core::bail!(
+            "batch norm over {c} channels: weight {:?} and bias {:?} must both be [{c}]",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    if !(eps.is_finite() && eps > 0.0) {
+        candle_core::bail!("batch norm: eps must be finite and > 0, got {eps}");
+    }
+    let count = x.elem_count() / c.max(1);
+    if x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
+        let p = Tensor::stack(&[weight, bias], 0)?;
+        let cell = Arc::new(Mutex::new(None));
+        let op = BnForward {
+            eps,
+            relu,
+            moments: cell.clone(),
+        };
+        let y = x.contiguous()?.apply_op2(&p, op)?;
+        let moments = match cell.lock() {
+            Ok(g) => g.clone(),
+            Err(_) => None,
+        }
+        .ok_or_else(|| candle_core::Error::Msg("batch norm: the forward op left no statistics".into()))?;
+        let mean: Vec<f64> = moments.iter().map(|m| m.mean).collect();
+        let var: Vec<f64> = moments.iter().map(|m| m.var).collect();
+        let mean = Tensor::from_vec(mean, c, x.device())?.to_dtype(x.dtype())?;
+        let var = Tensor::from_vec(var, c, x.device())?.to_dtype(x.dtype())?;
+        return Ok(BatchNormOutput { y, mean, var, count });
+    }
+    // Fallback: candle's ops (differentiable by candle's own rules).
+    let batch = dims[0];
+    let bshape: Vec<usize> = (0..dims.len()).map(|i| if i == 1 { c } else { 1 }).collect();
+    let per_channel = |t: &Tensor| -> Result<Tensor> { t.reshape((batch, c, ()))?.sum(2)?.sum(0) };
+    let mean = (per_channel(x)? / count as f64)?;
+    let centred = x.broadcast_sub(&mean.reshape(bshape.clone())?)?;
+    let var = (per_channel(&centred.sqr()?)? / count as f64)?;
+    let scale = (weight * (&var + eps)?.sqrt()?.recip()?)?;
+    let y = centred
+        .broadcast_mul(&scale.reshape(bshape.clone())?)?
+        .broadcast_add(&bias.reshape(bshape)?)?;
+    let y = if relu { y.relu()? } else { y };
+    Ok(BatchNormOutput {
+        y,
+        mean: mean.detach(),
+        var: var.detach(),
+        count,
+    })
+}
+
+/// Geometry: `outer` batch entries, `c` channels, `inner` entries per plane.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    outer: usize,
+    c: usize,
+    inner: usize,
+}
+
+impl Geom {
+    fn of(shape: &Shape) -> Result<Self> {
+        let d = shape.dims();
+        if d.len() < 2 {
+            candle_core::bail!("batch norm: input must have rank ≥ 2, got {d:?}");
+        }
+        Ok(Self {
+            outer: d[0],
+            c: d[1],
+            inner: d[2..].iter().product(),
+        })
+    }
+    fn n(&self) -> usize {
+        self.outer * self.inner
+    }
+    /// The `(b, c)` plane of a flat buffer.
+    #[inline]
+    fn plane<'a, T>(&self, buf: &'a [T], b: usize, c: usize) -> &'a [T] {
+        let o = (b * self.c + c) * self.inner;
+        &buf[o..o + self.inner]
+    }
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("batch norm: {what} must be contiguous"),
+    }
+}
+
+/// Per-channel batch moments `(mean, biased variance)`, computed once by the forward op and
+/// reused by its backward (the input does not change in between).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Moment {
+    mean: f64,
+    var: f64,
+}
+
+/// Per-channel sums of the upstream gradient `(Σ g', Σ g' x̂)`, computed by the γ/β-gradient
+/// kernel and reused by the x-gradient kernel of the same backward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct GradSums {
+    g: f64,
+    gx: f64,
+}
+
+/// Per-channel quantities every kernel needs, in `f64`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Chan {
+    mean: f64,
+    var: f64,
+    /// `1 / s`.
+    inv: f64,
+    gamma: f64,
+    beta: f64,
+    /// A per-channel factor in place of γ (the `k₁` of the γ-gradient's backward), if given.
+    scale: f64,
+    /// `mean(g')`, `mean(g' x̂)`.
+    gbar: f64,
+    m: f64,
+    /// `mean(h)`, `mean(h x̂)`, `mean(h g')`.
+    hbar: f64,
+    a: f64,
+    hg: f64,
+}
+
+impl Chan {
+    /// The pre-activation `A x + B = γ x̂ + β` whose sign is the ReLU mask.
+    fn pre(&self) -> (f64, f64) {
+        (self.gamma * self.inv, self.beta - self.gamma * self.inv * self.mean)
+    }
+}
+
+/// The inputs of one kernel call, as flat slices.
+struct Args<'a, T> {
+    x: &'a [T],
+    /// `[rows, C]`: γ, β, then an optional scale row.
+    p: &'a [T],
+    rows: usize,
+    g: Option<&'a [T]>,
+    h: Option<&'a [T]>,
+    geom: Geom,
+    eps: f64,
+    relu: bool,
+    /// Moments known from the forward pass, if any.
+    moments: Option<&'a [Moment]>,
+    /// Gradient sums known from the γ/β kernel, if any.
+    sums: Option<&'a [GradSums]>,
+}
+
+/// Lanes of the vectorisable loops.
+const LANES: usize = 8;
+
+/// `Σ f(x_i, g_i, h_i)` over three equally long slices, in `T` with [`LANES`] independent
+/// accumulators (so that the loop vectorises), returned in `f64`. Slices that a kernel does not
+/// use are passed as `x` again.
+#[inline(always)]
+fn sum3<T: WithDType>(x: &[T], g: &[T], h: &[T], f: impl Fn(T, T, T) -> T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let (xc, gc, hc) = (x.chunks_exact(LANES), g.chunks_exact(LANES), h.chunks_exact(LANES));
+    let (xr, gr, hr) = (xc.remainder(), gc.remainder(), hc.remainder());
+    for ((xs, gs), hs) in xc.zip(gc).zip(hc) {
+        for k in 0..LANES {
+            acc[k] += f(xs[k], gs[k], hs[k]);
+        }
+    }
+    let mut s: f64 = xr
+        .iter()
+        .zip(gr)
+        .zip(hr)
+        .map(|((&x, &g), &h)| f(x, g, h).to_f64())
+        .sum();
+    for a in acc {
+        s += a.to_f64();
+    }
+    s
+}
+
+/// The `(b, c)` planes of channel `c`, for every `b`.
+fn planes<T>(gm: Geom, buf: &[T], c: usize) -> Vec<&[T]> {
+    (0..gm.outer).map(|b| gm.plane(buf, b, c)).collect()
+}
+
+/// `[g if on else 0]` without a branch.
+#[inline(always)]
+fn select<T: WithDType>(on: bool, v: T) -> T {
+    if on {
+        v
+    } else {
+        T::zero()
+    }
+}
+
+impl<T: WithDType> Args<'_, T> {
+    /// Channel statistics of `x` (or the cached moments), then the sums over `g'` and `h` that
+    /// are present (or the cached gradient sums).
+    fn channel(&self, c: usize) -> Chan {
+        let gm = self.geom;
+        let n = gm.n() as f64;
+        let planes = |buf| planes(gm, buf, c);
+        let xs = planes(self.x);
+        let Moment { mean, var } = match self.moments {
+            Some(m) => m[c],
+            None => {
+                let mean = xs.iter().map(|x| sum3(x, x, x, |v, _, _| v)).sum::<f64>() / n;
+                let mt = T::from_f64(mean);
+                let sq: f64 = xs
+                    .iter()
+                    .map(|x| {
+                        sum3(x, x, x, |v, _, _| {
+                            let d = v - mt;
+                            d * d
+                        })
+                    })
+                    .sum();
+                Moment { mean, var: sq / n }
+            }
+        };
+        let inv = 1.0 / (var + self.eps).sqrt();
+        let gamma = self.p[c].to_f64();
+        let beta = self.p[gm.c + c].to_f64();
+        let scale = if self.rows > 2 {
+            self.p[2 * gm.c + c].to_f64()
+        } else {
+            gamma
+        };
+        let mut ch = Chan {
+            mean,
+            var,
+            inv,
+            gamma,
+            beta,
+            scale,
+            ..Chan::default()
+        };
+        let (pa, pb) = ch.pre();
+        let (pa, pb, mt, z) = (T::from_f64(pa), T::from_f64(pb), T::from_f64(mean), T::zero());
+        let relu = self.relu;
+        let on = move |x: T| !relu || pa * x + pb > z;
+        if let Some(g) = self.g {
+            let GradSums { g: sg, gx: sgx } = match self.sums {
+                Some(s) => s[c],
+                None => {
+                    let gs = planes(g);
+                    let sg: f64 = xs
+                        .iter()
+                        .zip(&gs)
+                        .map(|(x, g)| sum3(x, g, x, |x, g, _| select(on(x), g)))
+                        .sum();
+                    let sgx: f64 = xs
+                        .iter()
+                        .zip(&gs)
+                        .map(|(x, g)| sum3(x, g, x, |x, g, _| select(on(x), g) * (x - mt)))
+                        .sum();
+                    GradSums { g: sg, gx: sgx }
+                }
+            };
+            ch.gbar = sg / n;
+            ch.m = sgx * inv / n;
+            if let Some(h) = self.h {
+                let (gs, hs) = (planes(g), planes(h));
+                let shg: f64 = (0..gm.outer)
+                    .map(|b| sum3(xs[b], gs[b], hs[b], |x, g, h| select(on(x), g) * h))
+                    .sum();
+                ch.hg = shg / n;
+            }
+        }
+        if let Some(h) = self.h {
+            let hs = planes(h);
+            let sh: f64 = hs.iter().map(|h| sum3(h, h, h, |v, _, _| v)).sum();
+            let shx: f64 = xs
+                .iter()
+                .zip(&hs)
+                .map(|(x, h)| sum3(x, h, x, |x, h, _| h * (x - mt)))
+                .sum();
+            ch.hbar = sh / n;
+            ch.a = shx * inv / n;
+        }
+        ch
+    }
+
+    fn channels(&self) -> Vec<Chan> {
+        (0..self.geom.c).into_par_iter().map(|c| self.channel(c)).collect()
+    }
+
+    /// `out = [on ∨ ¬zero_off] (cx x + cg g' + ch h + c0)` with one [`Affine`] per channel,
+    /// parallel over planes, in `T`.
+    fn map(&self, coefs: &[Affine], zero_off: bool) -> Vec<T> {
+        let gm = self.geom;
+        let coefs: Vec<[T; 6]> = coefs
+            .iter()
+            .map(|k| [k.a, k.b, k.cx, k.cg, k.ch, k.c0].map(T::from_f64))
+            .collect();
+        let mut out = vec![T::zero(); self.x.len()];
+        let (relu, g, h) = (self.relu, self.g, self.h);
+        out.par_chunks_mut(gm.inner.max(1)).enumerate().for_each(|(k, o)| {
+            let (b, c) = (k / gm.c, k % gm.c);
+            let xs = gm.plane(self.x, b, c);
+            let gs = g.map_or(xs, |g| gm.plane(g, b, c));
+            let hs = h.map_or(xs, |h| gm.plane(h, b, c));
+            // Monomorphised per (relu, zero_off) so that the loop has no invariant branch.
+            match (relu, zero_off) {
+                (false, _) => affine::<T, false, false>(o, xs, gs, hs, coefs[c]),
+                (true, false) => affine::<T, true, false>(o, xs, gs, hs, coefs[c]),
+                (true, true) => affine::<T, true, true>(o, xs, gs, hs, coefs[c]),
+            }
+        });
+        out
+    }
+
+    /// [`Self::map`] with the coefficients `coef(chan)` of each channel.
+    fn map_each(&self, chans: &[Chan], zero_off: bool, coef: impl Fn(&Chan) -> Affine) -> Vec<T> {
+        let coefs: Vec<Affine> = chans.iter().map(coef).collect();
+        self.map(&coefs, zero_off)
+    }
+
+    /// A `[rows, C]` tensor buffer from per-channel rows.
+    fn per_channel(rows: &[Vec<f64>]) -> Vec<T> {
+        rows.iter().flat_map(|r| r.iter().map(|&v| T::from_f64(v))).collect()
+    }
+}
+
+/// Per-channel coefficients of the elementwise map
+/// `out = [on ∨ ¬zero_off] · (cx·x + cg·g' + ch·h + c0)`, with `on = ¬relu ∨ a·x + b > 0`
+/// and `g' = on ? g : 0`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Affine {
+    a: f64,
+    b: f64,
+    cx: f64,
+    cg: f64,
+    ch: f64,
+    c0: f64,
+}
+
+/// The elementwise loop of [`Args::map`] for one plane. Unused inputs carry zero coefficients.
+#[inline(always)]
+fn affine<T: WithDType, const RELU: bool, const ZERO_OFF: bool>(o: &mut [T], x: &[T], g: &[T], h: &[T], k: [T; 6]) {
+    let [pa, pb, cx, cg, ch, c0] = k;
+    let z = T::zero();
+    for (((o, &x), &g), &h) in o.iter_mut().zip(x).zip(g).zip(h) {
+        let on = !RELU || pa * x + pb > z;
+        let v = cx * x + cg * select(on, g) + ch * h + c0;
+        *o = if ZERO_OFF { select(on, v) } else { v };
+    }
+}
+
+/// Which quantity a kernel computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// `y = act(γ x̂ + β)`.
+    Forward,
+    /// `∂L/∂x = (σ / s)(g' − ḡ' − x̂ m)`, σ = scale row or γ.
+    GradX,
+    /// `[Σ g' x̂, Σ g']` as `[2, C]`.
+    GradP,
+    /// `∂⟨h, GradX⟩/∂x`.
+    HessX,
+    /// `∂⟨h, GradX⟩/∂g`.
+    HessG,
+    /// `∂⟨h, GradX⟩/∂σ` as `[1, C]`.
+    HessScale,
+    /// `∂⟨k, GradP⟩/∂g = M ⊙ (k₁ x̂ + k₂)`, `k` the last two rows of `p`.
+    GradPBackG,
+}
+
+fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Vec<Chan>) {
+    let chans = a.channels();
+    let n = a.geom.n() as f64;
+    let out = match kernel {
+        // y = act(γ x̂ + β)
+        Kernel::Forward => a.map_each(&chans, a.relu, |ch| {
+            let (pa, pb) = ch.pre();
+            Affine {
+                a: pa,
+                b: pb,
+                cx: pa,
+                c0: pb,
+                ..Affine::default()
+            }
+        }),
+        // (σ/s)(g' − ḡ' − x̂ m) = P g' − P m inv x + P (m inv μ − ḡ')
+        Kernel::GradX => a.map_each(&chans, false, |ch| {
+            let (pa, pb) = ch.pre();
+            let p = ch.scale * ch.inv;
+            Affine {
+                a: pa,
+                b: pb,
+                cx: -p * ch.m * ch.inv,
+                cg: p,
+                c0: p * (ch.m * ch.inv * ch.mean - ch.gbar),
+                ..Affine::default()
+            }
+        }),
+        Kernel::GradP => {
+            let rows = [
+                chans.iter().map(|ch| ch.m * n).collect::<Vec<_>>(),
+                chans.iter().map(|ch| ch.gbar * n).collect(),
+            ];
+            Args::<T>::per_channel(&rows)
+        }
+        // (σ/s²)[x̂ (3ma − c) − a (g' − ḡ') − m (h − h̄)]
+        Kernel::HessX => a.map_each(&chans, false, |ch| {
+            let (pa, pb) = ch.pre();
+            let k = ch.scale * ch.inv * ch.inv;
+            let u = 3.0 * ch.m * ch.a - (ch.hg - ch.gbar * ch.hbar);
+            Affine {
+                a: pa,
+                b: pb,
+                cx: k * u * ch.inv,
+                cg: -k * ch.a,
+                ch: -k * ch.m,
+                c0: k * (-u * ch.inv * ch.mean + ch.a * ch.gbar + ch.m * ch.hbar),
+            }
+        }),
+        // M ⊙ (σ/s)(h − h̄ − x̂ a)
+        Kernel::HessG => a.map_each(&chans, true, |ch| {
+            let (pa, pb) = ch.pre();
+            let p = ch.scale * ch.inv;
+            Affine {
+                a: pa,
+                b: pb,
+                cx: -p * ch.a * ch.inv,
+                ch: p,
+                c0: p * (ch.a * ch.inv * ch.mean - ch.hbar),
+                ..Affine::default()
+            }
+        }),
+        Kernel::HessScale => {
+            let row: Vec<f64> = chans
+                .iter()
+                .map(|ch| n * ch.inv * (ch.hg - ch.hbar * ch.gbar - ch.a * ch.m))
+                .collect();
+            Args::<T>::per_channel(&[row])
+        }
+        // M ⊙ (k₁ x̂ + k₂), k the last two rows of the pack
+        Kernel::GradPBackG => {
+            let c = a.geom.c;
+            let coefs: Vec<Affine> = chans
+                .iter()
+                .enumerate()
+                .map(|(i, ch)| {
+                    let (pa, pb) = ch.pre();
+                    let (k1, k2) = (a.p[(a.rows - 2) * c + i].to_f64(), a.p[(a.rows - 1) * c + i].to_f64());
+                    Affine {
+                        a: pa,
+                        b: pb,
+                        cx: k1 * ch.inv,
+                        c0: k2 - k1 * ch.inv * ch.mean,
+                        ..Affine::default()
+                    }
+                })
+                .collect();
+            a.map(&coefs, true)
+        }
+    };
+    (out, chans)
+}
+
+/// What a kernel call may reuse from earlier calls on the same input.
+#[derive(Debug, Clone, Default)]
+struct Cache {
+    moments: Option<Arc<Vec<Moment>>>,
+    sums: Option<Arc<Vec<GradSums>>>,
+}
+
+/// Runs `kernel` on CPU storages: `x`, the parameter pack `p: [rows, C]`, and an optional
+/// gradient input `t` (either `g`, or `[g; h]` stacked on a new leading axis). Returns the
+/// output and the per-channel quantities it computed.
+#[allow(clippy::too_many_arguments)]
+fn cpu_run(
+    kernel: Kernel,
+    eps: f64,
+    relu: bool,
+    cache: &Cache,
+    x: (&CpuStorage, &Layout),
+    p: (&CpuStorage, &Layout),
+    t: Option<(&CpuStorage, &Layout)>,
+    stacked: bool,
+) -> Result<(CpuStorage, Shape, Vec<Chan>)> {
+    let geom = Geom::of(x.1.shape())?;
+    let (rows, pc) = p.1.shape().dims2()?;
+    if pc != geom.c || rows < 2 {
+        candle_core::bail!(
+            "batch norm: parameter pack {:?} does not match {} channels",
+            p.1.shape(),
+            geom.c
+        );
+    }
+    let numel = x.1.shape().elem_count();
+    if let Some((_, tl)) = t {
+        let want = if stacked { 2 * numel } else { numel };
+        if tl.shape().elem_count() != want {
+            candle_core::bail!(
+                "batch norm: gradient {:?} does not match input {:?}",
+                tl.shape(),
+                x.1.shape()
+            );
+        }
+    }
+    let out_shape = match kernel {
+        Kernel::GradP => Shape::from((2, geom.c)),
+        Kernel::HessScale => Shape::from((1, geom.c)),
+        _ => x.1.shape().clone(),
+    };
+    let moments = cache.moments.as_deref().map(|m| m.as_slice());
+    let sums = cache.sums.as_deref().map(|s| s.as_slice());
+    if moments.is_some_and(|m| m.len() != geom.c) || sums.is_some_and(|s| s.len() != geom.c) {
+        candle_core::bail!("batch norm: cached statistics do not match {} channels", geom.c);
+    }
+    macro_rules! go {
+        ($t:ty, $variant:ident) => {{
+            let xs = slice::<$t>(x.0, x.1, "input")?;
+            let ps = slice::<$t>(p.0, p.1, "parameters")?;
+            let ts = match t {
+                Some((s, l)) => Some(slice::<$t>(s, l, "gradient")?),
+                None => None,
+            };
+            let (g, h) = match (ts, stacked) {
+                (Some(ts), true) => (Some(&ts[..numel]), Some(&ts[numel..])),
+                (Some(ts), false) => match kernel {
+                    Kernel::HessG => (None, Some(ts)),
+                    _ => (Some(ts), None),
+                },
+                (None, _) => (None, None),
+            };
+            let args = Args {
+                x: xs,
+                p: ps,
+                rows,
+                g,
+                h,
+                geom,
+                eps,
+                relu,
+                moments,
+                sums,
+            };
+            let (out, chans) = run(kernel, &args);
+            (CpuStorage::$variant(out), chans)
+        }};
+    }
+    let (storage, chans) = match (x.0, p.0) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => go!(f32, F32),
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => go!(f64, F64),
+        _ => candle_core::bail!("batch norm: only f32 and f64 (not mixed) are supported on the CPU"),
+    };
+    Ok((storage, out_shape, chans))
+}
+
+fn third_order(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{name}: third derivatives of the fused batch norm are not implemented (second order is)"
+    ))
+}
+
+/// `y = act(γ x̂ + β)` from `(x, p = [γ; β])`; records the batch moments in `moments` (read by
+/// [`batch_norm_train`] and reused by the backward pass).
+struct BnForward {
+    eps: f64,
+    relu: bool,
+    moments: Arc<Mutex<Option<Arc<Vec<Moment>>>>>,
+}
+
+impl BnForward {
+    fn moments(&self) -> Option<Arc<Vec<Moment>>> {
+        self.moments.lock().ok().and_then(|m| m.clone())
+    }
+}
+
+impl CustomOp2 for BnForward {
+    fn name(&self) -> &'static str {
+        "secateur-batch-norm"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (out, shape, chans) = cpu_run(
+            Kernel::Forward,
+            self.eps,
+            self.relu,
+            &Cache::default(),
+            (s1, l1),
+            (s2, l2),
+            None,
+            false,
+        )?;
+        let moments: Vec<Moment> = chans
+            .iter()
+            .map(|ch| Moment {
+                mean: ch.mean,
+                var: ch.var,
+            })
+            .collect();
+        if let Ok(mut cell) = self.moments.lock() {
+            *cell = Some(Arc::new(moments));
+        }
+        Ok((out, shape))
+    }
+    fn bwd(&self, x: &Tensor, p: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let moments = self.moments();
+        let cache = Cache { moments, sums: None };
+        // γ/β first: its per-channel sums are exactly what the x-gradient needs.
+        let dp = x.apply_op3(p, &g, BnGrad::new(Kernel::GradP, self.eps, self.relu, cache.clone()))?;
+        let rows = dp.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+        let sums: Vec<GradSums> = rows[0]
+            .iter()
+            .zip(&rows[1])
+            .map(|(&gx_scaled, &g)| GradSums { g, gx: gx_scaled })
+            .collect();
+        // `rows[0]` is Σ g' x̂ = inv · Σ g'(x − μ); the kernel expects Σ g'(x − μ).
+        let inv: Vec<f64> = match &cache.moments {
+            Some(m) => m.iter().map(|m| 1.0 / (m.var + self.eps).sqrt()).collect(),
+            None => vec![],
+        };
+        let cache = if inv.len() == sums.len() {
+            Cache {
+                moments: cache.moments,
+                sums: Some(Arc::new(
+                    sums.iter()
+                        .zip(&inv)
+                        .map(|(s, &i)| GradSums { g: s.g, gx: s.gx / i })
+                        .collect(),
+                )),
+            }
+        } else {
+            Cache::default()
+        };
+        let dx = x.apply_op3(p, &g, BnGrad::new(Kernel::GradX, self.eps, self.relu, cache))?;
+        Ok((Some(dx), Some(dp)))
+    }
+}
+
+/// The first derivatives `(x, p, g) ↦ ∂L/∂x` or `(∂L/∂γ, ∂L/∂β)`, and the second-order kernels.
+struct BnGrad {
+    kernel: Kernel,
+    eps: f64,
+    relu: bool,
+    cache: Cache,
+}
+
+impl BnGrad {
+    fn new(kernel: Kernel, eps: f64, relu: bool, cache: Cache) -> Self {
+        Self {
+            kernel,
+            eps,
+            relu,
+            cache,
+        }
+    }
+}
+
+impl CustomOp3 for BnGrad {
+    fn name(&self) -> &'static str {
+        match self.kernel {
+            Kernel::GradX => "secateur-batch-norm-grad-x",
+            Kernel::GradP => "secateur-batch-norm-grad-p",
+            _ => "secateur-batch-norm-second-order",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let stacked = matches!(self.kernel, Kernel::HessX | Kernel::HessScale);
+        let (out, shape, _) = cpu_run(
+            self.kernel,
+            self.eps,
+            self.relu,
+            &self.cache,
+            (s1, l1),
+            (s2, l2),
+            Some((s3, l3)),
+            stacked,
+        )?;
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        t: &Tensor,
+        _res: &Tensor,
+        up: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let up = up.contiguous()?;
+        // Second-order kernels reuse the moments of x, never the gradient sums (their g differs).
+        let cache = Cache {
+            moments: self.cache.moments.clone(),
+            sums: None,
+        };
+        let op = |k: Kernel| BnGrad::new(k, self.eps, self.relu, cache.clone());
+        match self.kernel {
+            Kernel::GradX => {
+                // t = g, up = h: ∂⟨h, GradX(x, p, g)⟩ w.r.t. x, p (only the row σ is read) and g.
+                let gh = Tensor::stack(&[t, &up], 0)?;
+                let dx = x.apply_op3(p, &gh, op(Kernel::HessX))?;
+                let dg = x.apply_op3(p, &up, op(Kernel::HessG))?;
+                let ds = x.apply_op3(p, &gh, op(Kernel::HessScale))?;
+                // σ is γ (row 0) of a two-row pack `[γ; β]`, the third row of `[γ; β; σ]`; the
+                // mask depends on γ and β only piecewise constantly.
+                let zeros = Tensor::zeros((2, p.dim(1)?), p.dtype(), p.device())?;
+                let dp = match p.dim(0)? {
+                    2 => Tensor::cat(&[&ds, &zeros.narrow(0, 0, 1)?], 0)?,
+                    3 => Tensor::cat(&[&zeros, &ds], 0)?,
+                    r => candle_core::bail!("batch norm: a parameter pack of {r} rows has no gradient"),
+                };
+                Ok((Some(dx), Some(dp), Some(dg)))
+            }
+            Kernel::GradP => {
+                // t = g, up = k = [k₁; k₂]: ∂⟨k, GradP(x, p, g)⟩.
+                let gamma_beta = p.narrow(0, 0, 2)?;
+                let with_scale = Tensor::cat(&[&gamma_beta, &up.narrow(0, 0, 1)?], 0)?;
+                let dx = x.apply_op3(&with_scale, t, op(Kernel::GradX))?;
+                let with_k = Tensor::cat(&[&gamma_beta, &up], 0)?;
+                let dg = x.apply_op3(&with_k, t, op(Kernel::GradPBackG))?;
+                Ok((Some(dx), None, Some(dg)))
+            }
+            _ => Err(third_order(self.name())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+
+    fn seq(shape: &[usize], a: f64, b: f64) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|i| ((i as f64) * a + b).sin() * 1.7 + 0.3).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    /// Batch norm (+ ReLU) from candle's elementwise ops: the independent reference.
+    fn reference(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, relu: bool) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let c = dims[1];
+        let n = x.elem_count() / c;
+        let bshape: Vec<usize> = (0..dims.len()).map(|i| if i == 1 { c } else { 1 }).collect();
+        let per = |t: &Tensor| -> Result<Tensor> { t.reshape((dims[0], c, ()))?.sum(2)?.sum(0) };
+        let mean = (per(x)? / n as f64)?;
+        let cen = x.broadcast_sub(&mean.reshape(bshape.clone())?)?;
+        let var = (per(&cen.sqr()?)? / n as f64)?;
+        let y = cen
+            .broadcast_div(&(var + eps)?.sqrt()?.reshape(bshape.clone())?)?
+            .broadcast_mul(&w.reshape(bshape.clone())?)?
+            .broadcast_add(&b.reshape(bshape)?)?;
+        if relu {
+            y.relu()
+        } else {
+            Ok(y)
+        }
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a - b)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()
+    }
+
+    #[test]
+    fn forward_and_statistics_match_the_reference() -> Result<()> {
+        for (shape, relu) in [(vec![4, 3, 5, 6], false), (vec![1, 2, 7, 3], true), (vec![5, 4], true)] {
+            let x = seq(&shape, 0.37, 0.1)?;
+            let c = shape[1];
+            let w = seq(&[c], 1.3, 0.5)?;
+            let b = seq(&[c], 0.7, 2.0)?;
+            let out = batch_norm_train(&x, &w, &b, 1e-5, relu)?;
+            assert!(
+                max_abs_diff(&out.y, &reference(&x, &w, &b, 1e-5, relu)?)? < 1e-12,
+                "{shape:?}"
+            );
+            let xf = x.to_dtype(DType::F32)?;
+            let o32 = batch_norm_train(&xf, &w.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?, 1e-5, relu)?;
+            assert!(max_abs_diff(&o32.y.to_dtype(DType::F64)?, &out.y)? < 1e-5);
+            // statistics: mean and biased variance per channel, computed directly
+            let n = x.elem_count() / c;
+            let xt = x.transpose(0, 1)?.contiguous()?.reshape((c, n))?;
+            let mean = (xt.sum(1)? / n as f64)?;
+            let var = (xt.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.sum(1)? / n as f64)?;
+            assert!(max_abs_diff(&out.mean, &mean)? < 1e-12);
+            assert!(max_abs_diff(&out.var, &var)? < 1e-12);
+            assert_eq!(out.count, n);
+        }
+        Ok(())
+    }
+
+    /// Gradients of `L = Σ r ⊙ y` (r fixed) by the custom ops vs by candle's autograd of the
+    /// reference ops, for x, γ and β.
+    #[test]
+    fn first_derivatives_match_autograd_of_the_reference() -> Result<()> {
+        for (shape, relu) in [(vec![3, 2, 4, 5], false), (vec![3, 2, 4, 5], true), (vec![6, 3], true)] {
+            let c = shape[1];
+            let x = Var::from_tensor(&seq(&shape, 0.91, 0.2)?)?;
+            let w = Var::from_tensor(&seq(&[c], 1.1, 0.4)?)?;
+            let b = Var::from_tensor(&seq(&[c], 0.3, 1.0)?)?;
+            let r = seq(&shape, 0.53, 3.0)?;
+            let fused = (batch_norm_train(&x, &w, &b, 1e-3, relu)?.y * &r)?
+                .sum_all()?
+                .backward()?;
+            let refg = (reference(&x, &w, &b, 1e-3, relu)? * &r)?.sum_all()?.backward()?;
+            for v in [&x, &w, &b] {
+                let a = fused.get(v.as_tensor()).expect("fused grad");
+                let e = refg.get(v.as_tensor()).expect("reference grad");
+                assert!(max_abs_diff(a, e)? < 1e-10, "{shape:?} relu={relu}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hessian-vector products by double backpropagation vs central differences of gradients.
+    #[test]
+    fn second_derivatives_match_finite_differences_of_gradients() -> Result<()> {
+        // candle detaches gradients unless this is set before the thread's first backward; run on
+        // a fresh thread so that other tests are unaffected.
+        std::thread::spawn(|| -> Result<()> {
+            std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+            for relu in [false, true] {
+                let shape = [3usize, 2, 3, 4];
+                let c = shape[1];
+                let x0 = seq(&shape, 0.91, 0.2)?;
+                let w0 = seq(&[c], 1.1, 0.4)?;
+                let b0 = seq(&[c], 0.3, 1.0)?;
+                let r = seq(&shape, 0.53, 3.0)?;
+                let q = seq(&shape, 0.29, 1.5)?;
+                // L = Σ r ⊙ y + ½ Σ q ⊙ y²: a non-linear head, so second derivatives through the
+                // incoming gradient are exercised too.
+                let loss = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+                    let y = batch_norm_train(x, w, b, 1e-3, relu)?.y;
+                    (&y * &r)?.sum_all()? + ((y.sqr()? * &q)?.sum_all()? * 0.5)?
+                };
+                let grads = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Vec<Tensor>> {
+                    let (xv, wv, bv) = (Var::from_tensor(x)?, Var::from_tensor(w)?, Var::from_tensor(b)?);
+                    let g = loss(&xv, &wv, &bv)?.backward()?;
+                    Ok([&xv, &wv, &bv]
+                        .iter()
+                        .map(|v| g.get(v.as_tensor()).expect("grad").detach())
+                        .collect())
+                };
+                let (vx, vw, vb) = (seq(&shape, 0.77, 0.9)?, seq(&[c], 0.61, 0.1)?, seq(&[c], 0.43, 2.2)?);
+                // Hv by double backprop: ∇ ⟨∇L, v⟩
+                let (xv, wv, bv) = (Var::from_tensor(&x0)?, Var::from_tensor(&w0)?, Var::from_tensor(&b0)?);
+                let g = loss(&xv, &wv, &bv)?.backward()?;
+                let dot = ((g.get(&xv).expect("gx") * &vx)?.sum_all()?
+                    + (g.get(&wv).expect("gw") * &vw)?.sum_all()?
+                    + (g.get(&bv).expect("gb") * &vb)?.sum_all()?)?;
+                let h = dot.backward()?;
+                let hv: Vec<Tensor> = [&xv, &wv, &bv]
+                    .iter()
+                    .map(|v| h.get(v.as_tensor()).expect("hv").clone())
+                    .collect();
+                // central differences of the gradient along v
+                let e = 1e-6;
+                let plus = grads(&(&x0 + (&vx * e)?)?, &(&w0 + (&vw * e)?)?, &(&b0 + (&vb * e)?)?)?;
+                let minus = grads(&(&x0 - (&vx * e)?)?, &(&w0 - (&vw * e)?)?, &(&b0 - (&vb * e)?)?)?;
+                for i in 0..3 {
+                    let fd = ((&plus[i] - &minus[i])? / (2.0 * e))?;
+                    let scale = fd.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?.max(1.0);
+                    let err = max_abs_diff(&hv[i], &fd)?;
+                    assert!(
+                        err < 1e-6 * scale,
+                        "relu={relu} argument {i}: error {err} (scale {scale})"
+                    );
+                }
+            }
+            Ok(())
+        })
+        .join()
+        .expect("thread")
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() -> Result<()> {
+        let x = seq(&[2, 3, 4], 0.1, 0.0)?;
+        let w = seq(&[2], 0.1, 0.0)?;
+        let e = batch_norm_train(&x, &w, &w, 1e-5, false).unwrap_err().to_string();
+        assert!(e.contains("3 channels"), "{e}");
+        let w3 = seq(&[3], 0.1, 0.0)?;
+        assert!(batch_norm_train(&x, &w3, &w3, 0.0, false).is_err());
+        assert!(batch_norm_train(&seq(&[4], 0.1, 0.0)?, &w3, &w3, 1e-5, false).is_err());
+        Ok(())
+    }
+}
