@@ -232,7 +232,7 @@ impl Gaussian {
         let y = self.targets(targets, b, mu.dtype())?;
         let z = ((y - mu)? * (log_std.neg()?.exp()?))?;
         let per = ((z.sqr()? * 0.5)? + log_std)?;
-        (per.sum(D::Minus1)?.mean_all()? + HALF_LOG_2PI * self.dim as f64)
+        per.sum(D::Minus1)?.mean_all()? + HALF_LOG_2PI * self.dim as f64
     }
 }
 
