@@ -127,6 +127,12 @@ fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
 }
 
 /// Runs a parsed command line.
+/// Whether the run in `dir` was trained under a Gaussian likelihood (an unreadable config is
+/// left to the classification path, which reports it).
+fn is_regression_run(dir: &std::path::Path) -> bool {
+    StudyConfig::from_file(&dir.join("config.toml"), &[]).is_ok_and(|c| c.likelihood.is_regression())
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(c) => {
@@ -153,6 +159,16 @@ pub fn run(cli: Cli) -> Result<()> {
             let s = commands::train(&cfg, &opts, resume)?;
             println!("{}", commands::metrics_table(&s.metrics));
             println!("run directory: {}", s.dir.display());
+        }
+        Command::Eval(c) if is_regression_run(&c.run) => {
+            let (m, cfg) = commands::regression::eval(&c.run, c.common.data_dir.as_deref(), &c.common.device)?;
+            println!(
+                "{} on {} ({}), original target units",
+                cfg.model.arch,
+                cfg.data.name,
+                c.run.display()
+            );
+            println!("  test_rmse         {:.4}\n  test_nll          {:.4}\n  test_mixture_nll  {:.4}\n  test_coverage_95  {:.4}", m.rmse, m.nll, m.mixture_nll, m.coverage_95);
         }
         Command::Eval(c) => {
             let (m, cfg) = commands::eval(&c.run, c.common.data_dir.as_deref(), &c.common.device)?;

@@ -1,4 +1,7 @@
-//! The commands behind the CLI: `train`, `eval`, `data info`, `quickstart`.
+//! The commands behind the CLI: `train`, `eval`, `data info`, `quickstart`. Regression tables
+//! (`[likelihood] kind = "gaussian"`) go through [`regression`].
+
+pub mod regression;
 
 use crate::atomic;
 use crate::config::StudyConfig;
@@ -14,6 +17,7 @@ use secateur_inference::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use secateur_inference::predict::{predict, Predictions};
 use secateur_inference::predict::{predict_mc, McPredictions};
 use secateur_inference::train::{Observer, TrainSettings, Trainer};
+use secateur_models::arch::{Mlp, MlpConfig};
 use secateur_models::{build, ModelSpec, Network};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -73,6 +77,13 @@ pub fn build_model(
     classes: usize,
     dev: &Device,
 ) -> Result<(Network, ParamStore)> {
+    let (store, pb) = param_builder(cfg, dev);
+    let net = build_network(cfg, input, classes, &pb)?;
+    Ok((net, store))
+}
+
+/// A fresh store and a builder drawing from the config's initialisation stream.
+fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) {
     let store = ParamStore::new();
     let pb = ParamBuilder::new(
         store.clone(),
@@ -80,18 +91,36 @@ pub fn build_model(
         DType::F32,
         dev.clone(),
     );
+    (store, pb)
+}
+
+/// The config's architecture with `outputs` outputs, registered under `pb`; an `mlp` with
+/// `model.hidden` set gets those hidden widths instead of LeNet-300-100's.
+fn build_network(cfg: &StudyConfig, input: [usize; 3], outputs: usize, pb: &ParamBuilder) -> Result<Network> {
     let spec = ModelSpec {
         arch: cfg.model.arch.clone(),
         input,
-        classes,
+        classes: outputs,
     };
     cfg.bayes
         .vd_granularity()
         .map_err(|e| ExpError::config("bayes.vd_granularity", e))?;
     let factory = secateur_models::factory(&cfg.model.layers, &cfg.bayes.factory_options())
         .map_err(|e| ExpError::config("model.layers", e.to_string()))?;
-    let net = build(&spec, factory.as_ref(), &pb)?;
-    Ok((net, store))
+    Ok(match (&cfg.model.hidden, cfg.model.arch.as_str()) {
+        (Some(hidden), "mlp") => {
+            spec.validate()?;
+            let mlp = Mlp::new(
+                &MlpConfig { hidden: hidden.clone() },
+                input,
+                outputs,
+                factory.as_ref(),
+                pb,
+            )?;
+            Network::new("mlp", Box::new(mlp))
+        }
+        _ => build(&spec, factory.as_ref(), pb)?,
+    })
 }
 
 /// How the stochastic layers of a config's model sample: `Mean` for deterministic layers,
@@ -258,6 +287,9 @@ fn posterior_mean_accuracy(
 
 /// Trains the config's model, or resumes the run in `resume`; writes the run directory.
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
+    if cfg.likelihood.is_regression() {
+        return regression::train(cfg, opts, resume);
+    }
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
     let run = match resume {
@@ -457,7 +489,8 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
     s
 }
 
-/// Evaluates a finished run's final weights on its test set.
+/// Evaluates a finished classification run's final weights on its test set (regression runs:
+/// [`regression::eval`]).
 pub fn eval(
     run_dir: &Path,
     data_dir: Option<&Path>,
@@ -534,7 +567,13 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
         "epochs",
         "seed",
         "test_accuracy",
+        "test_rmse",
         "test_nll",
+        "test_mixture_nll",
+        "test_coverage_95",
+        "test_mean_predictive_std",
+        "test_mean_aleatoric_var",
+        "test_mean_epistemic_var",
         "test_brier",
         "test_ece",
         "test_mce",

@@ -1,5 +1,5 @@
 //! Study configs: TOML files, nested as
-//! `StudyConfig { name, seed, data, model, optim, train, bayes }`.
+//! `StudyConfig { name, seed, data, model, optim, train, bayes, likelihood }`.
 //!
 //! Every section has documented defaults (its `Default`), unknown keys are refused by name
 //! (`deny_unknown_fields`), and [`StudyConfig::validate`] refuses impossible values, naming the
@@ -35,6 +35,8 @@ pub struct StudyConfig {
     pub train: TrainConfig,
     /// Bayesian layers and the ELBO (read when `model.layers` is not `deterministic`).
     pub bayes: BayesConfig,
+    /// The likelihood: categorical (classification, the default) or Gaussian (regression).
+    pub likelihood: LikelihoodConfig,
 }
 
 impl Default for StudyConfig {
@@ -47,6 +49,7 @@ impl Default for StudyConfig {
             optim: OptimConfig::default(),
             train: TrainConfig::default(),
             bayes: BayesConfig::default(),
+            likelihood: LikelihoodConfig::default(),
         }
     }
 }
@@ -69,6 +72,10 @@ pub struct DataConfig {
     pub augment: bool,
     /// Fraction of the training split held out for validation (reported as `val_*`). Default 0.
     pub val_fraction: f64,
+    /// Regression tables only (they ship without a split): the fraction of rows held out as the
+    /// test set by a split seeded from `seed`, in (0, 1). Default 0.1 (the 90/10 splits of
+    /// Hernández-Lobato & Adams 2015).
+    pub test_fraction: f64,
 }
 
 impl Default for DataConfig {
@@ -80,6 +87,7 @@ impl Default for DataConfig {
             eval_batch_size: 1000,
             augment: false,
             val_fraction: 0.0,
+            test_fraction: 0.1,
         }
     }
 }
@@ -95,6 +103,10 @@ pub struct ModelConfig {
     /// `sparse-vd` (Molchanov et al. 2017), `variational-dropout` (Kingma et al. 2015) or
     /// `mc-dropout` (Gal & Ghahramani 2016). Default `deterministic`.
     pub layers: String,
+    /// `mlp` only: the hidden widths, input side first (e.g. `[50]`, the one hidden layer of 50
+    /// units of the UCI regression benchmarks). Default: none, i.e. LeNet-300-100's `[300, 100]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<usize>>,
 }
 
 impl Default for ModelConfig {
@@ -102,6 +114,7 @@ impl Default for ModelConfig {
         Self {
             arch: "lenet5".into(),
             layers: "deterministic".into(),
+            hidden: None,
         }
     }
 }
@@ -345,6 +358,103 @@ impl BayesConfig {
     }
 }
 
+/// The likelihood of the targets (`[likelihood]`; see `secateur_inference::likelihood`).
+///
+/// ```toml
+/// [likelihood]
+/// kind = "gaussian"            # or "categorical" (the default, classification)
+/// noise = "heteroscedastic"    # or "fixed", "homoscedastic"
+/// std = 1.0                    # fixed: σ; homoscedastic: initial σ (original target units)
+/// min_std = 1e-3               # heteroscedastic: floor of σ (standardised target units)
+/// ```
+///
+/// A Gaussian likelihood needs a regression table (`data.name` one of the table data sets) and
+/// the `mlp` architecture; the categorical one an image data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LikelihoodConfig {
+    /// `categorical` or `gaussian`. Default `categorical`.
+    pub kind: String,
+    /// Gaussian noise: `fixed` (σ = `std`), `homoscedastic` (one learned log σ, initialised at
+    /// `std`) or `heteroscedastic` (σ predicted per input: the network outputs mean and raw scale,
+    /// `σ = softplus(raw) + min_std`). Default `heteroscedastic`.
+    pub noise: String,
+    /// The fixed σ, or the initial σ of homoscedastic noise, in the ORIGINAL units of the target
+    /// (divided by the training targets' standard deviation, since the model sees standardised
+    /// targets); finite and > 0. Default 1.
+    pub std: f64,
+    /// Heteroscedastic noise: the floor of σ in standardised target units, finite and ≥ 0.
+    /// Default 1e-3.
+    pub min_std: f64,
+}
+
+impl Default for LikelihoodConfig {
+    fn default() -> Self {
+        Self {
+            kind: "categorical".into(),
+            noise: "heteroscedastic".into(),
+            std: 1.0,
+            min_std: 1e-3,
+        }
+    }
+}
+
+/// The names of `likelihood.kind`.
+pub const LIKELIHOOD_KINDS: &[&str] = &["categorical", "gaussian"];
+
+/// The names of `likelihood.noise`.
+pub const NOISE_KINDS: &[&str] = &["fixed", "homoscedastic", "heteroscedastic"];
+
+impl LikelihoodConfig {
+    /// Whether this is the Gaussian (regression) likelihood.
+    pub fn is_regression(&self) -> bool {
+        self.kind == "gaussian"
+    }
+
+    /// Refuses unknown names and impossible values; the message names the field
+    /// (`likelihood.…`).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !LIKELIHOOD_KINDS.contains(&self.kind.as_str()) {
+            return Err(format!(
+                "likelihood.kind `{}` is unknown; known: {}",
+                self.kind,
+                LIKELIHOOD_KINDS.join(", ")
+            ));
+        }
+        if !(self.std.is_finite() && self.std > 0.0) {
+            return Err(format!("likelihood.std must be finite and > 0, got {}", self.std));
+        }
+        if !(self.min_std.is_finite() && self.min_std >= 0.0) {
+            return Err(format!(
+                "likelihood.min_std must be finite and ≥ 0, got {}",
+                self.min_std
+            ));
+        }
+        self.noise(1.0).map(|_| ())
+    }
+
+    /// The Gaussian noise for targets standardised by a training-target standard deviation
+    /// `target_std` (the fixed or initial σ is divided by it).
+    pub fn noise(&self, target_std: f64) -> std::result::Result<secateur_inference::likelihood::Noise, String> {
+        use secateur_inference::likelihood::Noise;
+        Ok(match self.noise.as_str() {
+            "fixed" => Noise::Fixed {
+                std: self.std / target_std,
+            },
+            "homoscedastic" => Noise::Homoscedastic {
+                init_std: self.std / target_std,
+            },
+            "heteroscedastic" => Noise::Heteroscedastic { min_std: self.min_std },
+            other => {
+                return Err(format!(
+                    "likelihood.noise `{other}` is unknown; known: {}",
+                    NOISE_KINDS.join(", ")
+                ))
+            }
+        })
+    }
+}
+
 impl StudyConfig {
     /// Whether `model.layers` is a Bayesian layer kind (ELBO training, Monte Carlo evaluation).
     pub fn is_bayesian(&self) -> bool {
@@ -420,7 +530,19 @@ impl StudyConfig {
                 LAYER_KINDS.join(", ")
             ));
         }
+        if let Some(h) = &self.model.hidden {
+            if self.model.arch != "mlp" {
+                return Err(format!(
+                    "model.hidden applies to the mlp only, not to `{}`",
+                    self.model.arch
+                ));
+            }
+            if h.contains(&0) {
+                return Err(format!("model.hidden must hold positive widths, got {h:?}"));
+            }
+        }
         self.bayes.validate()?;
+        self.validate_likelihood()?;
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(format!("optim.lr must be positive, got {}", o.lr));
@@ -457,6 +579,44 @@ impl StudyConfig {
             .schedule
             .validate()
             .map_err(|e| format!("train.schedule: {e}"))?;
+        Ok(())
+    }
+}
+
+impl StudyConfig {
+    /// The likelihood section and its fit with the data set and architecture.
+    fn validate_likelihood(&self) -> std::result::Result<(), String> {
+        self.likelihood.validate()?;
+        let table = crate::data::TABLE_DATASETS.contains(&self.data.name.as_str());
+        if self.likelihood.is_regression() {
+            if !table {
+                return Err(format!(
+                    "likelihood.kind = \"gaussian\" needs a regression table in data.name ({}), got `{}`",
+                    crate::data::TABLE_DATASETS.join(", "),
+                    self.data.name
+                ));
+            }
+            if self.model.arch != "mlp" {
+                return Err(format!(
+                    "likelihood.kind = \"gaussian\": regression tables need model.arch = \"mlp\", got `{}`",
+                    self.model.arch
+                ));
+            }
+            if self.data.val_fraction > 0.0 {
+                return Err("data.val_fraction is not supported for regression tables (use data.test_fraction)".into());
+            }
+            if !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0) {
+                return Err(format!(
+                    "data.test_fraction must be in (0, 1), got {}",
+                    self.data.test_fraction
+                ));
+            }
+        } else if table {
+            return Err(format!(
+                "data.name `{}` is a regression table: set likelihood.kind = \"gaussian\"",
+                self.data.name
+            ));
+        }
         Ok(())
     }
 }
@@ -544,6 +704,10 @@ mod tests {
             ("bayes.init_delta=-0.1", "bayes.init_delta"),
             ("bayes.init_delta=nan", "bayes.init_delta"),
             ("bayes.init_from=\"\"", "bayes.init_from"),
+            ("likelihood.kind=\"poisson\"", "likelihood.kind"),
+            ("likelihood.kind=\"gaussian\"", "regression table"),
+            ("data.name=\"diabetes\"", "likelihood.kind"),
+            ("model.hidden=[50]", "model.hidden"),
         ] {
             let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
                 .unwrap_err()
@@ -581,6 +745,47 @@ mod tests {
             Some(Path::new("runs/det/weights.safetensors"))
         );
         assert_eq!(cfg.bayes.init_delta, 0.05);
+        assert_eq!(StudyConfig::from_toml(&cfg.to_toml()?, "round trip", &[])?, cfg);
+        Ok(())
+    }
+
+    #[test]
+    fn likelihood_section_is_checked_by_field() -> Result<()> {
+        let base = [
+            "data.name=\"wine-quality-red\"".to_string(),
+            "model.arch=\"mlp\"".into(),
+            "likelihood.kind=\"gaussian\"".into(),
+        ];
+        let cfg = StudyConfig::from_toml("", "c.toml", &base)?;
+        assert!(cfg.likelihood.is_regression());
+        for (set, field) in [
+            ("likelihood.std=0", "likelihood.std"),
+            ("likelihood.std=-2", "likelihood.std"),
+            ("likelihood.std=nan", "likelihood.std"),
+            ("likelihood.min_std=-1e-3", "likelihood.min_std"),
+            ("likelihood.noise=\"laplace\"", "likelihood.noise"),
+            ("likelihood.scale=1", "scale"),
+            ("model.arch=\"lenet5\"", "model.arch"),
+            ("data.test_fraction=0", "data.test_fraction"),
+            ("model.hidden=[50, 0]", "model.hidden"),
+        ] {
+            let mut sets = base.to_vec();
+            sets.push(set.into());
+            let e = StudyConfig::from_toml("", "c.toml", &sets).unwrap_err().to_string();
+            assert!(e.contains(field), "{set}: {e}");
+        }
+        // σ in original units is divided by the target std
+        let mut sets = base.to_vec();
+        sets.extend([
+            "likelihood.noise=\"fixed\"".to_string(),
+            "likelihood.std=0.5".into(),
+            "model.hidden=[50]".into(),
+        ]);
+        let cfg = StudyConfig::from_toml("", "c.toml", &sets)?;
+        assert_eq!(
+            cfg.likelihood.noise(2.0).unwrap(),
+            secateur_inference::likelihood::Noise::Fixed { std: 0.25 }
+        );
         assert_eq!(StudyConfig::from_toml(&cfg.to_toml()?, "round trip", &[])?, cfg);
         Ok(())
     }

@@ -58,10 +58,13 @@ impl Observer for Progress {
         }
         if let Some(bar) = &self.bar {
             bar.set_position(s.step as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.3} {:.0} img/s",
-                s.loss, s.accuracy, s.examples_per_sec
-            ));
+            bar.set_message(match s.rmse {
+                Some(rmse) => format!("loss {:.4} rmse {rmse:.4} {:.0} ex/s", s.loss, s.examples_per_sec),
+                None => format!(
+                    "loss {:.4} acc {:.3} {:.0} img/s",
+                    s.loss, s.accuracy, s.examples_per_sec
+                ),
+            });
         }
         Ok(())
     }
@@ -71,13 +74,21 @@ impl Observer for Progress {
             bar.finish_and_clear();
         }
         if !self.quiet {
-            let eval = match &r.eval {
-                Some(m) => format!("  test acc {:.4} nll {:.4} ece {:.4}", m.accuracy, m.nll, m.ece),
-                None => String::new(),
+            let eval = match (&r.eval, &r.eval_regression) {
+                (Some(m), _) => format!("  test acc {:.4} nll {:.4} ece {:.4}", m.accuracy, m.nll, m.ece),
+                (None, Some(m)) => format!(
+                    "  test rmse {:.4} nll {:.4} coverage {:.3}",
+                    m.rmse, m.nll, m.coverage_95
+                ),
+                (None, None) => String::new(),
+            };
+            let train = match r.train_rmse {
+                Some(rmse) => format!("rmse {rmse:.4}"),
+                None => format!("acc {:.4}", r.train_accuracy),
             };
             eprintln!(
-                "epoch {:>3}  lr {:.4}  train loss {:.4} acc {:.4}{eval}  ({:.1}s)",
-                r.epoch, r.lr, r.train_loss, r.train_accuracy, r.seconds
+                "epoch {:>3}  lr {:.4}  train loss {:.4} {train}{eval}  ({:.1}s)",
+                r.epoch, r.lr, r.train_loss, r.seconds
             );
         }
         Ok(())

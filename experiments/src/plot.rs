@@ -1,5 +1,6 @@
 //! PNG plots of a run: learning curves (`curves.png`) and a reliability diagram of the test
-//! predictions (`reliability.png`).
+//! predictions (`reliability.png`). Regression runs (a history with `train_rmse`) draw the loss
+//! and the RMSE instead of the accuracy, and no reliability diagram.
 //!
 //! Plots are drawn with `plotters` into an in-memory RGB buffer and encoded to PNG bytes here,
 //! so that they can be written atomically with [`atomic::write_bytes`]. Text is rendered with
@@ -243,9 +244,14 @@ fn draw_curve_panel(
 }
 
 /// Renders the learning curves as a PNG of [`CURVES_SIZE`]: two panels side by side, the loss
-/// (train loss and test NLL) and the accuracy (train and test) against the epoch. Epochs without
-/// evaluation have no test point; non-finite values break a line rather than failing the plot.
+/// (train loss and test NLL) and the accuracy (train and test) against the epoch — for a
+/// regression history (any record with `train_rmse`), the RMSE (train and test) instead of the
+/// accuracy. Epochs without evaluation have no test point; non-finite values break a line rather
+/// than failing the plot.
 pub fn learning_curves_png(history: &[EpochRecord]) -> Result<Vec<u8>> {
+    if history.iter().any(|r| r.train_rmse.is_some()) {
+        return regression_curves_png(history);
+    }
     render(CURVES_FILE, CURVES_SIZE, |root| {
         let panels = root.split_evenly((1, 2));
         draw_curve_panel(
@@ -279,6 +285,56 @@ pub fn learning_curves_png(history: &[EpochRecord]) -> Result<Vec<u8>> {
             &|r| r.eval.as_ref().map(|m| m.accuracy),
         )
     })
+}
+
+/// The regression learning curves: loss (train loss, test NLL of the Gaussian predictive) and
+/// RMSE (train, test), both in the units the history records (the original target units for
+/// `secateur train`).
+fn regression_curves_png(history: &[EpochRecord]) -> Result<Vec<u8>> {
+    render(CURVES_FILE, CURVES_SIZE, |root| {
+        let panels = root.split_evenly((1, 2));
+        draw_curve_panel(
+            &panels[0],
+            history,
+            &CurvePanel {
+                title: "Loss",
+                y_desc: "loss / NLL (nats)",
+                train_label: "train loss",
+                test_label: "test NLL",
+                y_bounds: (f64::NEG_INFINITY, f64::INFINITY),
+                fallback: (0.0, 1.0),
+                legend: SeriesLabelPosition::UpperRight,
+            },
+            &|r| r.train_loss,
+            &|r| r.eval_regression.as_ref().map(|m| m.nll),
+        )?;
+        draw_curve_panel(
+            &panels[1],
+            history,
+            &CurvePanel {
+                title: "RMSE",
+                y_desc: "RMSE (target units)",
+                train_label: "train RMSE",
+                test_label: "test RMSE",
+                y_bounds: (0.0, f64::INFINITY),
+                fallback: (0.0, 1.0),
+                legend: SeriesLabelPosition::UpperRight,
+            },
+            &|r| r.train_rmse.unwrap_or(f64::NAN),
+            &|r| r.eval_regression.as_ref().map(|m| m.rmse),
+        )
+    })
+}
+
+/// Writes `curves.png` of a regression run (no reliability diagram: it needs class
+/// probabilities), atomically.
+pub fn write_regression_plots(run: &RunDir, history: &[EpochRecord]) -> Result<()> {
+    let curves = run.file(CURVES_FILE);
+    let bytes = learning_curves_png(history).map_err(|e| match e {
+        ExpError::Io { source, .. } => ExpError::io(&curves, source),
+        other => other,
+    })?;
+    atomic::write_bytes(&curves, &bytes)
 }
 
 /// Renders a reliability diagram as a PNG of [`RELIABILITY_SIZE`]: per-bin accuracy as bars
@@ -484,6 +540,8 @@ mod tests {
             train_nll: 2.3 * (-0.25 * t).exp() + 0.05,
             train_divergence: 0.0,
             beta: 1.0,
+            train_rmse: None,
+            eval_regression: None,
             eval: eval.then(|| ClassificationMetrics {
                 accuracy: 0.97 - 0.8 * (-0.35 * t).exp(),
                 nll: 2.0 * (-0.3 * t).exp() + 0.12 + 0.004 * t,
@@ -635,6 +693,33 @@ mod tests {
             let bytes = std::fs::read(run.file(name)).unwrap();
             assert_eq!(&bytes[..8], &PNG_SIGNATURE);
         }
+    }
+
+    #[test]
+    fn regression_runs_plot_curves_without_a_reliability_diagram() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.toml"), "").unwrap();
+        let run = RunDir::open(dir.path()).unwrap();
+        let history: Vec<EpochRecord> = (1..=5)
+            .map(|e| EpochRecord {
+                train_accuracy: f64::NAN,
+                train_rmse: Some(1.0 / e as f64),
+                eval: None,
+                eval_regression: Some(secateur_inference::metrics::RegressionMetrics {
+                    rmse: 0.7,
+                    nll: 1.0,
+                    mixture_nll: 1.0,
+                    coverage_95: 0.9,
+                    mean_predictive_std: 0.6,
+                    mean_aleatoric_var: 0.3,
+                    mean_epistemic_var: 0.0,
+                }),
+                ..record(e, false)
+            })
+            .collect();
+        write_regression_plots(&run, &history).unwrap();
+        assert_eq!(dimensions(&std::fs::read(run.file(CURVES_FILE)).unwrap()), CURVES_SIZE);
+        assert!(!run.file(RELIABILITY_FILE).exists());
     }
 
     /// Writes sample plots to `$TMPDIR` to be looked at: `cargo test -p secateur-experiments --lib

@@ -114,7 +114,12 @@ impl RunDir {
     }
 
     /// Writes the history as CSV (one row per epoch).
+    /// A regression history (records with `train_rmse`) has the columns
+    /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds`.
     pub fn write_history(&self, history: &[EpochRecord]) -> Result<()> {
+        if history.iter().any(|r| r.train_rmse.is_some()) {
+            return self.write_regression_history(history);
+        }
         let mut s = String::from(
             "epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds\n",
         );
@@ -137,6 +142,30 @@ impl RunDir {
                 b,
                 e,
                 m,
+                r.seconds
+            ));
+        }
+        atomic::write_string(&self.file("history.csv"), &s)
+    }
+
+    fn write_regression_history(&self, history: &[EpochRecord]) -> Result<()> {
+        let mut s = String::from(
+            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds\n",
+        );
+        for r in history {
+            let (a, n, c) = match &r.eval_regression {
+                Some(x) => (x.rmse, x.nll, x.coverage_95),
+                None => (f64::NAN, f64::NAN, f64::NAN),
+            };
+            s.push_str(&format!(
+                "{},{},{},{},{},{},{},{a},{n},{c},{:.3}\n",
+                r.epoch,
+                r.lr,
+                r.train_loss,
+                r.train_nll,
+                r.train_divergence,
+                r.beta,
+                r.train_rmse.unwrap_or(f64::NAN),
                 r.seconds
             ));
         }

@@ -30,8 +30,15 @@
 //! `(1 − T) · H[q] / N`; with a Gaussian prior that is a change of prior variance, which a prior
 //! config can express directly.)
 //!
-//! The deterministic objective [`Objective::CrossEntropy`] is the mean softmax cross-entropy of
-//! one forward pass, computed exactly as before the ELBO existed.
+//! `log p(yᵢ | xᵢ, wₛ)` is the trainer's likelihood ([`crate::likelihood`]): the softmax
+//! cross-entropy of integer labels (categorical, the default), or the Gaussian NLL
+//! `Σ_d [½ log(2π σ²) + (y − μ)² / (2σ²)]` of float targets for regression, with fixed, learned
+//! homoscedastic, or predicted heteroscedastic noise. A learned noise scale is a parameter of the
+//! model, so it is fitted by the same gradient steps (a point estimate, not a posterior).
+//!
+//! The deterministic objective [`Objective::CrossEntropy`] is the mean NLL of one forward pass
+//! under that likelihood; with the categorical likelihood it is the softmax cross-entropy,
+//! computed exactly as before the ELBO existed.
 
 use candle_core::{bail, Result};
 use secateur_bayes::Divergence;
@@ -217,7 +224,9 @@ impl ElboConfig {
 /// What the trainer minimises.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Objective {
-    /// Mean softmax cross-entropy of one forward pass (the deterministic objective).
+    /// Mean negative log-likelihood of one forward pass (the deterministic objective): the softmax
+    /// cross-entropy under the categorical likelihood (hence the name), the Gaussian NLL under a
+    /// Gaussian one.
     #[default]
     CrossEntropy,
     /// The negative ELBO of the [module docs](self).

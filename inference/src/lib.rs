@@ -11,11 +11,14 @@
 //!   guard and bit-identical resume.
 //! - [`predict`]: batched prediction of class probabilities, Monte Carlo prediction with S
 //!   posterior samples and the entropy / mutual-information decomposition.
-//! - [`elbo`]: the training objective: cross-entropy or the tempered, annealed negative ELBO.
+//! - [`elbo`]: the training objective: the NLL of one pass or the tempered, annealed negative ELBO.
+//! - [`likelihood`]: categorical (softmax) and Gaussian (fixed, homoscedastic, heteroscedastic
+//!   noise) likelihoods and their negative log-likelihoods.
 //! - planned: SWAG, Stein VI.
 
 pub mod elbo;
 pub mod hooks;
+pub mod likelihood;
 pub mod metrics;
 pub mod optim;
 pub mod predict;

@@ -1,4 +1,5 @@
-//! Classification metrics computed in `f64` from predicted class probabilities.
+//! Classification metrics computed in `f64` from predicted class probabilities, and regression
+//! metrics of Gaussian predictives ([`regression_metrics`]: RMSE, NLL, 95% interval coverage).
 //!
 //! All functions take the probabilities row-major as `[N × classes]` (`probs[i * classes + k]` is
 //! the probability of class `k` for example `i`) and the true labels (length `N`). They return
@@ -19,6 +20,8 @@
 //! for either. Boundaries are compared in `f64` as `b as f64 / B as f64`; torchmetrics compares in
 //! `f32`, so a confidence lying within rounding of a boundary may land in the neighbouring bin.
 
+use crate::likelihood::HALF_LOG_2PI;
+use crate::predict::RegressionPredictions;
 use candle_core::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -226,5 +229,152 @@ pub fn classification_metrics(probs: &[f32], labels: &[u32], classes: usize) -> 
         brier: brier / n,
         ece,
         mce,
+    })
+}
+
+/// The standard normal quantile `Φ⁻¹(0.975)`: `μ ± 1.96 σ` is the central 95% interval of
+/// `N(μ, σ²)`.
+pub const Z_975: f64 = 1.959_963_984_540_054;
+
+/// Summary metrics of a Gaussian regression predictive on a labelled set, averaged over the
+/// examples (and summed over the target dimensions for the NLLs, as for a diagonal Gaussian).
+/// In the units of the targets the predictions carry.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RegressionMetrics {
+    /// `sqrt((1/(N·D)) Σ_{i,d} (y_{id} − μ̄_{id})²)` of the predictive mean.
+    pub rmse: f64,
+    /// NLL of the moment-matched Gaussian `N(μ̄, σ̄²)`, `σ̄² = aleatoric + epistemic`
+    /// ([`gaussian_nll`]), mean over examples, in nats.
+    pub nll: f64,
+    /// NLL of the mixture predictive `−log (1/S) Σₛ N(y; μₛ, σₛ²)` ([`mixture_nll`]), mean over
+    /// examples; equal to `nll` for one sample.
+    pub mixture_nll: f64,
+    /// Fraction of target values inside the central 95% interval `μ̄ ± 1.96 σ̄` of the
+    /// moment-matched Gaussian (0.95 when calibrated).
+    pub coverage_95: f64,
+    /// Mean over examples and dimensions of the predictive standard deviation `σ̄`.
+    pub mean_predictive_std: f64,
+    /// Mean over examples and dimensions of the aleatoric variance `(1/S) Σₛ σₛ²`.
+    pub mean_aleatoric_var: f64,
+    /// Mean over examples and dimensions of the epistemic variance `(1/S) Σₛ μₛ² − μ̄²`.
+    pub mean_epistemic_var: f64,
+}
+
+/// The negative log-density of `N(μ, var)` at `y`: `½ log(2π var) + (y − μ)² / (2 var)` (with
+/// its constant).
+///
+/// ```
+/// use secateur_inference::metrics::gaussian_nll;
+/// // ½ log 2π + ½ at one standard deviation
+/// assert!((gaussian_nll(1.0, 0.0, 1.0) - 1.418_938_533_204_672_7).abs() < 1e-15);
+/// ```
+pub fn gaussian_nll(y: f64, mu: f64, var: f64) -> f64 {
+    HALF_LOG_2PI + 0.5 * var.ln() + (y - mu) * (y - mu) / (2.0 * var)
+}
+
+/// The negative log-density at `y` of the equally weighted mixture `(1/S) Σₛ N(μₛ, σₛ²)`,
+/// `−log (1/S) Σₛ exp(−gaussian_nll(y, μₛ, σₛ²))`, by log-sum-exp:
+/// `−(m + log Σₛ exp(ℓₛ − m)) + log S` with `ℓₛ` the log-densities and `m = maxₛ ℓₛ`, so
+/// that far-out targets do not underflow (the "test log-likelihood" of MC dropout, Gal &
+/// Ghahramani 2016, eq. (8)).
+///
+/// ```
+/// use secateur_inference::metrics::{gaussian_nll, mixture_nll};
+/// // identical components: the mixture is the component
+/// let v = mixture_nll(0.3, &[0.0, 0.0], &[1.0, 1.0]);
+/// assert!((v - gaussian_nll(0.3, 0.0, 1.0)).abs() < 1e-15);
+/// ```
+pub fn mixture_nll(y: f64, mu: &[f64], sigma: &[f64]) -> f64 {
+    let logs: Vec<f64> = mu.iter().zip(sigma).map(|(m, s)| -gaussian_nll(y, *m, s * s)).collect();
+    let m = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let lse = m + logs.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
+    -(lse - (logs.len() as f64).ln())
+}
+
+/// RMSE, moment-matched and mixture NLL, 95% coverage and the mean variance parts of Monte Carlo
+/// regression predictions (see [`RegressionMetrics`] for each formula), accumulated in `f64`.
+/// The variance split is that of [`crate::predict::decompose_gaussian`] (Kendall & Gal 2017;
+/// Depeweg et al. 2018). Fails on no example, a shape mismatch, or a non-finite or non-positive
+/// standard deviation.
+///
+/// ```
+/// use secateur_inference::metrics::regression_metrics;
+/// use secateur_inference::predict::RegressionPredictions;
+/// // two examples, one sample, σ = 1: errors 1 and 3
+/// let p = RegressionPredictions {
+///     sample_mean: vec![0.0, 0.0], sample_std: vec![1.0, 1.0], targets: vec![1.0, 3.0],
+///     samples: 1, dim: 1,
+/// };
+/// let m = regression_metrics(&p)?;
+/// assert!((m.rmse - 5f64.sqrt()).abs() < 1e-12);
+/// assert_eq!(m.coverage_95, 0.5); // 1 < 1.96 < 3
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn regression_metrics(p: &RegressionPredictions) -> Result<RegressionMetrics> {
+    if p.samples == 0 || p.dim == 0 {
+        bail!(
+            "regression metrics: `samples` and `dim` must be at least 1, got {} and {}",
+            p.samples,
+            p.dim
+        );
+    }
+    let n = p.len();
+    if n == 0 {
+        bail!("regression metrics: no examples");
+    }
+    let want = n * p.samples * p.dim;
+    if p.targets.len() != n * p.dim || p.sample_mean.len() != want || p.sample_std.len() != want {
+        bail!(
+            "regression metrics: {} targets, {} means and {} standard deviations do not fit N = {n}, S = {}, D = {}",
+            p.targets.len(),
+            p.sample_mean.len(),
+            p.sample_std.len(),
+            p.samples,
+            p.dim
+        );
+    }
+    if let Some((j, s)) = p
+        .sample_std
+        .iter()
+        .enumerate()
+        .find(|(_, s)| !(s.is_finite() && **s > 0.0))
+    {
+        bail!("regression metrics: standard deviation {s} at position {j} is not a finite positive number");
+    }
+    if let Some((j, v)) = p
+        .sample_mean
+        .iter()
+        .chain(&p.targets)
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+    {
+        bail!("regression metrics: mean or target {v} at position {j} is not finite");
+    }
+    let (mut se, mut nll, mut mix, mut inside) = (0f64, 0f64, 0f64, 0usize);
+    let (mut std_sum, mut ale, mut epi) = (0f64, 0f64, 0f64);
+    for i in 0..n {
+        for d in 0..p.dim {
+            let y = f64::from(p.targets[i * p.dim + d]);
+            let (mu, sigma) = p.samples_of(i, d);
+            let m = crate::predict::decompose_gaussian(&mu, &sigma);
+            let var = m.variance();
+            se += (y - m.mean) * (y - m.mean);
+            nll += gaussian_nll(y, m.mean, var);
+            mix += mixture_nll(y, &mu, &sigma);
+            inside += usize::from((y - m.mean).abs() <= Z_975 * var.sqrt());
+            std_sum += var.sqrt();
+            ale += m.aleatoric;
+            epi += m.epistemic;
+        }
+    }
+    let (nf, cells) = (n as f64, (n * p.dim) as f64);
+    Ok(RegressionMetrics {
+        rmse: (se / cells).sqrt(),
+        nll: nll / nf,
+        mixture_nll: mix / nf,
+        coverage_95: inside as f64 / cells,
+        mean_predictive_std: std_sum / cells,
+        mean_aleatoric_var: ale / cells,
+        mean_epistemic_var: epi / cells,
     })
 }

@@ -1,9 +1,13 @@
 //! The training loop.
 //!
 //! [`Trainer::fit`] runs epochs of mini-batch gradient descent on the objective of
-//! [`TrainSettings::objective`]: the softmax cross-entropy (the default), or the negative ELBO of
-//! [`crate::elbo`] (`S` noisy forward passes per batch plus `β(t) · T · D / N`, the divergence
-//! `D` summed over the model's registered probabilistic layers), evaluates after every epoch, and reports to [`Observer`]s (progress bars, history files,
+//! [`TrainSettings::objective`]: the mean negative log-likelihood of one forward pass (the
+//! default), or the negative ELBO of [`crate::elbo`] (`S` noisy forward passes per batch plus
+//! `β(t) · T · D / N`, the divergence `D` summed over the model's registered probabilistic
+//! layers). The likelihood is categorical (softmax cross-entropy on integer labels) unless
+//! [`Trainer::with_likelihood`] sets a Gaussian one (float targets, regression; see
+//! [`crate::likelihood`]). The trainer evaluates after every epoch (classification metrics, or
+//! [`RegressionMetrics`] for a Gaussian likelihood) and reports to [`Observer`]s (progress bars, history files,
 //! checkpoints live in `secateur-experiments`, which owns files and the terminal). All randomness
 //! (shuffling, augmentation, layer noise) comes from the trainer's [`SeededRng`], whose state is
 //! part of the [`TrainState`] saved at each epoch end, so that a resumed run continues
@@ -11,19 +15,20 @@
 //! is reported, so the last checkpoint an observer wrote stays the last good one.
 
 use crate::elbo::Objective;
-use crate::metrics::{classification_metrics, ClassificationMetrics};
+use crate::likelihood::Likelihood;
+use crate::metrics::{classification_metrics, regression_metrics, ClassificationMetrics, RegressionMetrics};
 use crate::optim::Optimizer;
-use crate::predict::predict;
+use crate::predict::{predict, predict_regression};
 use crate::schedule::Schedule;
 use candle_core::{DType, Result, Tensor, Var, D};
 use secateur_bayes::rng::RngState;
 use secateur_bayes::{Ctx, Module, ParamStore, Sampling, SeededRng};
-use secateur_models::layers::cross_entropy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// A source of mini-batches `(inputs, integer labels)`.
+/// A source of mini-batches `(inputs, targets)`: integer labels `[B]` (u32) for the categorical
+/// likelihood, float targets `[B, D]` (f32) for a Gaussian one.
 pub trait Batches {
     /// Number of batches in one pass.
     fn num_batches(&self) -> usize;
@@ -55,16 +60,32 @@ pub struct EpochRecord {
     /// β at the epoch's last step (1 for the cross-entropy objective).
     #[serde(default = "one")]
     pub beta: f64,
-    /// Training accuracy over the epoch (on the augmented batches, in train mode).
+    /// Training accuracy over the epoch (on the augmented batches, in train mode); NaN for a
+    /// Gaussian likelihood, where accuracy has no meaning (JSON `null`, read back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_accuracy: f64,
-    /// Metrics on the evaluation set, if one was given.
+    /// Gaussian likelihood only: the RMSE over the epoch of the training batches' predicted means
+    /// (the average of the `S` sampled means), in the units set by [`Trainer::with_target_units`].
+    #[serde(default)]
+    pub train_rmse: Option<f64>,
+    /// Classification metrics on the evaluation set, if one was given (categorical likelihood).
     pub eval: Option<ClassificationMetrics>,
+    /// Regression metrics on the evaluation set, if one was given (Gaussian likelihood), of the
+    /// posterior-mean network (`Sampling::Mean`, one pass, so no epistemic part), in the units set
+    /// by [`Trainer::with_target_units`].
+    #[serde(default)]
+    pub eval_regression: Option<RegressionMetrics>,
     /// Wall-clock seconds of the epoch's training (not evaluation).
     pub seconds: f64,
 }
 
 fn one() -> f64 {
     1.0
+}
+
+/// Reads a number, or `null` (how JSON writes NaN) as NaN.
+fn nan_if_null<'de, De: serde::Deserializer<'de>>(d: De) -> std::result::Result<f64, De::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// What a checkpoint needs besides weights and optimiser state.
@@ -89,8 +110,10 @@ pub struct StepInfo {
     pub steps: usize,
     /// This batch's loss.
     pub loss: f64,
-    /// Running mean accuracy of the epoch so far.
+    /// Running mean accuracy of the epoch so far (NaN for a Gaussian likelihood).
     pub accuracy: f64,
+    /// Running RMSE of the epoch so far (Gaussian likelihood only).
+    pub rmse: Option<f64>,
     /// Examples per second so far in this epoch.
     pub examples_per_sec: f64,
 }
@@ -151,6 +174,8 @@ pub struct Trainer<'a> {
     history: Vec<EpochRecord>,
     start_epoch: usize,
     has_variational: bool,
+    likelihood: Likelihood,
+    target_units: (f64, f64),
 }
 
 impl<'a> Trainer<'a> {
@@ -181,7 +206,28 @@ impl<'a> Trainer<'a> {
             has_variational,
             history: Vec::new(),
             start_epoch: 0,
+            likelihood: Likelihood::Categorical,
+            target_units: (0.0, 1.0),
         })
+    }
+
+    /// Trains under `likelihood` instead of the categorical default. A Gaussian likelihood with
+    /// learned noise must have registered its parameter in the store given to [`Trainer::new`]
+    /// (build it before the trainer), or that parameter is not trained.
+    pub fn with_likelihood(mut self, likelihood: Likelihood) -> Self {
+        self.likelihood = likelihood;
+        self
+    }
+
+    /// The per-epoch regression metrics are reported for targets mapped by `y ↦ shift + scale · y`
+    /// (e.g. the training set's target mean and standard deviation, when the batches yield
+    /// standardised targets: the metrics are then in the original units). Default `(0, 1)`.
+    pub fn with_target_units(mut self, shift: f64, scale: f64) -> Result<Self> {
+        if !(shift.is_finite() && scale.is_finite() && scale > 0.0) {
+            candle_core::bail!("target units: `scale` must be finite and > 0 and `shift` finite, got {scale}, {shift}");
+        }
+        self.target_units = (shift, scale);
+        Ok(self)
     }
 
     /// Restores a checkpoint: weights, optimiser state, generator and history. Training then
@@ -230,6 +276,7 @@ impl<'a> Trainer<'a> {
             let t0 = Instant::now();
             train.start_epoch(epoch, &mut self.rng);
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            let (mut sq_err, mut cells) = (0f64, 0usize);
             let (mut nll_sum, mut div_sum, mut beta) = (0f64, 0f64, 1f64);
             let mut lr = self.settings.lr;
             for step in 0..steps {
@@ -239,8 +286,8 @@ impl<'a> Trainer<'a> {
                     Objective::CrossEntropy => {
                         let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
                         let logits = self.model.forward(&x, &mut ctx)?;
-                        let loss = cross_entropy(&logits, &y)?;
-                        (loss, logits, None, 0.0)
+                        let loss = self.likelihood.nll(&logits, &y)?;
+                        (loss, logits.detach(), None, 0.0)
                     }
                     Objective::Elbo(c) => {
                         // (1/S) Σₛ NLL_s over S noisy forward passes of the same batch
@@ -249,7 +296,7 @@ impl<'a> Trainer<'a> {
                         for _ in 0..c.mc_samples {
                             let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
                             let logits = self.model.forward(&x, &mut ctx)?;
-                            let ce = cross_entropy(&logits, &y)?;
+                            let ce = self.likelihood.nll(&logits, &y)?;
                             nll = Some(match nll {
                                 None => ce,
                                 Some(t) => (t + ce)?,
@@ -293,12 +340,27 @@ impl<'a> Trainer<'a> {
                 div_sum += div;
                 let grads = loss.backward()?;
                 self.optimizer.step(&self.params, &grads, lr)?;
-                let pred = logits.argmax(D::Minus1)?;
-                correct += pred
-                    .eq(&y.to_dtype(DType::U32)?)?
-                    .to_dtype(DType::F32)?
-                    .sum_all()?
-                    .to_scalar::<f32>()? as usize;
+                match &self.likelihood {
+                    Likelihood::Categorical => {
+                        let pred = logits.argmax(D::Minus1)?;
+                        correct += pred
+                            .eq(&y.to_dtype(DType::U32)?)?
+                            .to_dtype(DType::F32)?
+                            .sum_all()?
+                            .to_scalar::<f32>()? as usize;
+                    }
+                    Likelihood::Gaussian(g) => {
+                        // `logits` sums the S passes' outputs: their mean is the average μ
+                        let s = match &self.settings.objective {
+                            Objective::Elbo(c) => c.mc_samples as f64,
+                            Objective::CrossEntropy => 1.0,
+                        };
+                        let (mu, _) = g.mean_log_std(&(logits / s)?)?;
+                        let t = y.to_dtype(DType::F64)?.reshape(mu.dims())?;
+                        sq_err += (mu.to_dtype(DType::F64)? - t)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                        cells += mu.elem_count();
+                    }
+                }
                 seen += y.dim(0)?;
                 loss_sum += lv;
                 let info = StepInfo {
@@ -306,7 +368,8 @@ impl<'a> Trainer<'a> {
                     step: step + 1,
                     steps,
                     loss: lv,
-                    accuracy: correct as f64 / seen as f64,
+                    accuracy: self.accuracy(correct, seen),
+                    rmse: self.rmse(sq_err, cells),
                     examples_per_sec: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                 };
                 for o in observers.iter_mut() {
@@ -314,14 +377,23 @@ impl<'a> Trainer<'a> {
                 }
             }
             let seconds = t0.elapsed().as_secs_f64();
-            let eval_metrics = match eval.as_deref_mut() {
+            let (eval_metrics, eval_regression) = match eval.as_deref_mut() {
                 Some(data) => {
                     // Evaluation draws from its own sub-stream so it never shifts the training stream.
                     let mut erng = SeededRng::substream(self.rng.seed(), 1_000_000 + epoch as u64);
-                    let p = predict(self.model, data, Sampling::Mean, &mut erng)?;
-                    Some(classification_metrics(&p.probs, &p.labels, p.classes)?)
+                    match &self.likelihood {
+                        Likelihood::Categorical => {
+                            let p = predict(self.model, data, Sampling::Mean, &mut erng)?;
+                            (Some(classification_metrics(&p.probs, &p.labels, p.classes)?), None)
+                        }
+                        Likelihood::Gaussian(g) => {
+                            let p = predict_regression(self.model, g, data, Sampling::Mean, 1, &mut erng)?;
+                            let (shift, scale) = self.target_units;
+                            (None, Some(regression_metrics(&p.rescaled(shift, scale)?)?))
+                        }
+                    }
                 }
-                None => None,
+                None => (None, None),
             };
             let record = EpochRecord {
                 epoch: epoch + 1,
@@ -330,8 +402,10 @@ impl<'a> Trainer<'a> {
                 train_nll: nll_sum / steps as f64,
                 train_divergence: div_sum / steps as f64,
                 beta,
-                train_accuracy: correct as f64 / seen as f64,
+                train_accuracy: self.accuracy(correct, seen),
+                train_rmse: self.rmse(sq_err, cells),
                 eval: eval_metrics,
+                eval_regression,
                 seconds,
             };
             self.history.push(record.clone());
@@ -357,5 +431,19 @@ impl<'a> Trainer<'a> {
             o.on_end(&state)?;
         }
         Ok(state)
+    }
+
+    /// `correct / seen` for the categorical likelihood, NaN otherwise.
+    fn accuracy(&self, correct: usize, seen: usize) -> f64 {
+        if self.likelihood.is_categorical() {
+            correct as f64 / seen as f64
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// `sqrt(sq_err / cells)` in the trainer's target units for a Gaussian likelihood.
+    fn rmse(&self, sq_err: f64, cells: usize) -> Option<f64> {
+        (!self.likelihood.is_categorical()).then(|| (sq_err / cells.max(1) as f64).sqrt() * self.target_units.1)
     }
 }

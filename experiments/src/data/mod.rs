@@ -17,6 +17,7 @@ pub mod image_set;
 pub mod lookup;
 pub mod read;
 pub mod table;
+pub mod table_batches;
 
 pub use augment::{Augment, AugmentDraw};
 pub use batch::{image_batch, shuffled_indices, table_batch, Normalizer};
@@ -34,3 +35,4 @@ pub use lookup::{
     SHIPPED_DATASETS, TABLE_DATASETS,
 };
 pub use table::{Standardizer, TableSet};
+pub use table_batches::TableBatches;

@@ -1,0 +1,323 @@
+//! `train` and `eval` for regression tables under a Gaussian likelihood (`[likelihood] kind =
+//! "gaussian"`).
+//!
+//! The table (no split of its own) is split into train and test rows by a permutation seeded
+//! from the config's seed (`data.test_fraction` held out). Inputs and targets are standardised
+//! with the mean and population standard deviation of the TRAINING rows only; the model is
+//! trained on standardised targets, and every reported metric (`metrics.json`, the report, the
+//! per-epoch history) is mapped back to the ORIGINAL target units: RMSE and predictive standard
+//! deviations are multiplied by the target's standard deviation `s`, variances by `s²`, and
+//! NLLs gain `log s` (the Jacobian of the standardisation).
+
+use super::{device, optimizer, sampling, test_time_params, RunSummary, TrainOptions, STREAM_EVAL, STREAM_TRAIN};
+use crate::atomic;
+use crate::config::StudyConfig;
+use crate::data::{load_table, Standardizer, TableBatches, TableSet};
+use crate::error::{ExpError, Result};
+use crate::observe::{Progress, RunRecorder};
+use crate::store::RunDir;
+use candle_core::{Device, Tensor};
+use secateur_bayes::{ParamStore, Sampling, SeededRng};
+use secateur_inference::likelihood::{Gaussian, Likelihood};
+use secateur_inference::metrics::{regression_metrics, RegressionMetrics};
+use secateur_inference::predict::{predict_regression, RegressionPredictions};
+use secateur_inference::train::{EpochRecord, Observer, TrainSettings, Trainer};
+use secateur_models::Network;
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::time::Instant;
+
+/// Sub-stream of the run's seed that draws the train/test split of a table.
+const STREAM_TABLE_SPLIT: u64 = 5;
+
+/// A table split into train and test rows, with the training rows' standardisation.
+pub struct RegressionData {
+    /// Training rows.
+    pub train: TableSet,
+    /// Test rows.
+    pub test: TableSet,
+    /// Statistics of the training rows.
+    pub std: Standardizer,
+}
+
+/// Loads the config's table and splits it (seeded by `seed`, `data.test_fraction` held out).
+pub fn load_regression_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<RegressionData> {
+    let dir = data_dir.map(Path::to_path_buf).or_else(|| cfg.data.dir.clone());
+    let table = load_table(&cfg.data.name, dir.as_deref())?.set;
+    let mut rng = SeededRng::substream(cfg.seed, STREAM_TABLE_SPLIT);
+    let (train, test) = table.split(cfg.data.test_fraction, &mut rng)?;
+    let std = train.standardizer();
+    Ok(RegressionData { train, test, std })
+}
+
+/// The model of a regression config (input `[F, 1, 1]`, output 1, or 2 for heteroscedastic
+/// noise) and its Gaussian likelihood, whose learned noise (if any) lives in the same store.
+pub fn build_regression_model(
+    cfg: &StudyConfig,
+    data: &RegressionData,
+    dev: &Device,
+) -> Result<(Network, ParamStore, Gaussian)> {
+    let noise = cfg
+        .likelihood
+        .noise(f64::from(data.std.y_std))
+        .map_err(|e| ExpError::config("likelihood", e))?;
+    let (store, pb) = super::param_builder(cfg, dev);
+    // the output width depends only on the noise kind; the likelihood registers its parameter
+    // after the network so that the network's initialisation draws do not depend on it
+    let outputs = match noise {
+        secateur_inference::likelihood::Noise::Heteroscedastic { .. } => 2,
+        _ => 1,
+    };
+    let net = super::build_network(cfg, [data.train.n_features, 1, 1], outputs, &pb)?;
+    let lik = Gaussian::new(noise, 1, &pb)?;
+    Ok((net, store, lik))
+}
+
+/// Monte Carlo test predictions in the ORIGINAL target units: `bayes.eval_samples` stochastic
+/// passes for a Bayesian model, one deterministic pass otherwise (`mean_only`: one pass of the
+/// posterior mean).
+fn predict_table(
+    net: &Network,
+    lik: &Gaussian,
+    set: &TableSet,
+    data: &RegressionData,
+    cfg: &StudyConfig,
+    dev: &Device,
+    mean_only: bool,
+) -> Result<RegressionPredictions> {
+    let mut batches = TableBatches::new(set, data.std.clone(), cfg.data.eval_batch_size, false, dev.clone());
+    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    let (how, samples) = if cfg.is_bayesian() && !mean_only {
+        (sampling(cfg)?, cfg.bayes.eval_samples)
+    } else {
+        (Sampling::Mean, 1)
+    };
+    let p = predict_regression(net, lik, &mut batches, how, samples, &mut rng)?;
+    Ok(p.rescaled(f64::from(data.std.y_mean), f64::from(data.std.y_std))?)
+}
+
+/// Trains a regression config (see the [module docs](self)), or resumes the run in `resume`.
+pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    let dev = device(&opts.device)?;
+    let run = match resume {
+        Some(p) => RunDir::open(p)?,
+        None => RunDir::create(&cfg.name, opts.out.as_deref())?,
+    };
+    if resume.is_none() {
+        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
+    }
+    let data = load_regression_data(cfg, opts.data_dir.as_deref())?;
+    let (net, store, lik) = build_regression_model(cfg, &data, &dev)?;
+    let settings = TrainSettings {
+        epochs: cfg.train.epochs,
+        lr: cfg.optim.lr,
+        schedule: cfg.train.schedule.clone(),
+        sampling: sampling(cfg)?,
+        objective: cfg
+            .objective(data.train.len())
+            .map_err(|e| ExpError::config("bayes", e))?,
+    };
+    let mut trainer = Trainer::new(
+        &net,
+        store.clone(),
+        optimizer(cfg)?,
+        settings,
+        SeededRng::substream(cfg.seed, STREAM_TRAIN),
+    )?
+    .with_likelihood(Likelihood::Gaussian(lik.clone()))
+    .with_target_units(f64::from(data.std.y_mean), f64::from(data.std.y_std))?;
+    if resume.is_some() {
+        let ck = run.read_checkpoint()?;
+        trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
+    }
+    let mut train_batches = TableBatches::new(&data.train, data.std.clone(), cfg.data.batch_size, true, dev.clone());
+    let mut test_batches = TableBatches::new(
+        &data.test,
+        data.std.clone(),
+        cfg.data.eval_batch_size,
+        false,
+        dev.clone(),
+    );
+    let mut recorder = RunRecorder::new(&run);
+    let mut progress = Progress::new(opts.quiet);
+    let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
+    let state = trainer.fit(&mut train_batches, Some(&mut test_batches), &mut observers)?;
+
+    let preds = predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?;
+    let m = regression_metrics(&preds)?;
+    let mut metrics = Map::new();
+    let mut put = |k: &str, v: Value| {
+        metrics.insert(k.to_string(), v);
+    };
+    put("study", cfg.name.clone().into());
+    put("arch", cfg.model.arch.clone().into());
+    put("layers", cfg.model.layers.clone().into());
+    put("dataset", cfg.data.name.clone().into());
+    put("likelihood", format!("gaussian-{}", lik.noise().name()).into());
+    put("target_units", "original".into());
+    put("target_mean", f64::from(data.std.y_mean).into());
+    put("target_std", f64::from(data.std.y_std).into());
+    put("train_size", data.train.len().into());
+    put("test_size", data.test.len().into());
+    put_regression(&mut put, "test", &m);
+    if cfg.is_bayesian() {
+        put("eval_samples", preds.samples.into());
+        let pm = regression_metrics(&predict_table(&net, &lik, &data.test, &data, cfg, &dev, true)?)?;
+        put("test_rmse_posterior_mean", pm.rmse.into());
+        put("test_nll_posterior_mean", pm.nll.into());
+    }
+    put(
+        "train_loss",
+        state.history.last().map(|r| r.train_loss).unwrap_or(f64::NAN).into(),
+    );
+    if let Some(last) = state.history.last() {
+        put("train_nll", last.train_nll.into());
+        put("train_divergence", last.train_divergence.into());
+        put("train_rmse", last.train_rmse.unwrap_or(f64::NAN).into());
+    }
+    let (nonzero, weights_total) = test_time_params(&store, None)?;
+    put("params_total", store.num_params().into());
+    put("params_weights", weights_total.into());
+    put("params_nonzero", nonzero.into());
+    put("epochs", state.epochs_done.into());
+    put("seed", cfg.seed.into());
+    put("wall_seconds", t0.elapsed().as_secs_f64().into());
+
+    atomic::write_safetensors(&run.file("weights.safetensors"), &store.tensors())?;
+    write_predictions(&run, &preds)?;
+    crate::plot::write_regression_plots(&run, &state.history)?;
+    atomic::write_string(&run.file("report.md"), &report(cfg, &metrics, &state.history))?;
+    let json = serde_json::to_string_pretty(&Value::Object(metrics.clone()))
+        .map_err(|e| ExpError::io(run.path(), std::io::Error::other(e)))?;
+    atomic::write_string(&run.file("metrics.json"), &json)?;
+    if resume.is_some() {
+        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
+    }
+    Ok(RunSummary {
+        dir: run.path().to_path_buf(),
+        metrics,
+    })
+}
+
+/// Puts the regression metrics under `{prefix}_rmse`, `{prefix}_nll`, … .
+fn put_regression(put: &mut impl FnMut(&str, Value), prefix: &str, m: &RegressionMetrics) {
+    for (k, v) in [
+        ("rmse", m.rmse),
+        ("nll", m.nll),
+        ("mixture_nll", m.mixture_nll),
+        ("coverage_95", m.coverage_95),
+        ("mean_predictive_std", m.mean_predictive_std),
+        ("mean_aleatoric_var", m.mean_aleatoric_var),
+        ("mean_epistemic_var", m.mean_epistemic_var),
+    ] {
+        put(&format!("{prefix}_{k}"), v.into());
+    }
+}
+
+/// `predictions.safetensors` of a regression run, in original units: the predictive mean, the
+/// aleatoric and epistemic variances and the targets, `[N]` each (f32).
+fn write_predictions(run: &RunDir, p: &RegressionPredictions) -> Result<()> {
+    let n = p.len();
+    let (mut mean, mut ale, mut epi) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let m = p.moments(i, 0);
+        mean.push(m.mean as f32);
+        ale.push(m.aleatoric as f32);
+        epi.push(m.epistemic as f32);
+    }
+    let t = |v: Vec<f32>| Tensor::from_vec(v, n, &Device::Cpu);
+    let (mean, ale, epi, y) = (t(mean)?, t(ale)?, t(epi)?, t(p.targets.clone())?);
+    let names = ["mean", "aleatoric_var", "epistemic_var", "targets"].map(String::from);
+    atomic::write_safetensors(
+        &run.file("predictions.safetensors"),
+        [
+            (&names[0], &mean),
+            (&names[1], &ale),
+            (&names[2], &epi),
+            (&names[3], &y),
+        ],
+    )
+}
+
+fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[EpochRecord]) -> String {
+    let f = |k: &str| m.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let mut s = format!(
+        "# {}\n\n{} ({} layers, hidden {:?}) on {}, Gaussian likelihood with {} noise, seed {}, {} epochs.\n\n\
+         Metrics are in the original units of the target (`{}`: training mean {:.4}, std {:.4}); the \
+         model is trained on standardised targets. NLL is per example, in nats, with its constant.\n\n",
+        cfg.name,
+        cfg.model.arch,
+        cfg.model.layers,
+        cfg.model.hidden.clone().unwrap_or_else(|| vec![300, 100]),
+        cfg.data.name,
+        cfg.likelihood.noise,
+        cfg.seed,
+        cfg.train.epochs,
+        cfg.data.name,
+        f("target_mean"),
+        f("target_std"),
+    );
+    s.push_str("| metric | value |\n|---|---|\n");
+    for k in [
+        "test_rmse",
+        "test_nll",
+        "test_mixture_nll",
+        "test_coverage_95",
+        "test_mean_predictive_std",
+        "test_mean_aleatoric_var",
+        "test_mean_epistemic_var",
+        "test_rmse_posterior_mean",
+        "test_nll_posterior_mean",
+        "train_rmse",
+        "params_total",
+        "wall_seconds",
+    ] {
+        if m.contains_key(k) {
+            s.push_str(&format!("| {k} | {:.4} |\n", f(k)));
+        }
+    }
+    s.push_str(
+        "\n## History\n\nTest metrics of the posterior-mean network, one pass.\n\n\
+         | epoch | lr | train loss | train RMSE | test RMSE | test NLL | test coverage 95% |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in history {
+        let (a, n, c) = r
+            .eval_regression
+            .as_ref()
+            .map(|x| (x.rmse, x.nll, x.coverage_95))
+            .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+        s.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.4} | {a:.4} | {n:.4} | {c:.4} |\n",
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            r.train_rmse.unwrap_or(f64::NAN)
+        ));
+    }
+    s
+}
+
+/// Evaluates a finished regression run's final weights on its test rows (original units).
+pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Result<(RegressionMetrics, StudyConfig)> {
+    let run = RunDir::open(run_dir)?;
+    let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+    if !cfg.likelihood.is_regression() {
+        return Err(ExpError::config(
+            "likelihood.kind",
+            format!("run {} is not a regression run", run_dir.display()),
+        ));
+    }
+    let dev = device(device_name)?;
+    let data = load_regression_data(&cfg, data_dir)?;
+    let (net, store, lik) = build_regression_model(&cfg, &data, &dev)?;
+    let weights = run.file("weights.safetensors");
+    let tensors = if weights.exists() {
+        atomic::read_safetensors(&weights)?
+    } else {
+        run.read_checkpoint()?.weights
+    };
+    store.load(&tensors)?;
+    let m = regression_metrics(&predict_table(&net, &lik, &data.test, &data, &cfg, &dev, false)?)?;
+    Ok((m, cfg))
+}
