@@ -31,6 +31,13 @@ pub enum Command {
     /// Train a deterministic and a sparse-variational-dropout LeNet-5 on the shipped
     /// Fashion-MNIST subset and print their results side by side.
     Quickstart(QuickstartCmd),
+    /// Score a model's weights with a pruning criterion and write masks to a target sparsity
+    /// (pruning at initialisation with --config, or of a trained run with --run).
+    Prune(PruneCmd),
+    /// Score given weights with a pruning criterion (to compare with other implementations).
+    Scores(ScoresCmd),
+    /// Run a study of many trainings from a study file (`pai`: pruning at initialisation).
+    Study(StudyCmd),
 }
 
 /// Options shared by commands that read data and run models.
@@ -66,6 +73,10 @@ pub struct TrainCmd {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Train with these pruning masks (`secateur prune`'s masks.safetensors): pruned weights are
+    /// zeroed and kept at zero.
+    #[arg(long, value_name = "FILE")]
+    pub masks: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -119,6 +130,104 @@ pub struct QuickstartCmd {
     pub common: Common,
 }
 
+/// `secateur prune`.
+#[derive(Debug, Args)]
+pub struct PruneCmd {
+    /// Criterion: random, magnitude, snip, grasp, synflow, fisher, fp, fts, hutchinson, hp, hts,
+    /// snr, log-alpha, inclusion, posterior-fisher.
+    #[arg(long)]
+    pub criterion: String,
+    /// Target sparsity in [0, 1): the fraction of prunable weights removed.
+    #[arg(long)]
+    pub sparsity: f64,
+    /// Top-k over all layers together (global) or per layer (layer).
+    #[arg(long, default_value = "global", value_parser = ["global", "layer"])]
+    pub scope: String,
+    /// Batch-norm warm-up: training-mode forward passes over this many training batches before
+    /// scoring (0: none).
+    #[arg(long, value_name = "BATCHES", default_value_t = 0)]
+    pub bn_warmup: usize,
+    /// Score-and-prune rounds with the kept fraction shrinking as d^(t/K) (SynFlow uses 100).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub rounds: usize,
+    /// Scoring examples drawn per class.
+    #[arg(long, default_value_t = 10)]
+    pub samples_per_class: usize,
+    /// Keep the first weight layer dense.
+    #[arg(long)]
+    pub keep_first: bool,
+    /// Keep the last weight layer (the classifier) dense.
+    #[arg(long)]
+    pub keep_last: bool,
+    /// A finished run directory to prune (its config.toml and weights.safetensors).
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "config",
+        required_unless_present = "config"
+    )]
+    pub run: Option<PathBuf>,
+    /// A config whose freshly initialised model is pruned.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Output directory: masks.safetensors, scores.safetensors, layers.md, prune.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `secateur scores`.
+#[derive(Debug, Args)]
+pub struct ScoresCmd {
+    /// Criterion (as for `prune`).
+    #[arg(long)]
+    pub criterion: String,
+    /// The weights to score (safetensors with the model's parameter names).
+    #[arg(long, value_name = "FILE")]
+    pub weights: PathBuf,
+    /// The config of the model and data.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Scoring examples drawn per class.
+    #[arg(long, default_value_t = 10)]
+    pub samples_per_class: usize,
+    /// Output file (safetensors of scores by weight name).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+/// `secateur study`.
+#[derive(Debug, Args)]
+pub struct StudyCmd {
+    /// The study: `pai` (pruning at initialisation: criteria × sparsities × batch-norm warm-up ×
+    /// seeds, each network trained with its masks).
+    #[arg(value_parser = ["pai"])]
+    pub study: String,
+    /// The study file (e.g. experiments/configs/pai.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Study directory (default runs/<name>-<timestamp>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
 fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
     if let Some(s) = seed {
         set.push(format!("seed={s}"));
@@ -155,6 +264,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 data_dir: c.common.data_dir,
                 device: c.common.device,
                 quiet: c.quiet,
+                masks: c.masks,
             };
             let s = commands::train(&cfg, &opts, resume)?;
             println!("{}", commands::metrics_table(&s.metrics));
@@ -203,6 +313,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     data_dir: c.common.data_dir.clone(),
                     device: c.common.device.clone(),
                     quiet: c.quiet,
+                    masks: None,
                 };
                 let s = commands::train(cfg, &opts, None)?;
                 eprintln!("run directory: {}", s.dir.display());
@@ -215,6 +326,60 @@ pub fn run(cli: Cli) -> Result<()> {
                 runs[0].1.data.name,
                 commands::comparison_table(&refs)
             );
+        }
+        Command::Prune(c) => {
+            let opts = crate::prune::PruneOptions {
+                spec: crate::prune::PruneSpec {
+                    criterion: c.criterion,
+                    sparsity: c.sparsity,
+                    scope: if c.scope == "layer" {
+                        secateur_pruning::Scope::PerLayer
+                    } else {
+                        secateur_pruning::Scope::Global
+                    },
+                    bn_warmup_batches: c.bn_warmup,
+                    rounds: c.rounds,
+                    samples_per_class: c.samples_per_class,
+                    keep_first: c.keep_first,
+                    keep_last: c.keep_last,
+                },
+                run: c.run,
+                config: c.config,
+                overrides: c.set,
+                out: c.out.clone(),
+                data_dir: c.common.data_dir,
+            };
+            let m = crate::prune::prune(&opts)?;
+            println!(
+                "{}",
+                std::fs::read_to_string(c.out.join("layers.md")).unwrap_or_default()
+            );
+            println!(
+                "{} at sparsity {:.4}: {} of {} prunable weights kept; files in {}",
+                opts.spec.criterion,
+                m.get("sparsity").and_then(|v| v.as_f64()).unwrap_or(f64::NAN),
+                m.get("kept").and_then(|v| v.as_u64()).unwrap_or(0),
+                m.get("prunable").and_then(|v| v.as_u64()).unwrap_or(0),
+                c.out.display()
+            );
+        }
+        Command::Scores(c) => {
+            let n = crate::prune::scores(
+                &c.criterion,
+                &c.weights,
+                &c.config,
+                &c.set,
+                &c.out,
+                c.samples_per_class,
+                c.common.data_dir.as_deref(),
+            )?;
+            println!("{n} score tensors written to {}", c.out.display());
+        }
+        Command::Study(c) => {
+            let pai = crate::pai::PaiConfig::from_file(&c.config)?;
+            let dir = crate::pai::run(&pai, &c.config, c.out.as_deref(), c.common.data_dir.as_deref(), c.quiet)?;
+            println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
+            println!("study directory: {}", dir.display());
         }
     }
     Ok(())

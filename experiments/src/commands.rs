@@ -41,6 +41,11 @@ pub struct TrainOptions {
     pub device: String,
     /// Silence progress output.
     pub quiet: bool,
+    /// A mask file (`secateur prune`'s `masks.safetensors`): the masked weights are zeroed before
+    /// training and kept at zero (gradients masked, weights re-zeroed after every step). With a
+    /// config this trains a network pruned at initialisation (the mask must come from the same
+    /// config and seed to match the initialisation it was scored on).
+    pub masks: Option<PathBuf>,
 }
 
 /// What a finished run produced.
@@ -209,7 +214,8 @@ pub fn init_from_deterministic(store: &ParamStore, path: &Path, delta: f64) -> R
         .map_err(|e| ExpError::config("bayes.init_from", format!("{}: {e}", file.display())))
 }
 
-fn optimizer(cfg: &StudyConfig) -> Result<Box<dyn Optimizer>> {
+/// The optimiser of `[optim]` (SGD or AdamW with their PyTorch update rules).
+pub fn optimizer(cfg: &StudyConfig) -> Result<Box<dyn Optimizer>> {
     let o = &cfg.optim;
     Ok(match o.kind.as_str() {
         "sgd" => Box::new(Sgd::new(SgdConfig {
@@ -339,6 +345,13 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         settings,
         SeededRng::substream(cfg.seed, STREAM_TRAIN),
     )?;
+    let masks = match &opts.masks {
+        Some(path) => Some(crate::prune::load_masks(path, &store)?),
+        None => None,
+    };
+    if let Some(m) = &masks {
+        trainer.set_hook(Box::new(m.clone()));
+    }
     if resume.is_some() {
         let ck = run.read_checkpoint()?;
         trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
@@ -416,6 +429,10 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         if let Some(f) = sparsity_log_alpha(&store, th)? {
             put("sparsity_log_alpha", f.into());
         }
+    }
+    if let Some(m) = &masks {
+        put("mask_sparsity", m.sparsity()?.into());
+        put("mask_kept", m.kept()?.into());
     }
     put("params_total", store.num_params().into());
     put("params_weights", weights_total.into());

@@ -9,8 +9,11 @@
 //! - [`store`]: run directories, checkpoints, history; [`atomic`]: atomic file writes.
 //! - [`loader`]: mini-batches for the training loop; [`observe`]: progress bars and recorders.
 //! - [`commands`]: `train`, `eval`, `data info`, `quickstart`; [`cli`]: the clap front end.
-//! - [`plot`]: PNG learning curves and reliability diagrams for every run.
-//! - planned: calibration and pruning reports, one binary per study.
+//! - [`plot`]: PNG learning curves and reliability diagrams for every run, the sparsity–accuracy
+//!   plot of pruning studies.
+//! - [`prune`]: `prune` and `scores` (criteria of `secateur-pruning` on a config's model and
+//!   data, masks and scores as safetensors, per-layer tables); `train --masks` trains with them.
+//! - [`pai`]: the pruning-at-initialisation study (`secateur study pai`).
 
 pub mod atomic;
 pub mod cli;
@@ -22,7 +25,9 @@ pub mod error;
 pub mod h5;
 pub mod loader;
 pub mod observe;
+pub mod pai;
 pub mod plot;
+pub mod prune;
 pub mod runtime;
 pub mod store;
 

@@ -743,3 +743,97 @@ mod tests {
         .unwrap();
     }
 }
+
+/// One line of [`sparsity_accuracy_png`]: a panel (architecture), a label (criterion) and
+/// `(sparsity, accuracy)` points.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The panel the line is drawn in.
+    pub panel: String,
+    /// The legend entry.
+    pub label: String,
+    /// `(sparsity in [0, 1), accuracy in [0, 1])`, NaN accuracies break the line.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Size in pixels of `sparsity_accuracy.png` per panel.
+pub const SPARSITY_PANEL_SIZE: (u32, u32) = (640, 480);
+
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Test accuracy against sparsity, one panel per architecture, one line per criterion, the
+/// sparsity axis on the compression scale `−log₁₀(1 − s)` (0.9 → 1, 0.99 → 2), as Tanaka et al.
+/// 2020 plot it.
+pub fn sparsity_accuracy_png(series: &[Series]) -> Result<Vec<u8>> {
+    const NAME: &str = "sparsity_accuracy.png";
+    let mut panels: Vec<&str> = series.iter().map(|s| s.panel.as_str()).collect();
+    panels.dedup();
+    panels.sort_unstable();
+    panels.dedup();
+    let n = panels.len().max(1);
+    let size = (SPARSITY_PANEL_SIZE.0 * n as u32, SPARSITY_PANEL_SIZE.1);
+    let comp = |s: f64| -(1.0 - s).max(1e-6).log10();
+    render(NAME, size, |root| {
+        let areas = root.split_evenly((1, n));
+        for (area, panel) in areas.iter().zip(&panels) {
+            let mine: Vec<&Series> = series.iter().filter(|s| s.panel == *panel).collect();
+            let xs = mine.iter().flat_map(|s| s.points.iter().map(|p| comp(p.0)));
+            let (x0, x1) = value_range(xs, (0.0, 6.0), (0.0, 2.0));
+            let ys = mine.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+            let (y0, y1) = value_range(ys, (0.0, 1.0), (0.0, 1.0));
+            let mut chart = ChartBuilder::on(area)
+                .caption(format!("{panel}: test accuracy after training"), (FAMILY, 20))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(x0..x1, y0..y1)
+                .map_err(|e| e.to_string())?;
+            chart
+                .configure_mesh()
+                .x_desc("sparsity")
+                .y_desc("test accuracy")
+                .x_label_formatter(&|x| format!("{:.3}", 1.0 - 10f64.powf(-*x)))
+                .label_style((FAMILY, 13))
+                .draw()
+                .map_err(|e| e.to_string())?;
+            for (i, s) in mine.iter().enumerate() {
+                let color = PALETTE[i % PALETTE.len()];
+                let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (comp(x), y)).collect();
+                let mut first = true;
+                for seg in finite_segments(pts.iter().copied()) {
+                    let line = chart
+                        .draw_series(LineSeries::new(seg.clone(), color.stroke_width(2)))
+                        .map_err(|e| e.to_string())?;
+                    if first {
+                        line.label(s.label.clone())
+                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                        first = false;
+                    }
+                    chart
+                        .draw_series(seg.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerLeft)
+                .label_font((FAMILY, 12))
+                .background_style(WHITE.mix(0.85))
+                .border_style(GREY)
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+}

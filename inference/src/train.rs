@@ -15,6 +15,7 @@
 //! is reported, so the last checkpoint an observer wrote stays the last good one.
 
 use crate::elbo::Objective;
+use crate::hooks::StepHook;
 use crate::likelihood::Likelihood;
 use crate::metrics::{classification_metrics, regression_metrics, ClassificationMetrics, RegressionMetrics};
 use crate::optim::Optimizer;
@@ -176,6 +177,7 @@ pub struct Trainer<'a> {
     has_variational: bool,
     likelihood: Likelihood,
     target_units: (f64, f64),
+    hook: Option<Box<dyn StepHook + 'a>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -208,6 +210,7 @@ impl<'a> Trainer<'a> {
             start_epoch: 0,
             likelihood: Likelihood::Categorical,
             target_units: (0.0, 1.0),
+            hook: None,
         })
     }
 
@@ -228,6 +231,13 @@ impl<'a> Trainer<'a> {
         }
         self.target_units = (shift, scale);
         Ok(self)
+    }
+
+    /// Runs `hook` around every optimiser step (see [`crate::hooks`]): e.g. a pruning mask set,
+    /// which zeroes the gradients of pruned weights and keeps them at zero, or growing
+    /// regularisation. The step count it receives runs over the whole run from 0.
+    pub fn set_hook(&mut self, hook: Box<dyn StepHook + 'a>) {
+        self.hook = Some(hook);
     }
 
     /// Restores a checkpoint: weights, optimiser state, generator and history. Training then
@@ -338,8 +348,15 @@ impl<'a> Trainer<'a> {
                 }
                 nll_sum += nll.unwrap_or(lv);
                 div_sum += div;
-                let grads = loss.backward()?;
+                let mut grads = loss.backward()?;
+                let global_step = epoch * steps + step;
+                if let Some(h) = self.hook.as_mut() {
+                    h.before_step(&self.store, &mut grads, global_step)?;
+                }
                 self.optimizer.step(&self.params, &grads, lr)?;
+                if let Some(h) = self.hook.as_mut() {
+                    h.after_step(&self.store, global_step)?;
+                }
                 match &self.likelihood {
                     Likelihood::Categorical => {
                         let pred = logits.argmax(D::Minus1)?;

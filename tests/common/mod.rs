@@ -17,5 +17,6 @@ pub fn opts(out: &Path) -> TrainOptions {
         data_dir: None,
         device: "cpu".into(),
         quiet: true,
+        masks: None,
     }
 }

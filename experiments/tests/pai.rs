@@ -1,0 +1,38 @@
+//! The smoke variant of the pruning-at-initialisation study (`experiments/configs/pai-smoke.toml`):
+//! every criterion, LeNet-5 and ResNet-20 (with and without batch-norm warm-up), one epoch on a
+//! few images per class.
+
+use secateur_experiments::pai::{self, PaiConfig};
+use std::path::Path;
+
+#[test]
+fn pai_smoke_study_runs_every_criterion_to_the_target_sparsity() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/pai-smoke.toml");
+    let cfg = PaiConfig::from_file(&file).expect("study file");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = pai::run(&cfg, &file, Some(&tmp.path().join("pai")), None, true).expect("study");
+    let csv = std::fs::read_to_string(dir.join("results.csv")).expect("results.csv");
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.splitn(10, ',').collect()).collect();
+    // per seed: one dense run per model; LeNet-5 (no batch norm) once per criterion, ResNet-20
+    // with and without warm-up
+    let crit = cfg.criteria.len();
+    assert_eq!(rows.len(), 2 + crit + 2 * crit, "{csv}");
+    for r in &rows {
+        let (criterion, reached, accuracy, error) = (r[1], r[5], r[6], r[9]);
+        assert_eq!(error, "\"\"", "{criterion}: {error}");
+        let acc: f64 = accuracy.parse().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{criterion}: accuracy {acc}");
+        if criterion != "dense" {
+            let reached: f64 = reached.parse().unwrap();
+            // the classifier is kept dense and excluded from the count: exactly 0.9 up to rounding
+            assert!((reached - 0.9).abs() < 1e-3, "{criterion}: sparsity {reached}");
+        }
+    }
+    let table = std::fs::read_to_string(dir.join("table.md")).expect("table.md");
+    for c in &cfg.criteria {
+        assert!(table.contains(&format!("| resnet20 | {c} | yes |")), "{c}\n{table}");
+        assert!(table.contains(&format!("| lenet5 | {c} | no |")), "{c}\n{table}");
+    }
+    let png = std::fs::read(dir.join("sparsity_accuracy.png")).expect("png");
+    assert_eq!(&png[1..4], b"PNG");
+}

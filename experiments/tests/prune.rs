@@ -1,0 +1,183 @@
+//! `prune`, `scores` and `train --masks` through the library command functions, on the shipped
+//! Fashion-MNIST subset.
+
+use candle_core::{DType, Device, Tensor};
+use secateur_experiments::commands::{self, TrainOptions};
+use secateur_experiments::config::StudyConfig;
+use secateur_experiments::prune::{self, PruneOptions, PruneSpec};
+use secateur_pruning::{MaskSet, Scope};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const LENET: &str = r#"
+name = "prune-test"
+seed = 3
+[data]
+name = "fashion-mnist-mini"
+batch_size = 200
+[model]
+arch = "lenet5"
+[train]
+epochs = 1
+"#;
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+fn spec(criterion: &str, sparsity: f64) -> PruneSpec {
+    PruneSpec {
+        criterion: criterion.into(),
+        sparsity,
+        scope: Scope::Global,
+        bn_warmup_batches: 0,
+        rounds: 1,
+        samples_per_class: 2,
+        keep_first: false,
+        keep_last: false,
+    }
+}
+
+fn options(config: PathBuf, out: PathBuf, spec: PruneSpec) -> PruneOptions {
+    PruneOptions {
+        spec,
+        run: None,
+        config: Some(config),
+        overrides: vec![],
+        out,
+        data_dir: None,
+    }
+}
+
+#[test]
+fn magnitude_pruning_at_initialisation_hits_the_sparsity_and_trains_with_the_masks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path(), LENET);
+    let out = tmp.path().join("pruned");
+    let m = prune::prune(&options(config.clone(), out.clone(), spec("magnitude", 0.9))).expect("prune");
+    let (kept, total) = (m["kept"].as_u64().unwrap(), m["prunable"].as_u64().unwrap());
+    // LeNet-5's prunable weights: 150 + 2,400 + 48,000 + 10,080 + 840 = 61,470
+    assert_eq!(total, 61_470);
+    assert_eq!(kept, (0.1f64 * 61_470.0).round() as u64);
+    for f in ["masks.safetensors", "scores.safetensors", "layers.md", "prune.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let table = std::fs::read_to_string(out.join("layers.md")).unwrap();
+    assert!(table.contains("conv1.weight") || table.contains("features"), "{table}");
+
+    // Magnitude masks keep exactly the largest |w| of the seed's initialisation: check against
+    // the initial weights of the same config, ranked here.
+    let cfg = StudyConfig::from_file(&config, &[]).unwrap();
+    let (_, store) = commands::build_model(&cfg, [1, 28, 28], 10, &Device::Cpu).unwrap();
+    let masks = MaskSet::load(out.join("masks.safetensors"), &Device::Cpu).unwrap();
+    let mut all: Vec<f32> = Vec::new();
+    for name in masks.masks().keys() {
+        let w = store.params()[name].as_tensor().abs().unwrap();
+        all.extend(w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    all.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    let cut = all[kept as usize - 1];
+    for (name, mask) in masks.masks() {
+        let w: Vec<f32> = store.params()[name]
+            .as_tensor()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mk: Vec<f32> = mask
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (wi, mi) in w.iter().zip(&mk) {
+            if *wi > cut {
+                assert_eq!(*mi, 1.0, "{name}: |w| = {wi} above the cut {cut} was pruned");
+            } else if *wi < cut {
+                assert_eq!(*mi, 0.0, "{name}: |w| = {wi} below the cut {cut} was kept");
+            }
+        }
+    }
+
+    // train --masks: pruned weights stay exactly zero through SGD with momentum and weight decay.
+    let run = tmp.path().join("run");
+    let opts = TrainOptions {
+        out: Some(run.clone()),
+        quiet: true,
+        masks: Some(out.join("masks.safetensors")),
+        ..TrainOptions::default()
+    };
+    let s = commands::train(&cfg, &opts, None).expect("train with masks");
+    assert!((s.metrics["mask_sparsity"].as_f64().unwrap() - 0.9).abs() < 1e-4);
+    let w = candle_core::safetensors::load(run.join("weights.safetensors"), &Device::Cpu).unwrap();
+    for (name, mask) in masks.masks() {
+        let t = &w[name];
+        let off = (t.abs().unwrap() * (1.0 - mask.to_dtype(DType::F32).unwrap()).unwrap()).unwrap();
+        assert_eq!(off.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0, "{name}");
+        let on = (t.abs().unwrap() * mask.to_dtype(DType::F32).unwrap()).unwrap();
+        assert!(on.sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}");
+    }
+}
+
+#[test]
+fn scores_of_given_weights_match_an_independent_computation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path(), LENET);
+    let cfg = StudyConfig::from_file(&config, &[]).unwrap();
+    // weights from another seed, as an exported file would be
+    let other = StudyConfig {
+        seed: 11,
+        ..cfg.clone()
+    };
+    let (_, store) = commands::build_model(&other, [1, 28, 28], 10, &Device::Cpu).unwrap();
+    let weights = tmp.path().join("weights.safetensors");
+    let map: HashMap<String, Tensor> = store.tensors().into_iter().collect();
+    candle_core::safetensors::save(&map, &weights).unwrap();
+    let out = tmp.path().join("scores.safetensors");
+    let n = prune::scores("magnitude", &weights, &config, &[], &out, 2, None).expect("scores");
+    assert_eq!(n, 5);
+    let scores = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    for (name, s) in &scores {
+        let d = (s - map[name].abs().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_keepdim(0)
+            .unwrap();
+        let d = d.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "{name}");
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path(), LENET);
+    let out = tmp.path().join("x");
+    let e = prune::prune(&options(config.clone(), out.clone(), spec("magnitude", 1.0)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--sparsity"), "{e}");
+    let e = prune::prune(&options(config.clone(), out.clone(), spec("obd", 0.5)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("obd") && e.contains("snip"), "{e}");
+    assert!(!out.exists(), "a refused request wrote files");
+
+    // masks of LeNet-5 do not fit an MLP
+    prune::prune(&options(config.clone(), out.clone(), spec("random", 0.5))).expect("prune");
+    let mlp = StudyConfig::from_toml(&LENET.replace("lenet5", "mlp"), "mlp", &[]).unwrap();
+    let opts = TrainOptions {
+        out: Some(tmp.path().join("mlp")),
+        quiet: true,
+        masks: Some(out.join("masks.safetensors")),
+        ..TrainOptions::default()
+    };
+    let e = commands::train(&mlp, &opts, None).unwrap_err().to_string();
+    assert!(e.contains("--masks"), "{e}");
+}
