@@ -87,7 +87,7 @@ pub fn truncated_geometric(p: f64, units: usize) -> std::result::Result<Vec<f64>
 /// φ and positive entries.
 pub fn kl_categorical(logits: &Tensor, prior: &[f64]) -> Result<Tensor> {
     let k = logits.elem_count();
-    if prior.len() != k || prior.iter().any(|&p| !(p > 0.0)) {
+    if prior.len() != k || prior.iter().any(|&p| p.is_nan() || p <= 0.0) {
         candle_core::bail!(
             "categorical kl: the prior must have {k} positive entries, got {}",
             prior.len()
@@ -109,7 +109,9 @@ fn log_softmax(x: &Tensor) -> Result<Tensor> {
 
 /// Gumbel(0, 1) noise `−log(−log u)` of the given shape from `rng`.
 fn gumbel(shape: &[usize], dtype: DType, dev: &candle_core::Device, rng: &mut SeededRng) -> Result<Tensor> {
-    let u = rng.rand_uniform(shape, 0.0, 1.0, dtype, dev)?.clamp(U_EPS, 1.0 - U_EPS)?;
+    let u = rng
+        .rand_uniform(shape, 0.0, 1.0, dtype, dev)?
+        .clamp(U_EPS, 1.0 - U_EPS)?;
     u.log()?.neg()?.log()?.neg()
 }
 
@@ -267,7 +269,12 @@ impl VariationalNestedDropoutConfig {
         }
         check_p(what, "prior_p", self.prior_p)?;
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(ConfigError::invalid(what, "temperature", "finite and > 0", self.temperature));
+            return Err(ConfigError::invalid(
+                what,
+                "temperature",
+                "finite and > 0",
+                self.temperature,
+            ));
         }
         Ok(())
     }
@@ -306,8 +313,12 @@ impl VariationalNestedDropout {
         cfg.validate()?;
         let prior = truncated_geometric(cfg.prior_p, cfg.units)?;
         let logits = pb.param("truncation_logits", &[cfg.units], Init::Const(0.0))?;
-        let log_p = Tensor::from_vec(prior.iter().map(|p| p.ln()).collect::<Vec<f64>>(), cfg.units, pb.device())?
-            .to_dtype(pb.dtype())?;
+        let log_p = Tensor::from_vec(
+            prior.iter().map(|p| p.ln()).collect::<Vec<f64>>(),
+            cfg.units,
+            pb.device(),
+        )?
+        .to_dtype(pb.dtype())?;
         // initialise φ = log p (the Var shares storage with `logits`)
         if let Some(var) = pb.store().get(&pb.path("truncation_logits")) {
             var.set(&log_p)?;

@@ -158,6 +158,24 @@ struct SpikeSlab {
     hard: bool,
 }
 
+/// The node-masked Gaussian posterior of one forward pass.
+struct Masked {
+    mu: Tensor,
+    sigma: Tensor,
+    bias: Option<(Tensor, Tensor)>,
+}
+
+impl Masked {
+    fn weights(&self) -> GaussianWeights<'_> {
+        GaussianWeights {
+            mu: &self.mu,
+            sigma: &self.sigma,
+            bias_mu: self.bias.as_ref().map(|b| &b.0),
+            bias_sigma: self.bias.as_ref().map(|b| &b.1),
+        }
+    }
+}
+
 /// What the linear and conv configs share.
 struct Settings {
     bias: bool,
@@ -171,7 +189,10 @@ struct Settings {
 impl SpikeSlab {
     fn create(pb: &ParamBuilder, shape: &[usize], s: Settings) -> Result<Self> {
         let Prior::SpikeAndSlab { pi, slab_std } = s.prior else {
-            candle_core::bail!("spike-and-slab layer: the prior must be spike-and-slab, got {}", s.prior);
+            candle_core::bail!(
+                "spike-and-slab layer: the prior must be spike-and-slab, got {}",
+                s.prior
+            );
         };
         let fan_in: usize = shape[1..].iter().product();
         let rho0 = Init::Const(inv_softplus(s.init_std));
@@ -233,7 +254,7 @@ impl SpikeSlab {
     }
 
     /// The masked Gaussian posterior `(z μ, z σ, z b_μ, z b_σ)` of one forward pass.
-    fn masked(&self, ctx: &mut Ctx) -> Result<(Tensor, Tensor, Option<(Tensor, Tensor)>)> {
+    fn masked(&self, ctx: &mut Ctx) -> Result<Masked> {
         let z = self.node_mask(ctx)?;
         let zr = Self::per_row(&z, self.weight_mu.rank())?;
         let mu = self.weight_mu.broadcast_mul(&zr)?;
@@ -242,7 +263,7 @@ impl SpikeSlab {
             Some((m, r)) => Some(((m * &z)?, (softplus(r)? * &z)?)),
             None => None,
         };
-        Ok((mu, sigma, bias))
+        Ok(Masked { mu, sigma, bias })
     }
 
     /// `Σ_j KL(Bern(γ_j) ‖ Bern(λ)) + Σ_j γ_j Σ_{i ∈ j} KL(N(μ_i, σ_i²) ‖ N(0, σ_slab²))`.
@@ -290,11 +311,7 @@ impl SpikeSlab {
     }
 
     fn kept_nodes(&self) -> Result<(usize, usize)> {
-        let kept = self
-            .keep_mask()?
-            .to_dtype(DType::F64)?
-            .sum_all()?
-            .to_scalar::<f64>()? as usize;
+        let kept = self.keep_mask()?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize;
         Ok((kept, self.logit.elem_count()))
     }
 }
@@ -497,14 +514,8 @@ impl SpikeSlabLinear {
 
 impl Module for SpikeSlabLinear {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let (mu, sigma, bias) = self.inner.masked(ctx)?;
-        let w = GaussianWeights {
-            mu: &mu,
-            sigma: &sigma,
-            bias_mu: bias.as_ref().map(|b| &b.0),
-            bias_sigma: bias.as_ref().map(|b| &b.1),
-        };
-        gaussian_linear(x, w, ctx.sampling, ctx.rng)
+        let m = self.inner.masked(ctx)?;
+        gaussian_linear(x, m.weights(), ctx.sampling, ctx.rng)
     }
 }
 
@@ -690,14 +701,8 @@ impl SpikeSlabConv2d {
 
 impl Module for SpikeSlabConv2d {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let (mu, sigma, bias) = self.inner.masked(ctx)?;
-        let w = GaussianWeights {
-            mu: &mu,
-            sigma: &sigma,
-            bias_mu: bias.as_ref().map(|b| &b.0),
-            bias_sigma: bias.as_ref().map(|b| &b.1),
-        };
-        gaussian_conv2d(x, w, self.geom, ctx.sampling, ctx.rng)
+        let m = self.inner.masked(ctx)?;
+        gaussian_conv2d(x, m.weights(), self.geom, ctx.sampling, ctx.rng)
     }
 }
 
