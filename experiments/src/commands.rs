@@ -196,8 +196,9 @@ impl Module for AtWidth<'_> {
 }
 
 /// Test accuracy of a nested network at each of `bayes.eval_widths`, as
-/// `(accuracy_width_0.50, accuracy)` pairs: Monte Carlo over `bayes.eval_samples` passes for a
-/// Bayesian kind, the deterministic pass otherwise.
+/// `(accuracy_width_0.50, accuracy)` pairs. At a width the nested layers keep a fixed prefix of
+/// their units and draw nothing, and the weights of the nested kinds are point estimates, so one
+/// deterministic pass (`Sampling::Mean`) per width is the whole evaluation.
 fn width_accuracies(
     net: &Network,
     test: &crate::data::ImageSet,
@@ -210,11 +211,7 @@ fn width_accuracies(
         let m = AtWidth { net, width: w };
         let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
         let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
-        let p = if cfg.is_bayesian() {
-            predict_mc(&m, &mut batches, sampling(cfg)?, cfg.bayes.eval_samples, &mut rng)?.predictions
-        } else {
-            predict(&m, &mut batches, Sampling::Mean, &mut rng)?
-        };
+        let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
         let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
         out.push((format!("accuracy_width_{w:.2}"), acc));
     }
