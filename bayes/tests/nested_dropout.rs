@@ -318,6 +318,43 @@ fn network_at_a_width_is_the_slimmed_network() -> Result<()> {
     Ok(())
 }
 
+/// A rank-3 input `[N, T, K]` (tokens): the units are the last dimension, one truncation index
+/// per example shared by its tokens; at a width the last-dimension prefix is kept.
+#[test]
+fn rank_three_inputs_order_the_last_dimension() -> Result<()> {
+    let (n, t, k) = (200, 3, 6);
+    let x = Tensor::ones((n, t, k), DType::F64, &Device::Cpu)?;
+    let v = vnd(&[0.0; 6], 0.2, 0.5);
+    let nd = NestedDropout::new(0.3).unwrap();
+    let mut rng = SeededRng::new(12);
+    // plain nested dropout draws in training mode only; the variational layer's exact masks in
+    // evaluation mode
+    for (m, train) in [(&nd as &dyn Module, true), (&v as &dyn Module, false)] {
+        let mut ctx = if train {
+            Ctx::train(&mut rng, Sampling::Weight)
+        } else {
+            Ctx::eval(&mut rng, Sampling::Weight)
+        };
+        let y = m.forward(&x, &mut ctx)?.to_vec3::<f64>()?;
+        let mut truncated = 0;
+        for ex in &y {
+            assert!(
+                ex.iter().all(|tok| tok == &ex[0]),
+                "tokens of an example share the mask"
+            );
+            let b = truncation_indices(&[ex[0].clone()])[0];
+            truncated += usize::from(b < k);
+        }
+        assert!(truncated > 0);
+        let y = m.forward(&x, &mut Ctx::train(&mut rng, Sampling::Local).with_width(0.5))?;
+        assert_eq!(
+            y.sum((0, 1))?.to_vec1::<f64>()?,
+            vec![600.0, 600.0, 600.0, 0.0, 0.0, 0.0]
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_configs_are_refused_by_field() {
     assert!(NestedDropout::new(0.0).unwrap_err().to_string().contains("`p`"));
