@@ -306,6 +306,52 @@ fn test_time_rule_keeps_nodes_with_inclusion_at_least_half() -> Result<()> {
     Ok(())
 }
 
+/// Without node selection every node is kept whatever its logit, in training and evaluation,
+/// the divergence is the slab KL alone and the statistics carry no inclusion; the switch is
+/// shared with the copy registered in the store.
+#[test]
+fn node_selection_off_keeps_every_node_and_drops_the_bernoulli_term() -> Result<()> {
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F64, Device::Cpu);
+    let cfg = SpikeSlabLinearConfig::new(3, 4)
+        .with_prior(prior(0.2, 0.7))
+        .with_node_selection(false);
+    let l = SpikeSlabLinear::new(&pb.pp("fc"), cfg)?;
+    store
+        .get("fc.inclusion_logit")
+        .unwrap()
+        .set(&Tensor::new(&[-3.0f64, -1.0, 2.0, -0.5], &Device::Cpu)?)?;
+    assert_eq!(l.kept_nodes()?, (4, 4));
+    let x = uniform(&[2, 3], -1.0, 1.0, 40);
+    let mut rng = SeededRng::new(1);
+    let y = vec(&l.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?);
+    let (bmu, _) = l.bias().unwrap();
+    let full = vec(&x.matmul(&l.weight_mu().t()?)?.broadcast_add(bmu)?);
+    assert_eq!(y, full);
+    let slab = |mu: &Tensor, rho: &Tensor| -> f64 {
+        vec(mu)
+            .iter()
+            .zip(vec(rho))
+            .map(|(m, r)| {
+                let s = softplus(r);
+                (0.7 / s).ln() + (s * s + m * m) / (2.0 * 0.49) - 0.5
+            })
+            .sum()
+    };
+    let (_, brho) = l.bias().unwrap();
+    let want = slab(l.weight_mu(), l.weight_rho()) + slab(bmu, brho);
+    let (total, _) = store.divergence(&Divergence::Kl, &mut rng)?;
+    assert!((total.to_scalar::<f64>()? - want).abs() < 1e-9 * want.abs(), "{want}");
+    assert!(store.posterior_stats()?.iter().all(|s| s.inclusion.is_none()));
+    // switched on through this handle, the registered copy selects too
+    l.set_node_selection(true);
+    assert_eq!(l.kept_nodes()?, (1, 4));
+    assert!(store.posterior_stats()?.iter().all(|s| s.inclusion.is_some()));
+    let (on, _) = store.divergence(&Divergence::Kl, &mut rng)?;
+    assert_ne!(on.to_scalar::<f64>()?, total.to_scalar::<f64>()?);
+    Ok(())
+}
+
 #[test]
 fn bad_configs_are_refused_by_field() {
     let store = ParamStore::new();

@@ -7,7 +7,7 @@
 //! | `mean-field` | [`MeanField`] | [`BayesLinear`], [`BayesConv2d`] | Blundell et al. 2015 |
 //! | `sparse-vd` | [`SparseVd`] | [`SvdLinear`], [`SvdConv2d`] | Molchanov, Ashukha & Vetrov 2017 |
 //! | `mc-dropout` | [`McDropoutFactory`] | dropout, then the deterministic layer | Gal & Ghahramani 2016 |
-//! | `spike-slab` | [`SpikeSlab`] | [`SpikeSlabLinear`], [`SpikeSlabConv2d`] (node selection) | Jantre, Bhattacharya & Maiti 2021 |
+//! | `spike-slab` | [`SpikeSlab`] | [`SpikeSlabLinear`], [`SpikeSlabConv2d`] (node selection; none in the classifier) | Jantre, Bhattacharya & Maiti 2021 |
 //! | `nested-dropout` | [`NestedDropoutFactory`] | ordered dropout on the input units, then the deterministic layer | Rippel, Gelbart & Adams 2014 |
 //! | `variational-nested-dropout` | [`NestedDropoutFactory`] | learned ordered masks on the input units, then the deterministic layer | Cui et al. 2021 |
 //!
@@ -50,6 +50,7 @@ use secateur_bayes::layers::{
 };
 use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// The layer-kind names [`factory`] accepts (the values of the config key `model.layers`).
 pub const LAYER_KINDS: &[&str] = &[
@@ -312,12 +313,19 @@ impl LayerFactory for McDropoutFactory {
 }
 
 /// Spike-and-slab node selection (Jantre, Bhattacharya & Maiti 2021): every output node of
-/// every weight layer (linear units, conv channels) has a Bernoulli inclusion variable with prior
-/// probability λ and a Gaussian slab on its incoming weights and bias; nodes with posterior
-/// inclusion `γ < ½` are removed at test time. Parameters `{path}.weight_mu`, `{path}.weight_rho`,
-/// `{path}.bias_mu`, `{path}.bias_rho`, `{path}.inclusion_logit`. The same prior is used in every
-/// layer (the paper's layer-wise λ_l would be one prior per layer).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// every weight layer but the last one made (linear units, conv channels) has a Bernoulli
+/// inclusion variable with prior probability λ and a Gaussian slab on its incoming weights and
+/// bias; nodes with posterior inclusion `γ < ½` are removed at test time. The last layer made is
+/// the classifier in every architecture; its outputs are the classes, so it keeps all its nodes
+/// (the paper selects hidden nodes) and is a mean-field Gaussian layer with the slab as prior:
+/// each new layer is made without node selection, and switches it on in the layer made before it.
+/// Parameters `{path}.weight_mu`, `{path}.weight_rho`, `{path}.bias_mu`, `{path}.bias_rho`,
+/// `{path}.inclusion_logit` (unused in the classifier). The same prior is used in every layer
+/// (the paper's layer-wise λ_l would be one prior per layer).
+///
+/// The factory remembers the last layer it made, so use one factory per network (as [`factory`]
+/// does).
+#[derive(Debug)]
 pub struct SpikeSlab {
     /// The spike-and-slab prior (λ = `pi` < 1, σ_slab = `slab_std`).
     pub prior: Prior,
@@ -327,6 +335,14 @@ pub struct SpikeSlab {
     pub init_inclusion: f64,
     /// Temperature of the relaxed inclusion variables.
     pub temperature: f64,
+    last: Mutex<Option<LastLayer>>,
+}
+
+/// The last spike-and-slab layer made (a clone sharing its node-selection switch).
+#[derive(Debug)]
+enum LastLayer {
+    Linear(SpikeSlabLinear),
+    Conv(SpikeSlabConv2d),
 }
 
 impl SpikeSlab {
@@ -343,7 +359,19 @@ impl SpikeSlab {
             init_std,
             init_inclusion,
             temperature,
+            last: Mutex::new(None),
         })
+    }
+
+    /// Makes `layer` the last one, switching node selection on in the previous last layer.
+    fn push(&self, layer: LastLayer) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.take() {
+            Some(LastLayer::Linear(l)) => l.set_node_selection(true),
+            Some(LastLayer::Conv(c)) => c.set_node_selection(true),
+            None => {}
+        }
+        *last = Some(layer);
     }
 }
 
@@ -357,8 +385,11 @@ impl LayerFactory for SpikeSlab {
             .with_prior(self.prior)
             .with_init_std(self.init_std)
             .with_init_inclusion(self.init_inclusion)
-            .with_temperature(self.temperature);
-        Ok(Box::new(SpikeSlabLinear::new(pb, c).map_err(|e| at(pb, e))?))
+            .with_temperature(self.temperature)
+            .with_node_selection(false);
+        let layer = SpikeSlabLinear::new(pb, c).map_err(|e| at(pb, e))?;
+        self.push(LastLayer::Linear(layer.clone()));
+        Ok(Box::new(layer))
     }
     fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
         let c = SpikeSlabConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
@@ -367,8 +398,11 @@ impl LayerFactory for SpikeSlab {
             .with_prior(self.prior)
             .with_init_std(self.init_std)
             .with_init_inclusion(self.init_inclusion)
-            .with_temperature(self.temperature);
-        Ok(Box::new(SpikeSlabConv2d::new(pb, c).map_err(|e| at(pb, e))?))
+            .with_temperature(self.temperature)
+            .with_node_selection(false);
+        let layer = SpikeSlabConv2d::new(pb, c).map_err(|e| at(pb, e))?;
+        self.push(LastLayer::Conv(layer.clone()));
+        Ok(Box::new(layer))
     }
 }
 
@@ -569,6 +603,28 @@ mod tests {
                 assert_eq!(y.dims(), &[1, 10], "{arch}/{kind}");
             }
         }
+        Ok(())
+    }
+
+    /// Spike-and-slab LeNet-5: every layer selects nodes except the classifier `fc3`.
+    #[test]
+    fn spike_slab_selects_nodes_in_every_layer_but_the_classifier() -> Result<()> {
+        use candle_core::{DType, Device};
+        use secateur_bayes::{ParamStore, SeededRng};
+        let f = factory("spike-slab", &FactoryOptions::default())?;
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+        crate::build(&crate::ModelSpec::new("lenet5", [1, 28, 28], 10), f.as_ref(), &pb)?;
+        let with_inclusion: Vec<String> = store
+            .posterior_stats()?
+            .into_iter()
+            .filter(|s| s.name.ends_with(".weight") && s.inclusion.is_some())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            with_inclusion,
+            vec!["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+        );
         Ok(())
     }
 

@@ -33,6 +33,13 @@
 //! (weights and bias 0). It applies in evaluation mode, whatever the sampling, and whenever
 //! `ctx.sampling` is `Sampling::Mean` (the posterior-mean network of the kept nodes).
 //!
+//! **Node selection can be switched off** for a layer (`node_selection = false`, or
+//! [`SpikeSlabLinear::set_node_selection`] after construction): every node is then kept
+//! (`z_j = 1`), the layer is a mean-field Gaussian layer with the slab `N(0, σ_slab²)` as prior,
+//! its divergence is the slab term alone, and its statistics carry no inclusion. The paper
+//! selects hidden nodes; the layer factory uses this for the classifier, whose outputs are the
+//! classes.
+//!
 //! Parameters, under the builder's path: `weight_mu`, `weight_rho`, `bias_mu`, `bias_rho` (as the
 //! mean-field layers) and `inclusion_logit` θ (one per node, initialised so that
 //! `γ = init_inclusion`, default 0.99 as in the reference code).
@@ -50,6 +57,7 @@ use crate::rng::SeededRng;
 use crate::variational::{PosteriorStats, Variational};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The default temperature τ of the relaxed inclusion variables (the reference code's 0.5).
@@ -156,6 +164,8 @@ struct SpikeSlab {
     slab_std: f64,
     temperature: f64,
     hard: bool,
+    /// Whether nodes are selected (shared by every clone of the layer).
+    selection: Arc<AtomicBool>,
 }
 
 /// The node-masked Gaussian posterior of one forward pass.
@@ -184,6 +194,7 @@ struct Settings {
     init_inclusion: f64,
     temperature: f64,
     hard: bool,
+    node_selection: bool,
 }
 
 impl SpikeSlab {
@@ -218,7 +229,12 @@ impl SpikeSlab {
             slab_std,
             temperature: s.temperature,
             hard: s.hard,
+            selection: Arc::new(AtomicBool::new(s.node_selection)),
         })
+    }
+
+    fn selects(&self) -> bool {
+        self.selection.load(Ordering::Relaxed)
     }
 
     /// `γ = sigmoid(θ)`, one per node.
@@ -226,15 +242,18 @@ impl SpikeSlab {
         sigmoid(&self.logit)
     }
 
-    /// The test-time mask `1[γ ≥ ½]` (`⇔ θ ≥ 0`), detached.
+    /// The test-time mask `1[γ ≥ ½]` (`⇔ θ ≥ 0`), detached; all ones without node selection.
     fn keep_mask(&self) -> Result<Tensor> {
+        if !self.selects() {
+            return self.logit.detach().ones_like();
+        }
         self.logit.detach().ge(0f64)?.to_dtype(self.logit.dtype())
     }
 
     /// The node mask `[out]` of one forward pass: the test-time rule in evaluation mode or with
     /// `Sampling::Mean`, otherwise a relaxed draw (rounded forward, relaxed gradient if `hard`).
     fn node_mask(&self, ctx: &mut Ctx) -> Result<Tensor> {
-        if ctx.mode == Mode::Eval || ctx.sampling == Sampling::Mean {
+        if ctx.mode == Mode::Eval || ctx.sampling == Sampling::Mean || !self.selects() {
             return self.keep_mask();
         }
         let z = relaxed_bernoulli(&self.logit, self.temperature, ctx.rng)?;
@@ -266,7 +285,8 @@ impl SpikeSlab {
         Ok(Masked { mu, sigma, bias })
     }
 
-    /// `Σ_j KL(Bern(γ_j) ‖ Bern(λ)) + Σ_j γ_j Σ_{i ∈ j} KL(N(μ_i, σ_i²) ‖ N(0, σ_slab²))`.
+    /// `Σ_j KL(Bern(γ_j) ‖ Bern(λ)) + Σ_j γ_j Σ_{i ∈ j} KL(N(μ_i, σ_i²) ‖ N(0, σ_slab²))`;
+    /// without node selection `Σ_j Σ_{i ∈ j} KL(N(μ_i, σ_i²) ‖ N(0, σ_slab²))`.
     fn divergence(&self, how: &Divergence) -> Result<Tensor> {
         if *how != Divergence::Kl {
             return Err(ConfigError::Unsupported(format!(
@@ -277,7 +297,6 @@ impl SpikeSlab {
             .into());
         }
         let out = self.logit.elem_count();
-        let kl_z = kl_bernoulli(&self.logit, self.pi)?.sum_all()?;
         let w_sigma = softplus(&self.weight_rho)?;
         let mut per_node = kl_gaussian_elementwise(&self.weight_mu, &w_sigma, 0.0, self.slab_std)?
             .reshape((out, ()))?
@@ -285,22 +304,33 @@ impl SpikeSlab {
         if let Some((m, r)) = &self.bias {
             per_node = (per_node + kl_gaussian_elementwise(m, &softplus(r)?, 0.0, self.slab_std)?)?;
         }
+        if !self.selects() {
+            return per_node.sum_all();
+        }
+        let kl_z = kl_bernoulli(&self.logit, self.pi)?.sum_all()?;
         kl_z + (self.inclusion()? * per_node)?.sum_all()?
     }
 
     fn stats(&self) -> Result<Vec<PosteriorStats>> {
         let gamma = self.inclusion()?.detach();
+        let selects = self.selects();
         let one = |name: &str, mu: &Tensor, rho: &Tensor| -> Result<PosteriorStats> {
             let mu = mu.detach();
-            let g = Self::per_row(&gamma, mu.rank())?
-                .broadcast_as(mu.shape())?
-                .contiguous()?;
+            let inclusion = if selects {
+                Some(
+                    Self::per_row(&gamma, mu.rank())?
+                        .broadcast_as(mu.shape())?
+                        .contiguous()?,
+                )
+            } else {
+                None
+            };
             Ok(PosteriorStats {
                 name: join(&self.name, name),
                 std: Some(softplus(&rho.detach())?),
                 mean: mu,
                 log_alpha: None,
-                inclusion: Some(g),
+                inclusion,
             })
         };
         let mut v = vec![one("weight", &self.weight_mu, &self.weight_rho)?];
@@ -338,9 +368,19 @@ macro_rules! spike_slab_accessors {
         pub fn inclusion(&self) -> Result<Tensor> {
             self.inner.inclusion()
         }
-        /// `(kept, total)` nodes under the test-time rule `γ ≥ ½` (Jantre et al. 2021).
+        /// `(kept, total)` nodes under the test-time rule `γ ≥ ½` (Jantre et al. 2021); every
+        /// node is kept without node selection.
         pub fn kept_nodes(&self) -> Result<(usize, usize)> {
             self.inner.kept_nodes()
+        }
+        /// Whether the layer selects nodes (see the module documentation).
+        pub fn node_selection(&self) -> bool {
+            self.inner.selects()
+        }
+        /// Switches node selection on or off; the switch is shared by every clone of the layer,
+        /// the copy registered in the parameter store included.
+        pub fn set_node_selection(&self, on: bool) {
+            self.inner.selection.store(on, Ordering::Relaxed)
         }
         /// The prior `(1 − λ) δ₀ + λ N(0, σ_slab²)`.
         pub fn prior(&self) -> Prior {
@@ -371,6 +411,8 @@ pub struct SpikeSlabLinearConfig {
     pub temperature: f64,
     /// Round the relaxed sample in the forward pass (straight-through). Default true.
     pub hard: bool,
+    /// Select nodes (false: every node kept, slab prior only). Default true.
+    pub node_selection: bool,
 }
 
 impl SpikeSlabLinearConfig {
@@ -386,6 +428,7 @@ impl SpikeSlabLinearConfig {
             init_inclusion: DEFAULT_INIT_INCLUSION,
             temperature: DEFAULT_TEMPERATURE,
             hard: true,
+            node_selection: true,
         }
     }
     /// With or without bias.
@@ -416,6 +459,11 @@ impl SpikeSlabLinearConfig {
     /// With or without straight-through rounding of the relaxed inclusion sample.
     pub fn with_hard(mut self, hard: bool) -> Self {
         self.hard = hard;
+        self
+    }
+    /// With or without node selection.
+    pub fn with_node_selection(mut self, on: bool) -> Self {
+        self.node_selection = on;
         self
     }
     /// Checks the prior (spike-and-slab, `pi < 1`), `init_std`, `init_inclusion`, `temperature`
@@ -469,6 +517,7 @@ impl SpikeSlabLinear {
             init_inclusion: cfg.init_inclusion,
             temperature: cfg.temperature,
             hard: cfg.hard,
+            node_selection: cfg.node_selection,
         };
         let layer = Self {
             inner: SpikeSlab::create(pb, &[cfg.out_dim, cfg.in_dim], s)?,
@@ -505,6 +554,7 @@ impl SpikeSlabLinear {
                 slab_std,
                 temperature,
                 hard,
+                selection: Arc::new(AtomicBool::new(true)),
             },
         })
     }
@@ -551,6 +601,8 @@ pub struct SpikeSlabConv2dConfig {
     pub temperature: f64,
     /// Round the relaxed sample in the forward pass (straight-through). Default true.
     pub hard: bool,
+    /// Select nodes (false: every node kept, slab prior only). Default true.
+    pub node_selection: bool,
 }
 
 impl SpikeSlabConv2dConfig {
@@ -568,6 +620,7 @@ impl SpikeSlabConv2dConfig {
             init_inclusion: DEFAULT_INIT_INCLUSION,
             temperature: DEFAULT_TEMPERATURE,
             hard: true,
+            node_selection: true,
         }
     }
     /// With this geometry.
@@ -610,6 +663,11 @@ impl SpikeSlabConv2dConfig {
         self.hard = hard;
         self
     }
+    /// With or without node selection.
+    pub fn with_node_selection(mut self, on: bool) -> Self {
+        self.node_selection = on;
+        self
+    }
     /// Checks the fields of [`SpikeSlabLinearConfig::validate`], the kernel and the geometry.
     pub fn validate(&self) -> Result<()> {
         check(
@@ -647,6 +705,7 @@ impl SpikeSlabConv2d {
             init_inclusion: cfg.init_inclusion,
             temperature: cfg.temperature,
             hard: cfg.hard,
+            node_selection: cfg.node_selection,
         };
         let layer = Self {
             inner: SpikeSlab::create(pb, &shape, s)?,
@@ -686,6 +745,7 @@ impl SpikeSlabConv2d {
                 slab_std,
                 temperature,
                 hard,
+                selection: Arc::new(AtomicBool::new(true)),
             },
             geom,
         })
