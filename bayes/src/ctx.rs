@@ -2,7 +2,8 @@
 //!
 //! candle's `Module::forward(&Tensor)` has no room for randomness or mode, so secateur's layers
 //! take a [`Ctx`]: train or eval mode, how stochastic layers sample, and the run's seeded noise
-//! source. Deterministic layers ignore everything but the mode (batch norm, dropout).
+//! source. Deterministic layers ignore everything but the mode (batch norm, dropout). Nested
+//! (ordered-unit) layers also read [`Ctx::width`], the fraction of their ordered units to keep.
 
 use crate::rng::SeededRng;
 
@@ -36,6 +37,28 @@ pub struct Ctx<'a> {
     pub sampling: Sampling,
     /// The run's seeded noise source.
     pub rng: &'a mut SeededRng,
+    /// Width of a nested network (Rippel, Gelbart & Adams 2014; Cui et al. 2021): the fraction
+    /// `w ∈ (0, 1]` of ordered units that nested-dropout layers keep, the first `⌈w · units⌉`
+    /// ([`kept_units`]). `None` (the default) is the full width; other layers ignore it.
+    pub width: Option<f64>,
+}
+
+/// The number of ordered units a nested layer keeps at width `w ∈ (0, 1]`: `⌈w · units⌉`, at
+/// least 1 (computed as `⌈w · units − 1e−9⌉` so that a product such as `0.1 · 30 =
+/// 3.0000000000000004` counts as 3). Refuses a width outside `(0, 1]`, naming it.
+///
+/// ```
+/// use secateur_bayes::ctx::kept_units;
+/// assert_eq!(kept_units(0.5, 6).unwrap(), 3);
+/// assert_eq!(kept_units(0.3, 6).unwrap(), 2);
+/// assert_eq!(kept_units(0.1, 30).unwrap(), 3);
+/// assert!(kept_units(0.0, 6).is_err() && kept_units(1.5, 6).is_err());
+/// ```
+pub fn kept_units(width: f64, units: usize) -> candle_core::Result<usize> {
+    if !(width > 0.0 && width <= 1.0) {
+        candle_core::bail!("ctx.width must be in (0, 1], got {width}");
+    }
+    Ok(((width * units as f64 - 1e-9).ceil() as usize).clamp(1, units.max(1)))
 }
 
 impl<'a> Ctx<'a> {
@@ -45,6 +68,7 @@ impl<'a> Ctx<'a> {
             mode: Mode::Train,
             sampling,
             rng,
+            width: None,
         }
     }
 
@@ -54,7 +78,15 @@ impl<'a> Ctx<'a> {
             mode: Mode::Eval,
             sampling,
             rng,
+            width: None,
         }
+    }
+
+    /// The same context evaluating a nested network at width `w` (see [`Ctx::width`]; checked
+    /// by the nested layers when they read it, [`kept_units`]).
+    pub fn with_width(mut self, width: f64) -> Self {
+        self.width = Some(width);
+        self
     }
 
     /// Whether the context is in training mode.

@@ -11,7 +11,7 @@ use crate::loader::ImageBatches;
 use crate::observe::{Progress, RunRecorder};
 use crate::store::RunDir;
 use candle_core::{DType, Device, Tensor};
-use secateur_bayes::{ParamBuilder, ParamStore, Sampling, SeededRng};
+use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
 use secateur_inference::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use secateur_inference::predict::{predict, Predictions};
@@ -129,12 +129,12 @@ fn build_network(cfg: &StudyConfig, input: [usize; 3], outputs: usize, pb: &Para
 }
 
 /// How the stochastic layers of a config's model sample: `Mean` for deterministic layers,
-/// `bayes.sampling` for the Gaussian layers, and a mask draw (`Weight`) for MC dropout, whose
-/// masks are drawn whenever sampling is not `Mean`.
+/// `bayes.sampling` for the Gaussian layers, and a mask draw (`Weight`) for MC dropout and the
+/// nested-dropout kinds, whose masks are drawn whenever sampling is not `Mean`.
 pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
     Ok(match cfg.model.layers.as_str() {
         "deterministic" => Sampling::Mean,
-        "mc-dropout" => Sampling::Weight,
+        "mc-dropout" | "nested-dropout" | "variational-nested-dropout" => Sampling::Weight,
         _ => cfg
             .bayes
             .sampling()
@@ -143,11 +143,13 @@ pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
 }
 
 /// Test-time parameter counts `(nonzero, total)` of a model: the variance parameters of the
-/// probabilistic layers (`*_rho`, `*_log_sigma2`, `*_log_alpha`) are not weights of the test-time network and
-/// are skipped; a posterior mean `{name}_mu` counts as the weight `{name}`, zero where it is
-/// zero or, with `threshold = Some(t)` (sparse VD), where `log α ≥ t` (the weight is dropped at
-/// test time, Molchanov et al. 2017). For a deterministic model this is the count of non-zero
-/// trainable parameters.
+/// probabilistic layers (`*_rho`, `*_log_sigma2`, `*_log_alpha`) and the logits of their masks
+/// (`*_logit`, `*_logits`: spike-and-slab inclusion, nested-dropout truncation) are not weights
+/// of the test-time network and are skipped; a posterior mean `{name}_mu` counts as the weight
+/// `{name}`, zero where it is zero, where its inclusion probability is below ½ (spike-and-slab
+/// nodes removed at test time, Jantre et al. 2021) or, with `threshold = Some(t)` (sparse VD),
+/// where `log α ≥ t` (the weight is dropped at test time, Molchanov et al. 2017). For a
+/// deterministic model this is the count of non-zero trainable parameters.
 pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(usize, usize)> {
     let stats: BTreeMap<String, secateur_bayes::PosteriorStats> = store
         .posterior_stats()?
@@ -157,7 +159,12 @@ pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(u
     let count = |t: &Tensor| -> Result<usize> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize) };
     let (mut nonzero, mut total) = (0usize, 0usize);
     for (name, var) in store.params() {
-        if name.ends_with("_rho") || name.ends_with("_log_sigma2") || name.ends_with("_log_alpha") {
+        if name.ends_with("_rho")
+            || name.ends_with("_log_sigma2")
+            || name.ends_with("_log_alpha")
+            || name.ends_with("_logit")
+            || name.ends_with("_logits")
+        {
             continue;
         }
         let t = var.as_tensor();
@@ -169,6 +176,10 @@ pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(u
                 Some(la) => kept.mul(&la.lt(th)?)?,
                 None => kept,
             },
+            _ => kept,
+        };
+        let kept = match stat.and_then(|st| st.inclusion.as_ref()) {
+            Some(inc) if inc.dims() == kept.dims() => kept.mul(&inc.ge(0.5)?)?,
             _ => kept,
         };
         nonzero += count(&kept)?;
@@ -212,6 +223,62 @@ pub fn init_from_deterministic(store: &ParamStore, path: &Path, delta: f64) -> R
         .collect();
     secateur_bayes::empirical_bayes::init_from_deterministic(store, &det, delta)
         .map_err(|e| ExpError::config("bayes.init_from", format!("{}: {e}", file.display())))
+}
+
+/// `(removed, total)` nodes of the spike-and-slab layers: a node (row of a `*.weight` statistic
+/// with inclusion probabilities) is removed at test time when its inclusion probability is
+/// below ½ (Jantre et al. 2021); `None` if no layer has inclusion probabilities.
+pub fn nodes_removed(store: &ParamStore) -> Result<Option<(usize, usize)>> {
+    let (mut removed, mut total) = (0usize, 0usize);
+    for s in store.posterior_stats()? {
+        let Some(inc) = &s.inclusion else { continue };
+        if !s.name.ends_with(".weight") || inc.rank() < 2 {
+            continue;
+        }
+        let per_node = inc.flatten_from(1)?.narrow(1, 0, 1)?;
+        removed += per_node.lt(0.5)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize;
+        total += per_node.elem_count();
+    }
+    Ok((total > 0).then_some((removed, total)))
+}
+
+/// A network evaluated at a width: sets `ctx.width` for the nested layers (Rippel et al. 2014;
+/// Cui et al. 2021) around the ordinary forward pass.
+struct AtWidth<'a> {
+    net: &'a Network,
+    width: f64,
+}
+
+impl Module for AtWidth<'_> {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let saved = ctx.width.replace(self.width);
+        let y = self.net.forward(x, ctx);
+        ctx.width = saved;
+        y
+    }
+}
+
+/// Test accuracy of a nested network at each of `bayes.eval_widths`, as
+/// `(accuracy_width_0.50, accuracy)` pairs. At a width the nested layers keep a fixed prefix of
+/// their units and draw nothing, and the weights of the nested kinds are point estimates, so one
+/// deterministic pass (`Sampling::Mean`) per width is the whole evaluation.
+fn width_accuracies(
+    net: &Network,
+    test: &crate::data::ImageSet,
+    norm: &Normalizer,
+    cfg: &StudyConfig,
+    dev: &Device,
+) -> Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for &w in &cfg.bayes.eval_widths {
+        let m = AtWidth { net, width: w };
+        let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
+        let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+        let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
+        let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
+        out.push((format!("accuracy_width_{w:.2}"), acc));
+    }
+    Ok(out)
 }
 
 /// The optimiser of `[optim]` (SGD or AdamW with their PyTorch update rules).
@@ -434,6 +501,13 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         put("mask_sparsity", m.sparsity()?.into());
         put("mask_kept", m.kept()?.into());
     }
+    if let Some((removed, total)) = nodes_removed(&store)? {
+        put("nodes_removed", removed.into());
+        put("nodes_total", total.into());
+    }
+    for (k, acc) in width_accuracies(&net, &data.test, &norm, cfg, &dev)? {
+        put(&k, acc.into());
+    }
     put("params_total", store.num_params().into());
     put("params_weights", weights_total.into());
     put("params_nonzero", nonzero.into());
@@ -483,12 +557,21 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
         "test_mutual_information",
         "test_accuracy_posterior_mean",
         "sparsity_log_alpha",
+        "nodes_removed",
+        "nodes_total",
         "params_total",
         "params_nonzero",
         "wall_seconds",
     ] {
         if m.contains_key(k) {
             s.push_str(&format!("| {k} | {:.4} |\n", f(k)));
+        }
+    }
+    let widths: Vec<&String> = m.keys().filter(|k| k.starts_with("accuracy_width_")).collect();
+    if !widths.is_empty() {
+        s.push_str("\n## Accuracy at reduced widths\n\n| width | test accuracy |\n|---|---|\n");
+        for k in widths {
+            s.push_str(&format!("| {} | {:.4} |\n", &k["accuracy_width_".len()..], f(k)));
         }
     }
     s.push_str("\n## History\n\n| epoch | lr | train loss | train acc | test acc | test NLL | test ECE |\n|---|---|---|---|---|---|---|\n");
@@ -596,6 +679,7 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
         "test_mce",
         "test_mutual_information",
         "sparsity_log_alpha",
+        "nodes_removed",
         "params_total",
         "params_nonzero",
         "wall_seconds",
@@ -610,4 +694,30 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LeNet-300-100 with spike-and-slab layers: setting the inclusion logits of some nodes
+    /// below 0 (γ < ½) removes exactly those nodes, and the test-time weight count drops by their
+    /// incoming weights and biases; the logits are not counted as weights.
+    #[test]
+    fn spike_slab_nodes_removed_and_test_time_params() -> Result<()> {
+        let cfg = StudyConfig::from_toml("", "t", &["model.arch=mlp".into(), "model.layers=spike-slab".into()])?;
+        let (_, store) = build_model(&cfg, [1, 28, 28], 10, &Device::Cpu)?;
+        assert_eq!(nodes_removed(&store)?, Some((0, 300 + 100))); // the classifier selects no nodes
+        let (nz0, total) = test_time_params(&store, None)?;
+        assert_eq!(total, 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10);
+        assert_eq!(nz0, total);
+        // remove nodes 0..5 of fc2 (100 → 95 nodes, each with 300 weights and a bias)
+        let logit = store.get("fc2.inclusion_logit").unwrap();
+        let mut v: Vec<f32> = logit.as_tensor().to_vec1()?;
+        v[..5].iter_mut().for_each(|x| *x = -1.0);
+        logit.set(&Tensor::new(v, &Device::Cpu)?)?;
+        assert_eq!(nodes_removed(&store)?, Some((5, 400)));
+        assert_eq!(test_time_params(&store, None)?.0, total - 5 * (300 + 1));
+        Ok(())
+    }
 }

@@ -12,7 +12,7 @@ use secateur_bayes::layers::VdGranularity;
 use secateur_bayes::{Divergence, Prior};
 use secateur_inference::elbo::{BetaSchedule, ElboConfig, Objective};
 use secateur_inference::schedule::Schedule;
-use secateur_models::bayes_factory::{is_bayesian, FactoryOptions, LAYER_KINDS};
+use secateur_models::bayes_factory::{is_bayesian, is_nested, FactoryOptions, LAYER_KINDS};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -100,8 +100,10 @@ pub struct ModelConfig {
     /// `resnet18`, `vit-tiny`). Default `lenet5`.
     pub arch: String,
     /// Layer kind made by the factory: `deterministic`, `mean-field` (Blundell et al. 2015),
-    /// `sparse-vd` (Molchanov et al. 2017), `variational-dropout` (Kingma et al. 2015) or
-    /// `mc-dropout` (Gal & Ghahramani 2016). Default `deterministic`.
+    /// `sparse-vd` (Molchanov et al. 2017), `variational-dropout` (Kingma et al. 2015),
+    /// `mc-dropout` (Gal & Ghahramani 2016), `spike-slab` (Jantre et al. 2021), `nested-dropout`
+    /// (Rippel et al. 2014) or `variational-nested-dropout` (Cui et al. 2021). Default
+    /// `deterministic`.
     pub layers: String,
     /// `mlp` only: the hidden widths, input side first (e.g. `[50]`, the one hidden layer of 50
     /// units of the UCI regression benchmarks). Default: none, i.e. LeNet-300-100's `[300, 100]`.
@@ -199,6 +201,12 @@ impl Default for TrainConfig {
 /// vd_init_log_alpha = -2.0
 /// init_from = "runs/lenet5-det/weights.safetensors"   # empirical-Bayes (MOPED) initialisation
 /// init_delta = 0.1
+/// spike_slab_prior = { kind = "spike-and-slab", pi = 1e-4, slab_std = 1.0 }
+/// spike_slab_init_inclusion = 0.99
+/// spike_slab_temperature = 0.5
+/// nested_dropout_p = 0.01
+/// nested_temperature = 0.5
+/// eval_widths = [0.25, 0.5, 0.75, 1.0]   # nested layer kinds only
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,6 +248,23 @@ pub struct BayesConfig {
     pub init_from: Option<PathBuf>,
     /// δ of the empirical-Bayes initialisation (> 0; `σ = δ·|w|`). Default 0.1.
     pub init_delta: f64,
+    /// Spike-and-slab node selection: the prior, `spike-and-slab` with `pi` = λ in (0, 1) and
+    /// `slab_std` (the slab's initial posterior standard deviation is `init_std`). Default
+    /// λ = 1e-4, slab_std = 1 (Jantre et al.'s reference code).
+    pub spike_slab_prior: Prior,
+    /// Spike-and-slab: initial inclusion probability γ in (0, 1). Default 0.99.
+    pub spike_slab_init_inclusion: f64,
+    /// Spike-and-slab: temperature > 0 of the relaxed inclusion variables. Default 0.5.
+    pub spike_slab_temperature: f64,
+    /// Nested dropout: geometric parameter p in (0, 1] of the truncation index (unit k kept with
+    /// probability `(1 − p)^{k−1}`); the prior's for variational nested dropout. Default 0.01.
+    pub nested_dropout_p: f64,
+    /// Variational nested dropout: temperature > 0 of the Downhill relaxation. Default 0.5.
+    pub nested_temperature: f64,
+    /// Nested layer kinds: after training, the test accuracy of the network evaluated at each
+    /// width w in (0, 1] (hidden layers keep their first ⌈w · units⌉ inputs), written to
+    /// metrics.json as `accuracy_width_0.50` etc. and to the report. Default none.
+    pub eval_widths: Vec<f64>,
 }
 
 impl Default for BayesConfig {
@@ -260,6 +285,12 @@ impl Default for BayesConfig {
             vd_init_log_alpha: f.vd_init_log_alpha,
             init_from: None,
             init_delta: secateur_bayes::empirical_bayes::DEFAULT_DELTA,
+            spike_slab_prior: f.spike_slab_prior,
+            spike_slab_init_inclusion: f.spike_slab_init_inclusion,
+            spike_slab_temperature: f.spike_slab_temperature,
+            nested_dropout_p: f.nested_dropout_p,
+            nested_temperature: f.nested_temperature,
+            eval_widths: Vec::new(),
         }
     }
 }
@@ -317,6 +348,41 @@ impl BayesConfig {
                 self.init_delta
             ));
         }
+        match self.spike_slab_prior {
+            Prior::SpikeAndSlab { pi, .. } if pi < 1.0 => {}
+            other => {
+                return Err(format!(
+                    "bayes.spike_slab_prior must be a spike-and-slab prior with pi < 1, got {other}"
+                ))
+            }
+        }
+        if !(self.spike_slab_init_inclusion > 0.0 && self.spike_slab_init_inclusion < 1.0) {
+            return Err(format!(
+                "bayes.spike_slab_init_inclusion must be in (0, 1), got {}",
+                self.spike_slab_init_inclusion
+            ));
+        }
+        if !(self.spike_slab_temperature.is_finite() && self.spike_slab_temperature > 0.0) {
+            return Err(format!(
+                "bayes.spike_slab_temperature must be finite and > 0, got {}",
+                self.spike_slab_temperature
+            ));
+        }
+        if !(self.nested_dropout_p > 0.0 && self.nested_dropout_p <= 1.0) {
+            return Err(format!(
+                "bayes.nested_dropout_p must be in (0, 1], got {}",
+                self.nested_dropout_p
+            ));
+        }
+        if !(self.nested_temperature.is_finite() && self.nested_temperature > 0.0) {
+            return Err(format!(
+                "bayes.nested_temperature must be finite and > 0, got {}",
+                self.nested_temperature
+            ));
+        }
+        if let Some(w) = self.eval_widths.iter().find(|w| !(**w > 0.0 && **w <= 1.0)) {
+            return Err(format!("bayes.eval_widths must lie in (0, 1], got {w}"));
+        }
         Ok(())
     }
 
@@ -354,6 +420,11 @@ impl BayesConfig {
             // a validated config always parses; `build_model` checks it before building
             vd_granularity: self.vd_granularity().unwrap_or(VdGranularity::Weight),
             vd_init_log_alpha: self.vd_init_log_alpha,
+            spike_slab_prior: self.spike_slab_prior,
+            spike_slab_init_inclusion: self.spike_slab_init_inclusion,
+            spike_slab_temperature: self.spike_slab_temperature,
+            nested_dropout_p: self.nested_dropout_p,
+            nested_temperature: self.nested_temperature,
         }
     }
 }
@@ -543,6 +614,13 @@ impl StudyConfig {
         }
         self.bayes.validate()?;
         self.validate_likelihood()?;
+        if !self.bayes.eval_widths.is_empty() && !is_nested(&self.model.layers) {
+            return Err(format!(
+                "bayes.eval_widths needs a nested layer kind (nested-dropout, variational-nested-dropout), \
+                 model.layers is `{}`",
+                self.model.layers
+            ));
+        }
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
             return Err(format!("optim.lr must be positive, got {}", o.lr));
@@ -708,12 +786,60 @@ mod tests {
             ("likelihood.kind=\"gaussian\"", "regression table"),
             ("data.name=\"diabetes\"", "likelihood.kind"),
             ("model.hidden=[50]", "model.hidden"),
+            (
+                "bayes.spike_slab_prior={kind=\"gaussian\",mean=0.0,std=1.0}",
+                "bayes.spike_slab_prior",
+            ),
+            (
+                "bayes.spike_slab_prior={kind=\"spike-and-slab\",pi=1.0,slab_std=1.0}",
+                "bayes.spike_slab_prior",
+            ),
+            ("bayes.spike_slab_init_inclusion=1.0", "bayes.spike_slab_init_inclusion"),
+            ("bayes.spike_slab_temperature=0", "bayes.spike_slab_temperature"),
+            ("bayes.nested_dropout_p=0", "bayes.nested_dropout_p"),
+            ("bayes.nested_temperature=-1", "bayes.nested_temperature"),
+            ("bayes.eval_widths=[0.5,1.5]", "bayes.eval_widths"),
+            ("bayes.eval_widths=[0.5]", "bayes.eval_widths"),
         ] {
             let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field), "{set}: {e}");
         }
+    }
+
+    #[test]
+    fn spike_slab_and_nested_configs_parse() -> Result<()> {
+        for (name, text) in [
+            (
+                "spike-slab-lenet300",
+                include_str!("../configs/spike-slab-lenet300.toml"),
+            ),
+            (
+                "spike-slab-lenet300-smoke",
+                include_str!("../configs/spike-slab-lenet300-smoke.toml"),
+            ),
+            (
+                "nested-dropout-lenet5",
+                include_str!("../configs/nested-dropout-lenet5.toml"),
+            ),
+            (
+                "nested-dropout-lenet5-smoke",
+                include_str!("../configs/nested-dropout-lenet5-smoke.toml"),
+            ),
+        ] {
+            let cfg = StudyConfig::from_toml(text, name, &[])?;
+            assert_eq!(cfg.name, name);
+            assert!(cfg.is_bayesian(), "{name}");
+        }
+        let cfg = StudyConfig::from_toml(
+            include_str!("../configs/nested-dropout-lenet5.toml"),
+            "nested",
+            &["model.layers=nested-dropout".into()],
+        )?;
+        assert_eq!(cfg.bayes.eval_widths, vec![0.25, 0.5, 0.75, 1.0]);
+        assert!(!cfg.is_bayesian());
+        Ok(())
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! | `sparse-vd` | [`SparseVd`] | [`SvdLinear`], [`SvdConv2d`] | Molchanov, Ashukha & Vetrov 2017 |
 //! | `variational-dropout` | [`VariationalDropout`] | [`VdLinear`], [`VdConv2d`] | Kingma, Salimans & Welling 2015 |
 //! | `mc-dropout` | [`McDropoutFactory`] | dropout, then the deterministic layer | Gal & Ghahramani 2016 |
+//! | `spike-slab` | [`SpikeSlab`] | [`SpikeSlabLinear`], [`SpikeSlabConv2d`] (node selection; none in the classifier) | Jantre, Bhattacharya & Maiti 2021 |
+//! | `nested-dropout` | [`NestedDropoutFactory`] | ordered dropout on the input units, then the deterministic layer | Rippel, Gelbart & Adams 2014 |
+//! | `variational-nested-dropout` | [`NestedDropoutFactory`] | learned ordered masks on the input units, then the deterministic layer | Cui et al. 2021 |
 //!
 //! [`factory`] maps a config name to a boxed factory. The probabilistic layers register
 //! themselves (under the layer's path, e.g. `features.0`) in the [`ParamBuilder`]'s store, so the
@@ -21,6 +24,16 @@
 //!   (`U(±1/√fan_in)`), whatever initialiser the architecture asks of the deterministic factory
 //!   ([`LinearCfg::init`], [`Conv2dCfg::init`]): the probabilistic layers own their
 //!   initialisation (`softplus(ρ) = init_std`, `log σ² = −10`, `log α = vd_init_log_alpha`).
+//! - Nested dropout orders the **input** units (features, or channels of a 4-D input) of every
+//!   weight layer except the first one the factory makes (the one reading the network input, so
+//!   pixels and image channels are never truncated). For the hidden layers this is the ordering
+//!   of the previous layer's outputs that Cui et al. 2021 learn ("ordering the network components
+//!   (e.g., convolution channels)"), and it never truncates the classifier's outputs; since the
+//!   masks are non-negative per unit they commute with ReLU and max pooling, so on LeNet-5 and
+//!   the MLP it is exactly a mask on the hidden layers' outputs. A layer that reads a flattened
+//!   feature map (LeNet-5's `fc1`) orders its flattened features (channel-major, so widths that
+//!   are multiples of `1/C` keep whole channels). Evaluated with `ctx.width = Some(w)` the
+//!   network is the sub-network whose hidden layers keep their first `⌈w · units⌉` inputs.
 //! - Strided, padded, dilated and grouped convolutions are all supported (the estimators of
 //!   `secateur-bayes` take the whole [`Conv2dGeom`]); an impossible geometry is refused by the
 //!   layer with the layer's path in the message.
@@ -31,11 +44,16 @@ use candle_core::{Result, Tensor};
 use secateur_bayes::layers::mean_field::DEFAULT_INIT_STD;
 use secateur_bayes::layers::sparse_vd::DEFAULT_THRESHOLD;
 use secateur_bayes::layers::variational_dropout::DEFAULT_INIT_LOG_ALPHA;
+use secateur_bayes::layers::{nested_dropout, spike_slab};
 use secateur_bayes::layers::{
-    BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, McDropout, SvdConv2d, SvdConv2dConfig,
-    SvdLinear, SvdLinearConfig, VdConv2d, VdConv2dConfig, VdGranularity, VdLinear, VdLinearConfig,
+    BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, McDropout, NestedDropout,
+    SpikeSlabConv2d, SpikeSlabConv2dConfig, SpikeSlabLinear, SpikeSlabLinearConfig, SvdConv2d, SvdConv2dConfig,
+    SvdLinear, SvdLinearConfig, VariationalNestedDropout, VariationalNestedDropoutConfig, VdConv2d, VdConv2dConfig,
+    VdGranularity, VdLinear, VdLinearConfig,
 };
 use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 /// The layer-kind names [`factory`] accepts (the values of the config key `model.layers`).
 pub const LAYER_KINDS: &[&str] = &[
@@ -44,14 +62,25 @@ pub const LAYER_KINDS: &[&str] = &[
     "sparse-vd",
     "variational-dropout",
     "mc-dropout",
+    "spike-slab",
+    "nested-dropout",
+    "variational-nested-dropout",
 ];
 
 /// Whether a layer kind is Bayesian: trained with noise and evaluated by Monte Carlo averaging.
+/// Plain nested dropout is not (its masks are a fixed training-time regulariser, Rippel et al.
+/// 2014); variational nested dropout is (Cui et al. 2021).
 pub fn is_bayesian(layers: &str) -> bool {
     matches!(
         layers,
-        "mean-field" | "sparse-vd" | "variational-dropout" | "mc-dropout"
+        "mean-field" | "sparse-vd" | "variational-dropout" | "mc-dropout" | "spike-slab" | "variational-nested-dropout"
     )
+}
+
+/// Whether a layer kind orders its units, so that the network can be evaluated at any width
+/// (`ctx.width`).
+pub fn is_nested(layers: &str) -> bool {
+    matches!(layers, "nested-dropout" | "variational-nested-dropout")
 }
 
 /// Options of the Bayesian factories, with the defaults of their layers.
@@ -69,6 +98,19 @@ pub struct FactoryOptions {
     pub vd_granularity: VdGranularity,
     /// Variational dropout: initial `log α`, in `[−8, 0]`. Default −2.
     pub vd_init_log_alpha: f64,
+    /// Prior of the spike-and-slab layers (must be `spike-and-slab`, `pi` = λ < 1). Default
+    /// `λ = 1e-4`, `slab_std = 1` (the reference code's defaults). The slab's initial posterior
+    /// standard deviation is `init_std`.
+    pub spike_slab_prior: Prior,
+    /// Initial inclusion probability γ of the spike-and-slab nodes. Default 0.99.
+    pub spike_slab_init_inclusion: f64,
+    /// Temperature of the relaxed inclusion variables. Default 0.5.
+    pub spike_slab_temperature: f64,
+    /// Geometric parameter p of nested dropout (per unit: unit k is kept with probability
+    /// `(1 − p)^{k−1}`), and of the prior of variational nested dropout. Default 0.01.
+    pub nested_dropout_p: f64,
+    /// Temperature of the Downhill relaxation of variational nested dropout. Default 0.5.
+    pub nested_temperature: f64,
 }
 
 impl Default for FactoryOptions {
@@ -80,6 +122,11 @@ impl Default for FactoryOptions {
             dropout: 0.1,
             vd_granularity: VdGranularity::Weight,
             vd_init_log_alpha: DEFAULT_INIT_LOG_ALPHA,
+            spike_slab_prior: spike_slab::default_prior(),
+            spike_slab_init_inclusion: spike_slab::DEFAULT_INIT_INCLUSION,
+            spike_slab_temperature: spike_slab::DEFAULT_TEMPERATURE,
+            nested_dropout_p: nested_dropout::DEFAULT_P,
+            nested_temperature: nested_dropout::DEFAULT_TEMPERATURE,
         }
     }
 }
@@ -100,6 +147,17 @@ pub fn factory(layers: &str, opts: &FactoryOptions) -> Result<Box<dyn LayerFacto
         "sparse-vd" => Box::new(SparseVd::new(opts.sparse_vd_threshold)?),
         "variational-dropout" => Box::new(VariationalDropout::new(opts.vd_granularity, opts.vd_init_log_alpha)?),
         "mc-dropout" => Box::new(McDropoutFactory::new(opts.dropout)?),
+        "spike-slab" => Box::new(SpikeSlab::new(
+            opts.spike_slab_prior,
+            opts.init_std,
+            opts.spike_slab_init_inclusion,
+            opts.spike_slab_temperature,
+        )?),
+        "nested-dropout" => Box::new(NestedDropoutFactory::plain(opts.nested_dropout_p)?),
+        "variational-nested-dropout" => Box::new(NestedDropoutFactory::variational(
+            opts.nested_dropout_p,
+            opts.nested_temperature,
+        )?),
         other => candle_core::bail!("unknown layer kind `{other}`; known: {}", LAYER_KINDS.join(", ")),
     })
 }
@@ -321,6 +379,201 @@ impl LayerFactory for McDropoutFactory {
     }
 }
 
+/// Spike-and-slab node selection (Jantre, Bhattacharya & Maiti 2021): every output node of
+/// every weight layer but the last one made (linear units, conv channels) has a Bernoulli
+/// inclusion variable with prior probability λ and a Gaussian slab on its incoming weights and
+/// bias; nodes with posterior inclusion `γ < ½` are removed at test time. The last layer made is
+/// the classifier in every architecture; its outputs are the classes, so it keeps all its nodes
+/// (the paper selects hidden nodes) and is a mean-field Gaussian layer with the slab as prior:
+/// each new layer is made without node selection, and switches it on in the layer made before it.
+/// Parameters `{path}.weight_mu`, `{path}.weight_rho`, `{path}.bias_mu`, `{path}.bias_rho`,
+/// `{path}.inclusion_logit` (unused in the classifier). The same prior is used in every layer
+/// (the paper's layer-wise λ_l would be one prior per layer).
+///
+/// The factory remembers the last layer it made, so use one factory per network (as [`factory`]
+/// does).
+#[derive(Debug)]
+pub struct SpikeSlab {
+    /// The spike-and-slab prior (λ = `pi` < 1, σ_slab = `slab_std`).
+    pub prior: Prior,
+    /// Initial posterior standard deviation of the slab.
+    pub init_std: f64,
+    /// Initial inclusion probability γ.
+    pub init_inclusion: f64,
+    /// Temperature of the relaxed inclusion variables.
+    pub temperature: f64,
+    last: Mutex<Option<LastLayer>>,
+}
+
+/// The last spike-and-slab layer made (a clone sharing its node-selection switch).
+#[derive(Debug)]
+enum LastLayer {
+    Linear(SpikeSlabLinear),
+    Conv(SpikeSlabConv2d),
+}
+
+impl SpikeSlab {
+    /// Checks every field (the error names it).
+    pub fn new(prior: Prior, init_std: f64, init_inclusion: f64, temperature: f64) -> Result<Self> {
+        SpikeSlabLinearConfig::new(1, 1)
+            .with_prior(prior)
+            .with_init_std(init_std)
+            .with_init_inclusion(init_inclusion)
+            .with_temperature(temperature)
+            .validate()?;
+        Ok(Self {
+            prior,
+            init_std,
+            init_inclusion,
+            temperature,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Makes `layer` the last one, switching node selection on in the previous last layer.
+    fn push(&self, layer: LastLayer) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.take() {
+            Some(LastLayer::Linear(l)) => l.set_node_selection(true),
+            Some(LastLayer::Conv(c)) => c.set_node_selection(true),
+            None => {}
+        }
+        *last = Some(layer);
+    }
+}
+
+impl LayerFactory for SpikeSlab {
+    fn name(&self) -> &str {
+        "spike-slab"
+    }
+    fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
+        let c = SpikeSlabLinearConfig::new(cfg.in_dim, cfg.out_dim)
+            .with_bias(cfg.bias)
+            .with_prior(self.prior)
+            .with_init_std(self.init_std)
+            .with_init_inclusion(self.init_inclusion)
+            .with_temperature(self.temperature)
+            .with_node_selection(false);
+        let layer = SpikeSlabLinear::new(pb, c).map_err(|e| at(pb, e))?;
+        self.push(LastLayer::Linear(layer.clone()));
+        Ok(Box::new(layer))
+    }
+    fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
+        let c = SpikeSlabConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
+            .with_geom(geom(&cfg))
+            .with_bias(cfg.bias)
+            .with_prior(self.prior)
+            .with_init_std(self.init_std)
+            .with_init_inclusion(self.init_inclusion)
+            .with_temperature(self.temperature)
+            .with_node_selection(false);
+        let layer = SpikeSlabConv2d::new(pb, c).map_err(|e| at(pb, e))?;
+        self.push(LastLayer::Conv(layer.clone()));
+        Ok(Box::new(layer))
+    }
+}
+
+/// Nested dropout (Rippel, Gelbart & Adams 2014; `nested-dropout`) or variational nested dropout
+/// (Cui et al. 2021; `variational-nested-dropout`) on the input units of every weight layer but
+/// the first one made, followed by the deterministic layer (parameter names are the
+/// deterministic ones, plus `{path}.truncation_logits` for the variational kind, registered as
+/// variational under the layer's path). See the module documentation for the placement.
+///
+/// The factory remembers whether it has made a layer yet, so use one factory per network (as
+/// [`factory`] does).
+#[derive(Debug)]
+pub struct NestedDropoutFactory {
+    /// Geometric parameter of the truncation distribution (the prior's, for the variational kind).
+    pub p: f64,
+    /// Temperature of the Downhill relaxation (variational kind only).
+    pub temperature: f64,
+    /// Whether the masks are learned (variational nested dropout).
+    pub variational: bool,
+    made_one: AtomicBool,
+}
+
+impl NestedDropoutFactory {
+    /// Plain nested dropout with `b ~ Geom(p)`; refuses `p ∉ (0, 1]`.
+    pub fn plain(p: f64) -> Result<Self> {
+        NestedDropout::new(p)?;
+        Ok(Self {
+            p,
+            temperature: nested_dropout::DEFAULT_TEMPERATURE,
+            variational: false,
+            made_one: AtomicBool::new(false),
+        })
+    }
+
+    /// Variational nested dropout with prior `truncated_geometric(p, K)` and Downhill temperature
+    /// `temperature`; refuses `p ∉ (0, 1]` or a temperature that is not finite and > 0.
+    pub fn variational(p: f64, temperature: f64) -> Result<Self> {
+        VariationalNestedDropoutConfig::new(1)
+            .with_prior_p(p)
+            .with_temperature(temperature)
+            .validate()?;
+        Ok(Self {
+            p,
+            temperature,
+            variational: true,
+            made_one: AtomicBool::new(false),
+        })
+    }
+
+    /// The mask over `units` inputs of the layer at `pb`, or `None` for the first layer made.
+    fn mask(&self, pb: &ParamBuilder, units: usize) -> Result<Option<Box<dyn Module>>> {
+        if !self.made_one.swap(true, Ordering::SeqCst) {
+            return Ok(None);
+        }
+        Ok(Some(if self.variational {
+            let c = VariationalNestedDropoutConfig::new(units)
+                .with_prior_p(self.p)
+                .with_temperature(self.temperature);
+            Box::new(VariationalNestedDropout::new(pb, c).map_err(|e| at(pb, e))?)
+        } else {
+            Box::new(NestedDropout::new(self.p)?)
+        }))
+    }
+}
+
+/// An optional mask on the input, then a layer.
+struct MaskThen {
+    mask: Option<Box<dyn Module>>,
+    layer: Box<dyn Module>,
+}
+
+impl Module for MaskThen {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        match &self.mask {
+            Some(m) => self.layer.forward(&m.forward(x, ctx)?, ctx),
+            None => self.layer.forward(x, ctx),
+        }
+    }
+}
+
+impl LayerFactory for NestedDropoutFactory {
+    fn name(&self) -> &str {
+        if self.variational {
+            "variational-nested-dropout"
+        } else {
+            "nested-dropout"
+        }
+    }
+    fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
+        let mask = self.mask(pb, cfg.in_dim)?;
+        Ok(Box::new(MaskThen {
+            mask,
+            layer: Box::new(Linear::new(pb, cfg)?),
+        }))
+    }
+    fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
+        let mask = self.mask(pb, cfg.in_ch)?;
+        Ok(Box::new(MaskThen {
+            mask,
+            layer: Box::new(Conv2d::new(pb, cfg)?),
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,6 +608,130 @@ mod tests {
         }
         let bad = FactoryOptions { dropout: 1.0, ..o };
         assert!(factory("mc-dropout", &bad).err().unwrap().to_string().contains("`p`"));
+        for (bad, field) in [
+            (
+                FactoryOptions {
+                    spike_slab_prior: Prior::default(),
+                    ..o
+                },
+                "prior",
+            ),
+            (
+                FactoryOptions {
+                    spike_slab_init_inclusion: 1.0,
+                    ..o
+                },
+                "init_inclusion",
+            ),
+            (
+                FactoryOptions {
+                    spike_slab_temperature: 0.0,
+                    ..o
+                },
+                "temperature",
+            ),
+        ] {
+            let e = factory("spike-slab", &bad).err().unwrap().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let bad = FactoryOptions {
+            nested_dropout_p: 0.0,
+            ..o
+        };
+        assert!(factory("nested-dropout", &bad)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("`p`"));
+        assert!(factory("variational-nested-dropout", &bad)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("prior_p"));
+        let bad = FactoryOptions {
+            nested_temperature: -1.0,
+            ..o
+        };
+        assert!(factory("variational-nested-dropout", &bad)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("temperature"));
+    }
+
+    /// The quick architectures (MLP, LeNet-5, ResNet-20) build with the new kinds and run one
+    /// example, at a reduced width for the nested kinds.
+    #[test]
+    fn quick_architectures_run_with_spike_slab_and_nested_kinds() -> Result<()> {
+        use candle_core::{DType, Device};
+        use secateur_bayes::{ParamStore, Sampling, SeededRng};
+        for arch in ["mlp", "lenet5", "resnet20"] {
+            for kind in ["spike-slab", "nested-dropout", "variational-nested-dropout"] {
+                let f = factory(kind, &FactoryOptions::default())?;
+                let pb = ParamBuilder::new(ParamStore::new(), SeededRng::new(0), DType::F32, Device::Cpu);
+                let net = crate::build(&crate::ModelSpec::new(arch, [1, 28, 28], 10), f.as_ref(), &pb)?;
+                let x = Tensor::ones((1, 1, 28, 28), DType::F32, &Device::Cpu)?;
+                let mut rng = SeededRng::new(1);
+                let y = net.forward(&x, &mut Ctx::train(&mut rng, Sampling::Local))?;
+                assert_eq!(y.dims(), &[1, 10], "{arch}/{kind}");
+                let y = net.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Weight).with_width(0.5))?;
+                assert_eq!(y.dims(), &[1, 10], "{arch}/{kind}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Spike-and-slab LeNet-5: every layer selects nodes except the classifier `fc3`.
+    #[test]
+    fn spike_slab_selects_nodes_in_every_layer_but_the_classifier() -> Result<()> {
+        use candle_core::{DType, Device};
+        use secateur_bayes::{ParamStore, SeededRng};
+        let f = factory("spike-slab", &FactoryOptions::default())?;
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+        crate::build(&crate::ModelSpec::new("lenet5", [1, 28, 28], 10), f.as_ref(), &pb)?;
+        let with_inclusion: Vec<String> = store
+            .posterior_stats()?
+            .into_iter()
+            .filter(|s| s.name.ends_with(".weight") && s.inclusion.is_some())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(
+            with_inclusion,
+            vec!["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"]
+        );
+        Ok(())
+    }
+
+    /// LeNet-5 with variational nested dropout: the first layer (`conv1`) reads the image
+    /// unmasked, every later weight layer orders its inputs; at width 1 the network is the full
+    /// network and narrower widths change the output.
+    #[test]
+    fn nested_lenet5_masks_all_but_the_first_layer_and_evaluates_at_widths() -> Result<()> {
+        use candle_core::{DType, Device};
+        use secateur_bayes::{ParamStore, Sampling, SeededRng};
+        let f = factory("variational-nested-dropout", &FactoryOptions::default())?;
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+        let net = crate::build(&crate::ModelSpec::new("lenet5", [1, 28, 28], 10), f.as_ref(), &pb)?;
+        let layers: Vec<String> = store.variational_layers().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(layers, vec!["conv2", "fc1", "fc2", "fc3"]);
+        assert_eq!(store.get("conv2.truncation_logits").unwrap().dims(), &[6]);
+        assert_eq!(store.get("fc1.truncation_logits").unwrap().dims(), &[400]);
+        let x = SeededRng::new(1).rand_uniform(&[2, 1, 28, 28], 0.0, 1.0, DType::F32, &Device::Cpu)?;
+        let mut rng = SeededRng::new(2);
+        let full = net
+            .forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?
+            .to_vec2::<f32>()?;
+        let one = net
+            .forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean).with_width(1.0))?
+            .to_vec2::<f32>()?;
+        let quarter = net
+            .forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean).with_width(0.25))?
+            .to_vec2::<f32>()?;
+        assert_eq!(full, one);
+        assert_ne!(full, quarter);
+        Ok(())
     }
 
     #[test]

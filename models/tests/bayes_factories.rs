@@ -33,7 +33,16 @@ fn check(arch: &str, kind: &str) -> Result<()> {
     let expected = weight_layers(arch)?;
     let registered: BTreeSet<String> = store.variational_layers().into_iter().map(|(n, _)| n).collect();
     match kind {
-        "deterministic" | "mc-dropout" => assert!(registered.is_empty(), "{arch}/{kind}: {registered:?}"),
+        "deterministic" | "mc-dropout" | "nested-dropout" => {
+            assert!(registered.is_empty(), "{arch}/{kind}: {registered:?}")
+        }
+        // every weight layer but the first (which reads the network input) orders its inputs
+        "variational-nested-dropout" => {
+            assert!(
+                registered.is_subset(&expected) && registered.len() + 1 == expected.len(),
+                "{arch}/{kind}"
+            )
+        }
         _ => assert_eq!(registered, expected, "{arch}/{kind}"),
     }
     let names: BTreeSet<String> = store.params().into_keys().collect();
@@ -42,13 +51,14 @@ fn check(arch: &str, kind: &str) -> Result<()> {
             "mean-field" => &["weight_mu", "weight_rho"],
             "sparse-vd" => &["weight_mu", "weight_log_sigma2"],
             "variational-dropout" => &["weight_mu", "weight_log_alpha"],
+            "spike-slab" => &["weight_mu", "weight_rho", "inclusion_logit"],
             _ => &["weight"],
         };
         for w in want {
             assert!(names.contains(&format!("{layer}.{w}")), "{arch}/{kind}: no {layer}.{w}");
         }
     }
-    if !registered.is_empty() {
+    if !registered.is_empty() && kind != "variational-nested-dropout" {
         // posterior statistics: one per weight tensor, named `{layer}.weight`
         let stats = store.posterior_stats()?;
         let weights: BTreeSet<String> = stats

@@ -26,6 +26,7 @@ where
             mode: Mode::Train,
             sampling,
             rng: &mut *rng,
+            width: None,
         };
         // The output (and the graph it holds) is dropped: no backward pass.
         drop(model.forward(&x, &mut ctx)?);

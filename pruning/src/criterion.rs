@@ -264,6 +264,7 @@ impl<'a> ScoringContext<'a> {
             mode: self.mode,
             sampling: self.sampling,
             rng: self.rng,
+            width: None,
         };
         self.model.forward(x, &mut ctx)
     }

@@ -7,6 +7,11 @@
 //! - [`variational_dropout`]: variational dropout with learned α per weight or per unit (Kingma,
 //!   Salimans & Welling 2015), [`VdLinear`] and [`VdConv2d`].
 //! - [`dropout`]: MC dropout (Gal & Ghahramani 2016), [`McDropout`], the baseline.
+//! - [`spike_slab`]: spike-and-slab node selection (Jantre, Bhattacharya & Maiti 2021),
+//!   [`SpikeSlabLinear`] and [`SpikeSlabConv2d`].
+//! - [`nested_dropout`]: nested dropout (Rippel, Gelbart & Adams 2014), [`NestedDropout`], and
+//!   variational nested dropout (Cui et al. 2021), [`VariationalNestedDropout`]: ordered unit
+//!   masks, so a network can be evaluated at any width ([`Ctx::width`](crate::Ctx::width)).
 //!
 //! Every layer here is built from a [`ParamBuilder`](crate::ParamBuilder), creates its parameters
 //! under the builder's path and registers itself as [`Variational`](crate::Variational) in the
@@ -19,12 +24,16 @@
 
 pub mod dropout;
 pub mod mean_field;
+pub mod nested_dropout;
 pub mod sparse_vd;
+pub mod spike_slab;
 pub mod variational_dropout;
 
 pub use dropout::McDropout;
 pub use mean_field::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig};
+pub use nested_dropout::{NestedDropout, VariationalNestedDropout, VariationalNestedDropoutConfig};
 pub use sparse_vd::{SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig};
+pub use spike_slab::{SpikeSlabConv2d, SpikeSlabConv2dConfig, SpikeSlabLinear, SpikeSlabLinearConfig};
 pub use variational_dropout::{VdConv2d, VdConv2dConfig, VdGranularity, VdLinear, VdLinearConfig};
 
 use crate::ctx::Sampling;
