@@ -116,6 +116,10 @@ fn layer_kinds(c: &mut Criterion) {
     bench_kind(c, "mean-field", Sampling::Flipout, "mean-field-flipout");
     bench_kind(c, "sparse-vd", Sampling::Local, "sparse-vd-local");
     bench_kind(c, "mc-dropout", Sampling::Mean, "mc-dropout");
+    bench_kind(c, "variational-dropout", Sampling::Local, "variational-dropout-local");
+    bench_kind(c, "spike-slab", Sampling::Local, "spike-slab-local");
+    bench_kind(c, "nested-dropout", Sampling::Weight, "nested-dropout");
+    bench_kind(c, "variational-nested-dropout", Sampling::Weight, "variational-nested-dropout");
 }
 
 criterion_group!(benches, train_steps, layer_kinds);
