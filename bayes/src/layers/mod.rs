@@ -7,6 +7,8 @@
 //! - [`variational_dropout`]: variational dropout with learned α per weight or per unit (Kingma,
 //!   Salimans & Welling 2015), [`VdLinear`] (linear only so far).
 //! - [`dropout`]: MC dropout (Gal & Ghahramani 2016), [`McDropout`], the baseline.
+//! - [`gsm_gates`]: Bernoulli gates on units/filters with a Gaussian scale-mixture prior and a
+//!   hyper-prior (Guenter & Sideris 2022), [`GateLinear`] and [`GateConv2d`].
 //!
 //! Every layer here is built from a [`ParamBuilder`](crate::ParamBuilder), creates its parameters
 //! under the builder's path and registers itself as [`Variational`](crate::Variational) in the
@@ -18,11 +20,13 @@
 //! [`Sampling`].
 
 pub mod dropout;
+pub mod gsm_gates;
 pub mod mean_field;
 pub mod sparse_vd;
 pub mod variational_dropout;
 
 pub use dropout::McDropout;
+pub use gsm_gates::{GateConv2d, GateConv2dConfig, GateLinear, GateLinearConfig, GsmGatePrior};
 pub use mean_field::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig};
 pub use sparse_vd::{SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig};
 pub use variational_dropout::{VdGranularity, VdLinear, VdLinearConfig};
