@@ -7,6 +7,7 @@
 //! | `mean-field` | [`MeanField`] | [`BayesLinear`], [`BayesConv2d`] | Blundell et al. 2015 |
 //! | `sparse-vd` | [`SparseVd`] | [`SvdLinear`], [`SvdConv2d`] | Molchanov, Ashukha & Vetrov 2017 |
 //! | `mc-dropout` | [`McDropoutFactory`] | dropout, then the deterministic layer | Gal & Ghahramani 2016 |
+//! | `gsm-gates` | [`GsmGates`] | [`GateLinear`], [`GateConv2d`] (a Bernoulli gate per input unit/channel) | Guenter & Sideris 2022 |
 //!
 //! [`factory`] maps a config name to a boxed factory. The probabilistic layers register
 //! themselves (under the layer's path, e.g. `features.0`) in the [`ParamBuilder`]'s store, so the
@@ -27,20 +28,21 @@
 use crate::factory::{Conv2dCfg, Deterministic, LayerFactory, LinearCfg};
 use crate::layers::{Conv2d, Linear};
 use candle_core::{Result, Tensor};
+use secateur_bayes::layers::gsm_gates::{DEFAULT_GATE_THRESHOLD, DEFAULT_INIT_INCLUSION};
 use secateur_bayes::layers::mean_field::DEFAULT_INIT_STD;
 use secateur_bayes::layers::sparse_vd::DEFAULT_THRESHOLD;
 use secateur_bayes::layers::{
-    BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, McDropout, SvdConv2d, SvdConv2dConfig,
-    SvdLinear, SvdLinearConfig,
+    BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, GateConv2d, GateConv2dConfig,
+    GateLinear, GateLinearConfig, GsmGatePrior, McDropout, SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig,
 };
 use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
 
 /// The layer-kind names [`factory`] accepts (the values of the config key `model.layers`).
-pub const LAYER_KINDS: &[&str] = &["deterministic", "mean-field", "sparse-vd", "mc-dropout"];
+pub const LAYER_KINDS: &[&str] = &["deterministic", "mean-field", "sparse-vd", "mc-dropout", "gsm-gates"];
 
 /// Whether a layer kind is Bayesian: trained with noise and evaluated by Monte Carlo averaging.
 pub fn is_bayesian(layers: &str) -> bool {
-    matches!(layers, "mean-field" | "sparse-vd" | "mc-dropout")
+    matches!(layers, "mean-field" | "sparse-vd" | "mc-dropout" | "gsm-gates")
 }
 
 /// Options of the Bayesian factories, with the defaults of their layers.
@@ -54,6 +56,12 @@ pub struct FactoryOptions {
     pub sparse_vd_threshold: f64,
     /// Drop probability of MC dropout. Default 0.1.
     pub dropout: f64,
+    /// GSM prior and hyper-prior of the gated layers. Default shape 1, scale 1, unit cost 0.
+    pub gate_prior: GsmGatePrior,
+    /// Initial inclusion probability of every gate. Default 0.9.
+    pub gate_init_inclusion: f64,
+    /// Test-time threshold on the inclusion probability. Default ½.
+    pub gate_threshold: f64,
 }
 
 impl Default for FactoryOptions {
@@ -63,6 +71,9 @@ impl Default for FactoryOptions {
             init_std: DEFAULT_INIT_STD,
             sparse_vd_threshold: DEFAULT_THRESHOLD,
             dropout: 0.1,
+            gate_prior: GsmGatePrior::default(),
+            gate_init_inclusion: DEFAULT_INIT_INCLUSION,
+            gate_threshold: DEFAULT_GATE_THRESHOLD,
         }
     }
 }
@@ -82,6 +93,11 @@ pub fn factory(layers: &str, opts: &FactoryOptions) -> Result<Box<dyn LayerFacto
         "mean-field" => Box::new(MeanField::new(opts.prior, opts.init_std)?),
         "sparse-vd" => Box::new(SparseVd::new(opts.sparse_vd_threshold)?),
         "mc-dropout" => Box::new(McDropoutFactory::new(opts.dropout)?),
+        "gsm-gates" => Box::new(GsmGates::new(
+            opts.gate_prior,
+            opts.gate_init_inclusion,
+            opts.gate_threshold,
+        )?),
         other => candle_core::bail!("unknown layer kind `{other}`; known: {}", LAYER_KINDS.join(", ")),
     })
 }
@@ -247,6 +263,71 @@ impl LayerFactory for McDropoutFactory {
     }
 }
 
+/// Bernoulli gates with a Gaussian scale-mixture prior and a hyper-prior (Guenter & Sideris
+/// 2022): every layer gates its **inputs** (one gate per input unit of a linear layer, per input
+/// channel of a convolution), so every hidden unit and filter is gated once and the classifier's
+/// outputs never are (the network's own inputs are gated too). Weights are point estimates.
+/// Parameters `{path}.weight_mu`, `{path}.bias` (deterministic), `{path}.gate_logit`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GsmGates {
+    /// GSM prior with its hyper-prior.
+    pub prior: GsmGatePrior,
+    /// Initial inclusion probability θ₀ ∈ (0, 1).
+    pub init_inclusion: f64,
+    /// Test-time threshold ∈ (0, 1) on θ.
+    pub threshold: f64,
+}
+
+impl GsmGates {
+    /// Checks the prior, θ₀ and the threshold (the error names the field).
+    pub fn new(prior: GsmGatePrior, init_inclusion: f64, threshold: f64) -> Result<Self> {
+        GateLinearConfig::new(1, 1)
+            .with_prior(prior)
+            .with_init_inclusion(init_inclusion)
+            .with_threshold(threshold)
+            .validate()?;
+        Ok(Self {
+            prior,
+            init_inclusion,
+            threshold,
+        })
+    }
+}
+
+impl Default for GsmGates {
+    /// The default prior (shape 1, scale 1, unit cost 0), θ₀ = 0.9, threshold ½.
+    fn default() -> Self {
+        Self {
+            prior: GsmGatePrior::default(),
+            init_inclusion: DEFAULT_INIT_INCLUSION,
+            threshold: DEFAULT_GATE_THRESHOLD,
+        }
+    }
+}
+
+impl LayerFactory for GsmGates {
+    fn name(&self) -> &str {
+        "gsm-gates"
+    }
+    fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
+        let c = GateLinearConfig::new(cfg.in_dim, cfg.out_dim)
+            .with_bias(cfg.bias)
+            .with_prior(self.prior)
+            .with_init_inclusion(self.init_inclusion)
+            .with_threshold(self.threshold);
+        Ok(Box::new(GateLinear::new(pb, c).map_err(|e| at(pb, e))?))
+    }
+    fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
+        let c = GateConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
+            .with_geom(geom(&cfg))
+            .with_bias(cfg.bias)
+            .with_prior(self.prior)
+            .with_init_inclusion(self.init_inclusion)
+            .with_threshold(self.threshold);
+        Ok(Box::new(GateConv2d::new(pb, c).map_err(|e| at(pb, e))?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +354,22 @@ mod tests {
             .contains("threshold"));
         let bad = FactoryOptions { dropout: 1.0, ..o };
         assert!(factory("mc-dropout", &bad).err().unwrap().to_string().contains("`p`"));
+        let bad = FactoryOptions {
+            gate_threshold: 1.0,
+            ..o
+        };
+        assert!(factory("gsm-gates", &bad)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("threshold"));
+        let bad = FactoryOptions {
+            gate_prior: GsmGatePrior {
+                scale: 0.0,
+                ..GsmGatePrior::default()
+            },
+            ..o
+        };
+        assert!(factory("gsm-gates", &bad).err().unwrap().to_string().contains("scale"));
     }
 }
