@@ -109,8 +109,9 @@ pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
 /// probabilistic layers (`*_rho`, `*_log_sigma2`) are not weights of the test-time network and
 /// are skipped; a posterior mean `{name}_mu` counts as the weight `{name}`, zero where it is
 /// zero or, with `threshold = Some(t)` (sparse VD), where `log α ≥ t` (the weight is dropped at
-/// test time, Molchanov et al. 2017). For a deterministic model this is the count of non-zero
-/// trainable parameters.
+/// test time, Molchanov et al. 2017), or where its inclusion probability (a gate's, GSM gates) is
+/// below ½; gate parameters (`*.gate_theta`) are not weights. For a deterministic model this is the
+/// count of non-zero trainable parameters.
 pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(usize, usize)> {
     let stats: BTreeMap<String, secateur_bayes::PosteriorStats> = store
         .posterior_stats()?
@@ -120,7 +121,7 @@ pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(u
     let count = |t: &Tensor| -> Result<usize> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize) };
     let (mut nonzero, mut total) = (0usize, 0usize);
     for (name, var) in store.params() {
-        if name.ends_with("_rho") || name.ends_with("_log_sigma2") {
+        if name.ends_with("_rho") || name.ends_with("_log_sigma2") || name.ends_with(".gate_theta") {
             continue;
         }
         let t = var.as_tensor();
@@ -133,6 +134,10 @@ pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(u
                 None => kept,
             },
             _ => kept,
+        };
+        let kept = match stat.and_then(|st| st.inclusion.as_ref()) {
+            Some(inc) => kept.mul(&inc.ge(0.5)?)?,
+            None => kept,
         };
         nonzero += count(&kept)?;
     }
@@ -150,6 +155,27 @@ pub fn sparsity_log_alpha(store: &ParamStore, threshold: f64) -> Result<Option<f
         }
     }
     Ok((n > 0).then(|| dropped / n as f64))
+}
+
+/// Test-time gate counts of a GSM-gated model (`gsm-gates`, Guenter & Sideris 2022), by layer:
+/// `(layer, removed, total, reads_input)` where a gate is removed iff
+/// `clamp(gate_theta, 0, 1) < threshold`. Every layer gates its inputs, so the gates of a layer are
+/// the hidden units (filters) of the layer before it, except for the layer that reads the
+/// network's input: recognised as the layer whose gate count equals the input's feature count
+/// `C·H·W` (a linear layer on flattened images) or channel count `C` (a convolution), its gates
+/// are pixels/channels (`reads_input = true`). Empty for a model without gates.
+pub fn gate_counts(store: &ParamStore, threshold: f64, input: [usize; 3]) -> Result<Vec<(String, usize, usize, bool)>> {
+    let mut out = Vec::new();
+    for (name, var) in store.params() {
+        if let Some(layer) = name.strip_suffix(".gate_theta") {
+            let t = var.as_tensor();
+            let removed = t.lt(threshold)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize;
+            let total = t.elem_count();
+            let reads_input = total == input.iter().product::<usize>() || total == input[0];
+            out.push((layer.to_string(), removed, total, reads_input));
+        }
+    }
+    Ok(out)
 }
 
 fn optimizer(cfg: &StudyConfig) -> Result<Box<dyn Optimizer>> {
@@ -345,6 +371,26 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
             put("sparsity_log_alpha", f.into());
         }
     }
+    if cfg.model.layers == "gsm-gates" {
+        let gates = gate_counts(&store, cfg.bayes.gate_threshold, input)?;
+        let (mut removed, mut total, mut in_removed, mut in_total) = (0, 0, 0, 0);
+        for (layer, r, t, reads_input) in &gates {
+            put(&format!("units_removed.{layer}"), (*r).into());
+            put(&format!("units_total.{layer}"), (*t).into());
+            if *reads_input {
+                (in_removed, in_total) = (in_removed + r, in_total + t);
+            } else {
+                (removed, total) = (removed + r, total + t);
+            }
+        }
+        if total > 0 {
+            put("units_removed", (removed as f64 / total as f64).into());
+            put("units_hidden_total", total.into());
+        }
+        if in_total > 0 {
+            put("inputs_removed", (in_removed as f64 / in_total as f64).into());
+        }
+    }
     put("params_total", store.num_params().into());
     put("params_weights", weights_total.into());
     put("params_nonzero", nonzero.into());
@@ -394,12 +440,25 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
         "test_mutual_information",
         "test_accuracy_posterior_mean",
         "sparsity_log_alpha",
+        "units_removed",
+        "inputs_removed",
         "params_total",
         "params_nonzero",
         "wall_seconds",
     ] {
         if m.contains_key(k) {
             s.push_str(&format!("| {k} | {:.4} |\n", f(k)));
+        }
+    }
+    let gated: Vec<&str> = m.keys().filter_map(|k| k.strip_prefix("units_total.")).collect();
+    if !gated.is_empty() {
+        s.push_str(
+            "\n## Gates removed at test time\n\n| layer (gates on its inputs) | removed | total |\n|---|---|---|\n",
+        );
+        for layer in gated {
+            let r = f(&format!("units_removed.{layer}"));
+            let t = f(&format!("units_total.{layer}"));
+            s.push_str(&format!("| {layer} | {r} | {t} |\n"));
         }
     }
     s.push_str("\n## History\n\n| epoch | lr | train loss | train acc | test acc | test NLL | test ECE |\n|---|---|---|---|---|---|---|\n");
@@ -467,6 +526,7 @@ pub fn comparison_table(runs: &[(&str, &Map<String, Value>)]) -> String {
         ("test_nll", "test NLL"),
         ("test_ece", "test ECE"),
         ("sparsity_log_alpha", "weights with log α ≥ 3"),
+        ("units_removed", "hidden units removed"),
         ("params_nonzero", "non-zero parameters"),
         ("wall_seconds", "seconds"),
     ] {
@@ -500,6 +560,7 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
         "test_mce",
         "test_mutual_information",
         "sparsity_log_alpha",
+        "units_removed",
         "params_total",
         "params_nonzero",
         "wall_seconds",

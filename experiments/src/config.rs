@@ -180,7 +180,16 @@ impl Default for TrainConfig {
 /// sampling = "local"           # or "weight", "flipout"
 /// sparse_vd_threshold = 3.0
 /// mc_dropout_p = 0.1
+/// gate_shape = 1.0             # gsm-gates: inverse-gamma shape a of the GSM
+/// gate_scale = 1.0             # gsm-gates: inverse-gamma scale b of the GSM
+/// gate_unit_cost = 0.0         # gsm-gates: hyper-prior cost λ (nats) per included unit
+/// gate_init_inclusion = 0.9    # gsm-gates: initial inclusion probability θ₀
+/// gate_threshold = 0.5         # gsm-gates: a unit is removed at test time iff θ < threshold
 /// ```
+///
+/// `gsm-gates` (Guenter & Sideris 2022) puts a Bernoulli gate on every input unit/channel of every
+/// layer; its divergence is `Σⱼ θⱼ [λ + (a + nⱼ/2) log(1 + ‖μⱼ‖²/(2b))]` (see
+/// `secateur_bayes::layers::gsm_gates`); only `divergence = "kl"` is defined for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BayesConfig {
@@ -208,6 +217,17 @@ pub struct BayesConfig {
     pub sparse_vd_threshold: f64,
     /// MC dropout: drop probability in [0, 1). Default 0.1.
     pub mc_dropout_p: f64,
+    /// GSM gates: inverse-gamma shape `a > 0` of the Gaussian scale mixture. Default 1.
+    pub gate_shape: f64,
+    /// GSM gates: inverse-gamma scale `b > 0` of the Gaussian scale mixture. Default 1.
+    pub gate_scale: f64,
+    /// GSM gates: cost λ ≥ 0 (nats) of an included unit, from the hyper-prior on the inclusion
+    /// probability (0: the flat hyper-prior). Default 0.
+    pub gate_unit_cost: f64,
+    /// GSM gates: initial inclusion probability θ₀ ∈ (0, 1). Default 0.9.
+    pub gate_init_inclusion: f64,
+    /// GSM gates: a unit is removed at test time iff θ < `gate_threshold` ∈ (0, 1). Default 0.5.
+    pub gate_threshold: f64,
 }
 
 impl Default for BayesConfig {
@@ -224,6 +244,11 @@ impl Default for BayesConfig {
             sampling: "local".into(),
             sparse_vd_threshold: f.sparse_vd_threshold,
             mc_dropout_p: f.dropout,
+            gate_shape: f.gate_prior.shape,
+            gate_scale: f.gate_prior.scale,
+            gate_unit_cost: f.gate_prior.unit_cost,
+            gate_init_inclusion: f.gate_init_inclusion,
+            gate_threshold: f.gate_threshold,
         }
     }
 }
@@ -265,7 +290,28 @@ impl BayesConfig {
                 self.mc_dropout_p
             ));
         }
+        self.gate_prior()?;
+        for (field, v) in [
+            ("gate_init_inclusion", self.gate_init_inclusion),
+            ("gate_threshold", self.gate_threshold),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(format!("bayes.{field} must be in (0, 1), got {v}"));
+            }
+        }
         Ok(())
+    }
+
+    /// The GSM gate prior of `gate_shape`, `gate_scale`, `gate_unit_cost` (the error names the
+    /// `bayes.gate_*` key).
+    pub fn gate_prior(&self) -> std::result::Result<secateur_bayes::layers::GsmGatePrior, String> {
+        secateur_bayes::layers::GsmGatePrior::new(self.gate_shape, self.gate_scale, self.gate_unit_cost).map_err(|e| {
+            let key = match e {
+                secateur_bayes::ConfigError::Invalid { field, .. } => format!("bayes.gate_{field}"),
+                _ => "bayes.gate_*".into(),
+            };
+            format!("{key}: {e}")
+        })
     }
 
     /// The parsed `divergence`.
@@ -294,6 +340,13 @@ impl BayesConfig {
             init_std: self.init_std,
             sparse_vd_threshold: self.sparse_vd_threshold,
             dropout: self.mc_dropout_p,
+            gate_prior: secateur_bayes::layers::GsmGatePrior {
+                shape: self.gate_shape,
+                scale: self.gate_scale,
+                unit_cost: self.gate_unit_cost,
+            },
+            gate_init_inclusion: self.gate_init_inclusion,
+            gate_threshold: self.gate_threshold,
         }
     }
 }
@@ -490,6 +543,11 @@ mod tests {
             ("bayes.prior={kind=\"gaussian\",mean=0.0,std=0.0}", "std"),
             ("bayes.prior={kind=\"cauchy\"}", "cauchy"),
             ("bayes.mc_dropout_p=1.0", "bayes.mc_dropout_p"),
+            ("bayes.gate_shape=0", "bayes.gate_shape"),
+            ("bayes.gate_scale=-1", "bayes.gate_scale"),
+            ("bayes.gate_unit_cost=-1", "bayes.gate_unit_cost"),
+            ("bayes.gate_init_inclusion=1.0", "bayes.gate_init_inclusion"),
+            ("bayes.gate_threshold=0", "bayes.gate_threshold"),
         ] {
             let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
                 .unwrap_err()

@@ -267,7 +267,7 @@ impl LayerFactory for McDropoutFactory {
 /// 2022): every layer gates its **inputs** (one gate per input unit of a linear layer, per input
 /// channel of a convolution), so every hidden unit and filter is gated once and the classifier's
 /// outputs never are (the network's own inputs are gated too). Weights are point estimates.
-/// Parameters `{path}.weight_mu`, `{path}.bias` (deterministic), `{path}.gate_logit`.
+/// Parameters `{path}.weight_mu`, `{path}.bias` (deterministic), `{path}.gate_theta` (θ, projected onto [0, 1]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GsmGates {
     /// GSM prior with its hyper-prior.

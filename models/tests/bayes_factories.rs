@@ -41,7 +41,7 @@ fn check(arch: &str, kind: &str) -> Result<()> {
         let want: &[&str] = match kind {
             "mean-field" => &["weight_mu", "weight_rho"],
             "sparse-vd" => &["weight_mu", "weight_log_sigma2"],
-            "gsm-gates" => &["weight_mu", "gate_logit"],
+            "gsm-gates" => &["weight_mu", "gate_theta"],
             _ => &["weight"],
         };
         for w in want {

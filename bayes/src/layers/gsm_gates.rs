@@ -14,7 +14,8 @@
 //! network's own inputs (pixels, image channels) are gated too.
 //!
 //! - **Variational posterior** (Guenter & Sideris 2022): `q(ξⱼ) = Bernoulli(θⱼ)`,
-//!   `θⱼ = sigmoid(gate_logitⱼ)`; the weights are point estimates `μ` (`weight_mu`), as in adaptive
+//!   θⱼ stored directly (`gate_theta`, projected onto `[0, 1]`, below); the weights are point
+//!   estimates `μ` (`weight_mu`), as in adaptive
 //!   dropout; the bias is deterministic and not gated.
 //! - **Prior** ([`GsmGatePrior`]): `ξⱼ | πⱼ ~ Bernoulli(πⱼ)`, and given `ξⱼ = 1` the group is a
 //!   Gaussian scale mixture `wⱼ | σⱼ² ~ N(0, σⱼ² I)`, `σⱼ² ~ InvGamma(a, b)`, i.e. the multivariate
@@ -49,20 +50,23 @@
 //!   2013): the forward pass uses the sampled `ξ ∈ {0, 1}`, the backward pass treats `∂ξ/∂θ = 1`
 //!   (exact for a loss linear in each gate, biased otherwise); gates are drawn per example, as
 //!   dropout masks;
-//! - the paper runs projected SGD on `θ ∈ [0, 1]`; secateur's optimisers have no projection, so θ
-//!   is the sigmoid of a trainable logit (θ approaches 0 or 1 instead of reaching it).
+//! - the paper runs projected SGD on `θ ∈ [0, 1]`; secateur's optimisers have no projection hook,
+//!   so the layer projects in its forward pass: it uses `θ = clamp(gate_theta, 0, 1)` and passes
+//!   the gradient straight through the clamp (a stored value outside `[0, 1]` acts as 0 or 1 and
+//!   drifts back towards the box while the gradient points into it). Storing θ rather than a logit keeps
+//!   the optimiser's steps in θ units, so gates reach 0 or 1 in a few epochs (a sigmoid logit
+//!   only approaches them, at a rate that vanishes near the ends).
 //!
 //! At test time (`Mode::Eval` with `Sampling::Mean`) a gate is open iff `θ ≥ threshold`
 //! (default ½); every other context samples the gates.
 //!
 //! Parameters, under the builder's path: `weight_mu`, `bias` (deterministic, if any) and
-//! `gate_logit` (`[in]` or `[in_ch]`).
+//! `gate_theta` (`[in]` or `[in_ch]`).
 
 use crate::ctx::{Ctx, Mode, Sampling};
 use crate::divergence::Divergence;
 use crate::error::ConfigError;
 use crate::init::Init;
-use crate::math::sigmoid;
 use crate::module::Module;
 use crate::params::ParamBuilder;
 use crate::rng::SeededRng;
@@ -322,21 +326,17 @@ impl GateConv2dConfig {
     }
 }
 
-/// What the linear and conv variants share: the weight, the gate logits, the prior.
+/// What the linear and conv variants share: the weight, the gate parameters, the prior.
 #[derive(Debug, Clone)]
 struct Gated {
     name: String,
     weight: Tensor,
     bias: Option<Tensor>,
-    gate_logit: Tensor,
+    gate_theta: Tensor,
     prior: GsmGatePrior,
     threshold: f64,
     /// Convolution groups (1 for a linear layer).
     groups: usize,
-}
-
-fn logit(p: f64) -> f64 {
-    (p / (1.0 - p)).ln()
 }
 
 impl Gated {
@@ -357,12 +357,12 @@ impl Gated {
         } else {
             None
         };
-        let gate_logit = pb.param("gate_logit", &[gates], Init::Const(logit(init)))?;
+        let gate_theta = pb.param("gate_theta", &[gates], Init::Const(init))?;
         Ok(Self {
             name: pb.prefix().to_string(),
             weight,
             bias,
-            gate_logit,
+            gate_theta,
             prior,
             threshold,
             groups,
@@ -370,12 +370,14 @@ impl Gated {
     }
 
     fn gates(&self) -> usize {
-        self.gate_logit.elem_count()
+        self.gate_theta.elem_count()
     }
 
-    /// θ = sigmoid(gate_logit), differentiable.
+    /// θ = clamp(gate_theta, 0, 1) with the gradient passed straight through the clamp:
+    /// `g + stop_grad(clamp(g, 0, 1) − g)`.
     fn theta(&self) -> Result<Tensor> {
-        sigmoid(&self.gate_logit)
+        let g = &self.gate_theta;
+        g + (g.clamp(0.0, 1.0)? - g)?.detach()
     }
 
     /// The test-time gates: 1 where θ ≥ threshold (detached).
@@ -484,11 +486,12 @@ macro_rules! gated_accessors {
         pub fn bias(&self) -> Option<&Tensor> {
             self.inner.bias.as_ref()
         }
-        /// The gate logits (`gate_logit`).
-        pub fn gate_logit(&self) -> &Tensor {
-            &self.inner.gate_logit
+        /// The stored gate parameters (`gate_theta`; θ is their projection onto `[0, 1]`).
+        pub fn gate_theta(&self) -> &Tensor {
+            &self.inner.gate_theta
         }
-        /// The inclusion probabilities `θ = sigmoid(gate_logit)`, one per gate (differentiable).
+        /// The inclusion probabilities `θ = clamp(gate_theta, 0, 1)`, one per gate (differentiable,
+        /// the gradient passed straight through the clamp).
         pub fn inclusion(&self) -> Result<Tensor> {
             self.inner.theta()
         }
@@ -515,7 +518,7 @@ pub struct GateLinear {
 }
 
 impl GateLinear {
-    /// Creates `weight_mu` (PyTorch's default init), `bias` and `gate_logit` (`logit(θ₀)`) under
+    /// Creates `weight_mu` (PyTorch's default init), `bias` and `gate_theta` (θ₀) under
     /// `pb` and registers the layer as [`Variational`] under `pb`'s path.
     pub fn new(pb: &ParamBuilder, cfg: GateLinearConfig) -> Result<Self> {
         cfg.validate()?;
@@ -533,23 +536,23 @@ impl GateLinear {
         Ok(layer)
     }
 
-    /// A layer from existing tensors (tests, loading): weight `[out, in]`, gate logits `[in]`;
+    /// A layer from existing tensors (tests, loading): weight `[out, in]`, gate parameters `[in]`;
     /// not registered anywhere.
     pub fn from_tensors(
         name: impl Into<String>,
         weight: Tensor,
         bias: Option<Tensor>,
-        gate_logit: Tensor,
+        gate_theta: Tensor,
         prior: GsmGatePrior,
         threshold: f64,
     ) -> Result<Self> {
         prior.validate()?;
         check_gate_fields("gsm gate linear", 0.5, threshold)?;
         let (_, inp) = weight.dims2()?;
-        if gate_logit.dims() != [inp] {
+        if gate_theta.dims() != [inp] {
             candle_core::bail!(
-                "gsm gate linear: gate_logit must have shape [{inp}], got {:?}",
-                gate_logit.dims()
+                "gsm gate linear: gate_theta must have shape [{inp}], got {:?}",
+                gate_theta.dims()
             );
         }
         Ok(Self {
@@ -557,7 +560,7 @@ impl GateLinear {
                 name: name.into(),
                 weight,
                 bias,
-                gate_logit,
+                gate_theta,
                 prior,
                 threshold,
                 groups: 1,
@@ -611,7 +614,7 @@ pub struct GateConv2d {
 
 impl GateConv2d {
     /// Creates `weight_mu` (`[out, in/groups, k, k]`, PyTorch's default init), `bias` and
-    /// `gate_logit` (`[in]`) under `pb` and registers the layer under `pb`'s path.
+    /// `gate_theta` (`[in]`) under `pb` and registers the layer under `pb`'s path.
     pub fn new(pb: &ParamBuilder, cfg: GateConv2dConfig) -> Result<Self> {
         cfg.validate()?;
         let shape = [cfg.out_ch, cfg.in_ch / cfg.geom.groups, cfg.kernel, cfg.kernel];
@@ -631,12 +634,12 @@ impl GateConv2d {
     }
 
     /// A layer from existing tensors (tests, loading): weight `[out, in/groups, k, k]`, gate
-    /// logits `[in]`; not registered anywhere.
+    /// parameters `[in]`; not registered anywhere.
     pub fn from_tensors(
         name: impl Into<String>,
         weight: Tensor,
         bias: Option<Tensor>,
-        gate_logit: Tensor,
+        gate_theta: Tensor,
         prior: GsmGatePrior,
         threshold: f64,
         geom: Conv2dGeom,
@@ -645,11 +648,11 @@ impl GateConv2d {
         check_gate_fields("gsm gate conv2d", 0.5, threshold)?;
         let (o, cpg, _, _) = weight.dims4()?;
         geom.check("gsm gate conv2d", cpg * geom.groups, o)?;
-        if gate_logit.dims() != [cpg * geom.groups] {
+        if gate_theta.dims() != [cpg * geom.groups] {
             candle_core::bail!(
-                "gsm gate conv2d: gate_logit must have shape [{}], got {:?}",
+                "gsm gate conv2d: gate_theta must have shape [{}], got {:?}",
                 cpg * geom.groups,
-                gate_logit.dims()
+                gate_theta.dims()
             );
         }
         Ok(Self {
@@ -657,7 +660,7 @@ impl GateConv2d {
                 name: name.into(),
                 weight,
                 bias,
-                gate_logit,
+                gate_theta,
                 prior,
                 threshold,
                 groups: geom.groups,
@@ -732,14 +735,14 @@ mod tests {
             .unwrap()
     }
 
-    /// Gate logits with |logit| ∈ [0.5, 2] and random signs: away from the test-time threshold
-    /// (logit 0), so finite differences never cross it.
-    fn logits(n: usize, seed: u64) -> Var {
-        let mag = uniform(&[n], 0.5, 2.0, seed);
+    /// Gate parameters θ with |θ − ½| ∈ [0.1, 0.4]: inside (0, 1) and away from the test-time
+    /// threshold ½, so finite differences cross neither.
+    fn thetas(n: usize, seed: u64) -> Var {
+        let mag = uniform(&[n], 0.1, 0.4, seed);
         let sign = SeededRng::new(seed + 1)
             .rademacher(&[n], DType::F64, &Device::Cpu)
             .unwrap();
-        Var::from_tensor(&(mag * sign).unwrap()).unwrap()
+        Var::from_tensor(&(mag * sign).unwrap().affine(1.0, 0.5).unwrap()).unwrap()
     }
 
     /// Central finite differences of `f` against its autograd gradient, for every entry of every
@@ -753,7 +756,7 @@ mod tests {
             };
             let base = vals(v.as_tensor());
             for i in 0..base.len() {
-                let mut at = |d: f64| -> Result<f64> {
+                let at = |d: f64| -> Result<f64> {
                     let mut p = base.clone();
                     p[i] += d;
                     v.set(&Tensor::from_vec(p, v.dims(), &Device::Cpu)?)?;
@@ -783,7 +786,7 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences_with_test_time_gates() -> Result<()> {
-        let (w, b, g) = (var(&[3, 5], -1.0, 1.0, 1), var(&[3], -0.5, 0.5, 2), logits(5, 3));
+        let (w, b, g) = (var(&[3, 5], -1.0, 1.0, 1), var(&[3], -0.5, 0.5, 2), thetas(5, 3));
         let l = GateLinear::from_tensors(
             "fc",
             w.as_tensor().clone(),
@@ -794,7 +797,7 @@ mod tests {
         )?;
         let x = uniform(&[4, 5], -1.0, 1.0, 5);
         let r = uniform(&[4, 3], -1.0, 1.0, 6);
-        check_gradients(&[("weight", &w), ("bias", &b), ("gate_logit", &g)], || {
+        check_gradients(&[("weight", &w), ("bias", &b), ("gate_theta", &g)], || {
             eval_loss(&l, &l, &x, &r)
         })?;
 
@@ -803,7 +806,7 @@ mod tests {
             groups: 2,
             ..Default::default()
         };
-        let (w, b, g) = (var(&[4, 2, 3, 3], -1.0, 1.0, 8), var(&[4], -0.5, 0.5, 9), logits(4, 10));
+        let (w, b, g) = (var(&[4, 2, 3, 3], -1.0, 1.0, 8), var(&[4], -0.5, 0.5, 9), thetas(4, 10));
         let c = GateConv2d::from_tensors(
             "conv",
             w.as_tensor().clone(),
@@ -815,7 +818,7 @@ mod tests {
         )?;
         let x = uniform(&[2, 4, 4, 4], -1.0, 1.0, 11);
         let r = uniform(&[2, 4, 4, 4], -1.0, 1.0, 12);
-        check_gradients(&[("weight", &w), ("bias", &b), ("gate_logit", &g)], || {
+        check_gradients(&[("weight", &w), ("bias", &b), ("gate_theta", &g)], || {
             eval_loss(&c, &c, &x, &r)
         })
     }
@@ -823,7 +826,7 @@ mod tests {
     #[test]
     fn training_forward_and_straight_through_gradient_match_an_independent_computation() -> Result<()> {
         let (rows, inp, out) = (6, 4, 3);
-        let (w, g) = (var(&[out, inp], -1.0, 1.0, 21), logits(inp, 22));
+        let (w, g) = (var(&[out, inp], -1.0, 1.0, 21), thetas(inp, 22));
         let b = uniform(&[out], -0.5, 0.5, 23);
         let l = GateLinear::from_tensors(
             "fc",
@@ -840,7 +843,7 @@ mod tests {
         let grads = (&y * &r)?.sum_all()?.backward()?;
 
         // The same draws, redone by hand: ξ_rj = [u_rj < θ_j] with u from the same stream.
-        let theta: Vec<f64> = vals(g.as_tensor()).iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect();
+        let theta = vals(g.as_tensor());
         let u = vals(&SeededRng::new(26).rand_uniform(&[rows, inp], 0.0, 1.0, DType::F64, &Device::Cpu)?);
         let (wv, bv, xv, rv) = (vals(w.as_tensor()), vals(&b), vals(&x), vals(&r));
         let xi = |rr: usize, j: usize| if u[rr * inp + j] < theta[j] { 1.0 } else { 0.0 };
@@ -854,7 +857,7 @@ mod tests {
                 assert!((yv[rr * out + i] - e).abs() < 1e-12, "y[{rr},{i}]");
             }
         }
-        // ∂L/∂W_ij = Σ_r r_ri x_rj ξ_rj; straight-through ∂L/∂logit_j = θ_j(1−θ_j) Σ_r x_rj Σ_i r_ri W_ij.
+        // ∂L/∂W_ij = Σ_r r_ri x_rj ξ_rj; straight-through ∂L/∂θ_j = Σ_r x_rj Σ_i r_ri W_ij.
         let gw = vals(grads.get(w.as_tensor()).unwrap());
         let gg = vals(grads.get(g.as_tensor()).unwrap());
         for j in 0..inp {
@@ -867,8 +870,7 @@ mod tests {
             let dl_dxi: f64 = (0..rows)
                 .map(|rr| xv[rr * inp + j] * (0..out).map(|i| rv[rr * out + i] * wv[i * inp + j]).sum::<f64>())
                 .sum();
-            let e = theta[j] * (1.0 - theta[j]) * dl_dxi;
-            assert!((gg[j] - e).abs() < 1e-12, "dlogit[{j}]: {} vs {e}", gg[j]);
+            assert!((gg[j] - dl_dxi).abs() < 1e-12, "dθ[{j}]: {} vs {dl_dxi}", gg[j]);
         }
         Ok(())
     }
@@ -876,11 +878,11 @@ mod tests {
     #[test]
     fn conv_training_forward_gates_whole_input_channels() -> Result<()> {
         let w = uniform(&[3, 2, 3, 3], -1.0, 1.0, 31);
-        let g = Tensor::new(&[0.3f64, -0.2], &Device::Cpu)?;
+        let g = Tensor::new(&[0.6f64, 0.45], &Device::Cpu)?;
         let c = GateConv2d::from_tensors("conv", w.clone(), None, g.clone(), prior(), 0.5, Conv2dGeom::default())?;
         let x = uniform(&[5, 2, 4, 4], -1.0, 1.0, 32);
         let y = c.forward(&x, &mut Ctx::train(&mut SeededRng::new(33), Sampling::Local))?;
-        let theta: Vec<f64> = vals(&g).iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect();
+        let theta = vals(&g);
         let u = vals(&SeededRng::new(33).rand_uniform(&[5, 2], 0.0, 1.0, DType::F64, &Device::Cpu)?);
         let xi: Vec<f64> = (0..10).map(|k| if u[k] < theta[k % 2] { 1.0 } else { 0.0 }).collect();
         let mask = Tensor::from_vec(xi, (5, 2, 1, 1), &Device::Cpu)?;
@@ -993,10 +995,10 @@ mod tests {
     #[test]
     fn divergence_is_the_sum_over_gates_computed_by_hand() -> Result<()> {
         let p = prior();
-        let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+        let sig = |z: f64| z.clamp(0.0, 1.0);
         let cost = |s: f64, n: usize| p.unit_cost + (p.shape + n as f64 / 2.0) * (1.0 + s / (2.0 * p.scale)).ln();
 
-        let (w, g) = (uniform(&[3, 5], -1.0, 1.0, 41), uniform(&[5], -3.0, 3.0, 42));
+        let (w, g) = (uniform(&[3, 5], -1.0, 1.0, 41), uniform(&[5], -0.5, 1.5, 42));
         let l = GateLinear::from_tensors("fc", w.clone(), None, g.clone(), p, 0.5)?;
         let (wv, gv) = (vals(&w), vals(&g));
         let expected: f64 = (0..5)
@@ -1012,11 +1014,11 @@ mod tests {
             groups: 2,
             ..Default::default()
         };
-        let (w, g) = (uniform(&[6, 2, 2, 2], -1.0, 1.0, 43), uniform(&[4], -3.0, 3.0, 44));
+        let (w, g) = (uniform(&[6, 2, 2, 2], -1.0, 1.0, 43), uniform(&[4], -0.5, 1.5, 44));
         let c = GateConv2d::from_tensors("conv", w.clone(), None, g.clone(), p, 0.5, geom)?;
         let (wv, gv) = (vals(&w), vals(&g));
         let mut expected = 0.0;
-        for ch in 0..4 {
+        for (ch, &gch) in gv.iter().enumerate() {
             let (grp, local) = (ch / 2, ch % 2);
             let mut s = 0.0;
             for o in grp * 3..grp * 3 + 3 {
@@ -1024,7 +1026,7 @@ mod tests {
                     s += wv[o * 8 + local * 4 + k].powi(2);
                 }
             }
-            expected += sig(gv[ch]) * cost(s, 3 * 4);
+            expected += sig(gch) * cost(s, 3 * 4);
         }
         let got = c
             .divergence(&Divergence::Kl, &mut SeededRng::new(0))?
@@ -1050,24 +1052,25 @@ mod tests {
 
     #[test]
     fn gate_probabilities_lie_in_the_unit_interval() -> Result<()> {
-        let g = Tensor::new(&[-80f32, -5.0, 0.0, 5.0, 80.0], &Device::Cpu)?;
-        let l = GateLinear::from_tensors(
-            "fc",
-            Tensor::ones((2, 5), DType::F32, &Device::Cpu)?,
-            None,
-            g,
-            prior(),
-            0.5,
-        )?;
+        let g = Tensor::new(&[-3f32, -0.2, 0.3, 0.7, 1.2, 9.0], &Device::Cpu)?;
+        let ones = Tensor::ones((2, 6), DType::F32, &Device::Cpu)?;
+        let l = GateLinear::from_tensors("fc", ones, None, g, prior(), 0.5)?;
         let th = vals(&l.inclusion()?);
-        assert!(th.iter().all(|t| (0.0..=1.0).contains(t)), "{th:?}");
-        assert!(th.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(th, [0.0, 0.0, 0.3f32 as f64, 0.7f32 as f64, 1.0, 1.0]);
         let st = &l.posterior_stats()?[0];
-        assert_eq!(st.inclusion.as_ref().unwrap().dims(), &[2, 5]);
+        assert_eq!(st.inclusion.as_ref().unwrap().dims(), &[2, 6]);
         assert!(vals(st.inclusion.as_ref().unwrap())
             .iter()
             .all(|t| (0.0..=1.0).contains(t)));
-        assert_eq!(l.removed()?, (2, 5));
+        assert_eq!(l.removed()?, (3, 6));
+        // a projected gate samples like its projection: θ ≤ 0 never opens, θ ≥ 1 always does
+        let x = Tensor::ones((50, 6), DType::F32, &Device::Cpu)?;
+        let eye = Tensor::eye(6, DType::F32, &Device::Cpu)?;
+        let g = Tensor::new(&[-3f32, 0.0, 1.0, 9.0, 0.0, 1.0], &Device::Cpu)?;
+        let l = GateLinear::from_tensors("fc", eye, None, g, prior(), 0.5)?;
+        let y = l.forward(&x, &mut Ctx::train(&mut SeededRng::new(1), Sampling::Local))?;
+        let cols: Vec<f32> = y.sum(0)?.to_vec1()?;
+        assert_eq!(cols, [0.0, 0.0, 50.0, 50.0, 0.0, 50.0]);
         Ok(())
     }
 
@@ -1081,19 +1084,19 @@ mod tests {
         xv[1] = 100.0;
         xv[5] = -100.0;
         let x2 = Tensor::from_vec(xv, (2, 4), &Device::Cpu)?;
-        let run = |logit1: f64| -> Result<f64> {
-            let g = Tensor::new(&[2.0f64, logit1, 2.0, 2.0], &Device::Cpu)?;
+        let run = |theta1: f64| -> Result<f64> {
+            let g = Tensor::new(&[0.9f64, theta1, 0.9, 0.9], &Device::Cpu)?;
             let l = GateLinear::from_tensors("fc", w.clone(), Some(b.clone()), g, prior(), 0.5)?;
             let mut rng = SeededRng::new(0);
             let y1 = l.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
             let y2 = l.forward(&x2, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
             (y1 - y2)?.abs()?.max_all()?.to_scalar::<f64>()
         };
-        assert_eq!(run(-0.1)?, 0.0, "a closed gate (θ < ½) lets its unit through");
-        assert!(run(0.1)? > 1.0, "an open gate (θ > ½) must pass its unit");
+        assert_eq!(run(0.45)?, 0.0, "a closed gate (θ < ½) lets its unit through");
+        assert!(run(0.55)? > 1.0, "an open gate (θ > ½) must pass its unit");
 
         let w = uniform(&[2, 3, 3, 3], -1.0, 1.0, 54);
-        let g = Tensor::new(&[1.0f64, -1.0, 1.0], &Device::Cpu)?;
+        let g = Tensor::new(&[0.8f64, 0.2, 0.8], &Device::Cpu)?;
         let c = GateConv2d::from_tensors("conv", w, None, g, prior(), 0.5, Conv2dGeom::default())?;
         let x = uniform(&[1, 3, 5, 5], -1.0, 1.0, 55);
         let noise = uniform(&[1, 1, 5, 5], -50.0, 50.0, 56);
@@ -1154,7 +1157,7 @@ mod tests {
         };
         let (store, l) = build(3)?;
         let names: Vec<String> = store.params().into_keys().collect();
-        assert_eq!(names, ["fc2.bias", "fc2.gate_logit", "fc2.weight_mu"]);
+        assert_eq!(names, ["fc2.bias", "fc2.gate_theta", "fc2.weight_mu"]);
         assert_eq!(store.variational_layers()[0].0, "fc2");
         let (total, _) = store.divergence(&Divergence::Kl, &mut SeededRng::new(0))?;
         let own = l.divergence(&Divergence::Kl, &mut SeededRng::new(0))?;
