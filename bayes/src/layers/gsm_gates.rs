@@ -57,8 +57,12 @@
 //!   the optimiser's steps in θ units, so gates reach 0 or 1 in a few epochs (a sigmoid logit
 //!   only approaches them, at a rate that vanishes near the ends).
 //!
-//! At test time (`Mode::Eval` with `Sampling::Mean`) a gate is open iff `θ ≥ threshold`
-//! (default ½); every other context samples the gates.
+//! At test time (`Mode::Eval` with `Sampling::Mean`) a unit is removed iff `θ < threshold`
+//! (default ½, the median-probability model of Barbieri & Berger 2004) and a kept unit is scaled
+//! by its inclusion probability: the gate value is `θ · [θ ≥ threshold]`, the posterior-mean gate
+//! truncated at the threshold (dropout's weight-scaling rule, Srivastava et al. 2014, for the
+//! kept units; the scale folds into the next weights). Once the gates have converged to 0 or 1
+//! this is the deterministic pruned network. Every other context samples the gates.
 //!
 //! Parameters, under the builder's path: `weight_mu`, `bias` (deterministic, if any) and
 //! `gate_theta` (`[in]` or `[in_ch]`).
@@ -386,12 +390,13 @@ impl Gated {
     }
 
     /// The gate values for a batch of `rows` examples, shape `[rows, gates]`: the test-time gates
-    /// in `Eval` + `Mean`, otherwise per-example draws `ξ ~ Bernoulli(θ)` with the
+    /// `θ · [θ ≥ threshold]` in `Eval` + `Mean`, otherwise per-example draws `ξ ~ Bernoulli(θ)` with the
     /// straight-through gradient `ξ + θ − stop_grad(θ)`.
     fn gate_values(&self, rows: usize, ctx: &mut Ctx) -> Result<Tensor> {
         let g = self.gates();
         if ctx.mode == Mode::Eval && ctx.sampling == Sampling::Mean {
-            return self.open()?.reshape((1, g))?.broadcast_as((rows, g))?.contiguous();
+            let mean = (self.theta()? * self.open()?)?;
+            return mean.reshape((1, g))?.broadcast_as((rows, g))?.contiguous();
         }
         let theta = self.theta()?;
         let (dt, dev) = (theta.dtype(), theta.device());
@@ -1094,6 +1099,27 @@ mod tests {
         };
         assert_eq!(run(0.45)?, 0.0, "a closed gate (θ < ½) lets its unit through");
         assert!(run(0.55)? > 1.0, "an open gate (θ > ½) must pass its unit");
+        // the kept units are scaled by θ: y = (x ⊙ θ·[θ ≥ ½]) Wᵀ + b, by hand
+        let th = [0.9, 0.45, 0.55, 1.0];
+        let l = GateLinear::from_tensors(
+            "fc",
+            w.clone(),
+            Some(b.clone()),
+            Tensor::new(&th, &Device::Cpu)?,
+            prior(),
+            0.5,
+        )?;
+        let y = vals(&l.forward(&x, &mut Ctx::eval(&mut SeededRng::new(0), Sampling::Mean))?);
+        let (wv, bv, xv) = (vals(&w), vals(&b), vals(&x));
+        for r in 0..2 {
+            for i in 0..3 {
+                let e: f64 = bv[i]
+                    + (0..4)
+                        .map(|j| xv[r * 4 + j] * if th[j] >= 0.5 { th[j] } else { 0.0 } * wv[i * 4 + j])
+                        .sum::<f64>();
+                assert!((y[r * 3 + i] - e).abs() < 1e-12, "y[{r},{i}] = {} vs {e}", y[r * 3 + i]);
+            }
+        }
 
         let w = uniform(&[2, 3, 3, 3], -1.0, 1.0, 54);
         let g = Tensor::new(&[0.8f64, 0.2, 0.8], &Device::Cpu)?;
