@@ -185,6 +185,7 @@ impl Default for TrainConfig {
 /// gate_unit_cost = 0.0         # gsm-gates: hyper-prior cost λ (nats) per included unit
 /// gate_init_inclusion = 0.9    # gsm-gates: initial inclusion probability θ₀
 /// gate_threshold = 0.5         # gsm-gates: a unit is removed at test time iff θ < threshold
+/// gate_lr_scale = 1.0          # gsm-gates: step-size multiplier κ of the gates
 /// ```
 ///
 /// `gsm-gates` (Guenter & Sideris 2022) puts a Bernoulli gate on every input unit/channel of every
@@ -228,6 +229,9 @@ pub struct BayesConfig {
     pub gate_init_inclusion: f64,
     /// GSM gates: a unit is removed at test time iff θ < `gate_threshold` ∈ (0, 1). Default 0.5.
     pub gate_threshold: f64,
+    /// GSM gates: step-size multiplier κ > 0 of the gates, `θ = clamp(κ · gate_theta, 0, 1)`
+    /// (the paper's separate step size for θ). Default 1.
+    pub gate_lr_scale: f64,
 }
 
 impl Default for BayesConfig {
@@ -249,6 +253,7 @@ impl Default for BayesConfig {
             gate_unit_cost: f.gate_prior.unit_cost,
             gate_init_inclusion: f.gate_init_inclusion,
             gate_threshold: f.gate_threshold,
+            gate_lr_scale: f.gate_lr_scale,
         }
     }
 }
@@ -299,6 +304,12 @@ impl BayesConfig {
                 return Err(format!("bayes.{field} must be in (0, 1), got {v}"));
             }
         }
+        if !(self.gate_lr_scale.is_finite() && self.gate_lr_scale > 0.0) {
+            return Err(format!(
+                "bayes.gate_lr_scale must be finite and > 0, got {}",
+                self.gate_lr_scale
+            ));
+        }
         Ok(())
     }
 
@@ -347,6 +358,7 @@ impl BayesConfig {
             },
             gate_init_inclusion: self.gate_init_inclusion,
             gate_threshold: self.gate_threshold,
+            gate_lr_scale: self.gate_lr_scale,
         }
     }
 }
@@ -548,6 +560,7 @@ mod tests {
             ("bayes.gate_unit_cost=-1", "bayes.gate_unit_cost"),
             ("bayes.gate_init_inclusion=1.0", "bayes.gate_init_inclusion"),
             ("bayes.gate_threshold=0", "bayes.gate_threshold"),
+            ("bayes.gate_lr_scale=0", "bayes.gate_lr_scale"),
         ] {
             let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
                 .unwrap_err()

@@ -28,7 +28,7 @@
 use crate::factory::{Conv2dCfg, Deterministic, LayerFactory, LinearCfg};
 use crate::layers::{Conv2d, Linear};
 use candle_core::{Result, Tensor};
-use secateur_bayes::layers::gsm_gates::{DEFAULT_GATE_THRESHOLD, DEFAULT_INIT_INCLUSION};
+use secateur_bayes::layers::gsm_gates::{DEFAULT_GATE_THRESHOLD, DEFAULT_INIT_INCLUSION, DEFAULT_LR_SCALE};
 use secateur_bayes::layers::mean_field::DEFAULT_INIT_STD;
 use secateur_bayes::layers::sparse_vd::DEFAULT_THRESHOLD;
 use secateur_bayes::layers::{
@@ -62,6 +62,8 @@ pub struct FactoryOptions {
     pub gate_init_inclusion: f64,
     /// Test-time threshold on the inclusion probability. Default ½.
     pub gate_threshold: f64,
+    /// Step-size multiplier κ of the gates (`θ = clamp(κ · gate_theta, 0, 1)`). Default 1.
+    pub gate_lr_scale: f64,
 }
 
 impl Default for FactoryOptions {
@@ -74,6 +76,7 @@ impl Default for FactoryOptions {
             gate_prior: GsmGatePrior::default(),
             gate_init_inclusion: DEFAULT_INIT_INCLUSION,
             gate_threshold: DEFAULT_GATE_THRESHOLD,
+            gate_lr_scale: DEFAULT_LR_SCALE,
         }
     }
 }
@@ -93,11 +96,10 @@ pub fn factory(layers: &str, opts: &FactoryOptions) -> Result<Box<dyn LayerFacto
         "mean-field" => Box::new(MeanField::new(opts.prior, opts.init_std)?),
         "sparse-vd" => Box::new(SparseVd::new(opts.sparse_vd_threshold)?),
         "mc-dropout" => Box::new(McDropoutFactory::new(opts.dropout)?),
-        "gsm-gates" => Box::new(GsmGates::new(
-            opts.gate_prior,
-            opts.gate_init_inclusion,
-            opts.gate_threshold,
-        )?),
+        "gsm-gates" => Box::new(
+            GsmGates::new(opts.gate_prior, opts.gate_init_inclusion, opts.gate_threshold)?
+                .with_lr_scale(opts.gate_lr_scale)?,
+        ),
         other => candle_core::bail!("unknown layer kind `{other}`; known: {}", LAYER_KINDS.join(", ")),
     })
 }
@@ -276,6 +278,8 @@ pub struct GsmGates {
     pub init_inclusion: f64,
     /// Test-time threshold ∈ (0, 1) on θ.
     pub threshold: f64,
+    /// Step-size multiplier κ > 0 of the gates.
+    pub lr_scale: f64,
 }
 
 impl GsmGates {
@@ -290,7 +294,15 @@ impl GsmGates {
             prior,
             init_inclusion,
             threshold,
+            lr_scale: DEFAULT_LR_SCALE,
         })
+    }
+
+    /// With this step-size multiplier κ of the gates (checked: finite and > 0).
+    pub fn with_lr_scale(mut self, k: f64) -> Result<Self> {
+        GateLinearConfig::new(1, 1).with_lr_scale(k).validate()?;
+        self.lr_scale = k;
+        Ok(self)
     }
 }
 
@@ -301,6 +313,7 @@ impl Default for GsmGates {
             prior: GsmGatePrior::default(),
             init_inclusion: DEFAULT_INIT_INCLUSION,
             threshold: DEFAULT_GATE_THRESHOLD,
+            lr_scale: DEFAULT_LR_SCALE,
         }
     }
 }
@@ -314,7 +327,8 @@ impl LayerFactory for GsmGates {
             .with_bias(cfg.bias)
             .with_prior(self.prior)
             .with_init_inclusion(self.init_inclusion)
-            .with_threshold(self.threshold);
+            .with_threshold(self.threshold)
+            .with_lr_scale(self.lr_scale);
         Ok(Box::new(GateLinear::new(pb, c).map_err(|e| at(pb, e))?))
     }
     fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
@@ -323,7 +337,8 @@ impl LayerFactory for GsmGates {
             .with_bias(cfg.bias)
             .with_prior(self.prior)
             .with_init_inclusion(self.init_inclusion)
-            .with_threshold(self.threshold);
+            .with_threshold(self.threshold)
+            .with_lr_scale(self.lr_scale);
         Ok(Box::new(GateConv2d::new(pb, c).map_err(|e| at(pb, e))?))
     }
 }

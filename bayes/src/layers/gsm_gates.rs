@@ -53,7 +53,10 @@
 //! - the paper runs projected SGD on `θ ∈ [0, 1]`; secateur's optimisers have no projection hook,
 //!   so the layer projects in its forward pass: it uses `θ = clamp(gate_theta, 0, 1)` and passes
 //!   the gradient straight through the clamp (a stored value outside `[0, 1]` acts as 0 or 1 and
-//!   drifts back towards the box while the gradient points into it). Storing θ rather than a logit keeps
+//!   drifts back towards the box while the gradient points into it). The paper's projected SGD
+//!   has its own step size for θ; here `lr_scale` κ plays that part: the stored parameter is
+//!   `gate_theta = θ/κ` and `θ = clamp(κ · gate_theta, 0, 1)`, which for Adam-type optimisers
+//!   multiplies the step size of θ by κ (default 1). Storing θ rather than a logit keeps
 //!   the optimiser's steps in θ units, so gates reach 0 or 1 in a few epochs (a sigmoid logit
 //!   only approaches them, at a rate that vanishes near the ends).
 //!
@@ -91,6 +94,8 @@ pub const DEFAULT_UNIT_COST: f64 = 0.0;
 pub const DEFAULT_INIT_INCLUSION: f64 = 0.9;
 /// The default test-time threshold on θ.
 pub const DEFAULT_GATE_THRESHOLD: f64 = 0.5;
+/// The default step-size multiplier κ of the gates.
+pub const DEFAULT_LR_SCALE: f64 = 1.0;
 
 /// The Gaussian scale-mixture prior with Bernoulli gates and a hyper-prior on the inclusion
 /// probabilities (see the module documentation), as a validated value.
@@ -179,6 +184,14 @@ impl GsmGatePrior {
     }
 }
 
+fn check_lr_scale(what: &str, k: f64) -> std::result::Result<(), ConfigError> {
+    if k.is_finite() && k > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(what, "lr_scale", "finite and > 0", k))
+    }
+}
+
 fn check_gate_fields(what: &str, init: f64, threshold: f64) -> std::result::Result<(), ConfigError> {
     if !(init > 0.0 && init < 1.0) {
         return Err(ConfigError::invalid(what, "init_inclusion", "in (0, 1)", init));
@@ -213,6 +226,8 @@ pub struct GateLinearConfig {
     pub init_inclusion: f64,
     /// Test-time threshold ∈ (0, 1): a gate is open iff θ ≥ threshold (default ½).
     pub threshold: f64,
+    /// Step-size multiplier κ > 0 of the gates: `θ = clamp(κ · gate_theta, 0, 1)` (default 1).
+    pub lr_scale: f64,
 }
 
 impl GateLinearConfig {
@@ -225,6 +240,7 @@ impl GateLinearConfig {
             prior: GsmGatePrior::default(),
             init_inclusion: DEFAULT_INIT_INCLUSION,
             threshold: DEFAULT_GATE_THRESHOLD,
+            lr_scale: DEFAULT_LR_SCALE,
         }
     }
     /// With or without bias.
@@ -247,12 +263,18 @@ impl GateLinearConfig {
         self.threshold = t;
         self
     }
+    /// With this step-size multiplier of the gates.
+    pub fn with_lr_scale(mut self, k: f64) -> Self {
+        self.lr_scale = k;
+        self
+    }
     /// Checks the dimensions, the prior, θ₀ and the threshold; the error names the field.
     pub fn validate(&self) -> std::result::Result<(), ConfigError> {
         let what = "gsm gate linear";
         check_dims(what, &[("in_dim", self.in_dim), ("out_dim", self.out_dim)])?;
         self.prior.validate()?;
-        check_gate_fields(what, self.init_inclusion, self.threshold)
+        check_gate_fields(what, self.init_inclusion, self.threshold)?;
+        check_lr_scale(what, self.lr_scale)
     }
 }
 
@@ -275,6 +297,8 @@ pub struct GateConv2dConfig {
     pub init_inclusion: f64,
     /// Test-time threshold ∈ (0, 1) (default ½).
     pub threshold: f64,
+    /// Step-size multiplier κ > 0 of the gates: `θ = clamp(κ · gate_theta, 0, 1)` (default 1).
+    pub lr_scale: f64,
 }
 
 impl GateConv2dConfig {
@@ -290,6 +314,7 @@ impl GateConv2dConfig {
             prior: GsmGatePrior::default(),
             init_inclusion: DEFAULT_INIT_INCLUSION,
             threshold: DEFAULT_GATE_THRESHOLD,
+            lr_scale: DEFAULT_LR_SCALE,
         }
     }
     /// With this geometry.
@@ -317,6 +342,11 @@ impl GateConv2dConfig {
         self.threshold = t;
         self
     }
+    /// With this step-size multiplier of the gates.
+    pub fn with_lr_scale(mut self, k: f64) -> Self {
+        self.lr_scale = k;
+        self
+    }
     /// Checks the dimensions, the geometry, the prior, θ₀ and the threshold.
     pub fn validate(&self) -> Result<()> {
         let what = "gsm gate conv2d";
@@ -326,7 +356,8 @@ impl GateConv2dConfig {
         )?;
         self.geom.check(what, self.in_ch, self.out_ch)?;
         self.prior.validate()?;
-        Ok(check_gate_fields(what, self.init_inclusion, self.threshold)?)
+        check_gate_fields(what, self.init_inclusion, self.threshold)?;
+        Ok(check_lr_scale(what, self.lr_scale)?)
     }
 }
 
@@ -341,6 +372,8 @@ struct Gated {
     threshold: f64,
     /// Convolution groups (1 for a linear layer).
     groups: usize,
+    /// Step-size multiplier κ: θ = clamp(κ · gate_theta, 0, 1).
+    lr_scale: f64,
 }
 
 impl Gated {
@@ -351,17 +384,17 @@ impl Gated {
         gates: usize,
         fan_in: usize,
         bias: bool,
-        gate: (GsmGatePrior, f64, f64),
+        gate: (GsmGatePrior, f64, f64, f64),
         groups: usize,
     ) -> Result<Self> {
-        let (prior, init, threshold) = gate;
+        let (prior, init, threshold, lr_scale) = gate;
         let weight = pb.param("weight_mu", shape, Init::TorchDefault)?;
         let bias = if bias {
             Some(pb.param("bias", &[shape[0]], Init::torch_bias(fan_in))?)
         } else {
             None
         };
-        let gate_theta = pb.param("gate_theta", &[gates], Init::Const(init))?;
+        let gate_theta = pb.param("gate_theta", &[gates], Init::Const(init / lr_scale))?;
         Ok(Self {
             name: pb.prefix().to_string(),
             weight,
@@ -370,6 +403,7 @@ impl Gated {
             prior,
             threshold,
             groups,
+            lr_scale,
         })
     }
 
@@ -377,11 +411,11 @@ impl Gated {
         self.gate_theta.elem_count()
     }
 
-    /// θ = clamp(gate_theta, 0, 1) with the gradient passed straight through the clamp:
-    /// `g + stop_grad(clamp(g, 0, 1) − g)`.
+    /// θ = clamp(κ · gate_theta, 0, 1) with the gradient passed straight through the clamp:
+    /// `g + stop_grad(clamp(g, 0, 1) − g)`, `g = κ · gate_theta`.
     fn theta(&self) -> Result<Tensor> {
-        let g = &self.gate_theta;
-        g + (g.clamp(0.0, 1.0)? - g)?.detach()
+        let g = (&self.gate_theta * self.lr_scale)?;
+        &g + (g.clamp(0.0, 1.0)? - &g)?.detach()
     }
 
     /// The test-time gates: 1 where θ ≥ threshold (detached).
@@ -533,7 +567,7 @@ impl GateLinear {
             cfg.in_dim,
             cfg.in_dim,
             cfg.bias,
-            (cfg.prior, cfg.init_inclusion, cfg.threshold),
+            (cfg.prior, cfg.init_inclusion, cfg.threshold, cfg.lr_scale),
             1,
         )?;
         let layer = Self { inner };
@@ -569,6 +603,7 @@ impl GateLinear {
                 prior,
                 threshold,
                 groups: 1,
+                lr_scale: DEFAULT_LR_SCALE,
             },
         })
     }
@@ -630,7 +665,7 @@ impl GateConv2d {
             cfg.in_ch,
             fan_in,
             cfg.bias,
-            (cfg.prior, cfg.init_inclusion, cfg.threshold),
+            (cfg.prior, cfg.init_inclusion, cfg.threshold, cfg.lr_scale),
             cfg.geom.groups,
         )?;
         let layer = Self { inner, geom: cfg.geom };
@@ -669,6 +704,7 @@ impl GateConv2d {
                 prior,
                 threshold,
                 groups: geom.groups,
+                lr_scale: DEFAULT_LR_SCALE,
             },
             geom,
         })
@@ -1196,6 +1232,26 @@ mod tests {
         };
         let (_, l2) = build(3)?;
         assert_eq!(run(&l, 5)?, run(&l2, 5)?);
+        // κ = 4 stores θ/4 and multiplies the gradient of the stored value by 4
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(3), DType::F64, Device::Cpu);
+        let cfg = GateLinearConfig::new(6, 4).with_init_inclusion(0.6).with_lr_scale(4.0);
+        let k = GateLinear::new(&pb, cfg)?;
+        assert!(vals(k.gate_theta()).iter().all(|v| (v - 0.15).abs() < 1e-7));
+        assert!(vals(&k.inclusion()?).iter().all(|v| (v - 0.6).abs() < 1e-6));
+        let d = k.divergence(&Divergence::Kl, &mut SeededRng::new(0))?;
+        let grad = vals(d.backward()?.get(k.gate_theta()).unwrap());
+        let (sumsq, n) = k.inner.group_sumsq()?;
+        let cost = vals(&k.prior().group_cost(&sumsq, n)?);
+        for (g, c) in grad.iter().zip(cost) {
+            assert!((g - 4.0 * (c + k.prior().unit_cost)).abs() < 1e-9 * (1.0 + g.abs()), "{g} vs 4·{c}");
+        }
+        assert!(GateLinearConfig::new(6, 4)
+            .with_lr_scale(0.0)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("`lr_scale`"));
         assert_ne!(
             run(&l, 5)?,
             run(&l, 6)?,
