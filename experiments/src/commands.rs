@@ -159,17 +159,26 @@ pub fn sparsity_log_alpha(store: &ParamStore, threshold: f64) -> Result<Option<f
 
 /// Test-time gate counts of a GSM-gated model (`gsm-gates`, Guenter & Sideris 2022), by layer:
 /// `(layer, removed, total, reads_input)` where a gate is removed iff
-/// `clamp(gate_theta, 0, 1) < threshold`. Every layer gates its inputs, so the gates of a layer are
+/// `θ = clamp(lr_scale · gate_theta, 0, 1) < threshold` (`lr_scale` = `bayes.gate_lr_scale`). Every layer gates its inputs, so the gates of a layer are
 /// the hidden units (filters) of the layer before it, except for the layer that reads the
 /// network's input: recognised as the layer whose gate count equals the input's feature count
 /// `C·H·W` (a linear layer on flattened images) or channel count `C` (a convolution), its gates
 /// are pixels/channels (`reads_input = true`). Empty for a model without gates.
-pub fn gate_counts(store: &ParamStore, threshold: f64, input: [usize; 3]) -> Result<Vec<(String, usize, usize, bool)>> {
+pub fn gate_counts(
+    store: &ParamStore,
+    threshold: f64,
+    lr_scale: f64,
+    input: [usize; 3],
+) -> Result<Vec<(String, usize, usize, bool)>> {
     let mut out = Vec::new();
     for (name, var) in store.params() {
         if let Some(layer) = name.strip_suffix(".gate_theta") {
             let t = var.as_tensor();
-            let removed = t.lt(threshold)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize;
+            let removed = (t * lr_scale)?
+                .lt(threshold)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()? as usize;
             let total = t.elem_count();
             let reads_input = total == input.iter().product::<usize>() || total == input[0];
             out.push((layer.to_string(), removed, total, reads_input));
@@ -372,7 +381,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         }
     }
     if cfg.model.layers == "gsm-gates" {
-        let gates = gate_counts(&store, cfg.bayes.gate_threshold, input)?;
+        let gates = gate_counts(&store, cfg.bayes.gate_threshold, cfg.bayes.gate_lr_scale, input)?;
         let (mut removed, mut total, mut in_removed, mut in_total) = (0, 0, 0, 0);
         for (layer, r, t, reads_input) in &gates {
             put(&format!("units_removed.{layer}"), (*r).into());
