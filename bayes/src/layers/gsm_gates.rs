@@ -1244,7 +1244,10 @@ mod tests {
         let (sumsq, n) = k.inner.group_sumsq()?;
         let cost = vals(&k.prior().group_cost(&sumsq, n)?);
         for (g, c) in grad.iter().zip(cost) {
-            assert!((g - 4.0 * (c + k.prior().unit_cost)).abs() < 1e-9 * (1.0 + g.abs()), "{g} vs 4·{c}");
+            assert!(
+                (g - 4.0 * (c + k.prior().unit_cost)).abs() < 1e-9 * (1.0 + g.abs()),
+                "{g} vs 4·{c}"
+            );
         }
         assert!(GateLinearConfig::new(6, 4)
             .with_lr_scale(0.0)
