@@ -14,9 +14,9 @@
 //! network's own inputs (pixels, image channels) are gated too.
 //!
 //! - **Variational posterior** (Guenter & Sideris 2022): `q(ξⱼ) = Bernoulli(θⱼ)`,
-//!   θⱼ stored directly (`gate_theta`, projected onto `[0, 1]`, below); the weights are point
-//!   estimates `μ` (`weight_mu`), as in adaptive
-//!   dropout; the bias is deterministic and not gated.
+//!   θⱼ stored directly, up to the step-size factor κ (`gate_theta = θ/κ`, projected onto
+//!   `[0, 1]`, below); the weights are point estimates `μ` (`weight_mu`), as in adaptive dropout;
+//!   the bias is deterministic and not gated.
 //! - **Prior** ([`GsmGatePrior`]): `ξⱼ | πⱼ ~ Bernoulli(πⱼ)`, and given `ξⱼ = 1` the group is a
 //!   Gaussian scale mixture `wⱼ | σⱼ² ~ N(0, σⱼ² I)`, `σⱼ² ~ InvGamma(a, b)`, i.e. the multivariate
 //!   Student-t `p(wⱼ) ∝ (1 + ‖wⱼ‖²/(2b))^{−(a + nⱼ/2)}`; given `ξⱼ = 0` the weights are unused and
@@ -31,9 +31,9 @@
 //!
 //! `D = Σⱼ θⱼ · [λ + (a + nⱼ/2) · log(1 + ‖μⱼ‖² / (2b))]`,
 //!
-//! linear in every θⱼ. The expected negative log-likelihood under independent Bernoulli gates is
-//! multilinear in θ, so the ELBO is minimised at a vertex `θ ∈ {0, 1}ᴺ`: the gates converge to 0
-//! or 1 and the trained network is deterministic (the property Guenter & Sideris 2022 prove for
+//! linear in every θⱼ. For fixed weights the expected negative log-likelihood under independent
+//! Bernoulli gates is multilinear in θ, so the ELBO is minimised at a vertex `θ ∈ {0, 1}ᴺ`: the
+//! gates converge to 0 or 1 and the trained network is deterministic (the property Guenter & Sideris 2022 prove for
 //! their hyper-prior).
 //!
 //! # Choices where the paper's text was not obtainable
@@ -51,7 +51,7 @@
 //!   (exact for a loss linear in each gate, biased otherwise); gates are drawn per example, as
 //!   dropout masks;
 //! - the paper runs projected SGD on `θ ∈ [0, 1]`; secateur's optimisers have no projection hook,
-//!   so the layer projects in its forward pass: it uses `θ = clamp(gate_theta, 0, 1)` and passes
+//!   so the layer projects in its forward pass: it uses `θ = clamp(κ · gate_theta, 0, 1)` and passes
 //!   the gradient straight through the clamp (a stored value outside `[0, 1]` acts as 0 or 1 and
 //!   drifts back towards the box while the gradient points into it). The paper's projected SGD
 //!   has its own step size for θ; here `lr_scale` κ plays that part: the stored parameter is
