@@ -8,8 +8,9 @@
 //! ```
 //!
 //! The `layer_kinds` group times one LeNet-5 step per layer kind and estimator (deterministic;
-//! mean-field with weight sampling, local reparameterisation and Flipout; sparse VD; MC dropout),
-//! the Bayesian ones with the divergence term `Σ KL / N` (N = 60,000) in the loss.
+//! mean-field with weight sampling, local reparameterisation and Flipout; sparse VD; MC dropout;
+//! variational dropout; spike-and-slab; nested and variational nested dropout; GSM gates), the
+//! Bayesian ones with the divergence term `Σ D / N` (N = 60,000) in the loss.
 //!
 //! Few samples in flat sampling mode so that the slow ResNet-20 step stays quick. The side-by-side
 //! comparison with PyTorch is `bench/compare.sh`, which uses the `bench_step` binary of
@@ -119,7 +120,12 @@ fn layer_kinds(c: &mut Criterion) {
     bench_kind(c, "variational-dropout", Sampling::Local, "variational-dropout-local");
     bench_kind(c, "spike-slab", Sampling::Local, "spike-slab-local");
     bench_kind(c, "nested-dropout", Sampling::Weight, "nested-dropout");
-    bench_kind(c, "variational-nested-dropout", Sampling::Weight, "variational-nested-dropout");
+    bench_kind(
+        c,
+        "variational-nested-dropout",
+        Sampling::Weight,
+        "variational-nested-dropout",
+    );
 }
 
 criterion_group!(benches, train_steps, layer_kinds);

@@ -149,7 +149,9 @@ pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
 /// `{name}`, zero where it is zero, where its inclusion probability is below ½ (spike-and-slab
 /// nodes removed at test time, Jantre et al. 2021) or, with `threshold = Some(t)` (sparse VD),
 /// where `log α ≥ t` (the weight is dropped at test time, Molchanov et al. 2017). For a
-/// deterministic model this is the count of non-zero trainable parameters.
+/// deterministic model this is the count of non-zero trainable parameters. GSM gate parameters
+/// (`*.gate_theta`) are not weights either, and a weight behind a gate with inclusion below ½
+/// counts as zero (Guenter & Sideris 2022).
 pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(usize, usize)> {
     let stats: BTreeMap<String, secateur_bayes::PosteriorStats> = store
         .posterior_stats()?
@@ -164,6 +166,7 @@ pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(u
             || name.ends_with("_log_alpha")
             || name.ends_with("_logit")
             || name.ends_with("_logits")
+            || name.ends_with(".gate_theta")
         {
             continue;
         }
@@ -277,6 +280,36 @@ fn width_accuracies(
         let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
         let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
         out.push((format!("accuracy_width_{w:.2}"), acc));
+    }
+    Ok(out)
+}
+
+/// Test-time gate counts of a GSM-gated model (`gsm-gates`, Guenter & Sideris 2022), by layer:
+/// `(layer, removed, total, reads_input)` where a gate is removed iff
+/// `θ = clamp(lr_scale · gate_theta, 0, 1) < threshold` (`lr_scale` = `bayes.gate_lr_scale`). Every layer gates its inputs, so the gates of a layer are
+/// the hidden units (filters) of the layer before it, except for the layer that reads the
+/// network's input: recognised as the layer whose gate count equals the input's feature count
+/// `C·H·W` (a linear layer on flattened images) or channel count `C` (a convolution), its gates
+/// are pixels/channels (`reads_input = true`). Empty for a model without gates.
+pub fn gate_counts(
+    store: &ParamStore,
+    threshold: f64,
+    lr_scale: f64,
+    input: [usize; 3],
+) -> Result<Vec<(String, usize, usize, bool)>> {
+    let mut out = Vec::new();
+    for (name, var) in store.params() {
+        if let Some(layer) = name.strip_suffix(".gate_theta") {
+            let t = var.as_tensor();
+            let removed = (t * lr_scale)?
+                .lt(threshold)?
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()? as usize;
+            let total = t.elem_count();
+            let reads_input = total == input.iter().product::<usize>() || total == input[0];
+            out.push((layer.to_string(), removed, total, reads_input));
+        }
     }
     Ok(out)
 }
@@ -501,12 +534,33 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         put("mask_sparsity", m.sparsity()?.into());
         put("mask_kept", m.kept()?.into());
     }
-    if let Some((removed, total)) = nodes_removed(&store)? {
+    let spike_slab = cfg.model.layers == "spike-slab";
+    if let Some((removed, total)) = if spike_slab { nodes_removed(&store)? } else { None } {
         put("nodes_removed", removed.into());
         put("nodes_total", total.into());
     }
     for (k, acc) in width_accuracies(&net, &data.test, &norm, cfg, &dev)? {
         put(&k, acc.into());
+    }
+    if cfg.model.layers == "gsm-gates" {
+        let gates = gate_counts(&store, cfg.bayes.gate_threshold, cfg.bayes.gate_lr_scale, input)?;
+        let (mut removed, mut total, mut in_removed, mut in_total) = (0, 0, 0, 0);
+        for (layer, r, t, reads_input) in &gates {
+            put(&format!("units_removed.{layer}"), (*r).into());
+            put(&format!("units_total.{layer}"), (*t).into());
+            if *reads_input {
+                (in_removed, in_total) = (in_removed + r, in_total + t);
+            } else {
+                (removed, total) = (removed + r, total + t);
+            }
+        }
+        if total > 0 {
+            put("units_removed", (removed as f64 / total as f64).into());
+            put("units_hidden_total", total.into());
+        }
+        if in_total > 0 {
+            put("inputs_removed", (in_removed as f64 / in_total as f64).into());
+        }
     }
     put("params_total", store.num_params().into());
     put("params_weights", weights_total.into());
@@ -559,6 +613,8 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
         "sparsity_log_alpha",
         "nodes_removed",
         "nodes_total",
+        "units_removed",
+        "inputs_removed",
         "params_total",
         "params_nonzero",
         "wall_seconds",
@@ -572,6 +628,17 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
         s.push_str("\n## Accuracy at reduced widths\n\n| width | test accuracy |\n|---|---|\n");
         for k in widths {
             s.push_str(&format!("| {} | {:.4} |\n", &k["accuracy_width_".len()..], f(k)));
+        }
+    }
+    let gated: Vec<&str> = m.keys().filter_map(|k| k.strip_prefix("units_total.")).collect();
+    if !gated.is_empty() {
+        s.push_str(
+            "\n## Gates removed at test time\n\n| layer (gates on its inputs) | removed | total |\n|---|---|---|\n",
+        );
+        for layer in gated {
+            let r = f(&format!("units_removed.{layer}"));
+            let t = f(&format!("units_total.{layer}"));
+            s.push_str(&format!("| {layer} | {r} | {t} |\n"));
         }
     }
     s.push_str("\n## History\n\n| epoch | lr | train loss | train acc | test acc | test NLL | test ECE |\n|---|---|---|---|---|---|---|\n");
@@ -640,6 +707,7 @@ pub fn comparison_table(runs: &[(&str, &Map<String, Value>)]) -> String {
         ("test_nll", "test NLL"),
         ("test_ece", "test ECE"),
         ("sparsity_log_alpha", "weights with log α ≥ 3"),
+        ("units_removed", "hidden units removed"),
         ("params_nonzero", "non-zero parameters"),
         ("wall_seconds", "seconds"),
     ] {
@@ -680,6 +748,7 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
         "test_mutual_information",
         "sparsity_log_alpha",
         "nodes_removed",
+        "units_removed",
         "params_total",
         "params_nonzero",
         "wall_seconds",

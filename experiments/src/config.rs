@@ -207,7 +207,17 @@ impl Default for TrainConfig {
 /// nested_dropout_p = 0.01
 /// nested_temperature = 0.5
 /// eval_widths = [0.25, 0.5, 0.75, 1.0]   # nested layer kinds only
+/// gate_shape = 1.0             # gsm-gates: inverse-gamma shape a of the GSM
+/// gate_scale = 1.0             # gsm-gates: inverse-gamma scale b of the GSM
+/// gate_unit_cost = 0.0         # gsm-gates: hyper-prior cost λ (nats) per included unit
+/// gate_init_inclusion = 0.9    # gsm-gates: initial inclusion probability θ₀
+/// gate_threshold = 0.5         # gsm-gates: a unit is removed at test time iff θ < threshold
+/// gate_lr_scale = 1.0          # gsm-gates: step-size multiplier κ of the gates
 /// ```
+///
+/// `gsm-gates` (Guenter & Sideris 2022) puts a Bernoulli gate on every input unit/channel of every
+/// layer; its divergence is `Σⱼ θⱼ [λ + (a + nⱼ/2) log(1 + ‖μⱼ‖²/(2b))]` (see
+/// `secateur_bayes::layers::gsm_gates`); only `divergence = "kl"` is defined for it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BayesConfig {
@@ -265,6 +275,20 @@ pub struct BayesConfig {
     /// width w in (0, 1] (hidden layers keep their first ⌈w · units⌉ inputs), written to
     /// metrics.json as `accuracy_width_0.50` etc. and to the report. Default none.
     pub eval_widths: Vec<f64>,
+    /// GSM gates: inverse-gamma shape `a > 0` of the Gaussian scale mixture. Default 1.
+    pub gate_shape: f64,
+    /// GSM gates: inverse-gamma scale `b > 0` of the Gaussian scale mixture. Default 1.
+    pub gate_scale: f64,
+    /// GSM gates: cost λ ≥ 0 (nats) of an included unit, from the hyper-prior on the inclusion
+    /// probability (0: the flat hyper-prior). Default 0.
+    pub gate_unit_cost: f64,
+    /// GSM gates: initial inclusion probability θ₀ ∈ (0, 1). Default 0.9.
+    pub gate_init_inclusion: f64,
+    /// GSM gates: a unit is removed at test time iff θ < `gate_threshold` ∈ (0, 1). Default 0.5.
+    pub gate_threshold: f64,
+    /// GSM gates: step-size multiplier κ > 0 of the gates, `θ = clamp(κ · gate_theta, 0, 1)`
+    /// (the paper's separate step size for θ). Default 1.
+    pub gate_lr_scale: f64,
 }
 
 impl Default for BayesConfig {
@@ -291,6 +315,12 @@ impl Default for BayesConfig {
             nested_dropout_p: f.nested_dropout_p,
             nested_temperature: f.nested_temperature,
             eval_widths: Vec::new(),
+            gate_shape: f.gate_prior.shape,
+            gate_scale: f.gate_prior.scale,
+            gate_unit_cost: f.gate_prior.unit_cost,
+            gate_init_inclusion: f.gate_init_inclusion,
+            gate_threshold: f.gate_threshold,
+            gate_lr_scale: f.gate_lr_scale,
         }
     }
 }
@@ -330,6 +360,21 @@ impl BayesConfig {
             return Err(format!(
                 "bayes.mc_dropout_p must be in [0, 1), got {}",
                 self.mc_dropout_p
+            ));
+        }
+        self.gate_prior()?;
+        for (field, v) in [
+            ("gate_init_inclusion", self.gate_init_inclusion),
+            ("gate_threshold", self.gate_threshold),
+        ] {
+            if !(v > 0.0 && v < 1.0) {
+                return Err(format!("bayes.{field} must be in (0, 1), got {v}"));
+            }
+        }
+        if !(self.gate_lr_scale.is_finite() && self.gate_lr_scale > 0.0) {
+            return Err(format!(
+                "bayes.gate_lr_scale must be finite and > 0, got {}",
+                self.gate_lr_scale
             ));
         }
         self.vd_granularity()?;
@@ -391,6 +436,18 @@ impl BayesConfig {
         VdGranularity::parse(&self.vd_granularity).map_err(|e| format!("bayes.vd_granularity: {e}"))
     }
 
+    /// The GSM gate prior of `gate_shape`, `gate_scale`, `gate_unit_cost` (the error names the
+    /// `bayes.gate_*` key).
+    pub fn gate_prior(&self) -> std::result::Result<secateur_bayes::layers::GsmGatePrior, String> {
+        secateur_bayes::layers::GsmGatePrior::new(self.gate_shape, self.gate_scale, self.gate_unit_cost).map_err(|e| {
+            let key = match e {
+                secateur_bayes::ConfigError::Invalid { field, .. } => format!("bayes.gate_{field}"),
+                _ => "bayes.gate_*".into(),
+            };
+            format!("{key}: {e}")
+        })
+    }
+
     /// The parsed `divergence`.
     pub fn divergence(&self) -> std::result::Result<Divergence, String> {
         self.divergence.parse().map_err(|e| format!("bayes.divergence: {e}"))
@@ -425,6 +482,14 @@ impl BayesConfig {
             spike_slab_temperature: self.spike_slab_temperature,
             nested_dropout_p: self.nested_dropout_p,
             nested_temperature: self.nested_temperature,
+            gate_prior: secateur_bayes::layers::GsmGatePrior {
+                shape: self.gate_shape,
+                scale: self.gate_scale,
+                unit_cost: self.gate_unit_cost,
+            },
+            gate_init_inclusion: self.gate_init_inclusion,
+            gate_threshold: self.gate_threshold,
+            gate_lr_scale: self.gate_lr_scale,
         }
     }
 }
@@ -800,6 +865,12 @@ mod tests {
             ("bayes.nested_temperature=-1", "bayes.nested_temperature"),
             ("bayes.eval_widths=[0.5,1.5]", "bayes.eval_widths"),
             ("bayes.eval_widths=[0.5]", "bayes.eval_widths"),
+            ("bayes.gate_shape=0", "bayes.gate_shape"),
+            ("bayes.gate_scale=-1", "bayes.gate_scale"),
+            ("bayes.gate_unit_cost=-1", "bayes.gate_unit_cost"),
+            ("bayes.gate_init_inclusion=1.0", "bayes.gate_init_inclusion"),
+            ("bayes.gate_threshold=0", "bayes.gate_threshold"),
+            ("bayes.gate_lr_scale=0", "bayes.gate_lr_scale"),
         ] {
             let e = StudyConfig::from_toml("", "c.toml", &[set.into()])
                 .unwrap_err()

@@ -11,6 +11,7 @@
 //! | `spike-slab` | [`SpikeSlab`] | [`SpikeSlabLinear`], [`SpikeSlabConv2d`] (node selection; none in the classifier) | Jantre, Bhattacharya & Maiti 2021 |
 //! | `nested-dropout` | [`NestedDropoutFactory`] | ordered dropout on the input units, then the deterministic layer | Rippel, Gelbart & Adams 2014 |
 //! | `variational-nested-dropout` | [`NestedDropoutFactory`] | learned ordered masks on the input units, then the deterministic layer | Cui et al. 2021 |
+//! | `gsm-gates` | [`GsmGates`] | [`GateLinear`], [`GateConv2d`] (a Bernoulli gate per input unit/channel) | Guenter & Sideris 2022 |
 //!
 //! [`factory`] maps a config name to a boxed factory. The probabilistic layers register
 //! themselves (under the layer's path, e.g. `features.0`) in the [`ParamBuilder`]'s store, so the
@@ -41,15 +42,17 @@
 use crate::factory::{Conv2dCfg, Deterministic, LayerFactory, LinearCfg};
 use crate::layers::{Conv2d, Linear};
 use candle_core::{Result, Tensor};
+use secateur_bayes::layers::gsm_gates::{DEFAULT_GATE_THRESHOLD, DEFAULT_INIT_INCLUSION, DEFAULT_LR_SCALE};
 use secateur_bayes::layers::mean_field::DEFAULT_INIT_STD;
 use secateur_bayes::layers::sparse_vd::DEFAULT_THRESHOLD;
 use secateur_bayes::layers::variational_dropout::DEFAULT_INIT_LOG_ALPHA;
 use secateur_bayes::layers::{nested_dropout, spike_slab};
 use secateur_bayes::layers::{
-    BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, McDropout, NestedDropout,
-    SpikeSlabConv2d, SpikeSlabConv2dConfig, SpikeSlabLinear, SpikeSlabLinearConfig, SvdConv2d, SvdConv2dConfig,
-    SvdLinear, SvdLinearConfig, VariationalNestedDropout, VariationalNestedDropoutConfig, VdConv2d, VdConv2dConfig,
-    VdGranularity, VdLinear, VdLinearConfig,
+    BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, GateConv2d, GateConv2dConfig,
+    GateLinear, GateLinearConfig, GsmGatePrior, McDropout, NestedDropout, SpikeSlabConv2d, SpikeSlabConv2dConfig,
+    SpikeSlabLinear, SpikeSlabLinearConfig, SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig,
+    VariationalNestedDropout, VariationalNestedDropoutConfig, VdConv2d, VdConv2dConfig, VdGranularity, VdLinear,
+    VdLinearConfig,
 };
 use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +68,7 @@ pub const LAYER_KINDS: &[&str] = &[
     "spike-slab",
     "nested-dropout",
     "variational-nested-dropout",
+    "gsm-gates",
 ];
 
 /// Whether a layer kind is Bayesian: trained with noise and evaluated by Monte Carlo averaging.
@@ -73,7 +77,13 @@ pub const LAYER_KINDS: &[&str] = &[
 pub fn is_bayesian(layers: &str) -> bool {
     matches!(
         layers,
-        "mean-field" | "sparse-vd" | "variational-dropout" | "mc-dropout" | "spike-slab" | "variational-nested-dropout"
+        "mean-field"
+            | "sparse-vd"
+            | "variational-dropout"
+            | "mc-dropout"
+            | "spike-slab"
+            | "variational-nested-dropout"
+            | "gsm-gates"
     )
 }
 
@@ -111,6 +121,14 @@ pub struct FactoryOptions {
     pub nested_dropout_p: f64,
     /// Temperature of the Downhill relaxation of variational nested dropout. Default 0.5.
     pub nested_temperature: f64,
+    /// GSM prior and hyper-prior of the gated layers. Default shape 1, scale 1, unit cost 0.
+    pub gate_prior: GsmGatePrior,
+    /// Initial inclusion probability of every gate. Default 0.9.
+    pub gate_init_inclusion: f64,
+    /// Test-time threshold on the inclusion probability. Default ½.
+    pub gate_threshold: f64,
+    /// Step-size multiplier κ of the gates (`θ = clamp(κ · gate_theta, 0, 1)`). Default 1.
+    pub gate_lr_scale: f64,
 }
 
 impl Default for FactoryOptions {
@@ -127,6 +145,10 @@ impl Default for FactoryOptions {
             spike_slab_temperature: spike_slab::DEFAULT_TEMPERATURE,
             nested_dropout_p: nested_dropout::DEFAULT_P,
             nested_temperature: nested_dropout::DEFAULT_TEMPERATURE,
+            gate_prior: GsmGatePrior::default(),
+            gate_init_inclusion: DEFAULT_INIT_INCLUSION,
+            gate_threshold: DEFAULT_GATE_THRESHOLD,
+            gate_lr_scale: DEFAULT_LR_SCALE,
         }
     }
 }
@@ -158,6 +180,10 @@ pub fn factory(layers: &str, opts: &FactoryOptions) -> Result<Box<dyn LayerFacto
             opts.nested_dropout_p,
             opts.nested_temperature,
         )?),
+        "gsm-gates" => Box::new(
+            GsmGates::new(opts.gate_prior, opts.gate_init_inclusion, opts.gate_threshold)?
+                .with_lr_scale(opts.gate_lr_scale)?,
+        ),
         other => candle_core::bail!("unknown layer kind `{other}`; known: {}", LAYER_KINDS.join(", ")),
     })
 }
@@ -574,6 +600,84 @@ impl LayerFactory for NestedDropoutFactory {
     }
 }
 
+/// Bernoulli gates with a Gaussian scale-mixture prior and a hyper-prior (Guenter & Sideris
+/// 2022): every layer gates its **inputs** (one gate per input unit of a linear layer, per input
+/// channel of a convolution), so every hidden unit and filter is gated once and the classifier's
+/// outputs never are (the network's own inputs are gated too). Weights are point estimates.
+/// Parameters `{path}.weight_mu`, `{path}.bias` (deterministic), `{path}.gate_theta` (θ, projected onto [0, 1]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GsmGates {
+    /// GSM prior with its hyper-prior.
+    pub prior: GsmGatePrior,
+    /// Initial inclusion probability θ₀ ∈ (0, 1).
+    pub init_inclusion: f64,
+    /// Test-time threshold ∈ (0, 1) on θ.
+    pub threshold: f64,
+    /// Step-size multiplier κ > 0 of the gates.
+    pub lr_scale: f64,
+}
+
+impl GsmGates {
+    /// Checks the prior, θ₀ and the threshold (the error names the field).
+    pub fn new(prior: GsmGatePrior, init_inclusion: f64, threshold: f64) -> Result<Self> {
+        GateLinearConfig::new(1, 1)
+            .with_prior(prior)
+            .with_init_inclusion(init_inclusion)
+            .with_threshold(threshold)
+            .validate()?;
+        Ok(Self {
+            prior,
+            init_inclusion,
+            threshold,
+            lr_scale: DEFAULT_LR_SCALE,
+        })
+    }
+
+    /// With this step-size multiplier κ of the gates (checked: finite and > 0).
+    pub fn with_lr_scale(mut self, k: f64) -> Result<Self> {
+        GateLinearConfig::new(1, 1).with_lr_scale(k).validate()?;
+        self.lr_scale = k;
+        Ok(self)
+    }
+}
+
+impl Default for GsmGates {
+    /// The default prior (shape 1, scale 1, unit cost 0), θ₀ = 0.9, threshold ½.
+    fn default() -> Self {
+        Self {
+            prior: GsmGatePrior::default(),
+            init_inclusion: DEFAULT_INIT_INCLUSION,
+            threshold: DEFAULT_GATE_THRESHOLD,
+            lr_scale: DEFAULT_LR_SCALE,
+        }
+    }
+}
+
+impl LayerFactory for GsmGates {
+    fn name(&self) -> &str {
+        "gsm-gates"
+    }
+    fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
+        let c = GateLinearConfig::new(cfg.in_dim, cfg.out_dim)
+            .with_bias(cfg.bias)
+            .with_prior(self.prior)
+            .with_init_inclusion(self.init_inclusion)
+            .with_threshold(self.threshold)
+            .with_lr_scale(self.lr_scale);
+        Ok(Box::new(GateLinear::new(pb, c).map_err(|e| at(pb, e))?))
+    }
+    fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
+        let c = GateConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
+            .with_geom(geom(&cfg))
+            .with_bias(cfg.bias)
+            .with_prior(self.prior)
+            .with_init_inclusion(self.init_inclusion)
+            .with_threshold(self.threshold)
+            .with_lr_scale(self.lr_scale);
+        Ok(Box::new(GateConv2d::new(pb, c).map_err(|e| at(pb, e))?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,6 +712,23 @@ mod tests {
         }
         let bad = FactoryOptions { dropout: 1.0, ..o };
         assert!(factory("mc-dropout", &bad).err().unwrap().to_string().contains("`p`"));
+        let bad = FactoryOptions {
+            gate_threshold: 1.0,
+            ..o
+        };
+        assert!(factory("gsm-gates", &bad)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("threshold"));
+        let bad = FactoryOptions {
+            gate_prior: GsmGatePrior {
+                scale: 0.0,
+                ..GsmGatePrior::default()
+            },
+            ..o
+        };
+        assert!(factory("gsm-gates", &bad).err().unwrap().to_string().contains("scale"));
         for (bad, field) in [
             (
                 FactoryOptions {

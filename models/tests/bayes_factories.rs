@@ -52,6 +52,7 @@ fn check(arch: &str, kind: &str) -> Result<()> {
             "sparse-vd" => &["weight_mu", "weight_log_sigma2"],
             "variational-dropout" => &["weight_mu", "weight_log_alpha"],
             "spike-slab" => &["weight_mu", "weight_rho", "inclusion_logit"],
+            "gsm-gates" => &["weight_mu", "gate_theta"],
             _ => &["weight"],
         };
         for w in want {

@@ -12,6 +12,8 @@
 //! - [`nested_dropout`]: nested dropout (Rippel, Gelbart & Adams 2014), [`NestedDropout`], and
 //!   variational nested dropout (Cui et al. 2021), [`VariationalNestedDropout`]: ordered unit
 //!   masks, so a network can be evaluated at any width ([`Ctx::width`](crate::Ctx::width)).
+//! - [`gsm_gates`]: Bernoulli gates on units/filters with a Gaussian scale-mixture prior and a
+//!   hyper-prior (Guenter & Sideris 2022), [`GateLinear`] and [`GateConv2d`].
 //!
 //! Every layer here is built from a [`ParamBuilder`](crate::ParamBuilder), creates its parameters
 //! under the builder's path and registers itself as [`Variational`](crate::Variational) in the
@@ -23,6 +25,7 @@
 //! [`Sampling`].
 
 pub mod dropout;
+pub mod gsm_gates;
 pub mod mean_field;
 pub mod nested_dropout;
 pub mod sparse_vd;
@@ -30,6 +33,7 @@ pub mod spike_slab;
 pub mod variational_dropout;
 
 pub use dropout::McDropout;
+pub use gsm_gates::{GateConv2d, GateConv2dConfig, GateLinear, GateLinearConfig, GsmGatePrior};
 pub use mean_field::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig};
 pub use nested_dropout::{NestedDropout, VariationalNestedDropout, VariationalNestedDropoutConfig};
 pub use sparse_vd::{SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig};
