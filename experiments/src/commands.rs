@@ -110,21 +110,67 @@ fn build_network(cfg: &StudyConfig, input: [usize; 3], outputs: usize, pb: &Para
     cfg.bayes
         .vd_granularity()
         .map_err(|e| ExpError::config("bayes.vd_granularity", e))?;
-    let factory = secateur_models::factory(&cfg.model.layers, &cfg.bayes.factory_options())
-        .map_err(|e| ExpError::config("model.layers", e.to_string()))?;
+    let layer_priors = &cfg.bayes.layer_priors;
+    let mean_field = if layer_priors.is_empty() {
+        None
+    } else if cfg.model.layers == "mean-field" {
+        Some(
+            secateur_models::MeanField::new(cfg.bayes.prior, cfg.bayes.init_std)
+                .and_then(|m| m.with_layer_priors(layer_priors.clone()))
+                .map_err(|e| ExpError::config("bayes.layer_priors", e.to_string()))?,
+        )
+    } else {
+        return Err(ExpError::config(
+            "bayes.layer_priors",
+            format!(
+                "per-layer priors are for mean-field layers; model.layers is `{}`",
+                cfg.model.layers
+            ),
+        ));
+    };
+    let factory: Box<dyn secateur_models::LayerFactory> = match &mean_field {
+        Some(m) => Box::new(m.clone()),
+        None => secateur_models::factory(&cfg.model.layers, &cfg.bayes.factory_options())
+            .map_err(|e| ExpError::config("model.layers", e.to_string()))?,
+    };
+    let net = build_with(cfg, &spec, input, outputs, factory.as_ref(), pb)?;
+    if let Some(m) = &mean_field {
+        let unused = m.unused_layer_priors(pb.store());
+        if !unused.is_empty() {
+            return Err(ExpError::config(
+                "bayes.layer_priors",
+                format!(
+                    "no layer named {} in `{}`; its Bayesian layers are: {}",
+                    unused.join(", "),
+                    cfg.model.arch,
+                    pb.store()
+                        .variational_layers()
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(net)
+}
+
+fn build_with(
+    cfg: &StudyConfig,
+    spec: &ModelSpec,
+    input: [usize; 3],
+    outputs: usize,
+    factory: &dyn secateur_models::LayerFactory,
+    pb: &ParamBuilder,
+) -> Result<Network> {
     Ok(match (&cfg.model.hidden, cfg.model.arch.as_str()) {
         (Some(hidden), "mlp") => {
             spec.validate()?;
-            let mlp = Mlp::new(
-                &MlpConfig { hidden: hidden.clone() },
-                input,
-                outputs,
-                factory.as_ref(),
-                pb,
-            )?;
+            let mlp = Mlp::new(&MlpConfig { hidden: hidden.clone() }, input, outputs, factory, pb)?;
             Network::new("mlp", Box::new(mlp))
         }
-        _ => build(&spec, factory.as_ref(), pb)?,
+        _ => build(spec, factory, pb)?,
     })
 }
 

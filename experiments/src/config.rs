@@ -14,6 +14,7 @@ use secateur_inference::elbo::{BetaSchedule, ElboConfig, Objective};
 use secateur_inference::schedule::Schedule;
 use secateur_models::bayes_factory::{is_bayesian, is_nested, FactoryOptions, LAYER_KINDS};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A whole study: what to train, on what, how, and with which seed.
@@ -225,6 +226,10 @@ pub struct BayesConfig {
     /// `spike-and-slab`; checked when read). Default `N(0, 1)`. Sparse VD always uses its
     /// log-uniform prior.
     pub prior: Prior,
+    /// Mean-field layers: priors of single layers by path, overriding `prior` there, e.g.
+    /// `[bayes.layer_priors]` then `fc3 = { kind = "gaussian", mean = 0.0, std = 0.1 }`. A path the
+    /// model does not have is refused when the model is built. Default none.
+    pub layer_priors: BTreeMap<String, Prior>,
     /// Initial posterior standard deviation of the mean-field layers, `softplus(ρ₀)`. Default 1e-3.
     pub init_std: f64,
     /// Divergence: `kl`, `kl-mc:S` or `js:ALPHA`. Default `kl`.
@@ -296,6 +301,7 @@ impl Default for BayesConfig {
         let f = FactoryOptions::default();
         Self {
             prior: f.prior,
+            layer_priors: BTreeMap::new(),
             init_std: f.init_std,
             divergence: "kl".into(),
             beta: BetaSchedule::default(),
@@ -332,6 +338,9 @@ impl BayesConfig {
     /// Refuses impossible values; the message names the field (`bayes.…`).
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.prior.validate().map_err(|e| format!("bayes.prior: {e}"))?;
+        for (path, p) in &self.layer_priors {
+            p.validate().map_err(|e| format!("bayes.layer_priors.{path}: {e}"))?;
+        }
         if !(self.init_std.is_finite() && self.init_std > 0.0) {
             return Err(format!("bayes.init_std must be finite and > 0, got {}", self.init_std));
         }

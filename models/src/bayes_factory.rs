@@ -55,6 +55,7 @@ use secateur_bayes::layers::{
     VdLinearConfig,
 };
 use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -202,14 +203,17 @@ fn at(pb: &ParamBuilder, e: candle_core::Error) -> candle_core::Error {
 }
 
 /// Mean-field Gaussian layers (Blundell et al. 2015): every weight and bias
-/// `w ~ N(μ, softplus(ρ)²)`, prior `prior`, `softplus(ρ) = init_std` initially. Parameters
+/// `w ~ N(μ, softplus(ρ)²)`, prior `prior` (or, per layer, the prior `layer_priors` gives for the
+/// layer's path, e.g. a tighter prior on `fc3`), `softplus(ρ) = init_std` initially. Parameters
 /// `{path}.weight_mu`, `{path}.weight_rho`, `{path}.bias_mu`, `{path}.bias_rho`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeanField {
-    /// Prior over every weight and bias.
+    /// Prior over every weight and bias of the layers without their own.
     pub prior: Prior,
     /// Initial posterior standard deviation (> 0).
     pub init_std: f64,
+    /// Priors by layer path (`features.0`, `fc1`): the prior of that layer's weights and bias.
+    pub layer_priors: BTreeMap<String, Prior>,
 }
 
 impl MeanField {
@@ -219,16 +223,49 @@ impl MeanField {
             .with_prior(prior)
             .with_init_std(init_std)
             .validate()?;
-        Ok(Self { prior, init_std })
+        Ok(Self {
+            prior,
+            init_std,
+            layer_priors: BTreeMap::new(),
+        })
+    }
+
+    /// With these per-layer priors (checked; the error names the layer). A path that the
+    /// architecture does not have is not an error here; [`MeanField::unused_layer_priors`] lists
+    /// them after building.
+    pub fn with_layer_priors(mut self, priors: BTreeMap<String, Prior>) -> Result<Self> {
+        for (path, p) in &priors {
+            p.validate()
+                .map_err(|e| candle_core::Error::Msg(format!("prior of layer `{path}`: {e}")))?;
+        }
+        self.layer_priors = priors;
+        Ok(self)
+    }
+
+    /// The prior of the layer at `path`.
+    pub fn prior_for(&self, path: &str) -> Prior {
+        self.layer_priors.get(path).copied().unwrap_or(self.prior)
+    }
+
+    /// The paths of `layer_priors` that name no layer of the model in `store` (built with this
+    /// factory): a typo in a config would otherwise be silently ignored.
+    pub fn unused_layer_priors(&self, store: &secateur_bayes::ParamStore) -> Vec<String> {
+        let layers: Vec<String> = store.variational_layers().into_iter().map(|(n, _)| n).collect();
+        self.layer_priors
+            .keys()
+            .filter(|k| !layers.contains(k))
+            .cloned()
+            .collect()
     }
 }
 
 impl Default for MeanField {
-    /// Prior `N(0, 1)`, `init_std = 1e-3`.
+    /// Prior `N(0, 1)`, `init_std = 1e-3`, no per-layer priors.
     fn default() -> Self {
         Self {
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
+            layer_priors: BTreeMap::new(),
         }
     }
 }
@@ -240,7 +277,7 @@ impl LayerFactory for MeanField {
     fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
         let c = BayesLinearConfig::new(cfg.in_dim, cfg.out_dim)
             .with_bias(cfg.bias)
-            .with_prior(self.prior)
+            .with_prior(self.prior_for(pb.prefix()))
             .with_init_std(self.init_std);
         Ok(Box::new(BayesLinear::new(pb, c).map_err(|e| at(pb, e))?))
     }
@@ -248,7 +285,7 @@ impl LayerFactory for MeanField {
         let c = BayesConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
             .with_geom(geom(&cfg))
             .with_bias(cfg.bias)
-            .with_prior(self.prior)
+            .with_prior(self.prior_for(pb.prefix()))
             .with_init_std(self.init_std);
         Ok(Box::new(BayesConv2d::new(pb, c).map_err(|e| at(pb, e))?))
     }

@@ -118,3 +118,56 @@ fn bayesian_lenet5_runs_and_has_a_finite_divergence() -> Result<()> {
     assert_eq!(c.to_vec2::<f32>()?, d.to_vec2::<f32>()?);
     Ok(())
 }
+
+/// Per-layer priors of the mean-field factory: the layer named in `layer_priors` gets its own
+/// prior, the others the model's. Checked through the per-layer divergences against the
+/// closed-form Gaussian KL computed here from the stored μ and ρ:
+/// `KL = Σ [log(s/σ) + (σ² + (μ − m)²)/(2 s²) − ½]`, `σ = softplus(ρ)`.
+#[test]
+fn mean_field_layer_priors_apply_to_their_layer_only() -> Result<()> {
+    use secateur_bayes::Prior;
+    use secateur_models::MeanField;
+    let tight = Prior::gaussian(0.0, 0.1).unwrap();
+    let priors = [("fc3".to_string(), tight)].into_iter().collect();
+    let f = MeanField::new(Prior::default(), 0.05)?.with_layer_priors(priors)?;
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F64, Device::Cpu);
+    build(&ModelSpec::new("mlp", [1, 28, 28], 10), &f, &pb)?;
+    assert!(f.unused_layer_priors(&store).is_empty());
+    let (_, per_layer) = store.divergence(&Divergence::Kl, &mut SeededRng::new(1))?;
+    let kl_by_hand = |layer: &str, s: f64| -> Result<f64> {
+        let mut total = 0.0;
+        for part in ["weight", "bias"] {
+            let mu = store.get(&format!("{layer}.{part}_mu")).expect("mu");
+            let rho = store.get(&format!("{layer}.{part}_rho")).expect("rho");
+            let mu: Vec<f64> = mu.flatten_all()?.to_vec1()?;
+            let rho: Vec<f64> = rho.flatten_all()?.to_vec1()?;
+            for (m, r) in mu.iter().zip(&rho) {
+                let sigma = (1.0 + r.exp()).ln();
+                total += (s / sigma).ln() + (sigma * sigma + m * m) / (2.0 * s * s) - 0.5;
+            }
+        }
+        Ok(total)
+    };
+    for (layer, s) in [("fc1", 1.0), ("fc2", 1.0), ("fc3", 0.1)] {
+        let got = per_layer[layer];
+        let want = kl_by_hand(layer, s)?;
+        assert!(
+            (got - want).abs() < 1e-8 * want.abs().max(1.0),
+            "{layer}: {got} vs {want}"
+        );
+    }
+    // a path the model does not have is reported, an invalid prior refused with its layer
+    let typo = MeanField::default().with_layer_priors([("fc9".to_string(), tight)].into_iter().collect())?;
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+    build(&ModelSpec::new("mlp", [1, 28, 28], 10), &typo, &pb)?;
+    assert_eq!(typo.unused_layer_priors(&store), vec!["fc9".to_string()]);
+    let bad = Prior::Gaussian { mean: 0.0, std: -1.0 };
+    let e = MeanField::default()
+        .with_layer_priors([("fc1".to_string(), bad)].into_iter().collect())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fc1"), "{e}");
+    Ok(())
+}
