@@ -126,6 +126,7 @@ fn layer_kinds(c: &mut Criterion) {
         Sampling::Weight,
         "variational-nested-dropout",
     );
+    bench_kind(c, "gsm-gates", Sampling::Weight, "gsm-gates");
 }
 
 criterion_group!(benches, train_steps, layer_kinds);

@@ -215,6 +215,9 @@ struct Args<'a, T> {
 /// Lanes of the vectorisable loops.
 const LANES: usize = 8;
 
+/// Entries per parallel task of the elementwise kernels (whole planes are grouped up to this).
+const PLANE_GROUP: usize = 1 << 15;
+
 /// `Σ f(x_i, g_i, h_i)` over three equally long slices, in `T` with [`LANES`] independent
 /// accumulators (so that the loop vectorises), returned in `f64`. Slices that a kernel does not
 /// use are passed as `x` again.
@@ -357,16 +360,23 @@ impl<T: WithDType> Args<'_, T> {
             .collect();
         let mut out = vec![T::zero(); self.x.len()];
         let (relu, g, h) = (self.relu, self.g, self.h);
-        out.par_chunks_mut(gm.inner.max(1)).enumerate().for_each(|(k, o)| {
-            let (b, c) = (k / gm.c, k % gm.c);
-            let xs = gm.plane(self.x, b, c);
-            let gs = g.map_or(xs, |g| gm.plane(g, b, c));
-            let hs = h.map_or(xs, |h| gm.plane(h, b, c));
-            // Monomorphised per (relu, zero_off) so that the loop has no invariant branch.
-            match (relu, zero_off) {
-                (false, _) => affine::<T, false, false>(o, xs, gs, hs, coefs[c]),
-                (true, false) => affine::<T, true, false>(o, xs, gs, hs, coefs[c]),
-                (true, true) => affine::<T, true, true>(o, xs, gs, hs, coefs[c]),
+        // Planes in groups of at least PLANE_GROUP entries per task (one task per plane would
+        // spend more on scheduling than on the arithmetic for small planes).
+        let inner = gm.inner.max(1);
+        let per_task = PLANE_GROUP.div_ceil(inner).max(1);
+        out.par_chunks_mut(inner * per_task).enumerate().for_each(|(t, group)| {
+            for (j, o) in group.chunks_mut(inner).enumerate() {
+                let k = t * per_task + j;
+                let (b, c) = (k / gm.c, k % gm.c);
+                let xs = gm.plane(self.x, b, c);
+                let gs = g.map_or(xs, |g| gm.plane(g, b, c));
+                let hs = h.map_or(xs, |h| gm.plane(h, b, c));
+                // Monomorphised per (relu, zero_off) so that the loop has no invariant branch.
+                match (relu, zero_off) {
+                    (false, _) => affine::<T, false, false>(o, xs, gs, hs, coefs[c]),
+                    (true, false) => affine::<T, true, false>(o, xs, gs, hs, coefs[c]),
+                    (true, true) => affine::<T, true, true>(o, xs, gs, hs, coefs[c]),
+                }
             }
         });
         out
@@ -401,11 +411,24 @@ struct Affine {
 #[inline(always)]
 fn affine<T: WithDType, const RELU: bool, const ZERO_OFF: bool>(o: &mut [T], x: &[T], g: &[T], h: &[T], k: [T; 6]) {
     let [pa, pb, cx, cg, ch, c0] = k;
-    let z = T::zero();
-    for (((o, &x), &g), &h) in o.iter_mut().zip(x).zip(g).zip(h) {
-        let on = !RELU || pa * x + pb > z;
-        let v = cx * x + cg * select(on, g) + ch * h + c0;
-        *o = if ZERO_OFF { select(on, v) } else { v };
+    let (z, one) = (T::zero(), T::one());
+    // The mask as a 0/1 factor chosen between two constants, in fixed-size blocks: this form
+    // compiles to vector compares and blends instead of a branch per entry.
+    let step = |o: &mut T, x: T, g: T, h: T| {
+        let m = if !RELU || pa * x + pb > z { one } else { z };
+        let v = cx * x + cg * (g * m) + ch * h + c0;
+        *o = if ZERO_OFF { v * m } else { v };
+    };
+    let mut oc = o.chunks_exact_mut(LANES);
+    let (xc, gc, hc) = (x.chunks_exact(LANES), g.chunks_exact(LANES), h.chunks_exact(LANES));
+    let (xr, gr, hr) = (xc.remainder(), gc.remainder(), hc.remainder());
+    for (((o8, x8), g8), h8) in (&mut oc).zip(xc).zip(gc).zip(hc) {
+        for k in 0..LANES {
+            step(&mut o8[k], x8[k], g8[k], h8[k]);
+        }
+    }
+    for (((o, &x), &g), &h) in oc.into_remainder().iter_mut().zip(xr).zip(gr).zip(hr) {
+        step(o, x, g, h);
     }
 }
 
