@@ -26,9 +26,9 @@ use std::time::Instant;
 
 /// Sub-stream numbers of the run's seed: one generator per purpose, so that, e.g., changing the
 /// architecture does not change the data order.
-const STREAM_INIT: u64 = 1;
-const STREAM_TRAIN: u64 = 2;
-const STREAM_EVAL: u64 = 3;
+pub(crate) const STREAM_INIT: u64 = 1;
+pub(crate) const STREAM_TRAIN: u64 = 2;
+pub(crate) const STREAM_EVAL: u64 = 3;
 
 /// Options of `train` beyond the config.
 #[derive(Debug, Clone, Default)]
@@ -380,7 +380,34 @@ pub fn optimizer(cfg: &StudyConfig) -> Result<Box<dyn Optimizer>> {
     })
 }
 
-fn load_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<LoadedImages> {
+/// The training settings of a config for a training set of `train_size` examples (epochs,
+/// learning rate and schedule, estimator, and the objective with `N = train_size`).
+pub fn train_settings(cfg: &StudyConfig, train_size: usize) -> Result<TrainSettings> {
+    Ok(TrainSettings {
+        epochs: cfg.train.epochs,
+        lr: cfg.optim.lr,
+        schedule: cfg.train.schedule.clone(),
+        sampling: sampling(cfg)?,
+        objective: cfg.objective(train_size).map_err(|e| ExpError::config("bayes", e))?,
+    })
+}
+
+/// The run directory of `train`: a new one under `opts.out` whose resolved config is written
+/// before training, or the run being resumed (its config is rewritten only once the resumed run
+/// has succeeded, so a failing resume leaves the good run as it was).
+pub(crate) fn open_run(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunDir> {
+    let run = match resume {
+        Some(p) => RunDir::open(p)?,
+        None => RunDir::create(&cfg.name, opts.out.as_deref())?,
+    };
+    if resume.is_none() {
+        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
+    }
+    Ok(run)
+}
+
+/// The config's image data set (`data_dir` searched first, then `data.dir`, then the lookup).
+pub(crate) fn load_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<LoadedImages> {
     let dir = data_dir.map(Path::to_path_buf).or_else(|| cfg.data.dir.clone());
     Ok(load_images(&cfg.data.name, dir.as_deref())?)
 }
@@ -444,15 +471,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     }
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
-    let run = match resume {
-        Some(p) => RunDir::open(p)?,
-        None => RunDir::create(&cfg.name, opts.out.as_deref())?,
-    };
-    // A new run records its resolved config before training; a resumed run only once it has
-    // succeeded, so a failing resume leaves the good run as it was.
-    if resume.is_none() {
-        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
-    }
+    let run = open_run(cfg, opts, resume)?;
 
     let data = load_data(cfg, opts.data_dir.as_deref())?;
     let (train_set, val_set) = if cfg.data.val_fraction > 0.0 {
@@ -475,15 +494,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         _ => None,
     };
 
-    let settings = TrainSettings {
-        epochs: cfg.train.epochs,
-        lr: cfg.optim.lr,
-        schedule: cfg.train.schedule.clone(),
-        sampling: sampling(cfg)?,
-        objective: cfg
-            .objective(train_set.len())
-            .map_err(|e| ExpError::config("bayes", e))?,
-    };
+    let settings = train_settings(cfg, train_set.len())?;
     let mut trainer = Trainer::new(
         &net,
         store.clone(),

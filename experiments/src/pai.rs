@@ -10,7 +10,7 @@
 //! diverging loss after layer collapse) is recorded with its error instead of stopping the study.
 
 use crate::atomic;
-use crate::commands::{build_model, optimizer, sampling};
+use crate::commands::{build_model, optimizer, train_settings, STREAM_EVAL, STREAM_TRAIN};
 use crate::config::StudyConfig;
 use crate::data::{load_images, ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
@@ -21,7 +21,7 @@ use candle_core::Device;
 use secateur_bayes::{Sampling, SeededRng};
 use secateur_inference::metrics::classification_metrics;
 use secateur_inference::predict::predict;
-use secateur_inference::train::{TrainSettings, Trainer};
+use secateur_inference::train::Trainer;
 use secateur_pruning::{MaskSet, Scope};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -186,21 +186,13 @@ fn train_masked(
 ) -> Result<f64> {
     let dev = Device::Cpu;
     let (net, store) = build_model(cfg, data.input, data.classes, &dev)?;
-    let settings = TrainSettings {
-        epochs: cfg.train.epochs,
-        lr: cfg.optim.lr,
-        schedule: cfg.train.schedule.clone(),
-        sampling: sampling(cfg)?,
-        objective: cfg
-            .objective(data.train.len())
-            .map_err(|e| ExpError::config("bayes", e))?,
-    };
+    let settings = train_settings(cfg, data.train.len())?;
     let mut trainer = Trainer::new(
         &net,
         store.clone(),
         optimizer(cfg)?,
         settings,
-        SeededRng::substream(cfg.seed, 2),
+        SeededRng::substream(cfg.seed, STREAM_TRAIN),
     )?;
     if let Some(m) = masks {
         m.check(&store)?;
@@ -218,7 +210,7 @@ fn train_masked(
     );
     trainer.fit(&mut batches, None, &mut [])?;
     let mut test_batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev);
-    let mut rng = SeededRng::substream(cfg.seed, 3);
+    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     let p = predict(&net, &mut test_batches, Sampling::Mean, &mut rng)?;
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
 }

@@ -9,9 +9,9 @@
 //! it ends, so training on the calling thread keeps candle's cheaper first-order backward.
 
 use crate::atomic;
-use crate::commands::build_model;
+use crate::commands::{build_model, load_data};
 use crate::config::StudyConfig;
-use crate::data::{load_images, ImageSet, Normalizer};
+use crate::data::{ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
 use candle_core::{Device, Tensor};
@@ -106,8 +106,7 @@ pub struct PruneData {
 impl PruneData {
     /// Loads the config's data set (`data_dir` searched first).
     pub fn load(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<Self> {
-        let dir = data_dir.map(Path::to_path_buf).or_else(|| cfg.data.dir.clone());
-        let data = load_images(&cfg.data.name, dir.as_deref())?;
+        let data = load_data(cfg, data_dir)?;
         let norm = Normalizer::from_set(&data.train);
         let input = [data.train.channels, data.train.height, data.train.width];
         let classes = data.train.n_classes.max(data.test.n_classes) as usize;

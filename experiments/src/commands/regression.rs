@@ -9,7 +9,10 @@
 //! deviations are multiplied by the target's standard deviation `s`, variances by `s²`, and
 //! NLLs gain `log s` (the Jacobian of the standardisation).
 
-use super::{device, optimizer, sampling, test_time_params, RunSummary, TrainOptions, STREAM_EVAL, STREAM_TRAIN};
+use super::{
+    device, open_run, optimizer, sampling, test_time_params, train_settings, RunSummary, TrainOptions, STREAM_EVAL,
+    STREAM_TRAIN,
+};
 use crate::atomic;
 use crate::config::StudyConfig;
 use crate::data::{load_table, Standardizer, TableBatches, TableSet};
@@ -21,7 +24,7 @@ use secateur_bayes::{ParamStore, Sampling, SeededRng};
 use secateur_inference::likelihood::{Gaussian, Likelihood};
 use secateur_inference::metrics::{regression_metrics, RegressionMetrics};
 use secateur_inference::predict::{predict_regression, RegressionPredictions};
-use secateur_inference::train::{EpochRecord, Observer, TrainSettings, Trainer};
+use secateur_inference::train::{EpochRecord, Observer, Trainer};
 use secateur_models::Network;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -100,24 +103,10 @@ fn predict_table(
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
-    let run = match resume {
-        Some(p) => RunDir::open(p)?,
-        None => RunDir::create(&cfg.name, opts.out.as_deref())?,
-    };
-    if resume.is_none() {
-        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
-    }
+    let run = open_run(cfg, opts, resume)?;
     let data = load_regression_data(cfg, opts.data_dir.as_deref())?;
     let (net, store, lik) = build_regression_model(cfg, &data, &dev)?;
-    let settings = TrainSettings {
-        epochs: cfg.train.epochs,
-        lr: cfg.optim.lr,
-        schedule: cfg.train.schedule.clone(),
-        sampling: sampling(cfg)?,
-        objective: cfg
-            .objective(data.train.len())
-            .map_err(|e| ExpError::config("bayes", e))?,
-    };
+    let settings = train_settings(cfg, data.train.len())?;
     let mut trainer = Trainer::new(
         &net,
         store.clone(),
