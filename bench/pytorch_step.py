@@ -2,7 +2,7 @@
 """PyTorch side of the secateur side-by-side benchmark (issue 3, "Benchmarks").
 
 Times full training steps of the same models secateur builds, with the same shapes, parameter
-names and counts, in plain PyTorch on the CPU:
+names and counts, in plain PyTorch on the CPU (or on a GPU with ``--device cuda``):
 
     python bench/pytorch_step.py --model lenet5 --batch 128 --steps 50 --warmup 5 --threads 2 [--json]
 
@@ -245,6 +245,7 @@ def main():
     ap.add_argument("--train-size", type=int, default=60_000, help="N in the KL / N term")
     ap.add_argument("--json", action="store_true", help="print one JSON line only")
     ap.add_argument("--print-params", action="store_true", help="list parameter names and shapes")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (each step ends with loss.item(), a sync)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -252,7 +253,8 @@ def main():
     base_rss = rss_mib(peak=False)
 
     ctor, (c, h, w), bayes, expected = MODELS[args.model]
-    model = ctor().float().train()
+    dev = torch.device(args.device)
+    model = ctor().float().train().to(dev)
     nparams = sum(p.numel() for p in model.parameters())
     if args.print_params:
         for name, p in model.named_parameters():
@@ -260,8 +262,8 @@ def main():
     if nparams != expected:
         print(f"warning: {args.model} has {nparams} parameters, expected {expected}", file=sys.stderr)
 
-    x = torch.randn(args.batch, c, h, w)
-    y = torch.randint(0, 10, (args.batch,))
+    x = torch.randn(args.batch, c, h, w).to(dev)
+    y = torch.randint(0, 10, (args.batch,)).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     def step():
@@ -292,6 +294,7 @@ def main():
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": torch.get_num_threads(),
+        "device": args.device,
         "params": nparams,
         "params_expected": expected,
         "median_ms": statistics.median(times) if times else float("nan"),
@@ -303,6 +306,9 @@ def main():
         "torch": torch.__version__,
         "omp_threads_env": os.environ.get("OMP_NUM_THREADS"),
     }
+    if dev.type == "cuda":
+        out["peak_gpu_alloc_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu"] = torch.cuda.get_device_name()
     if not args.json:
         print(json.dumps(out, indent=2), file=sys.stderr)
     print(json.dumps(out))

@@ -218,8 +218,23 @@ pub struct StudyCmd {
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Study directory (default runs/<name>-<timestamp>).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
+    /// Continue an interrupted study in DIR: runs already in its results.csv are skipped.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Networks scored and trained at the same time (they share candle's thread pool; the
+    /// results do not depend on this number).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub jobs: usize,
+    /// Run only every N-th run of the grid, starting at the I-th (0-based), to split a study
+    /// over processes or machines; join their results.csv files into one directory and
+    /// `--resume` it to finish (and to write the table).
+    #[arg(long, value_name = "I/N", value_parser = crate::pai::parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// With --resume: run nothing, only write the table, plot and report of the runs so far.
+    #[arg(long, requires = "resume")]
+    pub report_only: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -377,7 +392,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Study(c) => {
             let pai = crate::pai::PaiConfig::from_file(&c.config)?;
-            let dir = crate::pai::run(&pai, &c.config, c.out.as_deref(), c.common.data_dir.as_deref(), c.quiet)?;
+            let opts = crate::pai::RunOptions {
+                out: c.out.clone(),
+                data_dir: c.common.data_dir.clone(),
+                jobs: c.jobs,
+                resume: c.resume.clone(),
+                shard: c.shard,
+                report_only: c.report_only,
+                quiet: c.quiet,
+            };
+            let dir = crate::pai::run(&pai, &c.config, &opts)?;
             println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
             println!("study directory: {}", dir.display());
         }

@@ -215,38 +215,135 @@ fn train_masked(
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
 }
 
+/// How a study is run (not part of the study's definition: the results do not depend on it).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Study directory (default `runs/<name>-<timestamp>`).
+    pub out: Option<PathBuf>,
+    /// Data directory overriding the configs'.
+    pub data_dir: Option<PathBuf>,
+    /// Networks scored and trained at the same time (at least 1). Each uses candle's shared
+    /// thread pool; every run draws from its own seeded streams, so the results do not depend
+    /// on this number.
+    pub jobs: usize,
+    /// Continue the study in this directory: the runs already in its `results.csv` are kept and
+    /// skipped. Its `pai.toml` must be this study file's.
+    pub resume: Option<PathBuf>,
+    /// Run only the share `(i, n)` of the grid, the runs whose position in the grid's canonical
+    /// order is `i` modulo `n` (0-based), so that `n` processes or machines can split a study;
+    /// their `results.csv` files join into one study directory, which `resume` completes.
+    pub shard: Option<(usize, usize)>,
+    /// With `resume`: run nothing, only write the table, plot and report of the runs that are
+    /// in `results.csv` (a partial study's summary).
+    pub report_only: bool,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Parses a `--shard` value `I/N` (0 ≤ I < N).
+pub fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("`{s}` is not a shard I/N with 0 ≤ I < N (e.g. 0/4)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone)]
+struct Cell {
+    model: usize,
+    seed: u64,
+    /// `None`: the dense reference.
+    criterion: Option<String>,
+    sparsity: f64,
+    warm: bool,
+}
+
+impl Cell {
+    fn key(&self, arch: &str) -> RowKey {
+        row_key(
+            arch,
+            self.criterion.as_deref().unwrap_or("dense"),
+            self.warm,
+            self.sparsity,
+            self.seed,
+        )
+    }
+}
+
+/// `(arch, criterion, warm-up, sparsity in ppm, seed)`: identifies a run in `results.csv`.
+type RowKey = (String, String, bool, u64, u64);
+
+fn row_key(arch: &str, criterion: &str, warm: bool, sparsity: f64, seed: u64) -> RowKey {
+    (
+        arch.into(),
+        criterion.into(),
+        warm,
+        (sparsity * 1e6).round() as u64,
+        seed,
+    )
+}
+
+/// A model of the study, loaded once and shared by its runs.
+struct Prepared {
+    cfg: StudyConfig,
+    data: PruneData,
+    test: ImageSet,
+    warm_batches: usize,
+}
+
 /// Runs the study; returns the study directory.
-pub fn run(
-    pai: &PaiConfig,
-    study_file: &Path,
-    out: Option<&Path>,
-    data_dir: Option<&Path>,
-    quiet: bool,
-) -> Result<PathBuf> {
-    let dir = RunDir::create(&pai.name, out)?;
+pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<PathBuf> {
+    if opts.jobs == 0 {
+        return Err(ExpError::config("--jobs", "must be at least 1"));
+    }
     let text = toml::to_string(pai).map_err(|e| ExpError::config("pai", e.to_string()))?;
-    atomic::write_string(&dir.file("pai.toml"), &text)?;
-    // Fix this thread's backward passes as first-order before any scoring thread turns on double
-    // backpropagation (candle reads the setting on a thread's first backward pass).
-    let _ = secateur_pruning::criteria::double_backprop_enabled();
+    let (dir, mut rows) = match &opts.resume {
+        Some(path) => {
+            let dir = RunDir::open_with(path, "pai.toml")?;
+            let old =
+                std::fs::read_to_string(dir.file("pai.toml")).map_err(|e| ExpError::io(dir.file("pai.toml"), e))?;
+            if old != text {
+                return Err(ExpError::Run {
+                    path: path.clone(),
+                    message: format!(
+                        "holds another study (its pai.toml differs from {}); resume it with its own study file",
+                        study_file.display()
+                    ),
+                });
+            }
+            let rows = read_results(&dir.file("results.csv"))?;
+            (dir, rows)
+        }
+        None => {
+            let dir = RunDir::create(&pai.name, opts.out.as_deref())?;
+            atomic::write_string(&dir.file("pai.toml"), &text)?;
+            (dir, Vec::new())
+        }
+    };
     let base = study_file.parent().unwrap_or(Path::new("."));
     let scope = if pai.scope == "layer" {
         Scope::PerLayer
     } else {
         Scope::Global
     };
-    let mut rows: Vec<PaiRow> = Vec::new();
-    let total_cells: usize =
-        pai.models.len() * pai.seeds.len() * (1 + pai.criteria.len() * pai.sparsities.len() * pai.bn_warmup.len());
-    let bar = crate::observe::study_bar(total_cells as u64, quiet);
-    for model in &pai.models {
+    // Load every model's data and list the grid in its canonical order.
+    let mut models: Vec<Prepared> = Vec::new();
+    let mut grid: Vec<Cell> = Vec::new();
+    for (mi, model) in pai.models.iter().enumerate() {
         let path = if model.config.is_absolute() {
             model.config.clone()
         } else {
             base.join(&model.config)
         };
         let base_cfg = StudyConfig::from_file(&path, &model.set)?;
-        let dir_override = data_dir.map(Path::to_path_buf).or_else(|| base_cfg.data.dir.clone());
+        let dir_override = opts.data_dir.clone().or_else(|| base_cfg.data.dir.clone());
         let loaded = load_images(&base_cfg.data.name, dir_override.as_deref())?;
         let train = first_per_class(&loaded.train, pai.train_per_class)?;
         let test = first_per_class(&loaded.test, pai.test_per_class)?;
@@ -254,90 +351,145 @@ pub fn run(
         let data = PruneData {
             input: [train.channels, train.height, train.width],
             classes: loaded.train.n_classes.max(loaded.test.n_classes) as usize,
-            norm: norm.clone(),
+            norm,
             train,
         };
         let has_bn = {
             let (_, store) = build_model(&base_cfg, data.input, data.classes, &Device::Cpu)?;
             store.buffers().keys().any(|k| k.ends_with("running_mean"))
         };
-        let warmups: Vec<bool> = if has_bn { pai.bn_warmup.clone() } else { vec![false] };
         let warm_batches = pai
             .warmup_batches
             .unwrap_or_else(|| data.train.len().div_ceil(base_cfg.data.batch_size.max(1)));
         for &seed in &pai.seeds {
-            let cfg = StudyConfig {
+            grid.push(Cell {
+                model: mi,
                 seed,
-                ..base_cfg.clone()
-            };
-            let t0 = Instant::now();
-            let dense = train_masked(&cfg, &data, &test, &norm, None);
-            rows.push(PaiRow {
-                arch: cfg.model.arch.clone(),
-                criterion: "dense".into(),
-                bn_warmup: false,
+                criterion: None,
                 sparsity: 0.0,
-                seed,
-                reached: 0.0,
-                accuracy: *dense.as_ref().unwrap_or(&f64::NAN),
-                collapsed: String::new(),
-                seconds: t0.elapsed().as_secs_f64(),
-                error: dense.err().map(|e| e.to_string()).unwrap_or_default(),
+                warm: false,
             });
-            bar.inc(1);
             for crit in &pai.criteria {
                 for &sparsity in &pai.sparsities {
                     for &warm in &pai.bn_warmup {
-                        if !warmups.contains(&warm) {
-                            bar.inc(1);
+                        // Models without batch norm run without warm-up only.
+                        if warm && !has_bn {
                             continue;
                         }
-                        bar.set_message(format!(
-                            "{} {crit} s={sparsity} warm-up={warm} seed={seed}",
-                            cfg.model.arch
-                        ));
-                        let spec = PruneSpec {
-                            criterion: crit.clone(),
-                            sparsity,
-                            scope,
-                            bn_warmup_batches: if warm { warm_batches } else { 0 },
-                            rounds: if crit == "synflow" { pai.synflow_rounds } else { 1 },
-                            samples_per_class: pai.samples_per_class,
-                            keep_first: false,
-                            keep_last: pai.keep_last,
-                        };
-                        let t0 = Instant::now();
-                        let mut row = PaiRow {
-                            arch: cfg.model.arch.clone(),
-                            criterion: crit.clone(),
-                            bn_warmup: warm,
-                            sparsity,
+                        grid.push(Cell {
+                            model: mi,
                             seed,
-                            reached: f64::NAN,
-                            accuracy: f64::NAN,
-                            collapsed: String::new(),
-                            seconds: 0.0,
-                            error: String::new(),
-                        };
-                        let outcome = prune_model(&cfg, &data, None, &spec).and_then(|p| {
-                            row.reached = p.masks.sparsity()?;
-                            row.collapsed = p.table.collapsed().join(";");
-                            train_masked(&cfg, &data, &test, &norm, Some(&p.masks))
+                            criterion: Some(crit.clone()),
+                            sparsity,
+                            warm,
                         });
-                        match outcome {
-                            Ok(a) => row.accuracy = a,
-                            Err(e) => row.error = e.to_string(),
-                        }
-                        row.seconds = t0.elapsed().as_secs_f64();
-                        rows.push(row);
-                        bar.inc(1);
                     }
                 }
             }
-            write_results(&dir, &rows)?;
         }
+        models.push(Prepared {
+            cfg: base_cfg,
+            data,
+            test,
+            warm_batches,
+        });
     }
+    let order: BTreeMap<RowKey, usize> = grid
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.key(&models[c.model].cfg.model.arch), i))
+        .collect();
+    let done: std::collections::BTreeSet<RowKey> = rows
+        .iter()
+        .map(|r| row_key(&r.arch, &r.criterion, r.bn_warmup, r.sparsity, r.seed))
+        .collect();
+    if let Some(r) = rows
+        .iter()
+        .find(|r| !order.contains_key(&row_key(&r.arch, &r.criterion, r.bn_warmup, r.sparsity, r.seed)))
+    {
+        return Err(ExpError::Run {
+            path: dir.file("results.csv"),
+            message: format!(
+                "has a run outside this study's grid ({} {} sparsity {} seed {})",
+                r.arch, r.criterion, r.sparsity, r.seed
+            ),
+        });
+    }
+    let (shard, shards) = opts.shard.unwrap_or((0, 1));
+    if shards == 0 || shard >= shards {
+        return Err(ExpError::config(
+            "--shard",
+            format!("{shard}/{shards} is not a shard I/N with I < N"),
+        ));
+    }
+    let mine: Vec<&Cell> = grid.iter().skip(shard).step_by(shards).collect();
+    if opts.report_only && opts.resume.is_none() {
+        return Err(ExpError::config(
+            "--report-only",
+            "needs --resume DIR (the study to report)",
+        ));
+    }
+    let todo: Vec<&Cell> = mine
+        .iter()
+        .copied()
+        .filter(|c| !opts.report_only && !done.contains(&c.key(&models[c.model].cfg.model.arch)))
+        .collect();
+    let bar = crate::observe::study_bar(mine.len() as u64, opts.quiet);
+    bar.inc((mine.len() - todo.len()) as u64);
+    let sort = |rows: &mut Vec<PaiRow>| {
+        rows.sort_by_key(|r| order[&row_key(&r.arch, &r.criterion, r.bn_warmup, r.sparsity, r.seed)]);
+    };
+
+    // Workers fix their own backward passes as first-order (candle reads the setting on a
+    // thread's first backward pass), then double backpropagation is switched on for the process,
+    // so that every scoring thread they spawn can take Hessian-vector products. With more than
+    // one worker the variable stays set until the study ends (`prune_model` only removes what it
+    // set), so that no scoring thread races with another's removal.
+    let jobs = opts.jobs.min(todo.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let ready = std::sync::Barrier::new(jobs + 1);
+    let (tx, rx) = std::sync::mpsc::channel::<PaiRow>();
+    let was_set = std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_some();
+    let outcome = std::thread::scope(|s| -> Result<()> {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (next, ready, todo, models) = (&next, &ready, &todo, &models);
+            s.spawn(move || {
+                let _ = secateur_pruning::criteria::double_backprop_enabled();
+                ready.wait();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(cell) = todo.get(i) else { break };
+                    let row = run_cell(pai, &models[cell.model], cell, scope);
+                    if tx.send(row).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        ready.wait();
+        if jobs > 1 {
+            secateur_pruning::criteria::enable_double_backprop();
+        }
+        for row in rx {
+            bar.set_message(format!(
+                "{} {} s={} warm-up={} seed={}: {:.4}",
+                row.arch, row.criterion, row.sparsity, row.bn_warmup, row.seed, row.accuracy
+            ));
+            rows.push(row);
+            sort(&mut rows);
+            write_results(&dir, &rows)?;
+            bar.inc(1);
+        }
+        Ok(())
+    });
+    if jobs > 1 && !was_set {
+        std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH");
+    }
+    outcome?;
     bar.finish_and_clear();
+    sort(&mut rows);
     write_results(&dir, &rows)?;
     let table = summary_table(&rows);
     atomic::write_string(&dir.file("table.md"), &table)?;
@@ -352,6 +504,99 @@ pub fn run(
     );
     atomic::write_string(&dir.file("report.md"), &report)?;
     Ok(dir.path().to_path_buf())
+}
+
+/// Scores, masks and trains one cell of the grid (the dense reference when it has no criterion);
+/// a failure is recorded in the row.
+fn run_cell(pai: &PaiConfig, m: &Prepared, cell: &Cell, scope: Scope) -> PaiRow {
+    let cfg = StudyConfig {
+        seed: cell.seed,
+        ..m.cfg.clone()
+    };
+    let t0 = Instant::now();
+    let mut row = PaiRow {
+        arch: cfg.model.arch.clone(),
+        criterion: cell.criterion.clone().unwrap_or_else(|| "dense".into()),
+        bn_warmup: cell.warm,
+        sparsity: cell.sparsity,
+        seed: cell.seed,
+        reached: if cell.criterion.is_none() { 0.0 } else { f64::NAN },
+        accuracy: f64::NAN,
+        collapsed: String::new(),
+        seconds: 0.0,
+        error: String::new(),
+    };
+    let outcome = match &cell.criterion {
+        None => train_masked(&cfg, &m.data, &m.test, &m.data.norm, None),
+        Some(crit) => {
+            let spec = PruneSpec {
+                criterion: crit.clone(),
+                sparsity: cell.sparsity,
+                scope,
+                bn_warmup_batches: if cell.warm { m.warm_batches } else { 0 },
+                rounds: if crit == "synflow" { pai.synflow_rounds } else { 1 },
+                samples_per_class: pai.samples_per_class,
+                keep_first: false,
+                keep_last: pai.keep_last,
+            };
+            prune_model(&cfg, &m.data, None, &spec).and_then(|p| {
+                row.reached = p.masks.sparsity()?;
+                row.collapsed = p.table.collapsed().join(";");
+                train_masked(&cfg, &m.data, &m.test, &m.data.norm, Some(&p.masks))
+            })
+        }
+    };
+    match outcome {
+        Ok(a) => row.accuracy = a,
+        Err(e) => row.error = e.to_string(),
+    }
+    row.seconds = t0.elapsed().as_secs_f64();
+    row
+}
+
+/// Reads a study's `results.csv` (as [`write_results`] writes it); a missing file is an empty
+/// study.
+fn read_results(path: &Path) -> Result<Vec<PaiRow>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ExpError::io(path, e)),
+    };
+    let bad = |line: usize, what: &str| ExpError::Run {
+        path: path.to_path_buf(),
+        message: format!("line {line}: {what}"),
+    };
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.splitn(10, ',').collect();
+        if f.len() != 10 {
+            return Err(bad(i + 1, "expected 10 fields"));
+        }
+        let num = |k: usize| -> Result<f64> {
+            f[k].parse::<f64>()
+                .map_err(|_| bad(i + 1, &format!("field {} is not a number: `{}`", k + 1, f[k])))
+        };
+        rows.push(PaiRow {
+            arch: f[0].into(),
+            criterion: f[1].into(),
+            bn_warmup: f[2]
+                .parse()
+                .map_err(|_| bad(i + 1, &format!("bn_warmup is not true/false: `{}`", f[2])))?,
+            sparsity: num(3)?,
+            seed: f[4]
+                .parse()
+                .map_err(|_| bad(i + 1, &format!("seed is not an integer: `{}`", f[4])))?,
+            reached: num(5)?,
+            accuracy: num(6)?,
+            collapsed: f[7].into(),
+            seconds: num(8)?,
+            error: f[9].trim_matches('"').into(),
+        });
+    }
+    Ok(rows)
 }
 
 fn write_results(dir: &RunDir, rows: &[PaiRow]) -> Result<()> {

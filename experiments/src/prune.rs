@@ -139,8 +139,10 @@ pub fn prune_model(
     spec: &PruneSpec,
 ) -> Result<Pruned> {
     spec.validate()?;
-    let second = spec.second_order();
-    if second {
+    // Set the variable for the scoring thread, and remove it afterwards only if it was set here
+    // (a caller that set it, like a parallel study, keeps it).
+    let set_here = spec.second_order() && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none();
+    if set_here {
         secateur_pruning::criteria::enable_double_backprop();
     }
     let out = std::thread::scope(|s| {
@@ -148,7 +150,7 @@ pub fn prune_model(
             .join()
             .unwrap_or_else(|_| Err(ExpError::config("prune", "the scoring thread panicked")))
     });
-    if second {
+    if set_here {
         std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH");
     }
     out

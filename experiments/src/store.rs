@@ -103,6 +103,19 @@ impl RunDir {
         })
     }
 
+    /// An existing directory identified by the file `marker` it holds (a study's `pai.toml`).
+    pub fn open_with(path: &Path, marker: &str) -> Result<Self> {
+        if !path.join(marker).is_file() {
+            return Err(ExpError::Run {
+                path: path.to_path_buf(),
+                message: format!("not a study directory (no {marker})"),
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path

@@ -10,7 +10,13 @@ fn pai_smoke_study_runs_every_criterion_to_the_target_sparsity() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/pai-smoke.toml");
     let cfg = PaiConfig::from_file(&file).expect("study file");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = pai::run(&cfg, &file, Some(&tmp.path().join("pai")), None, true).expect("study");
+    let opts = pai::RunOptions {
+        out: Some(tmp.path().join("pai")),
+        jobs: 1,
+        quiet: true,
+        ..Default::default()
+    };
+    let dir = pai::run(&cfg, &file, &opts).expect("study");
     let csv = std::fs::read_to_string(dir.join("results.csv")).expect("results.csv");
     let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.splitn(10, ',').collect()).collect();
     // per seed: one dense run per model; LeNet-5 (no batch norm) once per criterion, ResNet-20
@@ -35,4 +41,35 @@ fn pai_smoke_study_runs_every_criterion_to_the_target_sparsity() {
     }
     let png = std::fs::read(dir.join("sparsity_accuracy.png")).expect("png");
     assert_eq!(&png[1..4], b"PNG");
+
+    // An interrupted study, resumed with two jobs, ends with the same results: keep the first
+    // third of the rows, resume, and compare everything but the timings.
+    let without_seconds = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.splitn(10, ',').collect();
+                f.remove(8);
+                f.join(",")
+            })
+            .collect()
+    };
+    let lines: Vec<&str> = csv.lines().collect();
+    let keep = 1 + rows.len() / 3;
+    std::fs::write(dir.join("results.csv"), lines[..keep].join("\n") + "\n").expect("truncate");
+    let resume = pai::RunOptions {
+        resume: Some(dir.clone()),
+        jobs: 2,
+        quiet: true,
+        ..Default::default()
+    };
+    let again = pai::run(&cfg, &file, &resume).expect("resumed study");
+    assert_eq!(again, dir);
+    let csv2 = std::fs::read_to_string(dir.join("results.csv")).expect("results.csv");
+    assert_eq!(without_seconds(&csv2), without_seconds(&csv));
+
+    // Resuming with another study file is refused.
+    let mut other = cfg.clone();
+    other.seeds.push(99);
+    let err = pai::run(&other, &file, &resume).expect_err("another study").to_string();
+    assert!(err.contains("another study"), "{err}");
 }

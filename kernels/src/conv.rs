@@ -779,7 +779,8 @@ fn need_square(p: &ConvParams, what: &str) -> Result<()> {
 /// `OH = ⌊(H + 2p − d(KH − 1) − 1)/s⌋ + 1` (likewise `OW`).
 ///
 /// On CPU (f32/f64) this is [`Conv2dOp`], whose gradients are again convolution custom ops (so
-/// double backpropagation works); elsewhere it is candle's `Tensor::conv2d`.
+/// double backpropagation works); elsewhere it is built from candle's own ops
+/// (see [`conv2d_candle`]).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, dilation: usize, groups: usize) -> Result<Tensor> {
     conv2d_with(x, w, ConvParams::new(stride, padding, dilation, groups))
 }
@@ -792,10 +793,41 @@ pub fn conv2d_with(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor>
         x.contiguous()?
             .apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(Conv2dOp { params })))
     } else {
-        need_square(&params, "conv2d")?;
-        let _ = g;
-        x.conv2d(w, params.padding.0, params.stride.0, params.dilation.0, params.groups)
+        conv2d_candle(x, w, &g)
     }
+}
+
+/// The convolution from candle's own ops (CUDA, other dtypes), shaped so that candle's backward
+/// is right. candle's `conv2d` backward ignores groups and takes the transposed convolution's
+/// output padding from the height alone. So groups run as separate convolutions joined along
+/// the channels, and when the rows and columns that the output never reads differ in number
+/// (`H + 2p − ((OH − 1)s + d(KH − 1) + 1)` and likewise for the width), the input is padded and
+/// cut to exactly the part the output reads, then convolved without padding; `pad_with_zeros`
+/// and `narrow` differentiate into each other, so second derivatives stay available.
+fn conv2d_candle(x: &Tensor, w: &Tensor, g: &Geom) -> Result<Tensor> {
+    let params = g.p;
+    need_square(&params, "conv2d")?;
+    let (s, p, d) = (params.stride.0, params.padding.0, params.dilation.0);
+    let used_h = (g.oh - 1) * s + d * (g.kh - 1) + 1;
+    let used_w = (g.ow - 1) * s + d * (g.kw - 1) + 1;
+    let (x, p) = if g.h + 2 * p - used_h != g.w + 2 * p - used_w {
+        let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        (xp.narrow(2, 0, used_h)?.narrow(3, 0, used_w)?, 0)
+    } else {
+        (x.clone(), p)
+    };
+    if params.groups == 1 {
+        return x.conv2d(w, p, s, d, 1);
+    }
+    let (cg, og) = (g.cg(), g.og());
+    let parts = (0..params.groups)
+        .map(|gi| {
+            x.narrow(1, gi * cg, cg)?
+                .contiguous()?
+                .conv2d(&w.narrow(0, gi * og, og)?.contiguous()?, p, s, d, 1)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 1)
 }
 
 /// Input gradient of a convolution, `dx = conv_transpose(dy, w)`: for `dy: [N, O, OH, OW]` and

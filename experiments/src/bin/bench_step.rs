@@ -63,6 +63,21 @@ struct Args {
     /// Check double-backprop HVPs of single ops (conv2d, max pool, ...) against finite differences.
     #[arg(long)]
     hvp_ops: bool,
+    /// `cpu` or `cuda` (needs `--features cuda`); on CUDA each timed step ends with a device
+    /// synchronisation, and the models use candle's own CUDA ops.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// The device of `--device`.
+fn make_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0),
+        other => Err(candle_core::Error::Msg(format!(
+            "--device `{other}` is unknown; use cpu or cuda"
+        ))),
+    }
 }
 
 /// Input shape `[C, H, W]` of a model name.
@@ -120,13 +135,13 @@ struct Setup {
     bayes: bool,
 }
 
-fn setup(model: &str, input: [usize; 3], batch: usize) -> Result<Setup> {
-    setup_dtype(model, input, batch, DType::F32)
+fn setup(model: &str, input: [usize; 3], batch: usize, dev: &Device) -> Result<Setup> {
+    setup_dtype(model, input, batch, DType::F32, dev)
 }
 
-fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType) -> Result<Setup> {
+fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType, dev: &Device) -> Result<Setup> {
     let store = ParamStore::new();
-    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), dtype, Device::Cpu);
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), dtype, dev.clone());
     let (arch, bayes) = match model.strip_prefix("bayes-") {
         Some(arch) => (arch, true),
         None => (model, false),
@@ -138,11 +153,11 @@ fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType) -> Re
     let net = build(&ModelSpec::new(arch, input, 10), factory, &pb)?;
     let mut data_rng = SeededRng::new(1);
     let [c, h, w] = input;
-    let x = data_rng.randn(&[batch, c, h, w], dtype, &Device::Cpu)?;
+    let x = data_rng.randn(&[batch, c, h, w], dtype, dev)?;
     let labels: Vec<u32> = (0..batch)
         .map(|_| rand::RngCore::next_u32(&mut data_rng) % 10)
         .collect();
-    let y = Tensor::from_vec(labels, batch, &Device::Cpu)?;
+    let y = Tensor::from_vec(labels, batch, dev)?;
     Ok(Setup {
         net,
         store,
@@ -164,15 +179,18 @@ fn loss(s: &Setup, rng: &mut SeededRng) -> Result<Tensor> {
     ce + (kl / TRAIN_SIZE)?
 }
 
-/// Times `warmup + steps` calls of `f`, returning the timed durations in ms.
-fn time_steps(warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// Times `warmup + steps` calls of `f`, returning the timed durations in ms; each call ends with
+/// a synchronisation of `dev` (a no-op on the CPU), so that queued device work is counted.
+fn time_steps(dev: &Device, warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     for _ in 0..warmup {
         f()?;
     }
+    dev.synchronize()?;
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
         let t0 = Instant::now();
         f()?;
+        dev.synchronize()?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok(times)
@@ -184,12 +202,13 @@ fn threads() -> String {
 
 fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     let rss_base = proc_status_mib("VmRSS");
-    let s = setup(&args.model, input, args.batch)?;
+    let dev = make_device(&args.device)?;
+    let s = setup(&args.model, input, args.batch, &dev)?;
     let params: BTreeMap<String, Var> = s.store.params();
     let mut opt = Sgd::new(SgdConfig::default())?;
     let mut rng = SeededRng::new(2);
     let mut last_loss = f32::NAN;
-    let times = time_steps(args.warmup, args.steps, || {
+    let times = time_steps(&dev, args.warmup, args.steps, || {
         let l = loss(&s, &mut rng)?;
         let grads = l.backward()?;
         opt.step(&params, &grads, args.lr)?;
@@ -205,6 +224,7 @@ fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": threads(),
+        "device": args.device,
         "params": s.store.num_params(),
         "median_ms": median(&times),
         "mean_ms": mean(&times),
@@ -245,7 +265,7 @@ fn rademacher(params: &BTreeMap<String, Var>, seed: u64) -> Result<BTreeMap<Stri
     let mut vrng = SeededRng::new(seed);
     let mut v = BTreeMap::new();
     for (name, var) in params {
-        let u = vrng.rand_uniform(var.dims(), 0.0, 1.0, var.dtype(), &Device::Cpu)?;
+        let u = vrng.rand_uniform(var.dims(), 0.0, 1.0, var.dtype(), var.device())?;
         v.insert(name.clone(), ((u.ge(0.5)?.to_dtype(var.dtype())? * 2.0)? - 1.0)?);
     }
     Ok(v)
@@ -255,8 +275,8 @@ fn rademacher(params: &BTreeMap<String, Var>, seed: u64) -> Result<BTreeMap<Stri
 /// `(g(θ + εv) − g(θ − εv)) / 2ε`, in f64 so that a small ε is meaningful (smallest over
 /// ε ∈ {1e-6, 1e-8, 1e-10}; batch of at most 8). Batch norm uses batch
 /// statistics in train mode, so the loss is a deterministic function of θ for the fixed batch.
-fn hvp_fd_check(model: &str, input: [usize; 3], batch: usize) -> Result<f64> {
-    let s = setup_dtype(model, input, batch, DType::F64)?;
+fn hvp_fd_check(model: &str, input: [usize; 3], batch: usize, dev: &Device) -> Result<f64> {
+    let s = setup_dtype(model, input, batch, DType::F64, dev)?;
     let params = s.store.params();
     let v = rademacher(&params, 3)?;
     // The same noise (local reparameterisation) at every evaluation: a fresh generator each time.
@@ -320,12 +340,14 @@ fn hvp_once(
 
 fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     let (model, batch, warmup, steps) = (args.model.clone(), args.batch, args.warmup, args.steps);
+    let dev = make_device(&args.device)?;
     // 1. Plain gradient (forward + backward) on a fresh thread, CANDLE_GRAD_DO_NOT_DETACH unset.
     let m = model.clone();
+    let d = dev.clone();
     let grad_times = std::thread::spawn(move || -> Result<Vec<f64>> {
-        let s = setup(&m, input, batch)?;
+        let s = setup(&m, input, batch, &d)?;
         let mut rng = SeededRng::new(2);
-        time_steps(warmup, steps, || {
+        time_steps(&d, warmup, steps, || {
             let g = loss(&s, &mut rng)?.backward()?;
             drop(g);
             Ok(())
@@ -339,24 +361,25 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     // worker has joined; rayon's workers do not touch it).
     std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
     let m = model.clone();
+    let device_name = args.device.clone();
     let out = std::thread::spawn(move || -> Result<serde_json::Value> {
-        let s = setup(&m, input, batch)?;
+        let s = setup(&m, input, batch, &dev)?;
         let params = s.store.params();
         let v = rademacher(&params, 3)?;
         let mut rng = SeededRng::new(2);
         // Gradient with the graph kept (what the first half of an HVP costs).
-        let grad_keep = time_steps(warmup, steps, || {
+        let grad_keep = time_steps(&dev, warmup, steps, || {
             drop(loss(&s, &mut rng)?.backward()?);
             Ok(())
         })?;
         let mut failure: Option<String> = None;
         let mut hvp_times = Vec::new();
-        match time_steps(warmup, steps, || hvp_once(&s, &params, &v, &mut rng).map(drop)) {
+        match time_steps(&dev, warmup, steps, || hvp_once(&s, &params, &v, &mut rng).map(drop)) {
             Ok(t) => hvp_times = t,
             Err(e) => failure = Some(e.to_string()),
         }
         let fd_rel_err = if failure.is_none() {
-            hvp_fd_check(&m, input, batch.min(8))?
+            hvp_fd_check(&m, input, batch.min(8), &dev)?
         } else {
             f64::NAN
         };
@@ -370,6 +393,7 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
             "steps": steps,
             "warmup": warmup,
             "threads": threads(),
+            "device": device_name,
             "params": s.store.num_params(),
             "grad_median_ms": g,
             "grad_keep_graph_median_ms": median(&grad_keep),
