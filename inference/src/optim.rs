@@ -225,34 +225,29 @@ impl Optimizer for Sgd {
             nesterov,
             weight_decay,
         } = self.cfg;
-        for (name, var, mut g) in gradients(params, grads)? {
-            let theta = var.as_detached_tensor();
-            if weight_decay != 0.0 {
-                g = (g + theta.affine(weight_decay, 0.0)?)?;
+        let rule = secateur_kernels::optim::SgdRule {
+            lr,
+            momentum,
+            dampening,
+            nesterov,
+            weight_decay,
+        };
+        for (name, var, g) in gradients(params, grads)? {
+            // In place on the CPU (one or two passes, no allocation); tensor arithmetic elsewhere.
+            let buf = secateur_kernels::optim::sgd_step(var.as_tensor(), &g, self.momentum_buffer.get(name), rule)?;
+            if let Some(b) = buf {
+                self.momentum_buffer.insert(name.clone(), b);
             }
-            if momentum != 0.0 {
-                let buf = match self.momentum_buffer.get(name) {
-                    None => g.copy()?,
-                    Some(b) => (b.to_device(var.device())?.affine(momentum, 0.0)? + g.affine(1.0 - dampening, 0.0)?)?,
-                };
-                g = if nesterov {
-                    (g + buf.affine(momentum, 0.0)?)?
-                } else {
-                    buf.clone()
-                };
-                self.momentum_buffer.insert(name.clone(), buf);
-            }
-            var.set(&(theta + g.affine(-lr, 0.0)?)?)?;
         }
         Ok(())
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>> {
-        Ok(self
-            .momentum_buffer
+        // Copies: the buffers are updated in place by later steps.
+        self.momentum_buffer
             .iter()
-            .map(|(n, b)| (format!("{n}.{}", Self::BUF), b.clone()))
-            .collect())
+            .map(|(n, b)| Ok((format!("{n}.{}", Self::BUF), b.copy()?)))
+            .collect()
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {

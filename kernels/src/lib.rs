@@ -17,8 +17,10 @@
 //! - [`pool`], [`loss`]: max pooling and softmax cross-entropy on the training hot path.
 
 pub mod activation;
+pub mod bias;
 pub mod conv;
 pub mod loss;
 pub mod lrt;
 pub mod norm;
+pub mod optim;
 pub mod pool;

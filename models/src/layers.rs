@@ -38,7 +38,7 @@ pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
     let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => secateur_kernels::bias::add_bias(&y, b)?,
         None => y,
     };
     let mut out = dims;
@@ -95,7 +95,7 @@ pub fn conv2d_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &
     // secateur's convolution ops on CPU (fast, differentiable twice); candle's conv2d elsewhere.
     let y = secateur_kernels::conv::conv2d(x, weight, cfg.stride, cfg.padding, cfg.dilation, cfg.groups)?;
     match bias {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+        Some(b) => secateur_kernels::bias::add_bias(&y, b),
         None => Ok(y),
     }
 }

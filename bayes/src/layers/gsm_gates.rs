@@ -626,7 +626,7 @@ impl Module for GateLinear {
         let x2 = (x.reshape((rows, in_dim))? * g)?;
         let mut y = x2.matmul(&self.inner.weight.t()?)?;
         if let Some(b) = &self.inner.bias {
-            y = y.broadcast_add(b)?;
+            y = secateur_kernels::bias::add_bias(&y, b)?;
         }
         let mut out = dims;
         let last = out.len() - 1;
@@ -733,7 +733,7 @@ impl Module for GateConv2d {
         let gm = self.geom;
         let y = secateur_kernels::conv::conv2d(&xg, &self.inner.weight, gm.stride, gm.padding, gm.dilation, gm.groups)?;
         match &self.inner.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+            Some(b) => secateur_kernels::bias::add_bias(&y, b),
             None => Ok(y),
         }
     }

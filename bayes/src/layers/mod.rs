@@ -126,14 +126,14 @@ impl GaussianWeights<'_> {
 
 fn add_bias_rows(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     match b {
-        Some(b) => y.broadcast_add(b),
+        Some(b) => secateur_kernels::bias::add_bias(&y, b),
         None => Ok(y),
     }
 }
 
 fn add_bias_channels(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     match b {
-        Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
+        Some(b) => secateur_kernels::bias::add_bias(&y, b),
         None => Ok(y),
     }
 }
@@ -171,7 +171,7 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: 
             let mean = add_bias_rows(x2.matmul(&w.mu.t()?)?, w.bias_mu)?;
             let var = x2.sqr()?.matmul(&w.sigma.sqr()?.t()?)?;
             let var = match w.bias_sigma {
-                Some(bs) => var.broadcast_add(&bs.sqr()?)?,
+                Some(bs) => add_bias_rows(var, Some(&bs.sqr()?))?,
                 None => var,
             };
             let eps = rng.randn(&[rows, out_dim], dt, dev)?;
