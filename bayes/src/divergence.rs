@@ -173,7 +173,11 @@ pub fn kl_gaussian_elementwise(mu: &Tensor, sigma: &Tensor, prior_mean: f64, pri
 /// assert!((kl - 0.5).abs() < 1e-12);
 /// ```
 pub fn kl_gaussian(mu: &Tensor, sigma: &Tensor, prior_mean: f64, prior_std: f64) -> Result<Tensor> {
-    kl_gaussian_elementwise(mu, sigma, prior_mean, prior_std)?.sum_all()
+    // One fused pass on the CPU (secateur-kernels); the same formula as candle ops elsewhere.
+    match secateur_kernels::gaussian_kl::gaussian_kl_sum(mu, sigma, prior_mean, prior_std)? {
+        Some(kl) => Ok(kl),
+        None => kl_gaussian_elementwise(mu, sigma, prior_mean, prior_std)?.sum_all(),
+    }
 }
 
 /// Monte Carlo `KL(q ‖ p) ≈ (1/S) Σₛ Σᵢ [log q(wᵢₛ) − log p(wᵢₛ)]` with reparameterised draws

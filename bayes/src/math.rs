@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 
 /// Below this argument `softplus(x)` is computed as `exp(x)` (relative error `≈ exp(x)/2`,
 /// under 2e-7 here), which keeps `softplus` strictly positive in f32 for very negative `x`.
-const SOFTPLUS_EXP_BELOW: f64 = -15.0;
+const SOFTPLUS_EXP_BELOW: f64 = secateur_kernels::softplus::EXP_BELOW;
 
 /// `softplus(x) = log(1 + eˣ)`, computed stably as `max(x, 0) + log(1 + e^{−|x|})`, and as `eˣ`
 /// for `x < −15` so that the result never rounds to zero.
@@ -17,6 +17,10 @@ const SOFTPLUS_EXP_BELOW: f64 = -15.0;
 /// assert!((y[0] - (-30f64).exp()).abs() < 1e-20 && (y[1] - 2f64.ln()).abs() < 1e-12 && (y[2] - 30.).abs() < 1e-12);
 /// ```
 pub fn softplus(x: &Tensor) -> Result<Tensor> {
+    // One fused pass on the CPU (secateur-kernels, same definition); candle ops elsewhere.
+    if let Some(y) = secateur_kernels::softplus::softplus(x)? {
+        return Ok(y);
+    }
     let stable = (x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     let tiny = x.minimum(SOFTPLUS_EXP_BELOW)?.exp()?;
     x.lt(SOFTPLUS_EXP_BELOW)?.where_cond(&tiny, &stable)

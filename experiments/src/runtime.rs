@@ -1,4 +1,4 @@
-//! Process-level settings for secateur's binaries.
+//! Process-level settings for secateur's binaries: [`tune_allocator`] and [`configure_threads`].
 //!
 //! Training allocates and frees tensors of a few MiB on every step. glibc serves blocks above its
 //! mmap threshold (128 KiB at start, adapted up to 32 MiB) with fresh `mmap`s and returns freed
@@ -16,5 +16,20 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// candle 0.11 runs its own elementwise ops on a pool of `CANDLE_NUM_THREADS − 1` workers that
+/// spin for a while after each op, next to rayon's pool, which gemm and secateur's kernels use. On
+/// few cores the spinning workers take the cores from rayon's: a `perf record` of the MLP step on
+/// the 2-core machine of BENCHMARKS.md showed candle's one worker spinning for a third of all
+/// samples. With `CANDLE_NUM_THREADS=1` candle runs its (now small) elementwise ops on the calling
+/// thread; measured there (median ms per step, default → 1): MLP 2.6–2.8 → 2.2–2.5, LeNet-5
+/// 10.6–13.1 → 9.2–9.9, mean-field MLP 14.5–15.9 → 11.9–12.6, ResNet-20 unchanged within noise
+/// (397–440 → 398–452). Sets `CANDLE_NUM_THREADS=1` unless the user has set it. Call first in
+/// `main`, before any other thread starts and before candle's first op.
+pub fn configure_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }

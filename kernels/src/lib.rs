@@ -15,12 +15,18 @@
 //! - [`norm`]: training-mode batch norm, optionally fused with its ReLU, closed under
 //!   differentiation to second order.
 //! - [`pool`], [`loss`]: max pooling and softmax cross-entropy on the training hot path.
+//! - [`bias`]: per-channel bias with a parallel channel-sum backward.
+//! - [`optim`]: the SGD update in place.
+//! - [`softplus`], [`gaussian_kl`]: the mean-field posterior's `σ = softplus(ρ)` and the
+//!   closed-form Gaussian KL, each one pass.
 
 pub mod activation;
 pub mod bias;
 pub mod conv;
+pub mod gaussian_kl;
 pub mod loss;
 pub mod lrt;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod softplus;

@@ -547,6 +547,7 @@ fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 fn main() {
+    secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
     let args = Args::parse();
     if args.hvp_ops {
