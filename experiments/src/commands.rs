@@ -494,6 +494,27 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         _ => None,
     };
 
+    // Growing regularisation first (`[greg]`): its masks are held during the training below.
+    let greg = if cfg.greg.enabled() {
+        if resume.is_some() {
+            return Err(ExpError::config(
+                "greg",
+                "a run with growing regularisation cannot be resumed; start it again",
+            ));
+        }
+        if opts.masks.is_some() {
+            return Err(ExpError::config(
+                "--masks",
+                "cannot be combined with [greg], which makes its own masks",
+            ));
+        }
+        let (m, summary) = crate::greg::regularise(cfg, &net, &store, &train_set, &norm, &dev, opts.quiet)?;
+        m.save(run.file("masks.safetensors"))?;
+        Some((m, summary))
+    } else {
+        None
+    };
+
     let settings = train_settings(cfg, train_set.len())?;
     let mut trainer = Trainer::new(
         &net,
@@ -502,9 +523,10 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         settings,
         SeededRng::substream(cfg.seed, STREAM_TRAIN),
     )?;
-    let masks = match &opts.masks {
-        Some(path) => Some(crate::prune::load_masks(path, &store)?),
-        None => None,
+    let masks = match (&opts.masks, &greg) {
+        (Some(path), _) => Some(crate::prune::load_masks(path, &store)?),
+        (None, Some((m, _))) => Some(m.clone()),
+        (None, None) => None,
     };
     if let Some(m) = &masks {
         trainer.set_hook(Box::new(m.clone()));
@@ -590,6 +612,13 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     if let Some(m) = &masks {
         put("mask_sparsity", m.sparsity()?.into());
         put("mask_kept", m.kept()?.into());
+    }
+    if let Some((_, g)) = &greg {
+        put("greg_method", cfg.greg.method.clone().into());
+        put("greg_schedule_iterations", g.schedule_iterations.into());
+        put("greg_epochs", g.epochs.into());
+        put("greg_final_lambda", g.final_lambda.into());
+        put("greg_final_train_loss", g.final_train_loss.into());
     }
     let spike_slab = cfg.model.layers == "spike-slab";
     if let Some((removed, total)) = if spike_slab { nodes_removed(&store)? } else { None } {

@@ -38,6 +38,8 @@ pub struct StudyConfig {
     pub bayes: BayesConfig,
     /// The likelihood: categorical (classification, the default) or Gaussian (regression).
     pub likelihood: LikelihoodConfig,
+    /// Growing regularisation before training (off unless `greg.method` is set).
+    pub greg: GregConfig,
 }
 
 impl Default for StudyConfig {
@@ -51,7 +53,129 @@ impl Default for StudyConfig {
             train: TrainConfig::default(),
             bayes: BayesConfig::default(),
             likelihood: LikelihoodConfig::default(),
+            greg: GregConfig::default(),
         }
+    }
+}
+
+/// Growing regularisation (Wang, Qin, Zhang & Fu 2021), run by `secateur train` before the
+/// config's training: start from `greg.weights` (a trained network), train with the growing
+/// penalty at the constant rate `greg.lr` until the schedule ends, prune the regularised groups,
+/// then train `train.epochs` with the masks held (the paper's fine-tuning). The schedule
+/// defaults are the paper's CIFAR settings (about 110,000 iterations for GReg-1); shorten them
+/// for small data.
+///
+/// ```toml
+/// [greg]
+/// method = "greg1"            # or "greg2"
+/// granularity = "filter"      # or "weight"
+/// sparsity = 0.5
+/// weights = "runs/dense/weights.safetensors"
+/// lambda_step = 1e-3
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GregConfig {
+    /// `""` (off, the default), `greg1` or `greg2`.
+    pub method: String,
+    /// `filter` (whole output filters / rows, the paper's structured pruning; default) or
+    /// `weight`.
+    pub granularity: String,
+    /// Fraction of groups pruned, in `[0, 1)` (default 0.5).
+    pub sparsity: f64,
+    /// `layer` (each layer at the same ratio, as the paper; default) or `global`.
+    pub scope: String,
+    /// Keep the first weight layer (default false) / the classifier (default true) unpruned.
+    pub keep_first: bool,
+    /// See `keep_first`.
+    pub keep_last: bool,
+    /// Weights to start from (a finished run's `weights.safetensors`); the seed's
+    /// initialisation when absent.
+    pub weights: Option<PathBuf>,
+    /// Learning rate while regularising (default 1e-3, the paper's CIFAR scripts).
+    pub lr: f64,
+    /// λ increment of the push phase (default 1e-4).
+    pub lambda_step: f64,
+    /// Iterations between increments (default 10).
+    pub interval: usize,
+    /// Growth stops once λ exceeds this (default 1).
+    pub lambda_ceiling: f64,
+    /// Iterations λ is held after growing (default 10,000).
+    pub stabilise_iters: usize,
+    /// GReg-2: λ increment of the picking phase (default 1e-5).
+    pub picking_step: f64,
+    /// GReg-2: the picking phase ends at this λ (default 1e-2).
+    pub picking_ceiling: f64,
+    /// GReg-2: λ of the kept groups while pushing (default −1e-4).
+    pub kept_lambda: f64,
+}
+
+impl Default for GregConfig {
+    fn default() -> Self {
+        let d = secateur_pruning::greg::GRegConfig::default();
+        Self {
+            method: String::new(),
+            granularity: "filter".into(),
+            sparsity: 0.5,
+            scope: "layer".into(),
+            keep_first: false,
+            keep_last: true,
+            weights: None,
+            lr: 1e-3,
+            lambda_step: d.lambda_step,
+            interval: d.interval,
+            lambda_ceiling: d.lambda_ceiling,
+            stabilise_iters: d.stabilise_iters,
+            picking_step: d.picking_step,
+            picking_ceiling: d.picking_ceiling,
+            kept_lambda: d.kept_lambda,
+        }
+    }
+}
+
+impl GregConfig {
+    /// Whether growing regularisation runs.
+    pub fn enabled(&self) -> bool {
+        !self.method.is_empty()
+    }
+
+    /// The schedule constants.
+    pub fn schedule(&self) -> secateur_pruning::greg::GRegConfig {
+        secateur_pruning::greg::GRegConfig {
+            lambda_step: self.lambda_step,
+            interval: self.interval,
+            lambda_ceiling: self.lambda_ceiling,
+            stabilise_iters: self.stabilise_iters,
+            picking_step: self.picking_step,
+            picking_ceiling: self.picking_ceiling,
+            kept_lambda: self.kept_lambda,
+        }
+    }
+
+    /// Refuses unknown names and impossible values; the message names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !matches!(self.method.as_str(), "greg1" | "greg2") {
+            return Err(format!("greg.method `{}` is unknown; use greg1 or greg2", self.method));
+        }
+        if !matches!(self.granularity.as_str(), "filter" | "weight") {
+            return Err(format!(
+                "greg.granularity `{}` is unknown; use filter or weight",
+                self.granularity
+            ));
+        }
+        if !matches!(self.scope.as_str(), "layer" | "global") {
+            return Err(format!("greg.scope `{}` is unknown; use layer or global", self.scope));
+        }
+        if !(0.0..1.0).contains(&self.sparsity) {
+            return Err(format!("greg.sparsity must be in [0, 1), got {}", self.sparsity));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("greg.lr must be positive, got {}", self.lr));
+        }
+        self.schedule().validate().map_err(|e| format!("greg: {e}"))
     }
 }
 
@@ -688,6 +812,10 @@ impl StudyConfig {
         }
         self.bayes.validate()?;
         self.validate_likelihood()?;
+        self.greg.validate()?;
+        if self.greg.enabled() && (self.model.layers != "deterministic" || self.likelihood.is_regression()) {
+            return Err("greg needs model.layers = \"deterministic\" and a classification likelihood".into());
+        }
         if !self.bayes.eval_widths.is_empty() && !is_nested(&self.model.layers) {
             return Err(format!(
                 "bayes.eval_widths needs a nested layer kind (nested-dropout, variational-nested-dropout), \

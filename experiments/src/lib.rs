@@ -14,6 +14,7 @@
 //! - [`prune`]: `prune` and `scores` (criteria of `secateur-pruning` on a config's model and
 //!   data, masks and scores as safetensors, per-layer tables); `train --masks` trains with them.
 //! - [`pai`]: the pruning-at-initialisation study (`secateur study pai`).
+//! - [`greg`]: the growing-regularisation phase of `train` (`[greg]` in the config).
 
 pub mod atomic;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod greg;
 #[cfg(feature = "hdf5")]
 pub mod h5;
 pub mod loader;

@@ -287,37 +287,65 @@ impl GReg {
     /// Advances the schedule by one iteration (see the [module documentation](self)); picks the
     /// groups from `store` when GReg-2's picking phase ends.
     pub fn advance(&mut self, store: &ParamStore) -> Result<()> {
-        self.iters += 1;
-        let tick = self.iters % self.cfg.interval == 0;
-        match self.phase {
-            Phase::Picking => {
-                if tick {
-                    self.lambda += self.cfg.picking_step;
-                }
-                // compare with a relative tolerance: λ is a sum of increments
-                if self.lambda >= self.cfg.picking_ceiling * (1.0 - 1e-9) {
-                    self.pick(store)?;
-                    self.phase = Phase::Growing;
-                    self.iters = 0;
-                }
-            }
-            Phase::Growing => {
-                if tick {
-                    self.lambda += self.cfg.lambda_step;
-                }
-                if self.lambda > self.cfg.lambda_ceiling {
-                    self.phase = Phase::Stabilising;
-                    self.iters = 0;
-                }
-            }
-            Phase::Stabilising => {
-                if self.iters >= self.cfg.stabilise_iters {
-                    self.phase = Phase::Done;
-                }
-            }
-            Phase::Done => {}
+        if tick(&self.cfg, &mut self.phase, &mut self.lambda, &mut self.iters) {
+            self.pick(store)?;
         }
         Ok(())
+    }
+}
+
+/// One iteration of the schedule's arithmetic; `true` when GReg-2's picking phase ends now (the
+/// caller picks the groups).
+fn tick(cfg: &GRegConfig, phase: &mut Phase, lambda: &mut f64, iters: &mut usize) -> bool {
+    *iters += 1;
+    let on_interval = *iters % cfg.interval == 0;
+    match *phase {
+        Phase::Picking => {
+            if on_interval {
+                *lambda += cfg.picking_step;
+            }
+            // compare with a relative tolerance: λ is a sum of increments
+            if *lambda >= cfg.picking_ceiling * (1.0 - 1e-9) {
+                *phase = Phase::Growing;
+                *iters = 0;
+                return true;
+            }
+        }
+        Phase::Growing => {
+            if on_interval {
+                *lambda += cfg.lambda_step;
+            }
+            if *lambda > cfg.lambda_ceiling {
+                *phase = Phase::Stabilising;
+                *iters = 0;
+            }
+        }
+        Phase::Stabilising => {
+            if *iters >= cfg.stabilise_iters {
+                *phase = Phase::Done;
+            }
+        }
+        Phase::Done => {}
+    }
+    false
+}
+
+impl GRegConfig {
+    /// Training iterations until the schedule is [`Phase::Done`] (GReg-2 when `two`): what a
+    /// driver must train before pruning. The paper's CIFAR defaults give about 110,000 for GReg-1
+    /// (10,000 increments of λ, one every 10 iterations, then 10,000 iterations held).
+    pub fn iterations(&self, two: bool) -> Result<usize> {
+        self.validate()?;
+        let (mut phase, mut lambda, mut iters) = (if two { Phase::Picking } else { Phase::Growing }, 0.0, 0);
+        let mut n = 0usize;
+        while phase != Phase::Done {
+            tick(self, &mut phase, &mut lambda, &mut iters);
+            n += 1;
+            if n > 1 << 34 {
+                candle_core::bail!("growing regularisation: the schedule does not end (lambda_step too small?)");
+            }
+        }
+        Ok(n)
     }
 }
 

@@ -242,6 +242,32 @@ fn greg2_picks_after_uniform_growth_then_pushes_with_negative_kept_lambda() -> R
 }
 
 #[test]
+fn schedule_length_is_what_the_driven_schedule_takes() -> Result<()> {
+    let store = one_linear(&[[1.0, -2.0], [0.25, 0.25], [-1.5, 0.5]])?;
+    // GReg-1 above: done at the 9th iteration
+    assert_eq!(small_cfg().iterations(false)?, 9);
+    for two in [false, true] {
+        let alloc = Allocation::per_layer(1.0 / 3.0);
+        let mut g = if two {
+            GReg::greg2(&store, Granularity::Filter, alloc, small_cfg())?
+        } else {
+            GReg::greg1(&store, Granularity::Filter, alloc, small_cfg())?
+        };
+        let mut n = 0;
+        while g.phase() != Phase::Done {
+            g.after_step(&store, n)?;
+            n += 1;
+        }
+        assert_eq!(small_cfg().iterations(two)?, n, "GReg-{}", if two { 2 } else { 1 });
+    }
+    // the paper's CIFAR schedule: 10,000 (or 10,001: λ is a float sum) increments every 10
+    // iterations, then 10,000 held
+    let d = GRegConfig::default().iterations(false)?;
+    assert!((110_000..=110_010).contains(&d), "{d}");
+    Ok(())
+}
+
+#[test]
 fn greg_config_is_checked() {
     let store = one_linear(&[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]).unwrap();
     let bad = GRegConfig {

@@ -1,0 +1,143 @@
+//! The growing-regularisation phase of `secateur train` (`[greg]` in the config; Wang, Qin, Zhang
+//! & Fu 2021): start from given weights, train with the growing penalty of
+//! `secateur_pruning::greg::GReg` at a constant learning rate until its schedule ends, and return
+//! the masks of the regularised groups, applied. `commands::train` then trains the masked network
+//! for `train.epochs` (the paper's fine-tuning). The phase trains whole epochs: the iterations
+//! after the schedule ends (fewer than one epoch) run without the penalty, before the cut.
+
+use crate::atomic;
+use crate::commands::{optimizer, train_settings};
+use crate::config::StudyConfig;
+use crate::data::{ImageSet, Normalizer};
+use crate::error::{ExpError, Result};
+use crate::loader::ImageBatches;
+use crate::observe::Progress;
+use candle_core::backprop::GradStore;
+use candle_core::Device;
+use secateur_bayes::{Module, ParamStore, SeededRng};
+use secateur_inference::hooks::StepHook;
+use secateur_inference::schedule::Schedule;
+use secateur_inference::train::{Observer, TrainSettings, Trainer};
+use secateur_models::ModelSpec;
+use secateur_pruning::greg::{GReg, Granularity, Phase};
+use secateur_pruning::{geometry, Allocation, Exclusions, MaskSet};
+use std::cell::RefCell;
+
+/// Sub-stream of the run's seed for the regularisation phase's shuffling.
+const STREAM_GREG: u64 = 6;
+
+/// What the phase did, for `metrics.json`.
+#[derive(Debug, Clone)]
+pub struct GregSummary {
+    /// Iterations the schedule needs.
+    pub schedule_iterations: usize,
+    /// Epochs trained (whole epochs covering the schedule).
+    pub epochs: usize,
+    /// λ at the end.
+    pub final_lambda: f64,
+    /// Training loss of the last epoch (penalty not included).
+    pub final_train_loss: f64,
+}
+
+/// A step hook borrowed from a cell, so that the caller gets the [`GReg`] back after training.
+struct Borrowed<'a>(&'a RefCell<GReg>);
+
+impl StepHook for Borrowed<'_> {
+    fn before_step(&mut self, store: &ParamStore, grads: &mut GradStore, step: usize) -> candle_core::Result<()> {
+        self.0.borrow_mut().before_step(store, grads, step)
+    }
+    fn after_step(&mut self, store: &ParamStore, step: usize) -> candle_core::Result<()> {
+        self.0.borrow_mut().after_step(store, step)
+    }
+}
+
+/// Runs the regularisation phase on `net` / `store` (see the module documentation); returns the
+/// masks, already applied to `store`.
+pub fn regularise(
+    cfg: &StudyConfig,
+    net: &dyn Module,
+    store: &ParamStore,
+    train_set: &ImageSet,
+    norm: &Normalizer,
+    dev: &Device,
+    quiet: bool,
+) -> Result<(MaskSet, GregSummary)> {
+    let g = &cfg.greg;
+    if let Some(path) = &g.weights {
+        let w = atomic::read_safetensors(path)?;
+        store
+            .load(&w)
+            .map_err(|e| ExpError::config("greg.weights", format!("{}: {e}", path.display())))?;
+    }
+    let granularity = if g.granularity == "filter" {
+        Granularity::Filter
+    } else {
+        Granularity::Weight
+    };
+    let input = [train_set.channels, train_set.height, train_set.width];
+    let classes = train_set.n_classes as usize;
+    let geom = geometry::record(&ModelSpec::new(cfg.model.arch.clone(), input, classes))?;
+    let exclude = Exclusions {
+        first_layer: g.keep_first,
+        last_layer: g.keep_last,
+        ..Default::default()
+    }
+    .resolve(Some(&geom))?;
+    let allocation = if g.scope == "layer" {
+        Allocation::per_layer(g.sparsity)
+    } else {
+        Allocation::global(g.sparsity)
+    }
+    .with_exclude(exclude);
+    let schedule = g.schedule();
+    let two = g.method == "greg2";
+    let reg = if two {
+        GReg::greg2(store, granularity, allocation, schedule)?
+    } else {
+        GReg::greg1(store, granularity, allocation, schedule)?
+    };
+    let iterations = schedule.iterations(two)?;
+    let steps_per_epoch = train_set.len().div_ceil(cfg.data.batch_size.max(1)).max(1);
+    let epochs = iterations.div_ceil(steps_per_epoch);
+    let settings = TrainSettings {
+        epochs,
+        lr: g.lr,
+        schedule: Schedule::Constant { warmup: 0 },
+        ..train_settings(cfg, train_set.len())?
+    };
+    let cell = RefCell::new(reg);
+    let state = {
+        let mut trainer = Trainer::new(
+            net,
+            store.clone(),
+            optimizer(cfg)?,
+            settings,
+            SeededRng::substream(cfg.seed, STREAM_GREG),
+        )?;
+        trainer.set_hook(Box::new(Borrowed(&cell)));
+        let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });
+        let mut batches = ImageBatches::new(train_set, norm.clone(), cfg.data.batch_size, true, augment, dev.clone());
+        let mut progress = Progress::new(quiet);
+        let mut observers: Vec<&mut dyn Observer> = vec![&mut progress];
+        trainer.fit(&mut batches, None, &mut observers)?
+    };
+    let reg = cell.into_inner();
+    if reg.phase() != Phase::Done {
+        return Err(ExpError::config(
+            "greg",
+            format!("the schedule did not end after {epochs} epochs ({iterations} iterations); this is a bug"),
+        ));
+    }
+    let masks = reg
+        .masks()
+        .cloned()
+        .ok_or_else(|| ExpError::config("greg", "no groups were picked; this is a bug"))?;
+    masks.apply(store)?;
+    let summary = GregSummary {
+        schedule_iterations: iterations,
+        epochs,
+        final_lambda: reg.lambda(),
+        final_train_loss: state.history.last().map(|r| r.train_loss).unwrap_or(f64::NAN),
+    };
+    Ok((masks, summary))
+}

@@ -1,0 +1,98 @@
+//! `secateur train` with `[greg]` (growing regularisation, Wang et al. 2021) on the shipped
+//! Fashion-MNIST subset, with a schedule short enough for a test.
+
+use candle_core::{DType, Device, Tensor};
+use secateur_experiments::commands::{self, TrainOptions};
+use secateur_experiments::config::StudyConfig;
+
+const GREG: &str = r#"
+name = "greg-test"
+seed = 1
+[data]
+name = "fashion-mnist-mini"
+batch_size = 200
+[model]
+arch = "lenet5"
+[train]
+epochs = 1
+[greg]
+method = "greg1"
+granularity = "filter"
+sparsity = 0.5
+lambda_step = 0.5
+interval = 1
+lambda_ceiling = 1.0
+stabilise_iters = 0
+"#;
+
+fn config(text: &str, set: &[&str]) -> Result<StudyConfig, String> {
+    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    StudyConfig::from_toml(text, "greg-test", &set).map_err(|e| e.to_string())
+}
+
+fn options(out: std::path::PathBuf) -> TrainOptions {
+    TrainOptions {
+        out: Some(out),
+        quiet: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn greg1_prunes_half_the_filters_of_each_layer_and_trains_them_at_zero() {
+    let cfg = config(GREG, &[]).expect("config");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = commands::train(&cfg, &options(tmp.path().join("run")), None).expect("train");
+    let m = &run.metrics;
+    // λ: 0.5, 1.0, 1.5 (> 1 after 3 iterations), then one iteration to end the (empty) hold
+    assert_eq!(m["greg_schedule_iterations"].as_u64(), Some(4));
+    assert_eq!(m["greg_epochs"].as_u64(), Some(1));
+    // half the filters / rows of conv1, conv2, fc1, fc2 (the classifier is kept) is exactly
+    // half of their weights
+    assert_eq!(m["mask_sparsity"].as_f64(), Some(0.5));
+    let w = candle_core::safetensors::load(run.dir.join("weights.safetensors"), &Device::Cpu).expect("weights");
+    for (name, filters) in [
+        ("conv1.weight", 6),
+        ("conv2.weight", 16),
+        ("fc1.weight", 120),
+        ("fc2.weight", 84),
+    ] {
+        let t: Tensor = w[name].to_dtype(DType::F64).unwrap();
+        let norms: Vec<f64> = t
+            .abs()
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let zero = norms.iter().filter(|&&n| n == 0.0).count();
+        assert_eq!(zero, filters / 2, "{name}: {zero} of {filters} filters are zero");
+    }
+    let fc3: Vec<f64> = w["fc3.weight"]
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(fc3.iter().all(|v| *v != 0.0), "the classifier is kept");
+    assert!(run.dir.join("masks.safetensors").is_file());
+    let acc = m["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.3, "the pruned, fine-tuned LeNet-5 learns something: {acc}");
+}
+
+#[test]
+fn bad_greg_settings_are_refused_by_name() {
+    let e = config(GREG, &["greg.method=greg3"]).unwrap_err();
+    assert!(e.contains("greg.method"), "{e}");
+    let e = config(GREG, &["greg.sparsity=1.0"]).unwrap_err();
+    assert!(e.contains("greg.sparsity"), "{e}");
+    let e = config(GREG, &["greg.interval=0"]).unwrap_err();
+    assert!(e.contains("interval"), "{e}");
+    let e = config(GREG, &["model.layers=\"mean-field\""]).unwrap_err();
+    assert!(e.contains("greg needs"), "{e}");
+    let e = config(GREG, &["greg.unknown=1"]).unwrap_err();
+    assert!(e.contains("unknown"), "{e}");
+}
