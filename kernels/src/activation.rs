@@ -8,11 +8,8 @@
 //! (the end of a residual block, He et al. 2016) fuses the sum with the activation; both inputs
 //! receive `Mask(y, g)`.
 
+use crate::cpu::{contiguous, map1, map2};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
-
-/// Entries per parallel chunk.
-const CHUNK: usize = 1 << 14;
 
 /// `max(x, 0)`, on both cores on the CPU (candle's ReLU elsewhere).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
@@ -36,29 +33,6 @@ fn is_float(x: &Tensor) -> bool {
     matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("relu: {what} must be contiguous"),
-    }
-}
-
-fn map1<T: WithDType>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
-    out
-}
-
-fn map2<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b)));
-    out
-}
-
 #[inline]
 fn pos<T: WithDType>(v: T) -> T {
     if v > T::zero() {
@@ -76,8 +50,8 @@ impl CustomOp1 for Relu {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(map1(slice::<f32>(s, l, "input")?, pos)),
-            CpuStorage::F64(_) => CpuStorage::F64(map1(slice::<f64>(s, l, "input")?, pos)),
+            CpuStorage::F32(_) => CpuStorage::F32(map1(contiguous::<f32>(s, l, "relu", "input")?, pos)),
+            CpuStorage::F64(_) => CpuStorage::F64(map1(contiguous::<f64>(s, l, "relu", "input")?, pos)),
             _ => candle_core::bail!("relu: only f32 and f64 are supported"),
         };
         Ok((out, l.shape().clone()))
@@ -98,16 +72,16 @@ impl CustomOp2 for AddRelu {
             candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.shape(), l2.shape());
         }
         let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(map2(slice::<f32>(s1, l1, "a")?, slice::<f32>(s2, l2, "b")?, |a, b| {
-                    pos(a + b)
-                }))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(map2(slice::<f64>(s1, l1, "a")?, slice::<f64>(s2, l2, "b")?, |a, b| {
-                    pos(a + b)
-                }))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(map2(
+                contiguous::<f32>(s1, l1, "relu", "a")?,
+                contiguous::<f32>(s2, l2, "relu", "b")?,
+                |a, b| pos(a + b),
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(map2(
+                contiguous::<f64>(s1, l1, "relu", "a")?,
+                contiguous::<f64>(s2, l2, "relu", "b")?,
+                |a, b| pos(a + b),
+            )),
             _ => candle_core::bail!("add_relu: only f32 and f64 (not mixed) are supported"),
         };
         Ok((out, l1.shape().clone()))
@@ -131,13 +105,13 @@ impl CustomOp2 for Mask {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(map2(
-                slice::<f32>(s1, l1, "output")?,
-                slice::<f32>(s2, l2, "gradient")?,
+                contiguous::<f32>(s1, l1, "relu", "output")?,
+                contiguous::<f32>(s2, l2, "relu", "gradient")?,
                 |y, g| if y > 0.0 { g } else { 0.0 },
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(map2(
-                slice::<f64>(s1, l1, "output")?,
-                slice::<f64>(s2, l2, "gradient")?,
+                contiguous::<f64>(s1, l1, "relu", "output")?,
+                contiguous::<f64>(s2, l2, "relu", "gradient")?,
                 |y, g| if y > 0.0 { g } else { 0.0 },
             )),
             _ => candle_core::bail!("relu mask: only f32 and f64 (not mixed) are supported"),

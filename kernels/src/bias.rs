@@ -11,6 +11,7 @@
 //! The channel sums accumulate in f64 over blocks whose size does not depend on the thread
 //! count, added in a fixed order, so results are bit-identical across runs and thread counts.
 
+use crate::cpu::contiguous;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -59,13 +60,6 @@ fn geometry(x: &[usize], b: &[usize]) -> Result<(usize, usize)> {
 
 fn float_pair(x: &Tensor, b: &Tensor) -> bool {
     x.dtype() == b.dtype() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("bias: {what} must be contiguous"),
-    }
 }
 
 /// Whole samples per task: at least one, about [`TASK`] entries.
@@ -132,13 +126,13 @@ impl CustomOp2 for BiasAdd {
         let (_, inner) = geometry(l1.dims(), l2.dims())?;
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(add(
-                slice::<f32>(s1, l1, "input")?,
-                slice::<f32>(s2, l2, "bias")?,
+                contiguous::<f32>(s1, l1, "bias", "input")?,
+                contiguous::<f32>(s2, l2, "bias", "bias")?,
                 inner,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(add(
-                slice::<f64>(s1, l1, "input")?,
-                slice::<f64>(s2, l2, "bias")?,
+                contiguous::<f64>(s1, l1, "bias", "input")?,
+                contiguous::<f64>(s2, l2, "bias", "bias")?,
                 inner,
             )),
             _ => candle_core::bail!("bias: only f32 and f64 (not mixed) are supported"),
@@ -163,8 +157,8 @@ impl CustomOp1 for ChannelSum {
         }
         let (c, inner) = (d[1], d[2..].iter().product::<usize>());
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(sums(slice::<f32>(s, l, "gradient")?, c, inner)),
-            CpuStorage::F64(_) => CpuStorage::F64(sums(slice::<f64>(s, l, "gradient")?, c, inner)),
+            CpuStorage::F32(_) => CpuStorage::F32(sums(contiguous::<f32>(s, l, "bias", "gradient")?, c, inner)),
+            CpuStorage::F64(_) => CpuStorage::F64(sums(contiguous::<f64>(s, l, "bias", "gradient")?, c, inner)),
             _ => candle_core::bail!("channel sum: only f32 and f64 are supported"),
         };
         Ok((out, Shape::from(c)))

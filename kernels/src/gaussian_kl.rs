@@ -8,6 +8,7 @@
 //! size added in order, so it is bit-identical across runs and thread counts. As candle ops the
 //! same sum is eight passes over the parameters forward.
 
+use crate::cpu::contiguous;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -43,13 +44,6 @@ struct GaussianKl {
     std: f64,
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("gaussian KL: {what} must be contiguous"),
-    }
-}
-
 impl GaussianKl {
     fn sum<T: WithDType>(&self, mu: &[T], sigma: &[T]) -> f64 {
         let (m, inv2, log_ps) = (self.mean, 1.0 / (2.0 * self.std * self.std), self.std.ln());
@@ -78,11 +72,17 @@ impl CustomOp2 for GaussianKl {
         }
         let out = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let v = self.sum(slice::<f32>(s1, l1, "μ")?, slice::<f32>(s2, l2, "σ")?);
+                let v = self.sum(
+                    contiguous::<f32>(s1, l1, "gaussian KL", "μ")?,
+                    contiguous::<f32>(s2, l2, "gaussian KL", "σ")?,
+                );
                 CpuStorage::F32(vec![v as f32])
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let v = self.sum(slice::<f64>(s1, l1, "μ")?, slice::<f64>(s2, l2, "σ")?);
+                let v = self.sum(
+                    contiguous::<f64>(s1, l1, "gaussian KL", "μ")?,
+                    contiguous::<f64>(s2, l2, "gaussian KL", "σ")?,
+                );
                 CpuStorage::F64(vec![v])
             }
             _ => candle_core::bail!("gaussian KL: only f32 and f64 (not mixed) are supported"),

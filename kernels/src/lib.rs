@@ -23,6 +23,7 @@
 pub mod activation;
 pub mod bias;
 pub mod conv;
+mod cpu;
 pub mod gaussian_kl;
 pub mod loss;
 pub mod lrt;

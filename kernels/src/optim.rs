@@ -14,11 +14,9 @@
 //! whole-tensor passes (each a fresh allocation) that the same update takes as tensor
 //! arithmetic. Elsewhere (CUDA) it is that tensor arithmetic.
 
+use crate::cpu::{contiguous, CHUNK};
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, WithDType};
 use rayon::prelude::*;
-
-/// Entries per parallel chunk.
-const CHUNK: usize = 1 << 14;
 
 /// SGD settings of one update.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,13 +124,6 @@ fn sgd_step_ops(theta: &Tensor, g: &Tensor, buf: Option<&Tensor>, r: SgdRule) ->
     Ok(keep)
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("sgd step: {what} must be contiguous"),
-    }
-}
-
 fn contiguous_mut<'a, T>(v: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&mut v[a..b]),
@@ -178,15 +169,15 @@ impl InplaceOp3 for Momentum {
         match dst {
             CpuStorage::F32(dst) => {
                 let (g, th) = (
-                    contiguous::<f32>(g, gl, "gradient")?,
-                    contiguous::<f32>(th, tl, "parameter")?,
+                    contiguous::<f32>(g, gl, "sgd step", "gradient")?,
+                    contiguous::<f32>(th, tl, "sgd step", "parameter")?,
                 );
                 self.run(contiguous_mut(dst, dst_l)?, g, th);
             }
             CpuStorage::F64(dst) => {
                 let (g, th) = (
-                    contiguous::<f64>(g, gl, "gradient")?,
-                    contiguous::<f64>(th, tl, "parameter")?,
+                    contiguous::<f64>(g, gl, "sgd step", "gradient")?,
+                    contiguous::<f64>(th, tl, "sgd step", "parameter")?,
                 );
                 self.run(contiguous_mut(dst, dst_l)?, g, th);
             }
@@ -236,11 +227,11 @@ impl InplaceOp2 for Step {
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
         match dst {
             CpuStorage::F32(dst) => {
-                let g = contiguous::<f32>(g, gl, "gradient")?;
+                let g = contiguous::<f32>(g, gl, "sgd step", "gradient")?;
                 self.run(contiguous_mut(dst, dst_l)?, None, g);
             }
             CpuStorage::F64(dst) => {
-                let g = contiguous::<f64>(g, gl, "gradient")?;
+                let g = contiguous::<f64>(g, gl, "sgd step", "gradient")?;
                 self.run(contiguous_mut(dst, dst_l)?, None, g);
             }
             _ => candle_core::bail!("sgd step: only f32 and f64 are supported"),
@@ -265,15 +256,15 @@ impl InplaceOp3 for Step {
         match dst {
             CpuStorage::F32(dst) => {
                 let (b, g) = (
-                    contiguous::<f32>(b, bl, "buffer")?,
-                    contiguous::<f32>(g, gl, "gradient")?,
+                    contiguous::<f32>(b, bl, "sgd step", "buffer")?,
+                    contiguous::<f32>(g, gl, "sgd step", "gradient")?,
                 );
                 self.run(contiguous_mut(dst, dst_l)?, Some(b), g);
             }
             CpuStorage::F64(dst) => {
                 let (b, g) = (
-                    contiguous::<f64>(b, bl, "buffer")?,
-                    contiguous::<f64>(g, gl, "gradient")?,
+                    contiguous::<f64>(b, bl, "sgd step", "buffer")?,
+                    contiguous::<f64>(g, gl, "sgd step", "gradient")?,
                 );
                 self.run(contiguous_mut(dst, dst_l)?, Some(b), g);
             }

@@ -10,11 +10,8 @@
 //! forward pass and KL term; as candle ops that is eleven passes over the parameters forward and
 //! about as many backward.
 
+use crate::cpu::{contiguous, map1, map2};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
-
-/// Entries per parallel chunk.
-const CHUNK: usize = 1 << 14;
 
 /// Below this argument `softplus(x)` is `eˣ`.
 pub const EXP_BELOW: f64 = -15.0;
@@ -40,35 +37,26 @@ trait Real: WithDType + std::ops::Neg<Output = Self> {
     fn abs_(self) -> Self;
 }
 
-impl Real for f32 {
-    fn exp_(self) -> Self {
-        self.exp()
-    }
-    fn ln_1p_(self) -> Self {
-        self.ln_1p()
-    }
-    fn max0(self) -> Self {
-        self.max(0.0)
-    }
-    fn abs_(self) -> Self {
-        self.abs()
-    }
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn exp_(self) -> Self {
+                self.exp()
+            }
+            fn ln_1p_(self) -> Self {
+                self.ln_1p()
+            }
+            fn max0(self) -> Self {
+                self.max(0.0)
+            }
+            fn abs_(self) -> Self {
+                self.abs()
+            }
+        }
+    };
 }
-
-impl Real for f64 {
-    fn exp_(self) -> Self {
-        self.exp()
-    }
-    fn ln_1p_(self) -> Self {
-        self.ln_1p()
-    }
-    fn max0(self) -> Self {
-        self.max(0.0)
-    }
-    fn abs_(self) -> Self {
-        self.abs()
-    }
-}
+real!(f32);
+real!(f64);
 
 #[inline]
 fn value<T: Real>(x: T) -> T {
@@ -102,31 +90,9 @@ fn second<T: Real>(x: T) -> T {
     }
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("softplus: {what} must be contiguous"),
-    }
-}
-
-fn map1<T: WithDType>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)));
-    out
-}
-
-fn map2<T: WithDType>(x: &[T], g: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-        .for_each(|(o, (x, g))| {
-            o.iter_mut()
-                .zip(x.iter().zip(g))
-                .for_each(|(o, (&x, &g))| *o = g * f(x))
-        });
-    out
+/// `g ⊙ f(x)`.
+fn scale<T: WithDType>(x: &[T], g: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    map2(x, g, |x, g| g * f(x))
 }
 
 /// Which function of `x` an op evaluates.
@@ -147,8 +113,8 @@ fn eval<T: Real>(f: Fun) -> impl Fn(T) -> T + Sync {
 
 fn unary(s: &CpuStorage, l: &Layout, f: Fun) -> Result<(CpuStorage, Shape)> {
     let out = match s {
-        CpuStorage::F32(_) => CpuStorage::F32(map1(slice::<f32>(s, l, "input")?, eval::<f32>(f))),
-        CpuStorage::F64(_) => CpuStorage::F64(map1(slice::<f64>(s, l, "input")?, eval::<f64>(f))),
+        CpuStorage::F32(_) => CpuStorage::F32(map1(contiguous::<f32>(s, l, "softplus", "input")?, eval::<f32>(f))),
+        CpuStorage::F64(_) => CpuStorage::F64(map1(contiguous::<f64>(s, l, "softplus", "input")?, eval::<f64>(f))),
         _ => candle_core::bail!("softplus: only f32 and f64 are supported"),
     };
     Ok((out, l.shape().clone()))
@@ -163,14 +129,14 @@ fn scaled(s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, f: Fun) ->
         );
     }
     let out = match (s1, s2) {
-        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(map2(
-            slice::<f32>(s1, l1, "input")?,
-            slice::<f32>(s2, l2, "gradient")?,
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(scale(
+            contiguous::<f32>(s1, l1, "softplus", "input")?,
+            contiguous::<f32>(s2, l2, "softplus", "gradient")?,
             eval::<f32>(f),
         )),
-        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(map2(
-            slice::<f64>(s1, l1, "input")?,
-            slice::<f64>(s2, l2, "gradient")?,
+        (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(scale(
+            contiguous::<f64>(s1, l1, "softplus", "input")?,
+            contiguous::<f64>(s2, l2, "softplus", "gradient")?,
             eval::<f64>(f),
         )),
         _ => candle_core::bail!("softplus derivative: only f32 and f64 (not mixed) are supported"),
