@@ -4,7 +4,8 @@
 #
 #   bench/cuda_device.sh BIN_DIR
 #
-# BIN_DIR holds binaries built elsewhere with `--features cuda` (the machine needs no Rust):
+# BIN_DIR holds binaries built elsewhere with `--features cuda` (the machine needs no Rust;
+# bench/cuda_toolkit.sh sets up a build environment without a system CUDA toolkit):
 #   cuda_parity   cargo test --release -p secateur-kernels --features cuda --test cuda_parity --no-run
 #   bench_step    cargo build --release -p secateur-experiments --features cuda --bin bench_step
 # They link libcuda, libcublas(Lt), libcurand and libnvrtc dynamically; the script looks for the
