@@ -12,16 +12,13 @@ use crate::data::{ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
 use crate::observe::Progress;
-use candle_core::backprop::GradStore;
 use candle_core::Device;
 use secateur_bayes::{Module, ParamStore, SeededRng};
-use secateur_inference::hooks::StepHook;
 use secateur_inference::schedule::Schedule;
 use secateur_inference::train::{Observer, TrainSettings, Trainer};
 use secateur_models::ModelSpec;
 use secateur_pruning::greg::{GReg, Granularity, Phase};
 use secateur_pruning::{geometry, Allocation, Exclusions, MaskSet};
-use std::cell::RefCell;
 
 /// Sub-stream of the run's seed for the regularisation phase's shuffling.
 const STREAM_GREG: u64 = 6;
@@ -37,18 +34,6 @@ pub struct GregSummary {
     pub final_lambda: f64,
     /// Training loss of the last epoch (penalty not included).
     pub final_train_loss: f64,
-}
-
-/// A step hook borrowed from a cell, so that the caller gets the [`GReg`] back after training.
-struct Borrowed<'a>(&'a RefCell<GReg>);
-
-impl StepHook for Borrowed<'_> {
-    fn before_step(&mut self, store: &ParamStore, grads: &mut GradStore, step: usize) -> candle_core::Result<()> {
-        self.0.borrow_mut().before_step(store, grads, step)
-    }
-    fn after_step(&mut self, store: &ParamStore, step: usize) -> candle_core::Result<()> {
-        self.0.borrow_mut().after_step(store, step)
-    }
 }
 
 /// Runs the regularisation phase on `net` / `store` (see the module documentation); returns the
@@ -91,7 +76,7 @@ pub fn regularise(
     .with_exclude(exclude);
     let schedule = g.schedule();
     let two = g.method == "greg2";
-    let reg = if two {
+    let mut reg = if two {
         GReg::greg2(store, granularity, allocation, schedule)?
     } else {
         GReg::greg1(store, granularity, allocation, schedule)?
@@ -105,7 +90,6 @@ pub fn regularise(
         schedule: Schedule::Constant { warmup: 0 },
         ..train_settings(cfg, train_set.len())?
     };
-    let cell = RefCell::new(reg);
     let state = {
         let mut trainer = Trainer::new(
             net,
@@ -114,14 +98,13 @@ pub fn regularise(
             settings,
             SeededRng::substream(cfg.seed, STREAM_GREG),
         )?;
-        trainer.set_hook(Box::new(Borrowed(&cell)));
+        trainer.set_hook(Box::new(&mut reg));
         let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });
         let mut batches = ImageBatches::new(train_set, norm.clone(), cfg.data.batch_size, true, augment, dev.clone());
         let mut progress = Progress::new(quiet);
         let mut observers: Vec<&mut dyn Observer> = vec![&mut progress];
         trainer.fit(&mut batches, None, &mut observers)?
     };
-    let reg = cell.into_inner();
     if reg.phase() != Phase::Done {
         return Err(ExpError::config(
             "greg",

@@ -92,15 +92,7 @@ impl RunDir {
 
     /// An existing run directory (for `eval` and `--resume`).
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.join("config.toml").is_file() {
-            return Err(ExpError::Run {
-                path: path.to_path_buf(),
-                message: "not a run directory (no config.toml)".into(),
-            });
-        }
-        Ok(Self {
-            path: path.to_path_buf(),
-        })
+        Self::open_with(path, "config.toml")
     }
 
     /// An existing directory identified by the file `marker` it holds (a study's `pai.toml`).
@@ -108,7 +100,7 @@ impl RunDir {
         if !path.join(marker).is_file() {
             return Err(ExpError::Run {
                 path: path.to_path_buf(),
-                message: format!("not a study directory (no {marker})"),
+                message: format!("not a run directory (no {marker})"),
             });
         }
         Ok(Self {

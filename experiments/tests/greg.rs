@@ -80,6 +80,8 @@ fn greg1_prunes_half_the_filters_of_each_layer_and_trains_them_at_zero() {
     assert!(fc3.iter().all(|v| *v != 0.0), "the classifier is kept");
     assert!(run.dir.join("masks.safetensors").is_file());
     let acc = m["test_accuracy"].as_f64().unwrap();
+    // 10 balanced classes: chance is 0.1, and a network left dead by the cut stays there (as
+    // random pruning at 0.9 does in the study); 0.3 is three times chance
     assert!(acc > 0.3, "the pruned, fine-tuned LeNet-5 learns something: {acc}");
 }
 

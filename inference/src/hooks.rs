@@ -55,6 +55,17 @@ impl<H: StepHook + ?Sized> StepHook for Box<H> {
     }
 }
 
+/// A borrowed hook, so that the caller gets it back (its state, e.g. masks) once the trainer
+/// is dropped.
+impl<H: StepHook + ?Sized> StepHook for &mut H {
+    fn before_step(&mut self, store: &ParamStore, grads: &mut GradStore, step: usize) -> Result<()> {
+        (**self).before_step(store, grads, step)
+    }
+    fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()> {
+        (**self).after_step(store, step)
+    }
+}
+
 /// Several hooks run in order (before the step in list order, after the step in list order).
 #[derive(Default)]
 pub struct HookList {

@@ -14,7 +14,8 @@
 //! - [`activation`]: ReLU and the residual `relu(a + b)` on both cores.
 //! - [`norm`]: training-mode batch norm, optionally fused with its ReLU, closed under
 //!   differentiation to second order.
-//! - [`pool`], [`loss`]: max pooling and softmax cross-entropy on the training hot path.
+//! - [`pool`]: max pooling. [`loss`]: reserved for a fused softmax cross-entropy (empty so far;
+//!   the models use candle-nn's `log_softmax`).
 //! - [`bias`]: per-channel bias with a parallel channel-sum backward.
 //! - [`optim`]: the SGD update in place.
 //! - [`softplus`], [`gaussian_kl`]: the mean-field posterior's `σ = softplus(ρ)` and the

@@ -36,6 +36,7 @@
 //! in parallel over `(batch, channel)` planes, on both cores. Off the CPU, [`batch_norm_train`]
 //! falls back to candle's elementwise ops.
 
+use crate::cpu::contiguous;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -142,13 +143,6 @@ impl Geom {
     fn plane<'a, T>(&self, buf: &'a [T], b: usize, c: usize) -> &'a [T] {
         let o = (b * self.c + c) * self.inner;
         &buf[o..o + self.inner]
-    }
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("batch norm: {what} must be contiguous"),
     }
 }
 
@@ -597,10 +591,10 @@ fn cpu_run(
     }
     macro_rules! go {
         ($t:ty, $variant:ident) => {{
-            let xs = slice::<$t>(x.0, x.1, "input")?;
-            let ps = slice::<$t>(p.0, p.1, "parameters")?;
+            let xs = contiguous::<$t>(x.0, x.1, "batch norm", "input")?;
+            let ps = contiguous::<$t>(p.0, p.1, "batch norm", "parameters")?;
             let ts = match t {
-                Some((s, l)) => Some(slice::<$t>(s, l, "gradient")?),
+                Some((s, l)) => Some(contiguous::<$t>(s, l, "batch norm", "gradient")?),
                 None => None,
             };
             let (g, h) = match (ts, stacked) {
