@@ -654,9 +654,16 @@ impl CustomOp2 for Conv2dOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, _, h, wd) = x.dims4()?;
         let (_, _, kh, kw) = w.dims4()?;
-        let dx = conv2d_input_grad(grad, w, self.params, (h, wd))?;
-        let dw = conv2d_weight_grad(x, grad, self.params, (kh, kw))?;
-        Ok((Some(dx), Some(dw)))
+        // Skip the gradient of an operand that tracks none (the input batch of a first layer).
+        let dx = x
+            .track_op()
+            .then(|| conv2d_input_grad(grad, w, self.params, (h, wd)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| conv2d_weight_grad(x, grad, self.params, (kh, kw)))
+            .transpose()?;
+        Ok((dx, dw))
     }
 }
 

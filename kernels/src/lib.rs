@@ -17,6 +17,10 @@
 //! - [`pool`]: max pooling. [`loss`]: reserved for a fused softmax cross-entropy (empty so far;
 //!   the models use candle-nn's `log_softmax`).
 //! - [`bias`]: per-channel bias with a parallel channel-sum backward.
+//! - [`inner`]: the inner product `Σ a ⊙ b` that starts a Hessian-vector product, with a
+//!   backward only for the operands that track gradients.
+//! - [`matmul`]: the matrix product whose backward skips the gradient of an operand that does
+//!   not track one (the input batch), at first and second order.
 //! - [`optim`]: the SGD update in place.
 //! - [`softplus`], [`gaussian_kl`]: the mean-field posterior's `σ = softplus(ρ)` and the
 //!   closed-form Gaussian KL, each one pass.
@@ -26,8 +30,10 @@ pub mod bias;
 pub mod conv;
 mod cpu;
 pub mod gaussian_kl;
+pub mod inner;
 pub mod loss;
 pub mod lrt;
+pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod pool;

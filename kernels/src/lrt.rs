@@ -30,7 +30,8 @@
 //!
 //! The linear version ([`lrt_linear`]) is two matrix products, `x μᵀ` and `x² (s²)ᵀ`: the two
 //! products share no operand (one reads `x`, the other `x²`), so there is no packing to share,
-//! and candle's matmul already runs the `gemm` crate on all cores.
+//! and [`crate::matmul::matmul_bt`] runs the `gemm` crate on all cores (skipping the gradient of
+//! `x` when it tracks none).
 
 use std::sync::Arc;
 
@@ -384,7 +385,7 @@ pub fn lrt_linear(x: &Tensor, mu: &Tensor, s2: &Tensor) -> Result<(Tensor, Tenso
             s2.dims()
         )
     }
-    let mean = x.matmul(&mu.t()?)?;
-    let var = x.sqr()?.matmul(&s2.t()?)?;
+    let mean = crate::matmul::matmul_bt(x, mu)?;
+    let var = crate::matmul::matmul_bt(&x.sqr()?, s2)?;
     Ok((mean, var))
 }

@@ -132,3 +132,35 @@ fn lrt_hessian_vector_products() {
         check_hvp(&format!("{} lrt", c.name), &f, &[x, mu, s2], 940);
     }
 }
+
+/// Hv through the matrix-product op: a two-layer perceptron `tanh(X W1) W2` with the data `X`
+/// held constant (the operand whose gradient [`matmul`] skips), w.r.t. both weights, and the same
+/// with `X` as a parameter too. Also the double backprop against candle's matmul.
+#[test]
+fn matmul_hessian_vector_products() {
+    use secateur_kernels::matmul::matmul;
+    enable_double_backprop();
+    let x = rand_t(&[5, 4], 40, DType::F64).unwrap();
+    let w1 = rand_t(&[4, 6], 41, DType::F64).unwrap();
+    let w2 = rand_t(&[6, 3], 42, DType::F64).unwrap();
+    let r = rand_t(&[5, 3], 43, DType::F64).unwrap();
+    let f_const = |t: &[Tensor]| matmul(&matmul(&x, &t[0])?.tanh()?, &t[1])?.sin()?.mul(&r)?.sum_all();
+    check_hvp("matmul, constant data", &f_const, &[w1.clone(), w2.clone()], 44);
+    let f_all = |t: &[Tensor]| matmul(&matmul(&t[0], &t[1])?.tanh()?, &t[2])?.sin()?.mul(&r)?.sum_all();
+    check_hvp(
+        "matmul, every operand",
+        &f_all,
+        &[x.clone(), w1.clone(), w2.clone()],
+        45,
+    );
+    let f_candle = |t: &[Tensor]| x.matmul(&t[0])?.tanh()?.matmul(&t[1])?.sin()?.mul(&r)?.sum_all();
+    let v = [
+        rand_t(&[4, 6], 46, DType::F64).unwrap(),
+        rand_t(&[6, 3], 47, DType::F64).unwrap(),
+    ];
+    let ours = hvp(&f_const, &[w1.clone(), w2.clone()], &v);
+    let theirs = hvp(&f_candle, &[w1, w2], &v);
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_close(a, b, 1e-12, &format!("matmul vs candle: Hv block {i}"));
+    }
+}

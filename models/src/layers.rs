@@ -36,7 +36,7 @@ pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
     let dims = x.dims().to_vec();
     let in_dim = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
+    let y = secateur_kernels::matmul::matmul_bt(&x.reshape((rows, in_dim))?, weight)?;
     let y = match bias {
         Some(b) => secateur_kernels::bias::add_bias(&y, b)?,
         None => y,

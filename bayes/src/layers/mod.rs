@@ -43,6 +43,7 @@ pub use variational_dropout::{VdConv2d, VdConv2dConfig, VdGranularity, VdLinear,
 use crate::ctx::Sampling;
 use crate::rng::SeededRng;
 use candle_core::{Result, Tensor};
+use secateur_kernels::matmul::matmul_bt as mm;
 use serde::{Deserialize, Serialize};
 
 /// Added to the pre-activation variance before the square root of the local
@@ -161,15 +162,15 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: 
     let x2 = x.reshape((rows, in_dim))?;
     let (dt, dev) = (x.dtype(), x.device());
     let y = match sampling {
-        Sampling::Mean => add_bias_rows(x2.matmul(&w.mu.t()?)?, w.bias_mu)?,
+        Sampling::Mean => add_bias_rows(mm(&x2, w.mu)?, w.bias_mu)?,
         Sampling::Weight => {
             let wt = w.sample_weight(rng)?;
             let b = w.sample_bias(rng)?;
-            add_bias_rows(x2.matmul(&wt.t()?)?, b.as_ref())?
+            add_bias_rows(mm(&x2, &wt)?, b.as_ref())?
         }
         Sampling::Local => {
-            let mean = add_bias_rows(x2.matmul(&w.mu.t()?)?, w.bias_mu)?;
-            let var = x2.sqr()?.matmul(&w.sigma.sqr()?.t()?)?;
+            let mean = add_bias_rows(mm(&x2, w.mu)?, w.bias_mu)?;
+            let var = mm(&x2.sqr()?, &w.sigma.sqr()?)?;
             let var = match w.bias_sigma {
                 Some(bs) => add_bias_rows(var, Some(&bs.sqr()?))?,
                 None => var,
@@ -178,13 +179,13 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: 
             (mean + ((var + LRT_VAR_EPS)?.sqrt()? * eps)?)?
         }
         Sampling::Flipout => {
-            let mean = x2.matmul(&w.mu.t()?)?;
+            let mean = mm(&x2, w.mu)?;
             let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
             let delta = (w.sigma * eps)?;
             let b = w.sample_bias(rng)?;
             let s_in = rng.rademacher(&[rows, in_dim], dt, dev)?;
             let s_out = rng.rademacher(&[rows, out_dim], dt, dev)?;
-            let pert = ((x2 * s_in)?.matmul(&delta.t()?)? * s_out)?;
+            let pert = (mm(&(x2 * s_in)?, &delta)? * s_out)?;
             add_bias_rows((mean + pert)?, b.as_ref())?
         }
     };

@@ -240,7 +240,7 @@ fn dot(params: &BTreeMap<String, Var>, a: &GradStore, v: &BTreeMap<String, Tenso
     let mut acc: Option<Tensor> = None;
     for (name, var) in params {
         let Some(g) = a.get(var.as_tensor()) else { continue };
-        let term = (g * &v[name])?.sum_all()?;
+        let term = secateur_kernels::inner::inner(g, &v[name])?;
         acc = Some(match acc {
             None => term,
             Some(t) => (t + term)?,

@@ -63,7 +63,7 @@ fn dot(a: &Scores, b: &Scores) -> Result<Tensor> {
         let av = a
             .get(k)
             .ok_or_else(|| candle_core::Error::Msg(format!("internal: no gradient for `{k}`")))?;
-        let d = av.mul(&bv.to_dtype(av.dtype())?)?.sum_all()?;
+        let d = secateur_kernels::inner::inner(av, &bv.to_dtype(av.dtype())?)?;
         acc = Some(match acc {
             None => d,
             Some(s) => (s + d)?,
