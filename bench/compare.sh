@@ -10,8 +10,9 @@
 # count (THREADS, 2), warm-up and step count, and prints a markdown table of median ms per step,
 # peak RSS and the ratios secateur / PyTorch, followed by the machine description.
 # Raw JSON lines are kept in $OUT_DIR (default bench/results/<timestamp>/).
-# HVP=0 skips the second table: one Hessian-vector product by double backprop vs one gradient
-# (forward + backward) on the secateur side, HVP_STEPS / HVP_WARMUP timed / warm-up repetitions.
+# HVP=0 skips the second table: one Hessian-vector product by double backprop, and one Hutchinson
+# probe (the second backward pass alone), vs one gradient (forward + backward) on the secateur
+# side, HVP_STEPS / HVP_WARMUP timed / warm-up repetitions.
 # QUIET=1 waits (at most QUIET_MAX seconds, default 600) before each run for three 5-second
 # windows in which the CPUs are more than 85% idle. Every run records the CPU time that other
 # processes used meanwhile ("background cores"), shown in the table when above 0.1 core.
@@ -202,8 +203,8 @@ if hvp_models:
     print("Hessian-vector product by double backprop (secateur; Rademacher v; checked against a central")
     print("difference of gradients in f64, batch 8, smallest error over steps 1e-6, 1e-8, 1e-10):")
     print()
-    print("| model | gradient ms | HVP ms | HVP / gradient | rel. error vs finite differences |")
-    print("|---|---:|---:|---:|---:|")
+    print("| model | gradient ms | HVP ms | HVP / gradient | probe ms | probe / gradient | rel. error vs finite differences |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for m in hvp_models:
         r = load("hvp", m)
         bg = background(f"hvp-{m}")
@@ -211,12 +212,12 @@ if hvp_models:
             notes.append(f"{m} HVP: other processes kept {bg:.2f} of {os.cpu_count()} cores busy during the run")
         if r is None or "hvp_median_ms" not in r:
             err = (r or {}).get("error", "no result")
-            print(f"| {m} | n/a | n/a | n/a | {str(err).splitlines()[0] if err else 'n/a'} |")
+            print(f"| {m} | n/a | n/a | n/a | n/a | n/a | {str(err).splitlines()[0] if err else 'n/a'} |")
             continue
         if r.get("hvp_error"):
-            print(f"| {m} | {fmt(r['grad_median_ms'])} | failed | n/a | {r['hvp_error'].splitlines()[0]} |")
+            print(f"| {m} | {fmt(r['grad_median_ms'])} | failed | n/a | n/a | n/a | {r['hvp_error'].splitlines()[0]} |")
             continue
-        print(f"| {m} | {fmt(r['grad_median_ms'])} | {fmt(r['hvp_median_ms'])} | {r['hvp_over_grad']:.2f}× | {r['hvp_fd_rel_err']:.1e} |")
+        print(f"| {m} | {fmt(r['grad_median_ms'])} | {fmt(r['hvp_median_ms'])} | {r['hvp_over_grad']:.2f}× | {fmt(r['probe_median_ms'])} | {r['probe_over_grad']:.2f}× | {r['hvp_fd_rel_err']:.1e} |")
 if notes:
     print()
     for n in notes:

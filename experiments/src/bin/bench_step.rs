@@ -13,7 +13,8 @@
 //! backend and gemm use rayon).
 //!
 //! `--hvp` instead times one Hessian-vector product by double backpropagation (`g = ∇L`,
-//! `Hv = ∇(g·v)`) against one gradient computation (forward + backward), and checks `Hv` against a
+//! `Hv = ∇(g·v)`) against one gradient computation (forward + backward), and one Hutchinson probe
+//! (the second backward pass alone, from a `g` kept with its graph), and checks `Hv` against a
 //! central finite difference of gradients. Candle reads `CANDLE_GRAD_DO_NOT_DETACH` into a
 //! thread-local on a thread's first backward, so the plain gradient is timed on one thread
 //! without it and the HVP on another thread after setting it; `--hvp` sets it itself.
@@ -378,6 +379,19 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
             Ok(t) => hvp_times = t,
             Err(e) => failure = Some(e.to_string()),
         }
+        // One Hutchinson probe: the second backward pass alone, `∇(g·v)` from a gradient `g`
+        // computed once with its graph (hutchinson_diagonal pays the first pass once per batch
+        // and this once per probe). candle's backward does not consume the graph, so the same
+        // `g` serves every repetition.
+        let mut probe_times = Vec::new();
+        if failure.is_none() {
+            let g = loss(&s, &mut rng)?.backward()?;
+            let gv = dot(&params, &g, &v)?;
+            probe_times = time_steps(&dev, warmup, steps, || {
+                drop(gv.backward()?);
+                Ok(())
+            })?;
+        }
         let fd_rel_err = if failure.is_none() {
             hvp_fd_check(&m, input, batch.min(8), &dev)?
         } else {
@@ -400,6 +414,8 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
             "hvp_median_ms": h,
             "hvp_mean_ms": mean(&hvp_times),
             "hvp_over_grad": h / g,
+            "probe_median_ms": median(&probe_times),
+            "probe_over_grad": median(&probe_times) / g,
             "hvp_fd_rel_err": fd_rel_err,
             "hvp_error": failure,
             "peak_rss_mib": proc_status_mib("VmHWM"),
