@@ -35,7 +35,7 @@
 use std::borrow::Cow;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, Tensor, D};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Stride, padding, dilation (as `(height, width)` pairs) and group count of a convolution.
@@ -412,6 +412,12 @@ pub(crate) fn col2im_add<T: Elem>(cols: &[T], x: &mut [T], g: &Geom) {
 
 /// `y = conv(x, w)` on contiguous buffers.
 pub(crate) fn conv_fwd_cpu<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    conv_bias_fwd_cpu(x, w, None, g)
+}
+
+/// `y = conv(x, w) (+ b[o])` on contiguous buffers; the bias is added to each sample's output
+/// right after its product, while it is in cache.
+pub(crate) fn conv_bias_fwd_cpu<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &Geom) -> Vec<T> {
     let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
     let xs = g.c * g.h * g.w;
     let mut y = vec![T::ZERO; g.n * g.o * pix];
@@ -436,6 +442,11 @@ pub(crate) fn conv_fwd_cpu<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
                 // y[og, pix] written as the column-major [pix, og] product packedᵀ · wgᵀ
                 // (measured faster than the row-major wg · packed)
                 matmul_col_major_dst(pix, og, k, yg, packed, 1, pix, wg, 1, k);
+            }
+            if let Some(b) = b {
+                for (plane, &bo) in yn.chunks_mut(pix).zip(b) {
+                    plane.iter_mut().for_each(|v| *v = *v + bo);
+                }
             }
         },
     );
@@ -667,6 +678,80 @@ impl CustomOp2 for Conv2dOp {
     }
 }
 
+/// `y = conv(x, w) + b`: `(x: [N, C, H, W], w: [O, C/G, KH, KW], b: [O]) -> [N, O, OH, OW]`,
+/// one pass (the bias is added per sample after its product). Backward, only for the operands
+/// that track gradients: `dx = InputGrad(G, w)`, `dw = WeightGrad(x, G)`, `db = channel_sum(G)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dBiasOp {
+    /// Convolution parameters.
+    pub params: ConvParams,
+}
+
+impl CustomOp3 for Conv2dBiasOp {
+    fn name(&self) -> &'static str {
+        "secateur-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(dims4(l1, "conv2d input")?, dims4(l2, "conv2d kernel")?, self.params)?;
+        if l3.dims() != [g.o] {
+            bail!("conv2d: bias of shape {:?} for {} output channels", l3.dims(), g.o)
+        }
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(conv_bias_fwd_cpu(
+                &contiguous(x, l1),
+                &contiguous(w, l2),
+                Some(&contiguous(b, l3)),
+                &g,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => CpuStorage::F64(conv_bias_fwd_cpu(
+                &contiguous(x, l1),
+                &contiguous(w, l2),
+                Some(&contiguous(b, l3)),
+                &g,
+            )),
+            _ => bail!(
+                "{}: the CPU kernel supports f32 and f64 (all operands alike), got {:?}, {:?} and {:?}",
+                self.name(),
+                s1.dtype(),
+                s2.dtype(),
+                s3.dtype()
+            ),
+        };
+        Ok((out, g.y_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, h, wd) = x.dims4()?;
+        let (_, _, kh, kw) = w.dims4()?;
+        let dx = x
+            .track_op()
+            .then(|| conv2d_input_grad(grad, w, self.params, (h, wd)))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| conv2d_weight_grad(x, grad, self.params, (kh, kw)))
+            .transpose()?;
+        let db = b.track_op().then(|| crate::bias::channel_sum(grad)).transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
 impl Conv2dInputGrad {
     fn geom(&self, dy: (usize, usize, usize, usize), w: (usize, usize, usize, usize)) -> Result<Geom> {
         let (n, o, oh, ow) = dy;
@@ -801,6 +886,25 @@ pub fn conv2d_with(x: &Tensor, w: &Tensor, params: ConvParams) -> Result<Tensor>
             .apply_op2_arc(&w.contiguous()?, std::sync::Arc::new(Box::new(Conv2dOp { params })))
     } else {
         conv2d_candle(x, w, &g)
+    }
+}
+
+/// [`conv2d_with`] plus a per-channel bias `b: [O]`, `y[n, o] = conv(x, w)[n, o] + b[o]`. On CPU
+/// (f32/f64) one [`Conv2dBiasOp`] (the bias added in the same pass, no separate graph node);
+/// elsewhere the convolution followed by [`crate::bias::add_bias`].
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, params: ConvParams) -> Result<Tensor> {
+    let g = Geom::new(x.dims4()?, w.dims4()?, params)?;
+    if b.dims() != [g.o] {
+        bail!("conv2d: bias of shape {:?} for {} output channels", b.dims(), g.o)
+    }
+    if fast_path(x, w) && b.dtype() == w.dtype() && b.device().is_cpu() {
+        x.contiguous()?.apply_op3_arc(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            std::sync::Arc::new(Box::new(Conv2dBiasOp { params })),
+        )
+    } else {
+        crate::bias::add_bias(&conv2d_with(x, w, params)?, b)
     }
 }
 

@@ -317,6 +317,27 @@ mod tests {
         Ok(())
     }
 
+    /// `relu(pool(x)) = pool(relu(x))`, value and gradient, bit for bit, on an input with ties,
+    /// zeros and windows whose entries are all ≤ 0 (the reordering LeNet-5 relies on).
+    #[test]
+    fn relu_commutes_with_max_pool() -> Result<()> {
+        use crate::activation::relu;
+        let v: Vec<f64> = (0..2 * 3 * 6 * 7).map(|i| ((i * 37) % 13) as f64 - 9.0).collect();
+        let x = Var::from_vec(v, (2, 3, 6, 7), &Device::Cpu)?;
+        let w = input((2, 3, 3, 3), DType::F64)?;
+        let a = relu(&max_pool2d(x.as_tensor(), 2)?)?;
+        let b = max_pool2d(&relu(x.as_tensor())?, 2)?;
+        let (av, bv): (Vec<f64>, Vec<f64>) = (a.flatten_all()?.to_vec1()?, b.flatten_all()?.to_vec1()?);
+        assert_eq!(av, bv);
+        assert!(av.contains(&0.0) && av.iter().any(|&t| t > 0.0));
+        let ga = (a * &w)?.sum_all()?.backward()?;
+        let gb = (b * &w)?.sum_all()?.backward()?;
+        let ga: Vec<f64> = ga.get(x.as_tensor()).expect("grad").flatten_all()?.to_vec1()?;
+        let gb: Vec<f64> = gb.get(x.as_tensor()).expect("grad").flatten_all()?.to_vec1()?;
+        assert_eq!(ga, gb);
+        Ok(())
+    }
+
     #[test]
     fn scatter_and_gather_are_adjoint() -> Result<()> {
         // <Scatter(x, g), G> = <g, Gather(x, G)> for any g, G: the pair is a linear map and its transpose.

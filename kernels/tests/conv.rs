@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use secateur_kernels::conv::{conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_with, ConvParams};
+use secateur_kernels::conv::{conv2d, conv2d_bias, conv2d_input_grad, conv2d_weight_grad, conv2d_with, ConvParams};
 
 fn inputs(c: &Case, seed: u64, dt: DType) -> (Tensor, Tensor) {
     (rand_t(&c.x, seed, dt).unwrap(), rand_t(&c.w, seed + 1, dt).unwrap())
@@ -327,4 +327,70 @@ fn f16_falls_back_to_candle() {
     .unwrap();
     assert_eq!(y.dtype(), DType::F16);
     assert_close(&y, &reference(&x, &w, ConvParams::new(1, 1, 1, 1)), 5e-2, "f16");
+}
+
+/// The fused convolution with bias against the direct loop plus a broadcast bias (value), and
+/// against the unfused convolution followed by candle's `broadcast_add` (gradients of input,
+/// kernel and bias), over every case and both float types; and no gradient for a constant input.
+#[test]
+fn conv_with_bias_matches_unfused() {
+    for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
+        for dt in [DType::F64, DType::F32] {
+            let (x, w) = inputs(c, 200 + 10 * i as u64, dt);
+            let b = rand_t(&[c.w[0]], 201 + 10 * i as u64, dt).unwrap();
+            let tol = if dt == DType::F64 { 1e-12 } else { 1e-5 };
+            let bb = b.reshape((1, c.w[0], 1, 1)).unwrap();
+            let want = naive_conv(&x, &w, c.p)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap()
+                .broadcast_add(&bb)
+                .unwrap();
+            let y = conv2d_bias(&x, &w, &b, c.p).unwrap();
+            assert_close(&y, &want, tol, &format!("{} {dt:?} value", c.name));
+
+            let (xv, wv, bv) = (var(&x), var(&w), var(&b));
+            let r = rand_t(y.dims(), 202, dt).unwrap();
+            let fused = conv2d_bias(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), c.p).unwrap();
+            let gf = fused.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let bb = bv.as_tensor().reshape((1, c.w[0], 1, 1)).unwrap();
+            let unfused = conv2d_with(xv.as_tensor(), wv.as_tensor(), c.p)
+                .unwrap()
+                .broadcast_add(&bb)
+                .unwrap();
+            let gu = unfused.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let tol = if dt == DType::F64 { 1e-11 } else { 1e-4 };
+            for (name, v) in [("dx", &xv), ("dw", &wv), ("db", &bv)] {
+                assert_close(
+                    gf.get(v).unwrap(),
+                    gu.get(v).unwrap(),
+                    tol,
+                    &format!("{} {dt:?} {name}", c.name),
+                );
+            }
+
+            let g = conv2d_bias(&x, wv.as_tensor(), &b, c.p)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(
+                g.get(&x).is_none() && g.get(&b).is_none(),
+                "{}: constant operands got gradients",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_with_bias_refuses_a_wrong_bias() {
+    let x = rand_t(&[1, 2, 5, 5], 1, DType::F32).unwrap();
+    let w = rand_t(&[3, 2, 3, 3], 2, DType::F32).unwrap();
+    let b = rand_t(&[4], 3, DType::F32).unwrap();
+    let e = conv2d_bias(&x, &w, &b, ConvParams::new(1, 0, 1, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[4]") && e.contains("3 output channels"), "{e}");
 }

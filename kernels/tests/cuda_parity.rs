@@ -16,8 +16,10 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use common::*;
 use secateur_kernels::activation::{add_relu, relu};
-use secateur_kernels::conv::{conv2d_with, ConvParams};
+use secateur_kernels::conv::{conv2d_bias, conv2d_with, ConvParams};
+use secateur_kernels::inner::inner;
 use secateur_kernels::lrt::{lrt_conv2d, lrt_conv2d_fused, lrt_linear};
+use secateur_kernels::matmul::{matmul, matmul_bt};
 use secateur_kernels::norm::batch_norm_train;
 use secateur_kernels::pool::max_pool2d;
 
@@ -176,4 +178,31 @@ fn activations_match_across_devices() {
     let ar = |t: &[Tensor]| add_relu(&(&t[0] * t[0].abs()?)?, &t[1]);
     parity("relu", &r, &[a.clone()], 1e-12, true);
     parity("add relu", &ar, &[a, b], 1e-12, true);
+}
+
+#[test]
+fn convolution_with_bias_matches_across_devices() {
+    for (k, c) in cases().into_iter().enumerate() {
+        let p: ConvParams = c.p;
+        let x = rand_t(&c.x, 30 + k as u64, DType::F64).unwrap();
+        let w = rand_t(&c.w, 40 + k as u64, DType::F64).unwrap();
+        let b = rand_t(&[c.w[0]], 50 + k as u64, DType::F64).unwrap();
+        let f = move |t: &[Tensor]| conv2d_bias(&t[0], &t[1], &t[2], p);
+        parity(&format!("{} with bias", c.name), &f, &[x, w, b], 1e-10, true);
+    }
+}
+
+#[test]
+fn matrix_products_match_across_devices() {
+    let a = rand_t(&[5, 7], 60, DType::F64).unwrap();
+    let b = rand_t(&[7, 3], 61, DType::F64).unwrap();
+    let bt = rand_t(&[3, 7], 62, DType::F64).unwrap();
+    let mm = |t: &[Tensor]| matmul(&t[0], &t[1]);
+    let mbt = |t: &[Tensor]| matmul_bt(&t[0], &t[1]);
+    parity("matmul", &mm, &[a.clone(), b], 1e-12, true);
+    parity("matmul Bᵀ", &mbt, &[a.clone(), bt.clone()], 1e-12, true);
+    let t32: Vec<Tensor> = [&a, &bt].iter().map(|t| t.to_dtype(DType::F32).unwrap()).collect();
+    parity("matmul Bᵀ (f32)", &mbt, &t32, 1e-5, false);
+    let ip = |t: &[Tensor]| inner(&(&t[0] * &t[0])?, &t[1]);
+    parity("inner", &ip, &[a.clone(), a.sin().unwrap()], 1e-12, true);
 }

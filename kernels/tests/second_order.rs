@@ -164,3 +164,24 @@ fn matmul_hessian_vector_products() {
         assert_close(a, b, 1e-12, &format!("matmul vs candle: Hv block {i}"));
     }
 }
+
+/// Hv through the fused convolution with bias, w.r.t. input, kernel and bias.
+#[test]
+fn conv_bias_hessian_vector_products() {
+    enable_double_backprop();
+    for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
+        let p = c.p;
+        let x = rand_t(&c.x, 1300 + i as u64, DType::F64).unwrap();
+        let w = rand_t(&c.w, 1310 + i as u64, DType::F64).unwrap();
+        let b = rand_t(&[c.w[0]], 1320 + i as u64, DType::F64).unwrap();
+        let y = conv2d_with(&x, &w, p).unwrap();
+        let r = rand_t(y.dims(), 1330, DType::F64).unwrap();
+        let f = |t: &[Tensor]| {
+            secateur_kernels::conv::conv2d_bias(&t[0], &t[1], &t[2], p)?
+                .tanh()?
+                .mul(&r)?
+                .sum_all()
+        };
+        check_hvp(&format!("{} conv+bias", c.name), &f, &[x, w, b], 1340);
+    }
+}

@@ -93,10 +93,10 @@ impl Conv2d {
 /// Convolution of `x: [B, C, H, W]` with `weight`, plus a per-channel bias.
 pub fn conv2d_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCfg) -> Result<Tensor> {
     // secateur's convolution ops on CPU (fast, differentiable twice); candle's conv2d elsewhere.
-    let y = secateur_kernels::conv::conv2d(x, weight, cfg.stride, cfg.padding, cfg.dilation, cfg.groups)?;
+    let params = secateur_kernels::conv::ConvParams::new(cfg.stride, cfg.padding, cfg.dilation, cfg.groups);
     match bias {
-        Some(b) => secateur_kernels::bias::add_bias(&y, b),
-        None => Ok(y),
+        Some(b) => secateur_kernels::conv::conv2d_bias(x, weight, b, params),
+        None => secateur_kernels::conv::conv2d_with(x, weight, params),
     }
 }
 

@@ -65,8 +65,12 @@ impl Module for LeNet5 {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         check_input("lenet5", x, self.input)?;
         let pool = MaxPool2d::new(2);
-        let x = pool.forward(&relu(&self.conv1.forward(x, ctx)?)?, ctx)?;
-        let x = pool.forward(&relu(&self.conv2.forward(&x, ctx)?)?, ctx)?;
+        // ReLU after the pool: `pool(relu(x)) = relu(pool(x))` because max commutes with a
+        // non-decreasing map, and both orders send the gradient to the same entry (the window's
+        // first maximum, scaled by 0 where that maximum is ≤ 0), at every order of
+        // differentiation. The ReLU then runs on a quarter of the entries.
+        let x = relu(&pool.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
+        let x = relu(&pool.forward(&self.conv2.forward(&x, ctx)?, ctx)?)?;
         let x = relu(&self.fc1.forward(&x.flatten_from(1)?, ctx)?)?;
         let x = relu(&self.fc2.forward(&x, ctx)?)?;
         self.fc3.forward(&x, ctx)
