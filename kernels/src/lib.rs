@@ -11,6 +11,7 @@
 //!   gemm, parallel over the batch), closed under differentiation.
 //! - [`lrt`]: fused local-reparameterisation convolution and linear layer: mean and variance
 //!   outputs from one pass over the packed input (Kingma, Salimans & Welling 2015).
+//! - [`lrt_sample`]: the local-reparameterisation draw `m + √(v + c) ⊙ ε` in one pass.
 //! - [`activation`]: ReLU and the residual `relu(a + b)` on both cores.
 //! - [`norm`]: training-mode batch norm, optionally fused with its ReLU, closed under
 //!   differentiation to second order.
@@ -33,6 +34,7 @@ pub mod gaussian_kl;
 pub mod inner;
 pub mod loss;
 pub mod lrt;
+pub mod lrt_sample;
 pub mod matmul;
 pub mod norm;
 pub mod optim;

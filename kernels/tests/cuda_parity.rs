@@ -19,6 +19,7 @@ use secateur_kernels::activation::{add_relu, relu};
 use secateur_kernels::conv::{conv2d_bias, conv2d_with, ConvParams};
 use secateur_kernels::inner::inner;
 use secateur_kernels::lrt::{lrt_conv2d, lrt_conv2d_fused, lrt_linear};
+use secateur_kernels::lrt_sample::lrt_sample;
 use secateur_kernels::matmul::{matmul, matmul_bt};
 use secateur_kernels::norm::batch_norm_train;
 use secateur_kernels::pool::max_pool2d;
@@ -205,4 +206,13 @@ fn matrix_products_match_across_devices() {
     parity("matmul Bᵀ (f32)", &mbt, &t32, 1e-5, false);
     let ip = |t: &[Tensor]| inner(&(&t[0] * &t[0])?, &t[1]);
     parity("inner", &ip, &[a.clone(), a.sin().unwrap()], 1e-12, true);
+}
+
+#[test]
+fn local_reparameterisation_draw_matches_across_devices() {
+    let m = rand_t(&[3, 4, 5], 70, DType::F64).unwrap();
+    let v = (rand_t(&[3, 4, 5], 71, DType::F64).unwrap().sqr().unwrap() + 0.5).unwrap();
+    let e = rand_t(&[3, 4, 5], 72, DType::F64).unwrap();
+    let f = |t: &[Tensor]| lrt_sample(&t[0], &t[1], &t[2], 1e-3);
+    parity("lrt sample", &f, &[m, v, e], 1e-12, true);
 }

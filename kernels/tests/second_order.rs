@@ -185,3 +185,17 @@ fn conv_bias_hessian_vector_products() {
         check_hvp(&format!("{} conv+bias", c.name), &f, &[x, w, b], 1340);
     }
 }
+
+/// Hv through the local-reparameterisation draw `m + √(v + c) ⊙ ε` (w.r.t. `m`, `v` and `ε`),
+/// which also runs the second derivatives of its variance-gradient op.
+#[test]
+fn lrt_sample_hessian_vector_products() {
+    use secateur_kernels::lrt_sample::lrt_sample;
+    enable_double_backprop();
+    let m = rand_t(&[3, 4, 5], 1400, DType::F64).unwrap();
+    let v = (rand_t(&[3, 4, 5], 1401, DType::F64).unwrap().sqr().unwrap() + 0.5).unwrap();
+    let e = rand_t(&[3, 4, 5], 1402, DType::F64).unwrap();
+    let r = rand_t(&[3, 4, 5], 1403, DType::F64).unwrap();
+    let f = |t: &[Tensor]| lrt_sample(&t[0], &t[1], &t[2], 1e-3)?.tanh()?.mul(&r)?.sum_all();
+    check_hvp("lrt sample", &f, &[m, v, e], 1404);
+}

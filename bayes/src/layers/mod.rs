@@ -176,7 +176,7 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: 
                 None => var,
             };
             let eps = rng.randn(&[rows, out_dim], dt, dev)?;
-            (mean + ((var + LRT_VAR_EPS)?.sqrt()? * eps)?)?
+            secateur_kernels::lrt_sample::lrt_sample(&mean, &var, &eps, LRT_VAR_EPS)?
         }
         Sampling::Flipout => {
             let mean = mm(&x2, w.mu)?;
@@ -204,6 +204,34 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: 
 pub fn lrt_conv(x: &Tensor, mu: &Tensor, var: &Tensor, geom: Conv2dGeom) -> Result<(Tensor, Tensor)> {
     let p = secateur_kernels::conv::ConvParams::new(geom.stride, geom.padding, geom.dilation, geom.groups);
     secateur_kernels::lrt::lrt_conv2d(x, mu, var, p)
+}
+
+/// The local-reparameterisation pair with the biases, `(conv(x, μ) + b_μ, conv(x², σ²) + b_σ²)`.
+/// When training (a gradient is tracked) each half is one convolution-with-bias op; otherwise the
+/// fused pair of [`lrt_conv`], then the biases.
+fn lrt_conv_bias(x: &Tensor, w: &GaussianWeights, geom: Conv2dGeom) -> Result<(Tensor, Tensor)> {
+    let p = secateur_kernels::conv::ConvParams::new(geom.stride, geom.padding, geom.dilation, geom.groups);
+    let s2 = w.sigma.sqr()?;
+    let bias_var = w.bias_sigma.map(|b| b.sqr()).transpose()?;
+    let tracked = [Some(x), Some(w.mu), Some(&s2), w.bias_mu, bias_var.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|t| t.track_op());
+    if !tracked {
+        let (mean, var) = lrt_conv(x, w.mu, &s2, geom)?;
+        return Ok((
+            add_bias_channels(mean, w.bias_mu)?,
+            add_bias_channels(var, bias_var.as_ref())?,
+        ));
+    }
+    let with_bias = |x: &Tensor, k: &Tensor, b: Option<&Tensor>| match b {
+        Some(b) => secateur_kernels::conv::conv2d_bias(x, k, b, p),
+        None => secateur_kernels::conv::conv2d_with(x, k, p),
+    };
+    Ok((
+        with_bias(x, w.mu, w.bias_mu)?,
+        with_bias(&x.sqr()?, &s2, bias_var.as_ref())?,
+    ))
 }
 
 fn conv(x: &Tensor, w: &Tensor, g: Conv2dGeom) -> Result<Tensor> {
@@ -244,14 +272,9 @@ pub fn gaussian_conv2d(
             add_bias_channels(conv(x, &wt, geom)?, b.as_ref())
         }
         Sampling::Local => {
-            let (mean, var) = lrt_conv(x, w.mu, &w.sigma.sqr()?, geom)?;
-            let mean = add_bias_channels(mean, w.bias_mu)?;
-            let var = match w.bias_sigma {
-                Some(bs) => add_bias_channels(var, Some(&bs.sqr()?))?,
-                None => var,
-            };
+            let (mean, var) = lrt_conv_bias(x, &w, geom)?;
             let eps = rng.randn(mean.dims(), dt, dev)?;
-            mean + ((var + LRT_VAR_EPS)?.sqrt()? * eps)?
+            secateur_kernels::lrt_sample::lrt_sample(&mean, &var, &eps, LRT_VAR_EPS)
         }
         Sampling::Flipout => {
             let mean = conv(x, w.mu, geom)?;
