@@ -40,3 +40,4 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod softplus;
+mod vmath;
