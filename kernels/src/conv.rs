@@ -663,19 +663,24 @@ impl CustomOp2 for Conv2dOp {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, h, wd) = x.dims4()?;
-        let (_, _, kh, kw) = w.dims4()?;
-        // Skip the gradient of an operand that tracks none (the input batch of a first layer).
-        let dx = x
-            .track_op()
-            .then(|| conv2d_input_grad(grad, w, self.params, (h, wd)))
-            .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| conv2d_weight_grad(x, grad, self.params, (kh, kw)))
-            .transpose()?;
-        Ok((dx, dw))
+        conv_grads(x, w, grad, self.params)
     }
+}
+
+/// `(dx, dw) = (InputGrad(G, w), WeightGrad(x, G))` of a convolution, each skipped when its
+/// operand tracks no gradient (the input batch of a first layer).
+fn conv_grads(x: &Tensor, w: &Tensor, grad: &Tensor, params: ConvParams) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let dx = x
+        .track_op()
+        .then(|| conv2d_input_grad(grad, w, params, (h, wd)))
+        .transpose()?;
+    let dw = w
+        .track_op()
+        .then(|| conv2d_weight_grad(x, grad, params, (kh, kw)))
+        .transpose()?;
+    Ok((dx, dw))
 }
 
 /// `y = conv(x, w) + b`: `(x: [N, C, H, W], w: [O, C/G, KH, KW], b: [O]) -> [N, O, OH, OW]`,
@@ -737,16 +742,7 @@ impl CustomOp3 for Conv2dBiasOp {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (_, _, h, wd) = x.dims4()?;
-        let (_, _, kh, kw) = w.dims4()?;
-        let dx = x
-            .track_op()
-            .then(|| conv2d_input_grad(grad, w, self.params, (h, wd)))
-            .transpose()?;
-        let dw = w
-            .track_op()
-            .then(|| conv2d_weight_grad(x, grad, self.params, (kh, kw)))
-            .transpose()?;
+        let (dx, dw) = conv_grads(x, w, grad, self.params)?;
         let db = b.track_op().then(|| crate::bias::channel_sum(grad)).transpose()?;
         Ok((dx, dw, db))
     }
