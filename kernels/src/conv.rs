@@ -38,6 +38,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::conv_direct;
+
 /// Stride, padding, dilation (as `(height, width)` pairs) and group count of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvParams {
@@ -485,6 +487,33 @@ pub(crate) fn conv_input_grad_cpu<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T
     dx
 }
 
+/// f32 forward: the direct path ([`crate::conv_direct`]) where it applies, im2col + gemm otherwise.
+fn conv_fwd_f32(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Geom) -> Vec<f32> {
+    if conv_direct::applicable(g) {
+        conv_direct::forward(x, w, b, g)
+    } else {
+        conv_bias_fwd_cpu(x, w, b, g)
+    }
+}
+
+/// f32 input gradient: the direct path where it applies, im2col + gemm otherwise.
+fn conv_input_grad_f32(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
+    if conv_direct::applicable(g) {
+        conv_direct::input_grad(dy, w, g)
+    } else {
+        conv_input_grad_cpu(dy, w, g)
+    }
+}
+
+/// f32 weight gradient: the direct path where it applies, im2col + gemm otherwise.
+fn conv_weight_grad_f32(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    if conv_direct::applicable(g) {
+        conv_direct::weight_grad(x, dy, g)
+    } else {
+        conv_weight_grad_cpu(x, dy, g)
+    }
+}
+
 /// Number of samples per weight-gradient chunk: a function of the batch size only, so the
 /// summation order (and hence every bit of the result) does not depend on the thread count.
 pub(crate) fn wgrad_chunk(n: usize) -> usize {
@@ -656,7 +685,7 @@ impl CustomOp2 for Conv2dOp {
             l1,
             s2,
             l2,
-            |x, w| conv_fwd_cpu(x, w, &g),
+            |x, w| conv_fwd_f32(x, w, None, &g),
             |x, w| conv_fwd_cpu(x, w, &g),
         )?;
         Ok((out, g.y_shape()))
@@ -711,7 +740,7 @@ impl CustomOp3 for Conv2dBiasOp {
             bail!("conv2d: bias of shape {:?} for {} output channels", l3.dims(), g.o)
         }
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(conv_bias_fwd_cpu(
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => CpuStorage::F32(conv_fwd_f32(
                 &contiguous(x, l1),
                 &contiguous(w, l2),
                 Some(&contiguous(b, l3)),
@@ -783,7 +812,7 @@ impl CustomOp2 for Conv2dInputGrad {
             l1,
             s2,
             l2,
-            |dy, w| conv_input_grad_cpu(dy, w, &g),
+            |dy, w| conv_input_grad_f32(dy, w, &g),
             |dy, w| conv_input_grad_cpu(dy, w, &g),
         )?;
         Ok((out, g.x_shape()))
@@ -832,7 +861,7 @@ impl CustomOp2 for Conv2dWeightGrad {
             l1,
             s2,
             l2,
-            |x, dy| conv_weight_grad_cpu(x, dy, &g),
+            |x, dy| conv_weight_grad_f32(x, dy, &g),
             |x, dy| conv_weight_grad_cpu(x, dy, &g),
         )?;
         Ok((out, g.w_shape()))

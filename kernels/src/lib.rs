@@ -8,7 +8,8 @@
 //!
 //! Module plan:
 //! - [`conv`]: 2-D convolution forward, input gradient and weight gradient (im2col packing into
-//!   gemm, parallel over the batch), closed under differentiation.
+//!   gemm, parallel over the batch), closed under differentiation; stride-1 convolutions run
+//!   as direct AVX-512 loops over padded planes where the CPU has AVX-512F (`conv_direct`).
 //! - [`lrt`]: fused local-reparameterisation convolution and linear layer: mean and variance
 //!   outputs from one pass over the packed input (Kingma, Salimans & Welling 2015).
 //! - [`lrt_sample`]: the local-reparameterisation draw `m + √(v + c) ⊙ ε` in one pass.
@@ -29,6 +30,7 @@
 pub mod activation;
 pub mod bias;
 pub mod conv;
+mod conv_direct;
 mod cpu;
 pub mod gaussian_kl;
 pub mod inner;

@@ -199,3 +199,69 @@ fn lrt_sample_hessian_vector_products() {
     let f = |t: &[Tensor]| lrt_sample(&t[0], &t[1], &t[2], 1e-3)?.tanh()?.mul(&r)?.sum_all();
     check_hvp("lrt sample", &f, &[m, v, e], 1404);
 }
+
+/// Hv in f32 against Hv in f64 on the same inputs. On CPUs with AVX-512F the f32 stride-1
+/// convolutions and both their gradients run on the direct path (no im2col), the f64 ones on
+/// im2col + gemm, so this checks that the direct ops compose under double backpropagation; the
+/// f64 side is itself checked against finite differences above.
+#[test]
+fn f32_hessian_vector_products_match_f64() {
+    enable_double_backprop();
+    let hvp_dtype = |f: Objective, theta: &[Tensor], v: &[Tensor]| -> Vec<Tensor> {
+        let vars: Vec<Var> = theta.iter().map(var).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let g = f(&ts).unwrap().backward().unwrap();
+        let mut gv: Option<Tensor> = None;
+        for (var, vi) in vars.iter().zip(v) {
+            let term = g.get(var).unwrap().mul(vi).unwrap().sum_all().unwrap();
+            gv = Some(match gv {
+                Some(acc) => (acc + term).unwrap(),
+                None => term,
+            });
+        }
+        let h = gv.unwrap().backward().unwrap();
+        vars.iter()
+            .map(|var| h.get(var).unwrap().to_dtype(DType::F64).unwrap())
+            .collect()
+    };
+    for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
+        let p = c.p;
+        let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        // f32-representable inputs, so that both sides see the same numbers
+        let x = f32_of(&rand_t(&c.x, 1500 + i as u64, DType::F64).unwrap());
+        let w = f32_of(&rand_t(&c.w, 1510 + i as u64, DType::F64).unwrap());
+        let b = f32_of(&rand_t(&[c.w[0]], 1520 + i as u64, DType::F64).unwrap());
+        let y = conv2d_with(&x, &w, p).unwrap();
+        let r = f32_of(&rand_t(y.dims(), 1530, DType::F64).unwrap());
+        let v: Vec<Tensor> = [&x, &w, &b]
+            .iter()
+            .enumerate()
+            .map(|(k, t)| f32_of(&rand_t(t.dims(), 1540 + k as u64, DType::F64).unwrap()))
+            .collect();
+        // f(x, w, b) = Σ R ⊙ tanh(conv(x, w) + b)
+        let f = |t: &[Tensor]| {
+            secateur_kernels::conv::conv2d_bias(&t[0], &t[1], &t[2], p)?
+                .tanh()?
+                .mul(&t[3])?
+                .sum_all()
+        };
+        let wide = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect() };
+        let theta32 = [x.clone(), w.clone(), b.clone(), r.clone()];
+        let theta64 = wide(&theta32);
+        let mut v32 = v.clone();
+        v32.push(r.zeros_like().unwrap());
+        let v64 = wide(&v32);
+        let h32 = hvp_dtype(&f, &theta32, &v32);
+        let h64 = hvp_dtype(&f, &theta64, &v64);
+        for (k, (a, b)) in h32.iter().zip(&h64).take(3).enumerate() {
+            let scale = max_abs(b).unwrap().max(1.0);
+            let err = max_abs_diff(a, b).unwrap() / scale;
+            assert!(max_abs(b).unwrap() > 1e-6, "{}: degenerate Hessian block {k}", c.name);
+            assert!(
+                err < 1e-4,
+                "{}: f32 Hv block {k} differs from f64 by {err:.2e} (relative)",
+                c.name
+            );
+        }
+    }
+}

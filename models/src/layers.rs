@@ -66,7 +66,7 @@ pub struct Conv2d {
 impl Conv2d {
     /// Creates the layer's parameters under `pb`.
     pub fn new(pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Self> {
-        if cfg.groups == 0 || cfg.in_ch % cfg.groups != 0 || cfg.out_ch % cfg.groups != 0 {
+        if cfg.groups == 0 || !cfg.in_ch.is_multiple_of(cfg.groups) || !cfg.out_ch.is_multiple_of(cfg.groups) {
             candle_core::bail!(
                 "conv {}: groups {} must divide in {} and out {}",
                 pb.path(""),

@@ -298,7 +298,7 @@ impl GReg {
 /// caller picks the groups).
 fn tick(cfg: &GRegConfig, phase: &mut Phase, lambda: &mut f64, iters: &mut usize) -> bool {
     *iters += 1;
-    let on_interval = *iters % cfg.interval == 0;
+    let on_interval = (*iters).is_multiple_of(cfg.interval);
     match *phase {
         Phase::Picking => {
             if on_interval {

@@ -81,7 +81,7 @@ impl Conv2dGeom {
         if self.stride == 0 || self.dilation == 0 {
             candle_core::bail!("{what}: stride and dilation must be ≥ 1");
         }
-        if self.groups == 0 || in_ch % self.groups != 0 || out_ch % self.groups != 0 {
+        if self.groups == 0 || !in_ch.is_multiple_of(self.groups) || !out_ch.is_multiple_of(self.groups) {
             candle_core::bail!(
                 "{what}: groups {} must divide in_ch {in_ch} and out_ch {out_ch}",
                 self.groups

@@ -42,7 +42,7 @@ impl ResNetConfig {
     /// of `n` blocks with 16, 32, 64 channels, option-A shortcuts, Kaiming-normal init, as in the
     /// widely used reference (akamaster/pytorch_resnet_cifar10). Depths 20, 32, 44, 56, 110, …
     pub fn cifar(depth: usize) -> Result<Self> {
-        if depth < 8 || (depth - 2) % 6 != 0 {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
             candle_core::bail!("CIFAR ResNet depth must be 6n + 2 with n ≥ 1 (20, 32, 44, 56, 110, …), got {depth}");
         }
         let n = (depth - 2) / 6;

@@ -63,7 +63,7 @@ impl ViTConfig {
                 self.patch
             );
         }
-        if self.heads == 0 || self.embed_dim == 0 || self.embed_dim % self.heads != 0 {
+        if self.heads == 0 || self.embed_dim == 0 || !self.embed_dim.is_multiple_of(self.heads) {
             candle_core::bail!(
                 "vit: field `heads` = {} must divide field `embed_dim` = {}",
                 self.heads,

@@ -1,0 +1,694 @@
+//! Direct convolution for stride 1 and dilation 1 (f32, AVX-512), without im2col.
+//!
+//! Pad each input plane once to `Hp × Wp` (`Hp = H + 2p_h`, `Wp = W + 2p_w`) and index it flat.
+//! An output pixel `(i, j)` then sits at `q = i·Wp + j` of a flat output with the same row
+//! width, and every kernel tap `(c, a, b)` is one constant offset `δ = c·Hp·Wp + a·Wp + b`:
+//!
+//! ```text
+//! y[o, q] = Σ_{(c, a, b)} w[o, c, a, b] · x_pad[δ(c, a, b) + q]        (q = i·Wp + j, j < OW)
+//! ```
+//!
+//! The `KW − 1` columns `j ≥ OW` of each flat output row are computed and dropped. This is
+//! im2col with every row of the packed matrix replaced by a shifted view of the padded input:
+//! nothing is packed, the register-blocked loop below reads the taps straight from the (cached)
+//! padded planes.
+//!
+//! The two gradients are the same correlation read two other ways:
+//!
+//! - input gradient: `dx = corr(pad(dy, K − 1 − p), w̃)` with `w̃[c, o, a, b] = w[o, c, K_h − 1 − a, K_w − 1 − b]`
+//!   (a full correlation with the flipped, transposed kernel; it needs `p ≤ K − 1`);
+//! - weight gradient: `dw[o, (c, a, b)] = Σ_n Σ_q dy_flat[n, o, q] · x_pad[n, δ(c, a, b) + q]` with
+//!   the dropped columns of `dy_flat` set to zero.
+//!
+//! Inner loops: 8 output rows × 48 flat pixels (24 AVX-512 accumulators, three loads and eight
+//! broadcast multiply-adds per tap) for the correlation; 8 output channels × 3 taps (24
+//! accumulators over pixels, reduced once per chunk of samples) for the weight gradient. The
+//! weight gradient sums samples in the chunks of [`crate::conv::wgrad_chunk`], which depend on
+//! the batch size only, so results are bit-identical across thread counts, like the im2col path.
+//!
+//! Used on x86-64 CPUs with AVX-512F for every stride-1, dilation-1, non-pointwise convolution
+//! with `p ≤ K − 1` (for the input gradient); everything else, and f64, stays on im2col + gemm.
+//! `SECATEUR_CONV_DIRECT=0` switches it off (for A/B measurements).
+
+use rayon::prelude::*;
+
+use crate::conv::{reduce_in_order, wgrad_chunk, Geom};
+
+/// Flat pixels per register block of the correlation (`3 × 16` lanes).
+const PB: usize = 48;
+
+/// 16-lane vectors per pixel tile of the weight gradient: a tile of gradient rows and input rows
+/// stays in L1 while every tap block passes over it.
+const TILE_V: usize = 32;
+
+/// Whether the direct path handles `g` on this CPU.
+pub(crate) fn applicable(g: &Geom) -> bool {
+    let shape_ok = g.p.stride == (1, 1)
+        && g.p.dilation == (1, 1)
+        && !g.is_pointwise()
+        && g.p.padding.0 < g.kh
+        && g.p.padding.1 < g.kw;
+    shape_ok && enabled()
+}
+
+/// AVX-512F present and not switched off by `SECATEUR_CONV_DIRECT=0` (read once).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var("SECATEUR_CONV_DIRECT").is_ok_and(|v| v == "0");
+        !off && cpu_has_avx512()
+    })
+}
+
+fn cpu_has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Geometry of one correlation `out[r, q] = Σ_k W[r, k] · src[δ_k + q]` over padded planes.
+struct Plan {
+    /// Padded plane size `Hp × Wp`, and the row width `Wp`.
+    plane: usize,
+    wp: usize,
+    /// Channels of `src` (per group) and output rows (per group).
+    src_ch: usize,
+    /// Valid output size `(OH, OW)`.
+    oh: usize,
+    ow: usize,
+    /// Flat output length, `OH·Wp` rounded up to a multiple of [`PB`].
+    qlen: usize,
+    /// Tap offsets `δ_k`, `k = (c·KH + a)·KW + b`.
+    offs: Vec<usize>,
+    /// Length of one padded source buffer (planes plus zero slack for the rounded-up reads).
+    src_len: usize,
+}
+
+impl Plan {
+    fn new(src_ch: usize, hp: usize, wp: usize, kh: usize, kw: usize) -> Self {
+        let plane = hp * wp;
+        let (oh, ow) = (hp + 1 - kh, wp + 1 - kw);
+        let qlen = (oh * wp).div_ceil(PB) * PB;
+        let mut offs = Vec::with_capacity(src_ch * kh * kw);
+        for c in 0..src_ch {
+            for a in 0..kh {
+                for b in 0..kw {
+                    offs.push(c * plane + a * wp + b);
+                }
+            }
+        }
+        let max_off = offs.iter().copied().max().unwrap_or(0);
+        let src_len = (src_ch * plane).max(max_off + qlen);
+        Self {
+            plane,
+            wp,
+            src_ch,
+            oh,
+            ow,
+            qlen,
+            offs,
+            src_len,
+        }
+    }
+
+    /// Copies `src: [src_ch, h, w]` into `dst` (length `src_len`) padded by `(top, left)`, zero
+    /// elsewhere (only the border and the slack are cleared; the interior is overwritten).
+    fn pad_into(&self, src: &[f32], h: usize, w: usize, top: usize, left: usize, dst: &mut [f32]) {
+        let wp = self.wp;
+        let right = wp - left - w;
+        for c in 0..self.src_ch {
+            let pl = &mut dst[c * self.plane..(c + 1) * self.plane];
+            pl[..top * wp + left].fill(0.0);
+            for i in 0..h {
+                let d0 = (i + top) * wp + left;
+                pl[d0..d0 + w].copy_from_slice(&src[(c * h + i) * w..(c * h + i + 1) * w]);
+                // the right border of this row and the left border of the next one
+                let end = ((i + top + 1) * wp + left).min(self.plane);
+                pl[d0 + w..end].fill(0.0);
+            }
+            pl[((h + top) * wp + left).min(self.plane)..].fill(0.0);
+            debug_assert!(right + left < wp || w > 0);
+        }
+        dst[self.src_ch * self.plane..self.src_len].fill(0.0);
+    }
+
+    /// Writes `src: [rows, OH, OW]` into `dst: [rows, qlen]` at `q = i·Wp + j`, zero at the
+    /// dropped columns and the rounded-up tail.
+    fn flatten_into(&self, src: &[f32], rows: usize, dst: &mut [f32]) {
+        let (oh, ow, wp, ql) = (self.oh, self.ow, self.wp, self.qlen);
+        for r in 0..rows {
+            let d = &mut dst[r * ql..(r + 1) * ql];
+            for i in 0..oh {
+                d[i * wp..i * wp + ow].copy_from_slice(&src[(r * oh + i) * ow..(r * oh + i + 1) * ow]);
+                d[i * wp + ow..(i + 1) * wp].fill(0.0);
+            }
+            d[oh * wp..].fill(0.0);
+        }
+    }
+}
+
+/// Rows of `W[rows, K]` (row-major) packed per block of 8, 4, 2 or 1 rows as `[K][block]`, so that
+/// the correlation loop reads each tap's weights from consecutive addresses.
+struct Packed {
+    /// `(first row, rows in block, offset into data)`.
+    blocks: Vec<(usize, usize, usize)>,
+    data: Vec<f32>,
+}
+
+/// Splits `n` rows into blocks of 8, then one block each of 4, 2 and 1 as needed.
+fn row_blocks(n: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut r = 0;
+    while n - r >= 8 {
+        out.push((r, 8));
+        r += 8;
+    }
+    for b in [4, 2, 1] {
+        if n - r >= b {
+            out.push((r, b));
+            r += b;
+        }
+    }
+    out
+}
+
+impl Packed {
+    fn new(wm: &[f32], rows: usize, k: usize) -> Self {
+        let mut blocks = Vec::new();
+        let mut data = Vec::with_capacity(rows * k);
+        for (r0, rb) in row_blocks(rows) {
+            blocks.push((r0, rb, data.len()));
+            for kk in 0..k {
+                for j in 0..rb {
+                    data.push(wm[(r0 + j) * k + kk]);
+                }
+            }
+        }
+        Self { blocks, data }
+    }
+}
+
+/// `out[r, q] = Σ_k W[r, k] · src[δ_k + q]` for all rows of `w` and `q < qlen`;
+/// `out` is `[rows, qlen]`.
+fn correlate(plan: &Plan, src: &[f32], w: &Packed, out: &mut [f32]) {
+    assert!(src.len() >= plan.src_len);
+    let rows: usize = w.blocks.iter().map(|b| b.1).sum();
+    assert!(out.len() >= rows * plan.qlen);
+    let k = plan.offs.len();
+    assert!(w.data.len() >= rows * k);
+    for q0 in (0..plan.qlen).step_by(PB) {
+        for &(r0, rb, off) in &w.blocks {
+            let wk = &w.data[off..off + rb * k];
+            let o = &mut out[r0 * plan.qlen..];
+            // SAFETY: `applicable` checked AVX-512F; every read `δ_k + q0 + 47 < src_len` by
+            // `Plan::new`, every write `(r0 + j)·qlen + q0 + 47 < rows·qlen` (asserted above).
+            unsafe { avx512::corr(rb, src.as_ptr(), &plan.offs, wk.as_ptr(), o.as_mut_ptr(), plan.qlen, q0) }
+        }
+    }
+}
+
+/// `y = conv(x, w) (+ b)` on the direct path.
+pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> Vec<f32> {
+    let (ph, pw) = g.p.padding;
+    let (cg, og, k) = (g.cg(), g.og(), g.k());
+    let plan = Plan::new(cg, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw);
+    debug_assert_eq!((plan.oh, plan.ow), (g.oh, g.ow));
+    let packed: Vec<Packed> = (0..g.p.groups)
+        .map(|gi| Packed::new(&w[gi * og * k..(gi + 1) * og * k], og, k))
+        .collect();
+    let pix = g.pix();
+    let xs = g.c * g.h * g.w;
+    let mut y = vec![0f32; g.n * g.o * pix];
+    if y.is_empty() {
+        return y;
+    }
+    y.par_chunks_mut(g.o * pix).enumerate().for_each_init(
+        || (vec![0f32; plan.src_len], vec![0f32; og * plan.qlen]),
+        |(src, flat), (ni, yn)| {
+            let xn = &x[ni * xs..(ni + 1) * xs];
+            for gi in 0..g.p.groups {
+                let xg = &xn[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
+                plan.pad_into(xg, g.h, g.w, ph, pw, src);
+                correlate(&plan, src, &packed[gi], flat);
+                for o in 0..og {
+                    let oc = gi * og + o;
+                    let b = bias.map_or(0.0, |b| b[oc]);
+                    let dst = &mut yn[oc * pix..(oc + 1) * pix];
+                    for i in 0..g.oh {
+                        let s = &flat[o * plan.qlen + i * plan.wp..o * plan.qlen + i * plan.wp + g.ow];
+                        let d = &mut dst[i * g.ow..(i + 1) * g.ow];
+                        if bias.is_some() {
+                            d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + b);
+                        } else {
+                            d.copy_from_slice(s);
+                        }
+                    }
+                }
+            }
+        },
+    );
+    y
+}
+
+/// `dx = conv_transpose(dy, w)` on the direct path: the correlation of `dy` padded by
+/// `K − 1 − p` with `w̃[c, (o, a, b)] = w[o, c, KH − 1 − a, KW − 1 − b]`.
+pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
+    let (ph, pw) = g.p.padding;
+    let (qh, qw) = (g.kh - 1 - ph, g.kw - 1 - pw);
+    let (cg, og, k) = (g.cg(), g.og(), g.k());
+    let (kh, kw) = (g.kh, g.kw);
+    let plan = Plan::new(og, g.oh + 2 * qh, g.ow + 2 * qw, kh, kw);
+    debug_assert_eq!((plan.oh, plan.ow), (g.h, g.w));
+    let kt = og * kh * kw;
+    let packed: Vec<Packed> = (0..g.p.groups)
+        .map(|gi| {
+            let wg = &w[gi * og * k..(gi + 1) * og * k];
+            let mut wt = vec![0f32; cg * kt];
+            for c in 0..cg {
+                for o in 0..og {
+                    for a in 0..kh {
+                        for b in 0..kw {
+                            wt[c * kt + (o * kh + a) * kw + b] =
+                                wg[o * k + (c * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
+                        }
+                    }
+                }
+            }
+            Packed::new(&wt, cg, kt)
+        })
+        .collect();
+    let (pix, hw) = (g.pix(), g.h * g.w);
+    let xs = g.c * hw;
+    let mut dx = vec![0f32; g.n * xs];
+    if dx.is_empty() {
+        return dx;
+    }
+    dx.par_chunks_mut(xs).enumerate().for_each_init(
+        || (vec![0f32; plan.src_len], vec![0f32; cg * plan.qlen]),
+        |(src, flat), (ni, dxn)| {
+            let dyn_ = &dy[ni * g.o * pix..(ni + 1) * g.o * pix];
+            for gi in 0..g.p.groups {
+                plan.pad_into(&dyn_[gi * og * pix..(gi + 1) * og * pix], g.oh, g.ow, qh, qw, src);
+                correlate(&plan, src, &packed[gi], flat);
+                for c in 0..cg {
+                    let dst = &mut dxn[(gi * cg + c) * hw..(gi * cg + c + 1) * hw];
+                    for i in 0..g.h {
+                        let s = c * plan.qlen + i * plan.wp;
+                        dst[i * g.w..(i + 1) * g.w].copy_from_slice(&flat[s..s + g.w]);
+                    }
+                }
+            }
+        },
+    );
+    dx
+}
+
+/// `dw[o, (c, a, b)] = Σ_n Σ_q dy_flat[n, o, q] · x_pad[n, δ(c, a, b) + q]` on the direct path,
+/// summed per chunk of samples ([`wgrad_chunk`]) and the chunk sums added in order.
+pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    let (ph, pw) = g.p.padding;
+    let (cg, og, k) = (g.cg(), g.og(), g.k());
+    let plan = Plan::new(cg, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw);
+    let (pix, xs, ys) = (g.pix(), g.c * g.h * g.w, g.o * g.pix());
+    let len = g.o * k;
+    let chunk = wgrad_chunk(g.n);
+    let starts: Vec<usize> = (0..g.n).step_by(chunk).collect();
+    let obl = row_blocks(og);
+    let tbl = tap_blocks(k);
+    let nv = plan.qlen / 16;
+    let parts: Vec<Vec<f32>> = starts
+        .par_iter()
+        .map(|&start| {
+            let m = (start + chunk).min(g.n) - start;
+            let mut acc = vec![0f32; len];
+            let mut xbuf = vec![0f32; plan.src_len];
+            let mut dbuf = vec![0f32; og * plan.qlen];
+            // per (o, k): 16 lane sums, reduced once at the end of the chunk
+            let mut lanes = vec![0f32; og * k * 16];
+            for gi in 0..g.p.groups {
+                lanes.fill(0.0);
+                for ni in start..start + m {
+                    let xg = &x[ni * xs + gi * cg * g.h * g.w..ni * xs + (gi + 1) * cg * g.h * g.w];
+                    plan.pad_into(xg, g.h, g.w, ph, pw, &mut xbuf);
+                    plan.flatten_into(
+                        &dy[ni * ys + gi * og * pix..ni * ys + (gi + 1) * og * pix],
+                        og,
+                        &mut dbuf,
+                    );
+                    for v0 in (0..nv).step_by(TILE_V) {
+                        let v1 = (v0 + TILE_V).min(nv);
+                        for &(o0, ob) in &obl {
+                            for &(k0, tb) in &tbl {
+                                // SAFETY: AVX-512F checked by `applicable`; reads stay within
+                                // `xbuf` (`δ + qlen ≤ src_len`) and `dbuf` (`(o0 + ob)·qlen`),
+                                // lane sums within `lanes` (`((o0 + ob − 1)·k + k0 + tb)·16`).
+                                unsafe {
+                                    avx512::wgrad(
+                                        ob,
+                                        tb,
+                                        xbuf.as_ptr(),
+                                        &plan.offs[k0..k0 + tb],
+                                        dbuf.as_ptr().add(o0 * plan.qlen),
+                                        plan.qlen,
+                                        v0,
+                                        v1,
+                                        lanes.as_mut_ptr().add((o0 * k + k0) * 16),
+                                        k * 16,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+                let accg = &mut acc[gi * og * k..(gi + 1) * og * k];
+                for (a, l) in accg.iter_mut().zip(lanes.chunks_exact(16)) {
+                    *a = l.iter().fold(0.0, |s, &v| s + v);
+                }
+            }
+            acc
+        })
+        .collect();
+    reduce_in_order(parts, len)
+}
+
+/// Splits `k` taps into blocks of 3, then one of 2 or 1.
+fn tap_blocks(k: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = (0..k / 3).map(|i| (3 * i, 3)).collect();
+    if !k.is_multiple_of(3) {
+        out.push((k - k % 3, k % 3));
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Dispatches [`corr_block`] on the block height `rb ∈ {8, 4, 2, 1}`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `src[offs[k] + q0 + 0..48]` readable for every `k`,
+    /// `w[0..offs.len()·rb]` readable, `out[j·stride + q0 + 0..48]` writable for `j < rb`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn corr(
+        rb: usize,
+        src: *const f32,
+        offs: &[usize],
+        w: *const f32,
+        out: *mut f32,
+        stride: usize,
+        q0: usize,
+    ) {
+        match rb {
+            8 => corr_block::<8>(src, offs, w, out, stride, q0),
+            4 => corr_block::<4>(src, offs, w, out, stride, q0),
+            2 => corr_block::<2>(src, offs, w, out, stride, q0),
+            _ => corr_block::<1>(src, offs, w, out, stride, q0),
+        }
+    }
+
+    /// `out[j, q0 + l] = Σ_k w[k·R + j] · src[offs[k] + q0 + l]` for `j < R`, `l < 48`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn corr_block<const R: usize>(
+        src: *const f32,
+        offs: &[usize],
+        w: *const f32,
+        out: *mut f32,
+        stride: usize,
+        q0: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        let base = src.add(q0);
+        for (kk, &off) in offs.iter().enumerate() {
+            let p = base.add(off);
+            let x0 = _mm512_loadu_ps(p);
+            let x1 = _mm512_loadu_ps(p.add(16));
+            let x2 = _mm512_loadu_ps(p.add(32));
+            let wk = w.add(kk * R);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let wv = _mm512_set1_ps(*wk.add(j));
+                a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
+                a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
+                a[2] = _mm512_fmadd_ps(wv, x2, a[2]);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let o = out.add(j * stride + q0);
+            _mm512_storeu_ps(o, a[0]);
+            _mm512_storeu_ps(o.add(16), a[1]);
+            _mm512_storeu_ps(o.add(32), a[2]);
+        }
+    }
+
+    /// Dispatches [`wgrad_block`] on `(ob, tb)`, `ob ∈ {8, 4, 2, 1}`, `tb ∈ {3, 2, 1}`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; for `v0 ≤ v < v1`: `x[offs[t] + 16v + 0..16]` and
+    /// `d[j·dr + 16v + 0..16]` readable for `t < tb`, `j < ob`; `lanes[j·ls + 16t + 0..16]`
+    /// readable and writable.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn wgrad(
+        ob: usize,
+        tb: usize,
+        x: *const f32,
+        offs: &[usize],
+        d: *const f32,
+        dr: usize,
+        v0: usize,
+        v1: usize,
+        lanes: *mut f32,
+        ls: usize,
+    ) {
+        macro_rules! go {
+            ($o:literal, $t:literal) => {
+                wgrad_block::<$o, $t>(x, offs, d, dr, v0, v1, lanes, ls)
+            };
+        }
+        match (ob, tb) {
+            (8, 3) => go!(8, 3),
+            (8, 2) => go!(8, 2),
+            (8, _) => go!(8, 1),
+            (4, 3) => go!(4, 3),
+            (4, 2) => go!(4, 2),
+            (4, _) => go!(4, 1),
+            (2, 3) => go!(2, 3),
+            (2, 2) => go!(2, 2),
+            (2, _) => go!(2, 1),
+            (_, 3) => go!(1, 3),
+            (_, 2) => go!(1, 2),
+            _ => go!(1, 1),
+        }
+    }
+
+    /// `lanes[j·ls + 16t + l] += Σ_{v0 ≤ v < v1} d[j·dr + 16v + l] · x[offs[t] + 16v + l]` for
+    /// `j < O`, `t < T`, `l < 16`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wgrad_block<const O: usize, const T: usize>(
+        x: *const f32,
+        offs: &[usize],
+        d: *const f32,
+        dr: usize,
+        v0: usize,
+        v1: usize,
+        lanes: *mut f32,
+        ls: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); T]; O];
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (t, a) in a.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(lanes.add(j * ls + 16 * t));
+            }
+        }
+        let mut off = [0usize; T];
+        off.copy_from_slice(&offs[..T]);
+        for v in v0..v1 {
+            let mut xv = [_mm512_setzero_ps(); T];
+            for (t, xv) in xv.iter_mut().enumerate() {
+                *xv = _mm512_loadu_ps(x.add(off[t] + 16 * v));
+            }
+            for (j, a) in acc.iter_mut().enumerate() {
+                let dv = _mm512_loadu_ps(d.add(j * dr + 16 * v));
+                for t in 0..T {
+                    a[t] = _mm512_fmadd_ps(dv, xv[t], a[t]);
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            for (t, a) in a.iter().enumerate() {
+                _mm512_storeu_ps(lanes.add(j * ls + 16 * t), *a);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    //! Never called off x86-64: `applicable` is false there.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn corr(_: usize, _: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: usize) {
+        unreachable!("direct convolution needs x86-64")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn wgrad(
+        _: usize,
+        _: usize,
+        _: *const f32,
+        _: &[usize],
+        _: *const f32,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        unreachable!("direct convolution needs x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The direct path against the im2col path run in f64 on the same (f32-representable)
+    //! inputs: an independent computation (packing + gemm, different summation order and
+    //! precision). Skipped, saying so, on CPUs without AVX-512F.
+
+    use super::*;
+    use crate::conv::{conv_bias_fwd_cpu, conv_input_grad_cpu, conv_weight_grad_cpu, ConvParams};
+    use rand::{Rng, SeedableRng};
+
+    fn rand_vec(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn wide(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| x as f64).collect()
+    }
+
+    /// Largest `|a − b|` relative to `max(1, max |b|)`.
+    fn rel_err(a: &[f32], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        a.iter().zip(b).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max) / scale
+    }
+
+    type Dims4 = (usize, usize, usize, usize);
+    type Case = (Dims4, Dims4, (usize, usize), usize);
+
+    /// `(x shape, kernel shape, padding, groups)`: batch 1 and odd batches, 7×7 with padding 3,
+    /// rectangular kernels and padding, non-square inputs, groups and depthwise, channel counts
+    /// that leave every row-block tail (8/4/2/1) and tap-block tail (3/2/1), planes with several
+    /// pixel tiles, and the LeNet-5 / ResNet-20 shapes.
+    fn cases() -> Vec<Case> {
+        vec![
+            ((1, 1, 28, 28), (6, 1, 5, 5), (2, 2), 1),
+            ((3, 6, 14, 14), (16, 6, 5, 5), (0, 0), 1),
+            ((2, 16, 32, 32), (16, 16, 3, 3), (1, 1), 1),
+            ((2, 64, 8, 8), (64, 64, 3, 3), (1, 1), 1),
+            ((1, 3, 9, 13), (15, 3, 7, 7), (3, 3), 1),
+            ((2, 4, 11, 7), (7, 4, 3, 5), (1, 2), 1),
+            ((3, 6, 10, 9), (6, 2, 3, 3), (0, 1), 3),
+            ((2, 5, 12, 12), (5, 1, 3, 3), (1, 1), 5),
+            ((1, 2, 40, 37), (17, 2, 2, 3), (1, 0), 1),
+            ((5, 1, 6, 6), (1, 1, 2, 2), (0, 1), 1),
+        ]
+    }
+
+    #[test]
+    fn direct_path_matches_im2col_in_f64() {
+        if !cpu_has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512F, the direct path is not used here");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (xs, ws, pad, groups) in cases() {
+            let p = ConvParams {
+                stride: (1, 1),
+                padding: pad,
+                dilation: (1, 1),
+                groups,
+            };
+            let g = Geom::new(xs, ws, p).unwrap();
+            assert!(
+                g.p.stride == (1, 1) && !g.is_pointwise() && pad.0 < g.kh && pad.1 < g.kw,
+                "case {xs:?} {ws:?} must take the direct path"
+            );
+            let x = rand_vec(&mut rng, xs.0 * xs.1 * xs.2 * xs.3);
+            let w = rand_vec(&mut rng, ws.0 * ws.1 * ws.2 * ws.3);
+            let b = rand_vec(&mut rng, ws.0);
+            let dy = rand_vec(&mut rng, g.n * g.o * g.pix());
+            let (x64, w64, b64, dy64) = (wide(&x), wide(&w), wide(&b), wide(&dy));
+
+            let y = forward(&x, &w, Some(&b), &g);
+            let e = rel_err(&y, &conv_bias_fwd_cpu(&x64, &w64, Some(&b64), &g));
+            assert!(e < 1e-5, "forward {xs:?} * {ws:?} pad {pad:?}: relative error {e:.2e}");
+            let y0 = forward(&x, &w, None, &g);
+            let e = rel_err(&y0, &conv_bias_fwd_cpu(&x64, &w64, None, &g));
+            assert!(e < 1e-5, "forward without bias {xs:?} * {ws:?}: relative error {e:.2e}");
+
+            let dx = input_grad(&dy, &w, &g);
+            let e = rel_err(&dx, &conv_input_grad_cpu(&dy64, &w64, &g));
+            assert!(
+                e < 1e-5,
+                "input grad {xs:?} * {ws:?} pad {pad:?}: relative error {e:.2e}"
+            );
+
+            let dw = weight_grad(&x, &dy, &g);
+            let e = rel_err(&dw, &conv_weight_grad_cpu(&x64, &dy64, &g));
+            assert!(
+                e < 1e-5,
+                "weight grad {xs:?} * {ws:?} pad {pad:?}: relative error {e:.2e}"
+            );
+        }
+    }
+
+    #[test]
+    fn direct_weight_grad_is_bit_identical_across_thread_counts() {
+        if !cpu_has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512F, the direct path is not used here");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let g = Geom::new((37, 16, 16, 16), (16, 16, 3, 3), ConvParams::new(1, 1, 1, 1)).unwrap();
+        let x = rand_vec(&mut rng, g.n * g.c * g.h * g.w);
+        let dy = rand_vec(&mut rng, g.n * g.o * g.pix());
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| weight_grad(&x, &dy, &g))
+        };
+        let one = run(1);
+        for t in [2, 3, 5] {
+            let other = run(t);
+            assert!(
+                one.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "weight gradient differs between 1 and {t} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn blocks_cover_every_row_and_tap_once() {
+        for n in 0..40 {
+            let rows = row_blocks(n);
+            let mut next = 0;
+            for (r0, rb) in rows {
+                assert_eq!(r0, next);
+                assert!([8, 4, 2, 1].contains(&rb));
+                next += rb;
+            }
+            assert_eq!(next, n);
+            let taps = tap_blocks(n);
+            let mut next = 0;
+            for (k0, tb) in taps {
+                assert_eq!(k0, next);
+                assert!((1..=3).contains(&tb));
+                next += tb;
+            }
+            assert_eq!(next, n);
+        }
+    }
+}
