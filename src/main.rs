@@ -5,8 +5,13 @@ use clap::Parser;
 fn main() {
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
-    let cli = secateur_experiments::cli::Cli::parse();
-    if let Err(e) = secateur_experiments::cli::run(cli) {
+    // Commands run as a worker of a rayon pool, so that each parallel kernel is a fork–join
+    // rather than a wake-up of another thread and a sleep of this one (runtime::in_pool).
+    let result = secateur_experiments::runtime::in_pool(|| {
+        let cli = secateur_experiments::cli::Cli::parse();
+        secateur_experiments::cli::run(cli)
+    });
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

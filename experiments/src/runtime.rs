@@ -1,4 +1,5 @@
-//! Process-level settings for secateur's binaries: [`tune_allocator`] and [`configure_threads`].
+//! Process-level settings for secateur's binaries: [`tune_allocator`], [`configure_threads`] and
+//! [`in_pool`].
 //!
 //! Training allocates and frees tensors of a few MiB on every step. glibc serves blocks above its
 //! mmap threshold (128 KiB at start, adapted up to 32 MiB) with fresh `mmap`s and returns freed
@@ -31,5 +32,24 @@ pub fn tune_allocator() {
 pub fn configure_threads() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// Runs `f` on a worker thread of a rayon pool of the usual size (`RAYON_NUM_THREADS`, or one
+/// thread per core) and returns its result.
+///
+/// Called from a thread outside any rayon pool, every parallel kernel (gemm, the convolutions,
+/// batch norm) is injected into the global pool "cold": the caller wakes a worker, then sleeps on
+/// a latch until the work is done, two context switches per op. A training step runs dozens of
+/// such ops, so on small models the switches are a large part of the step. Inside the pool the
+/// caller is itself a worker and each op is a plain fork–join. Measured with `bench_step` on the
+/// 2-core Xeon of BENCHMARKS.md, alternating binaries (median ms per step): MLP 1.77–1.87 →
+/// 1.56–1.57 (three pairs of 300 steps), LeNet-5 5.83–5.87 → 5.55–5.68, mean-field MLP
+/// 7.25–7.33 → 6.46–6.92 (two pairs of 60). Falls back to running `f` on the calling thread if
+/// the pool cannot be built.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
     }
 }

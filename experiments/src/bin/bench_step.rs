@@ -565,6 +565,10 @@ fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
 fn main() {
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
+    secateur_experiments::runtime::in_pool(run);
+}
+
+fn run() {
     let args = Args::parse();
     if args.hvp_ops {
         match hvp_ops() {
