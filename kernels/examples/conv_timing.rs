@@ -15,7 +15,13 @@ fn time<F: FnMut()>(name: &str, mut f: F) {
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    for (c, hw, o, k, pad) in [(1, 28, 6, 5, 2), (6, 14, 16, 5, 0), (16, 32, 16, 3, 1)] {
+    for (c, hw, o, k, pad) in [
+        (1, 28, 6, 5, 2),
+        (6, 14, 16, 5, 0),
+        (16, 32, 16, 3, 1),
+        (32, 16, 32, 3, 1),
+        (64, 8, 64, 3, 1),
+    ] {
         let p = ConvParams::new(1, pad, 1, 1);
         let x = Tensor::randn(0f32, 1.0, (128, c, hw, hw), &dev)?;
         let w = Tensor::randn(0f32, 0.1, (o, c, k, k), &dev)?;

@@ -505,9 +505,10 @@ fn conv_input_grad_f32(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     }
 }
 
-/// f32 weight gradient: the direct path where it applies, im2col + gemm otherwise.
+/// f32 weight gradient: the direct path where it applies and its lane sums fit in L2
+/// ([`conv_direct::weight_grad_fits`]), im2col + gemm otherwise.
 fn conv_weight_grad_f32(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    if conv_direct::applicable(g) {
+    if conv_direct::applicable(g) && conv_direct::weight_grad_fits(g) {
         conv_direct::weight_grad(x, dy, g)
     } else {
         conv_weight_grad_cpu(x, dy, g)

@@ -51,6 +51,15 @@ pub(crate) fn applicable(g: &Geom) -> bool {
     shape_ok && enabled()
 }
 
+/// Whether the direct weight gradient is used for `g` (given [`applicable`]): its per-chunk lane
+/// sums, `O·K·16` floats, must stay in L2 (at most 1 MiB), or every block's loads and stores of
+/// them miss. Measured at batch 128 on the 2-core Xeon of BENCHMARKS.md (ms, direct vs im2col):
+/// 16×32×32 → 16, 3×3: 3.8 vs 6.6; 32×16×16 → 32: 3.9 vs 4.4; 64×8×8 → 64 (2.4 MiB of lane
+/// sums): 7.6 vs 4.3, so that one stays on im2col.
+pub(crate) fn weight_grad_fits(g: &Geom) -> bool {
+    g.o * g.k() * 16 * std::mem::size_of::<f32>() <= 1 << 20
+}
+
 /// AVX-512F present and not switched off by `SECATEUR_CONV_DIRECT=0` (read once).
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -321,13 +330,18 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let obl = row_blocks(og);
     let tbl = tap_blocks(k);
     let nv = plan.qlen / 16;
+    // Work per kernel call: a pixel tile of one sample (tiles of equal length, at most TILE_V
+    // vectors; the whole plane when it is shorter).
+    let tiles = nv.div_ceil(TILE_V);
+    let tile = if nv >= TILE_V { nv.div_ceil(tiles) } else { nv };
+    let dstride = og * plan.qlen;
     let parts: Vec<Vec<f32>> = starts
         .par_iter()
         .map(|&start| {
             let m = (start + chunk).min(g.n) - start;
             let mut acc = vec![0f32; len];
             let mut xbuf = vec![0f32; plan.src_len];
-            let mut dbuf = vec![0f32; og * plan.qlen];
+            let mut dbuf = vec![0f32; dstride];
             // per (o, k): 16 lane sums, reduced once at the end of the chunk
             let mut lanes = vec![0f32; og * k * 16];
             for gi in 0..g.p.groups {
@@ -340,21 +354,25 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                         og,
                         &mut dbuf,
                     );
-                    for v0 in (0..nv).step_by(TILE_V) {
-                        let v1 = (v0 + TILE_V).min(nv);
+                    for v0 in (0..nv).step_by(tile) {
+                        let v1 = (v0 + tile).min(nv);
                         for &(o0, ob) in &obl {
                             for &(k0, tb) in &tbl {
                                 // SAFETY: AVX-512F checked by `applicable`; reads stay within
-                                // `xbuf` (`δ + qlen ≤ src_len`) and `dbuf` (`(o0 + ob)·qlen`),
-                                // lane sums within `lanes` (`((o0 + ob − 1)·k + k0 + tb)·16`).
+                                // `xbuf` (`δ + qlen ≤ src_len`) and `dbuf` (`(o0 + ob)·qlen ≤
+                                // dstride`), lane sums within `lanes` (`((o0 + ob − 1)·k + k0 +
+                                // tb)·16`).
                                 unsafe {
                                     avx512::wgrad(
                                         ob,
                                         tb,
                                         xbuf.as_ptr(),
+                                        plan.src_len,
                                         &plan.offs[k0..k0 + tb],
                                         dbuf.as_ptr().add(o0 * plan.qlen),
+                                        dstride,
                                         plan.qlen,
+                                        1,
                                         v0,
                                         v1,
                                         lanes.as_mut_ptr().add((o0 * k + k0) * 16),
@@ -448,25 +466,40 @@ mod avx512 {
     /// Dispatches [`wgrad_block`] on `(ob, tb)`, `ob ∈ {8, 4, 2, 1}`, `tb ∈ {3, 2, 1}`.
     ///
     /// # Safety
-    /// AVX-512F must be available; for `v0 ≤ v < v1`: `x[offs[t] + 16v + 0..16]` and
-    /// `d[j·dr + 16v + 0..16]` readable for `t < tb`, `j < ob`; `lanes[j·ls + 16t + 0..16]`
-    /// readable and writable.
+    /// AVX-512F must be available; for `s < sc`, `v0 ≤ v < v1`: `x[s·xs + offs[t] + 16v + 0..16]`
+    /// and `d[s·ds + j·dr + 16v + 0..16]` readable for `t < tb`, `j < ob`;
+    /// `lanes[j·ls + 16t + 0..16]` readable and writable.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn wgrad(
         ob: usize,
         tb: usize,
         x: *const f32,
+        xs: usize,
         offs: &[usize],
         d: *const f32,
+        ds: usize,
         dr: usize,
+        sc: usize,
         v0: usize,
         v1: usize,
         lanes: *mut f32,
         ls: usize,
     ) {
+        let a = WgradArgs {
+            x,
+            xs,
+            d,
+            ds,
+            dr,
+            sc,
+            v0,
+            v1,
+            lanes,
+            ls,
+        };
         macro_rules! go {
             ($o:literal, $t:literal) => {
-                wgrad_block::<$o, $t>(x, offs, d, dr, v0, v1, lanes, ls)
+                wgrad_block::<$o, $t>(&a, offs)
             };
         }
         match (ob, tb) {
@@ -485,20 +518,36 @@ mod avx512 {
         }
     }
 
-    /// `lanes[j·ls + 16t + l] += Σ_{v0 ≤ v < v1} d[j·dr + 16v + l] · x[offs[t] + 16v + l]` for
-    /// `j < O`, `t < T`, `l < 16`.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn wgrad_block<const O: usize, const T: usize>(
+    /// Pointers and strides of one [`wgrad`] call.
+    struct WgradArgs {
         x: *const f32,
-        offs: &[usize],
+        xs: usize,
         d: *const f32,
+        ds: usize,
         dr: usize,
+        sc: usize,
         v0: usize,
         v1: usize,
         lanes: *mut f32,
         ls: usize,
-    ) {
+    }
+
+    /// `lanes[j·ls + 16t + l] += Σ_{s < sc} Σ_{v0 ≤ v < v1} d[s·ds + j·dr + 16v + l] · x[s·xs + offs[t] + 16v + l]`
+    /// for `j < O`, `t < T`, `l < 16`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn wgrad_block<const O: usize, const T: usize>(a: &WgradArgs, offs: &[usize]) {
+        let WgradArgs {
+            x,
+            xs,
+            d,
+            ds,
+            dr,
+            sc,
+            v0,
+            v1,
+            lanes,
+            ls,
+        } = *a;
         let mut acc = [[_mm512_setzero_ps(); T]; O];
         for (j, a) in acc.iter_mut().enumerate() {
             for (t, a) in a.iter_mut().enumerate() {
@@ -507,15 +556,18 @@ mod avx512 {
         }
         let mut off = [0usize; T];
         off.copy_from_slice(&offs[..T]);
-        for v in v0..v1 {
-            let mut xv = [_mm512_setzero_ps(); T];
-            for (t, xv) in xv.iter_mut().enumerate() {
-                *xv = _mm512_loadu_ps(x.add(off[t] + 16 * v));
-            }
-            for (j, a) in acc.iter_mut().enumerate() {
-                let dv = _mm512_loadu_ps(d.add(j * dr + 16 * v));
-                for t in 0..T {
-                    a[t] = _mm512_fmadd_ps(dv, xv[t], a[t]);
+        for s in 0..sc {
+            let (xb, db) = (x.add(s * xs), d.add(s * ds));
+            for v in v0..v1 {
+                let mut xv = [_mm512_setzero_ps(); T];
+                for (t, xv) in xv.iter_mut().enumerate() {
+                    *xv = _mm512_loadu_ps(xb.add(off[t] + 16 * v));
+                }
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let dv = _mm512_loadu_ps(db.add(j * dr + 16 * v));
+                    for t in 0..T {
+                        a[t] = _mm512_fmadd_ps(dv, xv[t], a[t]);
+                    }
                 }
             }
         }
@@ -539,8 +591,11 @@ mod avx512 {
         _: usize,
         _: usize,
         _: *const f32,
+        _: usize,
         _: &[usize],
         _: *const f32,
+        _: usize,
+        _: usize,
         _: usize,
         _: usize,
         _: usize,
