@@ -27,8 +27,10 @@
 //! the batch size only, so results are bit-identical across thread counts, like the im2col path.
 //!
 //! Used on x86-64 CPUs with AVX-512F for every stride-1, dilation-1, non-pointwise convolution
-//! with `p ≤ K − 1` (for the input gradient); everything else, and f64, stays on im2col + gemm.
-//! `SECATEUR_CONV_DIRECT=0` switches it off (for A/B measurements).
+//! with `p ≤ K − 1` (for the input gradient), except the weight gradient where its lane sums
+//! outgrow L2 ([`weight_grad_fits`]); everything else, and f64, stays on im2col + gemm.
+//! `SECATEUR_CONV_DIRECT=0` switches it off (for A/B measurements). Timings against im2col are in
+//! BENCHMARKS.md.
 
 use rayon::prelude::*;
 
