@@ -27,8 +27,15 @@
 //! the batch size only, so results are bit-identical across thread counts, like the im2col path.
 //!
 //! Used on x86-64 CPUs with AVX-512F for every stride-1, dilation-1, non-pointwise convolution
-//! with `p ≤ K − 1` (for the input gradient), except the weight gradient where its lane sums
-//! outgrow L2 ([`weight_grad_fits`]); everything else, and f64, stays on im2col + gemm.
+//! with `p ≤ K − 1` on both axes (the input gradient needs it; the three ops take the same path
+//! so that a convolution and its gradients agree in rounding style), except the weight gradient
+//! where its lane sums outgrow L2 ([`weight_grad_fits`]); everything else, and f64, stays on
+//! im2col + gemm.
+//!
+//! One difference from im2col: the dropped columns and the rounded-up tail of `dy_flat` are zero
+//! but the input values they meet are real, so a non-finite input (`inf`) can turn a weight
+//! gradient entry into NaN where im2col's sum would not touch it. Training stops on non-finite
+//! losses long before that matters.
 //! `SECATEUR_CONV_DIRECT=0` switches it off (for A/B measurements). Timings against im2col are in
 //! BENCHMARKS.md.
 
@@ -47,6 +54,8 @@ const TILE_V: usize = 32;
 pub(crate) fn applicable(g: &Geom) -> bool {
     let shape_ok = g.p.stride == (1, 1)
         && g.p.dilation == (1, 1)
+        && g.h > 0
+        && g.w > 0
         && !g.is_pointwise()
         && g.p.padding.0 < g.kh
         && g.p.padding.1 < g.kw;
@@ -54,12 +63,12 @@ pub(crate) fn applicable(g: &Geom) -> bool {
 }
 
 /// Whether the direct weight gradient is used for `g` (given [`applicable`]): its per-chunk lane
-/// sums, `O·K·16` floats, must stay in L2 (at most 1 MiB), or every block's loads and stores of
-/// them miss. Measured at batch 128 on the 2-core Xeon of BENCHMARKS.md (ms, direct vs im2col):
-/// 16×32×32 → 16, 3×3: 3.8 vs 6.6; 32×16×16 → 32: 3.9 vs 4.4; 64×8×8 → 64 (2.4 MiB of lane
-/// sums): 7.6 vs 4.3, so that one stays on im2col.
+/// sums, `(O/G)·K·16` floats, must stay in L2 (at most 1 MiB), or every block's loads and stores
+/// of them miss. Measured at batch 128 on the 2-core Xeon of BENCHMARKS.md (ms, direct vs
+/// im2col): 16×32×32 → 16, 3×3: 3.7–4.0 vs 4.9–5.2; 32×16×16 → 32: 4.0–4.1 vs 3.9–4.1 (level);
+/// 64×8×8 → 64 (2.25 MiB of lane sums): 7.6 vs 4.3, so that one stays on im2col.
 pub(crate) fn weight_grad_fits(g: &Geom) -> bool {
-    g.o * g.k() * 16 * std::mem::size_of::<f32>() <= 1 << 20
+    g.og() * g.k() * 16 * std::mem::size_of::<f32>() <= 1 << 20
 }
 
 /// AVX-512F present and not switched off by `SECATEUR_CONV_DIRECT=0` (read once).
@@ -87,7 +96,7 @@ struct Plan {
     /// Padded plane size `Hp × Wp`, and the row width `Wp`.
     plane: usize,
     wp: usize,
-    /// Channels of `src` (per group) and output rows (per group).
+    /// Channels of `src` (per group).
     src_ch: usize,
     /// Valid output size `(OH, OW)`.
     oh: usize,
@@ -131,7 +140,6 @@ impl Plan {
     /// elsewhere (only the border and the slack are cleared; the interior is overwritten).
     fn pad_into(&self, src: &[f32], h: usize, w: usize, top: usize, left: usize, dst: &mut [f32]) {
         let wp = self.wp;
-        let right = wp - left - w;
         for c in 0..self.src_ch {
             let pl = &mut dst[c * self.plane..(c + 1) * self.plane];
             pl[..top * wp + left].fill(0.0);
@@ -143,7 +151,6 @@ impl Plan {
                 pl[d0 + w..end].fill(0.0);
             }
             pl[((h + top) * wp + left).min(self.plane)..].fill(0.0);
-            debug_assert!(right + left < wp || w > 0);
         }
         dst[self.src_ch * self.plane..self.src_len].fill(0.0);
     }
@@ -225,6 +232,7 @@ fn correlate(plan: &Plan, src: &[f32], w: &Packed, out: &mut [f32]) {
 
 /// `y = conv(x, w) (+ b)` on the direct path.
 pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> Vec<f32> {
+    assert!(cpu_has_avx512(), "direct convolution called on a CPU without AVX-512F");
     let (ph, pw) = g.p.padding;
     let (cg, og, k) = (g.cg(), g.og(), g.k());
     let plan = Plan::new(cg, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw);
@@ -269,6 +277,7 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
 /// `dx = conv_transpose(dy, w)` on the direct path: the correlation of `dy` padded by
 /// `K − 1 − p` with `w̃[c, (o, a, b)] = w[o, c, KH − 1 − a, KW − 1 − b]`.
 pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
+    assert!(cpu_has_avx512(), "direct convolution called on a CPU without AVX-512F");
     let (ph, pw) = g.p.padding;
     let (qh, qw) = (g.kh - 1 - ph, g.kw - 1 - pw);
     let (cg, og, k) = (g.cg(), g.og(), g.k());
@@ -322,6 +331,7 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
 /// `dw[o, (c, a, b)] = Σ_n Σ_q dy_flat[n, o, q] · x_pad[n, δ(c, a, b) + q]` on the direct path,
 /// summed per chunk of samples ([`wgrad_chunk`]) and the chunk sums added in order.
 pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    assert!(cpu_has_avx512(), "direct convolution called on a CPU without AVX-512F");
     let (ph, pw) = g.p.padding;
     let (cg, og, k) = (g.cg(), g.og(), g.k());
     let plan = Plan::new(cg, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw);
@@ -637,7 +647,8 @@ mod tests {
     type Case = (Dims4, Dims4, (usize, usize), usize);
 
     /// `(x shape, kernel shape, padding, groups)`: batch 1 and odd batches, 7×7 with padding 3,
-    /// rectangular kernels and padding, non-square inputs, groups and depthwise, channel counts
+    /// rectangular kernels and padding, non-square inputs, kernels larger than the input and
+    /// sides of 1, groups and depthwise, channel counts
     /// that leave every row-block tail (8/4/2/1) and tap-block tail (3/2/1), planes with several
     /// pixel tiles, and the LeNet-5 / ResNet-20 shapes.
     fn cases() -> Vec<Case> {
@@ -652,6 +663,9 @@ mod tests {
             ((2, 5, 12, 12), (5, 1, 3, 3), (1, 1), 5),
             ((1, 2, 40, 37), (17, 2, 2, 3), (1, 0), 1),
             ((5, 1, 6, 6), (1, 1, 2, 2), (0, 1), 1),
+            ((2, 3, 2, 1), (4, 3, 5, 3), (2, 1), 1),
+            ((1, 2, 1, 1), (3, 2, 3, 3), (1, 1), 1),
+            ((2, 2, 1, 9), (5, 2, 1, 3), (0, 2), 1),
         ]
     }
 
