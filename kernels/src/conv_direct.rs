@@ -378,17 +378,16 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                                     avx512::wgrad(
                                         ob,
                                         tb,
-                                        xbuf.as_ptr(),
-                                        plan.src_len,
                                         &plan.offs[k0..k0 + tb],
-                                        dbuf.as_ptr().add(o0 * plan.qlen),
-                                        dstride,
-                                        plan.qlen,
-                                        1,
-                                        v0,
-                                        v1,
-                                        lanes.as_mut_ptr().add((o0 * k + k0) * 16),
-                                        k * 16,
+                                        &WgradArgs {
+                                            x: xbuf.as_ptr(),
+                                            d: dbuf.as_ptr().add(o0 * plan.qlen),
+                                            dr: plan.qlen,
+                                            v0,
+                                            v1,
+                                            lanes: lanes.as_mut_ptr().add((o0 * k + k0) * 16),
+                                            ls: k * 16,
+                                        },
                                     )
                                 }
                             }
@@ -415,8 +414,22 @@ fn tap_blocks(k: usize) -> Vec<(usize, usize)> {
     out
 }
 
+/// Pointers and strides of one weight-gradient kernel call: `x` the padded input of one sample,
+/// `d` its flattened output gradient from the block's first channel on (row stride `dr`), the
+/// vectors `v0..v1`, and the lane sums `lanes` (row stride `ls`).
+struct WgradArgs {
+    x: *const f32,
+    d: *const f32,
+    dr: usize,
+    v0: usize,
+    v1: usize,
+    lanes: *mut f32,
+    ls: usize,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
+    use super::WgradArgs;
     use std::arch::x86_64::*;
 
     /// Dispatches [`corr_block`] on the block height `rb ∈ {8, 4, 2, 1}`.
@@ -478,40 +491,13 @@ mod avx512 {
     /// Dispatches [`wgrad_block`] on `(ob, tb)`, `ob ∈ {8, 4, 2, 1}`, `tb ∈ {3, 2, 1}`.
     ///
     /// # Safety
-    /// AVX-512F must be available; for `s < sc`, `v0 ≤ v < v1`: `x[s·xs + offs[t] + 16v + 0..16]`
-    /// and `d[s·ds + j·dr + 16v + 0..16]` readable for `t < tb`, `j < ob`;
-    /// `lanes[j·ls + 16t + 0..16]` readable and writable.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn wgrad(
-        ob: usize,
-        tb: usize,
-        x: *const f32,
-        xs: usize,
-        offs: &[usize],
-        d: *const f32,
-        ds: usize,
-        dr: usize,
-        sc: usize,
-        v0: usize,
-        v1: usize,
-        lanes: *mut f32,
-        ls: usize,
-    ) {
-        let a = WgradArgs {
-            x,
-            xs,
-            d,
-            ds,
-            dr,
-            sc,
-            v0,
-            v1,
-            lanes,
-            ls,
-        };
+    /// AVX-512F must be available; for `v0 ≤ v < v1`: `x[offs[t] + 16v + 0..16]` and
+    /// `d[j·dr + 16v + 0..16]` readable for `t < tb`, `j < ob`; `lanes[j·ls + 16t + 0..16]`
+    /// readable and writable.
+    pub(super) unsafe fn wgrad(ob: usize, tb: usize, offs: &[usize], a: &WgradArgs) {
         macro_rules! go {
             ($o:literal, $t:literal) => {
-                wgrad_block::<$o, $t>(&a, offs)
+                wgrad_block::<$o, $t>(a, offs)
             };
         }
         match (ob, tb) {
@@ -530,36 +516,19 @@ mod avx512 {
         }
     }
 
-    /// Pointers and strides of one [`wgrad`] call.
-    struct WgradArgs {
-        x: *const f32,
-        xs: usize,
-        d: *const f32,
-        ds: usize,
-        dr: usize,
-        sc: usize,
-        v0: usize,
-        v1: usize,
-        lanes: *mut f32,
-        ls: usize,
-    }
-
-    /// `lanes[j·ls + 16t + l] += Σ_{s < sc} Σ_{v0 ≤ v < v1} d[s·ds + j·dr + 16v + l] · x[s·xs + offs[t] + 16v + l]`
-    /// for `j < O`, `t < T`, `l < 16`.
+    /// `lanes[j·ls + 16t + l] += Σ_{v0 ≤ v < v1} d[j·dr + 16v + l] · x[offs[t] + 16v + l]` for
+    /// `j < O`, `t < T`, `l < 16`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn wgrad_block<const O: usize, const T: usize>(a: &WgradArgs, offs: &[usize]) {
+    unsafe fn wgrad_block<const O: usize, const T: usize>(args: &WgradArgs, offs: &[usize]) {
         let WgradArgs {
             x,
-            xs,
             d,
-            ds,
             dr,
-            sc,
             v0,
             v1,
             lanes,
             ls,
-        } = *a;
+        } = *args;
         let mut acc = [[_mm512_setzero_ps(); T]; O];
         for (j, a) in acc.iter_mut().enumerate() {
             for (t, a) in a.iter_mut().enumerate() {
@@ -568,18 +537,15 @@ mod avx512 {
         }
         let mut off = [0usize; T];
         off.copy_from_slice(&offs[..T]);
-        for s in 0..sc {
-            let (xb, db) = (x.add(s * xs), d.add(s * ds));
-            for v in v0..v1 {
-                let mut xv = [_mm512_setzero_ps(); T];
-                for (t, xv) in xv.iter_mut().enumerate() {
-                    *xv = _mm512_loadu_ps(xb.add(off[t] + 16 * v));
-                }
-                for (j, a) in acc.iter_mut().enumerate() {
-                    let dv = _mm512_loadu_ps(db.add(j * dr + 16 * v));
-                    for t in 0..T {
-                        a[t] = _mm512_fmadd_ps(dv, xv[t], a[t]);
-                    }
+        for v in v0..v1 {
+            let mut xv = [_mm512_setzero_ps(); T];
+            for (t, xv) in xv.iter_mut().enumerate() {
+                *xv = _mm512_loadu_ps(x.add(off[t] + 16 * v));
+            }
+            for (j, a) in acc.iter_mut().enumerate() {
+                let dv = _mm512_loadu_ps(d.add(j * dr + 16 * v));
+                for t in 0..T {
+                    a[t] = _mm512_fmadd_ps(dv, xv[t], a[t]);
                 }
             }
         }
@@ -594,26 +560,12 @@ mod avx512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! Never called off x86-64: `applicable` is false there.
+    use super::WgradArgs;
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn corr(_: usize, _: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: usize) {
         unreachable!("direct convolution needs x86-64")
     }
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn wgrad(
-        _: usize,
-        _: usize,
-        _: *const f32,
-        _: usize,
-        _: &[usize],
-        _: *const f32,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: *mut f32,
-        _: usize,
-    ) {
+    pub(super) unsafe fn wgrad(_: usize, _: usize, _: &[usize], _: &WgradArgs) {
         unreachable!("direct convolution needs x86-64")
     }
 }
@@ -648,9 +600,9 @@ mod tests {
 
     /// `(x shape, kernel shape, padding, groups)`: batch 1 and odd batches, 7×7 with padding 3,
     /// rectangular kernels and padding, non-square inputs, kernels larger than the input and
-    /// sides of 1, groups and depthwise, channel counts
-    /// that leave every row-block tail (8/4/2/1) and tap-block tail (3/2/1), planes with several
-    /// pixel tiles, and the LeNet-5 / ResNet-20 shapes.
+    /// sides of 1, groups and depthwise, channel counts that leave every row-block tail
+    /// (8/4/2/1) and tap-block tail (3/2/1), planes with several pixel tiles, and the LeNet-5 /
+    /// ResNet-20 shapes.
     fn cases() -> Vec<Case> {
         vec![
             ((1, 1, 28, 28), (6, 1, 5, 5), (2, 2), 1),
