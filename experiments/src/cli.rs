@@ -64,7 +64,7 @@ pub struct TrainCmd {
     /// Override the seed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Run directory (default runs/<study>-<timestamp>).
+    /// Run directory (default runs/STUDY-TIMESTAMP).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Resume the run in DIR from its last checkpoint (its config.toml, plus any --set).
@@ -110,7 +110,7 @@ pub enum DataCmd {
 #[derive(Debug, Args)]
 pub struct QuickstartCmd {
     /// Parent directory of the two runs, `DIR/deterministic` and `DIR/sparse-vd` (default
-    /// runs/quickstart-<timestamp> and runs/quickstart-sparse-vd-<timestamp>).
+    /// runs/quickstart-TIMESTAMP and runs/quickstart-sparse-vd-TIMESTAMP).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Override the seed (default 0).
@@ -217,7 +217,7 @@ pub struct StudyCmd {
     /// The study file (e.g. experiments/configs/pai.toml).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Study directory (default runs/<name>-<timestamp>).
+    /// Study directory (default runs/NAME-TIMESTAMP).
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Continue an interrupted study in DIR: runs already in its results.csv are skipped.

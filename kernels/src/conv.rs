@@ -898,7 +898,7 @@ fn need_square(p: &ConvParams, what: &str) -> Result<()> {
 ///
 /// On CPU (f32/f64) this is [`Conv2dOp`], whose gradients are again convolution custom ops (so
 /// double backpropagation works); elsewhere it is built from candle's own ops
-/// (see [`conv2d_candle`]).
+/// (`conv2d_candle`, private).
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, dilation: usize, groups: usize) -> Result<Tensor> {
     conv2d_with(x, w, ConvParams::new(stride, padding, dilation, groups))
 }

@@ -4,8 +4,8 @@
 //! The value is `max(x, 0) + log(1 + e^{−|x|})`, and `eˣ` for `x < −15` so that it never rounds
 //! to zero in f32 (as `secateur_bayes::math::softplus` defines it). Derivatives:
 //! `s′(x) = σ(x) = 1 / (1 + e^{−x})` (`eˣ` below −15) and `s″(x) = σ(x)(1 − σ(x)) = e^{−|x|}/(1 + e^{−|x|})²` (`eˣ` below
-//! −15). The backward is [`SoftplusGrad`]`(x, g) = g ⊙ s′(x)`, whose own backward is `h ⊙ s′(x)`
-//! for `g` (the same op) and `h ⊙ g ⊙ s″(x)` for `x` ([`SoftplusCurv`]); a third derivative is
+//! −15). The backward is `SoftplusGrad(x, g) = g ⊙ s′(x)`, whose own backward is `h ⊙ s′(x)`
+//! for `g` (the same op) and `h ⊙ g ⊙ s″(x)` for `x` (`SoftplusCurv`); a third derivative is
 //! refused with an error. Mean-field layers evaluate `σ = softplus(ρ)` for every weight in every
 //! forward pass and KL term; as candle ops that is eleven passes over the parameters forward and
 //! about as many backward.

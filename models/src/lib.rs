@@ -9,7 +9,7 @@
 //!   GELU, flatten).
 //! - [`bayes_factory`]: the Bayesian factories (mean-field Gaussian, sparse variational dropout,
 //!   MC dropout) and [`factory()`], which maps a config name (`model.layers`) to a factory.
-//! - [`factory`]: the [`factory::LayerFactory`] trait and the deterministic factory; Bayesian
+//! - [`factory`](mod@factory): the [`factory::LayerFactory`] trait and the deterministic factory; Bayesian
 //!   factories wrap the probabilistic layers of `secateur-bayes`.
 //! - [`arch`]: the architectures (LeNet-300-100, LeNet-5, VGG, CIFAR ResNets, ResNet-18, ViT) and
 //!   a registry, [`build`], that builds one by name from a [`ModelSpec`]; [`ARCHITECTURES`] lists
