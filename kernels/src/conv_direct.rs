@@ -27,15 +27,14 @@
 //! the batch size only, so results are bit-identical across thread counts, like the im2col path.
 //!
 //! Used on x86-64 CPUs with AVX-512F for every stride-1, dilation-1, non-pointwise convolution
-//! with `p ≤ K − 1` on both axes (the input gradient needs it; the three ops take the same path
-//! so that a convolution and its gradients agree in rounding style), except the weight gradient
-//! where its lane sums outgrow L2 ([`weight_grad_fits`]); everything else, and f64, stays on
-//! im2col + gemm.
+//! with `p ≤ K − 1` on both axes (only the input gradient needs it; one condition serves all
+//! three ops), except the weight gradient where its lane sums outgrow L2 ([`weight_grad_fits`]);
+//! everything else, and f64, stays on im2col + gemm.
 //!
 //! One difference from im2col: the dropped columns and the rounded-up tail of `dy_flat` are zero
 //! but the input values they meet are real, so a non-finite input (`inf`) can turn a weight
-//! gradient entry into NaN where im2col's sum would not touch it. Training stops on non-finite
-//! losses long before that matters.
+//! gradient entry into NaN where im2col's sum would not touch it.
+//!
 //! `SECATEUR_CONV_DIRECT=0` switches it off (for A/B measurements). Timings against im2col are in
 //! BENCHMARKS.md.
 
@@ -342,10 +341,9 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let obl = row_blocks(og);
     let tbl = tap_blocks(k);
     let nv = plan.qlen / 16;
-    // Work per kernel call: a pixel tile of one sample (tiles of equal length, at most TILE_V
-    // vectors; the whole plane when it is shorter).
-    let tiles = nv.div_ceil(TILE_V);
-    let tile = if nv >= TILE_V { nv.div_ceil(tiles) } else { nv };
+    // Work per kernel call: a pixel tile of one sample, the plane cut into tiles of equal length
+    // of at most TILE_V vectors.
+    let tile = nv.div_ceil(nv.div_ceil(TILE_V));
     let dstride = og * plan.qlen;
     let parts: Vec<Vec<f32>> = starts
         .par_iter()
@@ -437,7 +435,6 @@ mod avx512 {
     /// # Safety
     /// AVX-512F must be available; `src[offs[k] + q0 + 0..48]` readable for every `k`,
     /// `w[0..offs.len()·rb]` readable, `out[j·stride + q0 + 0..48]` writable for `j < rb`.
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn corr(
         rb: usize,
         src: *const f32,
@@ -561,7 +558,6 @@ mod avx512 {
 mod avx512 {
     //! Never called off x86-64: `applicable` is false there.
     use super::WgradArgs;
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn corr(_: usize, _: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: usize) {
         unreachable!("direct convolution needs x86-64")
     }
@@ -647,6 +643,9 @@ mod tests {
             let (x64, w64, b64, dy64) = (wide(&x), wide(&w), wide(&b), wide(&dy));
 
             let y = forward(&x, &w, Some(&b), &g);
+            // f32 sums of at most 576 products of numbers in [−1, 1]: rounding grows like
+            // √K·2⁻²⁴ ≈ 1.4e-6 of the scale; 1e-5 leaves room, while a wrong tap or offset gives
+            // errors of order 1 (1.22 and 1.72 when the kernels were broken on purpose)
             let e = rel_err(&y, &conv_bias_fwd_cpu(&x64, &w64, Some(&b64), &g));
             assert!(e < 1e-5, "forward {xs:?} * {ws:?} pad {pad:?}: relative error {e:.2e}");
             let y0 = forward(&x, &w, None, &g);

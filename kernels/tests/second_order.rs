@@ -28,7 +28,8 @@ fn hvp(f: Objective, theta: &[Tensor], v: &[Tensor]) -> Vec<Tensor> {
     let vars: Vec<Var> = theta.iter().map(var).collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let g = f(&ts).unwrap().backward().unwrap();
-    let mut gv = Tensor::zeros((), DType::F64, &candle_core::Device::Cpu).unwrap();
+    // ⟨g, v⟩ in the dtype of θ
+    let mut gv = Tensor::zeros((), theta[0].dtype(), &candle_core::Device::Cpu).unwrap();
     for (var, vi) in vars.iter().zip(v) {
         let gi = g.get(var).expect("first-order gradient");
         gv = (gv + gi.mul(vi).unwrap().sum_all().unwrap()).unwrap();
@@ -207,56 +208,39 @@ fn lrt_sample_hessian_vector_products() {
 #[test]
 fn f32_hessian_vector_products_match_f64() {
     enable_double_backprop();
-    let hvp_dtype = |f: Objective, theta: &[Tensor], v: &[Tensor]| -> Vec<Tensor> {
-        let vars: Vec<Var> = theta.iter().map(var).collect();
-        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let g = f(&ts).unwrap().backward().unwrap();
-        let mut gv: Option<Tensor> = None;
-        for (var, vi) in vars.iter().zip(v) {
-            let term = g.get(var).unwrap().mul(vi).unwrap().sum_all().unwrap();
-            gv = Some(match gv {
-                Some(acc) => (acc + term).unwrap(),
-                None => term,
-            });
-        }
-        let h = gv.unwrap().backward().unwrap();
-        vars.iter()
-            .map(|var| h.get(var).unwrap().to_dtype(DType::F64).unwrap())
-            .collect()
-    };
+    let wide = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect() };
+    let narrow = |t: Tensor| t.to_dtype(DType::F32).unwrap();
     for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
         let p = c.p;
-        let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         // f32-representable inputs, so that both sides see the same numbers
-        let x = f32_of(&rand_t(&c.x, 1500 + i as u64, DType::F64).unwrap());
-        let w = f32_of(&rand_t(&c.w, 1510 + i as u64, DType::F64).unwrap());
-        let b = f32_of(&rand_t(&[c.w[0]], 1520 + i as u64, DType::F64).unwrap());
+        let x = narrow(rand_t(&c.x, 1500 + i as u64, DType::F64).unwrap());
+        let w = narrow(rand_t(&c.w, 1510 + i as u64, DType::F64).unwrap());
+        let b = narrow(rand_t(&[c.w[0]], 1520 + i as u64, DType::F64).unwrap());
         let y = conv2d_with(&x, &w, p).unwrap();
-        let r = f32_of(&rand_t(y.dims(), 1530, DType::F64).unwrap());
-        let v: Vec<Tensor> = [&x, &w, &b]
+        let r = narrow(rand_t(y.dims(), 1530, DType::F64).unwrap());
+        let theta32 = [x, w, b];
+        let v32: Vec<Tensor> = theta32
             .iter()
             .enumerate()
-            .map(|(k, t)| f32_of(&rand_t(t.dims(), 1540 + k as u64, DType::F64).unwrap()))
+            .map(|(k, t)| narrow(rand_t(t.dims(), 1540 + k as u64, DType::F64).unwrap()))
             .collect();
-        // f(x, w, b) = Σ R ⊙ tanh(conv(x, w) + b)
+        // f(x, w, b) = Σ R ⊙ tanh(conv(x, w) + b), R in the dtype of the inputs
         let f = |t: &[Tensor]| {
             secateur_kernels::conv::conv2d_bias(&t[0], &t[1], &t[2], p)?
                 .tanh()?
-                .mul(&t[3])?
+                .mul(&r.to_dtype(t[0].dtype())?)?
                 .sum_all()
         };
-        let wide = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect() };
-        let theta32 = [x.clone(), w.clone(), b.clone(), r.clone()];
-        let theta64 = wide(&theta32);
-        let mut v32 = v.clone();
-        v32.push(r.zeros_like().unwrap());
-        let v64 = wide(&v32);
-        let h32 = hvp_dtype(&f, &theta32, &v32);
-        let h64 = hvp_dtype(&f, &theta64, &v64);
-        for (k, (a, b)) in h32.iter().zip(&h64).take(3).enumerate() {
+        let h32 = wide(&hvp(&f, &theta32, &v32));
+        let h64 = hvp(&f, &wide(&theta32), &wide(&v32));
+        for (k, (a, b)) in h32.iter().zip(&h64).enumerate() {
             let scale = max_abs(b).unwrap().max(1.0);
             let err = max_abs_diff(a, b).unwrap() / scale;
             assert!(max_abs(b).unwrap() > 1e-6, "{}: degenerate Hessian block {k}", c.name);
+            // f32 rounds each of the forward and two backward passes at 2⁻²⁴ ≈ 6e-8 relative
+            // over sums of at most a few hundred terms; 1e-4 leaves that room, while a wrong
+            // tap of the direct kernels gives errors of order 1 (1.25 when the input
+            // gradient's kernel flip was broken on purpose)
             assert!(
                 err < 1e-4,
                 "{}: f32 Hv block {k} differs from f64 by {err:.2e} (relative)",
