@@ -2,7 +2,13 @@
 
 use clap::Parser;
 
+/// Freed tensor memory stays in the process for the next step (see `alloc_cache`).
+#[global_allocator]
+static ALLOC: secateur_experiments::alloc_cache::CachingAllocator =
+    secateur_experiments::alloc_cache::CachingAllocator::new();
+
 fn main() {
+    ALLOC.set_limit(secateur_experiments::alloc_cache::default_limit());
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
     // Commands run as a worker of a rayon pool, so that each parallel kernel is a fork–join

@@ -450,21 +450,27 @@ pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<Path
     let ready = std::sync::Barrier::new(jobs + 1);
     let (tx, rx) = std::sync::mpsc::channel::<PaiRow>();
     let was_set = std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_some();
+    // Each worker runs in a rayon pool of its own with an equal share of the cores
+    // (runtime::in_pool_of); the thread that runs the backward passes is that pool's worker,
+    // so the setting is fixed there.
+    let threads = (rayon::current_num_threads() / jobs).max(1);
     let outcome = std::thread::scope(|s| -> Result<()> {
         for _ in 0..jobs {
             let tx = tx.clone();
             let (next, ready, todo, models) = (&next, &ready, &todo, &models);
             s.spawn(move || {
-                let _ = secateur_pruning::criteria::double_backprop_enabled();
-                ready.wait();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(cell) = todo.get(i) else { break };
-                    let row = run_cell(pai, &models[cell.model], cell, scope);
-                    if tx.send(row).is_err() {
-                        break;
+                crate::runtime::in_pool_of(threads, || {
+                    let _ = secateur_pruning::criteria::double_backprop_enabled();
+                    ready.wait();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(cell) = todo.get(i) else { break };
+                        let row = run_cell(pai, &models[cell.model], cell, scope);
+                        if tx.send(row).is_err() {
+                            break;
+                        }
                     }
-                }
+                })
             });
         }
         drop(tx);

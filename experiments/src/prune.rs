@@ -146,7 +146,9 @@ pub fn prune_model(
         secateur_pruning::criteria::enable_double_backprop();
     }
     let out = std::thread::scope(|s| {
-        s.spawn(|| score_on_this_thread(cfg, data, weights, spec))
+        // A pool of its own, as large as the caller's (see runtime::in_pool_of).
+        let threads = rayon::current_num_threads();
+        s.spawn(move || crate::runtime::in_pool_of(threads, || score_on_this_thread(cfg, data, weights, spec)))
             .join()
             .unwrap_or_else(|_| Err(ExpError::config("prune", "the scoring thread panicked")))
     });

@@ -42,9 +42,9 @@ pub fn configure_threads() {
 /// batch norm) is injected into the global pool "cold": the caller wakes a worker, then sleeps on
 /// a latch until the work is done, two context switches per op. A training step runs dozens of
 /// such ops, so on small models the switches are a large part of the step. Inside the pool the
-/// caller is itself a worker and each op is a plain fork–join. (Threads that `f` spawns itself —
-/// the scoring thread of the pruning criteria, the `--jobs` workers of a study — are not workers
-/// of this pool; their kernels run on rayon's global pool as before.) The workers get 8 MiB
+/// caller is itself a worker and each op is a plain fork–join. Threads that `f` spawns itself are
+/// not workers of this pool: the scoring thread of the pruning criteria and the `--jobs` workers
+/// of a study run their work in pools of their own ([`in_pool_of`]). The workers get 8 MiB
 /// stacks, the main thread's size on Linux, since candle's backward walks the graph recursively.
 /// Measured with `bench_step` on the
 /// 2-core Xeon of BENCHMARKS.md, alternating binaries (median ms per step): MLP 1.77–1.87 →
@@ -52,7 +52,19 @@ pub fn configure_threads() {
 /// 7.25–7.33 → 6.46–6.92 (two pairs of 60). Falls back to running `f` on the calling thread if
 /// the pool cannot be built.
 pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    match rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build() {
+    in_pool_of(0, f)
+}
+
+/// [`in_pool`] with a pool of `threads` workers (0: the usual size). For threads that run next
+/// to others of their kind — the workers of `study --jobs N` get `cores / N` each — and for
+/// threads spawned from a pool, which pass [`rayon::current_num_threads`] so that the cores are
+/// not oversubscribed.
+pub fn in_pool_of<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(8 << 20)
+        .build()
+    {
         Ok(pool) => pool.install(f),
         Err(_) => f(),
     }

@@ -342,16 +342,21 @@ fn hvp_once(
 fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     let (model, batch, warmup, steps) = (args.model.clone(), args.batch, args.warmup, args.steps);
     let dev = make_device(&args.device)?;
+    // Both measurements run in pools of their own (fresh threads, so that each reads
+    // CANDLE_GRAD_DO_NOT_DETACH as set at its start), as large as this one.
+    let pool = rayon::current_num_threads();
     // 1. Plain gradient (forward + backward) on a fresh thread, CANDLE_GRAD_DO_NOT_DETACH unset.
     let m = model.clone();
     let d = dev.clone();
-    let grad_times = std::thread::spawn(move || -> Result<Vec<f64>> {
-        let s = setup(&m, input, batch, &d)?;
-        let mut rng = SeededRng::new(2);
-        time_steps(&d, warmup, steps, || {
-            let g = loss(&s, &mut rng)?.backward()?;
-            drop(g);
-            Ok(())
+    let grad_times = std::thread::spawn(move || {
+        secateur_experiments::runtime::in_pool_of(pool, move || -> Result<Vec<f64>> {
+            let s = setup(&m, input, batch, &d)?;
+            let mut rng = SeededRng::new(2);
+            time_steps(&d, warmup, steps, || {
+                let g = loss(&s, &mut rng)?.backward()?;
+                drop(g);
+                Ok(())
+            })
         })
     })
     .join()
@@ -363,63 +368,65 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
     let m = model.clone();
     let device_name = args.device.clone();
-    let out = std::thread::spawn(move || -> Result<serde_json::Value> {
-        let s = setup(&m, input, batch, &dev)?;
-        let params = s.store.params();
-        let v = rademacher(&params, 3)?;
-        let mut rng = SeededRng::new(2);
-        // Gradient with the graph kept (what the first half of an HVP costs).
-        let grad_keep = time_steps(&dev, warmup, steps, || {
-            drop(loss(&s, &mut rng)?.backward()?);
-            Ok(())
-        })?;
-        let mut failure: Option<String> = None;
-        let mut hvp_times = Vec::new();
-        match time_steps(&dev, warmup, steps, || hvp_once(&s, &params, &v, &mut rng).map(drop)) {
-            Ok(t) => hvp_times = t,
-            Err(e) => failure = Some(e.to_string()),
-        }
-        // One Hutchinson probe: the second backward pass alone, `∇(g·v)` from a gradient `g`
-        // computed once with its graph (hutchinson_diagonal pays the first pass once per batch
-        // and this once per probe). candle's backward does not consume the graph, so the same
-        // `g` serves every repetition.
-        let mut probe_times = Vec::new();
-        if failure.is_none() {
-            let g = loss(&s, &mut rng)?.backward()?;
-            let gv = dot(&params, &g, &v)?;
-            probe_times = time_steps(&dev, warmup, steps, || {
-                drop(gv.backward()?);
+    let out = std::thread::spawn(move || {
+        secateur_experiments::runtime::in_pool_of(pool, move || -> Result<serde_json::Value> {
+            let s = setup(&m, input, batch, &dev)?;
+            let params = s.store.params();
+            let v = rademacher(&params, 3)?;
+            let mut rng = SeededRng::new(2);
+            // Gradient with the graph kept (what the first half of an HVP costs).
+            let grad_keep = time_steps(&dev, warmup, steps, || {
+                drop(loss(&s, &mut rng)?.backward()?);
                 Ok(())
             })?;
-        }
-        let fd_rel_err = if failure.is_none() {
-            hvp_fd_check(&m, input, batch.min(8), &dev)?
-        } else {
-            f64::NAN
-        };
-        let (g, h) = (median(&grad_times), median(&hvp_times));
-        Ok(serde_json::json!({
-            "impl": "secateur",
-            "mode": "hvp",
-            "model": m,
-            "supported": true,
-            "batch": batch,
-            "steps": steps,
-            "warmup": warmup,
-            "threads": threads(),
-            "device": device_name,
-            "params": s.store.num_params(),
-            "grad_median_ms": g,
-            "grad_keep_graph_median_ms": median(&grad_keep),
-            "hvp_median_ms": h,
-            "hvp_mean_ms": mean(&hvp_times),
-            "hvp_over_grad": h / g,
-            "probe_median_ms": median(&probe_times),
-            "probe_over_grad": median(&probe_times) / g,
-            "hvp_fd_rel_err": fd_rel_err,
-            "hvp_error": failure,
-            "peak_rss_mib": proc_status_mib("VmHWM"),
-        }))
+            let mut failure: Option<String> = None;
+            let mut hvp_times = Vec::new();
+            match time_steps(&dev, warmup, steps, || hvp_once(&s, &params, &v, &mut rng).map(drop)) {
+                Ok(t) => hvp_times = t,
+                Err(e) => failure = Some(e.to_string()),
+            }
+            // One Hutchinson probe: the second backward pass alone, `∇(g·v)` from a gradient `g`
+            // computed once with its graph (hutchinson_diagonal pays the first pass once per batch
+            // and this once per probe). candle's backward does not consume the graph, so the same
+            // `g` serves every repetition.
+            let mut probe_times = Vec::new();
+            if failure.is_none() {
+                let g = loss(&s, &mut rng)?.backward()?;
+                let gv = dot(&params, &g, &v)?;
+                probe_times = time_steps(&dev, warmup, steps, || {
+                    drop(gv.backward()?);
+                    Ok(())
+                })?;
+            }
+            let fd_rel_err = if failure.is_none() {
+                hvp_fd_check(&m, input, batch.min(8), &dev)?
+            } else {
+                f64::NAN
+            };
+            let (g, h) = (median(&grad_times), median(&hvp_times));
+            Ok(serde_json::json!({
+                "impl": "secateur",
+                "mode": "hvp",
+                "model": m,
+                "supported": true,
+                "batch": batch,
+                "steps": steps,
+                "warmup": warmup,
+                "threads": threads(),
+                "device": device_name,
+                "params": s.store.num_params(),
+                "grad_median_ms": g,
+                "grad_keep_graph_median_ms": median(&grad_keep),
+                "hvp_median_ms": h,
+                "hvp_mean_ms": mean(&hvp_times),
+                "hvp_over_grad": h / g,
+                "probe_median_ms": median(&probe_times),
+                "probe_over_grad": median(&probe_times) / g,
+                "hvp_fd_rel_err": fd_rel_err,
+                "hvp_error": failure,
+                "peak_rss_mib": proc_status_mib("VmHWM"),
+            }))
+        })
     })
     .join()
     .map_err(|_| candle_core::Error::Msg("HVP thread panicked".into()))??;
@@ -562,7 +569,12 @@ fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
     d.broadcast_sub(&d.exp()?.sum_keepdim(1)?.log()?)
 }
 
+#[global_allocator]
+static ALLOC: secateur_experiments::alloc_cache::CachingAllocator =
+    secateur_experiments::alloc_cache::CachingAllocator::new();
+
 fn main() {
+    ALLOC.set_limit(secateur_experiments::alloc_cache::default_limit());
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
     secateur_experiments::runtime::in_pool(run);
