@@ -32,14 +32,19 @@
 //! products by double backpropagation therefore work through these ops; a third derivative is
 //! refused with an error.
 //!
-//! All ops reduce in `f64` per channel (parallel over channels) and apply elementwise formulas
-//! in parallel over `(batch, channel)` planes, on both cores. Off the CPU, [`batch_norm_train`]
-//! falls back to candle's elementwise ops.
+//! All ops reduce per channel (parallel over channels): each `(batch, channel)` plane is summed
+//! in `T` with independent lane accumulators, and the planes' sums are added in `f64`. The batch
+//! moments take one pass over memory (per-plane mean and M₂, merged pairwise as Chan, Golub &
+//! LeVeque 1979); every sum over upstream gradients that a kernel needs (Σ g', Σ g'(x − μ),
+//! Σ h, Σ h(x − μ), Σ g'h) comes from one fused pass. The three second-order kernels of one
+//! node read the same inputs and share that pass. Elementwise formulas run in parallel over
+//! planes, on all cores. Off the CPU, [`batch_norm_train`] falls back to candle's elementwise
+//! ops.
 
 use crate::cpu::contiguous;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The result of [`batch_norm_train`]: the output and the (detached) batch statistics.
 #[derive(Debug, Clone)]
@@ -190,6 +195,7 @@ impl Chan {
 }
 
 /// The inputs of one kernel call, as flat slices.
+#[derive(Clone, Copy)]
 struct Args<'a, T> {
     x: &'a [T],
     /// `[rows, C]`: γ, β, then an optional scale row.
@@ -212,29 +218,71 @@ const LANES: usize = 8;
 /// Entries per parallel task of the elementwise kernels (whole planes are grouped up to this).
 const PLANE_GROUP: usize = 1 << 15;
 
-/// `Σ f(x_i, g_i, h_i)` over three equally long slices, in `T` with [`LANES`] independent
-/// accumulators (so that the loop vectorises), returned in `f64`. Slices that a kernel does not
-/// use are passed as `x` again.
+/// `Σ f(x_i, g_i, h_i)` over three equally long slices, `K` sums at once, in `T` with
+/// [`LANES`] independent accumulators each (so that the loop vectorises), returned in `f64`.
+/// Slices that a kernel does not use are passed as `x` again.
 #[inline(always)]
-fn sum3<T: WithDType>(x: &[T], g: &[T], h: &[T], f: impl Fn(T, T, T) -> T) -> f64 {
-    let mut acc = [T::zero(); LANES];
+fn sums3<T: WithDType, const K: usize>(x: &[T], g: &[T], h: &[T], f: impl Fn(T, T, T) -> [T; K]) -> [f64; K] {
+    let mut acc = [[T::zero(); LANES]; K];
     let (xc, gc, hc) = (x.chunks_exact(LANES), g.chunks_exact(LANES), h.chunks_exact(LANES));
     let (xr, gr, hr) = (xc.remainder(), gc.remainder(), hc.remainder());
     for ((xs, gs), hs) in xc.zip(gc).zip(hc) {
-        for k in 0..LANES {
-            acc[k] += f(xs[k], gs[k], hs[k]);
+        for l in 0..LANES {
+            let v = f(xs[l], gs[l], hs[l]);
+            for k in 0..K {
+                acc[k][l] += v[k];
+            }
         }
     }
-    let mut s: f64 = xr
-        .iter()
-        .zip(gr)
-        .zip(hr)
-        .map(|((&x, &g), &h)| f(x, g, h).to_f64())
-        .sum();
-    for a in acc {
-        s += a.to_f64();
+    let mut out = [0f64; K];
+    for ((&x, &g), &h) in xr.iter().zip(gr).zip(hr) {
+        let v = f(x, g, h);
+        for k in 0..K {
+            out[k] += v[k].to_f64();
+        }
     }
-    s
+    for k in 0..K {
+        for a in acc[k] {
+            out[k] += a.to_f64();
+        }
+    }
+    out
+}
+
+/// Mean and biased variance of one channel from its planes in one pass over memory: each plane's
+/// mean and `M₂ = Σ (x − mean)²` (its second pass reads the plane from L1), merged in `f64` by
+/// the pairwise update of Chan, Golub & LeVeque (1979):
+/// `δ = m_b − m_a`, `m = m_a + δ n_b / n`, `M₂ = M₂,a + M₂,b + δ² n_a n_b / n`.
+fn channel_moments<T: WithDType>(planes: &[&[T]]) -> Moment {
+    let (mut n, mut mean, mut m2) = (0f64, 0f64, 0f64);
+    for x in planes {
+        if x.is_empty() {
+            continue;
+        }
+        let nb = x.len() as f64;
+        let [s] = sums3(x, x, x, |v, _, _| [v]);
+        let mt = T::from_f64(s / nb);
+        // About the rounded mean m̃: Σ d, Σ d² with d = x − m̃, so mean = m̃ + Σd/n and
+        // M₂ = Σ d² − (Σ d)²/n exactly.
+        let [sd, sd2] = sums3(x, x, x, |v, _, _| {
+            let d = v - mt;
+            [d, d * d]
+        });
+        let mb = mt.to_f64() + sd / nb;
+        let m2b = (sd2 - sd * sd / nb).max(0.0);
+        let total = n + nb;
+        let delta = mb - mean;
+        mean += delta * nb / total;
+        m2 += m2b + delta * delta * n * nb / total;
+        n = total;
+    }
+    if n == 0.0 {
+        return Moment {
+            mean: f64::NAN,
+            var: f64::NAN,
+        };
+    }
+    Moment { mean, var: m2 / n }
 }
 
 /// The `(b, c)` planes of channel `c`, for every `b`.
@@ -242,7 +290,7 @@ fn planes<T>(gm: Geom, buf: &[T], c: usize) -> Vec<&[T]> {
     (0..gm.outer).map(|b| gm.plane(buf, b, c)).collect()
 }
 
-/// `[g if on else 0]` without a branch.
+/// `[g if on else 0]`.
 #[inline(always)]
 fn select<T: WithDType>(on: bool, v: T) -> T {
     if on {
@@ -258,24 +306,10 @@ impl<T: WithDType> Args<'_, T> {
     fn channel(&self, c: usize) -> Chan {
         let gm = self.geom;
         let n = gm.n() as f64;
-        let planes = |buf| planes(gm, buf, c);
-        let xs = planes(self.x);
+        let xs = planes(gm, self.x, c);
         let Moment { mean, var } = match self.moments {
             Some(m) => m[c],
-            None => {
-                let mean = xs.iter().map(|x| sum3(x, x, x, |v, _, _| v)).sum::<f64>() / n;
-                let mt = T::from_f64(mean);
-                let sq: f64 = xs
-                    .iter()
-                    .map(|x| {
-                        sum3(x, x, x, |v, _, _| {
-                            let d = v - mt;
-                            d * d
-                        })
-                    })
-                    .sum();
-                Moment { mean, var: sq / n }
-            }
+            None => channel_moments(&xs),
         };
         let inv = 1.0 / (var + self.eps).sqrt();
         let gamma = self.p[c].to_f64();
@@ -298,42 +332,58 @@ impl<T: WithDType> Args<'_, T> {
         let (pa, pb, mt, z) = (T::from_f64(pa), T::from_f64(pb), T::from_f64(mean), T::zero());
         let relu = self.relu;
         let on = move |x: T| !relu || pa * x + pb > z;
-        if let Some(g) = self.g {
+        // Every sum over the upstream gradients in one pass over the planes:
+        // Σ g', Σ g'(x − μ), Σ h, Σ h(x − μ), Σ g' h.
+        let [sg, sgx, sh, shx, shg] = match (self.g, self.h) {
+            (Some(g), None) if self.sums.is_none() => {
+                let mut t = [0f64; 5];
+                for (x, g) in xs.iter().zip(planes(gm, g, c)) {
+                    let [a, b] = sums3(x, g, x, |x, g, _| {
+                        let gp = select(on(x), g);
+                        [gp, gp * (x - mt)]
+                    });
+                    t[0] += a;
+                    t[1] += b;
+                }
+                t
+            }
+            (None, Some(h)) => {
+                let mut t = [0f64; 5];
+                for (x, h) in xs.iter().zip(planes(gm, h, c)) {
+                    let [a, b] = sums3(x, h, x, |x, h, _| [h, h * (x - mt)]);
+                    t[2] += a;
+                    t[3] += b;
+                }
+                t
+            }
+            (Some(g), Some(h)) => {
+                let mut t = [0f64; 5];
+                let (gs, hs) = (planes(gm, g, c), planes(gm, h, c));
+                for ((x, g), h) in xs.iter().zip(gs).zip(hs) {
+                    let v = sums3(x, g, h, |x, g, h| {
+                        let (gp, d) = (select(on(x), g), x - mt);
+                        [gp, gp * d, h, h * d, gp * h]
+                    });
+                    for k in 0..5 {
+                        t[k] += v[k];
+                    }
+                }
+                t
+            }
+            _ => [0f64; 5],
+        };
+        if self.g.is_some() {
             let GradSums { g: sg, gx: sgx } = match self.sums {
                 Some(s) => s[c],
-                None => {
-                    let gs = planes(g);
-                    let sg: f64 = xs
-                        .iter()
-                        .zip(&gs)
-                        .map(|(x, g)| sum3(x, g, x, |x, g, _| select(on(x), g)))
-                        .sum();
-                    let sgx: f64 = xs
-                        .iter()
-                        .zip(&gs)
-                        .map(|(x, g)| sum3(x, g, x, |x, g, _| select(on(x), g) * (x - mt)))
-                        .sum();
-                    GradSums { g: sg, gx: sgx }
-                }
+                None => GradSums { g: sg, gx: sgx },
             };
             ch.gbar = sg / n;
             ch.m = sgx * inv / n;
-            if let Some(h) = self.h {
-                let (gs, hs) = (planes(g), planes(h));
-                let shg: f64 = (0..gm.outer)
-                    .map(|b| sum3(xs[b], gs[b], hs[b], |x, g, h| select(on(x), g) * h))
-                    .sum();
+            if self.h.is_some() {
                 ch.hg = shg / n;
             }
         }
-        if let Some(h) = self.h {
-            let hs = planes(h);
-            let sh: f64 = hs.iter().map(|h| sum3(h, h, h, |v, _, _| v)).sum();
-            let shx: f64 = xs
-                .iter()
-                .zip(&hs)
-                .map(|(x, h)| sum3(x, h, x, |x, h, _| h * (x - mt)))
-                .sum();
+        if self.h.is_some() {
             ch.hbar = sh / n;
             ch.a = shx * inv / n;
         }
@@ -445,8 +495,18 @@ enum Kernel {
     GradPBackG,
 }
 
-fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Vec<Chan>) {
-    let chans = a.channels();
+/// Runs `kernel` on `a`. The per-channel quantities come from `shared` when another kernel on
+/// the same inputs computed them already (see [`BnHess`]), else they are computed here.
+fn run<T: WithDType>(kernel: Kernel, a: &Args<T>, shared: Option<&OnceLock<Vec<Chan>>>) -> (Vec<T>, Vec<Chan>) {
+    // M ⊙ (k₁ x̂ + k₂) does not read g (an input for its shape only): no sums over it.
+    let a = &match kernel {
+        Kernel::GradPBackG => Args { g: None, ..*a },
+        _ => *a,
+    };
+    let chans = match shared {
+        Some(cell) => cell.get_or_init(|| a.channels()).clone(),
+        None => a.channels(),
+    };
     let n = a.geom.n() as f64;
     let out = match kernel {
         // y = act(γ x̂ + β)
@@ -495,7 +555,7 @@ fn run<T: WithDType>(kernel: Kernel, a: &Args<T>) -> (Vec<T>, Vec<Chan>) {
             }
         }),
         // M ⊙ (σ/s)(h − h̄ − x̂ a)
-        Kernel::HessG => a.map_each(&chans, true, |ch| {
+        Kernel::HessG => Args { g: None, ..*a }.map_each(&chans, true, |ch| {
             let (pa, pb) = ch.pre();
             let p = ch.scale * ch.inv;
             Affine {
@@ -545,9 +605,17 @@ struct Cache {
     sums: Option<Arc<Vec<GradSums>>>,
 }
 
-/// Runs `kernel` on CPU storages: `x`, the parameter pack `p: [rows, C]`, and an optional
-/// gradient input `t` (either `g`, or `[g; h]` stacked on a new leading axis). Returns the
-/// output and the per-channel quantities it computed.
+/// The parameter pack `[rows, C]` of a kernel call: an input storage, or values read when the
+/// op was built (the second-order kernels, whose outputs are not differentiated again).
+#[derive(Clone, Copy)]
+enum Pack<'a> {
+    Storage(&'a CpuStorage, &'a Layout),
+    Values(&'a [f64], usize),
+}
+
+/// Runs `kernel` on CPU storages: the input `x`, the parameter pack, and the upstream
+/// gradients `g` and `h` that the kernel reads. Returns the output and the per-channel
+/// quantities it used.
 #[allow(clippy::too_many_arguments)]
 fn cpu_run(
     kernel: Kernel,
@@ -555,23 +623,25 @@ fn cpu_run(
     relu: bool,
     cache: &Cache,
     x: (&CpuStorage, &Layout),
-    p: (&CpuStorage, &Layout),
-    t: Option<(&CpuStorage, &Layout)>,
-    stacked: bool,
+    pack: Pack<'_>,
+    g: Option<(&CpuStorage, &Layout)>,
+    h: Option<(&CpuStorage, &Layout)>,
+    shared: Option<&OnceLock<Vec<Chan>>>,
 ) -> Result<(CpuStorage, Shape, Vec<Chan>)> {
     let geom = Geom::of(x.1.shape())?;
-    let (rows, pc) = p.1.shape().dims2()?;
+    let (rows, pc) = match pack {
+        Pack::Storage(_, l) => l.shape().dims2()?,
+        Pack::Values(v, rows) => (rows, v.len() / rows.max(1)),
+    };
     if pc != geom.c || rows < 2 {
         candle_core::bail!(
-            "batch norm: parameter pack {:?} does not match {} channels",
-            p.1.shape(),
+            "batch norm: a parameter pack of {rows} × {pc} does not match {} channels",
             geom.c
         );
     }
     let numel = x.1.shape().elem_count();
-    if let Some((_, tl)) = t {
-        let want = if stacked { 2 * numel } else { numel };
-        if tl.shape().elem_count() != want {
+    for (_, tl) in g.iter().chain(h.iter()) {
+        if tl.shape().elem_count() != numel {
             candle_core::bail!(
                 "batch norm: gradient {:?} does not match input {:?}",
                 tl.shape(),
@@ -592,18 +662,21 @@ fn cpu_run(
     macro_rules! go {
         ($t:ty, $variant:ident) => {{
             let xs = contiguous::<$t>(x.0, x.1, "batch norm", "input")?;
-            let ps = contiguous::<$t>(p.0, p.1, "batch norm", "parameters")?;
-            let ts = match t {
+            let owned: Vec<$t>;
+            let ps: &[$t] = match pack {
+                Pack::Storage(s, l) => contiguous::<$t>(s, l, "batch norm", "parameters")?,
+                Pack::Values(v, _) => {
+                    owned = v.iter().map(|&v| <$t>::from_f64(v)).collect();
+                    &owned
+                }
+            };
+            let g = match g {
                 Some((s, l)) => Some(contiguous::<$t>(s, l, "batch norm", "gradient")?),
                 None => None,
             };
-            let (g, h) = match (ts, stacked) {
-                (Some(ts), true) => (Some(&ts[..numel]), Some(&ts[numel..])),
-                (Some(ts), false) => match kernel {
-                    Kernel::HessG => (None, Some(ts)),
-                    _ => (Some(ts), None),
-                },
-                (None, _) => (None, None),
+            let h = match h {
+                Some((s, l)) => Some(contiguous::<$t>(s, l, "batch norm", "gradient")?),
+                None => None,
             };
             let args = Args {
                 x: xs,
@@ -617,13 +690,13 @@ fn cpu_run(
                 moments,
                 sums,
             };
-            let (out, chans) = run(kernel, &args);
+            let (out, chans) = run(kernel, &args, shared);
             (CpuStorage::$variant(out), chans)
         }};
     }
-    let (storage, chans) = match (x.0, p.0) {
-        (CpuStorage::F32(_), CpuStorage::F32(_)) => go!(f32, F32),
-        (CpuStorage::F64(_), CpuStorage::F64(_)) => go!(f64, F64),
+    let (storage, chans) = match (x.0, pack) {
+        (CpuStorage::F32(_), Pack::Storage(CpuStorage::F32(_), _) | Pack::Values(..)) => go!(f32, F32),
+        (CpuStorage::F64(_), Pack::Storage(CpuStorage::F64(_), _) | Pack::Values(..)) => go!(f64, F64),
         _ => candle_core::bail!("batch norm: only f32 and f64 (not mixed) are supported on the CPU"),
     };
     Ok((storage, out_shape, chans))
@@ -660,9 +733,10 @@ impl CustomOp2 for BnForward {
             self.relu,
             &Cache::default(),
             (s1, l1),
-            (s2, l2),
+            Pack::Storage(s2, l2),
             None,
-            false,
+            None,
+            None,
         )?;
         let moments: Vec<Moment> = chans
             .iter()
@@ -748,16 +822,16 @@ impl CustomOp3 for BnGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let stacked = matches!(self.kernel, Kernel::HessX | Kernel::HessScale);
         let (out, shape, _) = cpu_run(
             self.kernel,
             self.eps,
             self.relu,
             &self.cache,
             (s1, l1),
-            (s2, l2),
+            Pack::Storage(s2, l2),
             Some((s3, l3)),
-            stacked,
+            None,
+            None,
         )?;
         Ok((out, shape))
     }
@@ -780,10 +854,22 @@ impl CustomOp3 for BnGrad {
         match self.kernel {
             Kernel::GradX => {
                 // t = g, up = h: ∂⟨h, GradX(x, p, g)⟩ w.r.t. x, p (only the row σ is read) and g.
-                let gh = Tensor::stack(&[t, &up], 0)?;
-                let dx = x.apply_op3(p, &gh, op(Kernel::HessX))?;
-                let dg = x.apply_op3(p, &up, op(Kernel::HessG))?;
-                let ds = x.apply_op3(p, &gh, op(Kernel::HessScale))?;
+                // The three kernels read the same (x, p, g, h) and share one pass for their sums.
+                let rows = p.dim(0)?;
+                let pack: Arc<Vec<f64>> = Arc::new(p.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?);
+                let shared = Arc::new(OnceLock::new());
+                let hess = |kernel| BnHess {
+                    kernel,
+                    eps: self.eps,
+                    relu: self.relu,
+                    pack: pack.clone(),
+                    rows,
+                    moments: self.cache.moments.clone(),
+                    shared: shared.clone(),
+                };
+                let dx = x.apply_op3(t, &up, hess(Kernel::HessX))?;
+                let dg = x.apply_op3(t, &up, hess(Kernel::HessG))?;
+                let ds = x.apply_op3(t, &up, hess(Kernel::HessScale))?;
                 // σ is γ (row 0) of a two-row pack `[γ; β]`, the third row of `[γ; β; σ]`; the
                 // mask depends on γ and β only piecewise constantly.
                 let zeros = Tensor::zeros((2, p.dim(1)?), p.dtype(), p.device())?;
@@ -805,6 +891,65 @@ impl CustomOp3 for BnGrad {
             }
             _ => Err(third_order(self.name())),
         }
+    }
+}
+
+/// The second-order kernels `HessX`, `HessG` and `HessScale` of one `GradX` node, as
+/// `(x, g, h) ↦ out`. The parameter pack is read when the node's backward runs (these outputs
+/// are not differentiated again), so `g` and `h` need not be stacked into one input, and the
+/// three kernels share one computation of the per-channel sums.
+struct BnHess {
+    kernel: Kernel,
+    eps: f64,
+    relu: bool,
+    /// The pack `[rows, C]`, row-major.
+    pack: Arc<Vec<f64>>,
+    rows: usize,
+    moments: Option<Arc<Vec<Moment>>>,
+    shared: Arc<OnceLock<Vec<Chan>>>,
+}
+
+impl CustomOp3 for BnHess {
+    fn name(&self) -> &'static str {
+        "secateur-batch-norm-second-order"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let cache = Cache {
+            moments: self.moments.clone(),
+            sums: None,
+        };
+        let (out, shape, _) = cpu_run(
+            self.kernel,
+            self.eps,
+            self.relu,
+            &cache,
+            (s1, l1),
+            Pack::Values(&self.pack, self.rows),
+            Some((s2, l2)),
+            Some((s3, l3)),
+            Some(&self.shared),
+        )?;
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _g: &Tensor,
+        _h: &Tensor,
+        _res: &Tensor,
+        _up: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Err(third_order(self.name()))
     }
 }
 
@@ -873,6 +1018,29 @@ mod tests {
             assert!(max_abs_diff(&out.var, &var)? < 1e-12);
             assert_eq!(out.count, n);
         }
+        Ok(())
+    }
+
+    /// f32 statistics of data far from zero (mean 1000, spread 0.01): the per-plane moments and
+    /// their pairwise merge keep the variance, which a one-pass Σx² − (Σx)²/n in f32 would lose.
+    #[test]
+    fn f32_statistics_of_offset_data_match_f64() -> Result<()> {
+        let shape = [7usize, 3, 9, 11];
+        let x = ((seq(&shape, 0.61, 0.4)? * 0.01)? + 1000.0)?;
+        let c = shape[1];
+        let n = x.elem_count() / c;
+        let xt = x.transpose(0, 1)?.contiguous()?.reshape((c, n))?;
+        let mean = (xt.sum(1)? / n as f64)?;
+        let var = (xt.broadcast_sub(&mean.unsqueeze(1)?)?.sqr()?.sum(1)? / n as f64)?;
+        let ones = Tensor::ones(c, DType::F32, &Device::Cpu)?;
+        let out = batch_norm_train(&x.to_dtype(DType::F32)?, &ones, &ones, 1e-9, false)?;
+        let var32 = out.var.to_dtype(DType::F64)?;
+        let rel = ((var32 - &var)?.abs()? / &var)?.max(0)?.to_scalar::<f64>()?;
+        // Measured 9e-5 (the f32 rounding of the inputs, ulp 6e-5 at 1000, against a spread of
+        // 0.01); a one-pass Σx² − (Σx)²/n in f32 is off by orders of magnitude more than the
+        // variance itself (1e-4) here.
+        assert!(rel < 1e-3, "relative variance error {rel}");
+        assert!(max_abs_diff(&out.mean.to_dtype(DType::F64)?, &mean)? < 1e-3);
         Ok(())
     }
 
