@@ -117,12 +117,7 @@ impl CachingAllocator {
     pub fn release(&self) {
         for index in 0..CLASSES {
             let block = Self::block_size(index);
-            loop {
-                let p = self.pop(index);
-                if p.is_null() {
-                    break;
-                }
-                self.cached.fetch_sub(block, Ordering::Relaxed);
+            while let Some(p) = self.take(index, block) {
                 // SAFETY: `p` was allocated by `System` with exactly this layout (see `alloc`).
                 unsafe { System.dealloc(p, Self::block_layout(block)) };
             }
@@ -155,6 +150,16 @@ impl CachingAllocator {
         p
     }
 
+    /// A cached block of class `index` (of `block` bytes), counted out of the cache.
+    fn take(&self, index: usize, block: usize) -> Option<*mut u8> {
+        let p = self.pop(index);
+        if p.is_null() {
+            return None;
+        }
+        self.cached.fetch_sub(block, Ordering::Relaxed);
+        Some(p)
+    }
+
     fn push(&self, index: usize, p: *mut u8) {
         let mut list = self.lock(index);
         // SAFETY: `p` is a free block of at least MIN_CACHED bytes, aligned to a page.
@@ -179,31 +184,23 @@ unsafe impl GlobalAlloc for CachingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match Self::cached_class(layout) {
             None => System.alloc(layout),
-            Some((index, block)) => {
-                let p = self.pop(index);
-                if p.is_null() {
-                    System.alloc(Self::block_layout(block))
-                } else {
-                    self.cached.fetch_sub(block, Ordering::Relaxed);
-                    p
-                }
-            }
+            Some((index, block)) => match self.take(index, block) {
+                Some(p) => p,
+                None => System.alloc(Self::block_layout(block)),
+            },
         }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match Self::cached_class(layout) {
             None => System.alloc_zeroed(layout),
-            Some((index, block)) => {
-                let p = self.pop(index);
-                if p.is_null() {
-                    System.alloc_zeroed(Self::block_layout(block))
-                } else {
-                    self.cached.fetch_sub(block, Ordering::Relaxed);
+            Some((index, block)) => match self.take(index, block) {
+                Some(p) => {
                     ptr::write_bytes(p, 0, layout.size());
                     p
                 }
-            }
+                None => System.alloc_zeroed(Self::block_layout(block)),
+            },
         }
     }
 
