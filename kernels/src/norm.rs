@@ -399,15 +399,19 @@ impl<T: WithDType> Args<'_, T> {
         let (pa, pb, mt, z) = (T::from_f64(pa), T::from_f64(pb), T::from_f64(mean), T::zero());
         let relu = self.relu;
         let on = move |x: T| !relu || pa * x + pb > z;
-        // The same mask for the AVX-512 path: without the ReLU, 0·x + 1 > 0 for finite x.
-        let (ma, mb) = if relu { (pa, pb) } else { (z, T::one()) };
         // Every sum over the upstream gradients in one pass over the planes:
         // Σ g', Σ g'(x − μ), Σ h, Σ h(x − μ), Σ g' h.
         let [sg, sgx, sh, shx, shg] = match (self.g, self.h) {
             (Some(g), None) if self.sums.is_none() => {
                 let mut t = [0f64; 5];
                 for (x, g) in xs.iter().zip(planes(gm, g, c)) {
-                    let [a, b] = match masked_sums_f32(x, g, [ma, mb, mt]) {
+                    // Only behind a ReLU: without one, Σ g' is Σ g even where x is not finite.
+                    let fast = if relu {
+                        masked_sums_f32(x, g, [pa, pb, mt])
+                    } else {
+                        None
+                    };
+                    let [a, b] = match fast {
                         Some(v) => v,
                         None => sums3(x, g, x, |x, g, _| {
                             let gp = select(on(x), g);
