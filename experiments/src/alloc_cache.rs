@@ -2,12 +2,11 @@
 //!
 //! A training step, and even more a Hessian-vector product by double backpropagation, allocates
 //! and frees the same large tensors (a few MiB each) on every repetition. glibc hands such
-//! blocks back to the kernel (fresh `mmap`s above its mmap threshold, trimmed heaps of thread
-//! arenas), so the next repetition faults every page in again and the kernel zeroes it:
-//! `perf record` of `bench_step --model resnet20 --hvp` on the 2-core AMD EPYC of BENCHMARKS.md
-//! showed 29% of all samples in the kernel's `clear_page_erms` and 1.7 M page faults in 12 s.
-//! [`runtime::tune_allocator`](crate::runtime::tune_allocator)'s glibc settings do not reach
-//! those paths.
+//! blocks back to the kernel, so the next repetition faults every page in again and the kernel
+//! zeroes it: `perf record` of `bench_step --model resnet20 --hvp` on the 2-core AMD EPYC of
+//! BENCHMARKS.md showed 29% of all samples in the kernel's `clear_page_erms`, and one such run
+//! (`--steps 6 --warmup 2`) had 1.7 M page faults, with
+//! [`runtime::tune_allocator`](crate::runtime::tune_allocator)'s glibc settings applied.
 //!
 //! [`CachingAllocator`] serves every request of at least [`MIN_CACHED`] bytes from per-size-class
 //! free lists of blocks freed earlier, and otherwise from the system allocator. Size classes
