@@ -5,6 +5,7 @@
 //! posteriors, deterministic pruning baselines, calibration and uncertainty reports.
 //!
 //! This facade re-exports the member crates:
+//! - [`kernels`]: the CPU kernels and the process-wide double-backpropagation setting;
 //! - [`bayes`]: seeded randomness, the forward context, named parameters, (later) priors,
 //!   divergences and probabilistic layers;
 //! - [`models`]: architectures built from a layer factory;
@@ -15,5 +16,6 @@
 pub use secateur_bayes as bayes;
 pub use secateur_experiments as experiments;
 pub use secateur_inference as inference;
+pub use secateur_kernels as kernels;
 pub use secateur_models as models;
 pub use secateur_pruning as pruning;

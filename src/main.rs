@@ -11,12 +11,15 @@ fn main() {
     ALLOC.set_limit(secateur_experiments::alloc_cache::default_limit());
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
+    let cli = secateur_experiments::cli::Cli::parse();
+    if cli.needs_double_backprop() {
+        // SAFETY: no other thread exists yet (the rayon pool below is not built); candle reads
+        // the variable on each thread's first backward pass.
+        unsafe { secateur_kernels::double_backprop::enable_at_startup() };
+    }
     // Commands run as a worker of a rayon pool, so that each parallel kernel is a fork–join
     // rather than a wake-up of another thread and a sleep of this one (runtime::in_pool).
-    let result = secateur_experiments::runtime::in_pool(|| {
-        let cli = secateur_experiments::cli::Cli::parse();
-        secateur_experiments::cli::run(cli)
-    });
+    let result = secateur_experiments::runtime::in_pool(|| secateur_experiments::cli::run(cli));
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -15,6 +15,58 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether the command takes Hessian–vector products by double backpropagation (a
+    /// second-order criterion, `scores --diagnose`, or a study with such criteria), so that
+    /// `main` starts the process with `CANDLE_GRAD_DO_NOT_DETACH=1`
+    /// ([`secateur_kernels::double_backprop`]). Other commands keep candle's cheaper first-order
+    /// backward. An unreadable study file answers `false`; the study then reports it.
+    pub fn needs_double_backprop(&self) -> bool {
+        let second = |name: &str| secateur_pruning::criterion::by_name(name).is_ok_and(|c| c.needs_double_backprop());
+        match &self.command {
+            Command::Prune(c) => second(&c.criterion),
+            Command::Scores(c) => c.diagnose || second(&c.criterion),
+            Command::Study(c) => crate::pai::PaiConfig::from_file(&c.config).is_ok_and(|p| p.needs_double_backprop()),
+            _ => false,
+        }
+    }
+}
+
+/// Options of the criteria that have them, shared by `prune` and `scores`.
+#[derive(Debug, Args, Clone)]
+pub struct CriterionArgs {
+    /// Hutchinson (hutchinson, hp, hts): examples per Hessian batch (1: probes per example, as the
+    /// reference code of Gollini Navarrete et al. 2025).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub hessian_batch_size: usize,
+    /// Hutchinson: Rademacher probes per Hessian batch.
+    #[arg(long, value_name = "P", default_value_t = 10)]
+    pub probes: usize,
+    /// Floating-point type of the model and data for scoring (f64: scores comparable with an
+    /// independent computation to 1e-9). Overrides the config's `model.dtype`.
+    #[arg(long, value_parser = ["f32", "f64"])]
+    pub dtype: Option<String>,
+}
+
+impl CriterionArgs {
+    fn options(&self) -> secateur_pruning::CriterionOptions {
+        secateur_pruning::CriterionOptions {
+            hutchinson: secateur_pruning::criteria::HutchinsonOptions {
+                batch_size: self.hessian_batch_size,
+                probes: self.probes,
+            },
+        }
+    }
+
+    /// The config overrides with `model.dtype` added when `--dtype` is given.
+    fn overrides(&self, mut set: Vec<String>) -> Vec<String> {
+        if let Some(d) = &self.dtype {
+            set.push(format!("model.dtype=\"{d}\""));
+        }
+        set
+    }
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -134,9 +186,12 @@ pub struct QuickstartCmd {
 #[derive(Debug, Args)]
 pub struct PruneCmd {
     /// Criterion: random, magnitude, snip, grasp, synflow, fisher, fp, fts, hutchinson, hp, hts,
-    /// snr, log-alpha, inclusion, posterior-fisher.
+    /// ggn, hp-ggn, hts-ggn, snr, log-alpha, inclusion, posterior-fisher.
     #[arg(long)]
     pub criterion: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub criterion_args: CriterionArgs,
     /// Target sparsity in [0, 1): the fraction of prunable weights removed.
     #[arg(long)]
     pub sparsity: f64,
@@ -187,9 +242,18 @@ pub struct ScoresCmd {
     /// Criterion (as for `prune`).
     #[arg(long)]
     pub criterion: String,
-    /// The weights to score (safetensors with the model's parameter names).
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub criterion_args: CriterionArgs,
+    /// The weights to score (safetensors with the model's parameter names); without it, the
+    /// config's seed initialisation (what pruning at initialisation scores).
     #[arg(long, value_name = "FILE")]
-    pub weights: PathBuf,
+    pub weights: Option<PathBuf>,
+    /// Also compare Hutchinson's diagonal (with --hessian-batch-size and --probes) with the exact
+    /// Gauss-Newton diagonal on the same weights and examples, per layer: share of negative
+    /// entries, Spearman correlations, time; printed and written to OUT_STEM.diagnose.md.
+    #[arg(long)]
+    pub diagnose: bool,
     /// The config of the model and data.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
@@ -357,10 +421,11 @@ pub fn run(cli: Cli) -> Result<()> {
                     samples_per_class: c.samples_per_class,
                     keep_first: c.keep_first,
                     keep_last: c.keep_last,
+                    options: c.criterion_args.options(),
                 },
                 run: c.run,
                 config: c.config,
-                overrides: c.set,
+                overrides: c.criterion_args.overrides(c.set),
                 out: c.out.clone(),
                 data_dir: c.common.data_dir,
             };
@@ -379,16 +444,25 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Scores(c) => {
-            let n = crate::prune::scores(
-                &c.criterion,
-                &c.weights,
-                &c.config,
-                &c.set,
-                &c.out,
-                c.samples_per_class,
-                c.common.data_dir.as_deref(),
-            )?;
-            println!("{n} score tensors written to {}", c.out.display());
+            let out = crate::prune::scores(&crate::prune::ScoresOptions {
+                criterion: c.criterion.clone(),
+                weights: c.weights.clone(),
+                config: c.config.clone(),
+                overrides: c.criterion_args.overrides(c.set.clone()),
+                out: c.out.clone(),
+                samples_per_class: c.samples_per_class,
+                options: c.criterion_args.options(),
+                data_dir: c.common.data_dir.clone(),
+                diagnose: c.diagnose,
+            })?;
+            if let Some(d) = &out.diagnosis {
+                println!("{d}");
+                println!(
+                    "diagnosis written to {}",
+                    crate::prune::diagnosis_path(&c.out).display()
+                );
+            }
+            println!("{} score tensors written to {}", out.tensors, c.out.display());
         }
         Command::Study(c) => {
             let pai = crate::pai::PaiConfig::from_file(&c.config)?;

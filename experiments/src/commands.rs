@@ -93,7 +93,7 @@ fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) 
     let pb = ParamBuilder::new(
         store.clone(),
         SeededRng::substream(cfg.seed, STREAM_INIT),
-        DType::F32,
+        cfg.model.dtype().unwrap_or(DType::F32),
         dev.clone(),
     );
     (store, pb)
@@ -321,7 +321,8 @@ fn width_accuracies(
     let mut out = Vec::new();
     for &w in &cfg.bayes.eval_widths {
         let m = AtWidth { net, width: w };
-        let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
+        let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone())
+            .with_dtype(cfg.model.dtype()?);
         let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
         let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
         let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
@@ -428,7 +429,8 @@ fn evaluate(
     cfg: &StudyConfig,
     dev: &Device,
 ) -> Result<Evaluation> {
-    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
+    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone())
+        .with_dtype(cfg.model.dtype()?);
     let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     if cfg.is_bayesian() {
         let mc = predict_mc(net, &mut batches, sampling(cfg)?, cfg.bayes.eval_samples, &mut rng)?;
@@ -458,7 +460,8 @@ fn posterior_mean_accuracy(
     cfg: &StudyConfig,
     dev: &Device,
 ) -> Result<f64> {
-    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone());
+    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone())
+        .with_dtype(cfg.model.dtype()?);
     let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
@@ -543,7 +546,8 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         true,
         augment,
         dev.clone(),
-    );
+    )
+    .with_dtype(cfg.model.dtype()?);
     let mut test_batches = ImageBatches::new(
         &data.test,
         norm.clone(),
@@ -551,7 +555,8 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         false,
         None,
         dev.clone(),
-    );
+    )
+    .with_dtype(cfg.model.dtype()?);
     let mut recorder = RunRecorder::new(&run);
     let mut progress = Progress::new(opts.quiet);
     let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];

@@ -234,6 +234,30 @@ pub struct ModelConfig {
     /// units of the UCI regression benchmarks). Default: none, i.e. LeNet-300-100's `[300, 100]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Vec<usize>>,
+    /// Floating-point type of the parameters and inputs: `f32` (default) or `f64` (for scores
+    /// compared with an independent computation to 1e-9; slower). Written to a run's config only
+    /// when not the default.
+    #[serde(default = "f32_name", skip_serializing_if = "is_f32")]
+    pub dtype: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+fn is_f32(s: &str) -> bool {
+    s == "f32"
+}
+
+impl ModelConfig {
+    /// The candle dtype of [`ModelConfig::dtype`] (an error naming the field otherwise).
+    pub fn dtype(&self) -> candle_core::Result<candle_core::DType> {
+        match self.dtype.as_str() {
+            "f32" => Ok(candle_core::DType::F32),
+            "f64" => Ok(candle_core::DType::F64),
+            other => candle_core::bail!("model.dtype must be f32 or f64, got `{other}`"),
+        }
+    }
 }
 
 impl Default for ModelConfig {
@@ -242,6 +266,7 @@ impl Default for ModelConfig {
             arch: "lenet5".into(),
             layers: "deterministic".into(),
             hidden: None,
+            dtype: f32_name(),
         }
     }
 }
@@ -799,6 +824,7 @@ impl StudyConfig {
                 LAYER_KINDS.join(", ")
             ));
         }
+        self.model.dtype().map_err(|e| e.to_string())?;
         if let Some(h) = &self.model.hidden {
             if self.model.arch != "mlp" {
                 return Err(format!(

@@ -100,7 +100,8 @@ pub fn regularise(
         )?;
         trainer.set_hook(Box::new(&mut reg));
         let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });
-        let mut batches = ImageBatches::new(train_set, norm.clone(), cfg.data.batch_size, true, augment, dev.clone());
+        let mut batches = ImageBatches::new(train_set, norm.clone(), cfg.data.batch_size, true, augment, dev.clone())
+            .with_dtype(cfg.model.dtype()?);
         let mut progress = Progress::new(quiet);
         let mut observers: Vec<&mut dyn Observer> = vec![&mut progress];
         trainer.fit(&mut batches, None, &mut observers)?

@@ -1,7 +1,7 @@
 //! Mini-batches of an [`ImageSet`] for the training loop ([`Batches`]).
 
 use crate::data::{image_batch, shuffled_indices, Augment, ImageSet, Normalizer};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use secateur_bayes::SeededRng;
 use secateur_inference::train::Batches;
 
@@ -14,6 +14,7 @@ pub struct ImageBatches<'a> {
     shuffle: bool,
     augment: Option<Augment>,
     device: Device,
+    dtype: DType,
     order: Vec<usize>,
 }
 
@@ -35,8 +36,15 @@ impl<'a> ImageBatches<'a> {
             shuffle,
             augment,
             device,
+            dtype: DType::F32,
             order,
         }
+    }
+
+    /// Inputs cast to `dtype` (f32 by default; f64 for a model in f64).
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
     }
 }
 
@@ -67,13 +75,14 @@ impl Batches for ImageBatches<'_> {
             );
         }
         let hi = (lo + self.batch_size).min(self.order.len());
-        image_batch(
+        let (x, y) = image_batch(
             self.set,
             &self.order[lo..hi],
             &self.norm,
             self.augment.as_ref(),
             rng,
             &self.device,
-        )
+        )?;
+        Ok((x.to_dtype(self.dtype)?, y))
     }
 }

@@ -22,7 +22,8 @@ use secateur_bayes::{Sampling, SeededRng};
 use secateur_inference::metrics::classification_metrics;
 use secateur_inference::predict::predict;
 use secateur_inference::train::Trainer;
-use secateur_pruning::{MaskSet, Scope};
+use secateur_pruning::criteria::HutchinsonOptions;
+use secateur_pruning::{CriterionOptions, MaskSet, Scope};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,13 @@ pub struct PaiConfig {
     /// Scoring examples per class (default 10).
     #[serde(default = "ten")]
     pub samples_per_class: usize,
+    /// Hutchinson's examples per Hessian batch (`hutchinson`, `hp`, `hts`; default 1, a probe per
+    /// example, as the reference code of Gollini Navarrete et al. 2025).
+    #[serde(default = "one")]
+    pub hutchinson_batch_size: usize,
+    /// Hutchinson's Rademacher probes per Hessian batch (default 10).
+    #[serde(default = "ten")]
+    pub probes: usize,
     /// SynFlow's score-and-prune rounds (default 100, Tanaka et al. 2020); other criteria are
     /// one-shot.
     #[serde(default = "hundred")]
@@ -82,6 +90,9 @@ pub struct PaiConfig {
     pub models: Vec<PaiModel>,
 }
 
+fn one() -> usize {
+    1
+}
 fn ten() -> usize {
     10
 }
@@ -96,6 +107,23 @@ fn yes() -> bool {
 }
 
 impl PaiConfig {
+    /// The criteria's options (Hutchinson's batch size and probes).
+    pub fn criterion_options(&self) -> CriterionOptions {
+        CriterionOptions {
+            hutchinson: HutchinsonOptions {
+                batch_size: self.hutchinson_batch_size,
+                probes: self.probes,
+            },
+        }
+    }
+
+    /// Whether some criterion of the study needs double backpropagation.
+    pub fn needs_double_backprop(&self) -> bool {
+        self.criteria
+            .iter()
+            .any(|c| secateur_pruning::criterion::by_name(c).is_ok_and(|c| c.needs_double_backprop()))
+    }
+
     /// Reads and validates a study file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ExpError::io(path, e))?;
@@ -123,8 +151,14 @@ impl PaiConfig {
         if !matches!(self.scope.as_str(), "global" | "layer") {
             return Err(format!("`scope` must be global or layer, got `{}`", self.scope));
         }
-        if self.samples_per_class == 0 || self.synflow_rounds == 0 {
-            return Err("`samples_per_class` and `synflow_rounds` must be at least 1".into());
+        if self.samples_per_class == 0
+            || self.synflow_rounds == 0
+            || self.probes == 0
+            || self.hutchinson_batch_size == 0
+        {
+            return Err(
+                "`samples_per_class`, `synflow_rounds`, `probes` and `hutchinson_batch_size` must be at least 1".into(),
+            );
         }
         if self.train_per_class == Some(0) || self.test_per_class == Some(0) || self.warmup_batches == Some(0) {
             return Err("`train_per_class`, `test_per_class` and `warmup_batches` must be at least 1".into());
@@ -152,6 +186,9 @@ pub struct PaiRow {
     pub accuracy: f64,
     /// Layers left without weights, `;`-separated.
     pub collapsed: String,
+    /// Layers nearly collapsed (fewer kept weights than output units, or an output class with
+    /// no input; `secateur_pruning::mask::LayerRow::near_collapse`), `;`-separated.
+    pub near_collapse: String,
     /// Seconds for scoring and training.
     pub seconds: f64,
     /// The error of a failed run, empty otherwise.
@@ -207,9 +244,11 @@ fn train_masked(
         true,
         augment,
         dev.clone(),
-    );
+    )
+    .with_dtype(cfg.model.dtype()?);
     trainer.fit(&mut batches, None, &mut [])?;
-    let mut test_batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev);
+    let mut test_batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev)
+        .with_dtype(cfg.model.dtype()?);
     let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     let p = predict(&net, &mut test_batches, Sampling::Mean, &mut rng)?;
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
@@ -440,44 +479,34 @@ pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<Path
         rows.sort_by_key(|r| order[&row_key(&r.arch, &r.criterion, r.bn_warmup, r.sparsity, r.seed)]);
     };
 
-    // Workers fix their own backward passes as first-order (candle reads the setting on a
-    // thread's first backward pass), then double backpropagation is switched on for the process,
-    // so that every scoring thread they spawn can take Hessian-vector products. With more than
-    // one worker the variable stays set until the study ends (`prune_model` only removes what it
-    // set), so that no scoring thread races with another's removal.
+    // Second-order criteria need a process started with double backpropagation: refuse before
+    // any run rather than record the same error in every row.
+    if !todo.is_empty() && pai.needs_double_backprop() {
+        secateur_kernels::double_backprop::require("the study's second-order criteria")
+            .map_err(|e| ExpError::config("criteria", e.to_string()))?;
+    }
     let jobs = opts.jobs.min(todo.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let ready = std::sync::Barrier::new(jobs + 1);
     let (tx, rx) = std::sync::mpsc::channel::<PaiRow>();
-    let was_set = std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_some();
     // Each worker runs in a rayon pool of its own with an equal share of the cores
-    // (runtime::in_pool_of); the thread that runs the backward passes is that pool's worker,
-    // so the setting is fixed there.
+    // (runtime::in_pool_of).
     let threads = (rayon::current_num_threads() / jobs).max(1);
     let outcome = std::thread::scope(|s| -> Result<()> {
         for _ in 0..jobs {
             let tx = tx.clone();
-            let (next, ready, todo, models) = (&next, &ready, &todo, &models);
+            let (next, todo, models) = (&next, &todo, &models);
             s.spawn(move || {
-                crate::runtime::in_pool_of(threads, || {
-                    let _ = secateur_pruning::criteria::double_backprop_enabled();
-                    ready.wait();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(cell) = todo.get(i) else { break };
-                        let row = run_cell(pai, &models[cell.model], cell, scope);
-                        if tx.send(row).is_err() {
-                            break;
-                        }
+                crate::runtime::in_pool_of(threads, || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(cell) = todo.get(i) else { break };
+                    let row = run_cell(pai, &models[cell.model], cell, scope);
+                    if tx.send(row).is_err() {
+                        break;
                     }
                 })
             });
         }
         drop(tx);
-        ready.wait();
-        if jobs > 1 {
-            secateur_pruning::criteria::enable_double_backprop();
-        }
         for row in rx {
             bar.set_message(format!(
                 "{} {} s={} warm-up={} seed={}: {:.4}",
@@ -490,9 +519,6 @@ pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<Path
         }
         Ok(())
     });
-    if jobs > 1 && !was_set {
-        std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH");
-    }
     outcome?;
     bar.finish_and_clear();
     sort(&mut rows);
@@ -529,6 +555,7 @@ fn run_cell(pai: &PaiConfig, m: &Prepared, cell: &Cell, scope: Scope) -> PaiRow 
         reached: if cell.criterion.is_none() { 0.0 } else { f64::NAN },
         accuracy: f64::NAN,
         collapsed: String::new(),
+        near_collapse: String::new(),
         seconds: 0.0,
         error: String::new(),
     };
@@ -544,10 +571,12 @@ fn run_cell(pai: &PaiConfig, m: &Prepared, cell: &Cell, scope: Scope) -> PaiRow 
                 samples_per_class: pai.samples_per_class,
                 keep_first: false,
                 keep_last: pai.keep_last,
+                options: pai.criterion_options(),
             };
             prune_model(&cfg, &m.data, None, &spec).and_then(|p| {
                 row.reached = p.masks.sparsity()?;
                 row.collapsed = p.table.collapsed().join(";");
+                row.near_collapse = p.table.near_collapse().join(";");
                 train_masked(&cfg, &m.data, &m.test, &m.data.norm, Some(&p.masks))
             })
         }
@@ -572,19 +601,27 @@ fn read_results(path: &Path) -> Result<Vec<PaiRow>> {
         path: path.to_path_buf(),
         message: format!("line {line}: {what}"),
     };
+    // Studies written before the `near_collapse` column have 10 fields.
+    let header = text.lines().next().unwrap_or_default();
+    let fields = if header.split(',').any(|h| h == "near_collapse") {
+        11
+    } else {
+        10
+    };
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         if line.trim().is_empty() {
             continue;
         }
-        let f: Vec<&str> = line.splitn(10, ',').collect();
-        if f.len() != 10 {
-            return Err(bad(i + 1, "expected 10 fields"));
+        let f: Vec<&str> = line.splitn(fields, ',').collect();
+        if f.len() != fields {
+            return Err(bad(i + 1, &format!("expected {fields} fields")));
         }
         let num = |k: usize| -> Result<f64> {
             f[k].parse::<f64>()
                 .map_err(|_| bad(i + 1, &format!("field {} is not a number: `{}`", k + 1, f[k])))
         };
+        let near = usize::from(fields == 11);
         rows.push(PaiRow {
             arch: f[0].into(),
             criterion: f[1].into(),
@@ -598,18 +635,20 @@ fn read_results(path: &Path) -> Result<Vec<PaiRow>> {
             reached: num(5)?,
             accuracy: num(6)?,
             collapsed: f[7].into(),
-            seconds: num(8)?,
-            error: f[9].trim_matches('"').into(),
+            near_collapse: if near == 1 { f[8].into() } else { String::new() },
+            seconds: num(8 + near)?,
+            error: f[9 + near].trim_matches('"').into(),
         });
     }
     Ok(rows)
 }
 
 fn write_results(dir: &RunDir, rows: &[PaiRow]) -> Result<()> {
-    let mut s = String::from("arch,criterion,bn_warmup,sparsity,seed,reached,accuracy,collapsed,seconds,error\n");
+    let mut s =
+        String::from("arch,criterion,bn_warmup,sparsity,seed,reached,accuracy,collapsed,near_collapse,seconds,error\n");
     for r in rows {
         s.push_str(&format!(
-            "{},{},{},{},{},{:.6},{:.6},{},{:.2},\"{}\"\n",
+            "{},{},{},{},{},{:.6},{:.6},{},{},{:.2},\"{}\"\n",
             r.arch,
             r.criterion,
             r.bn_warmup,
@@ -618,6 +657,7 @@ fn write_results(dir: &RunDir, rows: &[PaiRow]) -> Result<()> {
             r.reached,
             r.accuracy,
             r.collapsed,
+            r.near_collapse,
             r.seconds,
             r.error.replace('"', "'").replace('\n', " ")
         ));
@@ -653,10 +693,33 @@ fn cells(rows: &[PaiRow]) -> BTreeMap<CellKey, BTreeMap<u64, Vec<f64>>> {
     cells
 }
 
+/// Per cell and sparsity: the seeds with a collapsed layer, and those with a nearly collapsed
+/// layer but none collapsed.
+fn collapse_counts(rows: &[PaiRow]) -> BTreeMap<(CellKey, u64), (usize, usize)> {
+    let mut out: BTreeMap<(CellKey, u64), (usize, usize)> = BTreeMap::new();
+    for r in rows {
+        let key = (
+            (r.arch.clone(), r.criterion.clone(), r.bn_warmup),
+            (r.sparsity * 1e6).round() as u64,
+        );
+        let e = out.entry(key).or_default();
+        if !r.collapsed.is_empty() {
+            e.0 += 1;
+        } else if !r.near_collapse.is_empty() {
+            e.1 += 1;
+        }
+    }
+    out
+}
+
 /// The Markdown table: one row per (architecture, criterion, warm-up), one column per sparsity,
-/// test accuracy in % as mean ± std over seeds.
+/// test accuracy in % as mean ± std over seeds; `(Ck)` marks a cell where `k` seeds left a layer
+/// without weights, `(Nk)` one where `k` further seeds left a layer nearly collapsed (see
+/// [`PaiRow::near_collapse`]). A legend follows the table when a mark is used.
 pub fn summary_table(rows: &[PaiRow]) -> String {
     let cells = cells(rows);
+    let flags = collapse_counts(rows);
+    let mut marked = false;
     let mut sparsities: Vec<u64> = cells.values().flat_map(|m| m.keys().copied()).collect();
     sparsities.sort_unstable();
     sparsities.dedup();
@@ -675,16 +738,33 @@ pub fn summary_table(rows: &[PaiRow]) -> String {
             match by_sparsity.get(sp) {
                 Some(v) => {
                     let (m, sd) = mean_std(v);
+                    let mut mark = String::new();
+                    let key = ((arch.clone(), crit.clone(), *warm), *sp);
+                    if let Some(&(c, n)) = flags.get(&key) {
+                        if c > 0 {
+                            mark.push_str(&format!(" (C{c})"));
+                        }
+                        if n > 0 {
+                            mark.push_str(&format!(" (N{n})"));
+                        }
+                    }
+                    marked |= !mark.is_empty();
                     if m.is_finite() {
-                        s.push_str(&format!(" {:.2} ± {:.2} |", 100.0 * m, 100.0 * sd));
+                        s.push_str(&format!(" {:.2} ± {:.2}{mark} |", 100.0 * m, 100.0 * sd));
                     } else {
-                        s.push_str(" failed |");
+                        s.push_str(&format!(" failed{mark} |"));
                     }
                 }
                 None => s.push_str(" |"),
             }
         }
         s.push('\n');
+    }
+    if marked {
+        s.push_str(
+            "\n(Ck): k seeds left a layer with no weight (layer collapse); (Nk): k further seeds left a layer with \
+             fewer weights than output units, or an output class with no input (near collapse).\n",
+        );
     }
     s
 }
@@ -728,6 +808,7 @@ mod tests {
             reached: s,
             accuracy: acc,
             collapsed: String::new(),
+            near_collapse: String::new(),
             seconds: 0.0,
             error: String::new(),
         };

@@ -2,11 +2,17 @@
 //! pruning criterion of `secateur-pruning`, allocate masks, and write masks, scores and a
 //! per-layer table.
 //!
-//! Scoring runs on its own thread, which builds the model there: the second-order criteria
-//! (GraSP, Hutchinson, HP, HTS) need Hessian-vector products by double backpropagation, which
-//! candle only keeps for threads whose first backward pass runs with
-//! `CANDLE_GRAD_DO_NOT_DETACH=1`. The variable is set for the scoring thread and removed when
-//! it ends, so training on the calling thread keeps candle's cheaper first-order backward.
+//! The second-order criteria (GraSP, Hutchinson, HP, HTS) need Hessian-vector products by double
+//! backpropagation, which candle only keeps in a process started with
+//! `CANDLE_GRAD_DO_NOT_DETACH=1` ([`secateur_kernels::double_backprop`]); the `secateur` binary
+//! sets it at start-up for the commands that need it ([`crate::cli::Cli::needs_double_backprop`]),
+//! and [`prune_model`] refuses, naming the variable, where it is missing. Nothing here changes the
+//! environment.
+//!
+//! **Random streams.** Batch-norm warm-up shuffles the training set from a stream of its own
+//! ([`STREAM_WARMUP`]), so that the scoring examples, the Rademacher probes and random scores,
+//! all drawn from [`STREAM_PRUNE`], are the same with and without warm-up for a seed: a paired
+//! comparison that differs only in the warm-up.
 
 use crate::atomic;
 use crate::commands::{build_model, load_data};
@@ -14,23 +20,26 @@ use crate::config::StudyConfig;
 use crate::data::{ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use secateur_bayes::{ParamStore, Sampling, SeededRng};
 use secateur_models::ModelSpec;
+use secateur_models::Network;
 use secateur_pruning::allocate::{prune_iteratively, IterativeSchedule};
+use secateur_pruning::criteria::HutchinsonOptions;
+use secateur_pruning::diagnose::LayerCurvature;
 use secateur_pruning::mask::{save_scores, LayerTable};
 use secateur_pruning::{
-    criterion, geometry, Allocation, Exclusions, MaskSet, Scope, Scores, ScoringContext, ScoringData,
+    criterion, geometry, Allocation, CriterionOptions, Exclusions, MaskSet, Scope, Scores, ScoringContext, ScoringData,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-/// Seed sub-stream of the scoring data draw, BN warm-up order and random scores.
-const STREAM_PRUNE: u64 = 5;
-
-/// The criteria that need Hessian-vector products (double backpropagation).
-pub const SECOND_ORDER: &[&str] = &["grasp", "hutchinson", "hp", "hts"];
+/// Seed sub-stream of the scoring data draw, the probes and random scores.
+pub const STREAM_PRUNE: u64 = 5;
+/// Seed sub-stream of the batch-norm warm-up's shuffle.
+pub const STREAM_WARMUP: u64 = 7;
 
 /// How to prune: criterion, target, allocation and scoring data.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,12 +62,18 @@ pub struct PruneSpec {
     pub keep_first: bool,
     /// Keep the last weight layer (the classifier) dense.
     pub keep_last: bool,
+    /// Options of the criteria that have them (Hutchinson's batch size and probes).
+    pub options: CriterionOptions,
 }
 
 impl PruneSpec {
     /// Refuses an unknown criterion, a sparsity outside `[0, 1)`, zero rounds or zero samples.
     pub fn validate(&self) -> Result<()> {
         criterion::by_name(&self.criterion).map_err(|e| ExpError::config("--criterion", e.to_string()))?;
+        self.options
+            .hutchinson
+            .validate()
+            .map_err(|e| ExpError::config("--probes/--hessian-batch-size", e.to_string()))?;
         if !(0.0..1.0).contains(&self.sparsity) {
             return Err(ExpError::config(
                 "--sparsity",
@@ -74,9 +89,9 @@ impl PruneSpec {
         Ok(())
     }
 
-    /// Whether the criterion needs double backpropagation.
+    /// Whether the criterion needs double backpropagation (false for an unknown name).
     pub fn second_order(&self) -> bool {
-        SECOND_ORDER.contains(&self.criterion.as_str())
+        criterion::by_name(&self.criterion).is_ok_and(|c| c.needs_double_backprop())
     }
 }
 
@@ -89,6 +104,8 @@ pub struct Pruned {
     pub scores: Scores,
     /// Per-layer sparsity, parameters and FLOPs.
     pub table: LayerTable,
+    /// The training-set indices of the scoring examples, in scoring order.
+    pub scoring_examples: Vec<usize>,
 }
 
 /// The training split, its normaliser, the input shape and the class count of a config's data.
@@ -120,18 +137,84 @@ impl PruneData {
 }
 
 /// `per_class` training examples of each class, drawn without replacement with `rng`, as
-/// scoring data (normalised like training batches, no augmentation).
-fn scoring_data(data: &PruneData, per_class: usize, rng: &mut SeededRng) -> Result<ScoringData> {
+/// scoring data (normalised like training batches, no augmentation, in the model's dtype), and
+/// their indices in the training set.
+fn scoring_data(
+    data: &PruneData,
+    per_class: usize,
+    dtype: DType,
+    rng: &mut SeededRng,
+) -> Result<(ScoringData, Vec<usize>)> {
     let labels = Tensor::from_vec(data.train.labels.clone(), data.train.len(), &Device::Cpu)?;
     let idx = criterion::per_class_indices(&labels, per_class, data.classes, rng)?;
     let subset = data.train.subset(&idx)?;
-    let mut batches = ImageBatches::new(&subset, data.norm.clone(), subset.len(), false, None, Device::Cpu);
-    Ok(ScoringData::from_batches(&mut batches, None, 100, rng)?)
+    let mut batches =
+        ImageBatches::new(&subset, data.norm.clone(), subset.len(), false, None, Device::Cpu).with_dtype(dtype);
+    Ok((ScoringData::from_batches(&mut batches, None, 100, rng)?, idx))
+}
+
+/// A model ready to be scored: built, weights loaded, batch norm warmed up, scoring examples
+/// drawn, and the generator positioned after that draw.
+struct Scoring {
+    net: Network,
+    store: ParamStore,
+    data: ScoringData,
+    examples: Vec<usize>,
+    rng: SeededRng,
+}
+
+impl Scoring {
+    /// Builds the config's model (its seed's initialisation, or `weights` when given, loaded
+    /// strictly), warms up batch norm over `warmup_batches` shuffled training batches (its own
+    /// stream, [`STREAM_WARMUP`]) and draws `per_class` scoring examples per class
+    /// ([`STREAM_PRUNE`]).
+    fn prepare(
+        cfg: &StudyConfig,
+        data: &PruneData,
+        weights: Option<&HashMap<String, Tensor>>,
+        warmup_batches: usize,
+        per_class: usize,
+    ) -> Result<Self> {
+        let dev = Device::Cpu;
+        let (net, store) = build_model(cfg, data.input, data.classes, &dev)?;
+        if let Some(w) = weights {
+            store.load(w)?;
+        }
+        let dtype = cfg.model.dtype()?;
+        if warmup_batches > 0 {
+            let mut batches = ImageBatches::new(
+                &data.train,
+                data.norm.clone(),
+                cfg.data.batch_size,
+                true,
+                None,
+                dev.clone(),
+            )
+            .with_dtype(dtype);
+            secateur_pruning::bn_warmup::warm_up_batches(
+                &net,
+                &mut batches,
+                Some(warmup_batches),
+                Sampling::Mean,
+                &mut SeededRng::substream(cfg.seed, STREAM_WARMUP),
+            )?;
+        }
+        let mut rng = SeededRng::substream(cfg.seed, STREAM_PRUNE);
+        let (scoring, examples) = scoring_data(data, per_class, dtype, &mut rng)?;
+        Ok(Self {
+            net,
+            store,
+            data: scoring,
+            examples,
+            rng,
+        })
+    }
 }
 
 /// Builds the config's model (its seed's initialisation, or `weights` when given), warms up
-/// batch norm, scores with the criterion, allocates and applies the masks. Runs on a fresh
-/// thread (see the module documentation); `weights` are loaded strictly.
+/// batch norm, scores with the criterion, allocates and applies the masks; `weights` are loaded
+/// strictly. A second-order criterion needs a process started with double backpropagation (an
+/// error naming the variable otherwise).
 pub fn prune_model(
     cfg: &StudyConfig,
     data: &PruneData,
@@ -139,55 +222,17 @@ pub fn prune_model(
     spec: &PruneSpec,
 ) -> Result<Pruned> {
     spec.validate()?;
-    // Set the variable for the scoring thread, and remove it afterwards only if it was set here
-    // (a caller that set it, like a parallel study, keeps it).
-    let set_here = spec.second_order() && std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none();
-    if set_here {
-        secateur_pruning::criteria::enable_double_backprop();
+    if spec.second_order() {
+        secateur_kernels::double_backprop::require(&format!("criterion `{}`", spec.criterion))
+            .map_err(|e| ExpError::config("--criterion", e.to_string()))?;
     }
-    let out = std::thread::scope(|s| {
-        // A pool of its own, as large as the caller's (see runtime::in_pool_of).
-        let threads = rayon::current_num_threads();
-        s.spawn(move || crate::runtime::in_pool_of(threads, || score_on_this_thread(cfg, data, weights, spec)))
-            .join()
-            .unwrap_or_else(|_| Err(ExpError::config("prune", "the scoring thread panicked")))
-    });
-    if set_here {
-        std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH");
-    }
-    out
-}
-
-fn score_on_this_thread(
-    cfg: &StudyConfig,
-    data: &PruneData,
-    weights: Option<&HashMap<String, Tensor>>,
-    spec: &PruneSpec,
-) -> Result<Pruned> {
-    let dev = Device::Cpu;
-    let (net, store) = build_model(cfg, data.input, data.classes, &dev)?;
-    if let Some(w) = weights {
-        store.load(w)?;
-    }
-    let mut rng = SeededRng::substream(cfg.seed, STREAM_PRUNE);
-    if spec.bn_warmup_batches > 0 {
-        let mut batches = ImageBatches::new(
-            &data.train,
-            data.norm.clone(),
-            cfg.data.batch_size,
-            true,
-            None,
-            dev.clone(),
-        );
-        secateur_pruning::bn_warmup::warm_up_batches(
-            &net,
-            &mut batches,
-            Some(spec.bn_warmup_batches),
-            Sampling::Mean,
-            &mut rng,
-        )?;
-    }
-    let scoring = scoring_data(data, spec.samples_per_class, &mut rng)?;
+    let Scoring {
+        net,
+        store,
+        data: scoring,
+        examples: scoring_examples,
+        mut rng,
+    } = Scoring::prepare(cfg, data, weights, spec.bn_warmup_batches, spec.samples_per_class)?;
     let model_spec = ModelSpec::new(cfg.model.arch.clone(), data.input, data.classes);
     let geom = geometry::record(&model_spec)?;
     let exclude = Exclusions {
@@ -201,7 +246,7 @@ fn score_on_this_thread(
         Scope::PerLayer => Allocation::per_layer(spec.sparsity),
     }
     .with_exclude(exclude);
-    let crit = criterion::by_name(&spec.criterion)?;
+    let crit = criterion::build(&spec.criterion, &spec.options)?;
     let mut cx = ScoringContext::new(&net, &store, Some(&scoring), &mut rng);
     let schedule = IterativeSchedule {
         rounds: spec.rounds,
@@ -218,7 +263,12 @@ fn score_on_this_thread(
         (masks, crit.score(&mut cx)?)
     };
     let table = masks.layer_table(&store, Some(&geom))?;
-    Ok(Pruned { masks, scores, table })
+    Ok(Pruned {
+        masks,
+        scores,
+        table,
+        scoring_examples,
+    })
 }
 
 /// Options of `secateur prune`.
@@ -298,34 +348,158 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
     Ok(m)
 }
 
+/// Options of `secateur scores`.
+#[derive(Debug, Clone)]
+pub struct ScoresOptions {
+    /// Criterion name.
+    pub criterion: String,
+    /// The weights to score (safetensors with the model's parameter names); `None`: the
+    /// config's seed initialisation (what pruning at initialisation scores).
+    pub weights: Option<PathBuf>,
+    /// The config of the model and data.
+    pub config: PathBuf,
+    /// `--set` overrides of the config.
+    pub overrides: Vec<String>,
+    /// Output file (safetensors).
+    pub out: PathBuf,
+    /// Scoring examples per class.
+    pub samples_per_class: usize,
+    /// Options of the criteria that have them.
+    pub options: CriterionOptions,
+    /// Data directory searched first.
+    pub data_dir: Option<PathBuf>,
+    /// Also compare Hutchinson's diagonal (with `options.hutchinson`) with the exact
+    /// Gauss–Newton diagonal on the same weights and scoring data, per layer.
+    pub diagnose: bool,
+}
+
+/// What `secateur scores` produced.
+#[derive(Debug, Clone)]
+pub struct ScoresOutput {
+    /// Number of score tensors written.
+    pub tensors: usize,
+    /// The diagnosis, with `diagnose`.
+    pub diagnosis: Option<CurvatureDiagnosis>,
+}
+
 /// `secateur scores`: the criterion's scores of the given weights (a safetensors file with the
-/// model's parameter names, e.g. exported from another implementation) for the config's model
-/// and data, written to `out` as safetensors under the prunable weights' names.
-pub fn scores(
-    criterion_name: &str,
-    weights: &Path,
-    config: &Path,
-    overrides: &[String],
-    out: &Path,
-    samples_per_class: usize,
-    data_dir: Option<&Path>,
-) -> Result<usize> {
-    let cfg = StudyConfig::from_file(config, overrides)?;
-    let w = atomic::read_safetensors(weights)?;
-    let data = PruneData::load(&cfg, data_dir)?;
+/// model's parameter names, e.g. exported from another implementation; or the config's seed
+/// initialisation) for the config's model and data, written to `out` as safetensors under the
+/// prunable weights' names. With `diagnose`, also the per-layer comparison of Hutchinson's
+/// diagonal with the exact Gauss–Newton diagonal ([`CurvatureDiagnosis`]), written beside `out`
+/// as `<out stem>.diagnose.md`.
+pub fn scores(opts: &ScoresOptions) -> Result<ScoresOutput> {
+    let cfg = StudyConfig::from_file(&opts.config, &opts.overrides)?;
+    let w = opts.weights.as_deref().map(atomic::read_safetensors).transpose()?;
+    let data = PruneData::load(&cfg, opts.data_dir.as_deref())?;
     let spec = PruneSpec {
-        criterion: criterion_name.to_string(),
+        criterion: opts.criterion.clone(),
         sparsity: 0.0,
         scope: Scope::Global,
         bn_warmup_batches: 0,
         rounds: 1,
-        samples_per_class,
+        samples_per_class: opts.samples_per_class,
         keep_first: false,
         keep_last: false,
+        options: opts.options,
     };
-    let pruned = prune_model(&cfg, &data, Some(&w), &spec)?;
-    save_scores(&pruned.scores, out)?;
-    Ok(pruned.scores.len())
+    let pruned = prune_model(&cfg, &data, w.as_ref(), &spec)?;
+    save_scores(&pruned.scores, &opts.out)?;
+    let diagnosis = if opts.diagnose {
+        let d = diagnose(
+            &cfg,
+            &data,
+            w.as_ref(),
+            opts.samples_per_class,
+            &opts.options.hutchinson,
+        )?;
+        atomic::write_string(&diagnosis_path(&opts.out), &d.to_string())?;
+        Some(d)
+    } else {
+        None
+    };
+    Ok(ScoresOutput {
+        tensors: pruned.scores.len(),
+        diagnosis,
+    })
+}
+
+/// `<dir>/<stem>.diagnose.md` beside a scores file.
+pub fn diagnosis_path(out: &Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}.diagnose.md"))
+}
+
+/// Hutchinson's diagonal against the exact Gauss–Newton diagonal, per layer, on the same
+/// weights and scoring examples (see [`secateur_pruning::diagnose`]).
+#[derive(Debug, Clone)]
+pub struct CurvatureDiagnosis {
+    /// Hutchinson's batch size and probes.
+    pub hutchinson: HutchinsonOptions,
+    /// Scoring examples.
+    pub examples: usize,
+    /// Seconds for Hutchinson's diagonal.
+    pub hutchinson_seconds: f64,
+    /// Seconds for the exact diagonal.
+    pub ggn_seconds: f64,
+    /// Per layer.
+    pub layers: Vec<LayerCurvature>,
+}
+
+impl std::fmt::Display for CurvatureDiagnosis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "Hutchinson (batch size {}, {} probes per batch) vs the exact Gauss-Newton diagonal on {} scoring examples \
+             ({:.2} s vs {:.2} s); Spearman rank correlations, and the share of negative entries (the exact diagonal of \
+             a ReLU/max-pool network has none).\n",
+            self.hutchinson.batch_size, self.hutchinson.probes, self.examples, self.hutchinson_seconds, self.ggn_seconds
+        )?;
+        write!(f, "{}", secateur_pruning::diagnose::table(&self.layers))
+    }
+}
+
+/// Computes the [`CurvatureDiagnosis`] of the config's model (or `weights`) at `T = 200` (the
+/// temperature of the HP and HTS criteria). Needs double backpropagation (Hutchinson).
+pub fn diagnose(
+    cfg: &StudyConfig,
+    data: &PruneData,
+    weights: Option<&HashMap<String, Tensor>>,
+    per_class: usize,
+    hutchinson: &HutchinsonOptions,
+) -> Result<CurvatureDiagnosis> {
+    secateur_kernels::double_backprop::require("--diagnose (Hutchinson's diagonal)")
+        .map_err(|e| ExpError::config("--diagnose", e.to_string()))?;
+    let Scoring {
+        net,
+        store,
+        data: sd,
+        mut rng,
+        ..
+    } = Scoring::prepare(cfg, data, weights, 0, per_class)?;
+    let loss = secateur_pruning::Loss::with_temperature(200.0);
+    let mut cx = ScoringContext::new(&net, &store, Some(&sd), &mut rng);
+    let t0 = Instant::now();
+    let (est, _) = secateur_pruning::criteria::hutchinson_diagonal(&mut cx, &loss, hutchinson)?;
+    let hutchinson_seconds = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let (exact, _) = secateur_pruning::criteria::ggn_diagonal(&mut cx, &loss)?;
+    let ggn_seconds = t0.elapsed().as_secs_f64();
+    let theta: Scores = cx
+        .targets()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    Ok(CurvatureDiagnosis {
+        hutchinson: *hutchinson,
+        examples: sd.len(),
+        hutchinson_seconds,
+        ggn_seconds,
+        layers: secateur_pruning::diagnose::compare(&est, &exact, &theta)?,
+    })
 }
 
 /// Loads a mask file for a model, checks it against the model's prunable weights (names and

@@ -37,6 +37,7 @@ fn spec(criterion: &str, sparsity: f64) -> PruneSpec {
         samples_per_class: 2,
         keep_first: false,
         keep_last: false,
+        options: Default::default(),
     }
 }
 
@@ -48,6 +49,20 @@ fn options(config: PathBuf, out: PathBuf, spec: PruneSpec) -> PruneOptions {
         overrides: vec![],
         out,
         data_dir: None,
+    }
+}
+
+fn scores_options(criterion: &str, weights: Option<PathBuf>, config: PathBuf, out: PathBuf) -> prune::ScoresOptions {
+    prune::ScoresOptions {
+        criterion: criterion.into(),
+        weights,
+        config,
+        overrides: vec![],
+        out,
+        samples_per_class: 2,
+        options: Default::default(),
+        data_dir: None,
+        diagnose: false,
     }
 }
 
@@ -139,8 +154,8 @@ fn scores_of_given_weights_match_an_independent_computation() {
     let map: HashMap<String, Tensor> = store.tensors().into_iter().collect();
     candle_core::safetensors::save(&map, &weights).unwrap();
     let out = tmp.path().join("scores.safetensors");
-    let n = prune::scores("magnitude", &weights, &config, &[], &out, 2, None).expect("scores");
-    assert_eq!(n, 5);
+    let n = prune::scores(&scores_options("magnitude", Some(weights), config, out.clone())).expect("scores");
+    assert_eq!(n.tensors, 5);
     let scores = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     for (name, s) in &scores {
         let d = (s - map[name].abs().unwrap())
@@ -180,4 +195,62 @@ fn bad_requests_are_refused_by_name() {
     };
     let e = commands::train(&mlp, &opts, None).unwrap_err().to_string();
     assert!(e.contains("--masks"), "{e}");
+}
+
+/// Warm-up has a stream of its own: for one seed, the scoring examples and every draw after them
+/// (here the random criterion's scores) are the same with and without batch-norm warm-up, so
+/// that the two differ only in the warm-up (a paired comparison). Before the fix the warm-up's
+/// shuffle drew from the scoring stream.
+#[test]
+fn warm_up_leaves_the_scoring_examples_and_draws_unchanged() {
+    let cfg = StudyConfig::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/pai-resnet20.toml"),
+        &["data.batch_size=20".into()],
+    )
+    .expect("config");
+    let data = prune::PruneData::load(&cfg, None).expect("data");
+    let run = |warm: usize| {
+        let s = PruneSpec {
+            bn_warmup_batches: warm,
+            ..spec("random", 0.5)
+        };
+        prune::prune_model(&cfg, &data, None, &s).expect("prune")
+    };
+    let (cold, warm) = (run(0), run(2));
+    assert_eq!(cold.scoring_examples, warm.scoring_examples);
+    assert_eq!(cold.scoring_examples.len(), 20);
+    for (name, s) in &cold.scores {
+        let d = (s - &warm.scores[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name}");
+    }
+    // and the warm-up did change the model: SNIP scores differ through the running statistics
+    let snip = |warm: usize| {
+        let s = PruneSpec {
+            bn_warmup_batches: warm,
+            ..spec("snip", 0.5)
+        };
+        prune::prune_model(&cfg, &data, None, &s).expect("prune").scores
+    };
+    let (a, b) = (snip(0), snip(2));
+    let differs = a.iter().any(|(k, v)| {
+        (v - &b[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    });
+    assert!(differs, "warm-up changed nothing");
 }

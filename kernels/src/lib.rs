@@ -32,6 +32,7 @@ pub mod bias;
 pub mod conv;
 mod conv_direct;
 mod cpu;
+pub mod double_backprop;
 pub mod gaussian_kl;
 pub mod inner;
 pub mod loss;

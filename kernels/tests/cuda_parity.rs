@@ -33,8 +33,10 @@ fn cuda() -> Device {
 
 /// `(L, ∇L, ∇(∇L · v))` of `L = Σ c ⊙ f(θ)²` on `dev`, returned on the CPU.
 fn first_and_second_order(f: Kernel, theta: &[Tensor], dev: &Device, seed: u64) -> (Tensor, Vec<Tensor>, Vec<Tensor>) {
-    // candle reads this once per thread, at the thread's first backward pass.
-    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    assert!(
+        secateur_kernels::double_backprop::requested(),
+        "internal: a parity test runs without double backpropagation"
+    );
     let vars: Vec<Var> = theta
         .iter()
         .map(|t| Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
@@ -110,6 +112,12 @@ fn parity(name: &str, f: Kernel, theta: &[Tensor], tol: f64, second_order: bool)
 
 #[test]
 fn convolution_matches_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::convolution_matches_across_devices"
+    )) {
+        return;
+    }
     for (k, c) in cases().into_iter().enumerate() {
         let p: ConvParams = c.p;
         let x = rand_t(&c.x, 10 + k as u64, DType::F64).unwrap();
@@ -123,6 +131,12 @@ fn convolution_matches_across_devices() {
 
 #[test]
 fn local_reparameterisation_matches_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::local_reparameterisation_matches_across_devices"
+    )) {
+        return;
+    }
     let p = ConvParams::new(1, 2, 1, 1);
     let x = rand_t(&[3, 2, 9, 8], 1, DType::F64).unwrap();
     let mu = rand_t(&[4, 2, 5, 5], 2, DType::F64).unwrap();
@@ -145,6 +159,12 @@ fn local_reparameterisation_matches_across_devices() {
 
 #[test]
 fn pooling_matches_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::pooling_matches_across_devices"
+    )) {
+        return;
+    }
     // Odd sides: the last row and column are dropped, as in PyTorch.
     let x = rand_t(&[2, 3, 9, 7], 8, DType::F64).unwrap();
     let f = |t: &[Tensor]| max_pool2d(&(&t[0] * &t[0])?, 2);
@@ -154,6 +174,12 @@ fn pooling_matches_across_devices() {
 
 #[test]
 fn batch_norm_matches_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::batch_norm_matches_across_devices"
+    )) {
+        return;
+    }
     let x = rand_t(&[4, 3, 5, 6], 9, DType::F64).unwrap();
     let w = (rand_t(&[3], 10, DType::F64).unwrap() + 1.5).unwrap();
     let b = rand_t(&[3], 11, DType::F64).unwrap();
@@ -172,6 +198,12 @@ fn batch_norm_matches_across_devices() {
 
 #[test]
 fn activations_match_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::activations_match_across_devices"
+    )) {
+        return;
+    }
     let a = rand_t(&[3, 4, 5], 12, DType::F64).unwrap();
     let b = rand_t(&[3, 4, 5], 13, DType::F64).unwrap();
     // x·|x| keeps a nonzero second derivative through the ReLU.
@@ -183,6 +215,12 @@ fn activations_match_across_devices() {
 
 #[test]
 fn convolution_with_bias_matches_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::convolution_with_bias_matches_across_devices"
+    )) {
+        return;
+    }
     for (k, c) in cases().into_iter().enumerate() {
         let p: ConvParams = c.p;
         let x = rand_t(&c.x, 30 + k as u64, DType::F64).unwrap();
@@ -195,6 +233,12 @@ fn convolution_with_bias_matches_across_devices() {
 
 #[test]
 fn matrix_products_match_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::matrix_products_match_across_devices"
+    )) {
+        return;
+    }
     let a = rand_t(&[5, 7], 60, DType::F64).unwrap();
     let b = rand_t(&[7, 3], 61, DType::F64).unwrap();
     let bt = rand_t(&[3, 7], 62, DType::F64).unwrap();
@@ -210,6 +254,12 @@ fn matrix_products_match_across_devices() {
 
 #[test]
 fn local_reparameterisation_draw_matches_across_devices() {
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::local_reparameterisation_draw_matches_across_devices"
+    )) {
+        return;
+    }
     let m = rand_t(&[3, 4, 5], 70, DType::F64).unwrap();
     let v = (rand_t(&[3, 4, 5], 71, DType::F64).unwrap().sqr().unwrap() + 0.5).unwrap();
     let e = rand_t(&[3, 4, 5], 72, DType::F64).unwrap();

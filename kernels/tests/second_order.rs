@@ -1,18 +1,13 @@
 //! Second-order tests: Hessian-vector products by double backpropagation through the custom ops
 //! (`CANDLE_GRAD_DO_NOT_DETACH=1`), compared with central differences of the gradient,
-//! `Hv ≈ (∇f(θ + εv) − ∇f(θ − εv)) / 2ε`, in f64. Kept in its own test binary so that the
-//! environment variable does not leak into the first-order tests.
+//! `Hv ≈ (∇f(θ + εv) − ∇f(θ − εv)) / 2ε`, in f64. Each test runs in a child process of this
+//! binary started with the variable set (`secateur_kernels::double_backprop::run_test_in_child`).
 
 mod common;
 
 use candle_core::{DType, Result, Tensor, Var};
 use common::*;
 use secateur_kernels::conv::{conv2d_input_grad, conv2d_weight_grad, conv2d_with};
-
-fn enable_double_backprop() {
-    // candle reads this once per thread, at the first backward pass on that thread.
-    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
-}
 
 type Objective<'a> = &'a dyn Fn(&[Tensor]) -> Result<Tensor>;
 
@@ -71,7 +66,10 @@ fn check_hvp(name: &str, f: Objective, theta: &[Tensor], seed: u64) {
 
 #[test]
 fn conv_hessian_vector_products() {
-    enable_double_backprop();
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(module_path!(), "::conv_hessian_vector_products"))
+    {
+        return;
+    }
     for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
         let p = c.p;
         let x = rand_t(&c.x, 300 + i as u64, DType::F64).unwrap();
@@ -101,7 +99,12 @@ fn conv_hessian_vector_products() {
 /// A two-layer conv net: Hv through conv → tanh → conv, w.r.t. both kernels and the input.
 #[test]
 fn two_layer_hessian_vector_product() {
-    enable_double_backprop();
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::two_layer_hessian_vector_product"
+    )) {
+        return;
+    }
     let p1 = secateur_kernels::conv::ConvParams::new(1, 1, 1, 1);
     let p2 = secateur_kernels::conv::ConvParams::new(2, 0, 1, 1);
     let x = rand_t(&[2, 3, 9, 11], 1, DType::F64).unwrap();
@@ -117,7 +120,9 @@ fn two_layer_hessian_vector_product() {
 /// Hv through the fused local-reparameterisation op (and its fused weight-gradient op).
 #[test]
 fn lrt_hessian_vector_products() {
-    enable_double_backprop();
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(module_path!(), "::lrt_hessian_vector_products")) {
+        return;
+    }
     for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
         let p = c.p;
         let x = rand_t(&c.x, 900 + i as u64, DType::F64).unwrap();
@@ -140,7 +145,12 @@ fn lrt_hessian_vector_products() {
 #[test]
 fn matmul_hessian_vector_products() {
     use secateur_kernels::matmul::matmul;
-    enable_double_backprop();
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::matmul_hessian_vector_products"
+    )) {
+        return;
+    }
     let x = rand_t(&[5, 4], 40, DType::F64).unwrap();
     let w1 = rand_t(&[4, 6], 41, DType::F64).unwrap();
     let w2 = rand_t(&[6, 3], 42, DType::F64).unwrap();
@@ -169,7 +179,12 @@ fn matmul_hessian_vector_products() {
 /// Hv through the fused convolution with bias, w.r.t. input, kernel and bias.
 #[test]
 fn conv_bias_hessian_vector_products() {
-    enable_double_backprop();
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::conv_bias_hessian_vector_products"
+    )) {
+        return;
+    }
     for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {
         let p = c.p;
         let x = rand_t(&c.x, 1300 + i as u64, DType::F64).unwrap();
@@ -192,7 +207,12 @@ fn conv_bias_hessian_vector_products() {
 #[test]
 fn lrt_sample_hessian_vector_products() {
     use secateur_kernels::lrt_sample::lrt_sample;
-    enable_double_backprop();
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::lrt_sample_hessian_vector_products"
+    )) {
+        return;
+    }
     let m = rand_t(&[3, 4, 5], 1400, DType::F64).unwrap();
     let v = (rand_t(&[3, 4, 5], 1401, DType::F64).unwrap().sqr().unwrap() + 0.5).unwrap();
     let e = rand_t(&[3, 4, 5], 1402, DType::F64).unwrap();
@@ -207,7 +227,12 @@ fn lrt_sample_hessian_vector_products() {
 /// f64 side is itself checked against finite differences above.
 #[test]
 fn f32_hessian_vector_products_match_f64() {
-    enable_double_backprop();
+    if !secateur_kernels::double_backprop::run_test_in_child(concat!(
+        module_path!(),
+        "::f32_hessian_vector_products_match_f64"
+    )) {
+        return;
+    }
     let wide = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect() };
     let narrow = |t: Tensor| t.to_dtype(DType::F32).unwrap();
     for (i, c) in cases().iter().chain(rect_cases().iter()).enumerate() {

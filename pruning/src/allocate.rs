@@ -6,7 +6,9 @@
 //!   scores, either over all scored tensors together ([`Scope::Global`], the default of the PaI
 //!   papers) or in each tensor separately ([`Scope::PerLayer`], `k_l = round((1 − s) · n_l)`).
 //!   Ties are broken by position (the lower flat index in the sorted-name concatenation wins), so
-//!   the result is deterministic. An optional guard keeps at least `min_kept_per_layer` entries of
+//!   the result is deterministic. Scores are compared as numbers: `−0.0` and `+0.0` are equal
+//!   (a ranking by `f64::total_cmp` would put `−0.0` below `+0.0`, so that the signs of zero
+//!   scores, e.g. GraSP's `θ · (+0)` on dead units, would decide which of them survive). An optional guard keeps at least `min_kept_per_layer` entries of
 //!   every tensor (against layer collapse) while still keeping exactly `k` in total.
 //! - [`Exclusions`]: tensors never pruned. Biases, batch-norm/layer-norm parameters and posterior
 //!   scales are never scored at all (see [`crate::prunable`]); the first and last weight layers
@@ -118,9 +120,10 @@ fn flat_scores(name: &str, t: &Tensor) -> Result<Vec<f64>> {
     Ok(v)
 }
 
-/// Higher score first, then lower index.
+/// Higher score first, then lower index. Scores are compared numerically (`−0.0 == +0.0`;
+/// infinities order as usual); NaN never reaches here ([`flat_scores`] refuses it).
 fn rank_order(s: &[f64]) -> impl Fn(&usize, &usize) -> Ordering + '_ {
-    move |a, b| s[*b].total_cmp(&s[*a]).then(a.cmp(b))
+    move |a, b| s[*b].partial_cmp(&s[*a]).unwrap_or(Ordering::Equal).then(a.cmp(b))
 }
 
 /// The `k` best of `candidates` (indices into `s`), by [`rank_order`].

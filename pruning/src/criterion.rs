@@ -29,6 +29,12 @@ use std::collections::BTreeMap;
 pub trait Criterion {
     /// The criterion's config name (`snip`, `hts`, …).
     fn name(&self) -> &str;
+    /// Whether scoring takes Hessian–vector products by double backpropagation (the process
+    /// must then start with `CANDLE_GRAD_DO_NOT_DETACH=1`, see
+    /// [`secateur_kernels::double_backprop`]). Default `false`.
+    fn needs_double_backprop(&self) -> bool {
+        false
+    }
     /// A score per entry of every prunable tensor it can score, by logical name (higher = kept
     /// first). The store's values are unchanged on return.
     fn score(&self, cx: &mut ScoringContext) -> Result<Scores>;
@@ -331,6 +337,13 @@ pub fn mean_gradient(cx: &mut ScoringContext, loss: &Loss) -> Result<Scores> {
     Ok(acc)
 }
 
+/// Options of the criteria that have them; the others ignore them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CriterionOptions {
+    /// Hutchinson's batch size and probes per batch (`hutchinson`, `hp`, `hts`).
+    pub hutchinson: crate::criteria::HutchinsonOptions,
+}
+
 /// The criterion named `name` (one of [`CRITERIA`]) with its paper defaults.
 ///
 /// ```
@@ -339,7 +352,24 @@ pub fn mean_gradient(cx: &mut ScoringContext, loss: &Loss) -> Result<Scores> {
 /// assert!(secateur_pruning::criterion::by_name("obd").is_err());
 /// ```
 pub fn by_name(name: &str) -> Result<Box<dyn Criterion>> {
+    build(name, &CriterionOptions::default())
+}
+
+/// The criterion named `name` (one of [`CRITERIA`]) with `options`.
+///
+/// ```
+/// use secateur_pruning::criterion::{build, CriterionOptions};
+/// use secateur_pruning::criteria::HutchinsonOptions;
+/// let o = CriterionOptions { hutchinson: HutchinsonOptions { batch_size: 100, probes: 10 } };
+/// assert!(build("hp", &o).unwrap().needs_double_backprop());
+/// assert!(!build("hp-ggn", &o).unwrap().needs_double_backprop());
+/// ```
+pub fn build(name: &str, options: &CriterionOptions) -> Result<Box<dyn Criterion>> {
     use crate::criteria::*;
+    let hutchinson = |score| Hutchinson {
+        options: options.hutchinson,
+        ..Hutchinson::new(score)
+    };
     Ok(match name {
         "random" => Box::new(Random),
         "magnitude" => Box::new(Magnitude),
@@ -349,9 +379,12 @@ pub fn by_name(name: &str) -> Result<Box<dyn Criterion>> {
         "fisher" => Box::new(EmpiricalFisher::new(FisherScore::Diagonal)),
         "fp" => Box::new(EmpiricalFisher::new(FisherScore::Fp)),
         "fts" => Box::new(EmpiricalFisher::new(FisherScore::Fts)),
-        "hutchinson" => Box::new(Hutchinson::new(HessianScore::Diagonal)),
-        "hp" => Box::new(Hutchinson::new(HessianScore::Hp)),
-        "hts" => Box::new(Hutchinson::new(HessianScore::Hts)),
+        "hutchinson" => Box::new(hutchinson(HessianScore::Diagonal)),
+        "hp" => Box::new(hutchinson(HessianScore::Hp)),
+        "hts" => Box::new(hutchinson(HessianScore::Hts)),
+        "ggn" => Box::new(Ggn::new(HessianScore::Diagonal)),
+        "hp-ggn" => Box::new(Ggn::new(HessianScore::Hp)),
+        "hts-ggn" => Box::new(Ggn::new(HessianScore::Hts)),
         "snr" => Box::new(Posterior::Snr),
         "log-alpha" => Box::new(Posterior::LogAlpha),
         "inclusion" => Box::new(Posterior::Inclusion),
@@ -373,6 +406,9 @@ pub const CRITERIA: &[&str] = &[
     "hutchinson",
     "hp",
     "hts",
+    "ggn",
+    "hp-ggn",
+    "hts-ggn",
     "snr",
     "log-alpha",
     "inclusion",

@@ -56,13 +56,14 @@ pub mod allocate;
 pub mod bn_warmup;
 pub mod criteria;
 pub mod criterion;
+pub mod diagnose;
 pub mod geometry;
 pub mod greg;
 pub mod mask;
 pub mod prunable;
 
 pub use allocate::{Allocation, Exclusions, IterativeSchedule, Scope};
-pub use criterion::{Criterion, Loss, ScoringContext, ScoringData};
+pub use criterion::{Criterion, CriterionOptions, Loss, ScoringContext, ScoringData};
 pub use geometry::{Geometry, LayerInfo, LayerKind};
 pub use mask::{MaskSet, Scores};
 

@@ -6,19 +6,30 @@
 //! Tensors without a mask are dense.
 //!
 //! **Bayesian layers.** A pruned weight of a Bayesian layer is removed from the model: its
-//! posterior mean `{name}_mu` is set to zero and its posterior standard deviation to
-//! [`PRUNED_STD`] (`{name}_rho ← softplus⁻¹(PRUNED_STD)` for mean-field layers, Blundell et al.
-//! 2015; `{name}_log_sigma2 ← 2 ln PRUNED_STD` for sparse variational dropout, Molchanov et al.
-//! 2017), so that weight samples `μ + σε` are zero to within `1e-10 · ε`, whatever the
-//! estimator. The gradients of `{name}_mu` and of every same-shaped `{name}_*` sibling are masked,
-//! so the removed weights do not train. (A multiplicative-noise posterior such as Kingma et al.
-//! 2015's `N(θ, αθ²)` is zero once `θ = 0`; its `log α` is only frozen.) The divergence of a
-//! removed weight from its prior is then a constant that no longer depends on any trained value.
+//! posterior mean `{name}_mu` is set to zero and its scale to the value that means "removed" in
+//! its family:
+//! - mean-field Gaussian (Blundell et al. 2015): `{name}_rho ← softplus⁻¹(PRUNED_STD)`, so that
+//!   weight samples `μ + σε` are zero to within `1e-10 · ε`;
+//! - sparse variational dropout (Molchanov et al. 2017): `{name}_log_sigma2 ←`
+//!   [`PRUNED_LOG_SIGMA2`], i.e. `log α = +8`, the **pruned** end of the clipped range, where the
+//!   KL approximation is about `3e-4` nats (a tiny σ would instead give `log α = −8`, the "most
+//!   important" end, and about 4.6 nats of KL per pruned weight); the noise left, `σ ≈ 1e-6`,
+//!   multiplies inputs of order 1;
+//! - variational dropout with per-weight rates (Kingma et al. 2015, `N(θ, αθ²)`):
+//!   `{name}_log_alpha ←` [`VD_LOG_ALPHA_MAX`] (`α = 1`), the end of its clipped range where the
+//!   KL approximation is smallest; the weight is zero anyway once `θ = 0` (per-unit rates are
+//!   shared with kept weights and are left alone).
+//!
+//! The gradients of `{name}_mu` and of every same-shaped `{name}_*` sibling are masked, so the
+//! removed weights do not train. The divergence of a removed weight from its prior is then a
+//! constant that no longer depends on any trained value.
 
 use crate::geometry::{Geometry, LayerInfo};
 use crate::prunable::{resolve, scale_siblings};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
+use secateur_bayes::layers::sparse_vd::PRUNED_LOG_SIGMA2;
+use secateur_bayes::layers::variational_dropout::VD_LOG_ALPHA_MAX;
 use secateur_bayes::math::inv_softplus;
 use secateur_bayes::ParamStore;
 use std::collections::{BTreeMap, HashMap};
@@ -44,6 +55,16 @@ pub type Scores = BTreeMap<String, Tensor>;
 #[derive(Debug, Clone, Default)]
 pub struct MaskSet {
     masks: BTreeMap<String, Tensor>,
+}
+
+/// Output units (first dimension) of a 0/1 mask with no one left.
+fn dead_units(m: &Tensor) -> Result<usize> {
+    let units = m.dims().first().copied().unwrap_or(0);
+    if units == 0 {
+        return Ok(0);
+    }
+    let per_unit = m.to_dtype(DType::F64)?.reshape((units, ()))?.sum(1)?.to_vec1::<f64>()?;
+    Ok(per_unit.iter().filter(|&&k| k == 0.0).count())
 }
 
 /// Number of ones of a 0/1 tensor.
@@ -181,7 +202,9 @@ impl MaskSet {
                 let pruned = if sib.ends_with("_rho") {
                     inv_softplus(PRUNED_STD)
                 } else if sib.ends_with("_log_sigma2") {
-                    2.0 * PRUNED_STD.ln()
+                    PRUNED_LOG_SIGMA2
+                } else if sib.ends_with("_log_alpha") {
+                    VD_LOG_ALPHA_MAX
                 } else {
                     continue;
                 };
@@ -233,6 +256,12 @@ impl MaskSet {
                 None => params,
             };
             let info: Option<&LayerInfo> = geometry.and_then(|g| g.get(&name));
+            let units = var.dims().first().copied().unwrap_or(0);
+            let dead_units = match self.masks.get(&name) {
+                Some(m) => dead_units(m)?,
+                None => 0,
+            };
+            let is_output = geometry.and_then(|g| g.last()).is_some_and(|l| l.name == name);
             rows.push(LayerRow {
                 shape: var.dims().to_vec(),
                 params,
@@ -241,6 +270,9 @@ impl MaskSet {
                 flops: info.map(|i| i.flops(params)),
                 flops_kept: info.map(|i| i.flops(kept)),
                 collapsed: kept == 0,
+                near_collapse: kept > 0 && (kept < units || (is_output && dead_units > 0)),
+                units,
+                dead_units,
                 name,
             });
         }
@@ -317,6 +349,14 @@ pub struct LayerRow {
     pub flops_kept: Option<u64>,
     /// Whether no weight is left (layer collapse).
     pub collapsed: bool,
+    /// Output units (filters, neurons): the first dimension of the weight.
+    pub units: usize,
+    /// Output units left with no kept incoming weight.
+    pub dead_units: usize,
+    /// Near-collapse: some weights are left, but fewer than the layer's output units, or (the
+    /// network's output layer) an output unit has no incoming weight left, so that no input
+    /// reaches it. Flagged where [`LayerRow::collapsed`] is not.
+    pub near_collapse: bool,
 }
 
 /// Per-layer sparsity, parameters and FLOPs (see [`MaskSet::layer_table`]).
@@ -355,33 +395,54 @@ impl LayerTable {
             .map(|r| r.name.as_str())
             .collect()
     }
+    /// Names of nearly collapsed layers ([`LayerRow::near_collapse`]).
+    pub fn near_collapse(&self) -> Vec<&str> {
+        self.rows
+            .iter()
+            .filter(|r| r.near_collapse)
+            .map(|r| r.name.as_str())
+            .collect()
+    }
 }
 
 impl std::fmt::Display for LayerTable {
     /// A Markdown table, one row per layer and a total row.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let fl = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
-        writeln!(f, "| layer | shape | params | kept | sparsity | FLOPs | FLOPs kept |")?;
-        writeln!(f, "|---|---|---:|---:|---:|---:|---:|")?;
+        writeln!(
+            f,
+            "| layer | shape | params | kept | kept fraction | sparsity | units without input | FLOPs | FLOPs kept |"
+        )?;
+        writeln!(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|")?;
         for r in &self.rows {
+            let flag = if r.collapsed {
+                " (collapsed)"
+            } else if r.near_collapse {
+                " (near collapse)"
+            } else {
+                ""
+            };
             writeln!(
                 f,
-                "| {}{} | {:?} | {} | {} | {:.4} | {} | {} |",
+                "| {}{flag} | {:?} | {} | {} | {:.4} | {:.4} | {} of {} | {} | {} |",
                 r.name,
-                if r.collapsed { " (collapsed)" } else { "" },
                 r.shape,
                 r.params,
                 r.kept,
+                1.0 - r.sparsity,
                 r.sparsity,
+                r.dead_units,
+                r.units,
                 fl(r.flops),
                 fl(r.flops_kept)
             )?;
         }
         writeln!(
             f,
-            "| total | | {} | {} | {:.4} | {} | {} |",
+            "| total | | {} | {} | {:.4} | {:.4} | | {} | {} |",
             self.params(),
             self.kept(),
+            1.0 - self.sparsity(),
             self.sparsity(),
             fl(self.flops()),
             fl(self.flops_kept())

@@ -194,3 +194,32 @@ fn iterative_pruning_is_monotone_and_ends_at_the_target() -> Result<()> {
     }
     Ok(())
 }
+
+/// Signed zeros tie: `−0.0` and `+0.0` are the same score, so position decides, not the sign.
+/// (GraSP's scores of dead units are `θ · (+0)` and carry θ's sign; a ranking by
+/// `f64::total_cmp` kept exactly the positive weights among them.)
+#[test]
+fn signed_zero_scores_tie_by_position() -> Result<()> {
+    // 8 zeros of alternating sign after two positive scores; keep 6 = the two positives and the
+    // first four zeros by position, whatever their signs.
+    let v = [1f32, 2., -0., 0., -0., 0., -0., 0., -0., 0.];
+    let scores: Scores = BTreeMap::from([("a.weight".to_string(), Tensor::new(&v, &Device::Cpu)?)]);
+    for m in [
+        Allocation::global(0.4).masks(&scores)?,
+        Allocation::per_layer(0.4).masks(&scores)?,
+    ] {
+        assert_eq!(
+            flat(m.get("a.weight").unwrap()),
+            [1., 1., 1., 1., 1., 1., 0., 0., 0., 0.]
+        );
+    }
+    // Across tensors (global scope): a `−0.0` in the first tensor outranks a `+0.0` in the second.
+    let scores: Scores = BTreeMap::from([
+        ("a.weight".to_string(), Tensor::new(&[-0f32, 3.], &Device::Cpu)?),
+        ("b.weight".to_string(), Tensor::new(&[0f32, 0.], &Device::Cpu)?),
+    ]);
+    let m = Allocation::global(0.5).masks(&scores)?;
+    assert_eq!(flat(m.get("a.weight").unwrap()), [1., 1.]);
+    assert_eq!(flat(m.get("b.weight").unwrap()), [0., 0.]);
+    Ok(())
+}

@@ -7,8 +7,13 @@ mod common;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor};
 use common::*;
-use secateur_bayes::layers::{BayesLinear, BayesLinearConfig, SvdLinear, SvdLinearConfig};
+use secateur_bayes::divergence::{kl_sparse_vd_elementwise, kl_vd_kingma_elementwise};
+use secateur_bayes::layers::sparse_vd::{LOG_ALPHA_CLIP, PRUNED_LOG_SIGMA2, THETA_SQ_EPS};
+use secateur_bayes::layers::variational_dropout::VD_LOG_ALPHA_MAX;
+use secateur_bayes::layers::{BayesLinear, BayesLinearConfig, SvdLinear, SvdLinearConfig, VdLinear, VdLinearConfig};
 use secateur_bayes::math::softplus;
+use secateur_bayes::variational::Variational;
+use secateur_bayes::Divergence;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::hooks::StepHook;
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
@@ -87,7 +92,7 @@ fn bayesian_masks_zero_the_mean_and_collapse_the_scale() -> Result<()> {
     );
     assert!((sigma[0][0] - 0.1).abs() < 1e-6, "kept σ unchanged");
     let ls2 = mat(p["fc2.weight_log_sigma2"].as_tensor());
-    assert!((ls2[0][0] - 2.0 * PRUNED_STD.ln()).abs() < 1e-4 && (ls2[1][1] + 2.0).abs() < 1e-6);
+    assert!((ls2[0][0] - PRUNED_LOG_SIGMA2).abs() < 1e-4 && (ls2[1][1] + 2.0).abs() < 1e-6);
     // sampled forward passes see the pruned weight as 0: input e_2 reaches output 1 only through
     // W[0][1] (pruned), so output 0 equals the mean bias to within 1e-10·ε
     let x = Tensor::new(&[[0f32, 1.]], &Device::Cpu)?;
@@ -203,6 +208,33 @@ fn layer_table_counts_parameters_and_flops_from_the_geometry() -> Result<()> {
     assert_eq!(t.params(), 150 + 2400 + 48000 + 10080 + 840);
     assert_eq!(t.kept(), t.params() - 125 - 840);
     assert!(t.to_string().contains("fc3.weight (collapsed)"));
+    // conv1 keeps 25 weights for 6 filters: 5 filters have no input, but 25 ≥ 6 weights
+    assert_eq!((row("conv1.weight").units, row("conv1.weight").dead_units), (6, 5));
+    assert!(!row("conv1.weight").near_collapse && !row("fc3.weight").near_collapse);
+    // near collapse: fc1 keeps 14 of 48,000 weights for 120 units (what HP at 99% left);
+    // fc3, the output layer, keeps weights but leaves class 7 without input
+    let mut m = MaskSet::new();
+    let mut f1 = vec![0f32; 48000];
+    f1[..14].iter_mut().for_each(|v| *v = 1.0);
+    m.insert("fc1.weight", Tensor::from_vec(f1, (120, 400), &Device::Cpu)?)?;
+    let mut f3 = vec![1f32; 840];
+    f3[7 * 84..8 * 84].iter_mut().for_each(|v| *v = 0.0);
+    m.insert("fc3.weight", Tensor::from_vec(f3, (10, 84), &Device::Cpu)?)?;
+    // fc2: 200 weights for 84 units, each unit keeps some: healthy
+    let mut f2 = vec![0f32; 10080];
+    for u in 0..84 {
+        f2[u * 120] = 1.0;
+        f2[u * 120 + 1] = 1.0;
+    }
+    m.insert("fc2.weight", Tensor::from_vec(f2, (84, 120), &Device::Cpu)?)?;
+    let t = m.layer_table(&store, Some(&g))?;
+    assert_eq!(t.near_collapse(), ["fc1.weight", "fc3.weight"]);
+    assert!(t.collapsed().is_empty());
+    let text = t.to_string();
+    assert!(
+        text.contains("fc1.weight (near collapse)") && text.contains("| 1 of 10 |"),
+        "{text}"
+    );
     // ViT linear layers run once per token: positions = 64 patches + the class token
     let vit = geometry::record(&ModelSpec::new("vit-tiny", [3, 32, 32], 10))?;
     assert_eq!(vit.get("blocks.0.attn.qkv.weight").unwrap().positions, 65);
@@ -250,5 +282,52 @@ fn masks_and_scores_round_trip_through_safetensors() -> Result<()> {
     )?;
     let e = MaskSet::load(&sp, &Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("scores.safetensors") && e.contains("`x`"), "{e}");
+    Ok(())
+}
+
+/// Pruned sparse-VD and per-weight VD weights sit at the **pruned** end of `log α` (Molchanov et
+/// al. 2017: `+8`; Kingma et al. 2015's clipped range: `0`), checked through the KL the layer
+/// reports: it equals the kept weights' terms plus the closed-form value at the pruned end for
+/// each pruned weight (≈ 0 for sparse VD; at `log α = −8` it would be about 4.6 nats each).
+#[test]
+fn pruned_variational_dropout_weights_sit_at_the_pruned_end_of_log_alpha() -> Result<()> {
+    assert!((PRUNED_LOG_SIGMA2 - (THETA_SQ_EPS.ln() + LOG_ALPHA_CLIP + 1.0)).abs() < 1e-12);
+    let store = ParamStore::new();
+    let pb = ParamBuilder::new(store.clone(), SeededRng::new(4), DType::F64, Device::Cpu);
+    let svd = SvdLinear::new(&pb.pp("a"), SvdLinearConfig::new(2, 2).with_init_log_sigma2(-6.0))?;
+    let vd = VdLinear::new(&pb.pp("b"), VdLinearConfig::new(2, 2))?;
+    let mut rng = SeededRng::new(0);
+    let kl = |l: &dyn Variational, rng: &mut SeededRng| -> Result<f64> {
+        l.divergence(&Divergence::Kl, rng)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()
+    };
+    // the kept weights' terms, from the log α each layer reports before pruning
+    let la_svd = svd.posterior_stats()?[0].log_alpha.clone().unwrap();
+    let la_vd = vd.posterior_stats()?[0].log_alpha.clone().unwrap();
+    let keep = t2(&[[1., 0.], [0., 1.]]);
+    let kept_kl = |la: &Tensor, f: fn(&Tensor) -> Result<Tensor>| -> Result<f64> {
+        f(la)?.mul(&keep.to_dtype(DType::F64)?)?.sum_all()?.to_scalar::<f64>()
+    };
+    let end = |v: f64, f: fn(&Tensor) -> Result<Tensor>| -> Result<f64> {
+        f(&Tensor::new(&[v], &Device::Cpu)?)?.sum_all()?.to_scalar::<f64>()
+    };
+    let want_svd = kept_kl(&la_svd, kl_sparse_vd_elementwise)? + 2.0 * end(LOG_ALPHA_CLIP, kl_sparse_vd_elementwise)?;
+    let want_vd = kept_kl(&la_vd, kl_vd_kingma_elementwise)? + 2.0 * end(VD_LOG_ALPHA_MAX, kl_vd_kingma_elementwise)?;
+    let mut m = MaskSet::new();
+    m.insert("a.weight", keep.clone())?;
+    m.insert("b.weight", keep.clone())?;
+    m.apply(&store)?;
+    let la = mat(&svd.posterior_stats()?[0].log_alpha.clone().unwrap());
+    assert_eq!((la[0][1], la[1][0]), (LOG_ALPHA_CLIP, LOG_ALPHA_CLIP), "{la:?}");
+    let (got_svd, got_vd) = (kl(&svd, &mut rng)?, kl(&vd, &mut rng)?);
+    assert!(
+        (got_svd - want_svd).abs() < 1e-9,
+        "sparse VD KL {got_svd} vs {want_svd}"
+    );
+    assert!((got_vd - want_vd).abs() < 1e-9, "VD KL {got_vd} vs {want_vd}");
+    // the pruned end costs almost nothing; the other end would cost 4.6 nats per weight
+    assert!(end(LOG_ALPHA_CLIP, kl_sparse_vd_elementwise)? < 1e-3);
+    assert!(end(-LOG_ALPHA_CLIP, kl_sparse_vd_elementwise)? > 4.0);
     Ok(())
 }

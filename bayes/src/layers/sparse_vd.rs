@@ -29,6 +29,13 @@ use std::sync::Arc;
 
 /// `log α` is clipped to `[−LOG_ALPHA_CLIP, LOG_ALPHA_CLIP]` (Molchanov et al. 2017).
 pub const LOG_ALPHA_CLIP: f64 = 8.0;
+/// The `ε` of `log α = log σ² − log(θ² + ε)`: at `θ = 0`, `log α = log σ² − ln ε`.
+pub const THETA_SQ_EPS: f64 = 1e-16;
+/// The `log σ²` that puts a weight with `θ = 0` at the pruned end, `log α = +`[`LOG_ALPHA_CLIP`]
+/// (one nat past the clip, so rounding cannot pull it below): `ln ε + 8 + 1`. Its KL term is
+/// then that of `log α = 8`, about `3e-4` nats (Molchanov et al. 2017's approximation), instead
+/// of about 4.6 nats at `log α = −8`.
+pub const PRUNED_LOG_SIGMA2: f64 = -36.841_361_487_904_734 + LOG_ALPHA_CLIP + 1.0;
 /// The default initial `log σ²`.
 pub const DEFAULT_INIT_LOG_SIGMA2: f64 = -10.0;
 /// The default test-time threshold: weights with `log α ≥ 3` are dropped.
@@ -129,7 +136,7 @@ impl Svd {
 
     /// `clip(log σ² − log(θ² + 1e−16), −8, 8)`.
     fn log_alpha(&self) -> Result<Tensor> {
-        (&self.log_sigma2 - (self.theta.sqr()? + 1e-16)?.log()?)?.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+        (&self.log_sigma2 - (self.theta.sqr()? + THETA_SQ_EPS)?.log()?)?.clamp(-LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
     }
 
     /// 1 where `log α < threshold`, 0 elsewhere (detached).

@@ -15,9 +15,10 @@
 //! `--hvp` instead times one Hessian-vector product by double backpropagation (`g = ∇L`,
 //! `Hv = ∇(g·v)`) against one gradient computation (forward + backward), and one Hutchinson probe
 //! (the second backward pass alone, from a `g` kept with its graph), and checks `Hv` against a
-//! central finite difference of gradients. Candle reads `CANDLE_GRAD_DO_NOT_DETACH` into a
-//! thread-local on a thread's first backward, so the plain gradient is timed on one thread
-//! without it and the HVP on another thread after setting it; `--hvp` sets it itself.
+//! central finite difference of gradients. candle keeps the graph of gradients only in a process
+//! started with `CANDLE_GRAD_DO_NOT_DETACH=1` (`secateur_kernels::double_backprop`): `--hvp`
+//! and `--hvp-ops` set it at start-up, and `--hvp` times the plain gradient in a child process
+//! of itself started without it (`--grad-only`), so that gradient is candle's first-order one.
 //!
 //! `bayes-mlp` and `bayes-lenet5` use the mean-field Gaussian layers of `secateur-bayes` with local
 //! reparameterisation (`Sampling::Local`), `softplus(ρ) = softplus(-5)` initially, and the loss
@@ -64,6 +65,9 @@ struct Args {
     /// Check double-backprop HVPs of single ops (conv2d, max pool, ...) against finite differences.
     #[arg(long)]
     hvp_ops: bool,
+    /// (Used by `--hvp`.) Time plain gradients only and print their milliseconds as JSON.
+    #[arg(long, hide = true)]
+    grad_only: bool,
     /// `cpu` or `cuda` (needs `--features cuda`); on CUDA each timed step ends with a device
     /// synchronisation, and the models use candle's own CUDA ops.
     #[arg(long, default_value = "cpu")]
@@ -342,30 +346,32 @@ fn hvp_once(
 fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     let (model, batch, warmup, steps) = (args.model.clone(), args.batch, args.warmup, args.steps);
     let dev = make_device(&args.device)?;
-    // Both measurements run in pools of their own (fresh threads, so that each reads
-    // CANDLE_GRAD_DO_NOT_DETACH as set at its start), as large as this one.
     let pool = rayon::current_num_threads();
-    // 1. Plain gradient (forward + backward) on a fresh thread, CANDLE_GRAD_DO_NOT_DETACH unset.
-    let m = model.clone();
-    let d = dev.clone();
-    let grad_times = std::thread::spawn(move || {
-        secateur_experiments::runtime::in_pool_of(pool, move || -> Result<Vec<f64>> {
-            let s = setup(&m, input, batch, &d)?;
-            let mut rng = SeededRng::new(2);
-            time_steps(&d, warmup, steps, || {
-                let g = loss(&s, &mut rng)?.backward()?;
-                drop(g);
-                Ok(())
-            })
-        })
-    })
-    .join()
-    .map_err(|_| candle_core::Error::Msg("gradient thread panicked".into()))??;
+    // 1. Plain gradient (forward + backward) in a child process started without
+    //    CANDLE_GRAD_DO_NOT_DETACH: candle's first-order backward.
+    let exe = std::env::current_exe().map_err(|e| candle_core::Error::Msg(format!("bench_step's path: {e}")))?;
+    let child = std::process::Command::new(exe)
+        .args(["--model", &model, "--grad-only", "--device", &args.device])
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--steps",
+            &steps.to_string(),
+            "--warmup",
+            &warmup.to_string(),
+        ])
+        .env_remove(secateur_kernels::double_backprop::ENV_VAR)
+        .output()
+        .map_err(|e| candle_core::Error::Msg(format!("starting the gradient timing: {e}")))?;
+    if !child.status.success() {
+        candle_core::bail!("the gradient timing failed: {}", String::from_utf8_lossy(&child.stderr));
+    }
+    let grad_times: Vec<f64> = serde_json::from_slice::<serde_json::Value>(&child.stdout)
+        .ok()
+        .and_then(|j| serde_json::from_value(j["grad_ms"].clone()).ok())
+        .ok_or_else(|| candle_core::Error::Msg("the gradient timing printed no `grad_ms`".into()))?;
 
-    // 2. HVP on a second thread, whose backward passes read the variable as set.
-    // No other thread of this process reads or writes the environment at this point (the first
-    // worker has joined; rayon's workers do not touch it).
-    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    // 2. HVP in this process, started with the variable set.
     let m = model.clone();
     let device_name = args.device.clone();
     let out = std::thread::spawn(move || {
@@ -433,12 +439,25 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     Ok(out)
 }
 
+/// `--grad-only`: plain gradient times (forward + backward), in milliseconds.
+fn grad_only(args: &Args) -> Result<serde_json::Value> {
+    let input = input_shape(&args.model)
+        .ok_or_else(|| candle_core::Error::Msg(format!("model `{}` is not supported", args.model)))?;
+    let dev = make_device(&args.device)?;
+    let s = setup(&args.model, input, args.batch, &dev)?;
+    let mut rng = SeededRng::new(2);
+    let t = time_steps(&dev, args.warmup, args.steps, || {
+        drop(loss(&s, &mut rng)?.backward()?);
+        Ok(())
+    })?;
+    Ok(serde_json::json!({ "grad_ms": t }))
+}
+
 /// One op under test: `f(θ, x)` with parameter `θ` and fixed input `x`.
 type OpFn = fn(&Tensor, &Tensor) -> Result<Tensor>;
 
 /// Double-backprop HVP of `L(θ) = Σ c ⊙ f(θ)²` (f64) against central differences, per op.
 fn hvp_ops() -> Result<serde_json::Value> {
-    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
     std::thread::spawn(|| -> Result<serde_json::Value> {
         let dev = Device::Cpu;
         let mut r = SeededRng::new(5);
@@ -577,11 +596,25 @@ fn main() {
     ALLOC.set_limit(secateur_experiments::alloc_cache::default_limit());
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
-    secateur_experiments::runtime::in_pool(run);
+    let args = Args::parse();
+    if (args.hvp || args.hvp_ops) && !args.grad_only {
+        // SAFETY: no other thread exists yet (the pool below is not built).
+        unsafe { secateur_kernels::double_backprop::enable_at_startup() };
+    }
+    secateur_experiments::runtime::in_pool(|| run(args));
 }
 
-fn run() {
-    let args = Args::parse();
+fn run(args: Args) {
+    if args.grad_only {
+        match grad_only(&args) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("bench_step: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     if args.hvp_ops {
         match hvp_ops() {
             Ok(j) => println!("{j}"),

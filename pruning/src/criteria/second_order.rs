@@ -1,60 +1,24 @@
-//! Second-order criteria by double backpropagation: Hessian–vector products, the Hutchinson
-//! diagonal (HP, HTS) and GraSP.
+//! Second-order criteria: Hessian–vector products by double backpropagation, the Hutchinson
+//! diagonal (HP, HTS), GraSP, and the exact generalised Gauss–Newton diagonal (`ggn`,
+//! `hp-ggn`, `hts-ggn`).
 //!
 //! **Double backpropagation in candle.** `Hv = ∇_θ (∇_θ L · v)` needs the first gradient to keep
-//! its graph. candle detaches gradients unless the environment variable
-//! `CANDLE_GRAD_DO_NOT_DETACH=1` is set when a thread runs its **first** backward pass (it is
-//! read once per thread into a thread-local). A program that computes second-order scores must
-//! therefore call [`enable_double_backprop`] (or set the variable) before any backward pass of
-//! the scoring thread — for instance at the start of `main`, or on a fresh thread. Every function
-//! here first checks with [`require_double_backprop`] and refuses with an error saying so instead
-//! of silently returning zeros. Every op of secateur's models is twice differentiable (the
-//! convolution and pooling kernels of `secateur-kernels` are closed under differentiation).
+//! its graph, which candle only does for a process started with `CANDLE_GRAD_DO_NOT_DETACH=1`
+//! (see [`secateur_kernels::double_backprop`]). Every function here that needs it first checks
+//! with [`require`] and refuses with an error saying so instead of silently returning a wrong
+//! Hessian. Every op of secateur's models is twice differentiable (the convolution and pooling
+//! kernels of `secateur-kernels` are closed under differentiation). The Gauss–Newton diagonal
+//! needs only first-order backward passes and works in any process.
+//!
+//! **Which weights enter `g` and `Hg`.** The gradient and the Hessian are taken over the
+//! prunable weights only (biases and batch-norm parameters are held fixed), as the reference code
+//! of Synaptic-Flow (Tanaka et al. 2020) does for GraSP; with biases in `g` and `H`, GraSP's
+//! scores differ by a few per cent.
 
 use crate::criterion::{axpy, grads_of, mean_gradient, zeros_like, Criterion, Loss, ScoringContext};
 use crate::mask::Scores;
-use candle_core::{DType, Device, Result, Tensor, Var};
-
-/// Sets `CANDLE_GRAD_DO_NOT_DETACH=1` for this process. It takes effect on threads that have
-/// not yet run a backward pass (candle reads it once per thread); call it before any other
-/// thread reads or writes the environment (e.g. first thing in `main`).
-pub fn enable_double_backprop() {
-    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
-}
-
-/// Whether this thread's backward passes keep the graph of the gradients, probed with
-/// `f = (x²)²`, `f'' = 12x² = 27` at `x = 1.5`. (A detached run gives `4x² = 9`: candle detaches
-/// only the gradient flowing into each node, so products with the node's inputs still carry
-/// part of the graph and a wrong second derivative comes out instead of none.) The probe is
-/// itself a backward pass: on a thread that has run none, it fixes the thread's setting from
-/// the environment as it is now.
-pub fn double_backprop_enabled() -> bool {
-    let probe = || -> Result<bool> {
-        let x = Var::new(&[1.5f64], &Device::Cpu)?;
-        let g = x.as_tensor().sqr()?.sqr()?.sum_all()?.backward()?;
-        let Some(gx) = g.get(x.as_tensor()) else {
-            return Ok(false);
-        };
-        let h = gx.sum_all()?.backward()?;
-        Ok(match h.get(x.as_tensor()) {
-            Some(t) => (t.to_vec1::<f64>()?[0] - 27.0).abs() < 1e-9,
-            None => false,
-        })
-    };
-    probe().unwrap_or(false)
-}
-
-/// An error unless [`double_backprop_enabled`], naming the environment variable.
-pub fn require_double_backprop(what: &str) -> Result<()> {
-    if double_backprop_enabled() {
-        Ok(())
-    } else {
-        candle_core::bail!(
-            "{what} needs Hessian-vector products by double backpropagation: set CANDLE_GRAD_DO_NOT_DETACH=1 \
-             (secateur_pruning::criteria::enable_double_backprop) before this thread's first backward pass"
-        )
-    }
-}
+use candle_core::{DType, Device, Result, Tensor};
+use secateur_kernels::double_backprop::require;
 
 /// `Σ_k ⟨a_k, b_k⟩` over the names of `b` (a scalar, differentiable in `a`).
 fn dot(a: &Scores, b: &Scores) -> Result<Tensor> {
@@ -96,7 +60,7 @@ fn grads_with_graph(cx: &mut ScoringContext, loss: &Loss, x: &Tensor, y: &Tensor
 /// `H = Σ_b (n_b / N) ∇²L_b`, restricted to the prunable tensors (`v` and the result are keyed by
 /// logical name), by double backpropagation: `H v = ∇_θ (∇_θ L · v)` (Pearlmutter 1994).
 pub fn hvp(cx: &mut ScoringContext, loss: &Loss, v: &Scores) -> Result<Scores> {
-    require_double_backprop("a Hessian-vector product")?;
+    require("a Hessian-vector product")?;
     loss.validate()?;
     let data = cx.data("hessian-vector product")?;
     let targets = cx.targets();
@@ -112,27 +76,35 @@ pub fn hvp(cx: &mut ScoringContext, loss: &Loss, v: &Scores) -> Result<Scores> {
 }
 
 /// `(diag(H), ḡ)`: Hutchinson's estimate of the Hessian diagonal of the mean loss,
-/// `diag(H) ≈ Σ_b (n_b/N) (1/P) Σ_p z_p ⊙ H_b z_p` with Rademacher probes `z_p` drawn from the
-/// context's generator (per batch, per probe, per tensor in sorted name order; Bekas, Kokiopoulou
-/// & Saad 2007), and the mean gradient `ḡ` from the same backward passes. Unbiased:
-/// `E[z ⊙ Hz]_i = H_ii`, with variance `Σ_{j≠i} H_ij²` per probe.
-pub fn hutchinson_diagonal(cx: &mut ScoringContext, loss: &Loss, probes: usize) -> Result<(Scores, Scores)> {
-    require_double_backprop("the Hutchinson diagonal")?;
+/// `diag(H) ≈ Σ_b (n_b/N) (1/P) Σ_p z_p ⊙ H_b z_p`, over Hessian batches `b` of `batch_size`
+/// examples (the scoring data's own batching is not used), with `P` Rademacher probes `z_p` per
+/// batch drawn from the context's generator (per batch, per probe, per tensor in sorted name
+/// order; Bekas, Kokiopoulou & Saad 2007), and the mean gradient `ḡ` from the same backward
+/// passes. Unbiased: `E[z ⊙ Hz]_i = H_ii`, with variance `Σ_{j≠i} (H_b)_ij²` per probe.
+///
+/// The reference implementation of Gollini Navarrete et al. (2025) scores with batch size 1:
+/// 10 probes on each of the 100 scoring examples, 1,000 probes in all, each on a per-example
+/// Hessian ([`HutchinsonOptions::default`]). One batch of 100 examples with 10 probes costs a
+/// hundredth as much and is mostly noise at `T = 200` (see `results/pai/README.md`).
+pub fn hutchinson_diagonal(cx: &mut ScoringContext, loss: &Loss, opts: &HutchinsonOptions) -> Result<(Scores, Scores)> {
+    require("the Hutchinson diagonal")?;
     loss.validate()?;
-    if probes == 0 {
-        candle_core::bail!("hutchinson: field `probes` must be at least 1");
-    }
+    opts.validate()?;
     let data = cx.data("hutchinson")?;
     let targets = cx.targets();
     let (mut diag, mut gbar) = (zeros_like(&targets)?, zeros_like(&targets)?);
-    let n = data.len() as f64;
-    for b in 0..data.num_batches() {
-        let (x, y) = data.batch(b)?;
-        let w = x.dims()[0] as f64 / n;
+    let n = data.len();
+    let mut start = 0;
+    while start < n {
+        let len = opts.batch_size.min(n - start);
+        let x = data.inputs.narrow(0, start, len)?;
+        let y = data.labels.narrow(0, start, len)?;
+        start += len;
+        let w = len as f64 / n as f64;
         let g = grads_with_graph(cx, loss, &x, &y)?;
         let detached: Scores = g.iter().map(|(k, t)| (k.clone(), t.detach())).collect();
         axpy(&mut gbar, w, &detached)?;
-        for _ in 0..probes {
+        for _ in 0..opts.probes {
             let mut z = Scores::new();
             for (k, v) in &targets {
                 z.insert(k.clone(), cx.rng.rademacher(v.dims(), v.dtype(), v.device())?);
@@ -142,16 +114,103 @@ pub fn hutchinson_diagonal(cx: &mut ScoringContext, loss: &Loss, probes: usize) 
                 .iter()
                 .map(|(k, zk)| Ok((k.clone(), zk.mul(&hz[k])?)))
                 .collect::<Result<_>>()?;
-            axpy(&mut diag, w / probes as f64, &zhz)?;
+            axpy(&mut diag, w / opts.probes as f64, &zhz)?;
         }
     }
     Ok((diag, gbar))
 }
 
-/// Which score [`Hutchinson`] returns.
+/// How [`hutchinson_diagonal`] batches examples and draws probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HutchinsonOptions {
+    /// Examples per Hessian batch (1: a probe per example, as the reference).
+    pub batch_size: usize,
+    /// Rademacher probes per batch (10).
+    pub probes: usize,
+}
+
+impl Default for HutchinsonOptions {
+    /// The reference's shape: batch size 1, 10 probes per example.
+    fn default() -> Self {
+        Self {
+            batch_size: 1,
+            probes: 10,
+        }
+    }
+}
+
+impl HutchinsonOptions {
+    /// Checks both fields are at least 1.
+    pub fn validate(&self) -> Result<()> {
+        if self.probes == 0 {
+            candle_core::bail!("hutchinson: field `probes` must be at least 1");
+        }
+        if self.batch_size == 0 {
+            candle_core::bail!("hutchinson: field `batch_size` must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `(diag(G), ḡ)`: the exact diagonal of the generalised Gauss–Newton matrix of the mean loss
+/// (Schraudolph 2002), `G = (1/N) Σ_n J_nᵀ Λ_n J_n`, `J_n = ∂f(x_n)/∂θ` the Jacobian of the
+/// logits and `Λ_n = ∂²L/∂f² = (diag(p) − p pᵀ) / T²` the softmax cross-entropy's Hessian in the
+/// logits, `p = softmax(f / T)`. With the symmetric factorisation `Λ = A Aᵀ`, column
+/// `a_c = √p_c (e_c − p) / T` (since `Σ_c p_c = 1`), the diagonal is exact:
+/// `diag(G) = (1/N) Σ_n Σ_c (J_nᵀ a_{n,c})²`, one forward pass and `C` backward passes of the
+/// scalar `a_{n,c} · f(x_n)` per example (plus one for the gradient `ḡ`).
+///
+/// For networks made of ReLU, max-pooling, convolution, linear layers and batch norm in
+/// evaluation mode, the logits are linear in each single weight, so the second term of the
+/// Hessian, `Σ_k ∂L/∂f_k ∂²f_k/∂θ_i²`, vanishes on the diagonal and `diag(G) = diag(H)`
+/// exactly (Martens 2020, "New insights and perspectives on the natural gradient method").
+/// No double backpropagation is needed.
+pub fn ggn_diagonal(cx: &mut ScoringContext, loss: &Loss) -> Result<(Scores, Scores)> {
+    loss.validate()?;
+    let data = cx.data("ggn")?;
+    let targets = cx.targets();
+    let (mut diag, mut gbar) = (zeros_like(&targets)?, zeros_like(&targets)?);
+    let n = data.len();
+    let w = 1.0 / n as f64;
+    let t = loss.temperature;
+    for i in 0..n {
+        let (x, y) = data.example(i)?;
+        let logits = cx.forward(&x)?;
+        let l = loss.on_logits(&logits, &y)?;
+        axpy(&mut gbar, w, &grads_of(&targets, &l.backward()?)?)?;
+        let p = softmax(
+            &logits.detach().to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
+            t,
+        );
+        let classes = p.len();
+        for c in 0..classes {
+            let a: Vec<f64> = (0..classes)
+                .map(|k| p[c].sqrt() * (f64::from(u8::from(k == c)) - p[k]) / t)
+                .collect();
+            let a = Tensor::from_vec(a, (1, classes), logits.device())?.to_dtype(logits.dtype())?;
+            let jta = grads_of(&targets, &(&logits * a)?.sum_all()?.backward()?)?;
+            let sq: Scores = jta
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.sqr()?)))
+                .collect::<Result<_>>()?;
+            axpy(&mut diag, w, &sq)?;
+        }
+    }
+    Ok((diag, gbar))
+}
+
+/// `softmax(f / t)` of one example's logits, in f64 (max subtracted).
+fn softmax(f: &[f64], t: f64) -> Vec<f64> {
+    let m = f.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b / t));
+    let e: Vec<f64> = f.iter().map(|&v| (v / t - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / z).collect()
+}
+
+/// Which score the diagonal criteria ([`Hutchinson`], [`Ggn`]) return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HessianScore {
-    /// The estimated diagonal `diag(H)`.
+    /// The diagonal `diag(H)` itself.
     Diagonal,
     /// `HP = θ² ⊙ diag(H) / 2`, signed (negative curvature ranks lowest; Gollini Navarrete et al.
     /// 2025; the OBD saliency of LeCun, Denker & Solla 1990).
@@ -160,25 +219,43 @@ pub enum HessianScore {
     Hts,
 }
 
+impl HessianScore {
+    /// The scores of every target from a curvature diagonal and the mean gradient.
+    fn scores(self, cx: &ScoringContext, diag: &Scores, gbar: &Scores) -> Result<Scores> {
+        let mut out = Scores::new();
+        for (k, v) in cx.targets() {
+            let th = v.as_tensor();
+            let half = (th.sqr()?.mul(&diag[&k])? * 0.5)?;
+            let s = match self {
+                HessianScore::Diagonal => diag[&k].clone(),
+                HessianScore::Hp => half,
+                HessianScore::Hts => (th.mul(&gbar[&k])? + half)?.abs()?,
+            };
+            out.insert(k, s);
+        }
+        Ok(out)
+    }
+}
+
 /// Hutchinson second-order scores (Gollini Navarrete, Cuadrado Ávila, Takáč & Horváth 2025):
-/// [`hutchinson_diagonal`] with `P` probes (10 in the reference) on the loss at `T = 200`; the
-/// score is chosen by [`HessianScore`] (`ḡ` at the same temperature).
+/// [`hutchinson_diagonal`] with the reference's 10 probes per example on the loss at `T = 200`;
+/// the score is chosen by [`HessianScore`] (`ḡ` at the same temperature).
 #[derive(Debug, Clone, Copy)]
 pub struct Hutchinson {
     /// The loss (`T = 200`).
     pub loss: Loss,
-    /// Rademacher probes per batch (10).
-    pub probes: usize,
+    /// Hessian batch size and probes per batch (1 and 10).
+    pub options: HutchinsonOptions,
     /// Which score.
     pub score: HessianScore,
 }
 
 impl Hutchinson {
-    /// The score `score` with the reference's defaults (`T = 200`, 10 probes).
+    /// The score `score` with the reference's defaults (`T = 200`, batch size 1, 10 probes).
     pub fn new(score: HessianScore) -> Self {
         Self {
             loss: Loss::with_temperature(200.0),
-            probes: 10,
+            options: HutchinsonOptions::default(),
             score,
         }
     }
@@ -192,20 +269,48 @@ impl Criterion for Hutchinson {
             HessianScore::Hts => "hts",
         }
     }
+    fn needs_double_backprop(&self) -> bool {
+        true
+    }
     fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
-        let (diag, gbar) = hutchinson_diagonal(cx, &self.loss, self.probes)?;
-        let mut out = Scores::new();
-        for (k, v) in cx.targets() {
-            let th = v.as_tensor();
-            let half = (th.sqr()?.mul(&diag[&k])? * 0.5)?;
-            let s = match self.score {
-                HessianScore::Diagonal => diag[&k].clone(),
-                HessianScore::Hp => half,
-                HessianScore::Hts => (th.mul(&gbar[&k])? + half)?.abs()?,
-            };
-            out.insert(k, s);
+        let (diag, gbar) = hutchinson_diagonal(cx, &self.loss, &self.options)?;
+        self.score.scores(cx, &diag, &gbar)
+    }
+}
+
+/// The HP and HTS scores of Gollini Navarrete et al. (2025) on the **exact** Gauss–Newton
+/// diagonal ([`ggn_diagonal`]) instead of Hutchinson's estimate, at the same `T = 200`: `ggn`,
+/// `hp-ggn`, `hts-ggn`. For ReLU/max-pool networks this is the exact Hessian diagonal (a
+/// criterion beyond the paper, which only estimates it).
+#[derive(Debug, Clone, Copy)]
+pub struct Ggn {
+    /// The loss (`T = 200`).
+    pub loss: Loss,
+    /// Which score.
+    pub score: HessianScore,
+}
+
+impl Ggn {
+    /// The score `score` at `T = 200`.
+    pub fn new(score: HessianScore) -> Self {
+        Self {
+            loss: Loss::with_temperature(200.0),
+            score,
         }
-        Ok(out)
+    }
+}
+
+impl Criterion for Ggn {
+    fn name(&self) -> &str {
+        match self.score {
+            HessianScore::Diagonal => "ggn",
+            HessianScore::Hp => "hp-ggn",
+            HessianScore::Hts => "hts-ggn",
+        }
+    }
+    fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
+        let (diag, gbar) = ggn_diagonal(cx, &self.loss)?;
+        self.score.scores(cx, &diag, &gbar)
     }
 }
 
@@ -233,8 +338,11 @@ impl Criterion for Grasp {
     fn name(&self) -> &str {
         "grasp"
     }
+    fn needs_double_backprop(&self) -> bool {
+        true
+    }
     fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
-        require_double_backprop("grasp")?;
+        require("grasp")?;
         let g = mean_gradient(cx, &self.loss)?;
         let hg = hvp(cx, &self.loss, &g)?;
         cx.targets()
