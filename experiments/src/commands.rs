@@ -407,6 +407,33 @@ pub(crate) fn open_run(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&P
     Ok(run)
 }
 
+/// The masks a run was trained with (`train --masks`, or the masks of `[greg]`), in its directory.
+pub const MASKS_FILE: &str = "masks.safetensors";
+
+/// Records the mask file `path` of `train --masks` in the run as [`MASKS_FILE`] (a byte copy,
+/// written atomically), so that `--resume` trains with the same masks. A run that already records
+/// masks (a resume given `--masks` again) accepts only the same file: a resume cannot change the
+/// masks a run was trained with.
+fn record_masks(run: &RunDir, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| ExpError::io(path, e))?;
+    let recorded = run.file(MASKS_FILE);
+    if recorded.is_file() {
+        let old = std::fs::read(&recorded).map_err(|e| ExpError::io(&recorded, e))?;
+        if old != bytes {
+            return Err(ExpError::config(
+                "--masks",
+                format!(
+                    "{} differs from the masks the run was trained with ({}); a resume keeps the run's masks (leave out --masks)",
+                    path.display(),
+                    recorded.display()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    atomic::write_bytes(&recorded, &bytes)
+}
+
 /// The config's image data set (`data_dir` searched first, then `data.dir`, then the lookup).
 pub(crate) fn load_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<LoadedImages> {
     let dir = data_dir.map(Path::to_path_buf).or_else(|| cfg.data.dir.clone());
@@ -512,7 +539,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
             ));
         }
         let (m, summary) = crate::greg::regularise(cfg, &net, &store, &train_set, &norm, &dev, opts.quiet)?;
-        m.save(run.file("masks.safetensors"))?;
+        m.save(run.file(MASKS_FILE))?;
         Some((m, summary))
     } else {
         None
@@ -527,8 +554,16 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         SeededRng::substream(cfg.seed, STREAM_TRAIN),
     )?;
     let masks = match (&opts.masks, &greg) {
-        (Some(path), _) => Some(crate::prune::load_masks(path, &store)?),
+        (Some(path), _) => {
+            let m = crate::prune::load_masks(path, &store)?;
+            record_masks(&run, path)?;
+            Some(m)
+        }
         (None, Some((m, _))) => Some(m.clone()),
+        // a resumed run keeps the masks it was trained with
+        (None, None) if resume.is_some() && run.file(MASKS_FILE).is_file() => {
+            Some(crate::prune::load_masks(&run.file(MASKS_FILE), &store)?)
+        }
         (None, None) => None,
     };
     if let Some(m) = &masks {

@@ -6,6 +6,7 @@
 //! checkpoints/latest       name of the newest complete checkpoint directory
 //! checkpoints/epoch-NNNN/  weights.safetensors, optimizer.safetensors, state.json
 //! weights.safetensors      final weights and buffers, PyTorch-style names
+//! masks.safetensors        the masks it was trained with (`--masks`, `[greg]`); a resume re-applies them
 //! predictions.safetensors  test-set probabilities `probs` [N, K] and `labels` [N]
 //! curves.png               learning curves (loss/NLL and accuracy per epoch, train and test)
 //! reliability.png          reliability diagram of the test predictions (15 bins, ECE in the title)

@@ -1,0 +1,159 @@
+//! The run directory under `train`, `train --resume` and `eval` (issue 14, found by fault
+//! injection): what a run records, what a resume re-applies, and what `eval` and `--resume`
+//! refuse. Small LeNet-5 runs on the shipped Fashion-MNIST subset, most of it held out as a
+//! validation set so that an epoch is short.
+
+use candle_core::{DType, Device, Tensor};
+use secateur_experiments::commands::{self, TrainOptions};
+use secateur_experiments::config::StudyConfig;
+use secateur_pruning::MaskSet;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// LeNet-5 on 2,000 of the 10,000 training images (the rest is the validation set).
+const LENET5: &str = r#"
+name = "run-store-test"
+seed = 3
+[data]
+name = "fashion-mnist-mini"
+batch_size = 100
+eval_batch_size = 1000
+val_fraction = 0.8
+[model]
+arch = "lenet5"
+[optim]
+kind = "sgd"
+lr = 0.05
+momentum = 0.9
+[train]
+epochs = 1
+"#;
+
+fn config(set: &[&str]) -> StudyConfig {
+    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    StudyConfig::from_toml(LENET5, "run-store-test", &set).expect("config")
+}
+
+fn options(out: &Path, masks: Option<PathBuf>) -> TrainOptions {
+    TrainOptions {
+        out: Some(out.to_path_buf()),
+        quiet: true,
+        masks,
+        ..Default::default()
+    }
+}
+
+fn load(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The bits of every entry of a tensor, whatever its float type.
+fn bits(t: &Tensor) -> Vec<u64> {
+    let flat = t.flatten_all().expect("flatten");
+    match t.dtype() {
+        DType::F64 => flat
+            .to_vec1::<f64>()
+            .expect("f64")
+            .iter()
+            .map(|v| v.to_bits())
+            .collect(),
+        _ => flat
+            .to_dtype(DType::F32)
+            .expect("f32")
+            .to_vec1::<f32>()
+            .expect("f32")
+            .iter()
+            .map(|v| u64::from(v.to_bits()))
+            .collect(),
+    }
+}
+
+/// Asserts that two safetensors files hold the same names and bit-identical tensors.
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (ta, tb) = (load(a), load(b));
+    let mut names: Vec<&String> = ta.keys().collect();
+    names.sort();
+    let mut names_b: Vec<&String> = tb.keys().collect();
+    names_b.sort();
+    assert_eq!(
+        names,
+        names_b,
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
+    for n in names {
+        assert_eq!(ta[n].dims(), tb[n].dims(), "{n}");
+        assert!(
+            bits(&ta[n]) == bits(&tb[n]),
+            "{n} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// Masks keeping about one weight in five of every weight tensor of the config's LeNet-5
+/// (a fixed pattern of the position, not a criterion), saved to `path`.
+fn write_masks(cfg: &StudyConfig, path: &Path) -> MaskSet {
+    let (_, store) = commands::build_model(cfg, [1, 28, 28], 10, &Device::Cpu).expect("model");
+    let mut masks = MaskSet::new();
+    for (name, var) in store.params() {
+        if !name.ends_with(".weight") {
+            continue;
+        }
+        let n = var.as_tensor().elem_count();
+        let keep: Vec<f32> = (0..n).map(|i| f32::from(u8::from((i * 7919 + 13) % 5 == 0))).collect();
+        let m = Tensor::from_vec(keep, var.as_tensor().dims(), &Device::Cpu).expect("mask");
+        masks.insert(name, m).expect("insert");
+    }
+    assert!(masks.len() >= 5, "LeNet-5 has five weight layers");
+    masks.save(path).expect("save masks");
+    masks
+}
+
+/// Defect 1: a masked run resumed without `--masks` kept training densely. The run records its
+/// masks (`masks.safetensors`), a resume re-applies them, and a masked run of two epochs is
+/// bit-identical to one of one epoch resumed to two.
+#[test]
+fn a_resumed_masked_run_keeps_its_masks_and_equals_the_straight_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mask_file = tmp.path().join("masks.safetensors");
+    let masks = write_masks(&config(&[]), &mask_file);
+
+    let straight = tmp.path().join("straight");
+    commands::train(
+        &config(&["train.epochs=2"]),
+        &options(&straight, Some(mask_file.clone())),
+        None,
+    )
+    .expect("two epochs");
+    let resumed = tmp.path().join("resumed");
+    commands::train(&config(&[]), &options(&resumed, Some(mask_file.clone())), None).expect("one epoch");
+    std::fs::remove_file(&mask_file).expect("remove the original mask file");
+    let s = commands::train(&config(&["train.epochs=2"]), &options(&resumed, None), Some(&resumed))
+        .expect("resume to two epochs");
+    assert_eq!(s.metrics["epochs"].as_u64(), Some(2));
+
+    let w = load(&resumed.join("weights.safetensors"));
+    for (name, m) in masks.masks() {
+        let pruned: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = w[name]
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let nonzero = pruned.iter().zip(&v).filter(|(m, w)| **m == 0.0 && **w != 0.0).count();
+        assert_eq!(
+            nonzero, 0,
+            "{name}: {nonzero} pruned weights are non-zero after the resume"
+        );
+    }
+    assert_same_tensors(
+        &straight.join("weights.safetensors"),
+        &resumed.join("weights.safetensors"),
+    );
+    assert!(resumed.join("masks.safetensors").is_file(), "the run records its masks");
+}
