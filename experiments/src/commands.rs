@@ -266,7 +266,7 @@ pub fn init_weights_file(path: &Path) -> PathBuf {
 /// and the file.
 pub fn init_from_deterministic(store: &ParamStore, path: &Path, delta: f64) -> Result<()> {
     let file = init_weights_file(path);
-    let det: BTreeMap<String, Tensor> = atomic::read_safetensors(&file)
+    let det: BTreeMap<String, Tensor> = crate::store::read_finite_safetensors(&file)
         .map_err(|e| ExpError::config("bayes.init_from", e.to_string()))?
         .into_iter()
         .collect();
@@ -783,7 +783,7 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
 }
 
 /// Evaluates a finished classification run's final weights on its test set (regression runs:
-/// [`regression::eval`]).
+/// [`regression::eval`]). Weights with a NaN or infinite entry are refused, naming the tensor.
 pub fn eval(
     run_dir: &Path,
     data_dir: Option<&Path>,
@@ -805,7 +805,7 @@ pub fn eval(
     let (net, store) = build_model(&cfg, input, classes, &dev)?;
     let weights = run.file("weights.safetensors");
     let tensors = if weights.exists() {
-        atomic::read_safetensors(&weights)?
+        crate::store::read_finite_safetensors(&weights)?
     } else {
         run.read_checkpoint()?.weights
     };

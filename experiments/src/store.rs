@@ -23,6 +23,49 @@ use secateur_inference::train::{Checkpoint, EpochRecord, TrainState};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Refuses tensors with a NaN or infinite entry: the error names the file, the first such tensor
+/// (in name order) and how many of its entries are NaN and infinite. Integer tensors pass.
+pub fn check_finite(tensors: &HashMap<String, candle_core::Tensor>, file: &Path) -> Result<()> {
+    use candle_core::DType;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let t = &tensors[name];
+        let t = match t.dtype() {
+            DType::F64 => t.clone(),
+            DType::F32 | DType::F16 | DType::BF16 => t.to_dtype(DType::F32)?,
+            _ => continue,
+        };
+        // x − x is 0 for a finite x and NaN for NaN or ±∞, so the sum is finite iff every entry is
+        let all_finite = match t.dtype() {
+            DType::F64 => t.sub(&t)?.sum_all()?.to_scalar::<f64>()?.is_finite(),
+            _ => t.sub(&t)?.sum_all()?.to_scalar::<f32>()?.is_finite(),
+        };
+        if all_finite {
+            continue;
+        }
+        let v = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let nan = v.iter().filter(|x| x.is_nan()).count();
+        let inf = v.iter().filter(|x| x.is_infinite()).count();
+        return Err(ExpError::Run {
+            path: file.to_path_buf(),
+            message: format!(
+                "tensor `{name}` has {nan} NaN and {inf} infinite entries (of {}); refusing non-finite weights",
+                v.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Reads a weights file (or a checkpoint's optimiser state) for evaluation or a resume: a
+/// safetensors file whose float tensors must all be finite ([`check_finite`]).
+pub fn read_finite_safetensors(path: &Path) -> Result<HashMap<String, candle_core::Tensor>> {
+    let tensors = atomic::read_safetensors(path)?;
+    check_finite(&tensors, path)?;
+    Ok(tensors)
+}
+
 /// A run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -201,7 +244,8 @@ impl RunDir {
         Ok(())
     }
 
-    /// Reads the newest complete checkpoint.
+    /// Reads the newest complete checkpoint; refuses non-finite weights or optimiser state
+    /// ([`check_finite`]).
     pub fn read_checkpoint(&self) -> Result<LoadedCheckpoint> {
         let root = self.file("checkpoints");
         let latest = root.join("latest");
@@ -214,8 +258,8 @@ impl RunDir {
             message: format!("corrupt checkpoint state: {e}"),
         })?;
         Ok(LoadedCheckpoint {
-            weights: atomic::read_safetensors(&dir.join("weights.safetensors"))?,
-            optimizer: atomic::read_safetensors(&dir.join("optimizer.safetensors"))?,
+            weights: read_finite_safetensors(&dir.join("weights.safetensors"))?,
+            optimizer: read_finite_safetensors(&dir.join("optimizer.safetensors"))?,
             state,
         })
     }

@@ -157,3 +157,53 @@ fn a_resumed_masked_run_keeps_its_masks_and_equals_the_straight_run() {
     );
     assert!(resumed.join("masks.safetensors").is_file(), "the run records its masks");
 }
+
+/// Replaces the first entry of tensor `name` in the safetensors file `path` by `value`.
+fn poison(path: &Path, name: &str, value: f32) {
+    let mut t = load(path);
+    let old = &t[name];
+    let mut v: Vec<f32> = old
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    v[0] = value;
+    let new = Tensor::from_vec(v, old.dims(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(old.dtype())
+        .unwrap();
+    t.insert(name.to_string(), new);
+    candle_core::safetensors::save(&t, path).expect("save");
+}
+
+/// Defect 2: `eval` of NaN or infinite weights printed plausible metrics. Non-finite weights are
+/// refused by `eval` and by `--resume` (a checkpoint's weights), naming the tensor.
+#[test]
+fn eval_and_resume_refuse_non_finite_weights_by_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    commands::train(&config(&[]), &options(&run, None), None).expect("one epoch");
+    commands::eval(&run, None, "cpu").expect("eval of good weights");
+
+    let weights = run.join("weights.safetensors");
+    poison(&weights, "fc1.weight", f32::NAN);
+    let e = commands::eval(&run, None, "cpu")
+        .expect_err("NaN weights are refused")
+        .to_string();
+    assert!(e.contains("fc1.weight") && e.contains("1 NaN"), "{e}");
+    poison(&weights, "fc1.weight", 0.5);
+    poison(&weights, "conv2.bias", f32::INFINITY);
+    let e = commands::eval(&run, None, "cpu")
+        .expect_err("infinite weights are refused")
+        .to_string();
+    assert!(e.contains("conv2.bias") && e.contains("1 infinite"), "{e}");
+
+    let ckpt = run.join("checkpoints/epoch-0001/weights.safetensors");
+    poison(&ckpt, "conv1.weight", f32::NEG_INFINITY);
+    let e = commands::train(&config(&["train.epochs=2"]), &options(&run, None), Some(&run))
+        .expect_err("a checkpoint with infinite weights is not resumed")
+        .to_string();
+    assert!(e.contains("conv1.weight") && e.contains("epoch-0001"), "{e}");
+}

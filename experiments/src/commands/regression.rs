@@ -288,6 +288,7 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[EpochRecord]) ->
 }
 
 /// Evaluates a finished regression run's final weights on its test rows (original units).
+/// Weights with a NaN or infinite entry are refused, naming the tensor.
 pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Result<(RegressionMetrics, StudyConfig)> {
     let run = RunDir::open(run_dir)?;
     let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
@@ -302,7 +303,7 @@ pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Resul
     let (net, store, lik) = build_regression_model(&cfg, &data, &dev)?;
     let weights = run.file("weights.safetensors");
     let tensors = if weights.exists() {
-        atomic::read_safetensors(&weights)?
+        crate::store::read_finite_safetensors(&weights)?
     } else {
         run.read_checkpoint()?.weights
     };
