@@ -783,7 +783,8 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
 }
 
 /// Evaluates a finished classification run's final weights on its test set (regression runs:
-/// [`regression::eval`]). Weights with a NaN or infinite entry are refused, naming the tensor.
+/// [`regression::eval`]). A run without `weights.safetensors` (unfinished) and weights with a
+/// NaN or infinite entry are refused, naming the file or the tensor.
 pub fn eval(
     run_dir: &Path,
     data_dir: Option<&Path>,
@@ -791,6 +792,7 @@ pub fn eval(
 ) -> Result<(ClassificationMetrics, StudyConfig)> {
     let run = RunDir::open(run_dir)?;
     let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+    let weights = run.read_final_weights()?;
     let dev = device(device_name)?;
     let data = load_data(&cfg, data_dir)?;
     let train_set = if cfg.data.val_fraction > 0.0 {
@@ -803,13 +805,7 @@ pub fn eval(
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
     let (net, store) = build_model(&cfg, input, classes, &dev)?;
-    let weights = run.file("weights.safetensors");
-    let tensors = if weights.exists() {
-        crate::store::read_finite_safetensors(&weights)?
-    } else {
-        run.read_checkpoint()?.weights
-    };
-    store.load(&tensors)?;
+    store.load(&weights)?;
     let m = evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics;
     Ok((m, cfg))
 }

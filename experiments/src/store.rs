@@ -244,6 +244,34 @@ impl RunDir {
         Ok(())
     }
 
+    /// The name of the newest complete checkpoint (`epoch-NNNN`), if there is one.
+    pub fn latest_checkpoint(&self) -> Option<String> {
+        let name = std::fs::read_to_string(self.file("checkpoints").join("latest")).ok()?;
+        let name = name.trim();
+        (!name.is_empty()).then(|| name.to_string())
+    }
+
+    /// The final weights of a finished run (`weights.safetensors`), for `eval`: refuses a run
+    /// without them (naming the file and the run's last checkpoint, never falling back to it
+    /// silently) and non-finite weights ([`check_finite`]).
+    pub fn read_final_weights(&self) -> Result<HashMap<String, candle_core::Tensor>> {
+        let file = self.file("weights.safetensors");
+        if !file.is_file() {
+            let state = match self.latest_checkpoint() {
+                Some(c) => format!(
+                    "the run did not finish (its last checkpoint is checkpoints/{c}); finish it with `secateur train --resume {}`",
+                    self.path.display()
+                ),
+                None => "the run did not finish and has no checkpoint".to_string(),
+            };
+            return Err(ExpError::Run {
+                path: self.path.clone(),
+                message: format!("{} is missing: {state}", file.display()),
+            });
+        }
+        read_finite_safetensors(&file)
+    }
+
     /// Reads the newest complete checkpoint; refuses non-finite weights or optimiser state
     /// ([`check_finite`]).
     pub fn read_checkpoint(&self) -> Result<LoadedCheckpoint> {

@@ -207,3 +207,20 @@ fn eval_and_resume_refuse_non_finite_weights_by_name() {
         .to_string();
     assert!(e.contains("conv1.weight") && e.contains("epoch-0001"), "{e}");
 }
+
+/// Defect 3: `eval` of a run whose `weights.safetensors` was deleted silently evaluated its last
+/// checkpoint. It refuses, naming the missing file and the checkpoint to resume from.
+#[test]
+fn eval_refuses_a_run_without_its_final_weights() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    commands::train(&config(&[]), &options(&run, None), None).expect("one epoch");
+    std::fs::remove_file(run.join("weights.safetensors")).expect("remove weights");
+    let e = commands::eval(&run, None, "cpu")
+        .expect_err("a run without final weights is refused")
+        .to_string();
+    assert!(
+        e.contains("weights.safetensors is missing") && e.contains("epoch-0001"),
+        "{e}"
+    );
+}

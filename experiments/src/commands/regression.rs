@@ -288,7 +288,8 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[EpochRecord]) ->
 }
 
 /// Evaluates a finished regression run's final weights on its test rows (original units).
-/// Weights with a NaN or infinite entry are refused, naming the tensor.
+/// A run without `weights.safetensors` (unfinished) and weights with a NaN or infinite entry are
+/// refused, naming the file or the tensor.
 pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Result<(RegressionMetrics, StudyConfig)> {
     let run = RunDir::open(run_dir)?;
     let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
@@ -298,16 +299,11 @@ pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Resul
             format!("run {} is not a regression run", run_dir.display()),
         ));
     }
+    let weights = run.read_final_weights()?;
     let dev = device(device_name)?;
     let data = load_regression_data(&cfg, data_dir)?;
     let (net, store, lik) = build_regression_model(&cfg, &data, &dev)?;
-    let weights = run.file("weights.safetensors");
-    let tensors = if weights.exists() {
-        crate::store::read_finite_safetensors(&weights)?
-    } else {
-        run.read_checkpoint()?.weights
-    };
-    store.load(&tensors)?;
+    store.load(&weights)?;
     let m = regression_metrics(&predict_table(&net, &lik, &data.test, &data, &cfg, &dev, false)?)?;
     Ok((m, cfg))
 }
