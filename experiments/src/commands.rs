@@ -393,17 +393,34 @@ pub fn train_settings(cfg: &StudyConfig, train_size: usize) -> Result<TrainSetti
     })
 }
 
-/// The run directory of `train`: a new one under `opts.out` whose resolved config is written
-/// before training, or the run being resumed (its config is rewritten only once the resumed run
-/// has succeeded, so a failing resume leaves the good run as it was).
-pub(crate) fn open_run(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunDir> {
-    let run = match resume {
-        Some(p) => RunDir::open(p)?,
-        None => RunDir::create(&cfg.name, opts.out.as_deref())?,
-    };
-    if resume.is_none() {
-        atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
+/// The run being resumed (`resume`), opened without changing it, and whether it has a
+/// checkpoint to continue from. A run with no checkpoint (it failed or was killed before its
+/// first epoch ended) is trained from the start with its recorded config; unless `quiet`, a line
+/// on standard error says so.
+pub(crate) fn open_resumed(resume: Option<&Path>, quiet: bool) -> Result<Option<(RunDir, bool)>> {
+    let Some(path) = resume else { return Ok(None) };
+    let run = RunDir::open(path)?;
+    let from_checkpoint = run.latest_checkpoint().is_some();
+    if !from_checkpoint && !quiet {
+        eprintln!(
+            "run {}: no checkpoint (it stopped before its first epoch ended); training it from the start with its recorded config",
+            path.display()
+        );
     }
+    Ok(Some((run, from_checkpoint)))
+}
+
+/// The run directory of `train`: the run being resumed, or a new one under `opts.out` whose
+/// resolved config is written before training. Create it only once the inputs are checked (data
+/// loaded, model built, masks matched), so that bad input leaves no directory behind. A resumed
+/// run's config is rewritten only once the resumed run has succeeded, so a failing resume leaves
+/// the good run as it was.
+pub(crate) fn run_dir(cfg: &StudyConfig, opts: &TrainOptions, resumed: Option<RunDir>) -> Result<RunDir> {
+    if let Some(run) = resumed {
+        return Ok(run);
+    }
+    let run = RunDir::create(&cfg.name, opts.out.as_deref())?;
+    atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
     Ok(run)
 }
 
@@ -501,8 +518,24 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     }
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
-    let run = open_run(cfg, opts, resume)?;
+    let resumed = open_resumed(resume, opts.quiet)?;
+    let from_checkpoint = matches!(resumed, Some((_, true)));
+    if cfg.greg.enabled() {
+        if from_checkpoint {
+            return Err(ExpError::config(
+                "greg",
+                "a run with growing regularisation cannot be resumed from a checkpoint; start it again",
+            ));
+        }
+        if opts.masks.is_some() {
+            return Err(ExpError::config(
+                "--masks",
+                "cannot be combined with [greg], which makes its own masks",
+            ));
+        }
+    }
 
+    // The inputs are checked before a new run directory is created: data, model, masks.
     let data = load_data(cfg, opts.data_dir.as_deref())?;
     let (train_set, val_set) = if cfg.data.val_fraction > 0.0 {
         let mut split_rng = SeededRng::substream(cfg.seed, 4);
@@ -514,30 +547,33 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
     let (net, store) = build_model(cfg, input, classes, &dev)?;
-    // Empirical-Bayes initialisation (a fresh run only: a resumed run loads its checkpoint), and
-    // the posterior-mean test accuracy it starts from.
-    let init_accuracy = match (&cfg.bayes.init_from, resume) {
-        (Some(path), None) => {
+    let settings = train_settings(cfg, train_set.len())?;
+    // Empirical-Bayes initialisation (unless a checkpoint is loaded below), and the
+    // posterior-mean test accuracy it starts from.
+    let init_accuracy = match (&cfg.bayes.init_from, from_checkpoint) {
+        (Some(path), false) => {
             init_from_deterministic(&store, path, cfg.bayes.init_delta)?;
             Some(posterior_mean_accuracy(&net, &data.test, &norm, cfg, &dev)?)
         }
         _ => None,
     };
+    // `--masks`, or the masks a resumed run records (`[greg]` makes its own below)
+    let recorded_masks = match &resumed {
+        Some((run, _)) if !cfg.greg.enabled() && run.file(MASKS_FILE).is_file() => Some(run.file(MASKS_FILE)),
+        _ => None,
+    };
+    let given_masks = match (&opts.masks, &recorded_masks) {
+        (Some(path), _) => Some(crate::prune::load_masks(path, &store)?),
+        (None, Some(path)) => Some(crate::prune::load_masks(path, &store)?),
+        (None, None) => None,
+    };
 
+    let run = run_dir(cfg, opts, resumed.map(|(run, _)| run))?;
+    if let Some(path) = &opts.masks {
+        record_masks(&run, path)?;
+    }
     // Growing regularisation first (`[greg]`): its masks are held during the training below.
     let greg = if cfg.greg.enabled() {
-        if resume.is_some() {
-            return Err(ExpError::config(
-                "greg",
-                "a run with growing regularisation cannot be resumed; start it again",
-            ));
-        }
-        if opts.masks.is_some() {
-            return Err(ExpError::config(
-                "--masks",
-                "cannot be combined with [greg], which makes its own masks",
-            ));
-        }
         let (m, summary) = crate::greg::regularise(cfg, &net, &store, &train_set, &norm, &dev, opts.quiet)?;
         m.save(run.file(MASKS_FILE))?;
         Some((m, summary))
@@ -545,7 +581,6 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         None
     };
 
-    let settings = train_settings(cfg, train_set.len())?;
     let mut trainer = Trainer::new(
         &net,
         store.clone(),
@@ -553,23 +588,15 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         settings,
         SeededRng::substream(cfg.seed, STREAM_TRAIN),
     )?;
-    let masks = match (&opts.masks, &greg) {
-        (Some(path), _) => {
-            let m = crate::prune::load_masks(path, &store)?;
-            record_masks(&run, path)?;
-            Some(m)
-        }
+    let masks = match (given_masks, &greg) {
+        (Some(m), _) => Some(m),
         (None, Some((m, _))) => Some(m.clone()),
-        // a resumed run keeps the masks it was trained with
-        (None, None) if resume.is_some() && run.file(MASKS_FILE).is_file() => {
-            Some(crate::prune::load_masks(&run.file(MASKS_FILE), &store)?)
-        }
         (None, None) => None,
     };
     if let Some(m) = &masks {
         trainer.set_hook(Box::new(m.clone()));
     }
-    if resume.is_some() {
+    if from_checkpoint {
         let ck = run.read_checkpoint()?;
         trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
     }

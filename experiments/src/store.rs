@@ -108,7 +108,8 @@ fn timestamp() -> String {
 }
 
 impl RunDir {
-    /// A new run directory: `out` if given (it must not hold a finished or started run), else
+    /// A new run directory: `out` if given (it must not hold a finished or started run, or a run
+    /// that stopped before its first checkpoint; the error says which and what to do), else
     /// `runs/<study>-<timestamp>` (with a numeric suffix if that exists).
     pub fn create(study: &str, out: Option<&Path>) -> Result<Self> {
         let path = match out {
@@ -124,14 +125,38 @@ impl RunDir {
                 p
             }
         };
-        if path.join("metrics.json").exists() || path.join("checkpoints").exists() {
+        if let Some(what) = Self::holds(&path) {
             return Err(ExpError::Run {
                 path,
-                message: "already holds a run; refusing to overwrite it (choose another --out, or --resume it)".into(),
+                message: format!("already holds {what}; refusing to overwrite it"),
             });
         }
         std::fs::create_dir_all(path.join("checkpoints")).map_err(|e| ExpError::io(&path, e))?;
         Ok(Self { path })
+    }
+
+    /// What the directory `path` already holds that a new run must not overwrite, in words (with
+    /// what to do instead); `None` if it holds nothing of a run's.
+    fn holds(path: &Path) -> Option<String> {
+        let dir = Self {
+            path: path.to_path_buf(),
+        };
+        let resume = format!("`secateur train --resume {}`", path.display());
+        if path.join("metrics.json").exists() {
+            Some("a finished run (metrics.json); choose another --out".into())
+        } else if let Some(c) = dir.latest_checkpoint() {
+            Some(format!(
+                "an unfinished run (last checkpoint checkpoints/{c}); continue it with {resume}, or choose another --out"
+            ))
+        } else if path.join("config.toml").exists() {
+            Some(format!(
+                "a run that stopped before its first checkpoint (config.toml, no checkpoint); {resume} trains it from the start with its recorded config, or choose another --out"
+            ))
+        } else if path.join("checkpoints").exists() {
+            Some("a run or study directory (checkpoints/); choose another --out".into())
+        } else {
+            None
+        }
     }
 
     /// An existing run directory (for `eval` and `--resume`).

@@ -224,3 +224,54 @@ fn eval_refuses_a_run_without_its_final_weights() {
         "{e}"
     );
 }
+
+/// Defect 6: a failure after the run directory was created left `config.toml` and an empty
+/// `checkpoints/` that `--out` refused and `--resume` could not resume. Bad masks are refused
+/// before the directory exists; a run that diverged in its first epoch is refused by `--out` with
+/// a message saying it has no checkpoint, and `--resume` trains it from the start with its
+/// recorded config (here with a sane learning rate), bit-identically to a fresh run.
+#[test]
+fn a_run_without_checkpoint_is_refused_by_out_and_resumed_from_the_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // masks of another model: refused, and no directory is left behind
+    let bad_masks = tmp.path().join("bad-masks.safetensors");
+    let mut m = MaskSet::new();
+    m.insert("fc1.weight", Tensor::ones((3, 3), DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
+    m.save(&bad_masks).unwrap();
+    let never = tmp.path().join("never");
+    let e = commands::train(&config(&[]), &options(&never, Some(bad_masks)), None)
+        .expect_err("masks of another shape are refused")
+        .to_string();
+    assert!(e.contains("--masks") && e.contains("fc1.weight"), "{e}");
+    assert!(!never.exists(), "bad masks left a run directory behind");
+
+    // a run that diverges in its first epoch stops before its first checkpoint
+    let run = tmp.path().join("diverged");
+    let e = commands::train(&config(&["optim.lr=1e10"]), &options(&run, None), None)
+        .expect_err("lr 1e10 diverges")
+        .to_string();
+    assert!(e.contains("diverged"), "{e}");
+    assert!(run.join("config.toml").is_file());
+    let e = commands::train(&config(&[]), &options(&run, None), None)
+        .expect_err("--out refuses a run directory")
+        .to_string();
+    assert!(
+        e.contains("stopped before its first checkpoint") && e.contains("--resume"),
+        "{e}"
+    );
+
+    let fixed = config(&["optim.lr=0.05"]);
+    assert_eq!(fixed.seed, 3);
+    let s = commands::train(&fixed, &options(&run, None), Some(&run)).expect("resume from the start");
+    assert_eq!(s.metrics["epochs"].as_u64(), Some(1));
+    let fresh = tmp.path().join("fresh");
+    commands::train(&fixed, &options(&fresh, None), None).expect("fresh run");
+    assert_same_tensors(&fresh.join("weights.safetensors"), &run.join("weights.safetensors"));
+    let recorded = std::fs::read_to_string(run.join("config.toml")).expect("config.toml");
+    assert!(
+        !recorded.contains("1e10") && !recorded.contains("10000000000"),
+        "{recorded}"
+    );
+}

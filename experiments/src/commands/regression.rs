@@ -10,8 +10,8 @@
 //! NLLs gain `log s` (the Jacobian of the standardisation).
 
 use super::{
-    device, open_run, optimizer, sampling, test_time_params, train_settings, RunSummary, TrainOptions, STREAM_EVAL,
-    STREAM_TRAIN,
+    device, open_resumed, optimizer, run_dir, sampling, test_time_params, train_settings, RunSummary, TrainOptions,
+    STREAM_EVAL, STREAM_TRAIN,
 };
 use crate::atomic;
 use crate::config::StudyConfig;
@@ -103,10 +103,19 @@ fn predict_table(
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
-    let run = open_run(cfg, opts, resume)?;
+    let resumed = open_resumed(resume, opts.quiet)?;
+    let from_checkpoint = matches!(resumed, Some((_, true)));
+    // the inputs are checked before a new run directory is created
     let data = load_regression_data(cfg, opts.data_dir.as_deref())?;
     let (net, store, lik) = build_regression_model(cfg, &data, &dev)?;
     let settings = train_settings(cfg, data.train.len())?;
+    if opts.masks.is_some() {
+        return Err(ExpError::config(
+            "--masks",
+            "is for classification runs; this is a regression run",
+        ));
+    }
+    let run = run_dir(cfg, opts, resumed.map(|(run, _)| run))?;
     let mut trainer = Trainer::new(
         &net,
         store.clone(),
@@ -116,7 +125,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     )?
     .with_likelihood(Likelihood::Gaussian(lik.clone()))
     .with_target_units(f64::from(data.std.y_mean), f64::from(data.std.y_std))?;
-    if resume.is_some() {
+    if from_checkpoint {
         let ck = run.read_checkpoint()?;
         trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
     }
