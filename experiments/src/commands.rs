@@ -9,7 +9,7 @@ use crate::data::{load_images, LoadedImages, Normalizer};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
 use crate::observe::{Progress, RunRecorder};
-use crate::store::RunDir;
+use crate::store::{RunDir, RunLock};
 use candle_core::{DType, Device, Tensor};
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
@@ -396,10 +396,12 @@ pub fn train_settings(cfg: &StudyConfig, train_size: usize) -> Result<TrainSetti
 /// The run being resumed (`resume`), opened without changing it, and whether it has a
 /// checkpoint to continue from. A run with no checkpoint (it failed or was killed before its
 /// first epoch ended) is trained from the start with its recorded config; unless `quiet`, a line
-/// on standard error says so.
-pub(crate) fn open_resumed(resume: Option<&Path>, quiet: bool) -> Result<Option<(RunDir, bool)>> {
+/// on standard error says so. The run is locked ([`RunDir::lock`]) for as long as the returned
+/// lock lives.
+pub(crate) fn open_resumed(resume: Option<&Path>, quiet: bool) -> Result<Option<(RunDir, RunLock, bool)>> {
     let Some(path) = resume else { return Ok(None) };
     let run = RunDir::open(path)?;
+    let lock = run.lock()?;
     let from_checkpoint = run.latest_checkpoint().is_some();
     if !from_checkpoint && !quiet {
         eprintln!(
@@ -407,21 +409,26 @@ pub(crate) fn open_resumed(resume: Option<&Path>, quiet: bool) -> Result<Option<
             path.display()
         );
     }
-    Ok(Some((run, from_checkpoint)))
+    Ok(Some((run, lock, from_checkpoint)))
 }
 
-/// The run directory of `train`: the run being resumed, or a new one under `opts.out` whose
-/// resolved config is written before training. Create it only once the inputs are checked (data
+/// The run directory of `train` and its lock: the run being resumed, or a new one under
+/// `opts.out` (locked, [`RunDir::create_locked`]) whose resolved config is written before
+/// training. Create it only once the inputs are checked (data
 /// loaded, model built, masks matched), so that bad input leaves no directory behind. A resumed
 /// run's config is rewritten only once the resumed run has succeeded, so a failing resume leaves
 /// the good run as it was.
-pub(crate) fn run_dir(cfg: &StudyConfig, opts: &TrainOptions, resumed: Option<RunDir>) -> Result<RunDir> {
-    if let Some(run) = resumed {
-        return Ok(run);
+pub(crate) fn run_dir(
+    cfg: &StudyConfig,
+    opts: &TrainOptions,
+    resumed: Option<(RunDir, RunLock, bool)>,
+) -> Result<(RunDir, RunLock)> {
+    if let Some((run, lock, _)) = resumed {
+        return Ok((run, lock));
     }
-    let run = RunDir::create(&cfg.name, opts.out.as_deref())?;
+    let (run, lock) = RunDir::create_locked(&cfg.name, opts.out.as_deref())?;
     atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
-    Ok(run)
+    Ok((run, lock))
 }
 
 /// The masks a run was trained with (`train --masks`, or the masks of `[greg]`), in its directory.
@@ -519,7 +526,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
     let resumed = open_resumed(resume, opts.quiet)?;
-    let from_checkpoint = matches!(resumed, Some((_, true)));
+    let from_checkpoint = matches!(resumed, Some((_, _, true)));
     if cfg.greg.enabled() {
         if from_checkpoint {
             return Err(ExpError::config(
@@ -559,7 +566,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     };
     // `--masks`, or the masks a resumed run records (`[greg]` makes its own below)
     let recorded_masks = match &resumed {
-        Some((run, _)) if !cfg.greg.enabled() && run.file(MASKS_FILE).is_file() => Some(run.file(MASKS_FILE)),
+        Some((run, _, _)) if !cfg.greg.enabled() && run.file(MASKS_FILE).is_file() => Some(run.file(MASKS_FILE)),
         _ => None,
     };
     let given_masks = match (&opts.masks, &recorded_masks) {
@@ -568,7 +575,8 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         (None, None) => None,
     };
 
-    let run = run_dir(cfg, opts, resumed.map(|(run, _)| run))?;
+    // held until the run is written
+    let (run, _lock) = run_dir(cfg, opts, resumed)?;
     if let Some(path) = &opts.masks {
         record_masks(&run, path)?;
     }

@@ -13,6 +13,7 @@
 //! metrics.json             flat summary (test_accuracy, test_nll, …)
 //! report.md                a short human-readable report
 //! results.h5               arrays and metrics again, with the `hdf5` feature
+//! lock                     locked by the process writing the run (one writer at a time)
 //! ```
 //! Every file is written atomically. A checkpoint directory is complete before `latest` names it,
 //! so a run killed mid-checkpoint resumes from the previous one.
@@ -66,6 +67,15 @@ pub fn read_finite_safetensors(path: &Path) -> Result<HashMap<String, candle_cor
     Ok(tensors)
 }
 
+/// The lock file of a run directory ([`RunDir::lock`]).
+pub const LOCK_FILE: &str = "lock";
+
+/// The exclusive lock on a run directory ([`RunDir::lock`]); released when dropped.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
 /// A run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -112,7 +122,15 @@ impl RunDir {
     /// that stopped before its first checkpoint; the error says which and what to do), else
     /// `runs/<study>-<timestamp>` (with a numeric suffix if that exists).
     pub fn create(study: &str, out: Option<&Path>) -> Result<Self> {
-        let path = match out {
+        let path = Self::new_path(study, out);
+        Self::refuse_existing(&path)?;
+        std::fs::create_dir_all(path.join("checkpoints")).map_err(|e| ExpError::io(&path, e))?;
+        Ok(Self { path })
+    }
+
+    /// `out`, or a fresh `runs/<study>-<timestamp>[-k]`.
+    fn new_path(study: &str, out: Option<&Path>) -> PathBuf {
+        match out {
             Some(p) => p.to_path_buf(),
             None => {
                 let base = PathBuf::from("runs").join(format!("{study}-{}", timestamp()));
@@ -124,15 +142,57 @@ impl RunDir {
                 }
                 p
             }
-        };
-        if let Some(what) = Self::holds(&path) {
-            return Err(ExpError::Run {
-                path,
-                message: format!("already holds {what}; refusing to overwrite it"),
-            });
         }
-        std::fs::create_dir_all(path.join("checkpoints")).map_err(|e| ExpError::io(&path, e))?;
-        Ok(Self { path })
+    }
+
+    /// [`RunDir::create`] for a process that then writes the run: the directory is locked
+    /// ([`RunDir::lock`]) before it is checked and `checkpoints/` is made, so that of two
+    /// processes given the same `out`, one writes and the other is refused (as is a directory
+    /// whose run another process is writing).
+    pub fn create_locked(study: &str, out: Option<&Path>) -> Result<(Self, RunLock)> {
+        let path = Self::new_path(study, out);
+        std::fs::create_dir_all(&path).map_err(|e| ExpError::io(&path, e))?;
+        let run = Self { path };
+        let lock = run.lock()?;
+        Self::refuse_existing(&run.path)?;
+        let checkpoints = run.file("checkpoints");
+        std::fs::create_dir_all(&checkpoints).map_err(|e| ExpError::io(&checkpoints, e))?;
+        Ok((run, lock))
+    }
+
+    fn refuse_existing(path: &Path) -> Result<()> {
+        match Self::holds(path) {
+            Some(what) => Err(ExpError::Run {
+                path: path.to_path_buf(),
+                message: format!("already holds {what}; refusing to overwrite it"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the run's exclusive lock: the file [`LOCK_FILE`] in the directory, locked with
+    /// [`std::fs::File::try_lock`] (an advisory lock released when the returned guard is dropped
+    /// or the process ends, even by a kill). One process writes a run at a time: a second
+    /// `train` or `train --resume` of the run is refused, naming the directory.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.file(LOCK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| ExpError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ExpError::Run {
+                path: self.path.clone(),
+                message: format!(
+                    "is in use by another process (it holds {}); one process writes a run at a time, so wait for it to end",
+                    path.display()
+                ),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(ExpError::io(&path, e)),
+        }
     }
 
     /// What the directory `path` already holds that a new run must not overwrite, in words (with

@@ -275,3 +275,39 @@ fn a_run_without_checkpoint_is_refused_by_out_and_resumed_from_the_start() {
         "{recorded}"
     );
 }
+
+/// Defect 7: two `train --resume` of one run both wrote into its directory. The process writing
+/// a run holds an exclusive lock on its `lock` file; a second writer is refused, naming the
+/// directory, and succeeds once the lock is released. (The lock is taken here through the file
+/// itself, as another process would: file locks of two opens conflict within one process too.)
+#[test]
+fn a_second_writer_of_a_run_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    commands::train(&config(&[]), &options(&run, None), None).expect("one epoch");
+    let lock_path = run.join("lock");
+    let holder = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("open lock");
+    holder.try_lock().expect("the finished run's lock is free");
+
+    let e = commands::train(&config(&["train.epochs=2"]), &options(&run, None), Some(&run))
+        .expect_err("a run locked by another writer is not resumed")
+        .to_string();
+    assert!(
+        e.contains("in use by another process") && e.contains(&run.display().to_string()),
+        "{e}"
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.json")).expect("metrics.json");
+    assert!(
+        metrics.contains("\"epochs\": 1"),
+        "the refused resume changed the run: {metrics}"
+    );
+
+    drop(holder);
+    let s = commands::train(&config(&["train.epochs=2"]), &options(&run, None), Some(&run)).expect("resume");
+    assert_eq!(s.metrics["epochs"].as_u64(), Some(2));
+}

@@ -104,7 +104,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
     let resumed = open_resumed(resume, opts.quiet)?;
-    let from_checkpoint = matches!(resumed, Some((_, true)));
+    let from_checkpoint = matches!(resumed, Some((_, _, true)));
     // the inputs are checked before a new run directory is created
     let data = load_regression_data(cfg, opts.data_dir.as_deref())?;
     let (net, store, lik) = build_regression_model(cfg, &data, &dev)?;
@@ -115,7 +115,8 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
             "is for classification runs; this is a regression run",
         ));
     }
-    let run = run_dir(cfg, opts, resumed.map(|(run, _)| run))?;
+    // held until the run is written
+    let (run, _lock) = run_dir(cfg, opts, resumed)?;
     let mut trainer = Trainer::new(
         &net,
         store.clone(),
