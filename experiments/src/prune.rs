@@ -340,6 +340,20 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
         .map(|s| s.to_string().into())
         .collect();
     m.insert("collapsed_layers".into(), Value::Array(collapsed));
+    let near: Vec<Value> = pruned
+        .table
+        .near_collapse()
+        .into_iter()
+        .map(|s| s.to_string().into())
+        .collect();
+    m.insert("near_collapse_layers".into(), Value::Array(near));
+    let near: Vec<Value> = pruned
+        .table
+        .near_collapse()
+        .into_iter()
+        .map(|s| s.to_string().into())
+        .collect();
+    m.insert("near_collapse_layers".into(), Value::Array(near));
     m.insert("arch".into(), cfg.model.arch.clone().into());
     m.insert("seed".into(), cfg.seed.into());
     let json = serde_json::to_string_pretty(&Value::Object(m.clone()))
@@ -434,7 +448,8 @@ pub fn diagnosis_path(out: &Path) -> PathBuf {
 }
 
 /// Hutchinson's diagonal against the exact Gauss–Newton diagonal, per layer, on the same
-/// weights and scoring examples (see [`secateur_pruning::diagnose`]).
+/// weights and scoring examples (see [`secateur_pruning::diagnose`]), with the exact diagonal
+/// itself checked against Hessian–vector products with unit vectors at 4 entries per layer.
 #[derive(Debug, Clone)]
 pub struct CurvatureDiagnosis {
     /// Hutchinson's batch size and probes.
@@ -493,12 +508,14 @@ pub fn diagnose(
         .into_iter()
         .map(|(k, v)| (k, v.as_tensor().clone()))
         .collect();
+    let mut layers = secateur_pruning::diagnose::compare(&est, &exact, &theta)?;
+    secateur_pruning::diagnose::check_against_hessian(&mut cx, &loss, &exact, 3, &mut layers)?;
     Ok(CurvatureDiagnosis {
         hutchinson: *hutchinson,
         examples: sd.len(),
         hutchinson_seconds,
         ggn_seconds,
-        layers: secateur_pruning::diagnose::compare(&est, &exact, &theta)?,
+        layers,
     })
 }
 

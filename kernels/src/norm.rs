@@ -1183,8 +1183,6 @@ mod tests {
         )) {
             return Ok(());
         }
-        // candle detaches gradients unless this is set before the thread's first backward; run on
-        // a fresh thread so that other tests are unaffected.
         std::thread::spawn(|| -> Result<()> {
             for relu in [false, true] {
                 let shape = [3usize, 2, 3, 4];

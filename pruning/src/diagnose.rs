@@ -26,6 +26,14 @@ pub struct LayerCurvature {
     pub spearman_diagonal: f64,
     /// Spearman's ρ between the HP scores `θ² ⊙ diag / 2` of both.
     pub spearman_hp: f64,
+    /// `Σ estimate / Σ exact` over the layer: near 1 for an unbiased estimate even where the
+    /// entries are noise (their errors average out over the sum), so a check of the estimator
+    /// on a network too large for the exact Hessian.
+    pub sum_ratio: f64,
+    /// Largest relative difference between the exact diagonal and the Hessian's own diagonal
+    /// entry `(H e_i)_i` (a Hessian–vector product with a unit vector) at the entries checked by
+    /// [`check_against_hessian`] (`None`: not checked).
+    pub hessian_check: Option<f64>,
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f64>> {
@@ -108,25 +116,77 @@ pub fn compare(estimate: &Scores, exact: &Scores, theta: &Scores) -> Result<Vec<
             negative_exact: x.iter().filter(|v| **v < 0.0).count() as f64 / n,
             spearman_diagonal: spearman(&e, &x),
             spearman_hp: spearman(&hp(&e), &hp(&x)),
+            sum_ratio: e.iter().sum::<f64>() / x.iter().sum::<f64>(),
+            hessian_check: None,
         });
     }
     Ok(out)
 }
 
+/// Checks a claimed exact diagonal against the Hessian itself: for each layer of `rows`, the
+/// entries `i` at `per_layer` evenly spaced positions and the largest entry of `exact`, compares
+/// `exact_i` with `(H e_i)_i` from a Hessian–vector product with the unit vector `e_i` over the
+/// scoring data ([`crate::criteria::hvp`], double backpropagation), and records the largest
+/// relative difference in [`LayerCurvature::hessian_check`]. For a ReLU/max-pool network and the
+/// Gauss–Newton diagonal it is rounding error.
+pub fn check_against_hessian(
+    cx: &mut crate::ScoringContext,
+    loss: &crate::Loss,
+    exact: &Scores,
+    per_layer: usize,
+    rows: &mut [LayerCurvature],
+) -> Result<()> {
+    let targets = cx.targets();
+    for row in rows.iter_mut() {
+        let Some(ex) = exact.get(&row.name) else { continue };
+        let x = flat(ex)?;
+        let n = x.len();
+        if n == 0 {
+            continue;
+        }
+        let mut idx: Vec<usize> = (0..per_layer).map(|k| k * n / per_layer.max(1)).collect();
+        idx.push((0..n).max_by(|&a, &b| x[a].total_cmp(&x[b])).unwrap_or(0));
+        idx.dedup();
+        let mut worst: f64 = 0.0;
+        for i in idx {
+            let mut v = Scores::new();
+            for (k, t) in &targets {
+                let z = t.as_tensor().zeros_like()?;
+                let z = if *k == row.name {
+                    let mut e = vec![0f64; n];
+                    e[i] = 1.0;
+                    Tensor::from_vec(e, z.dims(), z.device())?.to_dtype(z.dtype())?
+                } else {
+                    z
+                };
+                v.insert(k.clone(), z);
+            }
+            let hv = crate::criteria::hvp(cx, loss, &v)?;
+            let hii = flat(&hv[&row.name])?[i];
+            let scale = hii.abs().max(x[i].abs()).max(f64::MIN_POSITIVE);
+            worst = worst.max((hii - x[i]).abs() / scale);
+        }
+        row.hessian_check = Some(worst);
+    }
+    Ok(())
+}
+
 /// A Markdown table of [`compare`]'s rows.
 pub fn table(rows: &[LayerCurvature]) -> String {
     let mut s = String::from(
-        "| layer | entries | negative (estimate) | negative (exact) | Spearman diag | Spearman HP |\n|---|---:|---:|---:|---:|---:|\n",
+        "| layer | entries | negative (estimate) | negative (exact) | Spearman diag | Spearman HP | Σ estimate / Σ exact | exact vs (H eᵢ)ᵢ |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.1}% | {:.3} | {:.3} |\n",
+            "| {} | {} | {:.1}% | {:.1}% | {:.3} | {:.3} | {:.3} | {} |\n",
             r.name,
             r.entries,
             100.0 * r.negative_estimate,
             100.0 * r.negative_exact,
             r.spearman_diagonal,
-            r.spearman_hp
+            r.spearman_hp,
+            r.sum_ratio,
+            r.hessian_check.map_or("-".to_string(), |c| format!("{c:.1e}"))
         ));
     }
     s

@@ -300,11 +300,19 @@ impl MaskSet {
     }
 }
 
-/// Saves scores as safetensors (f32, one tensor per logical name), atomically.
+/// Saves scores as safetensors (one tensor per logical name; f64 scores stay f64, every other
+/// dtype is written as f32), atomically.
 pub fn save_scores(scores: &Scores, path: impl AsRef<Path>) -> Result<()> {
     let t: HashMap<String, Tensor> = scores
         .iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+        .map(|(k, v)| {
+            let dt = if v.dtype() == DType::F64 {
+                DType::F64
+            } else {
+                DType::F32
+            };
+            Ok((k.clone(), v.to_dtype(dt)?.to_device(&Device::Cpu)?))
+        })
         .collect::<Result<_>>()?;
     save_atomic(&t, path.as_ref())
 }

@@ -1,7 +1,7 @@
 //! First-order and data-free criteria against hand-derived values on a two-layer linear network
 //! (closed forms in `common`), and the posterior criteria against the stored posterior.
-//! Second-order criteria are tested in `second_order.rs` (their own binary, which sets
-//! `CANDLE_GRAD_DO_NOT_DETACH`).
+//! Second-order criteria are tested in `second_order.rs` (in child processes started with
+//! `CANDLE_GRAD_DO_NOT_DETACH=1`); here, that they refuse without it.
 
 mod common;
 

@@ -1,8 +1,9 @@
 //! Second-order criteria: Hessian–vector products by double backpropagation against central
 //! differences of gradients (f64) and against the closed form of `common`, GraSP against the
 //! closed form, and the Hutchinson diagonal against the exact diagonal (column by column with
-//! unit vectors), its error shrinking like `1/√probes`. Own binary: every test sets
-//! `CANDLE_GRAD_DO_NOT_DETACH=1` before its thread's first backward pass.
+//! unit vectors), its error shrinking like `1/√probes`, with probes per example too, and the exact
+//! Gauss–Newton diagonal against the Hessian's. Every test runs in a child process of this binary
+//! started with `CANDLE_GRAD_DO_NOT_DETACH=1` (`secateur_kernels::double_backprop::run_test_in_child`).
 
 mod common;
 
