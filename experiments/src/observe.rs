@@ -9,7 +9,9 @@ fn to_candle(e: crate::error::ExpError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-/// Writes `history.csv` and a checkpoint after every epoch.
+/// Writes a checkpoint and then `history.csv` after every epoch. In that order, `history.csv`
+/// never has a row for an epoch whose checkpoint was not written: a run that fails (or is killed)
+/// while it records an epoch keeps a history that agrees with its last checkpoint.
 pub struct RunRecorder<'a> {
     run: &'a RunDir,
 }
@@ -23,8 +25,8 @@ impl<'a> RunRecorder<'a> {
 
 impl Observer for RunRecorder<'_> {
     fn on_epoch(&mut self, _record: &EpochRecord, ckpt: &Checkpoint) -> Result<()> {
-        self.run.write_history(&ckpt.state.history).map_err(to_candle)?;
-        self.run.write_checkpoint(ckpt).map_err(to_candle)
+        self.run.write_checkpoint(ckpt).map_err(to_candle)?;
+        self.run.write_history(&ckpt.state.history).map_err(to_candle)
     }
 }
 

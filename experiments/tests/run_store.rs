@@ -311,3 +311,30 @@ fn a_second_writer_of_a_run_is_refused() {
     let s = commands::train(&config(&["train.epochs=2"]), &options(&run, None), Some(&run)).expect("resume");
     assert_eq!(s.metrics["epochs"].as_u64(), Some(2));
 }
+
+/// Defect 8: a resume that failed while it recorded an epoch left `history.csv` with a row for an
+/// epoch whose checkpoint (and metrics, weights) did not exist. Here the checkpoint of epoch 2
+/// cannot be written (a file stands where its directory goes): the resume fails and the run's
+/// files are as they were.
+#[test]
+fn a_failed_resume_leaves_the_run_as_it_was() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    commands::train(&config(&[]), &options(&run, None), None).expect("one epoch");
+    let files = [
+        "history.csv",
+        "metrics.json",
+        "config.toml",
+        "weights.safetensors",
+        "checkpoints/latest",
+    ];
+    let read = |f: &str| std::fs::read(run.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let before: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    std::fs::write(run.join("checkpoints/epoch-0002"), b"in the way").expect("block the checkpoint");
+
+    commands::train(&config(&["train.epochs=2"]), &options(&run, None), Some(&run))
+        .expect_err("the checkpoint of epoch 2 cannot be written");
+    for (f, old) in files.iter().zip(&before) {
+        assert!(read(f) == *old, "the failed resume changed {f}");
+    }
+}
