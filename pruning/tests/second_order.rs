@@ -346,9 +346,9 @@ fn hutchinson_per_example_probes_converge_to_the_exact_diagonal() -> Result<()> 
     for e in 0..6 {
         let one = ScoringData::new(x.narrow(0, e, 1)?, y.narrow(0, e, 1)?, 1)?;
         let he = exact_hessian(&mut ScoringContext::new(&net, &store, Some(&one), &mut rng), &loss)?;
-        for i in 0..n {
-            for j in (0..n).filter(|&j| j != i) {
-                var += he[i][j] * he[i][j] / 36.0;
+        for (i, row) in he.iter().enumerate() {
+            for (_, hij) in row.iter().enumerate().filter(|(j, _)| *j != i) {
+                var += hij * hij / 36.0;
             }
         }
     }
