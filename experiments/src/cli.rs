@@ -113,7 +113,7 @@ pub struct TrainCmd {
     /// Override a config value, e.g. `--set optim.lr=0.1` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Override the seed.
+    /// Override the seed (of a new run: a resume refuses a seed other than the run's).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Run directory (default runs/STUDY-TIMESTAMP).

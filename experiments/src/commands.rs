@@ -396,12 +396,28 @@ pub fn train_settings(cfg: &StudyConfig, train_size: usize) -> Result<TrainSetti
 /// The run being resumed (`resume`), opened without changing it, and whether it has a
 /// checkpoint to continue from. A run with no checkpoint (it failed or was killed before its
 /// first epoch ended) is trained from the start with its recorded config; unless `quiet`, a line
-/// on standard error says so. The run is locked ([`RunDir::lock`]) for as long as the returned
+/// on standard error says so. A seed other than the recorded one is refused. The run is locked ([`RunDir::lock`]) for as long as the returned
 /// lock lives.
-pub(crate) fn open_resumed(resume: Option<&Path>, quiet: bool) -> Result<Option<(RunDir, RunLock, bool)>> {
+pub(crate) fn open_resumed(
+    cfg: &StudyConfig,
+    resume: Option<&Path>,
+    quiet: bool,
+) -> Result<Option<(RunDir, RunLock, bool)>> {
     let Some(path) = resume else { return Ok(None) };
     let run = RunDir::open(path)?;
     let lock = run.lock()?;
+    let recorded = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+    if recorded.seed != cfg.seed {
+        return Err(ExpError::config(
+            "seed",
+            format!(
+                "the run in {} was trained with seed {} (its config.toml); a resume cannot change it to {} (start a new run with that seed instead)",
+                path.display(),
+                recorded.seed,
+                cfg.seed
+            ),
+        ));
+    }
     let from_checkpoint = run.latest_checkpoint().is_some();
     if !from_checkpoint && !quiet {
         eprintln!(
@@ -525,7 +541,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     }
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
-    let resumed = open_resumed(resume, opts.quiet)?;
+    let resumed = open_resumed(cfg, resume, opts.quiet)?;
     let from_checkpoint = matches!(resumed, Some((_, _, true)));
     if cfg.greg.enabled() {
         if from_checkpoint {

@@ -338,3 +338,20 @@ fn a_failed_resume_leaves_the_run_as_it_was() {
         assert!(read(f) == *old, "the failed resume changed {f}");
     }
 }
+
+/// Defect 9: `--resume --seed 5` silently rewrote the seed a run was trained with. A resume with
+/// another seed is refused, naming the field and both seeds, and the run is unchanged.
+#[test]
+fn a_resume_cannot_change_the_seed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    commands::train(&config(&[]), &options(&run, None), None).expect("one epoch");
+    let before = std::fs::read_to_string(run.join("config.toml")).expect("config.toml");
+    let e = commands::train(&config(&["train.epochs=2", "seed=5"]), &options(&run, None), Some(&run))
+        .expect_err("a resume with another seed is refused")
+        .to_string();
+    assert!(e.contains("seed 3") && e.contains("to 5"), "{e}");
+    let after = std::fs::read_to_string(run.join("config.toml")).expect("config.toml");
+    assert_eq!(before, after);
+    assert!(!run.join("checkpoints/epoch-0002").exists());
+}

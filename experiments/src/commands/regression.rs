@@ -103,7 +103,7 @@ fn predict_table(
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
-    let resumed = open_resumed(resume, opts.quiet)?;
+    let resumed = open_resumed(cfg, resume, opts.quiet)?;
     let from_checkpoint = matches!(resumed, Some((_, _, true)));
     // the inputs are checked before a new run directory is created
     let data = load_regression_data(cfg, opts.data_dir.as_deref())?;
