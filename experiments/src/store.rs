@@ -76,6 +76,69 @@ pub struct RunLock {
     _file: std::fs::File,
 }
 
+/// The key of `state.json` that holds the bits of its floats ([`state_json`]).
+const EXACT_FLOATS: &str = "exact_floats";
+
+/// Visits every float number of `v` in document order (object keys in the map's order, which
+/// is the order in which they are written and read back).
+fn visit_floats(
+    v: &mut serde_json::Value,
+    f: &mut dyn FnMut(&mut serde_json::Value) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => f(v),
+        Value::Array(a) => a.iter_mut().try_for_each(|x| visit_floats(x, f)),
+        Value::Object(m) => m.values_mut().try_for_each(|x| visit_floats(x, f)),
+        _ => Ok(()),
+    }
+}
+
+/// A checkpoint's trainer state as JSON that reads back bit for bit: the usual fields, plus
+/// `exact_floats`, the IEEE bits of every float in document order. (serde_json writes the
+/// shortest decimal that round-trips, but without its `float_roundtrip` feature it may read
+/// one back 1 ulp off, and a resumed run then rewrote its history with different last digits.)
+fn state_json(state: &TrainState) -> std::result::Result<String, serde_json::Error> {
+    let mut value = serde_json::to_value(state)?;
+    let mut bits = Vec::new();
+    let _ = visit_floats(&mut value, &mut |x| {
+        bits.push(serde_json::Value::from(x.as_f64().unwrap_or(f64::NAN).to_bits()));
+        Ok(())
+    });
+    if let serde_json::Value::Object(m) = &mut value {
+        m.insert(EXACT_FLOATS.to_string(), serde_json::Value::Array(bits));
+    }
+    serde_json::to_string_pretty(&value)
+}
+
+/// Reads [`state_json`]'s output: each float takes the value of its bits in `exact_floats`
+/// (a state written without them, by an older version, is read as it stands).
+fn parse_state_json(text: &str) -> std::result::Result<TrainState, String> {
+    let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let exact = value.as_object_mut().and_then(|m| m.remove(EXACT_FLOATS));
+    if let Some(exact) = exact {
+        let bits: Vec<u64> = serde_json::from_value(exact).map_err(|e| format!("{EXACT_FLOATS}: {e}"))?;
+        let mut next = bits.iter();
+        visit_floats(&mut value, &mut |x| {
+            let b = next
+                .next()
+                .ok_or_else(|| format!("{EXACT_FLOATS} has fewer entries than the state has numbers"))?;
+            let exact = f64::from_bits(*b);
+            // the bits must be those of the written number (a hand edit of one of them is an error)
+            let read = x.as_f64().unwrap_or(f64::NAN);
+            if !(exact.is_finite() && (exact - read).abs() <= 1e-12 * exact.abs().max(f64::MIN_POSITIVE)) {
+                return Err(format!("{EXACT_FLOATS} does not match the number {read}"));
+            }
+            *x = serde_json::Value::from(exact);
+            Ok(())
+        })?;
+        if next.next().is_some() {
+            return Err(format!("{EXACT_FLOATS} has more entries than the state has numbers"));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
 /// A run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -315,8 +378,7 @@ impl RunDir {
         std::fs::create_dir_all(&dir).map_err(|e| ExpError::io(&dir, e))?;
         atomic::write_safetensors(&dir.join("weights.safetensors"), &ckpt.weights)?;
         atomic::write_safetensors(&dir.join("optimizer.safetensors"), &ckpt.optimizer)?;
-        let state =
-            serde_json::to_string_pretty(&ckpt.state).map_err(|e| ExpError::io(&dir, std::io::Error::other(e)))?;
+        let state = state_json(&ckpt.state).map_err(|e| ExpError::io(&dir, std::io::Error::other(e)))?;
         atomic::write_string(&dir.join("state.json"), &state)?;
         let previous = std::fs::read_to_string(root.join("latest")).ok();
         atomic::write_string(&root.join("latest"), &name)?;
@@ -366,9 +428,9 @@ impl RunDir {
         let dir = root.join(name.trim());
         let state_path = dir.join("state.json");
         let text = std::fs::read_to_string(&state_path).map_err(|e| ExpError::io(&state_path, e))?;
-        let state: TrainState = serde_json::from_str(&text).map_err(|e| ExpError::Run {
+        let state = parse_state_json(&text).map_err(|message| ExpError::Run {
             path: state_path.clone(),
-            message: format!("corrupt checkpoint state: {e}"),
+            message: format!("corrupt checkpoint state: {message}"),
         })?;
         Ok(LoadedCheckpoint {
             weights: read_finite_safetensors(&dir.join("weights.safetensors"))?,

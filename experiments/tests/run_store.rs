@@ -355,3 +355,125 @@ fn a_resume_cannot_change_the_seed() {
     assert_eq!(before, after);
     assert!(!run.join("checkpoints/epoch-0002").exists());
 }
+
+/// Defect 10, at its root: a checkpoint's trainer state read floats back from JSON text up to
+/// 1 ulp off. Floats drawn over many magnitudes (a fixed generator) come back bit for bit.
+#[test]
+fn checkpoint_state_reads_back_bit_for_bit() {
+    use secateur_bayes::SeededRng;
+    use secateur_experiments::store::RunDir;
+    use secateur_inference::metrics::ClassificationMetrics;
+    use secateur_inference::train::{Checkpoint, EpochRecord, TrainState};
+    use std::collections::BTreeMap;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = RunDir::create("t", Some(&tmp.path().join("run"))).expect("run dir");
+    // a 64-bit linear congruential generator (Knuth's MMIX constants); 53 bits per float
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut draw = || {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        unit * 10f64.powi((x % 13) as i32 - 6)
+    };
+    let history: Vec<EpochRecord> = (1..=100)
+        .map(|epoch| EpochRecord {
+            epoch,
+            lr: draw(),
+            train_loss: draw(),
+            train_nll: draw(),
+            train_divergence: draw(),
+            beta: draw(),
+            train_accuracy: draw(),
+            train_rmse: None,
+            eval: Some(ClassificationMetrics {
+                accuracy: draw(),
+                nll: draw(),
+                brier: draw(),
+                ece: draw(),
+                mce: draw(),
+            }),
+            eval_regression: None,
+            seconds: draw(),
+        })
+        .collect();
+    let state = TrainState {
+        epochs_done: 100,
+        rng: SeededRng::new(7).state(),
+        history,
+    };
+    let w = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+    let ckpt = Checkpoint {
+        weights: BTreeMap::from([("w".to_string(), w.clone())]),
+        optimizer: BTreeMap::from([("m".to_string(), w)]),
+        state: state.clone(),
+    };
+    run.write_checkpoint(&ckpt).expect("write");
+    let back = run.read_checkpoint().expect("read").state;
+    let mut wrong = 0;
+    for (a, b) in state.history.iter().zip(&back.history) {
+        if a != b {
+            wrong += 1;
+        }
+    }
+    assert_eq!(wrong, 0, "{wrong} of 100 history records changed through state.json");
+    assert_eq!(state, back);
+}
+
+/// Defect 10: a resumed run rewrote the history rows of the epochs before its checkpoint with
+/// floats read back from text. One epoch resumed to two writes the same files as two straight
+/// epochs, bit for bit, but for wall times (`seconds` in history.csv and state.json,
+/// `wall_seconds` in metrics.json and report.md).
+#[test]
+fn a_resumed_run_writes_the_same_files_as_a_straight_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let straight = tmp.path().join("straight");
+    commands::train(&config(&["train.epochs=2"]), &options(&straight, None), None).expect("two epochs");
+    let resumed = tmp.path().join("resumed");
+    commands::train(&config(&[]), &options(&resumed, None), None).expect("one epoch");
+    commands::train(&config(&["train.epochs=2"]), &options(&resumed, None), Some(&resumed)).expect("resume");
+
+    let text = |dir: &Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    // history.csv: the last column is the epoch's wall time
+    let history = |dir: &Path| -> Vec<String> {
+        text(dir, "history.csv")
+            .lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(head, _)| head).to_string())
+            .collect()
+    };
+    assert_eq!(history(&straight), history(&resumed));
+    let without_wall = |dir: &Path, f: &str| -> Vec<String> {
+        text(dir, f)
+            .lines()
+            .filter(|l| !l.contains("wall_seconds"))
+            .map(String::from)
+            .collect()
+    };
+    for f in ["metrics.json", "report.md", "config.toml"] {
+        assert_eq!(without_wall(&straight, f), without_wall(&resumed, f), "{f}");
+    }
+    let state = |dir: &Path| -> serde_json::Value {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text(dir, "checkpoints/epoch-0002/state.json")).expect("state.json");
+        let m = v.as_object_mut().expect("object");
+        m.remove("exact_floats");
+        for r in m["history"].as_array_mut().expect("history") {
+            r.as_object_mut().expect("record").remove("seconds");
+        }
+        v
+    };
+    assert_eq!(state(&straight), state(&resumed));
+    for f in [
+        "weights.safetensors",
+        "predictions.safetensors",
+        "curves.png",
+        "reliability.png",
+        "checkpoints/latest",
+        "checkpoints/epoch-0002/weights.safetensors",
+        "checkpoints/epoch-0002/optimizer.safetensors",
+    ] {
+        let (a, b) = (std::fs::read(straight.join(f)), std::fs::read(resumed.join(f)));
+        assert!(a.expect(f) == b.expect(f), "{f} differs");
+    }
+}
