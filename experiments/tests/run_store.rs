@@ -477,3 +477,62 @@ fn a_resumed_run_writes_the_same_files_as_a_straight_run() {
         assert!(a.expect(f) == b.expect(f), "{f} differs");
     }
 }
+
+/// Defect 6, bad data: a data set that does not load (files with a wrong magic number) is
+/// refused before the run directory is created.
+#[test]
+fn bad_data_leaves_no_run_directory() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(data.join(f), b"not an IDX file").expect("write");
+    }
+    let run = tmp.path().join("run");
+    let opts = TrainOptions {
+        data_dir: Some(data),
+        ..options(&run, None)
+    };
+    commands::train(&config(&[]), &opts, None).expect_err("bad data is refused");
+    assert!(!run.exists(), "bad data left a run directory behind");
+}
+
+/// Defect 1, the other way round: a resume given masks other than those the run was trained
+/// with is refused, naming `--masks` and the run's recorded file; the same masks are accepted.
+#[test]
+fn a_resume_cannot_change_the_masks() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mask_file = tmp.path().join("masks.safetensors");
+    let masks = write_masks(&config(&[]), &mask_file);
+    let run = tmp.path().join("run");
+    commands::train(&config(&[]), &options(&run, Some(mask_file.clone())), None).expect("one epoch");
+
+    let other_file = tmp.path().join("other.safetensors");
+    let mut other = masks.clone();
+    let conv1 = masks.get("conv1.weight").expect("conv1 mask");
+    other.insert("conv1.weight", conv1.ones_like().unwrap()).unwrap();
+    other.save(&other_file).expect("save");
+    let e = commands::train(
+        &config(&["train.epochs=2"]),
+        &options(&run, Some(other_file)),
+        Some(&run),
+    )
+    .expect_err("other masks are refused")
+    .to_string();
+    assert!(
+        e.contains("--masks") && e.contains("differs from the masks the run was trained with"),
+        "{e}"
+    );
+    assert!(!run.join("checkpoints/epoch-0002").exists());
+    commands::train(
+        &config(&["train.epochs=2"]),
+        &options(&run, Some(mask_file)),
+        Some(&run),
+    )
+    .expect("the same masks are accepted");
+}
