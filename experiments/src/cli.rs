@@ -119,14 +119,15 @@ pub struct TrainCmd {
     /// Run directory (default runs/STUDY-TIMESTAMP).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Resume the run in DIR from its last checkpoint (its config.toml, plus any --set).
+    /// Resume the run in DIR from its last checkpoint (its config.toml, plus any --set; not
+    /// --seed), or from the start if it stopped before its first checkpoint.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
     /// Train with these pruning masks (`secateur prune`'s masks.safetensors): pruned weights are
-    /// zeroed and kept at zero.
+    /// zeroed and kept at zero. The run records them; `--resume` applies them again by itself.
     #[arg(long, value_name = "FILE")]
     pub masks: Option<PathBuf>,
     #[command(flatten)]

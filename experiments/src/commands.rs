@@ -44,7 +44,9 @@ pub struct TrainOptions {
     /// A mask file (`secateur prune`'s `masks.safetensors`): the masked weights are zeroed before
     /// training and kept at zero (gradients masked, weights re-zeroed after every step). With a
     /// config this trains a network pruned at initialisation (the mask must come from the same
-    /// config and seed to match the initialisation it was scored on).
+    /// config and seed to match the initialisation it was scored on). The file is copied into the
+    /// run as `masks.safetensors`, which a resume applies again (a resume given other masks is
+    /// refused).
     pub masks: Option<PathBuf>,
 }
 
@@ -396,8 +398,8 @@ pub fn train_settings(cfg: &StudyConfig, train_size: usize) -> Result<TrainSetti
 /// The run being resumed (`resume`), opened without changing it, and whether it has a
 /// checkpoint to continue from. A run with no checkpoint (it failed or was killed before its
 /// first epoch ended) is trained from the start with its recorded config; unless `quiet`, a line
-/// on standard error says so. A seed other than the recorded one is refused. The run is locked ([`RunDir::lock`]) for as long as the returned
-/// lock lives.
+/// on standard error says so. A seed other than the recorded one is refused. The run is locked
+/// ([`RunDir::lock`]) for as long as the returned lock lives.
 pub(crate) fn open_resumed(
     cfg: &StudyConfig,
     resume: Option<&Path>,
@@ -430,10 +432,9 @@ pub(crate) fn open_resumed(
 
 /// The run directory of `train` and its lock: the run being resumed, or a new one under
 /// `opts.out` (locked, [`RunDir::create_locked`]) whose resolved config is written before
-/// training. Create it only once the inputs are checked (data
-/// loaded, model built, masks matched), so that bad input leaves no directory behind. A resumed
-/// run's config is rewritten only once the resumed run has succeeded, so a failing resume leaves
-/// the good run as it was.
+/// training. Call it only once the inputs are checked (data loaded, model built, masks matched),
+/// so that bad input leaves no directory behind. A resumed run's config is rewritten only once
+/// the resumed run has succeeded, so a failing resume leaves the good run as it was.
 pub(crate) fn run_dir(
     cfg: &StudyConfig,
     opts: &TrainOptions,
@@ -535,6 +536,13 @@ fn posterior_mean_accuracy(
 }
 
 /// Trains the config's model, or resumes the run in `resume`; writes the run directory.
+///
+/// The data, the model and `opts.masks` are checked before a new directory is created. The
+/// process holds the run's lock ([`RunDir::lock`]) throughout, so a second writer is refused. A
+/// resume continues from the last checkpoint (or, if the run stopped before its first one, trains
+/// from the start with the recorded config), keeps the run's seed (another one is refused) and
+/// its recorded masks (`masks.safetensors`), and writes the same files, bit for bit but for wall
+/// times, as a run that was never interrupted.
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
     if cfg.likelihood.is_regression() {
         return regression::train(cfg, opts, resume);
