@@ -279,9 +279,36 @@ impl ParamBuilder {
         init.sample(shape, &mut rng, self.dtype, &self.device)
     }
 
+    /// Refuses a tensor whose size overflows or that cannot fit in the memory available now
+    /// (`MemAvailable` of `/proc/meminfo`; its initialisation draws in f64, so twice the f64
+    /// size is asked for), naming the parameter, instead of letting the allocator abort the
+    /// process.
+    fn check_size(&self, name: &str, shape: &[usize]) -> Result<()> {
+        let name = self.path(name);
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let bytes = n.and_then(|n| n.checked_mul(2 * DType::F64.size_in_bytes()));
+        let Some(bytes) = bytes else {
+            candle_core::bail!(
+                "model parameter `{name}` of shape {shape:?} has more entries than this machine can address"
+            );
+        };
+        if let Some(avail) = available_memory() {
+            if bytes as u64 > avail {
+                candle_core::bail!(
+                    "model parameter `{name}` of shape {shape:?} needs {:.1} GB to initialise; {:.1} GB of memory is \
+                     available (check the model's sizes, e.g. model.hidden)",
+                    bytes as f64 / 1e9,
+                    avail as f64 / 1e9
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the trainable parameter `name` and returns a tensor sharing its storage (updates
     /// by the optimiser are seen through it).
     pub fn param(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        self.check_size(name, shape)?;
         let var = Var::from_tensor(&self.draw(shape, init)?)?;
         let t = var.as_tensor().clone();
         self.store.insert(self.path(name), var, false)?;
@@ -291,15 +318,44 @@ impl ParamBuilder {
     /// Creates the buffer `name` (stored and checkpointed, never trained) and returns its [`Var`]
     /// so the owning layer can update it.
     pub fn buffer(&self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        self.check_size(name, shape)?;
         let var = Var::from_tensor(&self.draw(shape, init)?)?;
         self.store.insert(self.path(name), var.clone(), true)?;
         Ok(var)
     }
 }
 
+/// Bytes of memory available to new allocations (`MemAvailable`), where the system says.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A parameter too large for any machine (or whose size overflows) is refused with its
+    /// name, before anything is allocated (`model.hidden=[100000000]` used to abort the process).
+    #[test]
+    fn impossible_sizes_are_refused_by_name() {
+        let pb = ParamBuilder::new(ParamStore::new(), SeededRng::new(0), DType::F32, Device::Cpu);
+        let e = pb
+            .pp("fc1")
+            .param("weight", &[1 << 40, 1 << 12], Init::Const(0.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fc1.weight") && e.contains("GB"), "{e}");
+        let e = pb
+            .pp("fc2")
+            .param("weight", &[usize::MAX, 3], Init::Const(0.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fc2.weight") && e.contains("address"), "{e}");
+        assert!(pb.pp("fc3").param("weight", &[3, 4], Init::Const(0.0)).is_ok());
+    }
 
     #[test]
     fn names_are_sorted_and_duplicates_refused() -> Result<()> {

@@ -772,6 +772,18 @@ impl StudyConfig {
     }
 }
 
+/// Refuses a study name that is empty, `.` or `..`, or holds a path separator or a NUL: the
+/// default run directory is `runs/<name>-<timestamp>`, which must stay inside `runs/`.
+pub fn check_name(field: &str, name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+        return Err(format!(
+            "{field} `{name}` must be a plain name (no path separators, not empty, `.` or `..`): it names the run \
+             directory under runs/"
+        ));
+    }
+    Ok(())
+}
+
 impl StudyConfig {
     /// Parses a config from TOML text, applying `key=value` overrides first; `source` names the
     /// file in errors.
@@ -787,10 +799,28 @@ impl StudyConfig {
         Ok(cfg)
     }
 
-    /// Reads a config file (see [`StudyConfig::from_toml`]).
+    /// Reads a config file (see [`StudyConfig::from_toml`]). A file without a `[data]` or a
+    /// `[model]` section is refused, naming the missing sections, rather than training the
+    /// defaults silently (an empty or truncated file, or the wrong file).
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ExpError::io(path, e))?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+        let source = path.display().to_string();
+        let table: toml::Table = toml::from_str(&text).map_err(|e| ExpError::config(&source, e.to_string()))?;
+        let missing: Vec<&str> = ["data", "model"]
+            .into_iter()
+            .filter(|k| !table.contains_key(*k))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ExpError::config(
+                &source,
+                format!(
+                    "has no [{}] section: a run's config names its data and model (see \
+                     experiments/configs/quickstart.toml)",
+                    missing.join("] or [")
+                ),
+            ));
+        }
+        Self::from_toml(&text, &source, overrides)
     }
 
     /// The fully resolved config as TOML (what `config.toml` in a run directory holds).
@@ -800,6 +830,7 @@ impl StudyConfig {
 
     /// Refuses impossible values; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        check_name("name", &self.name)?;
         let d = &self.data;
         if d.batch_size == 0 {
             return Err("data.batch_size must be at least 1".into());
@@ -967,6 +998,24 @@ mod tests {
         let again = StudyConfig::from_toml(&cfg.to_toml()?, "round trip", &[])?;
         assert_eq!(cfg, again);
         Ok(())
+    }
+
+    #[test]
+    fn names_with_path_separators_and_files_without_sections_are_refused() {
+        for bad in ["../../escape", "a/b", "a\\b", "", ".."] {
+            let e = StudyConfig::from_toml("", "x.toml", &[format!("name={bad:?}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("plain name"), "{bad}: {e}");
+        }
+        assert!(StudyConfig::from_toml("", "x.toml", &["name=\"ok-1.2\"".into()]).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        for (text, missing) in [("", "[data] or [model]"), ("[model]\narch = \"mlp\"\n", "[data]")] {
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).unwrap();
+            let e = StudyConfig::from_file(&p, &[]).unwrap_err().to_string();
+            assert!(e.contains(missing) && e.contains("c.toml"), "{e}");
+        }
     }
 
     #[test]

@@ -136,6 +136,7 @@ impl PaiConfig {
 
     /// Refuses empty grids, sparsities outside `[0, 1)`, unknown criteria and scopes.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        crate::config::check_name("name", &self.name)?;
         if self.seeds.is_empty() || self.sparsities.is_empty() || self.criteria.is_empty() || self.models.is_empty() {
             return Err("`seeds`, `sparsities`, `criteria` and `models` must not be empty".into());
         }
