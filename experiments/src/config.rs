@@ -799,28 +799,22 @@ impl StudyConfig {
         Ok(cfg)
     }
 
-    /// Reads a config file (see [`StudyConfig::from_toml`]). A file without a `[data]` or a
-    /// `[model]` section is refused, naming the missing sections, rather than training the
-    /// defaults silently (an empty or truncated file, or the wrong file).
+    /// Reads a config file (see [`StudyConfig::from_toml`]). A file with neither a `[data]` nor
+    /// a `[model]` section (an empty or truncated file, or the wrong file) is refused rather than
+    /// training the defaults silently.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ExpError::io(path, e))?;
         let source = path.display().to_string();
+        let cfg = Self::from_toml(&text, &source, overrides)?;
         let table: toml::Table = toml::from_str(&text).map_err(|e| ExpError::config(&source, e.to_string()))?;
-        let missing: Vec<&str> = ["data", "model"]
-            .into_iter()
-            .filter(|k| !table.contains_key(*k))
-            .collect();
-        if !missing.is_empty() {
+        if !table.contains_key("data") && !table.contains_key("model") {
             return Err(ExpError::config(
                 &source,
-                format!(
-                    "has no [{}] section: a run's config names its data and model (see \
-                     experiments/configs/quickstart.toml)",
-                    missing.join("] or [")
-                ),
+                "has neither a [data] nor a [model] section: a run's config names its data and model (see \
+                 experiments/configs/quickstart.toml); an empty file would train the defaults",
             ));
         }
-        Self::from_toml(&text, &source, overrides)
+        Ok(cfg)
     }
 
     /// The fully resolved config as TOML (what `config.toml` in a run directory holds).
@@ -1010,12 +1004,17 @@ mod tests {
         }
         assert!(StudyConfig::from_toml("", "x.toml", &["name=\"ok-1.2\"".into()]).is_ok());
         let dir = tempfile::tempdir().unwrap();
-        for (text, missing) in [("", "[data] or [model]"), ("[model]\narch = \"mlp\"\n", "[data]")] {
-            let p = dir.path().join("c.toml");
+        let p = dir.path().join("c.toml");
+        for text in ["", "[optim]\nlr = 0.1\n"] {
             std::fs::write(&p, text).unwrap();
             let e = StudyConfig::from_file(&p, &[]).unwrap_err().to_string();
-            assert!(e.contains(missing) && e.contains("c.toml"), "{e}");
+            assert!(
+                e.contains("neither a [data] nor a [model]") && e.contains("c.toml"),
+                "{e}"
+            );
         }
+        std::fs::write(&p, "[model]\narch = \"mlp\"\n").unwrap();
+        assert!(StudyConfig::from_file(&p, &[]).is_ok());
     }
 
     #[test]
