@@ -295,7 +295,7 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
     let (cfg, weights) = match (&opts.run, &opts.config) {
         (Some(run), None) => {
             let cfg = StudyConfig::from_file(&run.join("config.toml"), &opts.overrides)?;
-            let w = atomic::read_safetensors(&run.join("weights.safetensors"))?;
+            let w = crate::store::read_finite_safetensors(&run.join("weights.safetensors"))?;
             (cfg, Some(w))
         }
         (None, Some(c)) => (StudyConfig::from_file(c, &opts.overrides)?, None),
@@ -404,7 +404,11 @@ pub struct ScoresOutput {
 /// as `<out stem>.diagnose.md`.
 pub fn scores(opts: &ScoresOptions) -> Result<ScoresOutput> {
     let cfg = StudyConfig::from_file(&opts.config, &opts.overrides)?;
-    let w = opts.weights.as_deref().map(atomic::read_safetensors).transpose()?;
+    let w = opts
+        .weights
+        .as_deref()
+        .map(crate::store::read_finite_safetensors)
+        .transpose()?;
     let data = PruneData::load(&cfg, opts.data_dir.as_deref())?;
     let spec = PruneSpec {
         criterion: opts.criterion.clone(),

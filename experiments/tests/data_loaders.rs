@@ -617,3 +617,48 @@ fn split_is_disjoint_and_covers() -> R {
     assert_eq!((t2, v2), (train, val));
     Ok(())
 }
+
+/// An explicit `--data-dir` that holds a set only in part (a file missing, or a directory where
+/// a file should be) is an error naming the file, not a silent fall-back to the shipped copy.
+#[test]
+fn an_incomplete_data_dir_is_refused_naming_the_file() -> R {
+    let dir = tempfile::tempdir()?;
+    let (pixels, labels) = three_images();
+    write_idx_images_gz(&dir.path().join("train-images-idx3-ubyte.gz"), 3, 4, 5, &pixels)?;
+    write_idx_labels_gz(&dir.path().join("train-labels-idx1-ubyte.gz"), &labels)?;
+    write_idx_images_gz(&dir.path().join("t10k-images-idx3-ubyte.gz"), 3, 4, 5, &pixels)?;
+    let e = load_images("fashion-mnist-mini", Some(dir.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("t10k-labels-idx1-ubyte") && e.contains("missing"), "{e}");
+    std::fs::create_dir(dir.path().join("t10k-labels-idx1-ubyte"))?;
+    let e = load_images("fashion-mnist-mini", Some(dir.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("t10k-labels-idx1-ubyte") && e.contains("not a file"), "{e}");
+    // a directory without any of the files is no claim to hold the set: the shipped copy loads
+    let empty = tempfile::tempdir()?;
+    assert!(load_images("fashion-mnist-mini", Some(empty.path())).is_ok());
+    Ok(())
+}
+
+/// A gzip IDX file that expands far past its header's size stops one byte past the announced
+/// end and is refused as having trailing bytes.
+#[test]
+fn a_gzip_bomb_is_stopped_at_the_header_size() -> R {
+    let dir = tempfile::tempdir()?;
+    let (pixels, _) = three_images();
+    let mut bytes = encode_idx_images(3, 4, 5, &pixels)?;
+    bytes.resize(bytes.len() + (32 << 20), 0);
+    let p = dir.path().join("imgs.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&p)?, flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, &bytes)?;
+    enc.finish()?;
+    let e = read_idx_images(&p).unwrap_err();
+    names_file(&e, &p);
+    match e {
+        DataError::LengthMismatch { actual, expected, .. } => assert_eq!((actual, expected), (16 + 60 + 1, 16 + 60)),
+        other => panic!("{other}"),
+    }
+    Ok(())
+}

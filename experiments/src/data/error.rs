@@ -167,6 +167,18 @@ pub enum DataError {
         /// Every place tried, in order.
         searched: Vec<PathBuf>,
     },
+    /// A directory given explicitly holds some of a data set's files but not all (or a
+    /// directory where a file should be): an error rather than a silent fall-back to another
+    /// copy of the set.
+    #[error("{}: holds the data set {name:?} only in part: {problem}", dir.display())]
+    Incomplete {
+        /// The directory.
+        dir: PathBuf,
+        /// The data set's name.
+        name: String,
+        /// Which file is missing or not a file.
+        problem: String,
+    },
     /// The name is not one of the known data sets.
     #[error("unknown data set {name:?}; known image sets: {images}; known tables: {tables}")]
     UnknownName {
@@ -213,6 +225,7 @@ impl DataError {
             | DataError::BadCsv { path, .. }
             | DataError::MissingColumn { path, .. } => Some(path),
             DataError::CountMismatch { images, .. } => Some(images),
+            DataError::Incomplete { dir, .. } => Some(dir),
             DataError::NotFound { .. } | DataError::UnknownName { .. } | DataError::InvalidArgument { .. } => None,
         }
     }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::read::{read_maybe_gz, write_gz};
+use super::read::{read_maybe_gz_sized, write_gz};
 use super::{DataError, ImageSet};
 
 /// Magic number of an IDX file of unsigned-byte images (3 dimensions).
@@ -63,7 +63,12 @@ fn check_header(path: &Path, bytes: &[u8], header: usize, magic: u32, what: &'st
 /// Reads and checks an IDX images file (magic, non-zero dimensions, exact length, at least one
 /// image).
 pub fn read_idx_images(path: &Path) -> Result<IdxImages, DataError> {
-    let bytes = read_maybe_gz(path)?;
+    // Decompress no further than the header's size (n · rows · cols + 16) and one byte.
+    let bytes = read_maybe_gz_sized(path, 16, |h| {
+        (be_u32(h, 0) == IDX_IMAGES_MAGIC).then_some(())?;
+        let dims = [4, 8, 12].map(|at| be_u32(h, at) as usize);
+        dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?.checked_add(16)
+    })?;
     check_header(path, &bytes, 16, IDX_IMAGES_MAGIC, "IDX images file")?;
     let n = be_u32(&bytes, 4) as usize;
     let rows = be_u32(&bytes, 8) as usize;
@@ -103,7 +108,10 @@ pub fn read_idx_images(path: &Path) -> Result<IdxImages, DataError> {
 /// Reads and checks an IDX labels file (magic, exact length, at least one label). Label range
 /// is checked by [`read_idx_pair`], which knows the number of classes.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = read_maybe_gz(path)?;
+    let bytes = read_maybe_gz_sized(path, 8, |h| {
+        (be_u32(h, 0) == IDX_LABELS_MAGIC).then_some(())?;
+        (be_u32(h, 4) as usize).checked_add(8)
+    })?;
     check_header(path, &bytes, 8, IDX_LABELS_MAGIC, "IDX labels file")?;
     let n = be_u32(&bytes, 4) as usize;
     let expected = n.checked_add(8).ok_or_else(|| DataError::BadDims {

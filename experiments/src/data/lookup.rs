@@ -149,9 +149,37 @@ const IDX_FILES: [&str; 4] = [
     "t10k-labels-idx1-ubyte",
 ];
 
+/// The first problem of a directory that holds some of `files` (as a file or a `.gz`, or any
+/// entry of that name) but not all of them as files; `None` if it holds all or none.
+fn partly(dir: &Path, files: &[&str]) -> Option<String> {
+    let present = |f: &str| dir.join(f).exists() || dir.join(format!("{f}.gz")).exists();
+    if !files.iter().any(|f| present(f)) {
+        return None;
+    }
+    files.iter().find_map(|f| {
+        if find_file(dir, f).is_some() {
+            None
+        } else if present(f) {
+            Some(format!("`{f}` is not a file"))
+        } else {
+            Some(format!("`{f}` (or `{f}.gz`) is missing"))
+        }
+    })
+}
+
 fn locate(name: &str, format: Format, data_dir: Option<&Path>) -> Result<Found, DataError> {
     let mut searched = Vec::new();
-    for dir in search_dirs(name, data_dir) {
+    // The first two places are the explicit `data_dir` and `data_dir/<name>`.
+    // If neither holds the whole set but one holds part of it, that is an error (rather than a
+    // silent fall-back to another copy).
+    let explicit = if data_dir.is_some() { 2 } else { 0 };
+    let mut partial: Option<DataError> = None;
+    for (k, dir) in search_dirs(name, data_dir).into_iter().enumerate() {
+        if k == explicit {
+            if let Some(e) = partial.take() {
+                return Err(e);
+            }
+        }
         let tries: Vec<(PathBuf, Vec<&str>)> = match format {
             Format::Idx => vec![(dir, IDX_FILES.to_vec())],
             Format::Cifar(kind) => {
@@ -166,8 +194,20 @@ fn locate(name: &str, format: Format, data_dir: Option<&Path>) -> Result<Found, 
             if let Some(found) = find_all(&d, &files) {
                 return Ok(Found { dir: d, files: found });
             }
+            if k < explicit && partial.is_none() {
+                if let Some(problem) = partly(&d, &files) {
+                    partial = Some(DataError::Incomplete {
+                        dir: d.clone(),
+                        name: name.to_string(),
+                        problem,
+                    });
+                }
+            }
             searched.push(d);
         }
+    }
+    if let Some(e) = partial {
+        return Err(e);
     }
     Err(DataError::NotFound {
         name: name.to_string(),
