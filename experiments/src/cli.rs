@@ -264,9 +264,13 @@ pub struct ScoresCmd {
     /// Scoring examples drawn per class.
     #[arg(long, default_value_t = 10)]
     pub samples_per_class: usize,
-    /// Output file (safetensors of scores by weight name).
+    /// Output file (safetensors of scores by weight name); an existing file is refused unless
+    /// --force.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Replace an existing --out (and, with --diagnose, an existing diagnosis file).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -455,6 +459,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 options: c.criterion_args.options(),
                 data_dir: c.common.data_dir.clone(),
                 diagnose: c.diagnose,
+                force: c.force,
             })?;
             if let Some(d) = &out.diagnosis {
                 println!("{d}");

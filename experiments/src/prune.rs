@@ -385,6 +385,8 @@ pub struct ScoresOptions {
     /// Also compare Hutchinson's diagonal (with `options.hutchinson`) with the exact
     /// Gauss–Newton diagonal on the same weights and scoring data, per layer.
     pub diagnose: bool,
+    /// Replace an existing `out` (and, with `diagnose`, an existing diagnosis file).
+    pub force: bool,
 }
 
 /// What `secateur scores` produced.
@@ -401,8 +403,36 @@ pub struct ScoresOutput {
 /// initialisation) for the config's model and data, written to `out` as safetensors under the
 /// prunable weights' names. With `diagnose`, also the per-layer comparison of Hutchinson's
 /// diagonal with the exact Gauss–Newton diagonal ([`CurvatureDiagnosis`]), written beside `out`
-/// as `<out stem>.diagnose.md`.
+/// as `<out stem>.diagnose.md`. An existing `out` (or diagnosis file) is refused before any work
+/// unless `opts.force`; a directory is always refused.
 pub fn scores(opts: &ScoresOptions) -> Result<ScoresOutput> {
+    let existing = |path: &Path, what: &str| {
+        ExpError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("already exists; refusing to overwrite it with {what}: choose another --out, or give --force to replace it"),
+            ),
+        )
+    };
+    if opts.out.is_dir() {
+        return Err(ExpError::io(
+            &opts.out,
+            std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory; --out names the scores file (safetensors)",
+            ),
+        ));
+    }
+    if !opts.force {
+        if opts.out.exists() {
+            return Err(existing(&opts.out, "scores"));
+        }
+        let d = diagnosis_path(&opts.out);
+        if opts.diagnose && d.exists() {
+            return Err(existing(&d, "the diagnosis"));
+        }
+    }
     let cfg = StudyConfig::from_file(&opts.config, &opts.overrides)?;
     let w = opts
         .weights

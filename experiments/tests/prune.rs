@@ -63,6 +63,7 @@ fn scores_options(criterion: &str, weights: Option<PathBuf>, config: PathBuf, ou
         options: Default::default(),
         data_dir: None,
         diagnose: false,
+        force: false,
     }
 }
 

@@ -325,6 +325,8 @@ pub fn load_scores(path: impl AsRef<Path>, device: &Device) -> Result<Scores> {
     Ok(t.into_iter().collect())
 }
 
+/// Writes `t` as safetensors at `path` atomically: into `.<name>.tmp` beside it, then renamed over
+/// it; the temporary file is removed if the write or the rename fails.
 fn save_atomic(t: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let file = path
         .file_name()
@@ -333,9 +335,14 @@ fn save_atomic(t: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     tmp_name.push(file);
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    candle_core::safetensors::save(t, &tmp)?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| candle_core::Error::Msg(format!("cannot move {} to {}: {e}", tmp.display(), path.display())))
+    let res = candle_core::safetensors::save(t, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .map_err(|e| candle_core::Error::Msg(format!("cannot move {} to {}: {e}", tmp.display(), path.display())))
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// One row of a [`LayerTable`].

