@@ -229,9 +229,13 @@ pub struct PruneCmd {
     /// Override a config value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Output directory: masks.safetensors, scores.safetensors, layers.md, prune.json.
+    /// Output directory: masks.safetensors, scores.safetensors, layers.md, prune.json. One that
+    /// already holds any of them, or a run (config.toml), is refused unless --force.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Replace an earlier prune's files in --out, or write into a run directory.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -433,6 +437,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 overrides: c.criterion_args.overrides(c.set),
                 out: c.out.clone(),
                 data_dir: c.common.data_dir,
+                force: c.force,
             };
             let m = crate::prune::prune(&opts)?;
             println!(

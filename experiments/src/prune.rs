@@ -282,16 +282,53 @@ pub struct PruneOptions {
     pub config: Option<PathBuf>,
     /// `--set` overrides of the config.
     pub overrides: Vec<String>,
-    /// Output directory (created; files are replaced atomically).
+    /// Output directory (created). One that already holds a prune's output
+    /// ([`PRUNE_OUTPUTS`]) or a run (`config.toml`) is refused unless `force`.
     pub out: PathBuf,
     /// Data directory searched first.
     pub data_dir: Option<PathBuf>,
+    /// Replace an earlier prune's files in `out`, or write into a run directory.
+    pub force: bool,
+}
+
+/// The files `secateur prune` writes into its output directory.
+pub const PRUNE_OUTPUTS: [&str; 4] = ["masks.safetensors", "scores.safetensors", "layers.md", "prune.json"];
+
+/// Refuses, unless `force`, an output directory of `prune` that already holds one of
+/// [`PRUNE_OUTPUTS`] or is a run directory (holds `config.toml`), naming the directory and the
+/// file found.
+fn refuse_existing_prune(out: &Path, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    if let Some(f) = PRUNE_OUTPUTS.iter().find(|f| out.join(f).exists()) {
+        return Err(ExpError::io(
+            out,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("already holds {f} (an earlier prune's output); refusing to overwrite it: choose another --out, or give --force to replace it"),
+            ),
+        ));
+    }
+    if out.join("config.toml").exists() {
+        return Err(ExpError::io(
+            out,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "is a run directory (it holds config.toml); refusing to write a prune's files into it: choose another --out, or give --force",
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `secateur prune`: writes `masks.safetensors` (0/1 per prunable weight, PyTorch-style names),
 /// `scores.safetensors`, `layers.md` (per-layer table) and `prune.json` (summary) into `out`.
+/// An `out` that already holds any of them, or a run, is refused before any work unless
+/// `opts.force`.
 pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
     opts.spec.validate()?;
+    refuse_existing_prune(&opts.out, opts.force)?;
     let (cfg, weights) = match (&opts.run, &opts.config) {
         (Some(run), None) => {
             let cfg = StudyConfig::from_file(&run.join("config.toml"), &opts.overrides)?;

@@ -4,8 +4,8 @@
 //! models on the shipped Fashion-MNIST subset.
 
 use candle_core::{DType, Device, Tensor};
-use secateur_experiments::prune::{self, ScoresOptions};
-use secateur_pruning::{MaskSet, Scores};
+use secateur_experiments::prune::{self, PruneOptions, PruneSpec, ScoresOptions};
+use secateur_pruning::{MaskSet, Scope, Scores};
 use std::path::{Path, PathBuf};
 
 /// LeNet-5 on 2,000 of the 10,000 training images (the rest is the validation set).
@@ -31,6 +31,28 @@ fn write_config(dir: &Path) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(&p, LENET5).expect("write config");
     p
+}
+
+fn prune_options(config: PathBuf, out: PathBuf, force: bool) -> PruneOptions {
+    PruneOptions {
+        spec: PruneSpec {
+            criterion: "magnitude".into(),
+            sparsity: 0.5,
+            scope: Scope::Global,
+            bn_warmup_batches: 0,
+            rounds: 1,
+            samples_per_class: 2,
+            keep_first: false,
+            keep_last: false,
+            options: Default::default(),
+        },
+        run: None,
+        config: Some(config),
+        overrides: vec![],
+        out,
+        data_dir: None,
+        force,
+    }
 }
 
 fn scores_options(config: PathBuf, out: PathBuf, force: bool) -> ScoresOptions {
@@ -108,4 +130,45 @@ fn a_failed_save_of_scores_or_masks_leaves_no_temporary_file() {
     .expect("insert");
     assert!(m.save(&out).is_err());
     assert!(temporaries(tmp.path()).is_empty(), "{:?}", temporaries(tmp.path()));
+}
+
+/// Defect 5: `prune --out DIR` replaced an earlier prune's files and wrote into run directories.
+#[test]
+fn prune_refuses_an_earlier_prune_or_a_run_directory_unless_forced() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = write_config(tmp.path());
+
+    for f in [
+        "masks.safetensors",
+        "scores.safetensors",
+        "layers.md",
+        "prune.json",
+        "config.toml",
+    ] {
+        let out = tmp.path().join(format!("holds-{f}"));
+        std::fs::create_dir(&out).expect("mkdir");
+        std::fs::write(out.join(f), b"earlier").expect("write");
+        let e = prune::prune(&prune_options(config.clone(), out.clone(), false))
+            .expect_err("an earlier result is refused")
+            .to_string();
+        assert!(
+            e.contains(&out.display().to_string()) && e.contains(f) && e.contains("--force"),
+            "{f}: {e}"
+        );
+        assert_eq!(std::fs::read(out.join(f)).expect("read"), b"earlier", "{f}");
+        let n = std::fs::read_dir(&out).expect("read_dir").count();
+        assert_eq!(n, 1, "{f}: a refused prune wrote into {}", out.display());
+    }
+
+    // a new directory, an existing empty one, then --force over an earlier prune
+    let out = tmp.path().join("pruned");
+    prune::prune(&prune_options(config.clone(), out.clone(), false)).expect("new directory");
+    let e = prune::prune(&prune_options(config.clone(), out.clone(), false))
+        .expect_err("a second prune is refused")
+        .to_string();
+    assert!(e.contains("masks.safetensors") && e.contains("--force"), "{e}");
+    prune::prune(&prune_options(config.clone(), out.clone(), true)).expect("--force replaces it");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    prune::prune(&prune_options(config, empty, false)).expect("an empty directory is fine");
 }

@@ -49,6 +49,7 @@ fn options(config: PathBuf, out: PathBuf, spec: PruneSpec) -> PruneOptions {
         overrides: vec![],
         out,
         data_dir: None,
+        force: false,
     }
 }
 
