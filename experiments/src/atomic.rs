@@ -36,15 +36,34 @@ pub fn write_string(path: &Path, s: &str) -> Result<()> {
     write_bytes(path, s.as_bytes())
 }
 
-/// Saves named tensors as safetensors at `path` atomically.
+/// Saves named tensors as safetensors at `path` atomically, with the mode of any other file the
+/// process creates (`0o666` less the umask: 0644 under umask 022).
+///
+/// The safetensors writer writes a temporary file of its own (mode 0600) and renames it to the
+/// name it is given; the temporary file here is therefore first created by
+/// [`std::fs::File::create`] to learn the umask's mode, which is given back to the file after
+/// the writer has replaced it.
 pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>) -> Result<()> {
     let map: HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let tmp = temp_path(path);
+    // a stale temporary file would keep its old mode
+    let _ = std::fs::remove_file(&tmp);
+    let mode = match std::fs::File::create(&tmp).and_then(|f| f.metadata()) {
+        Ok(m) => m.permissions(),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ExpError::io(path, e));
+        }
+    };
     if let Err(e) = candle_core::safetensors::save(&map, &tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Err(ExpError::Candle(e.context(format!("writing {}", path.display()))));
     }
-    std::fs::rename(&tmp, path).map_err(|e| ExpError::io(path, e))
+    if let Err(e) = std::fs::set_permissions(&tmp, mode).and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ExpError::io(path, e));
+    }
+    Ok(())
 }
 
 /// Loads a safetensors file, naming the file in any error.

@@ -4,8 +4,11 @@
 //! models on the shipped Fashion-MNIST subset.
 
 use candle_core::{DType, Device, Tensor};
+use secateur_experiments::commands::{self, TrainOptions};
+use secateur_experiments::config::StudyConfig;
 use secateur_experiments::prune::{self, PruneOptions, PruneSpec, ScoresOptions};
 use secateur_pruning::{MaskSet, Scope, Scores};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// LeNet-5 on 2,000 of the 10,000 training images (the rest is the validation set).
@@ -31,6 +34,19 @@ fn write_config(dir: &Path) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(&p, LENET5).expect("write config");
     p
+}
+
+fn config(set: &[&str]) -> StudyConfig {
+    let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+    StudyConfig::from_toml(LENET5, "overwrite-test", &set).expect("config")
+}
+
+fn train_options(out: &Path) -> TrainOptions {
+    TrainOptions {
+        out: Some(out.to_path_buf()),
+        quiet: true,
+        ..Default::default()
+    }
 }
 
 fn prune_options(config: PathBuf, out: PathBuf, force: bool) -> PruneOptions {
@@ -77,6 +93,25 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.') || n.contains(".tmp"))
         .collect()
+}
+
+/// The permission bits of a file created by `std::fs::File::create` in `dir`: the mode every file
+/// of a run should have (0644 under umask 022).
+fn umask_mode(dir: &Path) -> u32 {
+    let probe = dir.join("probe");
+    let f = std::fs::File::create(&probe).expect("probe");
+    let mode = f.metadata().expect("probe metadata").permissions().mode() & 0o777;
+    drop(f);
+    std::fs::remove_file(&probe).expect("remove probe");
+    mode
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 fn small_scores() -> Scores {
@@ -171,4 +206,63 @@ fn prune_refuses_an_earlier_prune_or_a_run_directory_unless_forced() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).expect("mkdir");
     prune::prune(&prune_options(config, empty, false)).expect("an empty directory is fine");
+}
+
+/// Defect 14: weights, predictions, masks and scores were written with mode 0600 (the
+/// temporary files of the safetensors writer), every other file with the umask's mode.
+#[test]
+fn files_written_get_the_umask_mode() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = umask_mode(tmp.path());
+
+    let scores = tmp.path().join("scores.safetensors");
+    secateur_pruning::mask::save_scores(&small_scores(), &scores).expect("save scores");
+    assert_eq!(mode(&scores), want, "scores");
+
+    let masks = tmp.path().join("masks.safetensors");
+    let mut m = MaskSet::new();
+    m.insert(
+        "fc1.weight",
+        Tensor::ones((3, 3), DType::F32, &Device::Cpu).expect("tensor"),
+    )
+    .expect("insert");
+    m.save(&masks).expect("save masks");
+    assert_eq!(mode(&masks), want, "masks");
+
+    let weights = tmp.path().join("weights.safetensors");
+    let (k, t) = (
+        "w".to_string(),
+        Tensor::zeros(4, DType::F32, &Device::Cpu).expect("tensor"),
+    );
+    secateur_experiments::atomic::write_safetensors(&weights, [(&k, &t)]).expect("save weights");
+    assert_eq!(mode(&weights), want, "weights");
+
+    let text = tmp.path().join("a.json");
+    secateur_experiments::atomic::write_string(&text, "{}").expect("write string");
+    assert_eq!(mode(&text), want, "a.json");
+    assert!(temporaries(tmp.path()).is_empty(), "{:?}", temporaries(tmp.path()));
+}
+
+/// Defect 14, end to end: every file of a trained run (weights, predictions, checkpoints,
+/// metrics, plots) has the umask's mode.
+#[test]
+fn every_file_of_a_run_gets_the_umask_mode() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = umask_mode(tmp.path());
+    let run = tmp.path().join("run");
+    commands::train(&config(&[]), &train_options(&run), None).expect("train");
+    let mut stack = vec![run];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                assert_eq!(mode(&p), want, "{}", p.display());
+            }
+        }
+    }
+    assert!(files >= 5, "{files} files");
 }

@@ -326,7 +326,10 @@ pub fn load_scores(path: impl AsRef<Path>, device: &Device) -> Result<Scores> {
 }
 
 /// Writes `t` as safetensors at `path` atomically: into `.<name>.tmp` beside it, then renamed over
-/// it; the temporary file is removed if the write or the rename fails.
+/// it; the temporary file is removed if any step fails. The file gets the mode of any other file
+/// the process creates (`0o666` less the umask), not the 0600 of the safetensors writer's own
+/// temporary file: the temporary file is first created by [`std::fs::File::create`] to learn that
+/// mode, which is given back to it once the writer has replaced it.
 fn save_atomic(t: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let file = path
         .file_name()
@@ -335,10 +338,19 @@ fn save_atomic(t: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     tmp_name.push(file);
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let res = candle_core::safetensors::save(t, &tmp).and_then(|()| {
-        std::fs::rename(&tmp, path)
-            .map_err(|e| candle_core::Error::Msg(format!("cannot move {} to {}: {e}", tmp.display(), path.display())))
-    });
+    // a stale temporary file would keep its old mode
+    let _ = std::fs::remove_file(&tmp);
+    let res = std::fs::File::create(&tmp)
+        .and_then(|f| f.metadata())
+        .map_err(|e| candle_core::Error::Msg(format!("cannot create {}: {e}", tmp.display())))
+        .and_then(|m| {
+            candle_core::safetensors::save(t, &tmp)?;
+            std::fs::set_permissions(&tmp, m.permissions())
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| {
+                    candle_core::Error::Msg(format!("cannot move {} to {}: {e}", tmp.display(), path.display()))
+                })
+        });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
