@@ -266,3 +266,29 @@ fn every_file_of_a_run_gets_the_umask_mode() {
     }
     assert!(files >= 5, "{files} files");
 }
+
+/// Defect 16: a run that diverged in its first epoch said "the last good checkpoint is kept",
+/// though it had none; a run that diverges after a checkpoint names the one that is kept.
+#[test]
+fn a_diverged_run_says_whether_it_has_a_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("diverged");
+    let e = commands::train(&config(&["optim.lr=1e30"]), &train_options(&run), None)
+        .expect_err("lr 1e30 diverges")
+        .to_string();
+    assert!(e.contains("diverged"), "{e}");
+    assert!(!e.contains("checkpoint is kept"), "{e}");
+    assert!(e.contains("no checkpoint"), "{e}");
+
+    let run = tmp.path().join("later");
+    commands::train(&config(&[]), &train_options(&run), None).expect("one good epoch");
+    let e = commands::train(
+        &config(&["optim.lr=1e30", "train.epochs=2"]),
+        &train_options(&run),
+        Some(&run),
+    )
+    .expect_err("lr 1e30 diverges in the second epoch")
+    .to_string();
+    assert!(e.contains("diverged"), "{e}");
+    assert!(e.contains("epoch-0001") && e.contains("is kept"), "{e}");
+}
