@@ -535,26 +535,22 @@ fn posterior_mean_accuracy(
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
 }
 
-/// The trainer's divergence error ends "the last good checkpoint is kept" without knowing whether
-/// the run has one: this says which checkpoint of `run` is kept, or that none exists yet (the loss
-/// diverged before the first was written). Other errors pass unchanged.
-fn divergence_checkpoint(e: candle_core::Error, run: &RunDir) -> ExpError {
-    const KEPT: &str = "the last good checkpoint is kept";
-    let msg = e.to_string();
-    if !msg.contains("training diverged") || !msg.contains(KEPT) {
-        return e.into();
-    }
-    let now = match run.latest_checkpoint() {
+/// A failed `fit` (a diverged loss, a failed write, …) of the run in `run`: the trainer's error,
+/// followed by what the run keeps — its last checkpoint, named, or that none exists yet (the
+/// failure came before the first was written), so that the user knows whether `--resume` can
+/// continue it.
+pub(crate) fn fit_failed(e: candle_core::Error, run: &RunDir) -> ExpError {
+    let kept = match run.latest_checkpoint() {
         Some(c) => format!(
             "the last good checkpoint, {}, is kept",
             run.file("checkpoints").join(c).display()
         ),
         None => format!(
-            "no checkpoint exists yet in {} (the loss diverged before the first one was written)",
+            "no checkpoint exists yet in {} (the run failed before the first one was written)",
             run.path().display()
         ),
     };
-    ExpError::Candle(candle_core::Error::Msg(msg.replace(KEPT, &now)))
+    ExpError::Candle(candle_core::Error::Msg(format!("{e}; {kept}")))
 }
 
 /// Trains the config's model, or resumes the run in `resume`; writes the run directory.
@@ -678,7 +674,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
     let state = trainer
         .fit(&mut train_batches, Some(&mut test_batches), &mut observers)
-        .map_err(|e| divergence_checkpoint(e, &run))?;
+        .map_err(|e| fit_failed(e, &run))?;
 
     let ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
     let (preds, m) = (ev.preds, ev.metrics);

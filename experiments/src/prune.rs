@@ -384,13 +384,6 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
         .map(|s| s.to_string().into())
         .collect();
     m.insert("near_collapse_layers".into(), Value::Array(near));
-    let near: Vec<Value> = pruned
-        .table
-        .near_collapse()
-        .into_iter()
-        .map(|s| s.to_string().into())
-        .collect();
-    m.insert("near_collapse_layers".into(), Value::Array(near));
     m.insert("arch".into(), cfg.model.arch.clone().into());
     m.insert("seed".into(), cfg.seed.into());
     let json = serde_json::to_string_pretty(&Value::Object(m.clone()))

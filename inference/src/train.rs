@@ -341,7 +341,7 @@ impl<'a> Trainer<'a> {
                         None => String::new(),
                     };
                     candle_core::bail!(
-                        "training diverged: loss is {lv}{parts} at epoch {}, step {}; the last good checkpoint is kept",
+                        "training diverged: loss is {lv}{parts} at epoch {}, step {}",
                         epoch + 1,
                         step + 1
                     );

@@ -141,7 +141,9 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let mut recorder = RunRecorder::new(&run);
     let mut progress = Progress::new(opts.quiet);
     let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
-    let state = trainer.fit(&mut train_batches, Some(&mut test_batches), &mut observers)?;
+    let state = trainer
+        .fit(&mut train_batches, Some(&mut test_batches), &mut observers)
+        .map_err(|e| super::fit_failed(e, &run))?;
 
     let preds = predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?;
     let m = regression_metrics(&preds)?;
