@@ -179,6 +179,14 @@ pub enum DataError {
         /// Which file is missing or not a file.
         problem: String,
     },
+    /// A gzip file that expands past the limit of [`super::read::MAX_DECOMPRESSED`] bytes.
+    #[error("{}: decompresses to more than {limit} bytes (a gzip bomb, or not a data file)", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// The name is not one of the known data sets.
     #[error("unknown data set {name:?}; known image sets: {images}; known tables: {tables}")]
     UnknownName {
@@ -226,6 +234,7 @@ impl DataError {
             | DataError::MissingColumn { path, .. } => Some(path),
             DataError::CountMismatch { images, .. } => Some(images),
             DataError::Incomplete { dir, .. } => Some(dir),
+            DataError::TooLarge { path, .. } => Some(path),
             DataError::NotFound { .. } | DataError::UnknownName { .. } | DataError::InvalidArgument { .. } => None,
         }
     }

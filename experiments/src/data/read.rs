@@ -12,9 +12,19 @@ use super::DataError;
 /// The first two bytes of every gzip stream.
 pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// The most bytes a gzip file without a size in its header (CIFAR batches, CSV tables) may
+/// decompress to: 1 GiB, seven times CIFAR-100's training batch, the largest file of the
+/// supported sets (IDX files are bounded by their headers, see [`read_maybe_gz_sized`]).
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
 /// Reads a whole file; if it starts with the gzip magic (`1f 8b`) it is decompressed, whatever
-/// its name. Returns the (decompressed) bytes.
+/// its name, to at most [`MAX_DECOMPRESSED`] bytes. Returns the (decompressed) bytes.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
+    read_maybe_gz_limited(path, MAX_DECOMPRESSED)
+}
+
+/// [`read_maybe_gz`] with a decompression limit of `limit` bytes ([`DataError::TooLarge`] past it).
+pub fn read_maybe_gz_limited(path: &Path, limit: u64) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -22,11 +32,18 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     if raw.starts_with(&GZIP_MAGIC) {
         let mut out = Vec::with_capacity(raw.len() * 4);
         GzDecoder::new(raw.as_slice())
+            .take(limit.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|source| DataError::Gzip {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if out.len() as u64 > limit {
+            return Err(DataError::TooLarge {
+                path: path.to_path_buf(),
+                limit,
+            });
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -54,7 +71,7 @@ pub fn read_maybe_gz_sized(
     let got = read_up_to(&mut file, &mut magic).map_err(io)?;
     if got < 2 || magic != GZIP_MAGIC {
         // Not gzip: the file on disk is its own bound.
-        return read_maybe_gz(path);
+        return read_maybe_gz_limited(path, u64::MAX);
     }
     let gz = |source| DataError::Gzip {
         path: path.to_path_buf(),
@@ -126,6 +143,11 @@ mod tests {
         let raw = dir.path().join("raw");
         std::fs::write(&raw, &bytes[..30]).unwrap();
         assert_eq!(read_maybe_gz_sized(&raw, 4, total).unwrap().len(), 30);
+        // without a header size, the generic limit holds
+        write_gz(&p, &bytes[..5000]).unwrap();
+        let e = read_maybe_gz_limited(&p, 1000).unwrap_err();
+        assert!(matches!(e, DataError::TooLarge { limit: 1000, .. }), "{e}");
+        assert_eq!(read_maybe_gz_limited(&p, 5000).unwrap().len(), 5000);
         // a header the caller rejects: only the header comes back
         write_gz(&p, &bytes[..1000]).unwrap();
         assert_eq!(read_maybe_gz_sized(&p, 4, |_| None).unwrap().len(), 4);
