@@ -14,7 +14,7 @@
 //! default a fresh temporary directory, in `/dev/shm` where there is one), `--replay FILE` (run
 //! the reader of the one `--target` on the bytes of `FILE` and print the outcome, e.g. a saved
 //! finding; `--set KEY=VALUE`, repeated, gives a config's overrides, listed in the finding's
-//! `.txt` file).
+//! `.txt` file), `--kinds K` (error kinds printed per target, default 10).
 //!
 //! Prints executions, Ok/Err counts, the first 10 error kinds, seconds and findings per target;
 //! exits with status 1 if any input panicked or gave an inconsistent result (each such input is
@@ -37,12 +37,13 @@ struct Args {
     work_dir: Option<PathBuf>,
     replay: Option<PathBuf>,
     overrides: Vec<String>,
+    kinds: usize,
 }
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
         "fuzz_readers: {msg}\nusage: fuzz_readers [--target idx|cifar|csv|safetensors|masks|config|all] \
-         [--iterations N] [--seed S] [--start I] [--findings DIR] [--work-dir DIR] [--replay FILE [--set KEY=VALUE]...]"
+         [--iterations N] [--seed S] [--start I] [--findings DIR] [--work-dir DIR] [--kinds K] [--replay FILE [--set KEY=VALUE]...]"
     );
     ExitCode::from(2)
 }
@@ -57,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
         work_dir: None,
         replay: None,
         overrides: Vec::new(),
+        kinds: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
             "--work-dir" => args.work_dir = Some(PathBuf::from(value()?)),
             "--replay" => args.replay = Some(PathBuf::from(value()?)),
             "--set" => args.overrides.push(value()?),
+            "--kinds" => args.kinds = number(value()?)? as usize,
             "-h" | "--help" => return Err("help".into()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -91,7 +94,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn print_report(target: Target, r: &Report) {
+fn print_report(target: Target, r: &Report, kinds: usize) {
     let secs = r.elapsed.as_secs_f64();
     println!(
         "== {}: {} executions in {:.1} s ({:.0}/s): {} Ok, {} Err, {} findings; largest input {} bytes; slowest \
@@ -108,7 +111,7 @@ fn print_report(target: Target, r: &Report) {
         r.slowest.1.as_secs_f64() * 1e3,
     );
     println!(
-        "   {} distinct error kinds{}; the first 10:",
+        "   {} distinct error kinds{}; the first {kinds}:",
         r.error_kinds.len(),
         if r.error_kinds.len() >= harness::MAX_KINDS {
             " (or more)"
@@ -116,7 +119,7 @@ fn print_report(target: Target, r: &Report) {
             ""
         }
     );
-    for (kind, n) in r.error_kinds.iter().take(10) {
+    for (kind, n) in r.error_kinds.iter().take(kinds) {
         println!("   {n:>9} × {kind}");
     }
     for f in &r.findings {
@@ -201,7 +204,7 @@ fn main() -> ExitCode {
                 r.findings.len()
             );
         });
-        print_report(*target, &report);
+        print_report(*target, &report, args.kinds);
         findings += report.findings.len();
     }
     if findings > 0 {
