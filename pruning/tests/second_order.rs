@@ -155,6 +155,32 @@ fn exact_hessian(cx: &mut ScoringContext, loss: &Loss) -> Result<Vec<Vec<f64>>> 
     Ok(cols)
 }
 
+/// Mean over `seeds` (one generator each) of the mean squared error of Hutchinson's diagonal of
+/// the two-layer network against `exact` (fc1 then fc2, flattened).
+fn hutchinson_mse(
+    net: &dyn Module,
+    store: &ParamStore,
+    d: &ScoringData,
+    loss: &Loss,
+    opts: &HutchinsonOptions,
+    exact: &[f64],
+    seeds: std::ops::Range<u64>,
+) -> Result<f64> {
+    let mut sq = 0.0;
+    let count = seeds.end - seeds.start;
+    for seed in seeds {
+        let mut rng = SeededRng::new(seed);
+        let mut cx = ScoringContext::new(net, store, Some(d), &mut rng);
+        let (diag, _) = hutchinson_diagonal(&mut cx, loss, opts)?;
+        let est: Vec<f64> = ["fc1.weight", "fc2.weight"]
+            .iter()
+            .flat_map(|k| diag[*k].flatten_all().unwrap().to_vec1::<f64>().unwrap())
+            .collect();
+        sq += est.iter().zip(exact).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / exact.len() as f64;
+    }
+    Ok(sq / count as f64)
+}
+
 #[test]
 fn hutchinson_converges_to_the_exact_diagonal_like_one_over_sqrt_probes() -> Result<()> {
     if !secateur_kernels::double_backprop::run_test_in_child(concat!(
@@ -196,18 +222,8 @@ fn hutchinson_converges_to_the_exact_diagonal_like_one_over_sqrt_probes() -> Res
     let seeds = 20;
     let mut mse = Vec::new();
     for &probes in &[16usize, 256] {
-        let mut sq = 0.0;
-        for seed in 0..seeds {
-            let mut rng = SeededRng::new(1000 + seed);
-            let mut cx = ScoringContext::new(&net, &store, Some(&d), &mut rng);
-            let (diag, _) = hutchinson_diagonal(&mut cx, &loss, &HutchinsonOptions { batch_size: 8, probes })?;
-            let est: Vec<f64> = ["fc1.weight", "fc2.weight"]
-                .iter()
-                .flat_map(|k| diag[*k].flatten_all().unwrap().to_vec1::<f64>().unwrap())
-                .collect();
-            sq += est.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64;
-        }
-        let m = sq / seeds as f64;
+        let opts = HutchinsonOptions { batch_size: 8, probes };
+        let m = hutchinson_mse(&net, &store, &d, &loss, &opts, &exact, 1000..1000 + seeds)?;
         let theory = offdiag / probes as f64;
         eprintln!("{probes} probes: mean squared error {m:.3e}, theory {theory:.3e}");
         assert!(
@@ -355,18 +371,8 @@ fn hutchinson_per_example_probes_converge_to_the_exact_diagonal() -> Result<()> 
     let var = var / n as f64;
     let exact: Vec<f64> = (0..n).map(|i| h[i][i]).collect();
     let (probes, seeds) = (64, 20);
-    let mut sq = 0.0;
-    for seed in 0..seeds {
-        let mut rng = SeededRng::new(2000 + seed);
-        let mut cx = ScoringContext::new(&net, &store, Some(&all), &mut rng);
-        let (diag, _) = hutchinson_diagonal(&mut cx, &loss, &HutchinsonOptions { batch_size: 1, probes })?;
-        let est: Vec<f64> = ["fc1.weight", "fc2.weight"]
-            .iter()
-            .flat_map(|k| diag[*k].flatten_all().unwrap().to_vec1::<f64>().unwrap())
-            .collect();
-        sq += est.iter().zip(&exact).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n as f64;
-    }
-    let m = sq / seeds as f64;
+    let opts = HutchinsonOptions { batch_size: 1, probes };
+    let m = hutchinson_mse(&net, &store, &all, &loss, &opts, &exact, 2000..2000 + seeds)?;
     let theory = var / probes as f64;
     eprintln!("per-example probes: mean squared error {m:.3e}, theory {theory:.3e}");
     assert!(

@@ -1,5 +1,6 @@
 //! First-order data-driven criteria: SNIP and the empirical-Fisher scores.
 
+use crate::criteria::HessianScore;
 use crate::criterion::{axpy, grads_of, mean_gradient, zeros_like, Criterion, Loss, ScoringContext};
 use crate::mask::Scores;
 use candle_core::Result;
@@ -92,17 +93,12 @@ impl Criterion for EmpiricalFisher {
     }
     fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
         let (f, gbar) = empirical_fisher(cx, &self.loss)?;
-        let mut out = Scores::new();
-        for (k, v) in cx.targets() {
-            let th = v.as_tensor();
-            let half = (th.sqr()?.mul(&f[&k])? * 0.5)?;
-            let s = match self.score {
-                FisherScore::Diagonal => f[&k].clone(),
-                FisherScore::Fp => half,
-                FisherScore::Fts => (th.mul(&gbar[&k])? + half)?.abs()?,
-            };
-            out.insert(k, s);
-        }
-        Ok(out)
+        // the same three scores as the Hessian criteria, with F in place of diag(H)
+        let kind = match self.score {
+            FisherScore::Diagonal => HessianScore::Diagonal,
+            FisherScore::Fp => HessianScore::Hp,
+            FisherScore::Fts => HessianScore::Hts,
+        };
+        kind.scores(cx, &f, &gbar)
     }
 }

@@ -220,8 +220,9 @@ pub enum HessianScore {
 }
 
 impl HessianScore {
-    /// The scores of every target from a curvature diagonal and the mean gradient.
-    fn scores(self, cx: &ScoringContext, diag: &Scores, gbar: &Scores) -> Result<Scores> {
+    /// The scores of every target from a curvature diagonal `d` and the mean gradient `ḡ`: `d`,
+    /// `θ² ⊙ d / 2` or `|θ ⊙ ḡ + θ² ⊙ d / 2|` (also the Fisher scores, with `d = F`).
+    pub(crate) fn scores(self, cx: &ScoringContext, diag: &Scores, gbar: &Scores) -> Result<Scores> {
         let mut out = Scores::new();
         for (k, v) in cx.targets() {
             let th = v.as_tensor();
