@@ -772,6 +772,26 @@ impl StudyConfig {
     }
 }
 
+/// The dotted key of the first non-finite float in `v` (depth first, in key order), if any.
+fn non_finite_key(path: &str, v: &toml::Value) -> Option<String> {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(path.to_string()),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| non_finite_key(&join(k), v)),
+        toml::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| non_finite_key(&format!("{path}[{i}]"), v)),
+        _ => None,
+    }
+}
+
 /// Refuses a study name that is empty, `.` or `..`, or holds a path separator or a NUL: the
 /// default run directory is `runs/<name>-<timestamp>`, which must stay inside `runs/`.
 pub fn check_name(field: &str, name: &str) -> std::result::Result<(), String> {
@@ -791,6 +811,12 @@ impl StudyConfig {
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ExpError::config(source, e.to_string()))?;
         for o in overrides {
             apply_override(&mut table, o)?;
+        }
+        if let Some(key) = non_finite_key("", &toml::Value::Table(table.clone())) {
+            return Err(ExpError::config(
+                source,
+                format!("{key} is not a finite number (NaN and infinities are refused in every field)"),
+            ));
         }
         let cfg: StudyConfig = table
             .try_into()
@@ -1015,6 +1041,23 @@ mod tests {
         }
         std::fs::write(&p, "[model]\narch = \"mlp\"\n").unwrap();
         assert!(StudyConfig::from_file(&p, &[]).is_ok());
+    }
+
+    /// NaN and infinities are refused in every field, also in fields the chosen mode does not
+    /// read (`optim.momentum` under AdamW, `data.test_fraction` for image data; found by the
+    /// config fuzzer of `experiments/fuzz`), naming the key.
+    #[test]
+    fn non_finite_numbers_are_refused_in_every_field() {
+        for (set, key) in [
+            ("data.test_fraction=nan", "data.test_fraction"),
+            ("optim.momentum=inf", "optim.momentum"),
+            ("optim.lr=-inf", "optim.lr"),
+        ] {
+            let e = StudyConfig::from_toml("[optim]\nkind = \"adamw\"\n", "x.toml", &[set.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains("finite"), "{set}: {e}");
+        }
     }
 
     #[test]

@@ -91,13 +91,12 @@ fn unmutated_seeds_are_accepted() {
     ));
 }
 
-/// Known defect found by the long config run (see `experiments/fuzz/README.md`): a NaN in a field
-/// that the chosen mode does not use passes `StudyConfig::validate` (`optim.momentum` is checked
-/// only for SGD, `data.test_fraction` only for regression tables), so the resolved config holds
-/// `nan` and is not equal to itself. Ignored until `validate` refuses non-finite numbers in
-/// every field; run with `--ignored` to check a fix.
+/// Regression test of the defect the long config run found (see `experiments/fuzz/README.md`): a
+/// NaN in a field that the chosen mode does not use passed `StudyConfig::validate`
+/// (`optim.momentum` was checked only for SGD, `data.test_fraction` only for regression tables),
+/// so the resolved config held `nan` and was not equal to itself. Non-finite numbers are now
+/// refused in every field.
 #[test]
-#[ignore = "known defect in config.rs validate, reported by issue 14's fuzzing"]
 fn nan_in_unused_config_fields_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = Fuzzer::new(Target::Config, 0, dir.path(), dir.path()).expect("seeds");
