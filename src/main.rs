@@ -12,10 +12,15 @@ fn main() {
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
     let cli = secateur_experiments::cli::Cli::parse();
-    if cli.needs_double_backprop() {
-        // SAFETY: no other thread exists yet (the rayon pool below is not built); candle reads
-        // the variable on each thread's first backward pass.
-        unsafe { secateur_kernels::double_backprop::enable_at_startup() };
+    if cli.needs_double_backprop() && !secateur_kernels::double_backprop::requested() {
+        // candle decides double backpropagation per process: run again with it switched on.
+        match secateur_kernels::double_backprop::rerun_with_double_backprop() {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("error: cannot start secateur again with double backpropagation: {e}");
+                std::process::exit(1);
+            }
+        }
     }
     // Commands run as a worker of a rayon pool, so that each parallel kernel is a fork–join
     // rather than a wake-up of another thread and a sleep of this one (runtime::in_pool).

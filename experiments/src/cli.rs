@@ -18,7 +18,7 @@ pub struct Cli {
 impl Cli {
     /// Whether the command takes Hessian–vector products by double backpropagation (a
     /// second-order criterion, `scores --diagnose`, or a study with such criteria), so that
-    /// `main` starts the process with `CANDLE_GRAD_DO_NOT_DETACH=1`
+    /// `main` runs the program again with `CANDLE_GRAD_DO_NOT_DETACH=1`
     /// ([`secateur_kernels::double_backprop`]). Other commands keep candle's cheaper first-order
     /// backward. An unreadable study file answers `false`; the study then reports it.
     pub fn needs_double_backprop(&self) -> bool {

@@ -5,7 +5,7 @@
 //! The second-order criteria (GraSP, Hutchinson, HP, HTS) need Hessian-vector products by double
 //! backpropagation, which candle only keeps in a process started with
 //! `CANDLE_GRAD_DO_NOT_DETACH=1` ([`secateur_kernels::double_backprop`]); the `secateur` binary
-//! sets it at start-up for the commands that need it ([`crate::cli::Cli::needs_double_backprop`]),
+//! runs itself again with it for the commands that need it ([`crate::cli::Cli::needs_double_backprop`]),
 //! and [`prune_model`] refuses, naming the variable, where it is missing. Nothing here changes the
 //! environment.
 //!

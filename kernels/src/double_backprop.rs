@@ -8,9 +8,9 @@
 //! around one computation races with other threads' first backward passes). Instead:
 //!
 //! - a program that needs Hessian–vector products starts with the variable set: in the shell
-//!   (`CANDLE_GRAD_DO_NOT_DETACH=1 my-program`), or as the first statement of `main`, before any
-//!   thread exists, with [`enable_at_startup`] (the `secateur` binary does this for the commands
-//!   that need it);
+//!   (`CANDLE_GRAD_DO_NOT_DETACH=1 my-program`), or by running itself again with it
+//!   ([`rerun_with_double_backprop`]: the `secateur` binary does this for the commands that need
+//!   it), so that no environment is ever changed in a running process;
 //! - every second-order function checks with [`require`] and refuses, naming the variable,
 //!   instead of silently returning a wrong Hessian;
 //! - a test that needs it runs itself in a child process of its test binary whose environment
@@ -61,20 +61,24 @@ pub fn require(what: &str) -> Result<()> {
     } else {
         candle_core::bail!(
             "{what} needs Hessian-vector products by double backpropagation: start the program with \
-             {ENV_VAR}=1 in its environment (or call secateur_kernels::double_backprop::enable_at_startup \
-             first thing in main, before any thread exists)"
+             {ENV_VAR}=1 in its environment (secateur_kernels::double_backprop::rerun_with_double_backprop \
+             runs a program again with it)"
         )
     }
 }
 
-/// Sets [`ENV_VAR`]` = 1` for this process.
-///
-/// # Safety
-/// Call it first thing in `main`, before any other thread exists (changing the environment
-/// while another thread reads it is undefined behaviour in C libraries). Every thread then
-/// keeps the graph of its gradients.
-pub unsafe fn enable_at_startup() {
-    std::env::set_var(ENV_VAR, "1");
+/// Runs the current program again, with the same arguments, standard streams and environment
+/// plus [`ENV_VAR`]` = 1`, waits for it and returns its exit code (1 if it was killed by a
+/// signal). A binary calls it at the start of `main` when it needs double backpropagation and
+/// [`requested`] is false, and exits with the code; the environment of no running process is
+/// changed.
+pub fn rerun_with_double_backprop() -> std::io::Result<i32> {
+    let exe = std::env::current_exe()?;
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(ENV_VAR, "1")
+        .status()?;
+    Ok(status.code().unwrap_or(1))
 }
 
 /// Runs a test with double backpropagation. If this process was started with [`ENV_VAR`] set,

@@ -17,7 +17,7 @@
 //! (the second backward pass alone, from a `g` kept with its graph), and checks `Hv` against a
 //! central finite difference of gradients. candle keeps the graph of gradients only in a process
 //! started with `CANDLE_GRAD_DO_NOT_DETACH=1` (`secateur_kernels::double_backprop`): `--hvp`
-//! and `--hvp-ops` set it at start-up, and `--hvp` times the plain gradient in a child process
+//! and `--hvp-ops` run themselves again with it, and `--hvp` times the plain gradient in a child process
 //! of itself started without it (`--grad-only`), so that gradient is candle's first-order one.
 //!
 //! `bayes-mlp` and `bayes-lenet5` use the mean-field Gaussian layers of `secateur-bayes` with local
@@ -597,9 +597,15 @@ fn main() {
     secateur_experiments::runtime::configure_threads();
     secateur_experiments::runtime::tune_allocator();
     let args = Args::parse();
-    if (args.hvp || args.hvp_ops) && !args.grad_only {
-        // SAFETY: no other thread exists yet (the pool below is not built).
-        unsafe { secateur_kernels::double_backprop::enable_at_startup() };
+    if (args.hvp || args.hvp_ops) && !args.grad_only && !secateur_kernels::double_backprop::requested() {
+        // candle decides double backpropagation per process: run again with it switched on.
+        match secateur_kernels::double_backprop::rerun_with_double_backprop() {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("bench_step: cannot start again with double backpropagation: {e}");
+                std::process::exit(1);
+            }
+        }
     }
     secateur_experiments::runtime::in_pool(|| run(args));
 }
