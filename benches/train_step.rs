@@ -18,10 +18,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use secateur_bayes::nn::cross_entropy;
 use secateur_bayes::Divergence;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
-use secateur_models::layers::cross_entropy;
 use secateur_models::{build, factory, Deterministic, FactoryOptions, ModelSpec};
 use std::time::Duration;
 

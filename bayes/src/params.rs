@@ -169,6 +169,28 @@ impl ParamStore {
         Ok((total, per_layer))
     }
 
+    /// The analytic divergence [`Divergence::Kl`] of every registered layer, summed: the `D` of
+    /// the ELBO (a differentiable scalar; a zero scalar without probabilistic layers). Analytic
+    /// divergences draw nothing, so no generator is needed; a layer whose `kl` has no closed form
+    /// (a mean-field layer under a non-Gaussian prior) refuses with an error naming it.
+    ///
+    /// ```
+    /// use secateur_bayes::layers::mean_field::{BayesLinear, BayesLinearConfig};
+    /// use secateur_bayes::{ParamBuilder, ParamStore, SeededRng};
+    /// use candle_core::{DType, Device};
+    /// let store = ParamStore::new();
+    /// let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+    /// let _fc = BayesLinear::new(&pb.pp("fc"), BayesLinearConfig::new(3, 2))?;
+    /// assert!(store.kl()?.to_scalar::<f32>()? > 0.0);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn kl(&self) -> Result<Tensor> {
+        // `Divergence::Kl` never draws (every layer computes it in closed form): the generator
+        // below is a placeholder of the shared signature and is never advanced.
+        let mut unused = SeededRng::new(0);
+        Ok(self.divergence(&Divergence::Kl, &mut unused)?.0)
+    }
+
     /// Posterior statistics of every probabilistic parameter of every registered layer (layers in
     /// sorted name order, each layer's parameters in its own order).
     pub fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {

@@ -16,8 +16,7 @@
 //! - [`activation`]: ReLU and the residual `relu(a + b)` on both cores.
 //! - [`norm`]: training-mode batch norm, optionally fused with its ReLU, closed under
 //!   differentiation to second order.
-//! - [`pool`]: max pooling. [`loss`]: reserved for a fused softmax cross-entropy (empty so far;
-//!   the models use candle-nn's `log_softmax`).
+//! - [`pool`]: max pooling.
 //! - [`bias`]: per-channel bias with a parallel channel-sum backward.
 //! - [`inner`]: the inner product `Σ a ⊙ b` that starts a Hessian-vector product, with a
 //!   backward only for the operands that track gradients.
@@ -35,7 +34,6 @@ mod cpu;
 pub mod double_backprop;
 pub mod gaussian_kl;
 pub mod inner;
-pub mod loss;
 pub mod lrt;
 pub mod lrt_sample;
 pub mod matmul;

@@ -39,8 +39,7 @@
 //!   `secateur-bayes` take the whole [`Conv2dGeom`]); an impossible geometry is refused by the
 //!   layer with the layer's path in the message.
 
-use crate::factory::{Conv2dCfg, Deterministic, LayerFactory, LinearCfg};
-use crate::layers::{Conv2d, Linear};
+use crate::factory::{Deterministic, LayerFactory};
 use candle_core::{Result, Tensor};
 use secateur_bayes::layers::gsm_gates::{DEFAULT_GATE_THRESHOLD, DEFAULT_INIT_INCLUSION, DEFAULT_LR_SCALE};
 use secateur_bayes::layers::mean_field::DEFAULT_INIT_STD;
@@ -54,6 +53,8 @@ use secateur_bayes::layers::{
     VariationalNestedDropout, VariationalNestedDropoutConfig, VdConv2d, VdConv2dConfig, VdGranularity, VdLinear,
     VdLinearConfig,
 };
+use secateur_bayes::nn::{Conv2d, Linear};
+use secateur_bayes::nn::{Conv2dCfg, LinearCfg};
 use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

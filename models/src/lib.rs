@@ -22,4 +22,5 @@ pub mod layers;
 
 pub use arch::{architectures, build, ModelSpec, Network, ARCHITECTURES};
 pub use bayes_factory::{factory, is_bayesian, FactoryOptions, McDropoutFactory, MeanField, SparseVd, LAYER_KINDS};
-pub use factory::{Conv2dCfg, Deterministic, LayerFactory, LinearCfg};
+pub use factory::{Deterministic, LayerFactory};
+pub use secateur_bayes::nn::{Conv2dCfg, LinearCfg};

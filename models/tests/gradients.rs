@@ -178,7 +178,7 @@ fn every_parameter_gets_a_gradient(store: &ParamStore, net: &dyn Module, input: 
     let labels = Tensor::new(&[1u32, 3], &Device::Cpu)?;
     let mut rng = SeededRng::new(8);
     let logits = net.forward(&x, &mut Ctx::train(&mut rng, Sampling::Mean))?;
-    let loss = secateur_models::layers::cross_entropy(&logits, &labels)?;
+    let loss = secateur_bayes::nn::cross_entropy(&logits, &labels)?;
     let grads = loss.backward()?;
     for (name, var) in store.params() {
         let g = grads

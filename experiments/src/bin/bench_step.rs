@@ -28,11 +28,11 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use clap::Parser;
+use secateur_bayes::nn::cross_entropy;
 use secateur_bayes::prior::Prior;
 use secateur_bayes::Divergence;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
-use secateur_models::layers::cross_entropy;
 use secateur_models::{build, Deterministic, LayerFactory, MeanField, ModelSpec, Network};
 use std::collections::BTreeMap;
 use std::time::Instant;

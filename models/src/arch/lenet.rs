@@ -2,9 +2,10 @@
 //! pruning and Bayesian-compression literature (Han et al. 2015; Louizos, Ullrich & Welling 2017).
 
 use super::{check_input, conv_out};
-use crate::factory::{Conv2dCfg, LayerFactory, LinearCfg};
-use crate::layers::MaxPool2d;
+use crate::factory::LayerFactory;
 use candle_core::{Result, Tensor};
+use secateur_bayes::nn::MaxPool2d;
+use secateur_bayes::nn::{Conv2dCfg, LinearCfg};
 use secateur_bayes::{Ctx, Module, ParamBuilder};
 
 /// LeNet-5 (LeCun et al. 1998): `conv1` 6@5×5 → ReLU → max-pool 2 → `conv2` 16@5×5 → ReLU →

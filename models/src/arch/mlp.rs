@@ -1,8 +1,9 @@
 //! Multi-layer perceptrons, LeNet-300-100 (LeCun, Bottou, Bengio & Haffner 1998) by default.
 
 use super::check_input;
-use crate::factory::{LayerFactory, LinearCfg};
+use crate::factory::LayerFactory;
 use candle_core::{Result, Tensor};
+use secateur_bayes::nn::LinearCfg;
 use secateur_bayes::{Ctx, Module, ParamBuilder};
 use serde::{Deserialize, Serialize};
 

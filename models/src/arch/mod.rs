@@ -18,7 +18,6 @@
 pub mod lenet;
 pub mod mlp;
 pub mod resnet;
-pub mod sequential;
 pub mod vgg;
 pub mod vit;
 
@@ -30,7 +29,6 @@ use serde::{Deserialize, Serialize};
 pub use lenet::LeNet5;
 pub use mlp::{Mlp, MlpConfig};
 pub use resnet::{BasicBlock, ResNet, ResNetConfig, Shortcut, ShortcutKind};
-pub use sequential::Sequential;
 pub use vgg::{Vgg, VggConfig, VggItem};
 pub use vit::{ViTConfig, VisionTransformer};
 

@@ -2,10 +2,11 @@
 //! shortcuts, and the CIFAR-style ResNet-18.
 
 use super::{check_input, conv_out};
-use crate::factory::{Conv2dCfg, LayerFactory, LinearCfg};
-use crate::layers::BatchNorm;
+use crate::factory::LayerFactory;
 use candle_core::{Result, Tensor};
 use secateur_bayes::init::Fan;
+use secateur_bayes::nn::BatchNorm;
+use secateur_bayes::nn::{Conv2dCfg, LinearCfg};
 use secateur_bayes::{Ctx, Init, Module, ParamBuilder};
 use serde::{Deserialize, Serialize};
 

@@ -1,10 +1,11 @@
 //! VGG with batch norm (Simonyan & Zisserman 2015; Ioffe & Szegedy 2015), CIFAR style.
 
-use super::sequential::Sequential;
 use super::{check_input, conv_out};
-use crate::factory::{Conv2dCfg, LayerFactory, LinearCfg};
-use crate::layers::{BatchNorm, GlobalAvgPool, MaxPool2d, Relu};
+use crate::factory::LayerFactory;
 use candle_core::{Result, Tensor};
+use secateur_bayes::nn::Sequential;
+use secateur_bayes::nn::{BatchNorm, GlobalAvgPool, MaxPool2d, Relu};
+use secateur_bayes::nn::{Conv2dCfg, LinearCfg};
 use secateur_bayes::{Ctx, Module, ParamBuilder};
 use serde::{Deserialize, Serialize};
 

@@ -2,9 +2,10 @@
 //! with timm's parameter names and initialisation.
 
 use super::check_input;
-use crate::factory::{Conv2dCfg, LayerFactory, LinearCfg};
-use crate::layers::{softmax_last_dim, LayerNorm};
+use crate::factory::LayerFactory;
 use candle_core::{Result, Tensor};
+use secateur_bayes::nn::{softmax_last_dim, LayerNorm};
+use secateur_bayes::nn::{Conv2dCfg, LinearCfg};
 use secateur_bayes::{Ctx, Init, Module, ParamBuilder};
 use serde::{Deserialize, Serialize};
 
