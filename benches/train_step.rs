@@ -62,8 +62,8 @@ fn bench_model(c: &mut Criterion, arch: &str, input: [usize; 3], measurement: Du
 
 fn train_steps(c: &mut Criterion) {
     // As the CLI does: keep freed tensor memory in the process (see `runtime::tune_allocator`).
-    secateur_experiments::runtime::configure_threads();
-    secateur_experiments::runtime::tune_allocator();
+    secateur_kernels::runtime::configure_threads();
+    secateur_kernels::runtime::tune_allocator();
     bench_model(c, "mlp", [1, 28, 28], Duration::from_secs(2));
     bench_model(c, "lenet5", [1, 28, 28], Duration::from_secs(3));
     bench_model(c, "resnet20", [3, 32, 32], Duration::from_secs(5));
@@ -111,8 +111,8 @@ fn bench_kind(c: &mut Criterion, kind: &str, sampling: Sampling, label: &str) {
 }
 
 fn layer_kinds(c: &mut Criterion) {
-    secateur_experiments::runtime::configure_threads();
-    secateur_experiments::runtime::tune_allocator();
+    secateur_kernels::runtime::configure_threads();
+    secateur_kernels::runtime::tune_allocator();
     bench_kind(c, "deterministic", Sampling::Mean, "deterministic");
     bench_kind(c, "mean-field", Sampling::Weight, "mean-field-weight");
     bench_kind(c, "mean-field", Sampling::Local, "mean-field-local");

@@ -14,6 +14,7 @@
 //! - [`experiments`]: data sets, configs, run store and the CLI.
 
 pub use secateur_bayes as bayes;
+#[cfg(feature = "cli")]
 pub use secateur_experiments as experiments;
 pub use secateur_inference as inference;
 pub use secateur_kernels as kernels;

@@ -4,13 +4,13 @@ use clap::Parser;
 
 /// Freed tensor memory stays in the process for the next step (see `alloc_cache`).
 #[global_allocator]
-static ALLOC: secateur_experiments::alloc_cache::CachingAllocator =
-    secateur_experiments::alloc_cache::CachingAllocator::new();
+static ALLOC: secateur_kernels::alloc_cache::CachingAllocator =
+    secateur_kernels::alloc_cache::CachingAllocator::new();
 
 fn main() {
-    ALLOC.set_limit(secateur_experiments::alloc_cache::default_limit());
-    secateur_experiments::runtime::configure_threads();
-    secateur_experiments::runtime::tune_allocator();
+    ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());
+    secateur_kernels::runtime::configure_threads();
+    secateur_kernels::runtime::tune_allocator();
     let cli = secateur_experiments::cli::Cli::parse();
     if cli.needs_double_backprop() && !secateur_kernels::double_backprop::requested() {
         // candle decides double backpropagation per process: run again with it switched on.
@@ -24,7 +24,7 @@ fn main() {
     }
     // Commands run as a worker of a rayon pool, so that each parallel kernel is a fork–join
     // rather than a wake-up of another thread and a sleep of this one (runtime::in_pool).
-    let result = secateur_experiments::runtime::in_pool(|| secateur_experiments::cli::run(cli));
+    let result = secateur_kernels::runtime::in_pool(|| secateur_experiments::cli::run(cli));
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

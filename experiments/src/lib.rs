@@ -16,7 +16,6 @@
 //! - [`pai`]: the pruning-at-initialisation study (`secateur study pai`).
 //! - [`greg`]: the growing-regularisation phase of `train` (`[greg]` in the config).
 
-pub mod alloc_cache;
 pub mod atomic;
 pub mod cli;
 pub mod commands;

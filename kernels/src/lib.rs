@@ -23,10 +23,14 @@
 //! - [`matmul`]: the matrix product whose backward skips the gradient of an operand that does
 //!   not track one (the input batch), at first and second order.
 //! - [`optim`]: the SGD update in place.
+//! - [`runtime`], [`alloc_cache`]: process set-up for programs that train (thread pool, glibc
+//!   allocator settings, a caching global allocator); the `secateur` binary uses them, and so
+//!   can any program built on the library.
 //! - [`softplus`], [`gaussian_kl`]: the mean-field posterior's `σ = softplus(ρ)` and the
 //!   closed-form Gaussian KL, each one pass.
 
 pub mod activation;
+pub mod alloc_cache;
 pub mod bias;
 pub mod conv;
 mod conv_direct;
@@ -40,5 +44,6 @@ pub mod matmul;
 pub mod norm;
 pub mod optim;
 pub mod pool;
+pub mod runtime;
 pub mod softplus;
 mod vmath;

@@ -375,7 +375,7 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     let m = model.clone();
     let device_name = args.device.clone();
     let out = std::thread::spawn(move || {
-        secateur_experiments::runtime::in_pool_of(pool, move || -> Result<serde_json::Value> {
+        secateur_kernels::runtime::in_pool_of(pool, move || -> Result<serde_json::Value> {
             let s = setup(&m, input, batch, &dev)?;
             let params = s.store.params();
             let v = rademacher(&params, 3)?;
@@ -589,13 +589,13 @@ fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 #[global_allocator]
-static ALLOC: secateur_experiments::alloc_cache::CachingAllocator =
-    secateur_experiments::alloc_cache::CachingAllocator::new();
+static ALLOC: secateur_kernels::alloc_cache::CachingAllocator =
+    secateur_kernels::alloc_cache::CachingAllocator::new();
 
 fn main() {
-    ALLOC.set_limit(secateur_experiments::alloc_cache::default_limit());
-    secateur_experiments::runtime::configure_threads();
-    secateur_experiments::runtime::tune_allocator();
+    ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());
+    secateur_kernels::runtime::configure_threads();
+    secateur_kernels::runtime::tune_allocator();
     let args = Args::parse();
     if (args.hvp || args.hvp_ops) && !args.grad_only && !secateur_kernels::double_backprop::requested() {
         // candle decides double backpropagation per process: run again with it switched on.
@@ -607,7 +607,7 @@ fn main() {
             }
         }
     }
-    secateur_experiments::runtime::in_pool(|| run(args));
+    secateur_kernels::runtime::in_pool(|| run(args));
 }
 
 fn run(args: Args) {

@@ -18,13 +18,13 @@
 //! The binaries install it with
 //!
 //! ```no_run
-//! use secateur_experiments::alloc_cache::CachingAllocator;
+//! use secateur_kernels::alloc_cache::CachingAllocator;
 //!
 //! #[global_allocator]
 //! static ALLOC: CachingAllocator = CachingAllocator::new();
 //!
 //! fn main() {
-//!     ALLOC.set_limit(secateur_experiments::alloc_cache::default_limit());
+//!     ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());
 //!     // …
 //! }
 //! ```

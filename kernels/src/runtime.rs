@@ -1,0 +1,71 @@
+//! Process-level settings for secateur's binaries: [`tune_allocator`], [`configure_threads`] and
+//! [`in_pool`].
+//!
+//! Training allocates and frees tensors of a few MiB on every step. glibc serves blocks above its
+//! mmap threshold (128 KiB at start, adapted up to 32 MiB) with fresh `mmap`s and returns freed
+//! heap tops to the system above its trim threshold, so every step pays page faults for memory it
+//! just gave back. Measured on the 2-core machine of BENCHMARKS.md: the LeNet-5 training step at
+//! batch 128 takes 42 ms with glibc's defaults and 18 ms with the settings below, at the same peak
+//! resident memory (the peak is reached on the first step either way).
+
+/// Keeps freed tensor memory in the process: mmap threshold at glibc's maximum (32 MiB on 64-bit)
+/// and no trimming of the heap top. Call once at the start of `main`, before large allocations.
+/// A no-op where the C library is not glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// candle 0.11 runs its own elementwise ops on a pool of `CANDLE_NUM_THREADS − 1` workers that
+/// spin for a while after each op, next to rayon's pool, which gemm and secateur's kernels use. On
+/// few cores the spinning workers take the cores from rayon's: a `perf record` of the MLP step on
+/// the 2-core machine of BENCHMARKS.md showed candle's one worker spinning for a third of all
+/// samples. With `CANDLE_NUM_THREADS=1` candle runs its (now small) elementwise ops on the calling
+/// thread; measured there (median ms per step, default → 1): MLP 2.6–2.8 → 2.2–2.5, LeNet-5
+/// 10.6–13.1 → 9.2–9.9, mean-field MLP 14.5–15.9 → 11.9–12.6, ResNet-20 unchanged within noise
+/// (397–440 → 398–452). Sets `CANDLE_NUM_THREADS=1` unless the user has set it. Call first in
+/// `main`, before any other thread starts and before candle's first op.
+pub fn configure_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// Runs `f` on a worker thread of a rayon pool of the usual size (`RAYON_NUM_THREADS`, or one
+/// thread per core) and returns its result.
+///
+/// Called from a thread outside any rayon pool, every parallel kernel (gemm, the convolutions,
+/// batch norm) is injected into the global pool "cold": the caller wakes a worker, then sleeps on
+/// a latch until the work is done, two context switches per op. A training step runs dozens of
+/// such ops, so on small models the switches are a large part of the step. Inside the pool the
+/// caller is itself a worker and each op is a plain fork–join. Threads that `f` spawns itself are
+/// not workers of this pool: the scoring thread of the pruning criteria and the `--jobs` workers
+/// of a study run their work in pools of their own ([`in_pool_of`]). The workers get 8 MiB
+/// stacks, the main thread's size on Linux, since candle's backward walks the graph recursively.
+/// Measured with `bench_step` on the
+/// 2-core Xeon of BENCHMARKS.md, alternating binaries (median ms per step): MLP 1.77–1.87 →
+/// 1.56–1.57 (three pairs of 300 steps), LeNet-5 5.83–5.87 → 5.55–5.68, mean-field MLP
+/// 7.25–7.33 → 6.46–6.92 (two pairs of 60). Falls back to running `f` on the calling thread if
+/// the pool cannot be built.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    in_pool_of(0, f)
+}
+
+/// [`in_pool`] with a pool of `threads` workers (0: the usual size). For threads that run next
+/// to others of their kind — the workers of `study --jobs N` get `cores / N` each — and for
+/// threads spawned from a pool, which pass [`rayon::current_num_threads`] so that the cores are
+/// not oversubscribed.
+pub fn in_pool_of<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .stack_size(8 << 20)
+        .build()
+    {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}
