@@ -76,4 +76,4 @@ pub use module::Module;
 pub use params::{ParamBuilder, ParamStore};
 pub use prior::Prior;
 pub use rng::SeededRng;
-pub use variational::{PosteriorStats, Variational};
+pub use variational::{PosteriorStats, TestTimeWeight, Variational};

@@ -191,6 +191,65 @@ impl ParamStore {
         Ok(self.divergence(&Divergence::Kl, &mut unused)?.0)
     }
 
+    /// Test-time parameter counts `(kept, total)`: the entries of the parameters of the
+    /// test-time network, and how many of them are non-zero and kept by their layer's test-time
+    /// rule ([`Variational::test_time_weights`]: a posterior mean stands for its weight; sparse
+    /// VD drops `log α ≥ threshold`, spike-and-slab nodes and gates below their thresholds drop
+    /// their weights). The other parameters of a probabilistic layer (variances, rates, logits,
+    /// gate parameters) are not counted; every parameter outside probabilistic layers counts,
+    /// non-zero entries as kept. For a deterministic model: the non-zero trainable parameters.
+    pub fn test_time_params(&self) -> Result<(usize, usize)> {
+        let mut rules: BTreeMap<String, Option<Tensor>> = BTreeMap::new();
+        let mut layer_paths = Vec::new();
+        for (name, layer) in self.variational_layers() {
+            for w in layer.test_time_weights()? {
+                rules.insert(w.name, w.keep);
+            }
+            layer_paths.push(name);
+        }
+        // a parameter created under a probabilistic layer's path (`fc1.` for `fc1`; for a layer
+        // at the root, a name without a dot)
+        let in_layer = |p: &str| {
+            layer_paths.iter().any(|l| {
+                if l.is_empty() {
+                    !p.contains('.')
+                } else {
+                    p.strip_prefix(l.as_str()).is_some_and(|r| r.starts_with('.'))
+                }
+            })
+        };
+        let count =
+            |t: &Tensor| -> Result<usize> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize) };
+        let (mut kept, mut total) = (0usize, 0usize);
+        for (name, var) in self.params() {
+            let rule = match rules.get(&name) {
+                Some(rule) => rule.as_ref(),
+                None if in_layer(&name) => continue,
+                None => None,
+            };
+            let t = var.as_tensor();
+            total += t.elem_count();
+            let nonzero = t.ne(0f64)?;
+            kept += count(&match rule {
+                Some(keep) => nonzero.mul(keep)?,
+                None => nonzero,
+            })?;
+        }
+        Ok((kept, total))
+    }
+
+    /// Units removed at test time over every probabilistic layer that selects units
+    /// ([`Variational::removed_units`]), by layer name in sorted order.
+    pub fn removed_units(&self) -> Result<Vec<(String, usize, usize)>> {
+        let mut out = Vec::new();
+        for (name, layer) in self.variational_layers() {
+            if let Some((removed, total)) = layer.removed_units()? {
+                out.push((name, removed, total));
+            }
+        }
+        Ok(out)
+    }
+
     /// Posterior statistics of every probabilistic parameter of every registered layer (layers in
     /// sorted name order, each layer's parameters in its own order).
     pub fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {

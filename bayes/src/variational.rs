@@ -22,6 +22,41 @@ pub trait Variational: Send + Sync {
 
     /// Posterior statistics of each probabilistic parameter, in a fixed order.
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>>;
+
+    /// The parameters of the **test-time network** this layer holds, by their names in the
+    /// store, each with the layer's test-time keep rule. Every other parameter the layer
+    /// created under its path (variances, dropout rates, inclusion and truncation logits, gate
+    /// parameters) is not a weight at test time. Counting the kept, non-zero entries of these
+    /// over a model gives its test-time parameter count ([`crate::ParamStore::test_time_params`]).
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>>;
+
+    /// The units this layer removes at test time, `(removed, total)`, for layers that select
+    /// units (spike-and-slab nodes, gated inputs); `None` for the others.
+    fn removed_units(&self) -> Result<Option<(usize, usize)>> {
+        Ok(None)
+    }
+}
+
+/// One parameter of the test-time network held by a probabilistic layer.
+#[derive(Debug, Clone)]
+pub struct TestTimeWeight {
+    /// Its name in the [`ParamStore`](crate::ParamStore), e.g. `fc1.weight_mu` (the posterior mean
+    /// stands for the weight) or `fc1.bias` (a deterministic bias).
+    pub name: String,
+    /// 1 where the entry survives at test time, 0 where the layer drops it (sparse VD's
+    /// `log α ≥ threshold`, a spike-and-slab node or a gate below its threshold), in the
+    /// parameter's shape; `None` keeps every entry. Zero entries are removed either way.
+    pub keep: Option<Tensor>,
+}
+
+impl TestTimeWeight {
+    /// A parameter every entry of which is kept.
+    pub fn all(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            keep: None,
+        }
+    }
 }
 
 /// Posterior statistics of one parameter tensor, readable without knowing the layer type.

@@ -176,79 +176,20 @@ fn build_with(
     })
 }
 
-/// How the stochastic layers of a config's model sample: `Mean` for deterministic layers,
-/// `bayes.sampling` for the Gaussian layers, and a mask draw (`Weight`) for MC dropout and the
-/// nested-dropout kinds, whose masks are drawn whenever sampling is not `Mean`.
+/// How the stochastic layers of a config's model sample: the layer kind's
+/// [`KindSampling`](secateur_models::KindSampling), with `bayes.sampling` where the kind leaves
+/// the Gaussian estimator to the config.
 pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
-    Ok(match cfg.model.layers.as_str() {
-        "deterministic" => Sampling::Mean,
-        "mc-dropout" | "nested-dropout" | "variational-nested-dropout" => Sampling::Weight,
-        _ => cfg
+    use secateur_models::KindSampling;
+    let kind = cfg.layer_kind().map_err(|e| ExpError::config("model.layers", e))?;
+    Ok(match kind.sampling {
+        KindSampling::Mean => Sampling::Mean,
+        KindSampling::Masks => Sampling::Weight,
+        KindSampling::Configured => cfg
             .bayes
             .sampling()
             .map_err(|e| ExpError::config("bayes.sampling", e))?,
     })
-}
-
-/// Test-time parameter counts `(nonzero, total)` of a model: the variance parameters of the
-/// probabilistic layers (`*_rho`, `*_log_sigma2`, `*_log_alpha`) and the logits of their masks
-/// (`*_logit`, `*_logits`: spike-and-slab inclusion, nested-dropout truncation) are not weights
-/// of the test-time network and are skipped; a posterior mean `{name}_mu` counts as the weight
-/// `{name}`, zero where it is zero, where its inclusion probability is below ½ (spike-and-slab
-/// nodes removed at test time, Jantre et al. 2021) or, with `threshold = Some(t)` (sparse VD),
-/// where `log α ≥ t` (the weight is dropped at test time, Molchanov et al. 2017). For a
-/// deterministic model this is the count of non-zero trainable parameters. GSM gate parameters
-/// (`*.gate_theta`) are not weights either, and a weight behind a gate with inclusion below ½
-/// counts as zero (Guenter & Sideris 2022).
-pub fn test_time_params(store: &ParamStore, threshold: Option<f64>) -> Result<(usize, usize)> {
-    let stats: BTreeMap<String, secateur_bayes::PosteriorStats> = store
-        .posterior_stats()?
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect();
-    let count = |t: &Tensor| -> Result<usize> { Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize) };
-    let (mut nonzero, mut total) = (0usize, 0usize);
-    for (name, var) in store.params() {
-        if name.ends_with("_rho")
-            || name.ends_with("_log_sigma2")
-            || name.ends_with("_log_alpha")
-            || name.ends_with("_logit")
-            || name.ends_with("_logits")
-            || name.ends_with(".gate_theta")
-        {
-            continue;
-        }
-        let t = var.as_tensor();
-        total += t.elem_count();
-        let stat = name.strip_suffix("_mu").and_then(|base| stats.get(base));
-        let kept = t.ne(0f64)?;
-        let kept = match (stat, threshold) {
-            (Some(st), Some(th)) => match &st.log_alpha {
-                Some(la) => kept.mul(&la.lt(th)?)?,
-                None => kept,
-            },
-            _ => kept,
-        };
-        let kept = match stat.and_then(|st| st.inclusion.as_ref()) {
-            Some(inc) if inc.dims() == kept.dims() => kept.mul(&inc.ge(0.5)?)?,
-            _ => kept,
-        };
-        nonzero += count(&kept)?;
-    }
-    Ok((nonzero, total))
-}
-
-/// The fraction of weights with `log α ≥ threshold` over every posterior statistic that has a
-/// `log α` (sparse VD: every weight of every layer); `None` if there is none.
-pub fn sparsity_log_alpha(store: &ParamStore, threshold: f64) -> Result<Option<f64>> {
-    let (mut dropped, mut n) = (0f64, 0usize);
-    for s in store.posterior_stats()? {
-        if let Some(la) = &s.log_alpha {
-            dropped += la.ge(threshold)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
-            n += la.elem_count();
-        }
-    }
-    Ok((n > 0).then(|| dropped / n as f64))
 }
 
 /// The weights file named by `bayes.init_from`: the path itself, or `weights.safetensors` inside
@@ -274,23 +215,6 @@ pub fn init_from_deterministic(store: &ParamStore, path: &Path, delta: f64) -> R
         .collect();
     secateur_bayes::empirical_bayes::init_from_deterministic(store, &det, delta)
         .map_err(|e| ExpError::config("bayes.init_from", format!("{}: {e}", file.display())))
-}
-
-/// `(removed, total)` nodes of the spike-and-slab layers: a node (row of a `*.weight` statistic
-/// with inclusion probabilities) is removed at test time when its inclusion probability is
-/// below ½ (Jantre et al. 2021); `None` if no layer has inclusion probabilities.
-pub fn nodes_removed(store: &ParamStore) -> Result<Option<(usize, usize)>> {
-    let (mut removed, mut total) = (0usize, 0usize);
-    for s in store.posterior_stats()? {
-        let Some(inc) = &s.inclusion else { continue };
-        if !s.name.ends_with(".weight") || inc.rank() < 2 {
-            continue;
-        }
-        let per_node = inc.flatten_from(1)?.narrow(1, 0, 1)?;
-        removed += per_node.lt(0.5)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize;
-        total += per_node.elem_count();
-    }
-    Ok((total > 0).then_some((removed, total)))
 }
 
 /// A network evaluated at a width: sets `ctx.width` for the nested layers (Rippel et al. 2014;
@@ -329,36 +253,6 @@ fn width_accuracies(
         let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
         let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
         out.push((format!("accuracy_width_{w:.2}"), acc));
-    }
-    Ok(out)
-}
-
-/// Test-time gate counts of a GSM-gated model (`gsm-gates`, Guenter & Sideris 2022), by layer:
-/// `(layer, removed, total, reads_input)` where a gate is removed iff
-/// `θ = clamp(lr_scale · gate_theta, 0, 1) < threshold` (`lr_scale` = `bayes.gate_lr_scale`). Every layer gates its inputs, so the gates of a layer are
-/// the hidden units (filters) of the layer before it, except for the layer that reads the
-/// network's input: recognised as the layer whose gate count equals the input's feature count
-/// `C·H·W` (a linear layer on flattened images) or channel count `C` (a convolution), its gates
-/// are pixels/channels (`reads_input = true`). Empty for a model without gates.
-pub fn gate_counts(
-    store: &ParamStore,
-    threshold: f64,
-    lr_scale: f64,
-    input: [usize; 3],
-) -> Result<Vec<(String, usize, usize, bool)>> {
-    let mut out = Vec::new();
-    for (name, var) in store.params() {
-        if let Some(layer) = name.strip_suffix(".gate_theta") {
-            let t = var.as_tensor();
-            let removed = (t * lr_scale)?
-                .lt(threshold)?
-                .to_dtype(DType::F64)?
-                .sum_all()?
-                .to_scalar::<f64>()? as usize;
-            let total = t.elem_count();
-            let reads_input = total == input.iter().product::<usize>() || total == input[0];
-            out.push((layer.to_string(), removed, total, reads_input));
-        }
     }
     Ok(out)
 }
@@ -678,8 +572,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
 
     let ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
     let (preds, m) = (ev.preds, ev.metrics);
-    let sparse_threshold = (cfg.model.layers == "sparse-vd").then_some(cfg.bayes.sparse_vd_threshold);
-    let (nonzero, weights_total) = test_time_params(&store, sparse_threshold)?;
+    let (nonzero, weights_total) = store.test_time_params()?;
     let mut metrics = Map::new();
     let mut put = |k: &str, v: Value| {
         metrics.insert(k.to_string(), v);
@@ -723,11 +616,6 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     if let Some(a) = init_accuracy {
         put("init_test_accuracy_posterior_mean", a.into());
     }
-    if let Some(th) = sparse_threshold {
-        if let Some(f) = sparsity_log_alpha(&store, th)? {
-            put("sparsity_log_alpha", f.into());
-        }
-    }
     if let Some(m) = &masks {
         put("mask_sparsity", m.sparsity()?.into());
         put("mask_kept", m.kept()?.into());
@@ -739,33 +627,12 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         put("greg_final_lambda", g.final_lambda.into());
         put("greg_final_train_loss", g.final_train_loss.into());
     }
-    let spike_slab = cfg.model.layers == "spike-slab";
-    if let Some((removed, total)) = if spike_slab { nodes_removed(&store)? } else { None } {
-        put("nodes_removed", removed.into());
-        put("nodes_total", total.into());
+    let kind = cfg.layer_kind().map_err(|e| ExpError::config("model.layers", e))?;
+    for (k, v) in (kind.report)(&store, &secateur_models::ReportInput { input })? {
+        put(&k, report_value(v));
     }
     for (k, acc) in width_accuracies(&net, &data.test, &norm, cfg, &dev)? {
         put(&k, acc.into());
-    }
-    if cfg.model.layers == "gsm-gates" {
-        let gates = gate_counts(&store, cfg.bayes.gate_threshold, cfg.bayes.gate_lr_scale, input)?;
-        let (mut removed, mut total, mut in_removed, mut in_total) = (0, 0, 0, 0);
-        for (layer, r, t, reads_input) in &gates {
-            put(&format!("units_removed.{layer}"), (*r).into());
-            put(&format!("units_total.{layer}"), (*t).into());
-            if *reads_input {
-                (in_removed, in_total) = (in_removed + r, in_total + t);
-            } else {
-                (removed, total) = (removed + r, total + t);
-            }
-        }
-        if total > 0 {
-            put("units_removed", (removed as f64 / total as f64).into());
-            put("units_hidden_total", total.into());
-        }
-        if in_total > 0 {
-            put("inputs_removed", (in_removed as f64 / in_total as f64).into());
-        }
     }
     put("params_total", store.num_params().into());
     put("params_weights", weights_total.into());
@@ -790,6 +657,14 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         dir: run.path().to_path_buf(),
         metrics,
     })
+}
+
+/// A layer kind's report value as JSON: counts stay integers.
+pub(crate) fn report_value(v: secateur_models::ReportValue) -> Value {
+    match v {
+        secateur_models::ReportValue::Count(n) => n.into(),
+        secateur_models::ReportValue::Real(x) => x.into(),
+    }
 }
 
 fn write_predictions(run: &RunDir, p: &Predictions) -> Result<()> {
@@ -970,6 +845,12 @@ pub fn metrics_table(m: &Map<String, Value>) -> String {
 mod tests {
     use super::*;
 
+    fn report(store: &ParamStore, cfg: &StudyConfig) -> Result<BTreeMap<String, Value>> {
+        let kind = cfg.layer_kind().map_err(|e| ExpError::config("model.layers", e))?;
+        let r = (kind.report)(store, &secateur_models::ReportInput { input: [1, 28, 28] })?;
+        Ok(r.into_iter().map(|(k, v)| (k, report_value(v))).collect())
+    }
+
     /// LeNet-300-100 with spike-and-slab layers: setting the inclusion logits of some nodes
     /// below 0 (γ < ½) removes exactly those nodes, and the test-time weight count drops by their
     /// incoming weights and biases; the logits are not counted as weights.
@@ -977,8 +858,13 @@ mod tests {
     fn spike_slab_nodes_removed_and_test_time_params() -> Result<()> {
         let cfg = StudyConfig::from_toml("", "t", &["model.arch=mlp".into(), "model.layers=spike-slab".into()])?;
         let (_, store) = build_model(&cfg, [1, 28, 28], 10, &Device::Cpu)?;
-        assert_eq!(nodes_removed(&store)?, Some((0, 300 + 100))); // the classifier selects no nodes
-        let (nz0, total) = test_time_params(&store, None)?;
+        let r = report(&store, &cfg)?;
+        // the classifier selects no nodes
+        assert_eq!(
+            (r["nodes_removed"].as_u64(), r["nodes_total"].as_u64()),
+            (Some(0), Some(400))
+        );
+        let (nz0, total) = store.test_time_params()?;
         assert_eq!(total, 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10);
         assert_eq!(nz0, total);
         // remove nodes 0..5 of fc2 (100 → 95 nodes, each with 300 weights and a bias)
@@ -986,8 +872,41 @@ mod tests {
         let mut v: Vec<f32> = logit.as_tensor().to_vec1()?;
         v[..5].iter_mut().for_each(|x| *x = -1.0);
         logit.set(&Tensor::new(v, &Device::Cpu)?)?;
-        assert_eq!(nodes_removed(&store)?, Some((5, 400)));
-        assert_eq!(test_time_params(&store, None)?.0, total - 5 * (300 + 1));
+        let r = report(&store, &cfg)?;
+        assert_eq!(
+            (r["nodes_removed"].as_u64(), r["nodes_total"].as_u64()),
+            (Some(5), Some(400))
+        );
+        assert_eq!(store.test_time_params()?.0, total - 5 * (300 + 1));
+        Ok(())
+    }
+
+    /// GSM gates: the test-time weight count and the gate report use the same threshold
+    /// (`bayes.gate_threshold`), so closing a gate of fc2 removes its 100 outgoing weights from
+    /// the count exactly when the report counts it removed — also at a threshold other than ½.
+    #[test]
+    fn gate_threshold_rules_both_the_count_and_the_report() -> Result<()> {
+        let cfg = StudyConfig::from_toml(
+            "",
+            "t",
+            &[
+                "model.arch=mlp".into(),
+                "model.layers=gsm-gates".into(),
+                "bayes.gate_threshold=0.7".into(),
+            ],
+        )?;
+        let (_, store) = build_model(&cfg, [1, 28, 28], 10, &Device::Cpu)?;
+        let (nz0, total) = store.test_time_params()?;
+        assert_eq!(report(&store, &cfg)?["units_removed.fc2"].as_u64(), Some(0));
+        // θ of fc2's gates (its 300 inputs): gate 0 at 0.6 (below 0.7: removed), gate 1 at 0.8
+        let theta = store.get("fc2.gate_theta").unwrap();
+        let mut v: Vec<f32> = theta.as_tensor().to_vec1()?;
+        (v[0], v[1]) = (0.6, 0.8);
+        theta.set(&Tensor::new(v, &Device::Cpu)?)?;
+        let r = report(&store, &cfg)?;
+        assert_eq!(r["units_removed.fc2"].as_u64(), Some(1));
+        assert_eq!(r["units_total.fc2"].as_u64(), Some(300));
+        assert_eq!(store.test_time_params()?, (nz0 - 100, total));
         Ok(())
     }
 }

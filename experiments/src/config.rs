@@ -12,7 +12,8 @@ use secateur_bayes::layers::VdGranularity;
 use secateur_bayes::{Divergence, Prior};
 use secateur_inference::elbo::{BetaSchedule, ElboConfig, Objective};
 use secateur_inference::schedule::Schedule;
-use secateur_models::bayes_factory::{is_bayesian, is_nested, FactoryOptions, LAYER_KINDS};
+use secateur_models::bayes_factory::FactoryOptions;
+use secateur_models::LayerKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -750,9 +751,15 @@ impl LikelihoodConfig {
 }
 
 impl StudyConfig {
+    /// The layer kind of `model.layers` (its registry entry); the error names the key and the
+    /// known kinds.
+    pub fn layer_kind(&self) -> std::result::Result<&'static LayerKind, String> {
+        secateur_models::kind(&self.model.layers).map_err(|e| format!("model.layers: {e}"))
+    }
+
     /// Whether `model.layers` is a Bayesian layer kind (ELBO training, Monte Carlo evaluation).
     pub fn is_bayesian(&self) -> bool {
-        is_bayesian(&self.model.layers)
+        self.layer_kind().is_ok_and(|k| k.bayesian)
     }
 
     /// The training objective: cross-entropy for deterministic layers, the ELBO of `[bayes]` with
@@ -868,13 +875,13 @@ impl StudyConfig {
                 secateur_models::arch::ARCHITECTURES.join(", ")
             ));
         }
-        if !LAYER_KINDS.contains(&self.model.layers.as_str()) {
-            return Err(format!(
+        let kind = secateur_models::kind(&self.model.layers).map_err(|_| {
+            format!(
                 "model.layers `{}` is unknown; known: {}",
                 self.model.layers,
-                LAYER_KINDS.join(", ")
-            ));
-        }
+                secateur_models::kind_names().join(", ")
+            )
+        })?;
         self.model.dtype().map_err(|e| e.to_string())?;
         if let Some(h) = &self.model.hidden {
             if self.model.arch != "mlp" {
@@ -893,7 +900,7 @@ impl StudyConfig {
         if self.greg.enabled() && (self.model.layers != "deterministic" || self.likelihood.is_regression()) {
             return Err("greg needs model.layers = \"deterministic\" and a classification likelihood".into());
         }
-        if !self.bayes.eval_widths.is_empty() && !is_nested(&self.model.layers) {
+        if !self.bayes.eval_widths.is_empty() && !kind.nested {
             return Err(format!(
                 "bayes.eval_widths needs a nested layer kind (nested-dropout, variational-nested-dropout), \
                  model.layers is `{}`",

@@ -3,7 +3,7 @@
 //!
 //! | config name | factory | layers | reference |
 //! |---|---|---|---|
-//! | `deterministic` | [`Deterministic`] | [`crate::layers::Linear`], [`crate::layers::Conv2d`] | — |
+//! | `deterministic` | [`Deterministic`](crate::factory::Deterministic) | [`secateur_bayes::nn::Linear`], [`secateur_bayes::nn::Conv2d`] | — |
 //! | `mean-field` | [`MeanField`] | [`BayesLinear`], [`BayesConv2d`] | Blundell et al. 2015 |
 //! | `sparse-vd` | [`SparseVd`] | [`SvdLinear`], [`SvdConv2d`] | Molchanov, Ashukha & Vetrov 2017 |
 //! | `variational-dropout` | [`VariationalDropout`] | [`VdLinear`], [`VdConv2d`] | Kingma, Salimans & Welling 2015 |
@@ -13,7 +13,8 @@
 //! | `variational-nested-dropout` | [`NestedDropoutFactory`] | learned ordered masks on the input units, then the deterministic layer | Cui et al. 2021 |
 //! | `gsm-gates` | [`GsmGates`] | [`GateLinear`], [`GateConv2d`] (a Bernoulli gate per input unit/channel) | Guenter & Sideris 2022 |
 //!
-//! [`factory`] maps a config name to a boxed factory. The probabilistic layers register
+//! [`crate::kind::LAYER_KINDS`] maps a config name to its factory and what else the kind
+//! declares. The probabilistic layers register
 //! themselves (under the layer's path, e.g. `features.0`) in the [`ParamBuilder`]'s store, so the
 //! ELBO reaches their divergences through
 //! [`ParamStore::divergence`](secateur_bayes::ParamStore::divergence) and pruning their posterior
@@ -39,7 +40,7 @@
 //!   `secateur-bayes` take the whole [`Conv2dGeom`]); an impossible geometry is refused by the
 //!   layer with the layer's path in the message.
 
-use crate::factory::{Deterministic, LayerFactory};
+use crate::factory::LayerFactory;
 use candle_core::{Result, Tensor};
 use secateur_bayes::layers::gsm_gates::{DEFAULT_GATE_THRESHOLD, DEFAULT_INIT_INCLUSION, DEFAULT_LR_SCALE};
 use secateur_bayes::layers::mean_field::DEFAULT_INIT_STD;
@@ -59,41 +60,6 @@ use secateur_bayes::{Ctx, Module, ParamBuilder, Prior};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-
-/// The layer-kind names [`factory`] accepts (the values of the config key `model.layers`).
-pub const LAYER_KINDS: &[&str] = &[
-    "deterministic",
-    "mean-field",
-    "sparse-vd",
-    "variational-dropout",
-    "mc-dropout",
-    "spike-slab",
-    "nested-dropout",
-    "variational-nested-dropout",
-    "gsm-gates",
-];
-
-/// Whether a layer kind is Bayesian: trained with noise and evaluated by Monte Carlo averaging.
-/// Plain nested dropout is not (its masks are a fixed training-time regulariser, Rippel et al.
-/// 2014); variational nested dropout is (Cui et al. 2021).
-pub fn is_bayesian(layers: &str) -> bool {
-    matches!(
-        layers,
-        "mean-field"
-            | "sparse-vd"
-            | "variational-dropout"
-            | "mc-dropout"
-            | "spike-slab"
-            | "variational-nested-dropout"
-            | "gsm-gates"
-    )
-}
-
-/// Whether a layer kind orders its units, so that the network can be evaluated at any width
-/// (`ctx.width`).
-pub fn is_nested(layers: &str) -> bool {
-    matches!(layers, "nested-dropout" | "variational-nested-dropout")
-}
 
 /// Options of the Bayesian factories, with the defaults of their layers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,41 +119,6 @@ impl Default for FactoryOptions {
             gate_lr_scale: DEFAULT_LR_SCALE,
         }
     }
-}
-
-/// The factory of the layer kind `layers` (one of [`LAYER_KINDS`]); an unknown name is refused
-/// with the list of known ones, and invalid options with the field that is wrong.
-///
-/// ```
-/// use secateur_models::bayes_factory::{factory, FactoryOptions};
-/// assert_eq!(factory("sparse-vd", &FactoryOptions::default()).unwrap().name(), "sparse-vd");
-/// let e = factory("gaussian-process", &FactoryOptions::default()).err().unwrap().to_string();
-/// assert!(e.contains("mean-field") && e.contains("gaussian-process"));
-/// ```
-pub fn factory(layers: &str, opts: &FactoryOptions) -> Result<Box<dyn LayerFactory>> {
-    Ok(match layers {
-        "deterministic" => Box::new(Deterministic),
-        "mean-field" => Box::new(MeanField::new(opts.prior, opts.init_std)?),
-        "sparse-vd" => Box::new(SparseVd::new(opts.sparse_vd_threshold)?),
-        "variational-dropout" => Box::new(VariationalDropout::new(opts.vd_granularity, opts.vd_init_log_alpha)?),
-        "mc-dropout" => Box::new(McDropoutFactory::new(opts.dropout)?),
-        "spike-slab" => Box::new(SpikeSlab::new(
-            opts.spike_slab_prior,
-            opts.init_std,
-            opts.spike_slab_init_inclusion,
-            opts.spike_slab_temperature,
-        )?),
-        "nested-dropout" => Box::new(NestedDropoutFactory::plain(opts.nested_dropout_p)?),
-        "variational-nested-dropout" => Box::new(NestedDropoutFactory::variational(
-            opts.nested_dropout_p,
-            opts.nested_temperature,
-        )?),
-        "gsm-gates" => Box::new(
-            GsmGates::new(opts.gate_prior, opts.gate_init_inclusion, opts.gate_threshold)?
-                .with_lr_scale(opts.gate_lr_scale)?,
-        ),
-        other => candle_core::bail!("unknown layer kind `{other}`; known: {}", LAYER_KINDS.join(", ")),
-    })
 }
 
 fn geom(cfg: &Conv2dCfg) -> Conv2dGeom {
@@ -719,12 +650,13 @@ impl LayerFactory for GsmGates {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::factory;
 
     #[test]
     fn unknown_kinds_and_bad_options_are_refused_by_name() {
         let o = FactoryOptions::default();
-        for k in LAYER_KINDS {
-            assert_eq!(factory(k, &o).unwrap().name(), *k);
+        for k in crate::kind::kind_names() {
+            assert_eq!(factory(k, &o).unwrap().name(), k);
         }
         let e = factory("gaussian-process", &o).err().unwrap().to_string();
         assert!(e.contains("gaussian-process") && e.contains("sparse-vd"), "{e}");
@@ -905,7 +837,7 @@ mod tests {
             ..FactoryOptions::default()
         };
         let f = factory("variational-dropout", &opts)?;
-        assert!(is_bayesian(f.name()));
+        assert!(crate::kind::kind(f.name())?.bayesian);
         let store = ParamStore::new();
         let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
         let net = build(&ModelSpec::new("lenet5", [1, 28, 28], 10), f.as_ref(), &pb)?;

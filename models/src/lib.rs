@@ -8,7 +8,9 @@
 //! - [`layers`]: deterministic building blocks (linear, conv, batch norm, layer norm, pooling,
 //!   GELU, flatten).
 //! - [`bayes_factory`]: the Bayesian factories (mean-field Gaussian, sparse variational dropout,
-//!   MC dropout) and [`factory()`], which maps a config name (`model.layers`) to a factory.
+//!   MC dropout, …).
+//! - [`kind`](mod@kind): the registry of layer kinds ([`LAYER_KINDS`]): per config name
+//!   (`model.layers`), whether it is Bayesian, how it samples, its factory and its report.
 //! - [`factory`](mod@factory): the [`factory::LayerFactory`] trait and the deterministic factory; Bayesian
 //!   factories wrap the probabilistic layers of `secateur-bayes`.
 //! - [`arch`]: the architectures (LeNet-300-100, LeNet-5, VGG, CIFAR ResNets, ResNet-18, ViT) and
@@ -18,9 +20,11 @@
 pub mod arch;
 pub mod bayes_factory;
 pub mod factory;
+pub mod kind;
 pub mod layers;
 
 pub use arch::{architectures, build, ModelSpec, Network, ARCHITECTURES};
-pub use bayes_factory::{factory, is_bayesian, FactoryOptions, McDropoutFactory, MeanField, SparseVd, LAYER_KINDS};
+pub use bayes_factory::{FactoryOptions, McDropoutFactory, MeanField, SparseVd};
 pub use factory::{Deterministic, LayerFactory};
+pub use kind::{factory, kind, kind_names, KindSampling, LayerKind, ReportInput, ReportValue, LAYER_KINDS};
 pub use secateur_bayes::nn::{Conv2dCfg, LinearCfg};

@@ -76,7 +76,7 @@ fn check(arch: &str, kind: &str) -> Result<()> {
 fn quick_architectures_build_with_every_layer_kind() -> Result<()> {
     for arch in ["mlp", "lenet5", "resnet20"] {
         for kind in LAYER_KINDS {
-            check(arch, kind)?;
+            check(arch, kind.name)?;
         }
     }
     Ok(())

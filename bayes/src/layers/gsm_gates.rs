@@ -77,7 +77,7 @@ use crate::init::Init;
 use crate::module::Module;
 use crate::params::ParamBuilder;
 use crate::rng::SeededRng;
-use crate::variational::{PosteriorStats, Variational};
+use crate::variational::{PosteriorStats, TestTimeWeight, Variational};
 use candle_core::{DType, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -642,6 +642,14 @@ impl Variational for GateLinear {
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
     }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
+
+    fn removed_units(&self) -> Result<Option<(usize, usize)>> {
+        Ok(Some(self.inner.removed()?))
+    }
 }
 
 /// A 2-D convolution with a Bernoulli gate on every input channel (the filters of the previous
@@ -745,6 +753,36 @@ impl Variational for GateConv2d {
     }
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
+    }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
+
+    fn removed_units(&self) -> Result<Option<(usize, usize)>> {
+        Ok(Some(self.inner.removed()?))
+    }
+}
+
+impl Gated {
+    /// The weights behind a gate whose inclusion `θ` is below the layer's threshold are removed at
+    /// test time (Guenter & Sideris 2022); the bias is deterministic.
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        let prefix = |n: &str| {
+            if self.name.is_empty() {
+                n.to_string()
+            } else {
+                format!("{}.{n}", self.name)
+            }
+        };
+        let mut v = vec![TestTimeWeight {
+            name: prefix("weight_mu"),
+            keep: Some(self.inclusion()?.ge(self.threshold)?),
+        }];
+        if self.bias.is_some() {
+            v.push(TestTimeWeight::all(prefix("bias")));
+        }
+        Ok(v)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::module::Module;
 use crate::params::ParamBuilder;
 use crate::prior::Prior;
 use crate::rng::SeededRng;
-use crate::variational::{PosteriorStats, Variational};
+use crate::variational::{PosteriorStats, TestTimeWeight, Variational};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -275,6 +275,10 @@ impl Variational for BayesLinear {
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
     }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
 }
 
 /// Configuration of a [`BayesConv2d`] layer.
@@ -437,5 +441,20 @@ impl Variational for BayesConv2d {
     }
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
+    }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
+}
+
+impl MeanField {
+    /// The posterior means stand for the weights and biases at test time; every entry is kept.
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        let mut v = vec![TestTimeWeight::all(join(&self.name, "weight_mu"))];
+        if self.bias.is_some() {
+            v.push(TestTimeWeight::all(join(&self.name, "bias_mu")));
+        }
+        Ok(v)
     }
 }

@@ -42,7 +42,7 @@ use crate::init::Init;
 use crate::module::Module;
 use crate::params::ParamBuilder;
 use crate::rng::SeededRng;
-use crate::variational::{PosteriorStats, Variational};
+use crate::variational::{PosteriorStats, TestTimeWeight, Variational};
 use candle_core::{DType, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -419,6 +419,11 @@ impl Variational for VariationalNestedDropout {
 
     /// One entry, `{path}.mask`: the mean of the ordered mask `P(b ≥ k)` (also its
     /// `inclusion`), shape `[K]`; no standard deviation or `log α`.
+    /// The truncation logits are not weights of the test-time network.
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        Ok(Vec::new())
+    }
+
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         let keep = self.keep_probs()?.detach();
         Ok(vec![PosteriorStats {

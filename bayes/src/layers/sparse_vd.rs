@@ -22,7 +22,7 @@ use crate::init::Init;
 use crate::module::Module;
 use crate::params::ParamBuilder;
 use crate::rng::SeededRng;
-use crate::variational::{PosteriorStats, Variational};
+use crate::variational::{PosteriorStats, TestTimeWeight, Variational};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -293,6 +293,10 @@ impl Variational for SvdLinear {
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
     }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
 }
 
 /// Configuration of a [`SvdConv2d`] layer.
@@ -440,5 +444,25 @@ impl Variational for SvdConv2d {
     }
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
+    }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
+}
+
+impl Svd {
+    /// θ stands for the weight, dropped where `log α ≥ threshold` (Molchanov et al. 2017); the
+    /// bias is deterministic.
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        let keep = self.log_alpha()?.detach().lt(self.threshold)?;
+        let mut v = vec![TestTimeWeight {
+            name: join(&self.name, "weight_mu"),
+            keep: Some(keep),
+        }];
+        if self.bias.is_some() {
+            v.push(TestTimeWeight::all(join(&self.name, "bias")));
+        }
+        Ok(v)
     }
 }

@@ -54,7 +54,7 @@ use crate::module::Module;
 use crate::params::ParamBuilder;
 use crate::prior::Prior;
 use crate::rng::SeededRng;
-use crate::variational::{PosteriorStats, Variational};
+use crate::variational::{PosteriorStats, TestTimeWeight, Variational};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -576,6 +576,14 @@ impl Variational for SpikeSlabLinear {
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
     }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
+
+    fn removed_units(&self) -> Result<Option<(usize, usize)>> {
+        self.inner.removed_units()
+    }
 }
 
 /// Configuration of a [`SpikeSlabConv2d`] layer (nodes are output channels).
@@ -772,5 +780,39 @@ impl Variational for SpikeSlabConv2d {
     }
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
+    }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
+
+    fn removed_units(&self) -> Result<Option<(usize, usize)>> {
+        self.inner.removed_units()
+    }
+}
+
+impl SpikeSlab {
+    /// The slab means stand for the weights and biases; with node selection a node (row) whose
+    /// inclusion probability is below ½ is removed at test time (Jantre et al. 2021).
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.stats()?
+            .into_iter()
+            .map(|s| {
+                Ok(TestTimeWeight {
+                    name: format!("{}_mu", s.name),
+                    keep: s.inclusion.as_ref().map(|inc| inc.ge(0.5)).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// `(removed, total)` nodes with node selection: rows whose inclusion probability is below ½.
+    fn removed_units(&self) -> Result<Option<(usize, usize)>> {
+        if !self.selects() {
+            return Ok(None);
+        }
+        let gamma = self.inclusion()?.detach();
+        let removed = gamma.lt(0.5)?.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()? as usize;
+        Ok(Some((removed, gamma.elem_count())))
     }
 }

@@ -28,7 +28,7 @@ use crate::init::Init;
 use crate::module::Module;
 use crate::params::ParamBuilder;
 use crate::rng::SeededRng;
-use crate::variational::{PosteriorStats, Variational};
+use crate::variational::{PosteriorStats, TestTimeWeight, Variational};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -380,6 +380,10 @@ impl Variational for VdLinear {
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
     }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
 }
 
 /// Configuration of a [`VdConv2d`] layer.
@@ -547,5 +551,21 @@ impl Variational for VdConv2d {
     }
     fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
         self.inner.stats()
+    }
+
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        self.inner.test_time_weights()
+    }
+}
+
+impl Vd {
+    /// θ stands for the weight (variational dropout keeps every weight at test time, Kingma et
+    /// al. 2015); the bias is deterministic.
+    fn test_time_weights(&self) -> Result<Vec<TestTimeWeight>> {
+        let mut v = vec![TestTimeWeight::all(join(&self.name, "weight_mu"))];
+        if self.bias.is_some() {
+            v.push(TestTimeWeight::all(join(&self.name, "bias")));
+        }
+        Ok(v)
     }
 }

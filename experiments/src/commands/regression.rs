@@ -10,8 +10,8 @@
 //! NLLs gain `log s` (the Jacobian of the standardisation).
 
 use super::{
-    device, open_resumed, optimizer, run_dir, sampling, test_time_params, train_settings, RunSummary, TrainOptions,
-    STREAM_EVAL, STREAM_TRAIN,
+    device, open_resumed, optimizer, run_dir, sampling, train_settings, RunSummary, TrainOptions, STREAM_EVAL,
+    STREAM_TRAIN,
 };
 use crate::atomic;
 use crate::config::StudyConfig;
@@ -177,7 +177,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         put("train_divergence", last.train_divergence.into());
         put("train_rmse", last.train_rmse.unwrap_or(f64::NAN).into());
     }
-    let (nonzero, weights_total) = test_time_params(&store, None)?;
+    let (nonzero, weights_total) = store.test_time_params()?;
     put("params_total", store.num_params().into());
     put("params_weights", weights_total.into());
     put("params_nonzero", nonzero.into());
