@@ -1,6 +1,6 @@
 //! Mini-batches of an [`ImageSet`] for the training loop ([`Batches`]).
 
-use crate::data::{image_batch, shuffled_indices, Augment, ImageSet, Normalizer};
+use crate::{image_batch, shuffled_indices, Augment, ImageSet, Normalizer};
 use candle_core::{DType, Device, Result, Tensor};
 use secateur_bayes::SeededRng;
 use secateur_inference::train::Batches;

@@ -1,7 +1,11 @@
+//! # secateur-datasets
+//!
 //! Data sets: checked loaders for IDX (MNIST, Fashion-MNIST), CIFAR-10/100 binary batches, the
 //! UCI digits and CSV regression tables; in-memory sets ([`ImageSet`], [`TableSet`]); seeded
 //! shuffling, splitting, augmentation and batching into candle tensors; and named data sets
-//! found along a fixed lookup order ([`load_images`], [`load_table`], [`describe`]).
+//! found along a fixed lookup order ([`load_images`], [`load_table`], [`describe`]);
+//! [`ImageBatches`] and [`TableBatches`] feed them to the trainer as
+//! [`Batches`](secateur_inference::batches::Batches).
 //!
 //! All randomness comes from a generator the caller passes (seed it, e.g. `ChaCha8Rng`), never
 //! from candle. Loaders return [`DataError`], which always names the file at fault.
@@ -14,6 +18,7 @@ pub mod digits;
 pub mod error;
 pub mod idx;
 pub mod image_set;
+pub mod loader;
 pub mod lookup;
 pub mod read;
 pub mod table;
@@ -30,6 +35,7 @@ pub use idx::{
     IdxImages,
 };
 pub use image_set::{resize_bilinear, split_indices, ImageSet, PixelStats};
+pub use loader::ImageBatches;
 pub use lookup::{
     describe, load_images, load_table, search_dirs, LoadedImages, LoadedTable, DATA_ENV, IMAGE_DATASETS,
     SHIPPED_DATASETS, TABLE_DATASETS,
