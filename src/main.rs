@@ -4,8 +4,7 @@ use clap::Parser;
 
 /// Freed tensor memory stays in the process for the next step (see `alloc_cache`).
 #[global_allocator]
-static ALLOC: secateur_kernels::alloc_cache::CachingAllocator =
-    secateur_kernels::alloc_cache::CachingAllocator::new();
+static ALLOC: secateur_kernels::alloc_cache::CachingAllocator = secateur_kernels::alloc_cache::CachingAllocator::new();
 
 fn main() {
     ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());

@@ -20,12 +20,12 @@ pub mod atomic;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod data;
+pub use secateur_datasets as data;
+pub use secateur_datasets::loader;
 pub mod error;
 pub mod greg;
 #[cfg(feature = "hdf5")]
 pub mod h5;
-pub mod loader;
 pub mod observe;
 pub mod pai;
 pub mod plot;

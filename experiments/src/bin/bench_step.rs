@@ -589,8 +589,7 @@ fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 #[global_allocator]
-static ALLOC: secateur_kernels::alloc_cache::CachingAllocator =
-    secateur_kernels::alloc_cache::CachingAllocator::new();
+static ALLOC: secateur_kernels::alloc_cache::CachingAllocator = secateur_kernels::alloc_cache::CachingAllocator::new();
 
 fn main() {
     ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());
