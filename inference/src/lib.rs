@@ -3,6 +3,8 @@
 //! Training and evaluation of anything built from secateur's modules.
 //!
 //! Module plan:
+//! - [`batches`]: the [`Batches`](batches::Batches) source of mini-batches, and
+//!   [`TensorBatches`](batches::TensorBatches) over in-memory tensors.
 //! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins.
 //! - [`optim`]: SGD (momentum, Nesterov, weight decay) and AdamW with PyTorch's update rules and
 //!   checkpointable state.
@@ -16,6 +18,7 @@
 //!   noise) likelihoods and their negative log-likelihoods.
 //! - planned: SWAG, Stein VI.
 
+pub mod batches;
 pub mod elbo;
 pub mod hooks;
 pub mod likelihood;

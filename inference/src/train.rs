@@ -28,18 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// A source of mini-batches `(inputs, targets)`: integer labels `[B]` (u32) for the categorical
-/// likelihood, float targets `[B, D]` (f32) for a Gaussian one.
-pub trait Batches {
-    /// Number of batches in one pass.
-    fn num_batches(&self) -> usize;
-    /// Number of examples in one pass.
-    fn num_examples(&self) -> usize;
-    /// Prepares a pass (e.g. draws the epoch's shuffle from `rng`).
-    fn start_epoch(&mut self, epoch: usize, rng: &mut SeededRng);
-    /// Batch `i` of the current pass; augmentation draws from `rng`.
-    fn batch(&mut self, i: usize, rng: &mut SeededRng) -> Result<(Tensor, Tensor)>;
-}
+/// Re-exported for callers that name it here; its home is [`crate::batches`].
+pub use crate::batches::Batches;
 
 /// One epoch's summary: one row of `history.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
