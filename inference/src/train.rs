@@ -139,19 +139,79 @@ pub struct Checkpoint {
     pub state: TrainState,
 }
 
-/// The training loop's settings.
+/// The training loop's settings. Build them with [`TrainSettings::new`] and the `with_*`
+/// setters, or as a struct literal.
+///
+/// ```
+/// use secateur_inference::elbo::{ElboConfig, Objective};
+/// use secateur_inference::schedule::Schedule;
+/// use secateur_inference::train::TrainSettings;
+/// use secateur_bayes::Sampling;
+/// let s = TrainSettings::new(10, 0.1)
+///     .with_schedule(Schedule::Cosine { total: 10, min_lr: 0.0, warmup: 0 })
+///     .with_objective(Objective::Elbo(ElboConfig::new(60_000)));
+/// assert_eq!((s.epochs, s.lr, s.sampling), (10, 0.1, Sampling::Local));
+/// assert!(s.validate().is_ok());
+/// assert!(TrainSettings::new(0, 0.1).validate().is_err());
+/// ```
 #[derive(Debug, Clone)]
 pub struct TrainSettings {
-    /// Total epochs.
+    /// Total epochs (≥ 1).
     pub epochs: usize,
-    /// Base learning rate (the schedule scales it).
+    /// Base learning rate (finite, > 0; the schedule scales it).
     pub lr: f64,
-    /// Learning-rate schedule.
+    /// Learning-rate schedule. Default: constant, no warm-up.
     pub schedule: Schedule,
-    /// How stochastic layers sample during training.
+    /// How stochastic layers sample during training. Default: [`Sampling::Local`] (the local
+    /// reparameterisation of Kingma, Salimans & Welling 2015); deterministic layers ignore it.
     pub sampling: Sampling,
-    /// What is minimised. Default: the cross-entropy (deterministic training).
+    /// What is minimised. Default: [`Objective::CrossEntropy`], the mean NLL of one pass.
     pub objective: Objective,
+}
+
+impl TrainSettings {
+    /// `epochs` epochs at base learning rate `lr`, with the defaults of the fields' docs: a
+    /// constant schedule, [`Sampling::Local`], the one-pass NLL. Checked by
+    /// [`TrainSettings::validate`] (which [`Trainer::new`] calls).
+    pub fn new(epochs: usize, lr: f64) -> Self {
+        Self {
+            epochs,
+            lr,
+            schedule: Schedule::default(),
+            sampling: Sampling::Local,
+            objective: Objective::default(),
+        }
+    }
+
+    /// With this learning-rate schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// With this training-time sampling of stochastic layers.
+    pub fn with_sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// With this objective.
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// Refuses 0 epochs, a non-positive or non-finite learning rate and an invalid objective; the
+    /// message names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            candle_core::bail!("epochs must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            candle_core::bail!("lr must be a positive number, got {}", self.lr);
+        }
+        self.objective.validate()
+    }
 }
 
 /// Trains a model: owns the optimiser and the run's generator.
@@ -172,7 +232,7 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// A trainer for `model` whose parameters live in `store`; `rng` is the run's generator
-    /// (after initialisation).
+    /// (after initialisation). Fails when the settings do not validate.
     pub fn new(
         model: &'a dyn Module,
         store: ParamStore,
@@ -180,13 +240,7 @@ impl<'a> Trainer<'a> {
         settings: TrainSettings,
         rng: SeededRng,
     ) -> Result<Self> {
-        if settings.epochs == 0 {
-            candle_core::bail!("epochs must be at least 1");
-        }
-        if !(settings.lr.is_finite() && settings.lr > 0.0) {
-            candle_core::bail!("lr must be a positive number, got {}", settings.lr);
-        }
-        settings.objective.validate()?;
+        settings.validate()?;
         let has_variational = !store.variational_layers().is_empty();
         Ok(Self {
             model,
