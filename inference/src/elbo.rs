@@ -37,11 +37,18 @@
 //! model, so it is fitted by the same gradient steps (a point estimate, not a posterior).
 //!
 //! The deterministic objective [`Objective::CrossEntropy`] is the mean NLL of one forward pass
-//! under that likelihood; with the categorical likelihood it is the softmax cross-entropy,
-//! computed exactly as before the ELBO existed.
+//! under that likelihood ([`OnePassNll`]); with the categorical likelihood it is the softmax
+//! cross-entropy.
+//!
+//! **One formula, three doors.** [`elbo_from_divergence`] is the only code that forms
+//! `NLL + w · D`. [`elbo_loss`] calls it with the analytic KL of a [`ParamStore`] and
+//! `w = β · T / N` ([`divergence_weight`]), for a library user who computes the NLL themselves;
+//! [`ElboConfig`]'s [`TrainingObjective`] implementation, which the trainer uses, calls it with
+//! the configured divergence and `w = β(t) · T / N`.
 
-use candle_core::{bail, Result};
-use secateur_bayes::Divergence;
+use crate::objective::{expected_nll, scalar, BatchLoss, ObjectiveContext, OnePassNll, TrainingObjective};
+use candle_core::{bail, Result, Tensor};
+use secateur_bayes::{Divergence, ParamStore, SeededRng};
 use serde::{Deserialize, Serialize};
 
 /// The weight β(t) of the divergence term, as a function of the fractional epoch `t ≥ 0`
@@ -215,13 +222,117 @@ impl ElboConfig {
     }
 
     /// The factor multiplying the summed divergence at step `step` of epoch `epoch`:
-    /// `β(t) · T / N`.
+    /// `β(t) · T / N` ([`divergence_weight`] at `β(t)`).
     pub fn divergence_weight(&self, epoch: usize, step: usize, steps: usize) -> f64 {
-        self.beta.at_step(epoch, step, steps) * self.temperature / self.train_size as f64
+        divergence_weight(self.beta.at_step(epoch, step, steps), self.temperature, self.train_size)
     }
 }
 
-/// What the trainer minimises.
+/// The weight `w = β · T / N` of the summed divergence in the per-example negative ELBO (see the
+/// [module docs](self)), computed in this order.
+///
+/// ```
+/// assert_eq!(secateur_inference::elbo::divergence_weight(0.5, 2.0, 100), 0.01);
+/// ```
+pub fn divergence_weight(beta: f64, temperature: f64, n_train: usize) -> f64 {
+    beta * temperature / n_train as f64
+}
+
+/// The negative ELBO per example from its parts: `nll + weight · divergence`, a differentiable
+/// scalar in `nll`'s dtype (the divergence is cast to it). `nll` is the (expected) mean NLL of
+/// the batch, `divergence` the summed divergence `D` of the probabilistic layers and `weight`
+/// usually [`divergence_weight`]`(β, T, N)` (Blundell et al. 2015, eq. (2) with minibatch
+/// weighting, divided by `N`; Wenzel et al. 2020 for the temperature `T`). The trainer and
+/// [`elbo_loss`] both form the loss here.
+///
+/// ```
+/// use secateur_inference::elbo::elbo_from_divergence;
+/// use candle_core::{Device, Tensor};
+/// let nll = Tensor::new(2f64, &Device::Cpu)?;
+/// let kl = Tensor::new(30f64, &Device::Cpu)?;
+/// assert_eq!(elbo_from_divergence(&nll, &kl, 0.1)?.to_scalar::<f64>()?, 5.0);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn elbo_from_divergence(nll: &Tensor, divergence: &Tensor, weight: f64) -> Result<Tensor> {
+    nll + (divergence.to_dtype(nll.dtype())? * weight)?
+}
+
+/// The tempered negative ELBO per example with the **analytic** divergence of every
+/// probabilistic layer registered in `store`:
+///
+/// ```text
+/// L = nll + β · T · KL(q ‖ p) / N
+/// ```
+///
+/// `nll` is the batch's mean NLL (e.g. [`crate::likelihood::Likelihood::nll`] of a training
+/// pass, or an average over several passes), `KL = Σ_layers KL(q ‖ p)` the closed form of each
+/// layer ([`Divergence::Kl`]: analytic for Gaussian priors, the variational-dropout layers'
+/// approximation), `n_train` the training-set size `N`, `beta` the weight β ≥ 0 and
+/// `temperature` the posterior temperature `T > 0` (1: the ordinary ELBO of Blundell et al. 2015;
+/// below 1 a cold posterior, Wenzel et al. 2020). With no probabilistic layer the KL is 0. No
+/// random number is drawn. Fails, naming the argument, on `n_train = 0`, a negative or
+/// non-finite β or a non-positive or non-finite `T`.
+///
+/// ```
+/// use secateur_inference::elbo::elbo_loss;
+/// use secateur_bayes::layers::{BayesLinear, BayesLinearConfig};
+/// use secateur_bayes::{ParamBuilder, ParamStore, SeededRng};
+/// use candle_core::{DType, Device, Tensor};
+/// let store = ParamStore::new();
+/// let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+/// let _fc = BayesLinear::new(&pb.pp("fc"), BayesLinearConfig::new(3, 2))?;
+/// let nll = Tensor::new(0.7f32, &Device::Cpu)?;
+/// let loss = elbo_loss(&nll, &store, 1000, 1.0, 1.0)?.to_scalar::<f32>()?;
+/// assert!(loss > 0.7); // the KL of a σ = 1e-3 posterior from N(0, 1) is large
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn elbo_loss(nll: &Tensor, store: &ParamStore, n_train: usize, beta: f64, temperature: f64) -> Result<Tensor> {
+    if n_train == 0 {
+        bail!("elbo_loss: `n_train` must be at least 1, got 0");
+    }
+    nonneg("beta", beta).map_err(|e| candle_core::Error::Msg(format!("elbo_loss: {e}")))?;
+    if !(temperature.is_finite() && temperature > 0.0) {
+        bail!("elbo_loss: `temperature` must be finite and > 0, got {temperature}");
+    }
+    // TODO(kl): use ParamStore::kl (the analytic divergence draws nothing from this generator)
+    let (kl, _) = store.divergence(&Divergence::Kl, &mut SeededRng::new(0))?;
+    elbo_from_divergence(nll, &kl, divergence_weight(beta, temperature, n_train))
+}
+
+/// The negative ELBO of the [module docs](self): `S = mc_samples` training passes
+/// ([`expected_nll`]), then — when the store has probabilistic layers — the configured
+/// divergence (Monte Carlo divergences draw from `rng` after the passes), weighted by
+/// `β(t) · T / N` at `cx.at`. Without probabilistic layers the loss is the expected NLL and
+/// nothing more is drawn.
+impl TrainingObjective for ElboConfig {
+    fn batch_loss(&self, cx: &ObjectiveContext, x: &Tensor, y: &Tensor, rng: &mut SeededRng) -> Result<BatchLoss> {
+        if self.mc_samples == 0 {
+            bail!("elbo: mc_samples must be at least 1");
+        }
+        let (nll, outputs) = expected_nll(cx, x, y, self.mc_samples, rng)?;
+        let at = cx.at;
+        let beta = self.beta.at_step(at.epoch, at.step, at.steps);
+        let (loss, divergence) = if cx.store.variational_layers().is_empty() {
+            (nll.clone(), 0.0)
+        } else {
+            let (d, _) = cx.store.divergence(&self.divergence, rng)?;
+            let dv = scalar(&d)?;
+            let w = self.divergence_weight(at.epoch, at.step, at.steps);
+            (elbo_from_divergence(&nll, &d, w)?, dv)
+        };
+        Ok(BatchLoss {
+            loss,
+            outputs,
+            passes: self.mc_samples,
+            nll: Some(scalar(&nll)?),
+            divergence,
+            beta,
+        })
+    }
+}
+
+/// Which built-in [`TrainingObjective`] the trainer minimises: the serialisable choice a config
+/// makes ([`crate::train::TrainSettings::objective`]).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Objective {
     /// Mean negative log-likelihood of one forward pass (the deterministic objective): the softmax
@@ -239,6 +350,16 @@ impl Objective {
         match self {
             Objective::CrossEntropy => Ok(()),
             Objective::Elbo(c) => c.validate(),
+        }
+    }
+}
+
+/// The objective the value names: [`OnePassNll`] or the negative ELBO of its [`ElboConfig`].
+impl TrainingObjective for Objective {
+    fn batch_loss(&self, cx: &ObjectiveContext, x: &Tensor, y: &Tensor, rng: &mut SeededRng) -> Result<BatchLoss> {
+        match self {
+            Objective::CrossEntropy => OnePassNll.batch_loss(cx, x, y, rng),
+            Objective::Elbo(c) => c.batch_loss(cx, x, y, rng),
         }
     }
 }

@@ -2,24 +2,54 @@
 //!
 //! Training and evaluation of anything built from secateur's modules.
 //!
-//! Module plan:
-//! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins.
+//! Modules:
+//! - [`batches`]: the [`Batches`](batches::Batches) source of mini-batches that training,
+//!   prediction and pruning read, and [`TensorBatches`](batches::TensorBatches) over in-memory
+//!   tensors (seeded Fisher–Yates shuffle per epoch).
+//! - [`likelihood`]: categorical (softmax) and Gaussian (fixed, homoscedastic, heteroscedastic
+//!   noise) likelihoods and their negative log-likelihoods.
+//! - [`objective`]: the [`TrainingObjective`](objective::TrainingObjective) trait (the loss of
+//!   one mini-batch) and the one-pass NLL.
+//! - [`elbo`]: the tempered, annealed negative ELBO `(1/S) Σₛ NLL_s + β(t) · T · D / N`
+//!   (Blundell et al. 2015; Wenzel et al. 2020) as a training objective and as the functions
+//!   [`elbo_loss`](elbo::elbo_loss) and [`elbo_from_divergence`](elbo::elbo_from_divergence);
+//!   the KL-annealing schedules; [`Objective`](elbo::Objective), the serialisable choice of
+//!   objective.
+//! - [`predict`]: batched prediction of class probabilities, Monte Carlo prediction with S
+//!   posterior samples and the entropy / mutual-information decomposition; Gaussian regression
+//!   predictives and their variance decomposition.
+//! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins; RMSE, Gaussian NLL
+//!   and interval coverage of regression predictives.
+//! - [`evaluate`]: the [`Evaluation`](evaluate::Evaluation) the trainer runs after every epoch,
+//!   by default the posterior-mean network's metrics under the likelihood.
 //! - [`optim`]: SGD (momentum, Nesterov, weight decay) and AdamW with PyTorch's update rules and
 //!   checkpointable state.
 //! - [`schedule`]: learning-rate schedules (multistep, cosine, linear warm-up).
+//! - [`hooks`]: [`StepHook`](hooks::StepHook)s that edit gradients before and parameters after
+//!   every optimiser step (pruning masks, growing regularisation).
 //! - [`train`]: the training loop with observers (progress, history, checkpoints), a divergence
 //!   guard and bit-identical resume.
-//! - [`predict`]: batched prediction of class probabilities, Monte Carlo prediction with S
-//!   posterior samples and the entropy / mutual-information decomposition.
-//! - [`elbo`]: the training objective: the NLL of one pass or the tempered, annealed negative ELBO.
-//! - [`likelihood`]: categorical (softmax) and Gaussian (fixed, homoscedastic, heteroscedastic
-//!   noise) likelihoods and their negative log-likelihoods.
-//! - planned: SWAG, Stein VI.
+//!
+//! Module graph: each module uses only modules of lower layers, so the dependencies form a DAG.
+//!
+//! ```text
+//! 4  train     → batches, elbo, evaluate, hooks, likelihood, metrics (epoch-record types),
+//!                objective, optim, schedule
+//! 3  evaluate  → batches, likelihood, metrics, predict
+//! 2  elbo      → objective
+//!    metrics   → likelihood, predict
+//! 1  objective → likelihood
+//!    predict   → batches, likelihood
+//! 0  batches, likelihood, hooks, optim, schedule
+//! ```
 
+pub mod batches;
 pub mod elbo;
+pub mod evaluate;
 pub mod hooks;
 pub mod likelihood;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod predict;
 pub mod schedule;

@@ -2,8 +2,8 @@
 //! decomposition) and Gaussian regression predictives ([`predict_regression`] with the variance
 //! decomposition of [`decompose_gaussian`]).
 
+use crate::batches::Batches;
 use crate::likelihood::Gaussian;
-use crate::train::Batches;
 use candle_core::{DType, Result, D};
 use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
 

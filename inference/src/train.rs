@@ -1,45 +1,46 @@
 //! The training loop.
 //!
-//! [`Trainer::fit`] runs epochs of mini-batch gradient descent on the objective of
-//! [`TrainSettings::objective`]: the mean negative log-likelihood of one forward pass (the
-//! default), or the negative ELBO of [`crate::elbo`] (`S` noisy forward passes per batch plus
-//! `β(t) · T · D / N`, the divergence `D` summed over the model's registered probabilistic
-//! layers). The likelihood is categorical (softmax cross-entropy on integer labels) unless
-//! [`Trainer::with_likelihood`] sets a Gaussian one (float targets, regression; see
-//! [`crate::likelihood`]). The trainer evaluates after every epoch (classification metrics, or
-//! [`RegressionMetrics`] for a Gaussian likelihood) and reports to [`Observer`]s (progress bars, history files,
-//! checkpoints live in `secateur-experiments`, which owns files and the terminal). All randomness
-//! (shuffling, augmentation, layer noise) comes from the trainer's [`SeededRng`], whose state is
-//! part of the [`TrainState`] saved at each epoch end, so that a resumed run continues
-//! bit-identically. A non-finite loss stops the run with an error before anything of that epoch
-//! is reported, so the last checkpoint an observer wrote stays the last good one.
+//! [`Trainer::fit`] runs epochs of mini-batch gradient descent. Each step `t` takes a batch
+//! `(x, y)` from a [`Batches`], asks the trainer's [`TrainingObjective`] for the batch's loss
+//! (built from [`TrainSettings::objective`]: the mean NLL of one pass, or the negative ELBO
+//! `(1/S) Σₛ NLL_s + β(t) · T · D / N` of [`crate::elbo`]; or any objective set by
+//! [`Trainer::with_objective`]), back-propagates it, lets the [`StepHook`] edit the gradients,
+//! takes the optimiser step at the scheduled learning rate, lets the hook edit the parameters,
+//! and reports a [`StepInfo`] to the [`Observer`]s. The likelihood (categorical unless
+//! [`Trainer::with_likelihood`] sets a Gaussian one; see [`crate::likelihood`]) is an input of
+//! the objective and decides the running training metric: accuracy of the arg-max of the summed
+//! outputs (categorical) or the RMSE of the mean predicted μ (Gaussian).
+//!
+//! After every epoch the trainer evaluates on the evaluation batches, when given, through an
+//! [`Evaluation`] (by default [`PosteriorMeanEvaluation`] under the trainer's likelihood), and
+//! reports the [`EpochRecord`] and a [`Checkpoint`] to the observers (progress bars, history
+//! files and checkpoint files live in `secateur-experiments`, which owns files and the terminal).
+//!
+//! All randomness (shuffling, augmentation, layer noise, Monte Carlo divergences) comes from the
+//! trainer's [`SeededRng`] in the order: the epoch's shuffle, then per step the batch's
+//! augmentation, the objective's draws (its forward passes, then its divergence); evaluation
+//! draws from a sub-stream. The generator's state is part of the [`TrainState`] saved at each
+//! epoch end, so that a resumed run continues bit-identically. A non-finite loss stops the run
+//! with an error before anything of that epoch is reported, so the last checkpoint an observer
+//! wrote stays the last good one.
 
 use crate::elbo::Objective;
+use crate::evaluate::{Evaluation, PosteriorMeanEvaluation};
 use crate::hooks::StepHook;
 use crate::likelihood::Likelihood;
-use crate::metrics::{classification_metrics, regression_metrics, ClassificationMetrics, RegressionMetrics};
+use crate::metrics::{ClassificationMetrics, RegressionMetrics};
+use crate::objective::{scalar, ObjectiveContext, StepPosition, TrainingObjective};
 use crate::optim::Optimizer;
-use crate::predict::{predict, predict_regression};
 use crate::schedule::Schedule;
 use candle_core::{DType, Result, Tensor, Var, D};
 use secateur_bayes::rng::RngState;
-use secateur_bayes::{Ctx, Module, ParamStore, Sampling, SeededRng};
+use secateur_bayes::{Module, ParamStore, Sampling, SeededRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// A source of mini-batches `(inputs, targets)`: integer labels `[B]` (u32) for the categorical
-/// likelihood, float targets `[B, D]` (f32) for a Gaussian one.
-pub trait Batches {
-    /// Number of batches in one pass.
-    fn num_batches(&self) -> usize;
-    /// Number of examples in one pass.
-    fn num_examples(&self) -> usize;
-    /// Prepares a pass (e.g. draws the epoch's shuffle from `rng`).
-    fn start_epoch(&mut self, epoch: usize, rng: &mut SeededRng);
-    /// Batch `i` of the current pass; augmentation draws from `rng`.
-    fn batch(&mut self, i: usize, rng: &mut SeededRng) -> Result<(Tensor, Tensor)>;
-}
+/// Re-exported for callers that name it here; its home is [`crate::batches`].
+pub use crate::batches::Batches;
 
 /// One epoch's summary: one row of `history.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,19 +150,79 @@ pub struct Checkpoint {
     pub state: TrainState,
 }
 
-/// The training loop's settings.
+/// The training loop's settings. Build them with [`TrainSettings::new`] and the `with_*`
+/// setters, or as a struct literal.
+///
+/// ```
+/// use secateur_inference::elbo::{ElboConfig, Objective};
+/// use secateur_inference::schedule::Schedule;
+/// use secateur_inference::train::TrainSettings;
+/// use secateur_bayes::Sampling;
+/// let s = TrainSettings::new(10, 0.1)
+///     .with_schedule(Schedule::Cosine { total: 10, min_lr: 0.0, warmup: 0 })
+///     .with_objective(Objective::Elbo(ElboConfig::new(60_000)));
+/// assert_eq!((s.epochs, s.lr, s.sampling), (10, 0.1, Sampling::Local));
+/// assert!(s.validate().is_ok());
+/// assert!(TrainSettings::new(0, 0.1).validate().is_err());
+/// ```
 #[derive(Debug, Clone)]
 pub struct TrainSettings {
-    /// Total epochs.
+    /// Total epochs (≥ 1).
     pub epochs: usize,
-    /// Base learning rate (the schedule scales it).
+    /// Base learning rate (finite, > 0; the schedule scales it).
     pub lr: f64,
-    /// Learning-rate schedule.
+    /// Learning-rate schedule. Default: constant, no warm-up.
     pub schedule: Schedule,
-    /// How stochastic layers sample during training.
+    /// How stochastic layers sample during training. Default: [`Sampling::Local`] (the local
+    /// reparameterisation of Kingma, Salimans & Welling 2015); deterministic layers ignore it.
     pub sampling: Sampling,
-    /// What is minimised. Default: the cross-entropy (deterministic training).
+    /// What is minimised. Default: [`Objective::CrossEntropy`], the mean NLL of one pass.
     pub objective: Objective,
+}
+
+impl TrainSettings {
+    /// `epochs` epochs at base learning rate `lr`, with the defaults of the fields' docs: a
+    /// constant schedule, [`Sampling::Local`], the one-pass NLL. Checked by
+    /// [`TrainSettings::validate`] (which [`Trainer::new`] calls).
+    pub fn new(epochs: usize, lr: f64) -> Self {
+        Self {
+            epochs,
+            lr,
+            schedule: Schedule::default(),
+            sampling: Sampling::Local,
+            objective: Objective::default(),
+        }
+    }
+
+    /// With this learning-rate schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// With this training-time sampling of stochastic layers.
+    pub fn with_sampling(mut self, sampling: Sampling) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// With this objective.
+    pub fn with_objective(mut self, objective: Objective) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// Refuses 0 epochs, a non-positive or non-finite learning rate and an invalid objective; the
+    /// message names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            candle_core::bail!("epochs must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            candle_core::bail!("lr must be a positive number, got {}", self.lr);
+        }
+        self.objective.validate()
+    }
 }
 
 /// Trains a model: owns the optimiser and the run's generator.
@@ -174,7 +235,8 @@ pub struct Trainer<'a> {
     rng: SeededRng,
     history: Vec<EpochRecord>,
     start_epoch: usize,
-    has_variational: bool,
+    objective: Box<dyn TrainingObjective + 'a>,
+    evaluation: Option<Box<dyn Evaluation + 'a>>,
     likelihood: Likelihood,
     target_units: (f64, f64),
     hook: Option<Box<dyn StepHook + 'a>>,
@@ -182,7 +244,7 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// A trainer for `model` whose parameters live in `store`; `rng` is the run's generator
-    /// (after initialisation).
+    /// (after initialisation). Fails when the settings do not validate.
     pub fn new(
         model: &'a dyn Module,
         store: ParamStore,
@@ -190,24 +252,18 @@ impl<'a> Trainer<'a> {
         settings: TrainSettings,
         rng: SeededRng,
     ) -> Result<Self> {
-        if settings.epochs == 0 {
-            candle_core::bail!("epochs must be at least 1");
-        }
-        if !(settings.lr.is_finite() && settings.lr > 0.0) {
-            candle_core::bail!("lr must be a positive number, got {}", settings.lr);
-        }
-        settings.objective.validate()?;
-        let has_variational = !store.variational_layers().is_empty();
+        settings.validate()?;
         Ok(Self {
             model,
             params: store.params(),
             store,
             optimizer,
+            objective: Box::new(settings.objective.clone()),
             settings,
             rng,
-            has_variational,
             history: Vec::new(),
             start_epoch: 0,
+            evaluation: None,
             likelihood: Likelihood::Categorical,
             target_units: (0.0, 1.0),
             hook: None,
@@ -231,6 +287,20 @@ impl<'a> Trainer<'a> {
         }
         self.target_units = (shift, scale);
         Ok(self)
+    }
+
+    /// Minimises `objective` instead of the one [`TrainSettings::objective`] names (which is then
+    /// not used).
+    pub fn with_objective(mut self, objective: Box<dyn TrainingObjective + 'a>) -> Self {
+        self.objective = objective;
+        self
+    }
+
+    /// Evaluates with `evaluation` after every epoch instead of the default
+    /// [`PosteriorMeanEvaluation`] under the trainer's likelihood and target units.
+    pub fn with_evaluation(mut self, evaluation: Box<dyn Evaluation + 'a>) -> Self {
+        self.evaluation = Some(evaluation);
+        self
     }
 
     /// Runs `hook` around every optimiser step (see [`crate::hooks`]): e.g. a pruning mask set,
@@ -292,52 +362,18 @@ impl<'a> Trainer<'a> {
             for step in 0..steps {
                 lr = self.settings.schedule.lr_at(self.settings.lr, epoch, step, steps);
                 let (x, y) = train.batch(step, &mut self.rng)?;
-                let (loss, logits, nll, div) = match &self.settings.objective {
-                    Objective::CrossEntropy => {
-                        let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
-                        let logits = self.model.forward(&x, &mut ctx)?;
-                        let loss = self.likelihood.nll(&logits, &y)?;
-                        (loss, logits.detach(), None, 0.0)
-                    }
-                    Objective::Elbo(c) => {
-                        // (1/S) Σₛ NLL_s over S noisy forward passes of the same batch
-                        let mut nll: Option<Tensor> = None;
-                        let mut logit_sum: Option<Tensor> = None;
-                        for _ in 0..c.mc_samples {
-                            let mut ctx = Ctx::train(&mut self.rng, self.settings.sampling);
-                            let logits = self.model.forward(&x, &mut ctx)?;
-                            let ce = self.likelihood.nll(&logits, &y)?;
-                            nll = Some(match nll {
-                                None => ce,
-                                Some(t) => (t + ce)?,
-                            });
-                            let l = logits.detach();
-                            logit_sum = Some(match logit_sum {
-                                None => l,
-                                Some(t) => (t + l)?,
-                            });
-                        }
-                        let (Some(nll), Some(logits)) = (nll, logit_sum) else {
-                            candle_core::bail!("elbo: mc_samples must be at least 1");
-                        };
-                        let nll = (nll / c.mc_samples as f64)?;
-                        beta = c.beta.at_step(epoch, step, steps);
-                        let (loss, div) = if self.has_variational {
-                            let (d, _) = self.store.divergence(&c.divergence, &mut self.rng)?;
-                            let dv = d.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                            let w = c.divergence_weight(epoch, step, steps);
-                            ((&nll + (d.to_dtype(nll.dtype())? * w)?)?, dv)
-                        } else {
-                            (nll.clone(), 0.0)
-                        };
-                        let nv = nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                        (loss, logits, Some(nv), div)
-                    }
+                let cx = ObjectiveContext {
+                    model: self.model,
+                    store: &self.store,
+                    likelihood: &self.likelihood,
+                    sampling: self.settings.sampling,
+                    at: StepPosition { epoch, step, steps },
                 };
-                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let out = self.objective.batch_loss(&cx, &x, &y, &mut self.rng)?;
+                let lv = scalar(&out.loss)?;
                 if !lv.is_finite() {
-                    let parts = match nll {
-                        Some(n) => format!(" (NLL {n}, divergence {div})"),
+                    let parts = match out.nll {
+                        Some(n) => format!(" (NLL {n}, divergence {})", out.divergence),
                         None => String::new(),
                     };
                     candle_core::bail!(
@@ -346,9 +382,10 @@ impl<'a> Trainer<'a> {
                         step + 1
                     );
                 }
-                nll_sum += nll.unwrap_or(lv);
-                div_sum += div;
-                let mut grads = loss.backward()?;
+                beta = out.beta;
+                nll_sum += out.nll.unwrap_or(lv);
+                div_sum += out.divergence;
+                let mut grads = out.loss.backward()?;
                 let global_step = epoch * steps + step;
                 if let Some(h) = self.hook.as_mut() {
                     h.before_step(&self.store, &mut grads, global_step)?;
@@ -359,7 +396,7 @@ impl<'a> Trainer<'a> {
                 }
                 match &self.likelihood {
                     Likelihood::Categorical => {
-                        let pred = logits.argmax(D::Minus1)?;
+                        let pred = out.outputs.argmax(D::Minus1)?;
                         correct += pred
                             .eq(&y.to_dtype(DType::U32)?)?
                             .to_dtype(DType::F32)?
@@ -367,12 +404,7 @@ impl<'a> Trainer<'a> {
                             .to_scalar::<f32>()? as usize;
                     }
                     Likelihood::Gaussian(g) => {
-                        // `logits` sums the S passes' outputs: their mean is the average μ
-                        let s = match &self.settings.objective {
-                            Objective::Elbo(c) => c.mc_samples as f64,
-                            Objective::CrossEntropy => 1.0,
-                        };
-                        let (mu, _) = g.mean_log_std(&(logits / s)?)?;
+                        let (mu, _) = g.mean_log_std(&out.mean_outputs()?)?;
                         let t = y.to_dtype(DType::F64)?.reshape(mu.dims())?;
                         sq_err += (mu.to_dtype(DType::F64)? - t)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
                         cells += mu.elem_count();
@@ -394,23 +426,18 @@ impl<'a> Trainer<'a> {
                 }
             }
             let seconds = t0.elapsed().as_secs_f64();
-            let (eval_metrics, eval_regression) = match eval.as_deref_mut() {
+            let metrics = match eval.as_deref_mut() {
                 Some(data) => {
                     // Evaluation draws from its own sub-stream so it never shifts the training stream.
                     let mut erng = SeededRng::substream(self.rng.seed(), 1_000_000 + epoch as u64);
-                    match &self.likelihood {
-                        Likelihood::Categorical => {
-                            let p = predict(self.model, data, Sampling::Mean, &mut erng)?;
-                            (Some(classification_metrics(&p.probs, &p.labels, p.classes)?), None)
-                        }
-                        Likelihood::Gaussian(g) => {
-                            let p = predict_regression(self.model, g, data, Sampling::Mean, 1, &mut erng)?;
-                            let (shift, scale) = self.target_units;
-                            (None, Some(regression_metrics(&p.rescaled(shift, scale)?)?))
-                        }
+                    match self.evaluation.as_mut() {
+                        Some(e) => e.evaluate(self.model, data, &mut erng)?,
+                        None => PosteriorMeanEvaluation::new(self.likelihood.clone())
+                            .with_target_units(self.target_units.0, self.target_units.1)?
+                            .evaluate(self.model, data, &mut erng)?,
                     }
                 }
-                None => (None, None),
+                None => Default::default(),
             };
             let record = EpochRecord {
                 epoch: epoch + 1,
@@ -421,8 +448,8 @@ impl<'a> Trainer<'a> {
                 beta,
                 train_accuracy: self.accuracy(correct, seen),
                 train_rmse: self.rmse(sq_err, cells),
-                eval: eval_metrics,
-                eval_regression,
+                eval: metrics.classification,
+                eval_regression: metrics.regression,
                 seconds,
             };
             self.history.push(record.clone());

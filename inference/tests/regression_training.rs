@@ -3,13 +3,14 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 use secateur_bayes::{ParamBuilder, ParamStore, Prior, Sampling, SeededRng};
+use secateur_inference::batches::Batches;
 use secateur_inference::elbo::{ElboConfig, Objective};
 use secateur_inference::likelihood::{Gaussian, Likelihood, Noise, LOG_STD_NAME};
 use secateur_inference::metrics::regression_metrics;
 use secateur_inference::optim::{AdamW, AdamWConfig};
 use secateur_inference::predict::predict_regression;
 use secateur_inference::schedule::Schedule;
-use secateur_inference::train::{Batches, TrainSettings, Trainer};
+use secateur_inference::train::{TrainSettings, Trainer};
 use secateur_models::arch::{Mlp, MlpConfig};
 use secateur_models::MeanField;
 
