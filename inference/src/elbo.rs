@@ -294,9 +294,7 @@ pub fn elbo_loss(nll: &Tensor, store: &ParamStore, n_train: usize, beta: f64, te
     if !(temperature.is_finite() && temperature > 0.0) {
         bail!("elbo_loss: `temperature` must be finite and > 0, got {temperature}");
     }
-    // TODO(kl): use ParamStore::kl (the analytic divergence draws nothing from this generator)
-    let (kl, _) = store.divergence(&Divergence::Kl, &mut SeededRng::new(0))?;
-    elbo_from_divergence(nll, &kl, divergence_weight(beta, temperature, n_train))
+    elbo_from_divergence(nll, &store.kl()?, divergence_weight(beta, temperature, n_train))
 }
 
 /// The negative ELBO of the [module docs](self): `S = mc_samples` training passes

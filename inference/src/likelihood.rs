@@ -19,8 +19,8 @@
 
 use candle_core::{bail, DType, Result, Tensor, D};
 use secateur_bayes::math::softplus;
+use secateur_bayes::nn::cross_entropy;
 use secateur_bayes::{Init, ParamBuilder};
-use secateur_models::layers::cross_entropy;
 
 /// `½ log(2π)`, the constant of the Gaussian log-density per dimension.
 pub const HALF_LOG_2PI: f64 = 0.918_938_533_204_672_7;
@@ -262,7 +262,7 @@ impl Likelihood {
 
     /// The mean NLL over the batch of the network outputs `out` for `targets`, a differentiable
     /// scalar: the softmax cross-entropy `−(1/B) Σᵢ log softmax(outᵢ)_{yᵢ}` for
-    /// [`Likelihood::Categorical`] (computed by `secateur_models::layers::cross_entropy`, exactly
+    /// [`Likelihood::Categorical`] (computed by `secateur_bayes::nn::cross_entropy`, exactly
     /// as the trainer did before likelihoods existed), [`Gaussian::nll`] otherwise.
     pub fn nll(&self, out: &Tensor, targets: &Tensor) -> Result<Tensor> {
         match self {
