@@ -237,7 +237,10 @@ fn scope_and_granularity_names_round_trip() {
         assert_eq!((v.name(), n.parse::<Granularity>()), (n, Ok(v)));
     }
     assert_eq!(Scope::NAMES.map(|(_, v)| v), [Scope::Global, Scope::PerLayer]);
-    assert_eq!(Granularity::NAMES.map(|(_, v)| v), [Granularity::Filter, Granularity::Weight]);
+    assert_eq!(
+        Granularity::NAMES.map(|(_, v)| v),
+        [Granularity::Filter, Granularity::Weight]
+    );
     assert_eq!(
         "Layer".parse::<Scope>(),
         Err("unknown scope `Layer`; use global or layer".to_string())
