@@ -12,6 +12,7 @@
 //! et al. 2020; Gollini Navarrete et al. 2025), the others `T = 1`.
 
 pub mod first_order;
+pub mod lamp;
 pub mod magnitude;
 pub mod posterior;
 pub mod second_order;
@@ -40,6 +41,7 @@ fn hutchinson(score: HessianScore, o: &CriterionOptions) -> Box<dyn crate::Crite
 pub static CRITERIA: &[E] = &[
     E::new("random", "U(0, 1) from the run's generator (baseline)", |_| Box::new(Random)),
     E::new("magnitude", "|θ| (Han et al. 2015)", |_| Box::new(Magnitude)),
+    E::new("lamp", "θ_(u)² / Σ_{v≥u} θ_(v)² by layer (Lee et al. 2021)", |_| Box::new(lamp::Lamp)),
     E::new("snip", "|θ ⊙ ∂L/∂θ| (Lee, Ajanthan & Torr 2019)", |_| Box::new(Snip::default())).with_data(),
     E::new("grasp", "−θ ⊙ Hg, T = 200 (Wang, Zhang & Grosse 2020)", |_| Box::new(Grasp::default())).with_data().with_double_backprop(),
     // with_data: the registry's SynFlow takes the input shape (only) from the scoring data
