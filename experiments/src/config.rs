@@ -61,13 +61,13 @@ impl Default for StudyConfig {
 /// A value that configs and command lines give by one of a fixed set of names (`scope = "layer"`),
 /// parsed in one place: [`Named::parse`] for a field, and the serde adapters [`de_named`] and
 /// [`ser_named`] that make a config field hold the enum itself.
-pub trait Named: Copy + PartialEq + 'static {
+pub trait Named: Clone + PartialEq + 'static {
     /// Every value with its name, in the order error messages list them.
     const NAMES: &'static [(&'static str, Self)];
 
     /// The value's name.
-    fn config_name(self) -> &'static str {
-        Self::NAMES.iter().find(|(_, v)| *v == self).map_or("", |(n, _)| n)
+    fn config_name(&self) -> &'static str {
+        Self::NAMES.iter().find(|(_, v)| v == self).map_or("", |(n, _)| n)
     }
 
     /// The value named `value` of `field`; the error names the field and the valid names
@@ -76,7 +76,7 @@ pub trait Named: Copy + PartialEq + 'static {
         Self::NAMES
             .iter()
             .find(|(n, _)| *n == value)
-            .map(|&(_, v)| v)
+            .map(|(_, v)| v.clone())
             .ok_or_else(|| format!("{field} `{value}` is unknown; use {}", name_list(Self::NAMES)))
     }
 }
@@ -122,8 +122,9 @@ fn de_greg_scope<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<
     de_named(d, "greg.scope")
 }
 
-/// `greg.method`: off, GReg-1 or GReg-2 (Wang, Qin, Zhang & Fu 2021).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `greg.method`: off, GReg-1 or GReg-2 (Wang, Qin, Zhang & Fu 2021). `Clone` without `Copy`:
+/// `commands::train` writes `cfg.greg.method.clone().into()` into `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum GregMethod {
     /// `""`: no growing regularisation (the default).
     #[default]
@@ -1104,7 +1105,7 @@ mod tests {
         use secateur_pruning::{greg::Granularity, Scope};
         let d = StudyConfig::default();
         assert_eq!(
-            (d.greg.method, d.greg.granularity, d.greg.scope),
+            (d.greg.method.clone(), d.greg.granularity, d.greg.scope),
             (GregMethod::Off, Granularity::Filter, Scope::PerLayer)
         );
         let text = d.to_toml()?;
@@ -1122,7 +1123,7 @@ mod tests {
             ]),
         )?;
         assert_eq!(
-            (g.greg.method, g.greg.granularity, g.greg.scope),
+            (g.greg.method.clone(), g.greg.granularity, g.greg.scope),
             (GregMethod::Greg2, Granularity::Weight, Scope::Global)
         );
         assert!(g.greg.enabled() && !d.greg.enabled());
