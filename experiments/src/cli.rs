@@ -22,7 +22,7 @@ impl Cli {
     /// ([`secateur_kernels::double_backprop`]). Other commands keep candle's cheaper first-order
     /// backward. An unreadable study file answers `false`; the study then reports it.
     pub fn needs_double_backprop(&self) -> bool {
-        let second = |name: &str| secateur_pruning::criterion::by_name(name).is_ok_and(|c| c.needs_double_backprop());
+        let second = |name: &str| secateur_pruning::criterion::entry(name).is_ok_and(|e| e.needs_double_backprop);
         match &self.command {
             Command::Prune(c) => second(&c.criterion),
             Command::Scores(c) => c.diagnose || second(&c.criterion),
@@ -30,6 +30,18 @@ impl Cli {
             _ => false,
         }
     }
+}
+
+/// `--scope`: one of [`secateur_pruning::Scope::NAMES`], listed as clap's possible values.
+fn scope_parser() -> impl clap::builder::TypedValueParser<Value = secateur_pruning::Scope> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(secateur_pruning::Scope::NAMES.map(|(n, _)| n))
+        .try_map(|s| s.parse::<secateur_pruning::Scope>())
+}
+
+/// `--criterion`'s help: the names of the registry (`secateur_pruning::criterion::CRITERIA`).
+fn criterion_help() -> String {
+    format!("Criterion: {}", secateur_pruning::criterion::names().join(", "))
 }
 
 /// Options of the criteria that have them, shared by `prune` and `scores`.
@@ -186,9 +198,8 @@ pub struct QuickstartCmd {
 /// `secateur prune`.
 #[derive(Debug, Args)]
 pub struct PruneCmd {
-    /// Criterion: random, magnitude, snip, grasp, synflow, fisher, fp, fts, hutchinson, hp, hts,
-    /// ggn, hp-ggn, hts-ggn, snr, log-alpha, inclusion, posterior-fisher.
-    #[arg(long)]
+    // Criterion: the registry's names (the help is made from it).
+    #[arg(long, help = criterion_help())]
     pub criterion: String,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -197,8 +208,8 @@ pub struct PruneCmd {
     #[arg(long)]
     pub sparsity: f64,
     /// Top-k over all layers together (global) or per layer (layer).
-    #[arg(long, default_value = "global", value_parser = ["global", "layer"])]
-    pub scope: String,
+    #[arg(long, default_value = "global", value_parser = scope_parser())]
+    pub scope: secateur_pruning::Scope,
     /// Batch-norm warm-up: training-mode forward passes over this many training batches before
     /// scoring (0: none).
     #[arg(long, value_name = "BATCHES", default_value_t = 0)]
@@ -420,11 +431,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 spec: crate::prune::PruneSpec {
                     criterion: c.criterion,
                     sparsity: c.sparsity,
-                    scope: if c.scope == "layer" {
-                        secateur_pruning::Scope::PerLayer
-                    } else {
-                        secateur_pruning::Scope::Global
-                    },
+                    scope: c.scope,
                     bn_warmup_batches: c.bn_warmup,
                     rounds: c.rounds,
                     samples_per_class: c.samples_per_class,
@@ -492,4 +499,61 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn prune(extra: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        let mut args = vec!["secateur", "prune", "--criterion", "snip", "--sparsity", "0.5"];
+        args.extend_from_slice(&["--config", "c.toml", "--out", "o"]);
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+    }
+
+    /// `--scope` parses into `Scope` (default global), lists its values, and refuses others.
+    #[test]
+    fn scope_parses_into_the_enum() {
+        let scope = |c: Cli| match c.command {
+            Command::Prune(p) => Some(p.scope),
+            _ => None,
+        };
+        assert_eq!(prune(&[]).ok().and_then(scope), Some(secateur_pruning::Scope::Global));
+        assert_eq!(
+            prune(&["--scope", "layer"]).ok().and_then(scope),
+            Some(secateur_pruning::Scope::PerLayer)
+        );
+        let e = prune(&["--scope", "per-layer"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("per-layer") && e.contains("global, layer"), "{e}");
+    }
+
+    /// `--criterion`'s help lists every registered criterion, and the double-backprop question
+    /// is the registry's.
+    #[test]
+    fn criterion_help_and_needs_come_from_the_registry() {
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("prune")
+            .map(|p| p.render_help().to_string())
+            .unwrap_or_default();
+        for name in secateur_pruning::criterion::names() {
+            assert!(help.contains(name), "{name} missing from\n{help}");
+        }
+        let needs = |crit: &str| {
+            prune(&[])
+                .map(|mut c| {
+                    if let Command::Prune(p) = &mut c.command {
+                        p.criterion = crit.into();
+                    }
+                    c.needs_double_backprop()
+                })
+                .unwrap_or_default()
+        };
+        assert!(needs("hts") && needs("grasp") && !needs("snip") && !needs("hts-ggn") && !needs("obd"));
+    }
 }

@@ -59,6 +59,100 @@ impl Default for StudyConfig {
     }
 }
 
+/// A value that configs and command lines give by one of a fixed set of names (`scope = "layer"`),
+/// parsed in one place: [`Named::parse`] for a field, and the serde adapters [`de_named`] and
+/// [`ser_named`] that make a config field hold the enum itself.
+pub trait Named: Clone + PartialEq + 'static {
+    /// Every value with its name, in the order error messages list them.
+    const NAMES: &'static [(&'static str, Self)];
+
+    /// The value's name.
+    fn config_name(&self) -> &'static str {
+        Self::NAMES.iter().find(|(_, v)| v == self).map_or("", |(n, _)| n)
+    }
+
+    /// The value named `value` of `field`; the error names the field and the valid names
+    /// (`greg.scope `x` is unknown; use global or layer`).
+    fn parse(field: &str, value: &str) -> std::result::Result<Self, String> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == value)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| format!("{field} `{value}` is unknown; use {}", name_list(Self::NAMES)))
+    }
+}
+
+/// `a or b`, `a, b or c`: the non-empty names.
+fn name_list<T>(names: &[(&str, T)]) -> String {
+    let n: Vec<&str> = names.iter().map(|(n, _)| *n).filter(|n| !n.is_empty()).collect();
+    match n.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => (*last).to_string(),
+        None => String::new(),
+    }
+}
+
+impl Named for secateur_pruning::Scope {
+    const NAMES: &'static [(&'static str, Self)] = &secateur_pruning::Scope::NAMES;
+}
+
+impl Named for secateur_pruning::greg::Granularity {
+    const NAMES: &'static [(&'static str, Self)] = &secateur_pruning::greg::Granularity::NAMES;
+}
+
+/// Reads a [`Named`] value of `field` from a string (serde's `deserialize_with` of one field).
+pub fn de_named<'de, D: serde::Deserializer<'de>, T: Named>(d: D, field: &str) -> std::result::Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    T::parse(field, &s).map_err(serde::de::Error::custom)
+}
+
+/// Writes a [`Named`] value as its name (serde's `serialize_with`).
+pub fn ser_named<S: serde::Serializer, T: Named>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(v.config_name())
+}
+
+fn de_greg_method<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<GregMethod, D::Error> {
+    de_named(d, "greg.method")
+}
+fn de_greg_granularity<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<secateur_pruning::greg::Granularity, D::Error> {
+    de_named(d, "greg.granularity")
+}
+fn de_greg_scope<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<secateur_pruning::Scope, D::Error> {
+    de_named(d, "greg.scope")
+}
+
+/// `greg.method`: off, GReg-1 or GReg-2 (Wang, Qin, Zhang & Fu 2021). `Clone` without `Copy`:
+/// `commands::train` writes `cfg.greg.method.clone().into()` into `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GregMethod {
+    /// `""`: no growing regularisation (the default).
+    #[default]
+    Off,
+    /// `greg1`: the groups are picked by magnitude at the start, then their penalty grows
+    /// (`secateur_pruning::greg::GReg::greg1`).
+    Greg1,
+    /// `greg2`: a uniform penalty on all groups first picks them, then grows on the picked ones
+    /// (`secateur_pruning::greg::GReg::greg2`).
+    Greg2,
+}
+
+impl Named for GregMethod {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("", GregMethod::Off),
+        ("greg1", GregMethod::Greg1),
+        ("greg2", GregMethod::Greg2),
+    ];
+}
+
+impl From<GregMethod> for serde_json::Value {
+    /// The method's config name (`metrics.json`'s `greg_method`).
+    fn from(m: GregMethod) -> Self {
+        m.config_name().into()
+    }
+}
+
 /// Growing regularisation (Wang, Qin, Zhang & Fu 2021), run by `secateur train` before the
 /// config's training: start from `greg.weights` (a trained network), train with the growing
 /// penalty at the constant rate `greg.lr` until the schedule ends, prune the regularised groups,
@@ -78,14 +172,17 @@ impl Default for StudyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GregConfig {
     /// `""` (off, the default), `greg1` or `greg2`.
-    pub method: String,
+    #[serde(deserialize_with = "de_greg_method", serialize_with = "ser_named")]
+    pub method: GregMethod,
     /// `filter` (whole output filters / rows, the paper's structured pruning; default) or
     /// `weight`.
-    pub granularity: String,
+    #[serde(deserialize_with = "de_greg_granularity", serialize_with = "ser_named")]
+    pub granularity: secateur_pruning::greg::Granularity,
     /// Fraction of groups pruned, in `[0, 1)` (default 0.5).
     pub sparsity: f64,
     /// `layer` (each layer at the same ratio, as the paper; default) or `global`.
-    pub scope: String,
+    #[serde(deserialize_with = "de_greg_scope", serialize_with = "ser_named")]
+    pub scope: secateur_pruning::Scope,
     /// Keep the first weight layer (default false) / the classifier (default true) unpruned.
     pub keep_first: bool,
     /// See `keep_first`.
@@ -115,10 +212,10 @@ impl Default for GregConfig {
     fn default() -> Self {
         let d = secateur_pruning::greg::GRegConfig::default();
         Self {
-            method: String::new(),
-            granularity: "filter".into(),
+            method: GregMethod::Off,
+            granularity: secateur_pruning::greg::Granularity::Filter,
             sparsity: 0.5,
-            scope: "layer".into(),
+            scope: secateur_pruning::Scope::PerLayer,
             keep_first: false,
             keep_last: true,
             weights: None,
@@ -137,7 +234,7 @@ impl Default for GregConfig {
 impl GregConfig {
     /// Whether growing regularisation runs.
     pub fn enabled(&self) -> bool {
-        !self.method.is_empty()
+        self.method != GregMethod::Off
     }
 
     /// The schedule constants.
@@ -153,22 +250,11 @@ impl GregConfig {
         }
     }
 
-    /// Refuses unknown names and impossible values; the message names the field.
+    /// Refuses impossible values; the message names the field. (Unknown names of `method`,
+    /// `granularity` and `scope` are refused when the config is read, naming the field.)
     pub fn validate(&self) -> std::result::Result<(), String> {
         if !self.enabled() {
             return Ok(());
-        }
-        if !matches!(self.method.as_str(), "greg1" | "greg2") {
-            return Err(format!("greg.method `{}` is unknown; use greg1 or greg2", self.method));
-        }
-        if !matches!(self.granularity.as_str(), "filter" | "weight") {
-            return Err(format!(
-                "greg.granularity `{}` is unknown; use filter or weight",
-                self.granularity
-            ));
-        }
-        if !matches!(self.scope.as_str(), "layer" | "global") {
-            return Err(format!("greg.scope `{}` is unknown; use layer or global", self.scope));
         }
         if !(0.0..1.0).contains(&self.sparsity) {
             return Err(format!("greg.sparsity must be in [0, 1), got {}", self.sparsity));
@@ -1017,6 +1103,65 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `greg.method`, `greg.granularity` and `greg.scope` are read into their enums, written
+    /// back under the same names as before (a run's `config.toml` is unchanged), and an unknown
+    /// name is refused naming the field and the valid names, whether or not `greg` is on.
+    #[test]
+    fn greg_names_are_read_into_enums_and_written_back_unchanged() -> Result<()> {
+        use secateur_pruning::{greg::Granularity, Scope};
+        let d = StudyConfig::default();
+        assert_eq!(
+            (d.greg.method.clone(), d.greg.granularity, d.greg.scope),
+            (GregMethod::Off, Granularity::Filter, Scope::PerLayer)
+        );
+        let text = d.to_toml()?;
+        for line in ["method = \"\"", "granularity = \"filter\"", "scope = \"layer\""] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        let set = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let g = StudyConfig::from_toml(
+            "",
+            "c.toml",
+            &set(&[
+                "greg.method=\"greg2\"",
+                "greg.granularity=\"weight\"",
+                "greg.scope=\"global\"",
+            ]),
+        )?;
+        assert_eq!(
+            (g.greg.method.clone(), g.greg.granularity, g.greg.scope),
+            (GregMethod::Greg2, Granularity::Weight, Scope::Global)
+        );
+        assert!(g.greg.enabled() && !d.greg.enabled());
+        let again = g.to_toml()?;
+        assert!(
+            again.contains("method = \"greg2\"") && again.contains("scope = \"global\""),
+            "{again}"
+        );
+        assert_eq!(StudyConfig::from_toml(&again, "round trip", &[])?, g);
+        assert_eq!(serde_json::Value::from(GregMethod::Greg1), serde_json::json!("greg1"));
+        for (bad, want) in [
+            (
+                "greg.scope=\"per-layer\"",
+                "greg.scope `per-layer` is unknown; use global or layer",
+            ),
+            (
+                "greg.granularity=\"unit\"",
+                "greg.granularity `unit` is unknown; use filter or weight",
+            ),
+            (
+                "greg.method=\"greg3\"",
+                "greg.method `greg3` is unknown; use greg1 or greg2",
+            ),
+        ] {
+            let e = StudyConfig::from_toml("", "c.toml", &set(&[bad]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("c.toml"), "{bad}: {e}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn defaults_validate_and_round_trip() -> Result<()> {

@@ -7,21 +7,19 @@
 
 use crate::atomic;
 use crate::commands::{optimizer, train_settings};
-use crate::config::StudyConfig;
+use crate::config::{GregMethod, StudyConfig};
 use crate::data::{ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
 use crate::observe::Progress;
+use crate::seed_stream::SeedStream;
 use candle_core::Device;
-use secateur_bayes::{Module, ParamStore, SeededRng};
+use secateur_bayes::{Module, ParamStore};
 use secateur_inference::schedule::Schedule;
 use secateur_inference::train::{Observer, TrainSettings, Trainer};
 use secateur_models::ModelSpec;
-use secateur_pruning::greg::{GReg, Granularity, Phase};
+use secateur_pruning::greg::{GReg, Phase};
 use secateur_pruning::{geometry, Allocation, Exclusions, MaskSet};
-
-/// Sub-stream of the run's seed for the regularisation phase's shuffling.
-const STREAM_GREG: u64 = 6;
 
 /// What the phase did, for `metrics.json`.
 #[derive(Debug, Clone)]
@@ -54,11 +52,6 @@ pub fn regularise(
             .load(&w)
             .map_err(|e| ExpError::config("greg.weights", format!("{}: {e}", path.display())))?;
     }
-    let granularity = if g.granularity == "filter" {
-        Granularity::Filter
-    } else {
-        Granularity::Weight
-    };
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = train_set.n_classes as usize;
     let geom = geometry::record(&ModelSpec::new(cfg.model.arch.clone(), input, classes))?;
@@ -68,14 +61,9 @@ pub fn regularise(
         ..Default::default()
     }
     .resolve(Some(&geom))?;
-    let allocation = if g.scope == "layer" {
-        Allocation::per_layer(g.sparsity)
-    } else {
-        Allocation::global(g.sparsity)
-    }
-    .with_exclude(exclude);
+    let allocation = Allocation::new(g.sparsity, g.scope).with_exclude(exclude);
     let schedule = g.schedule();
-    let two = g.method == "greg2";
+    let (granularity, two) = (g.granularity, g.method == GregMethod::Greg2);
     let mut reg = if two {
         GReg::greg2(store, granularity, allocation, schedule)?
     } else {
@@ -96,7 +84,7 @@ pub fn regularise(
             store.clone(),
             optimizer(cfg)?,
             settings,
-            SeededRng::substream(cfg.seed, STREAM_GREG),
+            SeedStream::Greg.rng(cfg.seed),
         )?;
         trainer.set_hook(Box::new(&mut reg));
         let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });

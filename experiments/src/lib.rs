@@ -31,6 +31,7 @@ pub mod pai;
 pub mod plot;
 pub mod prune;
 pub mod runtime;
+pub mod seed_stream;
 pub mod store;
 
 pub use error::{ExpError, Result};

@@ -10,20 +10,21 @@
 //! diverging loss after layer collapse) is recorded with its error instead of stopping the study.
 
 use crate::atomic;
-use crate::commands::{build_model, optimizer, train_settings, STREAM_EVAL, STREAM_TRAIN};
+use crate::commands::{build_model, optimizer, train_settings};
 use crate::config::StudyConfig;
 use crate::data::{load_images, ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
 use crate::prune::{prune_model, PruneData, PruneSpec};
+use crate::seed_stream::SeedStream;
 use crate::store::RunDir;
 use candle_core::Device;
-use secateur_bayes::{Sampling, SeededRng};
+use secateur_bayes::Sampling;
 use secateur_inference::metrics::classification_metrics;
 use secateur_inference::predict::predict;
 use secateur_inference::train::Trainer;
 use secateur_pruning::criteria::HutchinsonOptions;
-use secateur_pruning::{CriterionOptions, MaskSet, Scope};
+use secateur_pruning::{criterion, CriterionOptions, MaskSet, Scope};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,13 +70,15 @@ pub struct PaiConfig {
     /// Hutchinson's Rademacher probes per Hessian batch (default 10).
     #[serde(default = "ten")]
     pub probes: usize,
-    /// SynFlow's score-and-prune rounds (default 100, Tanaka et al. 2020); other criteria are
-    /// one-shot.
-    #[serde(default = "hundred")]
-    pub synflow_rounds: usize,
+    /// Score-and-prune rounds of the iterative criteria, those whose registry entry runs more
+    /// than one round by default (`default_rounds > 1`: SynFlow, 100 rounds, Tanaka et al.
+    /// 2020). Unset: each criterion's `default_rounds`. One-shot criteria stay one-shot. Written
+    /// into the study's `pai.toml` as the rounds SynFlow runs (100 when unset), as before.
+    #[serde(default, serialize_with = "ser_synflow_rounds")]
+    pub synflow_rounds: Option<usize>,
     /// `global` (default) or `layer`.
-    #[serde(default = "global")]
-    pub scope: String,
+    #[serde(default, deserialize_with = "de_scope", serialize_with = "crate::config::ser_named")]
+    pub scope: Scope,
     /// Keep the classifier dense (default true, as the reference code of Gollini Navarrete et
     /// al. 2025).
     #[serde(default = "yes")]
@@ -96,11 +99,14 @@ fn one() -> usize {
 fn ten() -> usize {
     10
 }
-fn hundred() -> usize {
-    100
+fn de_scope<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Scope, D::Error> {
+    crate::config::de_named(d, "scope")
 }
-fn global() -> String {
-    "global".into()
+/// `synflow_rounds` as the rounds SynFlow runs: the key's value, or SynFlow's default rounds when
+/// unset (so that the `pai.toml` of a study, compared on `--resume`, is the same as before the
+/// key became optional).
+fn ser_synflow_rounds<S: serde::Serializer>(v: &Option<usize>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(v.unwrap_or(secateur_pruning::criteria::SynFlow::DEFAULT_ROUNDS) as u64)
 }
 fn yes() -> bool {
     true
@@ -121,7 +127,17 @@ impl PaiConfig {
     pub fn needs_double_backprop(&self) -> bool {
         self.criteria
             .iter()
-            .any(|c| secateur_pruning::criterion::by_name(c).is_ok_and(|c| c.needs_double_backprop()))
+            .any(|c| criterion::entry(c).is_ok_and(|e| e.needs_double_backprop))
+    }
+
+    /// The score-and-prune rounds of `crit`: its registry entry's `default_rounds`, or
+    /// `synflow_rounds` where that is set and the criterion is iterative (`default_rounds > 1`).
+    pub fn rounds(&self, crit: &str) -> Result<usize> {
+        let e = criterion::entry(crit).map_err(|e| ExpError::config("criteria", e.to_string()))?;
+        Ok(match self.synflow_rounds {
+            Some(r) if e.default_rounds > 1 => r,
+            _ => e.default_rounds,
+        })
     }
 
     /// Reads and validates a study file.
@@ -134,7 +150,8 @@ impl PaiConfig {
         Ok(cfg)
     }
 
-    /// Refuses empty grids, sparsities outside `[0, 1)`, unknown criteria and scopes.
+    /// Refuses empty grids, sparsities outside `[0, 1)` and unknown criteria (an unknown scope is
+    /// refused when the file is read).
     pub fn validate(&self) -> std::result::Result<(), String> {
         crate::config::check_name("name", &self.name)?;
         if self.seeds.is_empty() || self.sparsities.is_empty() || self.criteria.is_empty() || self.models.is_empty() {
@@ -147,13 +164,10 @@ impl PaiConfig {
             return Err(format!("`sparsities` must lie in [0, 1), got {s}"));
         }
         for c in &self.criteria {
-            secateur_pruning::criterion::by_name(c).map_err(|e| format!("`criteria`: {e}"))?;
-        }
-        if !matches!(self.scope.as_str(), "global" | "layer") {
-            return Err(format!("`scope` must be global or layer, got `{}`", self.scope));
+            criterion::entry(c).map_err(|e| format!("`criteria`: {e}"))?;
         }
         if self.samples_per_class == 0
-            || self.synflow_rounds == 0
+            || self.synflow_rounds == Some(0)
             || self.probes == 0
             || self.hutchinson_batch_size == 0
         {
@@ -230,7 +244,7 @@ fn train_masked(
         store.clone(),
         optimizer(cfg)?,
         settings,
-        SeededRng::substream(cfg.seed, STREAM_TRAIN),
+        SeedStream::Train.rng(cfg.seed),
     )?;
     if let Some(m) = masks {
         m.check(&store)?;
@@ -250,7 +264,7 @@ fn train_masked(
     trainer.fit(&mut batches, None, &mut [])?;
     let mut test_batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev)
         .with_dtype(cfg.model.dtype()?);
-    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    let mut rng = SeedStream::Eval.rng(cfg.seed);
     let p = predict(&net, &mut test_batches, Sampling::Mean, &mut rng)?;
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
 }
@@ -368,11 +382,7 @@ pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<Path
         }
     };
     let base = study_file.parent().unwrap_or(Path::new("."));
-    let scope = if pai.scope == "layer" {
-        Scope::PerLayer
-    } else {
-        Scope::Global
-    };
+    let scope = pai.scope;
     // Load every model's data and list the grid in its canonical order.
     let mut models: Vec<Prepared> = Vec::new();
     let mut grid: Vec<Cell> = Vec::new();
@@ -562,25 +572,26 @@ fn run_cell(pai: &PaiConfig, m: &Prepared, cell: &Cell, scope: Scope) -> PaiRow 
     };
     let outcome = match &cell.criterion {
         None => train_masked(&cfg, &m.data, &m.test, &m.data.norm, None),
-        Some(crit) => {
-            let spec = PruneSpec {
+        Some(crit) => pai
+            .rounds(crit)
+            .map(|rounds| PruneSpec {
                 criterion: crit.clone(),
                 sparsity: cell.sparsity,
                 scope,
                 bn_warmup_batches: if cell.warm { m.warm_batches } else { 0 },
-                rounds: if crit == "synflow" { pai.synflow_rounds } else { 1 },
+                rounds,
                 samples_per_class: pai.samples_per_class,
                 keep_first: false,
                 keep_last: pai.keep_last,
                 options: pai.criterion_options(),
-            };
-            prune_model(&cfg, &m.data, None, &spec).and_then(|p| {
+            })
+            .and_then(|spec| prune_model(&cfg, &m.data, None, &spec))
+            .and_then(|p| {
                 row.reached = p.masks.sparsity()?;
                 row.collapsed = p.table.collapsed().join(";");
                 row.near_collapse = p.table.near_collapse().join(";");
                 train_masked(&cfg, &m.data, &m.test, &m.data.norm, Some(&p.masks))
-            })
-        }
+            }),
     };
     match outcome {
         Ok(a) => row.accuracy = a,
@@ -844,5 +855,52 @@ config = "fashion-mnist-lenet5.toml"
             assert!(c.validate().unwrap_err().contains(what), "{what}");
         }
         assert!(toml::from_str::<PaiConfig>(&format!("{good}\nrounds = 3")).is_err());
+    }
+
+    const STUDY: &str = r#"
+name = "pai"
+seeds = [0]
+sparsities = [0.9]
+criteria = ["snip", "synflow"]
+bn_warmup = [false]
+[[models]]
+config = "fashion-mnist-lenet5.toml"
+"#;
+
+    /// `scope` is read into `Scope` (`layer` and `global` as before; an unknown name refused
+    /// naming the key and the valid names), and the study file written into a study directory
+    /// (compared on `--resume`) is the same as before: `scope` by name, `synflow_rounds = 100`
+    /// when the key is unset.
+    #[test]
+    fn scope_and_synflow_rounds_read_and_write_as_before() {
+        let cfg: PaiConfig = toml::from_str(STUDY).unwrap();
+        assert_eq!((cfg.scope, cfg.synflow_rounds), (Scope::Global, None));
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(
+            text.contains("synflow_rounds = 100\n") && text.contains("scope = \"global\"\n"),
+            "{text}"
+        );
+        let layer: PaiConfig = toml::from_str(&format!("scope = \"layer\"\n{STUDY}")).unwrap();
+        assert_eq!(layer.scope, Scope::PerLayer);
+        assert!(toml::to_string(&layer).unwrap().contains("scope = \"layer\"\n"));
+        let e = toml::from_str::<PaiConfig>(&format!("scope = \"lyer\"\n{STUDY}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scope `lyer` is unknown; use global or layer"), "{e}");
+    }
+
+    /// Rounds come from the registry (SynFlow 100, the others 1); `synflow_rounds`, where set,
+    /// overrides the iterative criteria only.
+    #[test]
+    fn rounds_come_from_the_registry_unless_the_key_is_set() -> Result<()> {
+        let cfg: PaiConfig = toml::from_str(STUDY).unwrap();
+        assert_eq!((cfg.rounds("synflow")?, cfg.rounds("snip")?), (100, 1));
+        let set: PaiConfig = toml::from_str(&format!("synflow_rounds = 3\n{STUDY}")).unwrap();
+        assert_eq!((set.rounds("synflow")?, set.rounds("snip")?), (3, 1));
+        assert!(toml::to_string(&set).unwrap().contains("synflow_rounds = 3\n"));
+        assert!(cfg.rounds("obd").is_err());
+        let zero: PaiConfig = toml::from_str(&format!("synflow_rounds = 0\n{STUDY}")).unwrap();
+        assert!(zero.validate().unwrap_err().contains("synflow_rounds"));
+        Ok(())
     }
 }

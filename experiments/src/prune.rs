@@ -10,9 +10,9 @@
 //! environment.
 //!
 //! **Random streams.** Batch-norm warm-up shuffles the training set from a stream of its own
-//! ([`STREAM_WARMUP`]), so that the scoring examples, the Rademacher probes and random scores,
-//! all drawn from [`STREAM_PRUNE`], are the same with and without warm-up for a seed: a paired
-//! comparison that differs only in the warm-up.
+//! ([`SeedStream::BnWarmup`]), so that the scoring examples, the Rademacher probes and random
+//! scores, all drawn from [`SeedStream::Prune`], are the same with and without warm-up for a
+//! seed: a paired comparison that differs only in the warm-up.
 
 use crate::atomic;
 use crate::commands::{build_model, load_data};
@@ -20,6 +20,7 @@ use crate::config::StudyConfig;
 use crate::data::{ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
+use crate::seed_stream::SeedStream;
 use candle_core::{DType, Device, Tensor};
 use secateur_bayes::{ParamStore, Sampling, SeededRng};
 use secateur_models::ModelSpec;
@@ -36,11 +37,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Seed sub-stream of the scoring data draw, the probes and random scores.
-pub const STREAM_PRUNE: u64 = 5;
-/// Seed sub-stream of the batch-norm warm-up's shuffle.
-pub const STREAM_WARMUP: u64 = 7;
-
 /// How to prune: criterion, target, allocation and scoring data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PruneSpec {
@@ -54,7 +50,8 @@ pub struct PruneSpec {
     /// scoring (0: none; Gollini Navarrete et al. 2025 use one pass over the training set).
     pub bn_warmup_batches: usize,
     /// Score-and-prune rounds with the exponential schedule `d^{t/T}` on the kept fraction
-    /// (SynFlow: 100; 1 is one-shot).
+    /// (1 is one-shot; a criterion's usual number is its registry entry's `default_rounds`,
+    /// SynFlow's 100).
     pub rounds: usize,
     /// Scoring examples per class (10 in Tanaka et al. 2020 and Gollini Navarrete et al. 2025).
     pub samples_per_class: usize,
@@ -69,7 +66,7 @@ pub struct PruneSpec {
 impl PruneSpec {
     /// Refuses an unknown criterion, a sparsity outside `[0, 1)`, zero rounds or zero samples.
     pub fn validate(&self) -> Result<()> {
-        criterion::by_name(&self.criterion).map_err(|e| ExpError::config("--criterion", e.to_string()))?;
+        criterion::entry(&self.criterion).map_err(|e| ExpError::config("--criterion", e.to_string()))?;
         self.options
             .hutchinson
             .validate()
@@ -89,9 +86,10 @@ impl PruneSpec {
         Ok(())
     }
 
-    /// Whether the criterion needs double backpropagation (false for an unknown name).
+    /// Whether the criterion needs double backpropagation (its registry entry; false for an
+    /// unknown name).
     pub fn second_order(&self) -> bool {
-        criterion::by_name(&self.criterion).is_ok_and(|c| c.needs_double_backprop())
+        criterion::entry(&self.criterion).is_ok_and(|e| e.needs_double_backprop)
     }
 }
 
@@ -166,8 +164,8 @@ struct Scoring {
 impl Scoring {
     /// Builds the config's model (its seed's initialisation, or `weights` when given, loaded
     /// strictly), warms up batch norm over `warmup_batches` shuffled training batches (its own
-    /// stream, [`STREAM_WARMUP`]) and draws `per_class` scoring examples per class
-    /// ([`STREAM_PRUNE`]).
+    /// stream, [`SeedStream::BnWarmup`]) and draws `per_class` scoring examples per class
+    /// ([`SeedStream::Prune`]).
     fn prepare(
         cfg: &StudyConfig,
         data: &PruneData,
@@ -196,10 +194,10 @@ impl Scoring {
                 &mut batches,
                 Some(warmup_batches),
                 Sampling::Mean,
-                &mut SeededRng::substream(cfg.seed, STREAM_WARMUP),
+                &mut SeedStream::BnWarmup.rng(cfg.seed),
             )?;
         }
-        let mut rng = SeededRng::substream(cfg.seed, STREAM_PRUNE);
+        let mut rng = SeedStream::Prune.rng(cfg.seed);
         let (scoring, examples) = scoring_data(data, per_class, dtype, &mut rng)?;
         Ok(Self {
             net,
@@ -241,11 +239,7 @@ pub fn prune_model(
         ..Default::default()
     }
     .resolve(Some(&geom))?;
-    let allocation = match spec.scope {
-        Scope::Global => Allocation::global(spec.sparsity),
-        Scope::PerLayer => Allocation::per_layer(spec.sparsity),
-    }
-    .with_exclude(exclude);
+    let allocation = Allocation::new(spec.sparsity, spec.scope).with_exclude(exclude);
     let crit = criterion::build(&spec.criterion, &spec.options)?;
     let mut cx = ScoringContext::new(&net, &store, Some(&scoring), &mut rng);
     let schedule = IterativeSchedule {
@@ -356,14 +350,7 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
     m.insert("sparsity".into(), pruned.masks.sparsity()?.into());
     m.insert("kept".into(), pruned.masks.kept()?.into());
     m.insert("prunable".into(), pruned.masks.total().into());
-    m.insert(
-        "scope".into(),
-        match opts.spec.scope {
-            Scope::Global => "global",
-            Scope::PerLayer => "layer",
-        }
-        .into(),
-    );
+    m.insert("scope".into(), opts.spec.scope.name().into());
     m.insert("bn_warmup_batches".into(), opts.spec.bn_warmup_batches.into());
     m.insert("rounds".into(), opts.spec.rounds.into());
     if let (Some(f), Some(k)) = (pruned.table.flops(), pruned.table.flops_kept()) {

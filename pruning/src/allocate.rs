@@ -38,6 +38,44 @@ pub enum Scope {
     PerLayer,
 }
 
+impl Scope {
+    /// The names of configs and command lines: `global` and `layer`.
+    pub const NAMES: [(&'static str, Scope); 2] = [("global", Scope::Global), ("layer", Scope::PerLayer)];
+
+    /// The scope's name (`global`, `layer`).
+    ///
+    /// ```
+    /// use secateur_pruning::Scope;
+    /// assert_eq!(Scope::PerLayer.name(), "layer");
+    /// assert_eq!("layer".parse::<Scope>(), Ok(Scope::PerLayer));
+    /// assert!("per-layer".parse::<Scope>().unwrap_err().contains("global or layer"));
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Global => "global",
+            Scope::PerLayer => "layer",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    /// The scope named `s` ([`Scope::NAMES`]); the error names the valid values.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Scope::NAMES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|&(_, v)| v)
+            .ok_or_else(|| format!("unknown scope `{s}`; use global or layer"))
+    }
+}
+
 /// Tensors that are never pruned (besides the non-prunable ones, which are never scored).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Exclusions {
@@ -143,6 +181,20 @@ impl Allocation {
     pub fn global(sparsity: f64) -> Self {
         Self {
             sparsity,
+            ..Default::default()
+        }
+    }
+
+    /// Top-k at sparsity `s` in `scope`.
+    ///
+    /// ```
+    /// use secateur_pruning::{Allocation, Scope};
+    /// assert_eq!(Allocation::new(0.9, Scope::PerLayer), Allocation::per_layer(0.9));
+    /// ```
+    pub fn new(sparsity: f64, scope: Scope) -> Self {
+        Self {
+            sparsity,
+            scope,
             ..Default::default()
         }
     }

@@ -9,8 +9,10 @@
 //! `logits / T` over the batch, with a loss temperature `T` (GraSP and the Hutchinson scores use
 //! `T = 200`: Wang et al. 2020; Gollini Navarrete et al. 2025).
 //!
-//! The criteria themselves live in [`crate::criteria`]; [`by_name`] makes one from its config
-//! name ([`CRITERIA`]).
+//! The criteria themselves live in [`crate::criteria`], and the registry [`CRITERIA`] lists them:
+//! one [`CriterionEntry`] per criterion (name, description, what it needs, default rounds,
+//! constructor) feeds [`by_name`]/[`build`], the list of names ([`names`]) and the questions
+//! callers ask about a criterion ([`entry`]).
 //!
 //! Scores refer to the *current* values in the store: score after batch-norm warm-up
 //! ([`crate::bn_warmup`]) and in evaluation mode, as Gollini Navarrete et al. (2025) do.
@@ -29,11 +31,23 @@ use std::collections::BTreeMap;
 pub trait Criterion {
     /// The criterion's config name (`snip`, `hts`, …).
     fn name(&self) -> &str;
+    /// Whether scoring reads the scoring data (fails without it). Default: the registry entry of
+    /// [`name`](Self::name) ([`CriterionEntry::needs_data`]), `false` for a criterion outside the
+    /// registry (which overrides it where it needs data).
+    fn needs_data(&self) -> bool {
+        entry(self.name()).is_ok_and(|e| e.needs_data)
+    }
     /// Whether scoring takes Hessian–vector products by double backpropagation (the process
     /// must then start with `CANDLE_GRAD_DO_NOT_DETACH=1`, see
-    /// [`secateur_kernels::double_backprop`]). Default `false`.
+    /// [`secateur_kernels::double_backprop`]). Default: the registry entry of
+    /// [`name`](Self::name) ([`CriterionEntry::needs_double_backprop`]), `false` outside it.
     fn needs_double_backprop(&self) -> bool {
-        false
+        entry(self.name()).is_ok_and(|e| e.needs_double_backprop)
+    }
+    /// Score-and-prune rounds by default (1: one-shot). Default: the registry entry of
+    /// [`name`](Self::name) ([`CriterionEntry::default_rounds`]), 1 outside it.
+    fn default_rounds(&self) -> usize {
+        entry(self.name()).map_or(1, |e| e.default_rounds)
     }
     /// A score per entry of every prunable tensor it can score, by logical name (higher = kept
     /// first). The store's values are unchanged on return.
@@ -344,6 +358,110 @@ pub struct CriterionOptions {
     pub hutchinson: crate::criteria::HutchinsonOptions,
 }
 
+/// One criterion of the registry [`CRITERIA`]: its config name, what it needs, and how to make
+/// it. Callers ask the entry (or [`Criterion::needs_double_backprop`], …) what a criterion
+/// needs; they never branch on its name.
+#[derive(Clone, Copy)]
+pub struct CriterionEntry {
+    /// The config name (`snip`, `hts`, …); the built criterion's [`Criterion::name`].
+    pub name: &'static str,
+    /// One line: the score and its reference.
+    pub description: &'static str,
+    /// Whether scoring reads the scoring data ([`ScoringContext::data`]; it fails without).
+    /// Data-free criteria (random, magnitude, the posterior criteria) score without it; the
+    /// registry's SynFlow reads only its input shape from it (`SynFlow::default_for` does not).
+    pub needs_data: bool,
+    /// Whether scoring takes Hessian–vector products by double backpropagation (the process must
+    /// start with `CANDLE_GRAD_DO_NOT_DETACH=1`, see [`secateur_kernels::double_backprop`]).
+    pub needs_double_backprop: bool,
+    /// Score-and-prune rounds the criterion is run with by default (1: one-shot; SynFlow: 100,
+    /// Tanaka et al. 2020), the `T` of [`crate::allocate::IterativeSchedule`].
+    pub default_rounds: usize,
+    /// Makes the criterion with `options` (those it does not use are ignored).
+    pub build: fn(&CriterionOptions) -> Box<dyn Criterion>,
+}
+
+impl CriterionEntry {
+    /// A data-free, first-order, one-shot criterion; add its needs with
+    /// [`with_data`](Self::with_data), [`with_double_backprop`](Self::with_double_backprop) and
+    /// [`with_rounds`](Self::with_rounds).
+    pub const fn new(
+        name: &'static str,
+        description: &'static str,
+        build: fn(&CriterionOptions) -> Box<dyn Criterion>,
+    ) -> Self {
+        Self {
+            name,
+            description,
+            needs_data: false,
+            needs_double_backprop: false,
+            default_rounds: 1,
+            build,
+        }
+    }
+
+    /// Needs scoring data.
+    pub const fn with_data(self) -> Self {
+        Self {
+            needs_data: true,
+            ..self
+        }
+    }
+
+    /// Needs double backpropagation.
+    pub const fn with_double_backprop(self) -> Self {
+        Self {
+            needs_double_backprop: true,
+            ..self
+        }
+    }
+
+    /// Runs `rounds` score-and-prune rounds by default.
+    pub const fn with_rounds(self, rounds: usize) -> Self {
+        Self {
+            default_rounds: rounds,
+            ..self
+        }
+    }
+}
+
+impl std::fmt::Debug for CriterionEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CriterionEntry")
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("needs_data", &self.needs_data)
+            .field("needs_double_backprop", &self.needs_double_backprop)
+            .field("default_rounds", &self.default_rounds)
+            .finish_non_exhaustive()
+    }
+}
+
+pub use crate::criteria::CRITERIA;
+
+/// The registry entry of the criterion named `name`, or an error listing the known names.
+///
+/// ```
+/// use secateur_pruning::criterion::entry;
+/// assert!(entry("hts").unwrap().needs_double_backprop);
+/// assert_eq!(entry("synflow").unwrap().default_rounds, 100);
+/// let e = entry("obd").unwrap_err().to_string();
+/// assert!(e.contains("`obd`") && e.contains("snip"), "{e}");
+/// ```
+pub fn entry(name: &str) -> Result<&'static CriterionEntry> {
+    CRITERIA.iter().find(|e| e.name == name).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "unknown pruning criterion `{name}`; known: {}",
+            names().join(", ")
+        ))
+    })
+}
+
+/// The names [`by_name`] accepts, in registry order.
+pub fn names() -> Vec<&'static str> {
+    CRITERIA.iter().map(|e| e.name).collect()
+}
+
 /// The criterion named `name` (one of [`CRITERIA`]) with its paper defaults.
 ///
 /// ```
@@ -365,52 +483,5 @@ pub fn by_name(name: &str) -> Result<Box<dyn Criterion>> {
 /// assert!(!build("hp-ggn", &o).unwrap().needs_double_backprop());
 /// ```
 pub fn build(name: &str, options: &CriterionOptions) -> Result<Box<dyn Criterion>> {
-    use crate::criteria::*;
-    let hutchinson = |score| Hutchinson {
-        options: options.hutchinson,
-        ..Hutchinson::new(score)
-    };
-    Ok(match name {
-        "random" => Box::new(Random),
-        "magnitude" => Box::new(Magnitude),
-        "snip" => Box::new(Snip::default()),
-        "grasp" => Box::new(Grasp::default()),
-        "synflow" => Box::new(SynFlow::default()),
-        "fisher" => Box::new(EmpiricalFisher::new(FisherScore::Diagonal)),
-        "fp" => Box::new(EmpiricalFisher::new(FisherScore::Fp)),
-        "fts" => Box::new(EmpiricalFisher::new(FisherScore::Fts)),
-        "hutchinson" => Box::new(hutchinson(HessianScore::Diagonal)),
-        "hp" => Box::new(hutchinson(HessianScore::Hp)),
-        "hts" => Box::new(hutchinson(HessianScore::Hts)),
-        "ggn" => Box::new(Ggn::new(HessianScore::Diagonal)),
-        "hp-ggn" => Box::new(Ggn::new(HessianScore::Hp)),
-        "hts-ggn" => Box::new(Ggn::new(HessianScore::Hts)),
-        "snr" => Box::new(Posterior::Snr),
-        "log-alpha" => Box::new(Posterior::LogAlpha),
-        "inclusion" => Box::new(Posterior::Inclusion),
-        "posterior-fisher" => Box::new(PosteriorFisher::default()),
-        other => candle_core::bail!("unknown pruning criterion `{other}`; known: {}", CRITERIA.join(", ")),
-    })
+    Ok((entry(name)?.build)(options))
 }
-
-/// The names [`by_name`] accepts.
-pub const CRITERIA: &[&str] = &[
-    "random",
-    "magnitude",
-    "snip",
-    "grasp",
-    "synflow",
-    "fisher",
-    "fp",
-    "fts",
-    "hutchinson",
-    "hp",
-    "hts",
-    "ggn",
-    "hp-ggn",
-    "hts-ggn",
-    "snr",
-    "log-alpha",
-    "inclusion",
-    "posterior-fisher",
-];

@@ -101,6 +101,45 @@ pub enum Granularity {
     Filter,
 }
 
+impl Granularity {
+    /// The names of configs: `filter` and `weight`.
+    pub const NAMES: [(&'static str, Granularity); 2] =
+        [("filter", Granularity::Filter), ("weight", Granularity::Weight)];
+
+    /// The granularity's name (`filter`, `weight`).
+    ///
+    /// ```
+    /// use secateur_pruning::greg::Granularity;
+    /// assert_eq!(Granularity::Filter.name(), "filter");
+    /// assert_eq!("weight".parse::<Granularity>(), Ok(Granularity::Weight));
+    /// assert!("unit".parse::<Granularity>().is_err());
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::Filter => "filter",
+            Granularity::Weight => "weight",
+        }
+    }
+}
+
+impl std::fmt::Display for Granularity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = String;
+    /// The granularity named `s` ([`Granularity::NAMES`]); the error names the valid values.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Granularity::NAMES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|&(_, v)| v)
+            .ok_or_else(|| format!("unknown granularity `{s}`; use filter or weight"))
+    }
+}
+
 /// Where the schedule is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

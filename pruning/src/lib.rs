@@ -14,9 +14,10 @@
 //! - [`allocate`]: global and per-layer top-k to an exact sparsity, exclusions, a
 //!   minimum-kept guard, thresholds, iterative schedules.
 //! - [`criterion`]: the [`Criterion`] trait and the scoring context (model, store, data, loss);
-//!   the criteria in [`criteria`]: random, magnitude, SNIP, GraSP, SynFlow, Fisher (FP, FTS),
-//!   Hutchinson (HP, HTS) and the posterior criteria (SNR, sparse-VD log α, gate inclusion,
-//!   Fisher of the mean-mode network).
+//!   the criteria in [`criteria`], every one listed with its needs in the registry
+//!   [`criterion::CRITERIA`] — among them random, magnitude, SNIP, GraSP, SynFlow, Fisher (FP,
+//!   FTS), Hutchinson (HP, HTS) and the posterior criteria (SNR, sparse-VD log α, gate
+//!   inclusion, Fisher of the mean-mode network).
 //! - [`bn_warmup`]: batch-norm warm-up before scoring (Gollini Navarrete et al. 2025).
 //! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
 //!

@@ -7,7 +7,7 @@ use rand::Rng;
 use secateur_bayes::{ParamStore, SeededRng};
 use secateur_pruning::allocate::{kept_count, prune_iteratively, threshold};
 use secateur_pruning::criteria::Magnitude;
-use secateur_pruning::{Allocation, IterativeSchedule, Scores, ScoringContext};
+use secateur_pruning::{Allocation, IterativeSchedule, Scope, Scores, ScoringContext};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Scores quantised to 5 levels (many ties), for tensors of the given sizes.
@@ -222,4 +222,28 @@ fn signed_zero_scores_tie_by_position() -> Result<()> {
     assert_eq!(flat(m.get("a.weight").unwrap()), [1., 1.]);
     assert_eq!(flat(m.get("b.weight").unwrap()), [0., 0.]);
     Ok(())
+}
+
+/// The names of `Scope` and `greg::Granularity` round-trip, cover every variant once, and an
+/// unknown name is refused listing the valid ones.
+#[test]
+fn scope_and_granularity_names_round_trip() {
+    use secateur_pruning::greg::Granularity;
+    for (n, v) in Scope::NAMES {
+        assert_eq!((v.name(), n.parse::<Scope>()), (n, Ok(v)));
+        assert_eq!(v.to_string(), n);
+    }
+    for (n, v) in Granularity::NAMES {
+        assert_eq!((v.name(), n.parse::<Granularity>()), (n, Ok(v)));
+    }
+    assert_eq!(Scope::NAMES.map(|(_, v)| v), [Scope::Global, Scope::PerLayer]);
+    assert_eq!(
+        Granularity::NAMES.map(|(_, v)| v),
+        [Granularity::Filter, Granularity::Weight]
+    );
+    assert_eq!(
+        "Layer".parse::<Scope>(),
+        Err("unknown scope `Layer`; use global or layer".to_string())
+    );
+    assert!("unit".parse::<Granularity>().unwrap_err().contains("filter or weight"));
 }

@@ -11,7 +11,7 @@ use secateur_bayes::layers::{BayesLinear, BayesLinearConfig, SvdLinear, SvdLinea
 use secateur_bayes::math::softplus;
 use secateur_bayes::{Module, ParamBuilder, ParamStore, SeededRng};
 use secateur_pruning::criteria::*;
-use secateur_pruning::criterion::{by_name, per_class_indices, CRITERIA};
+use secateur_pruning::criterion::{by_name, entry, names, per_class_indices, CRITERIA};
 use secateur_pruning::{Criterion, ScoringContext, ScoringData};
 
 fn score(
@@ -176,9 +176,69 @@ fn magnitude_random_and_names() -> Result<()> {
         .iter()
         .flatten()
         .all(|v| (0.0..1.0).contains(v)));
-    for n in CRITERIA {
-        assert_eq!(by_name(n)?.name(), *n);
+    Ok(())
+}
+
+/// The registry: every entry builds a criterion of its own name that answers the entry's needs,
+/// names are unique, and the needs are those of the papers (a mistyped flag fails here).
+#[test]
+fn the_registry_builds_every_criterion_with_its_needs() -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for e in CRITERIA {
+        assert!(seen.insert(e.name), "`{}` is registered twice", e.name);
+        let c = by_name(e.name)?;
+        assert_eq!(c.name(), e.name);
+        assert_eq!(c.needs_data(), e.needs_data, "{}", e.name);
+        assert_eq!(c.needs_double_backprop(), e.needs_double_backprop, "{}", e.name);
+        assert_eq!(c.default_rounds(), e.default_rounds, "{}", e.name);
+        assert!(e.default_rounds >= 1 && !e.description.is_empty(), "{}", e.name);
     }
+    assert_eq!(names(), CRITERIA.iter().map(|e| e.name).collect::<Vec<_>>());
+    let double: Vec<&str> = CRITERIA
+        .iter()
+        .filter(|e| e.needs_double_backprop)
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(double, ["grasp", "hutchinson", "hp", "hts"]);
+    let iterative: Vec<(&str, usize)> = CRITERIA
+        .iter()
+        .filter(|e| e.default_rounds > 1)
+        .map(|e| (e.name, e.default_rounds))
+        .collect();
+    assert_eq!(iterative, [("synflow", 100)]);
+    for free in ["random", "magnitude", "snr", "log-alpha", "inclusion"] {
+        assert!(!entry(free)?.needs_data, "{free}");
+    }
+    for data in [
+        "snip",
+        "grasp",
+        "synflow",
+        "fisher",
+        "fp",
+        "fts",
+        "hts",
+        "ggn",
+        "posterior-fisher",
+    ] {
+        assert!(entry(data)?.needs_data, "{data}");
+    }
+    assert!(!SynFlow {
+        input_shape: Some(vec![4])
+    }
+    .needs_data());
+    // Without scoring data, a criterion that needs it fails; a data-free one never fails for
+    // want of data (the posterior criteria refuse this deterministic network for another reason).
+    let (net, store) = two_layer(4, 3, 2, 6, false)?;
+    for e in CRITERIA {
+        let r = score((e.build)(&Default::default()).as_ref(), &net, &store, None);
+        if e.needs_data {
+            assert!(r.is_err(), "{} scored without data", e.name);
+        } else if let Err(err) = r {
+            assert!(!err.to_string().contains("data"), "{}: {err}", e.name);
+        }
+    }
+    let e = by_name("obd").err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("`obd`") && e.contains("posterior-fisher"), "{e}");
     Ok(())
 }
 

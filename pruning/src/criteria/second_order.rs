@@ -270,9 +270,6 @@ impl Criterion for Hutchinson {
             HessianScore::Hts => "hts",
         }
     }
-    fn needs_double_backprop(&self) -> bool {
-        true
-    }
     fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
         let (diag, gbar) = hutchinson_diagonal(cx, &self.loss, &self.options)?;
         self.score.scores(cx, &diag, &gbar)
@@ -338,9 +335,6 @@ impl Default for Grasp {
 impl Criterion for Grasp {
     fn name(&self) -> &str {
         "grasp"
-    }
-    fn needs_double_backprop(&self) -> bool {
-        true
     }
     fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
         require("grasp")?;

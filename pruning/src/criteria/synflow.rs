@@ -45,7 +45,7 @@ pub fn float64_twin(spec: &ModelSpec, factory: &dyn LayerFactory, store: &ParamS
 /// fine, ResNet-56 overflows; its f64 twin does not.)
 ///
 /// The input shape is `input_shape` (`[C, H, W]`) if given, otherwise that of the scoring
-/// data's examples. Run it iteratively (100 rounds in the paper) with
+/// data's examples. Run it iteratively ([`SynFlow::DEFAULT_ROUNDS`] rounds in the paper) with
 /// [`crate::allocate::prune_iteratively`].
 #[derive(Debug, Clone, Default)]
 pub struct SynFlow {
@@ -54,6 +54,10 @@ pub struct SynFlow {
 }
 
 impl SynFlow {
+    /// Score-and-prune rounds of the paper (Tanaka et al. 2020: 100), its registry entry's
+    /// default rounds.
+    pub const DEFAULT_ROUNDS: usize = 100;
+
     /// SynFlow on inputs of the shape of `spec` (`[C, H, W]`).
     pub fn default_for(spec: &ModelSpec) -> Self {
         Self {
@@ -65,6 +69,10 @@ impl SynFlow {
 impl Criterion for SynFlow {
     fn name(&self) -> &str {
         "synflow"
+    }
+    /// Only for the input shape, and only without [`SynFlow::input_shape`].
+    fn needs_data(&self) -> bool {
+        self.input_shape.is_none()
     }
     fn score(&self, cx: &mut ScoringContext) -> Result<Scores> {
         let shape: Vec<usize> = match (&self.input_shape, cx.data) {
