@@ -3,7 +3,7 @@
 use crate::{image_batch, shuffled_indices, Augment, ImageSet, Normalizer};
 use candle_core::{DType, Device, Result, Tensor};
 use secateur_bayes::SeededRng;
-use secateur_inference::train::Batches;
+use secateur_inference::batches::Batches;
 
 /// Batches of an image set: shuffled (training) or in order (evaluation), normalised, optionally
 /// augmented. Every draw comes from the generator the loop passes in.

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Result, Tensor};
 use secateur_bayes::SeededRng;
-use secateur_inference::train::Batches;
+use secateur_inference::batches::Batches;
 
 use super::{shuffled_indices, table_batch, Standardizer, TableSet};
 

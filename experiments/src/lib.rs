@@ -1,14 +1,17 @@
 //! # secateur-experiments
 //!
-//! Data sets, configs, the run store, reports and the CLI commands. This is the only crate that
-//! touches files, configs and the terminal.
+//! Configs, the run store, studies, reports and the CLI commands: the crate that owns run
+//! directories, configs and the terminal (behind the facade's `cli` feature).
 //!
-//! Module plan:
-//! - [`data`]: checked loaders (IDX, CIFAR, CSV), named data sets and their lookup, batching.
+//! Modules:
+//! - [`data`], [`loader`]: the `secateur-datasets` crate (checked loaders, named data sets and
+//!   their lookup, batching), re-exported.
 //! - [`config`]: study configs (TOML, defaults, validation, `--set` overrides).
 //! - [`store`]: run directories, checkpoints, history; [`atomic`]: atomic file writes.
-//! - [`loader`]: mini-batches for the training loop; [`observe`]: progress bars and recorders.
-//! - [`commands`]: `train`, `eval`, `data info`, `quickstart`; [`cli`]: the clap front end.
+//! - [`observe`]: progress bars and recorders.
+//! - [`commands`]: `train`, `eval`, `data info`, `quickstart`, split by command; [`cli`]: the
+//!   clap front end.
+//! - [`seed_stream`]: the named sub-streams of a run's seed ([`seed_stream::SeedStream`]).
 //! - [`plot`]: PNG learning curves and reliability diagrams for every run, the sparsity–accuracy
 //!   plot of pruning studies.
 //! - [`prune`]: `prune` and `scores` (criteria of `secateur-pruning` on a config's model and
@@ -20,8 +23,6 @@ pub mod atomic;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub use secateur_datasets as data;
-pub use secateur_datasets::loader;
 pub mod error;
 pub mod greg;
 #[cfg(feature = "hdf5")]
@@ -30,8 +31,9 @@ pub mod observe;
 pub mod pai;
 pub mod plot;
 pub mod prune;
-pub mod runtime;
 pub mod seed_stream;
 pub mod store;
 
 pub use error::{ExpError, Result};
+pub use secateur_datasets as data;
+pub use secateur_datasets::loader;

@@ -507,7 +507,7 @@ pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<Path
             let tx = tx.clone();
             let (next, todo, models) = (&next, &todo, &models);
             s.spawn(move || {
-                crate::runtime::in_pool_of(threads, || loop {
+                secateur_kernels::runtime::in_pool_of(threads, || loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(cell) = todo.get(i) else { break };
                     let row = run_cell(pai, &models[cell.model], cell, scope);

@@ -39,8 +39,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// Re-exported for callers that name it here; its home is [`crate::batches`].
-pub use crate::batches::Batches;
+use crate::batches::Batches;
 
 /// One epoch's summary: one row of `history.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

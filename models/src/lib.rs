@@ -4,9 +4,7 @@
 //! convolution layers, so that every method (deterministic, mean-field Gaussian, variational
 //! dropout, …) is compared on the same network.
 //!
-//! Module plan:
-//! - [`layers`]: deterministic building blocks (linear, conv, batch norm, layer norm, pooling,
-//!   GELU, flatten).
+//! Modules (the deterministic building blocks themselves are in `secateur_bayes::nn`):
 //! - [`bayes_factory`]: the Bayesian factories (mean-field Gaussian, sparse variational dropout,
 //!   MC dropout, …).
 //! - [`kind`](mod@kind): the registry of layer kinds ([`LAYER_KINDS`]): per config name
@@ -21,10 +19,8 @@ pub mod arch;
 pub mod bayes_factory;
 pub mod factory;
 pub mod kind;
-pub mod layers;
 
 pub use arch::{architectures, build, ModelSpec, Network, ARCHITECTURES};
 pub use bayes_factory::{FactoryOptions, McDropoutFactory, MeanField, SparseVd};
 pub use factory::{Deterministic, LayerFactory};
 pub use kind::{factory, kind, kind_names, KindSampling, LayerKind, ReportInput, ReportValue, LAYER_KINDS};
-pub use secateur_bayes::nn::{Conv2dCfg, LinearCfg};

@@ -5,13 +5,13 @@
 //! layer-collapse mechanism that paper addresses. The warm-up runs forward passes in **training
 //! mode** over the given batches: each batch-norm layer normalises with the batch statistics and
 //! updates its running statistics, `r ← (1 − m) r + m · stat` (momentum `m = 0.1`, unbiased
-//! variance; PyTorch's rule, see `secateur_models::layers::BatchNorm`). No backward pass is run
+//! variance; PyTorch's rule, see `secateur_bayes::nn::BatchNorm`). No backward pass is run
 //! and no parameter changes: only the running statistics (buffers) move. Scoring then runs in
 //! evaluation mode ([`crate::ScoringContext::new`]).
 
 use candle_core::{Result, Tensor};
 use secateur_bayes::{Ctx, Mode, Module, Sampling, SeededRng};
-use secateur_inference::train::Batches;
+use secateur_inference::batches::Batches;
 
 /// Forward passes in training mode over `inputs` (no gradient), updating only the batch-norm
 /// running statistics; stochastic layers use `sampling` and draw from `rng`. Returns the

@@ -22,9 +22,9 @@ use crate::prunable::prunable;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use rand::seq::SliceRandom;
+use secateur_bayes::nn::cross_entropy;
 use secateur_bayes::{Ctx, Mode, Module, ParamStore, Sampling, SeededRng};
-use secateur_inference::train::Batches;
-use secateur_models::layers::cross_entropy;
+use secateur_inference::batches::Batches;
 use std::collections::BTreeMap;
 
 /// Scores every prunable parameter of a model.

@@ -15,8 +15,9 @@
 //! `k² · C_in/groups · C_out · H_out · W_out`, `P = H_out · W_out`.
 
 use candle_core::{DType, Device, Result, Tensor};
+use secateur_bayes::nn::{Conv2dCfg, LinearCfg};
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
-use secateur_models::{build, Conv2dCfg, Deterministic, LayerFactory, LinearCfg, ModelSpec};
+use secateur_models::{build, Deterministic, LayerFactory, ModelSpec};
 use std::sync::{Arc, Mutex};
 
 /// The kind of a weight layer.

@@ -130,7 +130,7 @@ fn sgd_step(
     let (x, y) = data(4, 3, 2, 8)?;
     let mut rng = SeededRng::new(0);
     let logits = net.forward(&x, &mut Ctx::train(&mut rng, Sampling::Mean))?;
-    let mut grads = secateur_models::layers::cross_entropy(&logits, &y)?.backward()?;
+    let mut grads = secateur_bayes::nn::cross_entropy(&logits, &y)?.backward()?;
     match hook {
         Some((h, step)) => {
             h.before_step(store, &mut grads, step)?;

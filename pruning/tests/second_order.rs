@@ -9,9 +9,8 @@ mod common;
 
 use candle_core::{DType, Device, Result, Tensor};
 use common::*;
+use secateur_bayes::nn::{Conv2d, Conv2dCfg, Linear, LinearCfg, MaxPool2d};
 use secateur_bayes::{Ctx, Init, Module, ParamBuilder, ParamStore, SeededRng};
-use secateur_models::layers::{Conv2d, Linear, MaxPool2d};
-use secateur_models::{Conv2dCfg, LinearCfg};
 use secateur_pruning::criteria::second_order::hutchinson_diagonal;
 use secateur_pruning::criteria::*;
 use secateur_pruning::criterion::mean_gradient;

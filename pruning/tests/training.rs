@@ -5,12 +5,11 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor};
 use secateur_bayes::nn::Sequential;
+use secateur_bayes::nn::{BatchNorm, Conv2d, Conv2dCfg};
 use secateur_bayes::{Ctx, Init, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
+use secateur_inference::batches::Batches;
 use secateur_inference::hooks::StepHook;
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
-use secateur_inference::train::Batches;
-use secateur_models::layers::{BatchNorm, Conv2d};
-use secateur_models::Conv2dCfg;
 use secateur_pruning::bn_warmup::{warm_up, warm_up_batches};
 use secateur_pruning::greg::{GReg, GRegConfig, Granularity, Phase};
 use secateur_pruning::Allocation;

@@ -11,9 +11,8 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor};
+use secateur_bayes::nn::{Linear, LinearCfg};
 use secateur_bayes::{Ctx, Init, Module, ParamBuilder, ParamStore, SeededRng};
-use secateur_models::layers::Linear;
-use secateur_models::LinearCfg;
 
 pub type Mat = Vec<Vec<f64>>;
 

@@ -1,3 +1,0 @@
-//! Transitional path: the process set-up moved to [`secateur_kernels::runtime`].
-
-pub use secateur_kernels::runtime::*;
