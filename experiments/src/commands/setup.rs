@@ -1,7 +1,5 @@
 //! The commands behind the CLI: `train`, `eval`, `data info`, `quickstart`. Regression tables
-//! (`[likelihood] kind = "gaussian"`) go through [`regression`].
-
-pub mod regression;
+//! (`[likelihood] kind = "gaussian"`) go through [`regression`](super::regression).
 
 use crate::atomic;
 use crate::config::StudyConfig;
@@ -90,7 +88,7 @@ pub fn build_model(
 }
 
 /// A fresh store and a builder drawing from the config's initialisation stream.
-fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) {
+pub(crate) fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) {
     let store = ParamStore::new();
     let pb = ParamBuilder::new(
         store.clone(),
@@ -103,7 +101,7 @@ fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) 
 
 /// The config's architecture with `outputs` outputs, registered under `pb`; an `mlp` with
 /// `model.hidden` set gets those hidden widths instead of LeNet-300-100's.
-fn build_network(cfg: &StudyConfig, input: [usize; 3], outputs: usize, pb: &ParamBuilder) -> Result<Network> {
+pub(crate) fn build_network(cfg: &StudyConfig, input: [usize; 3], outputs: usize, pb: &ParamBuilder) -> Result<Network> {
     let spec = ModelSpec {
         arch: cfg.model.arch.clone(),
         input,
@@ -457,7 +455,7 @@ pub(crate) fn fit_failed(e: candle_core::Error, run: &RunDir) -> ExpError {
 /// times, as a run that was never interrupted.
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
     if cfg.likelihood.is_regression() {
-        return regression::train(cfg, opts, resume);
+        return super::regression::train(cfg, opts, resume);
     }
     let t0 = Instant::now();
     let dev = device(&opts.device)?;
@@ -737,7 +735,7 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[secateur_inferen
 }
 
 /// Evaluates a finished classification run's final weights on its test set (regression runs:
-/// [`regression::eval`]). A run without `weights.safetensors` (unfinished) and weights with a
+/// [`regression::eval`](super::regression::eval)). A run without `weights.safetensors` (unfinished) and weights with a
 /// NaN or infinite entry are refused, naming the file or the tensor.
 pub fn eval(
     run_dir: &Path,
@@ -765,10 +763,10 @@ pub fn eval(
 }
 
 /// The quickstart config, shipped in `experiments/configs/quickstart.toml`.
-pub const QUICKSTART_TOML: &str = include_str!("../configs/quickstart.toml");
+pub const QUICKSTART_TOML: &str = include_str!("../../configs/quickstart.toml");
 
 /// The quickstart's sparse-VD LeNet-5, shipped in `experiments/configs/quickstart-sparse-vd.toml`.
-pub const QUICKSTART_SPARSE_VD_TOML: &str = include_str!("../configs/quickstart-sparse-vd.toml");
+pub const QUICKSTART_SPARSE_VD_TOML: &str = include_str!("../../configs/quickstart-sparse-vd.toml");
 
 /// Runs side by side as a terminal table: accuracy, NLL, ECE, the fraction of weights with
 /// `log α ≥ threshold` and the test-time non-zero parameters, one column per run.
