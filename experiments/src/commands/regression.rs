@@ -64,14 +64,14 @@ pub fn build_regression_model(
         .likelihood
         .noise(f64::from(data.std.y_std))
         .map_err(|e| ExpError::config("likelihood", e))?;
-    let (store, pb) = super::param_builder(cfg, dev);
+    let (store, pb) = super::setup::param_builder(cfg, dev);
     // the output width depends only on the noise kind; the likelihood registers its parameter
     // after the network so that the network's initialisation draws do not depend on it
     let outputs = match noise {
         secateur_inference::likelihood::Noise::Heteroscedastic { .. } => 2,
         _ => 1,
     };
-    let net = super::build_network(cfg, [data.train.n_features, 1, 1], outputs, &pb)?;
+    let net = super::setup::build_network(cfg, [data.train.n_features, 1, 1], outputs, &pb)?;
     let lik = Gaussian::new(noise, 1, &pb)?;
     Ok((net, store, lik))
 }
