@@ -3,11 +3,10 @@
 //! weight draws; a deterministic one (and the posterior mean, `Sampling::Mean`) by one pass.
 //! Nested models are also evaluated at the widths of `bayes.eval_widths`.
 
-use super::setup::{build_model, device, load_data, sampling, STREAM_EVAL};
+use super::setup::{build_model, device, eval_image_batches, load_data, sampling, STREAM_EVAL};
 use crate::config::StudyConfig;
 use crate::data::Normalizer;
 use crate::error::Result;
-use crate::loader::ImageBatches;
 use crate::store::RunDir;
 use candle_core::{Device, Tensor};
 use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
@@ -46,8 +45,7 @@ pub(super) fn width_accuracies(
     let mut out = Vec::new();
     for &w in &cfg.bayes.eval_widths {
         let m = AtWidth { net, width: w };
-        let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone())
-            .with_dtype(cfg.model.dtype()?);
+        let mut batches = eval_image_batches(cfg, test, norm, dev)?;
         let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
         let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
         let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
@@ -72,8 +70,7 @@ pub(super) fn evaluate(
     cfg: &StudyConfig,
     dev: &Device,
 ) -> Result<Evaluation> {
-    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone())
-        .with_dtype(cfg.model.dtype()?);
+    let mut batches = eval_image_batches(cfg, test, norm, dev)?;
     let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     if cfg.is_bayesian() {
         let mc = predict_mc(net, &mut batches, sampling(cfg)?, cfg.bayes.eval_samples, &mut rng)?;
@@ -95,16 +92,16 @@ pub(super) fn evaluate(
     }
 }
 
-/// Accuracy of the posterior-mean network (`Sampling::Mean`) on a set.
-pub(super) fn posterior_mean_accuracy(
+/// Accuracy of the posterior-mean network (`Sampling::Mean`) on `test`: one deterministic pass
+/// over its [`eval_image_batches`], normalised by `norm`.
+pub fn posterior_mean_accuracy(
     net: &Network,
     test: &crate::data::ImageSet,
     norm: &Normalizer,
     cfg: &StudyConfig,
     dev: &Device,
 ) -> Result<f64> {
-    let mut batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone())
-        .with_dtype(cfg.model.dtype()?);
+    let mut batches = eval_image_batches(cfg, test, norm, dev)?;
     let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)

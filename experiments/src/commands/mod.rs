@@ -16,11 +16,14 @@ mod run_dir;
 mod setup;
 mod train;
 
-pub use eval::eval;
+pub use eval::{eval, posterior_mean_accuracy};
 pub use report::{comparison_table, metrics_table};
 pub use run_dir::MASKS_FILE;
-pub(crate) use run_dir::{fit_failed, open_resumed, run_dir};
-pub use setup::{build_model, device, init_from_deterministic, init_weights_file, optimizer, sampling, train_settings};
+pub(crate) use run_dir::{open_resumed, run_dir};
+pub use setup::{
+    build_model, device, eval_image_batches, eval_table_batches, init_from_deterministic, init_weights_file, optimizer,
+    sampling, train_settings, TrainingSetup,
+};
 pub(crate) use setup::{load_data, STREAM_EVAL, STREAM_TRAIN};
 pub use train::{train, RunSummary, TrainOptions};
 

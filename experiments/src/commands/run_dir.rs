@@ -1,11 +1,14 @@
 //! The run directory of `train`: the run being resumed or a new one, the mask file it records,
-//! and the error of a failed fit, which names the checkpoint the run keeps.
+//! the training loop of a run (resumed from its checkpoint, recording every epoch), and the
+//! error of a failed fit, which names the checkpoint the run keeps.
 
 use super::TrainOptions;
 use crate::atomic;
 use crate::config::StudyConfig;
 use crate::error::{ExpError, Result};
+use crate::observe::{Progress, RunRecorder};
 use crate::store::{RunDir, RunLock};
+use secateur_inference::train::{Batches, Observer, TrainState, Trainer};
 use std::path::Path;
 
 /// The run being resumed (`resume`), opened without changing it, and whether it has a
@@ -104,4 +107,31 @@ pub(crate) fn fit_failed(e: candle_core::Error, run: &RunDir) -> ExpError {
         ),
     };
     ExpError::Candle(candle_core::Error::Msg(format!("{e}; {kept}")))
+}
+
+/// Continues `trainer` from the last checkpoint of `run`: its weights, optimiser state,
+/// generator and history.
+pub(crate) fn resume_from_checkpoint(trainer: &mut Trainer<'_>, run: &RunDir) -> Result<()> {
+    let ck = run.read_checkpoint()?;
+    trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
+    Ok(())
+}
+
+/// Trains the run in `run` on `train`, evaluating on `test` after each epoch: progress on
+/// standard error unless `quiet`, and every epoch recorded in the run (its history and
+/// checkpoint, [`RunRecorder`]). A failure is [`fit_failed`]: the trainer's error and the
+/// checkpoint the run keeps.
+pub(crate) fn fit_run(
+    trainer: &mut Trainer<'_>,
+    train: &mut dyn Batches,
+    test: &mut dyn Batches,
+    run: &RunDir,
+    quiet: bool,
+) -> Result<TrainState> {
+    let mut recorder = RunRecorder::new(run);
+    let mut progress = Progress::new(quiet);
+    let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
+    trainer
+        .fit(train, Some(test), &mut observers)
+        .map_err(|e| fit_failed(e, run))
 }

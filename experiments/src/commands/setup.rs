@@ -1,15 +1,18 @@
 //! The set-up shared by the commands: the device, the model of a config (initialised from the
 //! seed's initialisation stream), how its stochastic layers sample, the empirical-Bayes (MOPED)
 //! initialisation `σ = δ·|w|`, the optimiser, the training settings (the objective with
-//! `N` = the training-set size) and the config's image data.
+//! `N` = the training-set size), the config's image data, its mini-batches, and
+//! [`TrainingSetup`]: the one way every training loop (`train`, regression, the
+//! pruning-at-initialisation study, growing regularisation) gets its [`Trainer`] and batches.
 
 use crate::config::StudyConfig;
-use crate::data::{load_images, LoadedImages};
+use crate::data::{load_images, Augment, ImageSet, LoadedImages, Normalizer, Standardizer, TableBatches, TableSet};
 use crate::error::{ExpError, Result};
+use crate::loader::ImageBatches;
 use candle_core::{DType, Device, Tensor};
-use secateur_bayes::{ParamBuilder, ParamStore, Sampling, SeededRng};
+use secateur_bayes::{Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
-use secateur_inference::train::TrainSettings;
+use secateur_inference::train::{TrainSettings, Trainer};
 use secateur_models::arch::{Mlp, MlpConfig};
 use secateur_models::{build, ModelSpec, Network};
 use std::collections::BTreeMap;
@@ -220,4 +223,96 @@ pub fn train_settings(cfg: &StudyConfig, train_size: usize) -> Result<TrainSetti
 pub(crate) fn load_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<LoadedImages> {
     let dir = data_dir.map(Path::to_path_buf).or_else(|| cfg.data.dir.clone());
     Ok(load_images(&cfg.data.name, dir.as_deref())?)
+}
+
+/// The training loop of a config, set up in two steps so that a command can check the config
+/// before it creates anything: [`TrainingSetup::new`] resolves the settings (refusing a bad
+/// estimator or objective), and [`TrainingSetup::trainer`] later makes the [`Trainer`] — the
+/// config's optimiser, the settings, and a generator on the sub-stream [`stream`](Self::stream)
+/// of the config's seed. The training batches come from the same config
+/// ([`image_batches`](Self::image_batches), [`table_batches`](Self::table_batches)); hooks
+/// (masks, regularisers), a likelihood, a checkpoint and observers are the caller's.
+#[derive(Debug, Clone)]
+pub struct TrainingSetup<'c> {
+    cfg: &'c StudyConfig,
+    /// The loop's settings: [`train_settings`] of the config for the training set; a phase with
+    /// its own epochs, learning rate or schedule replaces those fields.
+    pub settings: TrainSettings,
+    /// The sub-stream of the config's seed the trainer's generator draws from (shuffling,
+    /// augmentation, weight noise): the training stream (2) unless set.
+    pub stream: u64,
+}
+
+impl<'c> TrainingSetup<'c> {
+    /// The config's training loop for a training set of `train_size` examples
+    /// ([`train_settings`]), drawing from the training stream of the seed.
+    pub fn new(cfg: &'c StudyConfig, train_size: usize) -> Result<Self> {
+        Ok(Self {
+            cfg,
+            settings: train_settings(cfg, train_size)?,
+            stream: STREAM_TRAIN,
+        })
+    }
+
+    /// The same loop drawing from sub-stream `stream` of the config's seed instead.
+    pub fn with_stream(mut self, stream: u64) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// A trainer of `net`, whose parameters live in `store`: the config's [`optimizer`], the
+    /// settings, and a fresh generator on [`stream`](Self::stream). Refuses a config whose
+    /// optimiser or settings the trainer rejects (an unknown `optim.kind`, no epochs, a learning
+    /// rate that is not a positive number).
+    pub fn trainer<'a>(&self, net: &'a dyn Module, store: &ParamStore) -> Result<Trainer<'a>> {
+        Ok(Trainer::new(
+            net,
+            store.clone(),
+            optimizer(self.cfg)?,
+            self.settings.clone(),
+            SeededRng::substream(self.cfg.seed, self.stream),
+        )?)
+    }
+
+    /// Training batches of an image set: shuffled each epoch, `data.batch_size` examples,
+    /// normalised by `norm`, augmented when `data.augment` (random crops of the image padded by 4
+    /// zero pixels, horizontal flips with probability ½), in the model's dtype.
+    pub fn image_batches<'s>(&self, set: &'s ImageSet, norm: &Normalizer, dev: &Device) -> Result<ImageBatches<'s>> {
+        let cfg = self.cfg;
+        let augment = cfg.data.augment.then_some(Augment { pad: 4, flip: true });
+        Ok(
+            ImageBatches::new(set, norm.clone(), cfg.data.batch_size, true, augment, dev.clone())
+                .with_dtype(cfg.model.dtype()?),
+        )
+    }
+
+    /// Training batches of a table: shuffled each epoch, `data.batch_size` rows, standardised
+    /// by `std`.
+    pub fn table_batches<'s>(&self, set: &'s TableSet, std: &Standardizer, dev: &Device) -> TableBatches<'s> {
+        TableBatches::new(set, std.clone(), self.cfg.data.batch_size, true, dev.clone())
+    }
+}
+
+/// Evaluation batches of an image set: in order, `data.eval_batch_size` examples, normalised by
+/// `norm`, not augmented, in the model's dtype.
+pub fn eval_image_batches<'s>(
+    cfg: &StudyConfig,
+    set: &'s ImageSet,
+    norm: &Normalizer,
+    dev: &Device,
+) -> Result<ImageBatches<'s>> {
+    Ok(
+        ImageBatches::new(set, norm.clone(), cfg.data.eval_batch_size, false, None, dev.clone())
+            .with_dtype(cfg.model.dtype()?),
+    )
+}
+
+/// Evaluation batches of a table: in order, `data.eval_batch_size` rows, standardised by `std`.
+pub fn eval_table_batches<'s>(
+    cfg: &StudyConfig,
+    set: &'s TableSet,
+    std: &Standardizer,
+    dev: &Device,
+) -> TableBatches<'s> {
+    TableBatches::new(set, std.clone(), cfg.data.eval_batch_size, false, dev.clone())
 }

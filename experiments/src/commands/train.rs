@@ -5,16 +5,13 @@
 
 use super::eval::{evaluate, posterior_mean_accuracy, width_accuracies};
 use super::report::{report, report_value, write_predictions};
-use super::run_dir::{fit_failed, open_resumed, record_masks, run_dir, MASKS_FILE};
-use super::setup::{build_model, device, init_from_deterministic, load_data, optimizer, train_settings, STREAM_TRAIN};
+use super::run_dir::{fit_run, open_resumed, record_masks, resume_from_checkpoint, run_dir, MASKS_FILE};
+use super::setup::{build_model, device, eval_image_batches, init_from_deterministic, load_data, TrainingSetup};
 use crate::atomic;
 use crate::config::StudyConfig;
 use crate::data::Normalizer;
 use crate::error::{ExpError, Result};
-use crate::loader::ImageBatches;
-use crate::observe::{Progress, RunRecorder};
 use secateur_bayes::SeededRng;
-use secateur_inference::train::{Observer, Trainer};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -91,7 +88,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
     let (net, store) = build_model(cfg, input, classes, &dev)?;
-    let settings = train_settings(cfg, train_set.len())?;
+    let setup = TrainingSetup::new(cfg, train_set.len())?;
     // Empirical-Bayes initialisation (unless a checkpoint is loaded below), and the
     // posterior-mean test accuracy it starts from.
     let init_accuracy = match (&cfg.bayes.init_from, from_checkpoint) {
@@ -126,13 +123,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         None
     };
 
-    let mut trainer = Trainer::new(
-        &net,
-        store.clone(),
-        optimizer(cfg)?,
-        settings,
-        SeededRng::substream(cfg.seed, STREAM_TRAIN),
-    )?;
+    let mut trainer = setup.trainer(&net, &store)?;
     let masks = match (given_masks, &greg) {
         (Some(m), _) => Some(m),
         (None, Some((m, _))) => Some(m.clone()),
@@ -142,34 +133,11 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         trainer.set_hook(Box::new(m.clone()));
     }
     if from_checkpoint {
-        let ck = run.read_checkpoint()?;
-        trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
+        resume_from_checkpoint(&mut trainer, &run)?;
     }
-    let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });
-    let mut train_batches = ImageBatches::new(
-        &train_set,
-        norm.clone(),
-        cfg.data.batch_size,
-        true,
-        augment,
-        dev.clone(),
-    )
-    .with_dtype(cfg.model.dtype()?);
-    let mut test_batches = ImageBatches::new(
-        &data.test,
-        norm.clone(),
-        cfg.data.eval_batch_size,
-        false,
-        None,
-        dev.clone(),
-    )
-    .with_dtype(cfg.model.dtype()?);
-    let mut recorder = RunRecorder::new(&run);
-    let mut progress = Progress::new(opts.quiet);
-    let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
-    let state = trainer
-        .fit(&mut train_batches, Some(&mut test_batches), &mut observers)
-        .map_err(|e| fit_failed(e, &run))?;
+    let mut train_batches = setup.image_batches(&train_set, &norm, &dev)?;
+    let mut test_batches = eval_image_batches(cfg, &data.test, &norm, &dev)?;
+    let state = fit_run(&mut trainer, &mut train_batches, &mut test_batches, &run, opts.quiet)?;
 
     let ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
     let (preds, m) = (ev.preds, ev.metrics);
