@@ -9,22 +9,20 @@
 //! deviations are multiplied by the target's standard deviation `s`, variances by `s²`, and
 //! NLLs gain `log s` (the Jacobian of the standardisation).
 
-use super::{
-    device, open_resumed, optimizer, run_dir, sampling, train_settings, RunSummary, TrainOptions, STREAM_EVAL,
-    STREAM_TRAIN,
-};
+use super::run_dir::{fit_run, resume_from_checkpoint};
+use super::setup::{eval_table_batches, TrainingSetup};
+use super::{device, open_resumed, run_dir, sampling, RunSummary, TrainOptions, STREAM_EVAL};
 use crate::atomic;
 use crate::config::StudyConfig;
-use crate::data::{load_table, Standardizer, TableBatches, TableSet};
+use crate::data::{load_table, Standardizer, TableSet};
 use crate::error::{ExpError, Result};
-use crate::observe::{Progress, RunRecorder};
 use crate::store::RunDir;
 use candle_core::{Device, Tensor};
 use secateur_bayes::{ParamStore, Sampling, SeededRng};
 use secateur_inference::likelihood::{Gaussian, Likelihood};
 use secateur_inference::metrics::{regression_metrics, RegressionMetrics};
 use secateur_inference::predict::{predict_regression, RegressionPredictions};
-use secateur_inference::train::{EpochRecord, Observer, Trainer};
+use secateur_inference::train::EpochRecord;
 use secateur_models::Network;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -64,14 +62,14 @@ pub fn build_regression_model(
         .likelihood
         .noise(f64::from(data.std.y_std))
         .map_err(|e| ExpError::config("likelihood", e))?;
-    let (store, pb) = super::param_builder(cfg, dev);
+    let (store, pb) = super::setup::param_builder(cfg, dev);
     // the output width depends only on the noise kind; the likelihood registers its parameter
     // after the network so that the network's initialisation draws do not depend on it
     let outputs = match noise {
         secateur_inference::likelihood::Noise::Heteroscedastic { .. } => 2,
         _ => 1,
     };
-    let net = super::build_network(cfg, [data.train.n_features, 1, 1], outputs, &pb)?;
+    let net = super::setup::build_network(cfg, [data.train.n_features, 1, 1], outputs, &pb)?;
     let lik = Gaussian::new(noise, 1, &pb)?;
     Ok((net, store, lik))
 }
@@ -88,7 +86,7 @@ fn predict_table(
     dev: &Device,
     mean_only: bool,
 ) -> Result<RegressionPredictions> {
-    let mut batches = TableBatches::new(set, data.std.clone(), cfg.data.eval_batch_size, false, dev.clone());
+    let mut batches = eval_table_batches(cfg, set, &data.std, dev);
     let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
     let (how, samples) = if cfg.is_bayesian() && !mean_only {
         (sampling(cfg)?, cfg.bayes.eval_samples)
@@ -108,7 +106,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     // the inputs are checked before a new run directory is created
     let data = load_regression_data(cfg, opts.data_dir.as_deref())?;
     let (net, store, lik) = build_regression_model(cfg, &data, &dev)?;
-    let settings = train_settings(cfg, data.train.len())?;
+    let setup = TrainingSetup::new(cfg, data.train.len())?;
     if opts.masks.is_some() {
         return Err(ExpError::config(
             "--masks",
@@ -117,33 +115,16 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     }
     // held until the run is written
     let (run, _lock) = run_dir(cfg, opts, resumed)?;
-    let mut trainer = Trainer::new(
-        &net,
-        store.clone(),
-        optimizer(cfg)?,
-        settings,
-        SeededRng::substream(cfg.seed, STREAM_TRAIN),
-    )?
-    .with_likelihood(Likelihood::Gaussian(lik.clone()))
-    .with_target_units(f64::from(data.std.y_mean), f64::from(data.std.y_std))?;
+    let mut trainer = setup
+        .trainer(&net, &store)?
+        .with_likelihood(Likelihood::Gaussian(lik.clone()))
+        .with_target_units(f64::from(data.std.y_mean), f64::from(data.std.y_std))?;
     if from_checkpoint {
-        let ck = run.read_checkpoint()?;
-        trainer.resume(&ck.weights, &ck.optimizer, ck.state)?;
+        resume_from_checkpoint(&mut trainer, &run)?;
     }
-    let mut train_batches = TableBatches::new(&data.train, data.std.clone(), cfg.data.batch_size, true, dev.clone());
-    let mut test_batches = TableBatches::new(
-        &data.test,
-        data.std.clone(),
-        cfg.data.eval_batch_size,
-        false,
-        dev.clone(),
-    );
-    let mut recorder = RunRecorder::new(&run);
-    let mut progress = Progress::new(opts.quiet);
-    let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
-    let state = trainer
-        .fit(&mut train_batches, Some(&mut test_batches), &mut observers)
-        .map_err(|e| super::fit_failed(e, &run))?;
+    let mut train_batches = setup.table_batches(&data.train, &data.std, &dev);
+    let mut test_batches = eval_table_batches(cfg, &data.test, &data.std, &dev);
+    let state = fit_run(&mut trainer, &mut train_batches, &mut test_batches, &run, opts.quiet)?;
 
     let preds = predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?;
     let m = regression_metrics(&preds)?;

@@ -1,0 +1,137 @@
+//! Test-set evaluation of a classification model, and the `eval` command. A Bayesian model is
+//! evaluated by Monte Carlo, `p(y | x) ≈ (1/S) Σₛ p(y | x, wₛ)` over `S = bayes.eval_samples`
+//! weight draws; a deterministic one (and the posterior mean, `Sampling::Mean`) by one pass.
+//! Nested models are also evaluated at the widths of `bayes.eval_widths`.
+
+use super::setup::{build_model, device, eval_image_batches, load_data, sampling, STREAM_EVAL};
+use crate::config::StudyConfig;
+use crate::data::Normalizer;
+use crate::error::Result;
+use crate::store::RunDir;
+use candle_core::{Device, Tensor};
+use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
+use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
+use secateur_inference::predict::{predict, predict_mc, McPredictions, Predictions};
+use secateur_models::Network;
+use std::path::Path;
+
+/// A network evaluated at a width: sets `ctx.width` for the nested layers (Rippel et al. 2014;
+/// Cui et al. 2021) around the ordinary forward pass.
+struct AtWidth<'a> {
+    net: &'a Network,
+    width: f64,
+}
+
+impl Module for AtWidth<'_> {
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> candle_core::Result<Tensor> {
+        let saved = ctx.width.replace(self.width);
+        let y = self.net.forward(x, ctx);
+        ctx.width = saved;
+        y
+    }
+}
+
+/// Test accuracy of a nested network at each of `bayes.eval_widths`, as
+/// `(accuracy_width_0.50, accuracy)` pairs. At a width the nested layers keep a fixed prefix of
+/// their units and draw nothing, and the weights of the nested kinds are point estimates, so one
+/// deterministic pass (`Sampling::Mean`) per width is the whole evaluation.
+pub(super) fn width_accuracies(
+    net: &Network,
+    test: &crate::data::ImageSet,
+    norm: &Normalizer,
+    cfg: &StudyConfig,
+    dev: &Device,
+) -> Result<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    for &w in &cfg.bayes.eval_widths {
+        let m = AtWidth { net, width: w };
+        let mut batches = eval_image_batches(cfg, test, norm, dev)?;
+        let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+        let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
+        let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
+        out.push((format!("accuracy_width_{w:.2}"), acc));
+    }
+    Ok(out)
+}
+
+/// Test-set evaluation: Monte Carlo with `bayes.eval_samples` samples for a Bayesian model
+/// (the classification metrics are those of the averaged probabilities), the posterior mean /
+/// deterministic forward pass otherwise.
+pub(super) struct Evaluation {
+    pub(super) preds: Predictions,
+    pub(super) metrics: ClassificationMetrics,
+    pub(super) mc: Option<McPredictions>,
+}
+
+pub(super) fn evaluate(
+    net: &Network,
+    test: &crate::data::ImageSet,
+    norm: &Normalizer,
+    cfg: &StudyConfig,
+    dev: &Device,
+) -> Result<Evaluation> {
+    let mut batches = eval_image_batches(cfg, test, norm, dev)?;
+    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    if cfg.is_bayesian() {
+        let mc = predict_mc(net, &mut batches, sampling(cfg)?, cfg.bayes.eval_samples, &mut rng)?;
+        let p = &mc.predictions;
+        let metrics = classification_metrics(&p.probs, &p.labels, p.classes)?;
+        Ok(Evaluation {
+            preds: p.clone(),
+            metrics,
+            mc: Some(mc),
+        })
+    } else {
+        let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
+        let metrics = classification_metrics(&p.probs, &p.labels, p.classes)?;
+        Ok(Evaluation {
+            preds: p,
+            metrics,
+            mc: None,
+        })
+    }
+}
+
+/// Accuracy of the posterior-mean network (`Sampling::Mean`) on `test`: one deterministic pass
+/// over its [`eval_image_batches`], normalised by `norm`.
+pub fn posterior_mean_accuracy(
+    net: &Network,
+    test: &crate::data::ImageSet,
+    norm: &Normalizer,
+    cfg: &StudyConfig,
+    dev: &Device,
+) -> Result<f64> {
+    let mut batches = eval_image_batches(cfg, test, norm, dev)?;
+    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
+    Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
+}
+
+/// Evaluates a finished classification run's final weights on its test set (regression runs:
+/// [`regression::eval`](super::regression::eval)). A run without `weights.safetensors`
+/// (unfinished) and weights with a NaN or infinite entry are refused, naming the file or the
+/// tensor.
+pub fn eval(
+    run_dir: &Path,
+    data_dir: Option<&Path>,
+    device_name: &str,
+) -> Result<(ClassificationMetrics, StudyConfig)> {
+    let run = RunDir::open(run_dir)?;
+    let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+    let weights = run.read_final_weights()?;
+    let dev = device(device_name)?;
+    let data = load_data(&cfg, data_dir)?;
+    let train_set = if cfg.data.val_fraction > 0.0 {
+        let mut split_rng = SeededRng::substream(cfg.seed, 4);
+        data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
+    } else {
+        data.train.clone()
+    };
+    let norm = Normalizer::from_set(&train_set);
+    let input = [train_set.channels, train_set.height, train_set.width];
+    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
+    let (net, store) = build_model(&cfg, input, classes, &dev)?;
+    store.load(&weights)?;
+    let m = evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics;
+    Ok((m, cfg))
+}

@@ -1,0 +1,34 @@
+//! The commands behind the CLI: `train` and `eval` (classification here, regression tables
+//! under `[likelihood] kind = "gaussian"` in [`regression`]), and the configs of `quickstart`.
+//!
+//! - `setup`: the device, the model of a config, sampling, the optimiser, the training settings
+//!   and the data — the set-up every training command shares;
+//! - `run_dir`: the run directory of `train` (new or resumed), its masks, a failed fit's error;
+//! - `train`: the `train` command;
+//! - `eval`: test-set evaluation and the `eval` command;
+//! - `report`: `report.md`, the predictions file and the terminal tables;
+//! - [`regression`]: `train` and `eval` for regression tables.
+
+mod eval;
+pub mod regression;
+mod report;
+mod run_dir;
+mod setup;
+mod train;
+
+pub use eval::{eval, posterior_mean_accuracy};
+pub use report::{comparison_table, metrics_table};
+pub use run_dir::MASKS_FILE;
+pub(crate) use run_dir::{open_resumed, run_dir};
+pub use setup::{
+    build_model, device, eval_image_batches, eval_table_batches, init_from_deterministic, init_weights_file, optimizer,
+    sampling, train_settings, TrainingSetup,
+};
+pub(crate) use setup::{load_data, STREAM_EVAL, STREAM_TRAIN};
+pub use train::{train, RunSummary, TrainOptions};
+
+/// The quickstart config, shipped in `experiments/configs/quickstart.toml`.
+pub const QUICKSTART_TOML: &str = include_str!("../../configs/quickstart.toml");
+
+/// The quickstart's sparse-VD LeNet-5, shipped in `experiments/configs/quickstart-sparse-vd.toml`.
+pub const QUICKSTART_SPARSE_VD_TOML: &str = include_str!("../../configs/quickstart-sparse-vd.toml");
