@@ -6,17 +6,16 @@
 //! after the schedule ends (fewer than one epoch) run without the penalty, before the cut.
 
 use crate::atomic;
-use crate::commands::{optimizer, train_settings};
+use crate::commands::TrainingSetup;
 use crate::config::{GregMethod, StudyConfig};
 use crate::data::{ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
-use crate::loader::ImageBatches;
 use crate::observe::Progress;
 use crate::seed_stream::SeedStream;
 use candle_core::Device;
 use secateur_bayes::{Module, ParamStore};
 use secateur_inference::schedule::Schedule;
-use secateur_inference::train::{Observer, TrainSettings, Trainer};
+use secateur_inference::train::{Observer, TrainSettings};
 use secateur_models::ModelSpec;
 use secateur_pruning::greg::{GReg, Phase};
 use secateur_pruning::{geometry, Allocation, Exclusions, MaskSet};
@@ -72,24 +71,17 @@ pub fn regularise(
     let iterations = schedule.iterations(two)?;
     let steps_per_epoch = train_set.len().div_ceil(cfg.data.batch_size.max(1)).max(1);
     let epochs = iterations.div_ceil(steps_per_epoch);
-    let settings = TrainSettings {
+    let mut setup = TrainingSetup::new(cfg, train_set.len())?.with_stream(SeedStream::Greg);
+    setup.settings = TrainSettings {
         epochs,
         lr: g.lr,
         schedule: Schedule::Constant { warmup: 0 },
-        ..train_settings(cfg, train_set.len())?
+        ..setup.settings
     };
     let state = {
-        let mut trainer = Trainer::new(
-            net,
-            store.clone(),
-            optimizer(cfg)?,
-            settings,
-            SeedStream::Greg.rng(cfg.seed),
-        )?;
+        let mut trainer = setup.trainer(net, store)?;
         trainer.set_hook(Box::new(&mut reg));
-        let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });
-        let mut batches = ImageBatches::new(train_set, norm.clone(), cfg.data.batch_size, true, augment, dev.clone())
-            .with_dtype(cfg.model.dtype()?);
+        let mut batches = setup.image_batches(train_set, norm, dev)?;
         let mut progress = Progress::new(quiet);
         let mut observers: Vec<&mut dyn Observer> = vec![&mut progress];
         trainer.fit(&mut batches, None, &mut observers)?

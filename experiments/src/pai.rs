@@ -10,11 +10,10 @@
 //! diverging loss after layer collapse) is recorded with its error instead of stopping the study.
 
 use crate::atomic;
-use crate::commands::{build_model, optimizer, train_settings};
+use crate::commands::{build_model, eval_image_batches, TrainingSetup};
 use crate::config::StudyConfig;
 use crate::data::{load_images, ImageSet, Normalizer};
 use crate::error::{ExpError, Result};
-use crate::loader::ImageBatches;
 use crate::prune::{prune_model, PruneData, PruneSpec};
 use crate::seed_stream::SeedStream;
 use crate::store::RunDir;
@@ -22,7 +21,6 @@ use candle_core::Device;
 use secateur_bayes::Sampling;
 use secateur_inference::metrics::classification_metrics;
 use secateur_inference::predict::predict;
-use secateur_inference::train::Trainer;
 use secateur_pruning::criteria::HutchinsonOptions;
 use secateur_pruning::{criterion, CriterionOptions, MaskSet, Scope};
 use serde::{Deserialize, Serialize};
@@ -238,32 +236,16 @@ fn train_masked(
 ) -> Result<f64> {
     let dev = Device::Cpu;
     let (net, store) = build_model(cfg, data.input, data.classes, &dev)?;
-    let settings = train_settings(cfg, data.train.len())?;
-    let mut trainer = Trainer::new(
-        &net,
-        store.clone(),
-        optimizer(cfg)?,
-        settings,
-        SeedStream::Train.rng(cfg.seed),
-    )?;
+    let setup = TrainingSetup::new(cfg, data.train.len())?;
+    let mut trainer = setup.trainer(&net, &store)?;
     if let Some(m) = masks {
         m.check(&store)?;
         m.apply(&store)?;
         trainer.set_hook(Box::new(m.clone()));
     }
-    let augment = cfg.data.augment.then_some(crate::data::Augment { pad: 4, flip: true });
-    let mut batches = ImageBatches::new(
-        &data.train,
-        norm.clone(),
-        cfg.data.batch_size,
-        true,
-        augment,
-        dev.clone(),
-    )
-    .with_dtype(cfg.model.dtype()?);
+    let mut batches = setup.image_batches(&data.train, norm, &dev)?;
     trainer.fit(&mut batches, None, &mut [])?;
-    let mut test_batches = ImageBatches::new(test, norm.clone(), cfg.data.eval_batch_size, false, None, dev)
-        .with_dtype(cfg.model.dtype()?);
+    let mut test_batches = eval_image_batches(cfg, test, norm, &dev)?;
     let mut rng = SeedStream::Eval.rng(cfg.seed);
     let p = predict(&net, &mut test_batches, Sampling::Mean, &mut rng)?;
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)

@@ -385,7 +385,7 @@ impl LayerFactory for McDropoutFactory {
 /// `{path}.inclusion_logit` (unused in the classifier). The same prior is used in every layer
 /// (the paper's layer-wise λ_l would be one prior per layer).
 ///
-/// The factory remembers the last layer it made, so use one factory per network (as [`factory`]
+/// The factory remembers the last layer it made, so use one factory per network (as [`factory`](crate::kind::factory)
 /// does).
 #[derive(Debug)]
 pub struct SpikeSlab {
@@ -475,7 +475,7 @@ impl LayerFactory for SpikeSlab {
 /// variational under the layer's path). See the module documentation for the placement.
 ///
 /// The factory remembers whether it has made a layer yet, so use one factory per network (as
-/// [`factory`] does).
+/// [`factory`](crate::kind::factory) does).
 #[derive(Debug)]
 pub struct NestedDropoutFactory {
     /// Geometric parameter of the truncation distribution (the prior's, for the variational kind).

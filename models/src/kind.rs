@@ -44,6 +44,9 @@ pub enum ReportValue {
     Real(f64),
 }
 
+/// A kind's report: `metrics.json` keys and their values.
+pub type KindReport = Vec<(String, ReportValue)>;
+
 /// What a kind's report may read besides the trained parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReportInput {
@@ -66,7 +69,7 @@ pub struct LayerKind {
     /// Builds its factory from the shared options.
     pub factory: fn(&FactoryOptions) -> Result<Box<dyn LayerFactory>>,
     /// What its trained layers report beyond the common metrics (`metrics.json` keys).
-    pub report: fn(&ParamStore, &ReportInput) -> Result<Vec<(String, ReportValue)>>,
+    pub report: fn(&ParamStore, &ReportInput) -> Result<KindReport>,
 }
 
 impl std::fmt::Debug for LayerKind {
@@ -124,13 +127,13 @@ pub fn kind_names() -> Vec<&'static str> {
     LAYER_KINDS.iter().map(|k| k.name).collect()
 }
 
-fn no_report(_: &ParamStore, _: &ReportInput) -> Result<Vec<(String, ReportValue)>> {
+fn no_report(_: &ParamStore, _: &ReportInput) -> Result<KindReport> {
     Ok(Vec::new())
 }
 
 /// `sparsity_log_alpha`: the fraction of weights the layers drop at test time (sparse VD:
 /// `log α ≥ threshold`, Molchanov et al. 2017), over every weight with a test-time rule.
-fn dropped_weights(store: &ParamStore, _: &ReportInput) -> Result<Vec<(String, ReportValue)>> {
+fn dropped_weights(store: &ParamStore, _: &ReportInput) -> Result<KindReport> {
     let (mut dropped, mut n) = (0usize, 0usize);
     for (_, layer) in store.variational_layers() {
         for w in layer.test_time_weights()? {
@@ -153,7 +156,7 @@ fn dropped_weights(store: &ParamStore, _: &ReportInput) -> Result<Vec<(String, R
 
 /// `nodes_removed`, `nodes_total`: spike-and-slab nodes whose inclusion probability is below ½
 /// (Jantre et al. 2021), over the layers that select nodes.
-fn removed_nodes(store: &ParamStore, _: &ReportInput) -> Result<Vec<(String, ReportValue)>> {
+fn removed_nodes(store: &ParamStore, _: &ReportInput) -> Result<KindReport> {
     let units = store.removed_units()?;
     if units.is_empty() {
         return Ok(Vec::new());
@@ -173,7 +176,7 @@ fn removed_nodes(store: &ParamStore, _: &ReportInput) -> Result<Vec<(String, Rep
 /// input's features `C·H·W` (linear) or channels `C` (convolution) — whose gates are pixels or
 /// channels. `units_removed` is the removed fraction of hidden units, `units_hidden_total` their
 /// count, `inputs_removed` the removed fraction of inputs.
-fn removed_gates(store: &ParamStore, r: &ReportInput) -> Result<Vec<(String, ReportValue)>> {
+fn removed_gates(store: &ParamStore, r: &ReportInput) -> Result<KindReport> {
     let mut out = Vec::new();
     let (mut removed, mut total, mut in_removed, mut in_total) = (0, 0, 0, 0);
     for (layer, rm, t) in store.removed_units()? {

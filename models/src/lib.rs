@@ -23,4 +23,4 @@ pub mod kind;
 pub use arch::{architectures, build, ModelSpec, Network, ARCHITECTURES};
 pub use bayes_factory::{FactoryOptions, McDropoutFactory, MeanField, SparseVd};
 pub use factory::{Deterministic, LayerFactory};
-pub use kind::{factory, kind, kind_names, KindSampling, LayerKind, ReportInput, ReportValue, LAYER_KINDS};
+pub use kind::{factory, kind, kind_names, KindReport, KindSampling, LayerKind, ReportInput, ReportValue, LAYER_KINDS};

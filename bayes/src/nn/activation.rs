@@ -79,7 +79,8 @@ mod tests {
         let mut rng = SeededRng::new(0);
         let mut ctx = Ctx::eval(&mut rng, Sampling::Mean);
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
-        let cases: [(&dyn Module, fn(f64) -> f64); 4] = [
+        type Case<'a> = (&'a dyn Module, fn(f64) -> f64);
+        let cases: [Case; 4] = [
             (&Relu, |v| v.max(0.0)),
             (&Tanh, f64::tanh),
             (&Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),

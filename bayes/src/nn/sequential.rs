@@ -37,7 +37,8 @@ impl Sequential {
         Self::default()
     }
 
-    /// The chain with `m` appended (builder style).
+    /// The chain with `m` appended (builder style, `seq().add(..).add(..)`; not `std::ops::Add`).
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, m: impl Module + 'static) -> Self {
         self.push(m);
         self

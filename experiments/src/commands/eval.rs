@@ -3,13 +3,14 @@
 //! weight draws; a deterministic one (and the posterior mean, `Sampling::Mean`) by one pass.
 //! Nested models are also evaluated at the widths of `bayes.eval_widths`.
 
-use super::setup::{build_model, device, eval_image_batches, load_data, sampling, STREAM_EVAL};
+use super::setup::{build_model, device, eval_image_batches, load_data, sampling};
 use crate::config::StudyConfig;
 use crate::data::Normalizer;
 use crate::error::Result;
+use crate::seed_stream::SeedStream;
 use crate::store::RunDir;
 use candle_core::{Device, Tensor};
-use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
+use secateur_bayes::{Ctx, Module, Sampling};
 use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
 use secateur_inference::predict::{predict, predict_mc, McPredictions, Predictions};
 use secateur_models::Network;
@@ -46,7 +47,7 @@ pub(super) fn width_accuracies(
     for &w in &cfg.bayes.eval_widths {
         let m = AtWidth { net, width: w };
         let mut batches = eval_image_batches(cfg, test, norm, dev)?;
-        let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+        let mut rng = SeedStream::Eval.rng(cfg.seed);
         let p = predict(&m, &mut batches, Sampling::Mean, &mut rng)?;
         let acc = classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy;
         out.push((format!("accuracy_width_{w:.2}"), acc));
@@ -71,7 +72,7 @@ pub(super) fn evaluate(
     dev: &Device,
 ) -> Result<Evaluation> {
     let mut batches = eval_image_batches(cfg, test, norm, dev)?;
-    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    let mut rng = SeedStream::Eval.rng(cfg.seed);
     if cfg.is_bayesian() {
         let mc = predict_mc(net, &mut batches, sampling(cfg)?, cfg.bayes.eval_samples, &mut rng)?;
         let p = &mc.predictions;
@@ -102,7 +103,7 @@ pub fn posterior_mean_accuracy(
     dev: &Device,
 ) -> Result<f64> {
     let mut batches = eval_image_batches(cfg, test, norm, dev)?;
-    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    let mut rng = SeedStream::Eval.rng(cfg.seed);
     let p = predict(net, &mut batches, Sampling::Mean, &mut rng)?;
     Ok(classification_metrics(&p.probs, &p.labels, p.classes)?.accuracy)
 }
@@ -122,7 +123,7 @@ pub fn eval(
     let dev = device(device_name)?;
     let data = load_data(&cfg, data_dir)?;
     let train_set = if cfg.data.val_fraction > 0.0 {
-        let mut split_rng = SeededRng::substream(cfg.seed, 4);
+        let mut split_rng = SeedStream::DataSplit.rng(cfg.seed);
         data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
     } else {
         data.train.clone()

@@ -20,11 +20,11 @@ pub use eval::{eval, posterior_mean_accuracy};
 pub use report::{comparison_table, metrics_table};
 pub use run_dir::MASKS_FILE;
 pub(crate) use run_dir::{open_resumed, run_dir};
+pub(crate) use setup::load_data;
 pub use setup::{
     build_model, device, eval_image_batches, eval_table_batches, init_from_deterministic, init_weights_file, optimizer,
     sampling, train_settings, TrainingSetup,
 };
-pub(crate) use setup::{load_data, STREAM_EVAL, STREAM_TRAIN};
 pub use train::{train, RunSummary, TrainOptions};
 
 /// The quickstart config, shipped in `experiments/configs/quickstart.toml`.

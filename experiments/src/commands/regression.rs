@@ -11,14 +11,15 @@
 
 use super::run_dir::{fit_run, resume_from_checkpoint};
 use super::setup::{eval_table_batches, TrainingSetup};
-use super::{device, open_resumed, run_dir, sampling, RunSummary, TrainOptions, STREAM_EVAL};
+use super::{device, open_resumed, run_dir, sampling, RunSummary, TrainOptions};
 use crate::atomic;
 use crate::config::StudyConfig;
 use crate::data::{load_table, Standardizer, TableSet};
 use crate::error::{ExpError, Result};
+use crate::seed_stream::SeedStream;
 use crate::store::RunDir;
 use candle_core::{Device, Tensor};
-use secateur_bayes::{ParamStore, Sampling, SeededRng};
+use secateur_bayes::{ParamStore, Sampling};
 use secateur_inference::likelihood::{Gaussian, Likelihood};
 use secateur_inference::metrics::{regression_metrics, RegressionMetrics};
 use secateur_inference::predict::{predict_regression, RegressionPredictions};
@@ -27,9 +28,6 @@ use secateur_models::Network;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::time::Instant;
-
-/// Sub-stream of the run's seed that draws the train/test split of a table.
-const STREAM_TABLE_SPLIT: u64 = 5;
 
 /// A table split into train and test rows, with the training rows' standardisation.
 pub struct RegressionData {
@@ -45,7 +43,7 @@ pub struct RegressionData {
 pub fn load_regression_data(cfg: &StudyConfig, data_dir: Option<&Path>) -> Result<RegressionData> {
     let dir = data_dir.map(Path::to_path_buf).or_else(|| cfg.data.dir.clone());
     let table = load_table(&cfg.data.name, dir.as_deref())?.set;
-    let mut rng = SeededRng::substream(cfg.seed, STREAM_TABLE_SPLIT);
+    let mut rng = SeedStream::TableSplit.rng(cfg.seed);
     let (train, test) = table.split(cfg.data.test_fraction, &mut rng)?;
     let std = train.standardizer();
     Ok(RegressionData { train, test, std })
@@ -87,7 +85,7 @@ fn predict_table(
     mean_only: bool,
 ) -> Result<RegressionPredictions> {
     let mut batches = eval_table_batches(cfg, set, &data.std, dev);
-    let mut rng = SeededRng::substream(cfg.seed, STREAM_EVAL);
+    let mut rng = SeedStream::Eval.rng(cfg.seed);
     let (how, samples) = if cfg.is_bayesian() && !mean_only {
         (sampling(cfg)?, cfg.bayes.eval_samples)
     } else {

@@ -8,7 +8,8 @@ use crate::config::StudyConfig;
 use crate::error::{ExpError, Result};
 use crate::observe::{Progress, RunRecorder};
 use crate::store::{RunDir, RunLock};
-use secateur_inference::train::{Batches, Observer, TrainState, Trainer};
+use secateur_inference::batches::Batches;
+use secateur_inference::train::{Observer, TrainState, Trainer};
 use std::path::Path;
 
 /// The run being resumed (`resume`), opened without changing it, and whether it has a

@@ -9,20 +9,15 @@ use crate::config::StudyConfig;
 use crate::data::{load_images, Augment, ImageSet, LoadedImages, Normalizer, Standardizer, TableBatches, TableSet};
 use crate::error::{ExpError, Result};
 use crate::loader::ImageBatches;
+use crate::seed_stream::SeedStream;
 use candle_core::{DType, Device, Tensor};
-use secateur_bayes::{Module, ParamBuilder, ParamStore, Sampling, SeededRng};
+use secateur_bayes::{Module, ParamBuilder, ParamStore, Sampling};
 use secateur_inference::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
 use secateur_inference::train::{TrainSettings, Trainer};
 use secateur_models::arch::{Mlp, MlpConfig};
 use secateur_models::{build, ModelSpec, Network};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Sub-stream numbers of the run's seed: one generator per purpose, so that, e.g., changing the
-/// architecture does not change the data order.
-pub(crate) const STREAM_INIT: u64 = 1;
-pub(crate) const STREAM_TRAIN: u64 = 2;
-pub(crate) const STREAM_EVAL: u64 = 3;
 
 /// Parses a device name.
 pub fn device(name: &str) -> Result<Device> {
@@ -59,7 +54,7 @@ pub(super) fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, Par
     let store = ParamStore::new();
     let pb = ParamBuilder::new(
         store.clone(),
-        SeededRng::substream(cfg.seed, STREAM_INIT),
+        SeedStream::Init.rng(cfg.seed),
         cfg.model.dtype().unwrap_or(DType::F32),
         dev.clone(),
     );
@@ -239,8 +234,8 @@ pub struct TrainingSetup<'c> {
     /// its own epochs, learning rate or schedule replaces those fields.
     pub settings: TrainSettings,
     /// The sub-stream of the config's seed the trainer's generator draws from (shuffling,
-    /// augmentation, weight noise): the training stream (2) unless set.
-    pub stream: u64,
+    /// augmentation, weight noise): [`SeedStream::Train`] unless set.
+    pub stream: SeedStream,
 }
 
 impl<'c> TrainingSetup<'c> {
@@ -250,12 +245,12 @@ impl<'c> TrainingSetup<'c> {
         Ok(Self {
             cfg,
             settings: train_settings(cfg, train_size)?,
-            stream: STREAM_TRAIN,
+            stream: SeedStream::Train,
         })
     }
 
     /// The same loop drawing from sub-stream `stream` of the config's seed instead.
-    pub fn with_stream(mut self, stream: u64) -> Self {
+    pub fn with_stream(mut self, stream: SeedStream) -> Self {
         self.stream = stream;
         self
     }
@@ -270,7 +265,7 @@ impl<'c> TrainingSetup<'c> {
             store.clone(),
             optimizer(self.cfg)?,
             self.settings.clone(),
-            SeededRng::substream(self.cfg.seed, self.stream),
+            self.stream.rng(self.cfg.seed),
         )?)
     }
 

@@ -11,7 +11,7 @@ use crate::atomic;
 use crate::config::StudyConfig;
 use crate::data::Normalizer;
 use crate::error::{ExpError, Result};
-use secateur_bayes::SeededRng;
+use crate::seed_stream::SeedStream;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -79,7 +79,7 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     // The inputs are checked before a new run directory is created: data, model, masks.
     let data = load_data(cfg, opts.data_dir.as_deref())?;
     let (train_set, val_set) = if cfg.data.val_fraction > 0.0 {
-        let mut split_rng = SeededRng::substream(cfg.seed, 4);
+        let mut split_rng = SeedStream::DataSplit.rng(cfg.seed);
         data.train.split(cfg.data.val_fraction, &mut split_rng)?
     } else {
         (data.train.clone(), data.train.subset(&[])?)
