@@ -18,14 +18,14 @@ mod train;
 
 pub use eval::{eval, posterior_mean_accuracy};
 pub use report::{comparison_table, metrics_table};
-pub use run_dir::MASKS_FILE;
 pub(crate) use run_dir::{open_resumed, run_dir};
+pub use run_dir::{RunSummary, TrainOptions, MASKS_FILE};
 pub(crate) use setup::load_data;
 pub use setup::{
     build_model, device, eval_image_batches, eval_table_batches, init_from_deterministic, init_weights_file, optimizer,
     sampling, train_settings, TrainingSetup,
 };
-pub use train::{train, RunSummary, TrainOptions};
+pub use train::train;
 
 /// The quickstart config, shipped in `experiments/configs/quickstart.toml`.
 pub const QUICKSTART_TOML: &str = include_str!("../../configs/quickstart.toml");

@@ -1,8 +1,8 @@
-//! The run directory of `train`: the run being resumed or a new one, the mask file it records,
+//! The run directory of `train` and of the regression path: their options ([`TrainOptions`]) and
+//! result ([`RunSummary`]), the run being resumed or a new one, the mask file it records,
 //! the training loop of a run (resumed from its checkpoint, recording every epoch), and the
 //! error of a failed fit, which names the checkpoint the run keeps.
 
-use super::TrainOptions;
 use crate::atomic;
 use crate::config::StudyConfig;
 use crate::error::{ExpError, Result};
@@ -10,7 +10,37 @@ use crate::observe::{Progress, RunRecorder};
 use crate::store::{RunDir, RunLock};
 use secateur_inference::batches::Batches;
 use secateur_inference::train::{Observer, TrainState, Trainer};
-use std::path::Path;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// Options of `train` beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Run directory (default `runs/<study>-<timestamp>`).
+    pub out: Option<PathBuf>,
+    /// Data directory searched first.
+    pub data_dir: Option<PathBuf>,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// Silence progress output.
+    pub quiet: bool,
+    /// A mask file (`secateur prune`'s `masks.safetensors`): the masked weights are zeroed before
+    /// training and kept at zero (gradients masked, weights re-zeroed after every step). With a
+    /// config this trains a network pruned at initialisation (the mask must come from the same
+    /// config and seed to match the initialisation it was scored on). The file is copied into the
+    /// run as `masks.safetensors`, which a resume applies again (a resume given other masks is
+    /// refused).
+    pub masks: Option<PathBuf>,
+}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The flat metrics written to `metrics.json`.
+    pub metrics: Map<String, Value>,
+}
 
 /// The run being resumed (`resume`), opened without changing it, and whether it has a
 /// checkpoint to continue from. A run with no checkpoint (it failed or was killed before its

@@ -5,7 +5,9 @@
 
 use super::eval::{evaluate, posterior_mean_accuracy, width_accuracies};
 use super::report::{report, report_value, write_predictions};
-use super::run_dir::{fit_run, open_resumed, record_masks, resume_from_checkpoint, run_dir, MASKS_FILE};
+use super::run_dir::{
+    fit_run, open_resumed, record_masks, resume_from_checkpoint, run_dir, RunSummary, TrainOptions, MASKS_FILE,
+};
 use super::setup::{build_model, device, eval_image_batches, init_from_deterministic, load_data, TrainingSetup};
 use crate::atomic;
 use crate::config::StudyConfig;
@@ -13,37 +15,8 @@ use crate::data::Normalizer;
 use crate::error::{ExpError, Result};
 use crate::seed_stream::SeedStream;
 use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
-
-/// Options of `train` beyond the config.
-#[derive(Debug, Clone, Default)]
-pub struct TrainOptions {
-    /// Run directory (default `runs/<study>-<timestamp>`).
-    pub out: Option<PathBuf>,
-    /// Data directory searched first.
-    pub data_dir: Option<PathBuf>,
-    /// `cpu` or `cuda`.
-    pub device: String,
-    /// Silence progress output.
-    pub quiet: bool,
-    /// A mask file (`secateur prune`'s `masks.safetensors`): the masked weights are zeroed before
-    /// training and kept at zero (gradients masked, weights re-zeroed after every step). With a
-    /// config this trains a network pruned at initialisation (the mask must come from the same
-    /// config and seed to match the initialisation it was scored on). The file is copied into the
-    /// run as `masks.safetensors`, which a resume applies again (a resume given other masks is
-    /// refused).
-    pub masks: Option<PathBuf>,
-}
-
-/// What a finished run produced.
-#[derive(Debug, Clone)]
-pub struct RunSummary {
-    /// The run directory.
-    pub dir: PathBuf,
-    /// The flat metrics written to `metrics.json`.
-    pub metrics: Map<String, Value>,
-}
 
 /// Trains the config's model, or resumes the run in `resume`; writes the run directory.
 ///
