@@ -239,7 +239,7 @@ pub struct TrainingSetup<'c> {
     /// its own epochs, learning rate or schedule replaces those fields.
     pub settings: TrainSettings,
     /// The sub-stream of the config's seed the trainer's generator draws from (shuffling,
-    /// augmentation, weight noise): the training stream (2) unless set.
+    /// augmentation, weight noise): the training stream unless set.
     pub stream: u64,
 }
 
