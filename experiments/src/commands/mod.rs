@@ -1,9 +1,11 @@
 //! The commands behind the CLI: `train` and `eval` (classification here, regression tables
 //! under `[likelihood] kind = "gaussian"` in [`regression`]), and the configs of `quickstart`.
 //!
-//! - `setup`: the device, the model of a config, sampling, the optimiser, the training settings
-//!   and the data — the set-up every training command shares;
-//! - `run_dir`: the run directory of `train` (new or resumed), its masks, a failed fit's error;
+//! - `setup`: the device, the model of a config, sampling, the optimiser, the training settings,
+//!   the data and its batches, and [`TrainingSetup`], from which every training loop (`train`,
+//!   [`regression`], [`crate::pai`], [`crate::greg`]) gets its trainer and batches;
+//! - `run_dir`: the options and result of a run, its directory (new or resumed), its masks, the loop of a run
+//!   (resumed from its checkpoint, recording every epoch) and a failed fit's error;
 //! - `train`: the `train` command;
 //! - `eval`: test-set evaluation and the `eval` command;
 //! - `report`: `report.md`, the predictions file and the terminal tables;
