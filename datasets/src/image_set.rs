@@ -160,7 +160,7 @@ pub fn split_indices(n: usize, val_fraction: f64, rng: &mut impl Rng) -> Result<
 /// source at `((y + ½)·h/new_h − ½, (x + ½)·w/new_w − ½)`, clamped to the edges.
 ///
 /// ```
-/// use secateur_experiments::data::resize_bilinear;
+/// use secateur_datasets::resize_bilinear;
 /// // 1×2 → 1×4 samples the source at x = −¼ (clamped to 0), ¼, ¾ and 1¼ (clamped to 1).
 /// assert_eq!(resize_bilinear(&[0.0, 4.0], 1, 2, 1, 4), vec![0.0, 1.0, 3.0, 4.0]);
 /// ```
