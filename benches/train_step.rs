@@ -17,7 +17,7 @@
 //! `secateur-experiments` with the same step.
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use criterion::{criterion_group, Criterion, SamplingMode, Throughput};
 use secateur_bayes::nn::cross_entropy;
 use secateur_bayes::Divergence;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
@@ -62,7 +62,6 @@ fn bench_model(c: &mut Criterion, arch: &str, input: [usize; 3], measurement: Du
 
 fn train_steps(c: &mut Criterion) {
     // As the CLI does: keep freed tensor memory in the process (see `runtime::tune_allocator`).
-    secateur_kernels::runtime::configure_threads();
     secateur_kernels::runtime::tune_allocator();
     bench_model(c, "mlp", [1, 28, 28], Duration::from_secs(2));
     bench_model(c, "lenet5", [1, 28, 28], Duration::from_secs(3));
@@ -111,7 +110,6 @@ fn bench_kind(c: &mut Criterion, kind: &str, sampling: Sampling, label: &str) {
 }
 
 fn layer_kinds(c: &mut Criterion) {
-    secateur_kernels::runtime::configure_threads();
     secateur_kernels::runtime::tune_allocator();
     bench_kind(c, "deterministic", Sampling::Mean, "deterministic");
     bench_kind(c, "mean-field", Sampling::Weight, "mean-field-weight");
@@ -132,4 +130,17 @@ fn layer_kinds(c: &mut Criterion) {
 }
 
 criterion_group!(benches, train_steps, layer_kinds);
-criterion_main!(benches);
+/// As the CLI does: candle's thread count from the start-up environment (the bench runs itself
+/// again with `CANDLE_NUM_THREADS=1` unless it is set), then the benchmarks.
+fn main() {
+    match secateur_kernels::runtime::rerun_with_start_env(false) {
+        Ok(None) => {}
+        Ok(Some(code)) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("train_step: cannot start again with its environment: {e}");
+            std::process::exit(1);
+        }
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

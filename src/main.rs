@@ -8,17 +8,16 @@ static ALLOC: secateur_kernels::alloc_cache::CachingAllocator = secateur_kernels
 
 fn main() {
     ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());
-    secateur_kernels::runtime::configure_threads();
     secateur_kernels::runtime::tune_allocator();
     let cli = secateur_experiments::cli::Cli::parse();
-    if cli.needs_double_backprop() && !secateur_kernels::double_backprop::requested() {
-        // candle decides double backpropagation per process: run again with it switched on.
-        match secateur_kernels::double_backprop::rerun_with_double_backprop() {
-            Ok(code) => std::process::exit(code),
-            Err(e) => {
-                eprintln!("error: cannot start secateur again with double backpropagation: {e}");
-                std::process::exit(1);
-            }
+    // candle reads its thread count and double backpropagation from the environment: when they
+    // are not set yet, run again with them (no running process changes its environment).
+    match secateur_kernels::runtime::rerun_with_start_env(cli.needs_double_backprop()) {
+        Ok(None) => {}
+        Ok(Some(code)) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: cannot start secateur again with its environment: {e}");
+            std::process::exit(1);
         }
     }
     // Commands run as a worker of a rayon pool, so that each parallel kernel is a fork–join

@@ -9,7 +9,7 @@
 //!
 //! - a program that needs Hessian–vector products starts with the variable set: in the shell
 //!   (`CANDLE_GRAD_DO_NOT_DETACH=1 my-program`), or by running itself again with it
-//!   ([`rerun_with_double_backprop`]: the `secateur` binary does this for the commands that need
+//!   ([`crate::runtime::rerun_with_start_env`]: the `secateur` binary does this for the commands that need
 //!   it), so that no environment is ever changed in a running process;
 //! - every second-order function checks with [`require`] and refuses, naming the variable,
 //!   instead of silently returning a wrong Hessian;
@@ -61,24 +61,10 @@ pub fn require(what: &str) -> Result<()> {
     } else {
         candle_core::bail!(
             "{what} needs Hessian-vector products by double backpropagation: start the program with \
-             {ENV_VAR}=1 in its environment (secateur_kernels::double_backprop::rerun_with_double_backprop \
+             {ENV_VAR}=1 in its environment (secateur_kernels::runtime::rerun_with_start_env \
              runs a program again with it)"
         )
     }
-}
-
-/// Runs the current program again, with the same arguments, standard streams and environment
-/// plus [`ENV_VAR`]` = 1`, waits for it and returns its exit code (1 if it was killed by a
-/// signal). A binary calls it at the start of `main` when it needs double backpropagation and
-/// [`requested`] is false, and exits with the code; the environment of no running process is
-/// changed.
-pub fn rerun_with_double_backprop() -> std::io::Result<i32> {
-    let exe = std::env::current_exe()?;
-    let status = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(ENV_VAR, "1")
-        .status()?;
-    Ok(status.code().unwrap_or(1))
 }
 
 /// Runs a test with double backpropagation. If this process was started with [`ENV_VAR`] set,

@@ -593,17 +593,15 @@ static ALLOC: secateur_kernels::alloc_cache::CachingAllocator = secateur_kernels
 
 fn main() {
     ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());
-    secateur_kernels::runtime::configure_threads();
     secateur_kernels::runtime::tune_allocator();
     let args = Args::parse();
-    if (args.hvp || args.hvp_ops) && !args.grad_only && !secateur_kernels::double_backprop::requested() {
-        // candle decides double backpropagation per process: run again with it switched on.
-        match secateur_kernels::double_backprop::rerun_with_double_backprop() {
-            Ok(code) => std::process::exit(code),
-            Err(e) => {
-                eprintln!("bench_step: cannot start again with double backpropagation: {e}");
-                std::process::exit(1);
-            }
+    // candle's thread count and double backpropagation come from the start-up environment.
+    match secateur_kernels::runtime::rerun_with_start_env((args.hvp || args.hvp_ops) && !args.grad_only) {
+        Ok(None) => {}
+        Ok(Some(code)) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("bench_step: cannot start again with its environment: {e}");
+            std::process::exit(1);
         }
     }
     secateur_kernels::runtime::in_pool(|| run(args));
