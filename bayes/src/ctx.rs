@@ -41,6 +41,12 @@ pub struct Ctx<'a> {
     /// `w ∈ (0, 1]` of ordered units that nested-dropout layers keep, the first `⌈w · units⌉`
     /// ([`kept_units`]). `None` (the default) is the full width; other layers ignore it.
     pub width: Option<f64>,
+    /// Momentum of batch-norm running statistics in training mode, overriding each layer's own
+    /// (`None`, the default, keeps the layer's; PyTorch's `momentum = 0.1`). A recomputation of
+    /// the statistics (after loading a SWAG or ensemble sample, Izmailov et al. 2018) passes
+    /// `m = b / (n + b)` for a batch of `b` examples after `n` seen, so that the running
+    /// statistics become the exact average over the pass.
+    pub bn_momentum: Option<f64>,
 }
 
 /// The number of ordered units a nested layer keeps at width `w ∈ (0, 1]`: `⌈w · units⌉`, at
@@ -69,6 +75,7 @@ impl<'a> Ctx<'a> {
             sampling,
             rng,
             width: None,
+            bn_momentum: None,
         }
     }
 
@@ -79,6 +86,7 @@ impl<'a> Ctx<'a> {
             sampling,
             rng,
             width: None,
+            bn_momentum: None,
         }
     }
 
@@ -86,6 +94,12 @@ impl<'a> Ctx<'a> {
     /// by the nested layers when they read it, [`kept_units`]).
     pub fn with_width(mut self, width: f64) -> Self {
         self.width = Some(width);
+        self
+    }
+
+    /// The same context with batch-norm momentum `m` (see [`Ctx::bn_momentum`]).
+    pub fn with_bn_momentum(mut self, m: f64) -> Self {
+        self.bn_momentum = Some(m);
         self
     }
 

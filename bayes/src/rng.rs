@@ -117,6 +117,14 @@ impl SeededRng {
         out
     }
 
+    /// A uniform draw from `{0, …, n − 1}` (`n ≥ 1`; 0 for `n = 0`).
+    pub fn index(&mut self, n: usize) -> usize {
+        if n <= 1 {
+            return 0;
+        }
+        self.inner.random_range(0..n)
+    }
+
     /// `n` uniform draws on `[lo, hi)` as f32.
     pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n).map(|_| self.inner.random_range(lo..hi)).collect()

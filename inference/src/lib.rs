@@ -18,6 +18,9 @@
 //! - [`predict`]: batched prediction of class probabilities, Monte Carlo prediction with S
 //!   posterior samples and the entropy / mutual-information decomposition; Gaussian regression
 //!   predictives and their variance decomposition.
+//! - [`posterior`]: the [`Posterior`](posterior::Posterior) interface of posteriors over a trained
+//!   network's parameters (mean, seeded sample, [`PosteriorStats`](secateur_bayes::PosteriorStats),
+//!   Bayesian model averaging with batch-norm recomputation), and deep ensembles.
 //! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins; RMSE, Gaussian NLL
 //!   and interval coverage of regression predictives.
 //! - [`evaluate`]: the [`Evaluation`](evaluate::Evaluation) the trainer runs after every epoch,
@@ -36,6 +39,7 @@
 //! 4  train     → batches, elbo, evaluate, hooks, likelihood, metrics (epoch-record types),
 //!                objective, optim, schedule
 //! 3  evaluate  → batches, likelihood, metrics, predict
+//!    posterior → batches, predict
 //! 2  elbo      → objective
 //!    metrics   → likelihood, predict
 //! 1  objective → likelihood
@@ -51,6 +55,7 @@ pub mod likelihood;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+pub mod posterior;
 pub mod predict;
 pub mod schedule;
 pub mod train;

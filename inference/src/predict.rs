@@ -60,6 +60,50 @@ pub struct McPredictions {
 }
 
 impl McPredictions {
+    /// No examples yet, `samples` samples each.
+    fn empty(samples: usize) -> Self {
+        Self {
+            predictions: Predictions {
+                probs: Vec::new(),
+                labels: Vec::new(),
+                classes: 0,
+            },
+            samples,
+            predictive_entropy: Vec::new(),
+            expected_entropy: Vec::new(),
+            mutual_information: Vec::new(),
+        }
+    }
+
+    /// The Bayesian model average of `S = draws.len()` sets of predicted probabilities of the
+    /// same examples: `draws[s]` holds sample `s`'s probabilities, row-major `[N × classes]`, and
+    /// `labels` the N true labels. The averaged probabilities and the per-example decomposition
+    /// of [`decompose`]. Refuses no draws and draws of the wrong length.
+    ///
+    /// ```
+    /// use secateur_inference::predict::McPredictions;
+    /// let m = McPredictions::from_draws(&[vec![1.0, 0.0], vec![0.0, 1.0]], vec![0], 2).unwrap();
+    /// assert_eq!(m.predictions.probs, vec![0.5, 0.5]);
+    /// assert!((m.mutual_information[0] as f64 - 2f64.ln()).abs() < 1e-6);
+    /// ```
+    pub fn from_draws(draws: &[Vec<f32>], labels: Vec<u32>, classes: usize) -> Result<Self> {
+        let n = labels.len();
+        if draws.is_empty() {
+            candle_core::bail!("a Bayesian model average needs at least one sample");
+        }
+        if let Some(d) = draws.iter().find(|d| d.len() != n * classes) {
+            candle_core::bail!(
+                "a sample holds {} probabilities, expected {n} examples × {classes} classes",
+                d.len()
+            );
+        }
+        let mut out = Self::empty(draws.len());
+        push_decomposed(draws, n, classes, &mut out);
+        out.predictions.labels = labels;
+        out.predictions.classes = classes;
+        Ok(out)
+    }
+
     /// Mean over examples of the mutual information (epistemic uncertainty).
     pub fn mean_mutual_information(&self) -> f64 {
         mean(&self.mutual_information)
@@ -158,8 +202,8 @@ pub fn predict_mc(
         candle_core::bail!("predict_mc: field `samples` must be at least 1, got 0");
     }
     data.start_epoch(0, rng);
-    let (mut probs, mut labels) = (Vec::new(), Vec::new());
-    let (mut pe, mut ee, mut mi) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = McPredictions::empty(samples);
+    let mut labels = Vec::new();
     let mut classes = 0;
     for i in 0..data.num_batches() {
         let (x, y) = data.batch(i, rng)?;
@@ -171,33 +215,35 @@ pub fn predict_mc(
             let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
             draws.push(p.flatten_all()?.to_vec1::<f32>()?);
         }
-        let n = y.dim(0)?;
-        let mut row: Vec<Vec<f64>> = vec![vec![0.0; classes]; samples];
-        for e in 0..n {
-            for (s, d) in draws.iter().enumerate() {
-                for (k, r) in row[s].iter_mut().enumerate() {
-                    *r = d[e * classes + k] as f64;
-                }
-            }
-            let refs: Vec<&[f64]> = row.iter().map(Vec::as_slice).collect();
-            let u = decompose(&refs);
-            for k in 0..classes {
-                let m = refs.iter().map(|p| p[k]).sum::<f64>() / samples as f64;
-                probs.push(m as f32);
-            }
-            pe.push(u.predictive_entropy as f32);
-            ee.push(u.expected_entropy as f32);
-            mi.push(u.mutual_information as f32);
-        }
+        push_decomposed(&draws, y.dim(0)?, classes, &mut out);
         labels.extend(y.to_dtype(DType::U32)?.to_vec1::<u32>()?);
     }
-    Ok(McPredictions {
-        predictions: Predictions { probs, labels, classes },
-        samples,
-        predictive_entropy: pe,
-        expected_entropy: ee,
-        mutual_information: mi,
-    })
+    out.predictions.labels = labels;
+    out.predictions.classes = classes;
+    Ok(out)
+}
+
+/// Appends to `out` the averaged probabilities and the decomposition of [`decompose`] of `n`
+/// examples, from `draws[s]`, the row-major `[n × classes]` probabilities of sample `s`.
+fn push_decomposed(draws: &[Vec<f32>], n: usize, classes: usize, out: &mut McPredictions) {
+    let samples = draws.len();
+    let mut row: Vec<Vec<f64>> = vec![vec![0.0; classes]; samples];
+    for e in 0..n {
+        for (s, d) in draws.iter().enumerate() {
+            for (k, r) in row[s].iter_mut().enumerate() {
+                *r = d[e * classes + k] as f64;
+            }
+        }
+        let refs: Vec<&[f64]> = row.iter().map(Vec::as_slice).collect();
+        let u = decompose(&refs);
+        for k in 0..classes {
+            let m = refs.iter().map(|p| p[k]).sum::<f64>() / samples as f64;
+            out.predictions.probs.push(m as f32);
+        }
+        out.predictive_entropy.push(u.predictive_entropy as f32);
+        out.expected_entropy.push(u.expected_entropy as f32);
+        out.mutual_information.push(u.mutual_information as f32);
+    }
 }
 
 /// The moments of an equally weighted mixture of `S` Gaussians `N(μₛ, σₛ²)` (one target

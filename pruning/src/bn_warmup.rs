@@ -27,6 +27,7 @@ where
             sampling,
             rng: &mut *rng,
             width: None,
+            bn_momentum: None,
         };
         // The output (and the graph it holds) is dropped: no backward pass.
         drop(model.forward(&x, &mut ctx)?);

@@ -285,6 +285,7 @@ impl<'a> ScoringContext<'a> {
             sampling: self.sampling,
             rng: self.rng,
             width: None,
+            bn_momentum: None,
         };
         self.model.forward(x, &mut ctx)
     }

@@ -19,7 +19,7 @@ pub struct BatchNorm {
     pub running_var: Var,
     /// ε added to the variance.
     pub eps: f64,
-    /// Momentum of the running statistics.
+    /// Momentum of the running statistics ([`Ctx::bn_momentum`] overrides it).
     pub momentum: f64,
 }
 
@@ -70,7 +70,7 @@ impl BatchNorm {
         let out = secateur_kernels::norm::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
         let n = out.count;
         let unbiased = (out.var * (n as f64 / (n.max(2) - 1) as f64))?;
-        let m = self.momentum;
+        let m = ctx.bn_momentum.unwrap_or(self.momentum);
         let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (out.mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&rm)?;

@@ -64,6 +64,10 @@ use secateur_kernels::activation::relu;
 
 impl Module for LeNet5 {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let x = self.features(x, ctx)?;
+        self.fc3.forward(&x, ctx)
+    }
+    fn features(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         check_input("lenet5", x, self.input)?;
         let pool = MaxPool2d::new(2);
         // ReLU after the pool: `pool(relu(x)) = relu(pool(x))` because max commutes with a
@@ -73,7 +77,9 @@ impl Module for LeNet5 {
         let x = relu(&pool.forward(&self.conv1.forward(x, ctx)?, ctx)?)?;
         let x = relu(&pool.forward(&self.conv2.forward(&x, ctx)?, ctx)?)?;
         let x = relu(&self.fc1.forward(&x.flatten_from(1)?, ctx)?)?;
-        let x = relu(&self.fc2.forward(&x, ctx)?)?;
-        self.fc3.forward(&x, ctx)
+        relu(&self.fc2.forward(&x, ctx)?)
+    }
+    fn head(&self) -> Option<String> {
+        Some("fc3".into())
     }
 }

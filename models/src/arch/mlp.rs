@@ -66,15 +66,18 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let x = self.features(x, ctx)?;
+        self.layers[self.layers.len() - 1].forward(&x, ctx)
+    }
+    fn features(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         check_input("mlp", x, self.input)?;
         let mut x = x.flatten_from(1)?;
-        let last = self.layers.len() - 1;
-        for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(&x, ctx)?;
-            if i < last {
-                x = secateur_kernels::activation::relu(&x)?;
-            }
+        for l in &self.layers[..self.layers.len() - 1] {
+            x = secateur_kernels::activation::relu(&l.forward(&x, ctx)?)?;
         }
         Ok(x)
+    }
+    fn head(&self) -> Option<String> {
+        Some(format!("fc{}", self.layers.len()))
     }
 }

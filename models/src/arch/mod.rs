@@ -100,6 +100,12 @@ impl Module for Network {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         self.root.forward(x, ctx)
     }
+    fn features(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.root.features(x, ctx)
+    }
+    fn head(&self) -> Option<String> {
+        self.root.head()
+    }
 }
 
 /// The names [`build`] accepts.

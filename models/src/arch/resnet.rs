@@ -300,12 +300,18 @@ impl ResNet {
 
 impl Module for ResNet {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let x = self.features(x, ctx)?;
+        self.linear.forward(&x, ctx)
+    }
+    fn features(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         check_input("resnet", x, self.input)?;
         let mut x = self.bn1.forward_relu(&self.conv1.forward(x, ctx)?, ctx)?;
         for block in self.layers.iter().flatten() {
             x = block.forward(&x, ctx)?;
         }
-        let x = x.flatten_from(2)?.mean(2)?;
-        self.linear.forward(&x, ctx)
+        x.flatten_from(2)?.mean(2)
+    }
+    fn head(&self) -> Option<String> {
+        Some("linear".into())
     }
 }

@@ -142,4 +142,11 @@ impl Module for Vgg {
         let x = self.features.forward(x, ctx)?;
         self.classifier.forward(&x, ctx)
     }
+    fn features(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        check_input("vgg", x, self.input)?;
+        self.features.forward(x, ctx)
+    }
+    fn head(&self) -> Option<String> {
+        Some("classifier".into())
+    }
 }

@@ -244,6 +244,10 @@ impl VisionTransformer {
 
 impl Module for VisionTransformer {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let cls = self.features(x, ctx)?;
+        self.head.forward(&cls, ctx)
+    }
+    fn features(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         check_input("vit", x, self.input)?;
         let b = x.dim(0)?;
         // [B, E, h, w] → [B, h·w, E]
@@ -255,7 +259,9 @@ impl Module for VisionTransformer {
             x = block.forward(&x, ctx)?;
         }
         let x = self.norm.forward(&x, ctx)?;
-        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.head.forward(&cls, ctx)
+        x.narrow(1, 0, 1)?.squeeze(1)
+    }
+    fn head(&self) -> Option<String> {
+        Some("head".into())
     }
 }
