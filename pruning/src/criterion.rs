@@ -23,8 +23,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use rand::seq::SliceRandom;
 use secateur_bayes::nn::cross_entropy;
-use secateur_bayes::{Ctx, Mode, Module, ParamStore, Sampling, SeededRng};
+use secateur_bayes::{Ctx, Mode, Module, ParamStore, PosteriorStats, Sampling, SeededRng};
 use secateur_inference::batches::Batches;
+use secateur_inference::posterior::Posterior;
 use std::collections::BTreeMap;
 
 /// Scores every prunable parameter of a model.
@@ -252,9 +253,30 @@ pub struct ScoringContext<'a> {
     pub sampling: Sampling,
     /// The run's generator.
     pub rng: &'a mut SeededRng,
+    /// A posterior over the model's parameters that is not a layer kind (SWAG, Laplace, a deep
+    /// ensemble; [`secateur_inference::posterior`]). When set, the posterior criteria read its
+    /// statistics instead of the probabilistic layers' ([`ScoringContext::posterior_stats`]).
+    pub posterior: Option<&'a dyn Posterior>,
 }
 
 impl<'a> ScoringContext<'a> {
+    /// The same context reading posterior statistics from `posterior` (see
+    /// [`ScoringContext::posterior`]).
+    pub fn with_posterior(mut self, posterior: &'a dyn Posterior) -> Self {
+        self.posterior = Some(posterior);
+        self
+    }
+
+    /// The posterior statistics the posterior criteria read: those of
+    /// [`ScoringContext::posterior`] when set, otherwise those of the model's probabilistic
+    /// layers ([`ParamStore::posterior_stats`]).
+    pub fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
+        match self.posterior {
+            Some(p) => p.stats(),
+            None => self.store.posterior_stats(),
+        }
+    }
+
     /// A context in evaluation mode with the posterior-mean estimator.
     pub fn new(
         model: &'a dyn Module,
@@ -269,6 +291,7 @@ impl<'a> ScoringContext<'a> {
             mode: Mode::Eval,
             sampling: Sampling::Mean,
             rng,
+            posterior: None,
         }
     }
 

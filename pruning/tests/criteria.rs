@@ -291,14 +291,14 @@ fn posterior_criteria_read_the_posterior_statistics() -> Result<()> {
     let _mf = BayesLinear::new(&pb.pp("fc1"), BayesLinearConfig::new(5, 4).with_init_std(0.05))?;
     let _svd = SvdLinear::new(&pb.pp("fc2"), SvdLinearConfig::new(4, 3).with_init_log_sigma2(-3.0))?;
     let net = common::two_layer(1, 1, 1, 0, false)?.0; // the posterior criteria never run the model
-    let snr = score(&Posterior::Snr, &net, &store, None)?;
+    let snr = score(&PosteriorScore::Snr, &net, &store, None)?;
     let p = store.params();
     let mu = p["fc1.weight_mu"].as_tensor();
     let want = mu.abs()?.div(&softplus(p["fc1.weight_rho"].as_tensor())?)?;
     let diff = (&snr["fc1.weight"] - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-6);
     assert!(!snr.contains_key("fc1.bias"), "biases are not prunable");
-    let la = score(&Posterior::LogAlpha, &net, &store, None)?;
+    let la = score(&PosteriorScore::LogAlpha, &net, &store, None)?;
     let theta = p["fc2.weight_mu"].as_tensor();
     // −log α = −clip(log σ² − log(θ² + 1e−16), −8, 8)
     let want = (p["fc2.weight_log_sigma2"].as_tensor() - (theta.sqr()? + 1e-16)?.log()?)?
@@ -306,13 +306,13 @@ fn posterior_criteria_read_the_posterior_statistics() -> Result<()> {
         .neg()?;
     let diff = (&la["fc2.weight"] - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-5);
-    let e = score(&Posterior::Inclusion, &net, &store, None)
+    let e = score(&PosteriorScore::Inclusion, &net, &store, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("inclusion"), "{e}");
     let det = common::two_layer(2, 2, 2, 0, false)?;
     assert!(
-        score(&Posterior::Snr, &det.0, &det.1, None).is_err(),
+        score(&PosteriorScore::Snr, &det.0, &det.1, None).is_err(),
         "no probabilistic layer"
     );
     Ok(())
@@ -395,6 +395,78 @@ fn bayesian_networks_are_scored_through_their_posterior_means() -> Result<()> {
     for (k, a) in &sb {
         let err = (a - &sd[k])?.abs()?.max_all()?.to_scalar::<f64>()?;
         assert!(err < 1e-14, "{k}: {err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn posterior_criteria_read_a_posterior_over_a_deterministic_network() -> Result<()> {
+    use secateur_inference::posterior::{snapshot, Ensemble, Posterior};
+    // three independently seeded members of the same architecture: a deep ensemble
+    let (net, store) = two_layer(4, 3, 3, 1, true)?;
+    let members = (0..3)
+        .map(|s| snapshot(&two_layer(4, 3, 3, 20 + s, true)?.1))
+        .collect::<Result<Vec<_>>>()?;
+    let ens = Ensemble::new(members.clone())?;
+    let before = snapshot(&store)?;
+    // SNR = |mean| / std across members, computed here from the member weights
+    let mut rng = SeededRng::new(0);
+    let snr = posterior::PosteriorScore::Snr
+        .score(&mut ScoringContext::new(&net, &store, None, &mut rng).with_posterior(&ens))?;
+    let w: Vec<Mat> = members.iter().map(|m| mat(&m["fc2.weight"])).collect();
+    let got = mat(&snr["fc2.weight"]);
+    for i in 0..3 {
+        for j in 0..3 {
+            let v: Vec<f64> = w.iter().map(|m| m[i][j]).collect();
+            let mu = v.iter().sum::<f64>() / 3.0;
+            let sd = (v.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / 3.0).sqrt();
+            assert!(
+                (got[i][j] - mu.abs() / sd).abs() < 1e-9 * (1.0 + mu.abs() / sd),
+                "{i},{j}"
+            );
+        }
+    }
+    // without the posterior the deterministic network has no posterior statistics
+    let e = posterior::PosteriorScore::Snr
+        .score(&mut ScoringContext::new(&net, &store, None, &mut rng))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no posterior is given"), "{e}");
+    // Fisher at the posterior mean = the empirical Fisher of the network holding the mean
+    let (x, y) = data(5, 4, 3, 2)?;
+    let d = ScoringData::new(x, y, 5)?;
+    let f = posterior::PosteriorFisher::default()
+        .score(&mut ScoringContext::new(&net, &store, Some(&d), &mut rng).with_posterior(&ens))?;
+    // the store is restored after scoring
+    assert_eq!(mat(&store.tensors()["fc1.weight"]), mat(&before["fc1.weight"]));
+    let (net2, store2) = two_layer(4, 3, 3, 1, true)?;
+    secateur_inference::posterior::apply_sample(&store2, &ens.mean()?)?;
+    let want = score(
+        &first_order::EmpiricalFisher {
+            loss: Default::default(),
+            score: first_order::FisherScore::Diagonal,
+        },
+        &net2,
+        &store2,
+        Some(&d),
+    )?;
+    for k in ["fc1.weight", "fc2.weight"] {
+        assert!(rel_err(&mat(&f[k]), &mat(&want[k])) < 1e-12, "{k}");
+        assert!(
+            rel_err(
+                &mat(&f[k]),
+                &mat(&score(
+                    &first_order::EmpiricalFisher {
+                        loss: Default::default(),
+                        score: first_order::FisherScore::Diagonal
+                    },
+                    &net,
+                    &store,
+                    Some(&d)
+                )?[k])
+            ) > 1e-3,
+            "{k}: the mean must differ from the model's own weights"
+        );
     }
     Ok(())
 }

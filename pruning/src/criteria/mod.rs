@@ -20,7 +20,7 @@ pub mod synflow;
 
 pub use first_order::{EmpiricalFisher, FisherScore, Snip};
 pub use magnitude::{Magnitude, Random};
-pub use posterior::{Posterior, PosteriorFisher};
+pub use posterior::{PosteriorFisher, PosteriorScore};
 pub use second_order::{
     ggn_diagonal, hutchinson_diagonal, hvp, Ggn, Grasp, HessianScore, Hutchinson, HutchinsonOptions,
 };
@@ -55,8 +55,8 @@ pub static CRITERIA: &[E] = &[
     E::new("ggn", "exact Gauss–Newton diagonal G, T = 200 (beyond the paper)", |_| Box::new(Ggn::new(HessianScore::Diagonal))).with_data(),
     E::new("hp-ggn", "θ² diag G/2, exact Gauss–Newton diagonal, T = 200", |_| Box::new(Ggn::new(HessianScore::Hp))).with_data(),
     E::new("hts-ggn", "|θḡ + θ² diag G/2|, exact Gauss–Newton diagonal, T = 200", |_| Box::new(Ggn::new(HessianScore::Hts))).with_data(),
-    E::new("snr", "posterior |μ|/σ (Blundell et al. 2015)", |_| Box::new(Posterior::Snr)),
-    E::new("log-alpha", "posterior −log α (Molchanov et al. 2017)", |_| Box::new(Posterior::LogAlpha)),
-    E::new("inclusion", "posterior gate inclusion probability", |_| Box::new(Posterior::Inclusion)),
+    E::new("snr", "posterior |μ|/σ (Blundell et al. 2015)", |_| Box::new(PosteriorScore::Snr)),
+    E::new("log-alpha", "posterior −log α (Molchanov et al. 2017)", |_| Box::new(PosteriorScore::LogAlpha)),
+    E::new("inclusion", "posterior gate inclusion probability", |_| Box::new(PosteriorScore::Inclusion)),
     E::new("posterior-fisher", "Fisher diagonal of the mean-mode network (Mohan, Scaife et al. 2022)", |_| Box::new(PosteriorFisher::default())).with_data(),
 ];
