@@ -378,3 +378,48 @@ pub fn regression_metrics(p: &RegressionPredictions) -> Result<RegressionMetrics
         mean_epistemic_var: epi / cells,
     })
 }
+
+/// The area under the ROC curve of telling `positive` scores from `negative` ones, higher
+/// scores meaning "more likely positive": the probability that a random positive scores above a
+/// random negative, ties counting one half (the Mann–Whitney U statistic over `n₊ n₋`; Hanley &
+/// McNeil 1982). For out-of-distribution detection by predictive entropy the positives are the
+/// out-of-distribution examples. NaN scores and empty sets are refused.
+///
+/// ```
+/// use secateur_inference::metrics::auroc;
+/// assert_eq!(auroc(&[0.9, 0.8], &[0.1, 0.2]).unwrap(), 1.0);
+/// assert_eq!(auroc(&[0.5], &[0.5]).unwrap(), 0.5);
+/// assert!((auroc(&[0.3, 0.9], &[0.5]).unwrap() - 0.5).abs() < 1e-12);
+/// ```
+pub fn auroc(positive: &[f32], negative: &[f32]) -> Result<f64> {
+    if positive.is_empty() || negative.is_empty() {
+        bail!("auroc: needs at least one positive and one negative score");
+    }
+    if positive.iter().chain(negative).any(|v| v.is_nan()) {
+        bail!("auroc: a score is NaN");
+    }
+    // Sort all scores once; each positive counts the negatives strictly below it plus half the
+    // negatives tied with it.
+    let mut all: Vec<(f32, bool)> = positive
+        .iter()
+        .map(|&v| (v, true))
+        .chain(negative.iter().map(|&v| (v, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut below, mut u, mut i) = (0usize, 0f64, 0usize);
+    while i < all.len() {
+        let (mut j, mut pos, mut neg) = (i, 0usize, 0usize);
+        while j < all.len() && all[j].0 == all[i].0 {
+            if all[j].1 {
+                pos += 1;
+            } else {
+                neg += 1;
+            }
+            j += 1;
+        }
+        u += pos as f64 * (below as f64 + 0.5 * neg as f64);
+        below += neg;
+        i = j;
+    }
+    Ok(u / (positive.len() as f64 * negative.len() as f64))
+}

@@ -23,7 +23,8 @@
 //! Every random draw comes from the caller's [`SeededRng`]: same seed, same predictions.
 
 use crate::batches::Batches;
-use crate::predict::{predict, McPredictions};
+use crate::likelihood::Gaussian;
+use crate::predict::{predict, predict_regression, McPredictions, RegressionPredictions};
 use candle_core::{Result, Tensor};
 use secateur_bayes::{Ctx, Module, ParamStore, PosteriorStats, Sampling, SeededRng};
 use std::collections::BTreeMap;
@@ -208,6 +209,64 @@ pub fn predict_bma(
             draws.push(p.probs);
         }
         McPredictions::from_draws(&draws, labels, classes)
+    })();
+    apply_sample(store, &saved)?;
+    result
+}
+
+/// [`predict_bma`] for a Gaussian likelihood: each of the S draws (or members) predicts
+/// `N(μₛ(x), σₛ(x)²)` with [`predict_regression`] (one pass, stochastic layers at their means),
+/// and the draws are interleaved into one [`RegressionPredictions`] of `S` samples, the equally
+/// weighted Gaussian mixture of the model average. The store is restored afterwards.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_bma_regression(
+    model: &dyn Module,
+    store: &ParamStore,
+    likelihood: &Gaussian,
+    posterior: &dyn Posterior,
+    data: &mut dyn Batches,
+    mut train: Option<&mut dyn Batches>,
+    settings: BmaSettings,
+    rng: &mut SeededRng,
+) -> Result<RegressionPredictions> {
+    let count = posterior.members().unwrap_or(settings.samples);
+    if count == 0 {
+        candle_core::bail!("predict_bma_regression: field `samples` must be at least 1, got 0");
+    }
+    let refresh = settings.refresh_batch_norm && posterior.needs_batch_norm_refresh();
+    let saved = snapshot(store)?;
+    let result = (|| {
+        let mut draws = Vec::with_capacity(count);
+        for s in 0..count {
+            let theta = match posterior.members() {
+                Some(_) => posterior.member(s)?,
+                None => posterior.sample(rng)?,
+            };
+            apply_sample(store, &theta)?;
+            if refresh {
+                if let Some(t) = train.as_deref_mut() {
+                    refresh_batch_norm(model, store, t, rng)?;
+                }
+            }
+            draws.push(predict_regression(model, likelihood, data, Sampling::Mean, 1, rng)?);
+        }
+        let (dim, targets) = (draws[0].dim, draws[0].targets.clone());
+        let n = targets.len() / dim.max(1);
+        let (mut sample_mean, mut sample_std) =
+            (Vec::with_capacity(n * count * dim), Vec::with_capacity(n * count * dim));
+        for i in 0..n {
+            for d in &draws {
+                sample_mean.extend_from_slice(&d.sample_mean[i * dim..(i + 1) * dim]);
+                sample_std.extend_from_slice(&d.sample_std[i * dim..(i + 1) * dim]);
+            }
+        }
+        Ok(RegressionPredictions {
+            sample_mean,
+            sample_std,
+            targets,
+            samples: count,
+            dim,
+        })
     })();
     apply_sample(store, &saved)?;
     result
@@ -518,6 +577,44 @@ mod tests {
             back.member(2)?["lin.bias"].to_vec1::<f32>()?,
             members[2]["lin.bias"].to_vec1::<f32>()?
         );
+        Ok(())
+    }
+
+    #[test]
+    fn regression_average_interleaves_the_members_gaussians() -> Result<()> {
+        use crate::likelihood::Noise;
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
+        let lin = Linear::new(&pb.pp("lin"), LinearCfg::new(2, 1))?;
+        let lik = Gaussian::new(Noise::Fixed { std: 0.5 }, 1, &pb)?;
+        let members: Vec<ParamSample> = (0..2)
+            .map(|i| {
+                let mut m = ParamSample::new();
+                let w = Tensor::new(&[[1.0f32 + i as f32, -2.0]], &Device::Cpu)?;
+                m.insert("lin.weight".into(), w);
+                m.insert("lin.bias".into(), Tensor::new(&[0.5f32 * i as f32], &Device::Cpu)?);
+                Ok(m)
+            })
+            .collect::<Result<_>>()?;
+        let ens = Ensemble::new(members)?;
+        let x = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0], [2.0, 1.0]], &Device::Cpu)?;
+        let y = Tensor::new(&[[0.0f32], [1.0], [2.0]], &Device::Cpu)?;
+        let mut d = TensorBatches::new(x, y, 2)?;
+        let p = predict_bma_regression(
+            &lin,
+            &store,
+            &lik,
+            &ens,
+            &mut d,
+            None,
+            BmaSettings::default(),
+            &mut SeededRng::new(0),
+        )?;
+        // by hand: member 0 predicts x₁ − 2x₂, member 1 predicts 2x₁ − 2x₂ + 0.5
+        assert_eq!((p.samples, p.dim), (2, 1));
+        assert_eq!(p.sample_mean, vec![1.0, 2.5, -2.0, -1.5, 0.0, 2.5]);
+        assert_eq!(p.sample_std, vec![0.5; 6]);
+        assert_eq!(p.targets, vec![0.0, 1.0, 2.0]);
         Ok(())
     }
 }

@@ -805,3 +805,28 @@ fn configs_deserialise_strictly() {
     );
     assert!(from_map::<AdamWConfig>(vec![("beta3", V::F(0.5))]).is_err());
 }
+
+#[test]
+fn auroc_equals_the_pairwise_count() {
+    use secateur_inference::metrics::auroc;
+    // independent computation: count every (positive, negative) pair
+    let pos = [0.3f32, 0.7, 0.7, 0.1, 0.9, 0.5];
+    let neg = [0.2f32, 0.7, 0.4, 0.05, 0.5];
+    let mut u = 0.0;
+    for p in pos {
+        for n in neg {
+            u += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    let want = u / 30.0;
+    assert!((auroc(&pos, &neg).unwrap() - want).abs() < 1e-12);
+    assert!((auroc(&neg, &pos).unwrap() - (1.0 - want)).abs() < 1e-12);
+    assert!(auroc(&[], &neg).is_err());
+    assert!(auroc(&[f32::NAN], &neg).is_err());
+}
