@@ -38,7 +38,7 @@
 //!   `N(θ̄, ½(Σ_diag + D̂D̂ᵀ/(K − 1)))`, i.e. `s = ½` fixed. The reference code's
 //!   `SWAG.sample(scale, cov)` makes `s` a parameter (`sample = mean + √scale · (…)` in
 //!   `sample_fullrank`); its experiments use `scale = 0.5` for SWAG and `scale = 1` for
-//!   SWAG-diagonal (`experiments/uncertainty/README.md`), which is what `/shared/REFERENCES.md`
+//!   SWAG-diagonal (`experiments/uncertainty/README.md`), which is what `shared/REFERENCES.md`
 //!   records. We follow that: swag uses [`SwagConfig::scale`], swag-diag always `s = 1`.
 //! - **Rank divisor.** The reference divides `D̂ z₂` by `√(K − 1)` with `K` the *maximum*
 //!   rank (`max_num_models`) even while fewer than `K` columns are held; we divide by
@@ -151,7 +151,7 @@ impl SwagConfig {
     pub fn collects_after_epoch(&self, epoch: usize) -> bool {
         self.every == CollectEvery::Epochs
             && epoch > self.start_epoch
-            && (epoch - self.start_epoch) % self.collect_every.max(1) == 0
+            && (epoch - self.start_epoch).is_multiple_of(self.collect_every.max(1))
     }
 
     /// Whether the [`CollectEvery::Steps`] rule collects after step `step` (from 1) of epoch
@@ -159,7 +159,7 @@ impl SwagConfig {
     /// for the global step `g = (epoch − 1) · steps + step`. Always false in the per-epoch mode.
     pub fn collects_after_step(&self, epoch: usize, step: usize, steps: usize) -> bool {
         let g = epoch.saturating_sub(1).saturating_mul(steps).saturating_add(step);
-        self.every == CollectEvery::Steps && epoch > self.start_epoch && g % self.collect_every.max(1) == 0
+        self.every == CollectEvery::Steps && epoch > self.start_epoch && g.is_multiple_of(self.collect_every.max(1))
     }
 }
 
