@@ -21,6 +21,9 @@
 //! - [`posterior`]: the [`Posterior`](posterior::Posterior) interface of posteriors over a trained
 //!   network's parameters (mean, seeded sample, [`PosteriorStats`](secateur_bayes::PosteriorStats),
 //!   Bayesian model averaging with batch-norm recomputation), and deep ensembles.
+//! - [`swag`]: stochastic weight averaging (SWA, Izmailov et al. 2018) and SWAG (Maddox et al.
+//!   2019): a [`SwagCollector`](swag::SwagCollector) observer that collects the moments and
+//!   deviation columns during training, and the [`Swag`](swag::Swag) posterior.
 //! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins; RMSE, Gaussian NLL
 //!   and interval coverage of regression predictives.
 //! - [`evaluate`]: the [`Evaluation`](evaluate::Evaluation) the trainer runs after every epoch,
@@ -36,6 +39,7 @@
 //! Module graph: each module uses only modules of lower layers, so the dependencies form a DAG.
 //!
 //! ```text
+//! 5  swag      → posterior, train
 //! 4  train     → batches, elbo, evaluate, hooks, likelihood, metrics (epoch-record types),
 //!                objective, optim, schedule
 //! 3  evaluate  → batches, likelihood, metrics, predict
@@ -58,4 +62,5 @@ pub mod optim;
 pub mod posterior;
 pub mod predict;
 pub mod schedule;
+pub mod swag;
 pub mod train;
