@@ -21,6 +21,9 @@
 //! - [`posterior`]: the [`Posterior`](posterior::Posterior) interface of posteriors over a trained
 //!   network's parameters (mean, seeded sample, [`PosteriorStats`](secateur_bayes::PosteriorStats),
 //!   Bayesian model averaging with batch-norm recomputation), and deep ensembles.
+//! - [`laplace`]: Laplace approximations at a trained network's MAP: diagonal (GGN or empirical
+//!   Fisher) over all weights, last-layer (full or Kronecker-factored GGN) with the probit
+//!   predictive; the Laplace marginal likelihood and the choice of the prior precision.
 //! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins; RMSE, Gaussian NLL
 //!   and interval coverage of regression predictives.
 //! - [`evaluate`]: the [`Evaluation`](evaluate::Evaluation) the trainer runs after every epoch,
@@ -38,6 +41,7 @@
 //! ```text
 //! 4  train     → batches, elbo, evaluate, hooks, likelihood, metrics (epoch-record types),
 //!                objective, optim, schedule
+//!    laplace   → batches, likelihood, posterior, predict
 //! 3  evaluate  → batches, likelihood, metrics, predict
 //!    posterior → batches, predict
 //! 2  elbo      → objective
@@ -51,6 +55,7 @@ pub mod batches;
 pub mod elbo;
 pub mod evaluate;
 pub mod hooks;
+pub mod laplace;
 pub mod likelihood;
 pub mod metrics;
 pub mod objective;
