@@ -30,9 +30,7 @@
 //! `prior_precision`, `log_likelihood`, `n_data`, `curvature_kind` (0 GGN, 1 EF) and, for a
 //! Gaussian likelihood, `noise_std`.
 
-use super::{
-    check_prior_precision, fixed_noise, laplace_evidence, read_scalar, scalar_tensor, DiagCurvature, Laplace,
-};
+use super::{check_prior_precision, fixed_noise, laplace_evidence, read_scalar, scalar_tensor, DiagCurvature, Laplace};
 use crate::batches::Batches;
 use crate::likelihood::Likelihood;
 use crate::posterior::{ParamSample, Posterior};
@@ -117,7 +115,9 @@ impl DiagLaplace {
                 let f = model.forward(&xi, &mut ctx)?;
                 let c = match f.dims() {
                     [1, c] => *c,
-                    other => bail!("diagonal laplace: the model's outputs must be [B, C], got {other:?} for one example"),
+                    other => {
+                        bail!("diagonal laplace: the model's outputs must be [B, C], got {other:?} for one example")
+                    }
                 };
                 let nll = likelihood.nll(&f, &yi)?;
                 log_lik -= nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -209,10 +209,13 @@ impl DiagLaplace {
         }
         let prior_precision = read_scalar(t, "prior_precision", WHAT)?;
         check_prior_precision(prior_precision)?;
-        let kind = match read_scalar(t, "curvature_kind", WHAT)? {
-            k if k == 0.0 => DiagCurvature::Ggn,
-            k if k == 1.0 => DiagCurvature::EmpiricalFisher,
-            k => bail!("{WHAT} file: `curvature_kind` must be 0 (ggn) or 1 (ef), got {k}"),
+        let code = read_scalar(t, "curvature_kind", WHAT)?;
+        let kind = if code == 0.0 {
+            DiagCurvature::Ggn
+        } else if code == 1.0 {
+            DiagCurvature::EmpiricalFisher
+        } else {
+            bail!("{WHAT} file: `curvature_kind` must be 0 (ggn) or 1 (ef), got {code}");
         };
         let noise_std = match t.contains_key("noise_std") {
             true => Some(read_scalar(t, "noise_std", WHAT)?),
@@ -357,7 +360,13 @@ impl Laplace for DiagLaplace {
         check_prior_precision(lambda)?;
         let log_det: f64 = self.curvature.iter().map(|h| (h + lambda).ln()).sum();
         let theta_sq: f64 = self.mean.iter().map(|t| t * t).sum();
-        Ok(laplace_evidence(self.log_likelihood, log_det, self.mean.len(), lambda, theta_sq))
+        Ok(laplace_evidence(
+            self.log_likelihood,
+            log_det,
+            self.mean.len(),
+            lambda,
+            theta_sq,
+        ))
     }
 
     fn noise_std(&self) -> Option<f64> {

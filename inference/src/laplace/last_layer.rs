@@ -77,7 +77,10 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone)]
 enum Curvature {
     /// `H = Q diag(e) Qᵀ`, `P × P`.
-    Full { values: DVector<f64>, vectors: DMatrix<f64> },
+    Full {
+        values: DVector<f64>,
+        vectors: DMatrix<f64>,
+    },
     /// `G = U diag(g) Uᵀ` (`K × K`), `A = V diag(a) Vᵀ` (`d̃ × d̃`).
     Kron {
         g_values: DVector<f64>,
@@ -326,7 +329,9 @@ fn eigen(m: DMatrix<f64>, what: &str) -> Result<(DVector<f64>, DMatrix<f64>)> {
 fn augmented(phi: &Tensor, d: usize, bias: bool) -> Result<DMatrix<f64>> {
     let n = match phi.dims() {
         [n, dd] if *dd == d => *n,
-        other => bail!("last-layer laplace: features `phi` must be [N, {d}] (the columns of the head's weight), got {other:?}"),
+        other => bail!(
+            "last-layer laplace: features `phi` must be [N, {d}] (the columns of the head's weight), got {other:?}"
+        ),
     };
     let v = phi.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
     if v.iter().any(|x| !x.is_finite()) {
@@ -341,7 +346,10 @@ fn augmented(phi: &Tensor, d: usize, bias: bool) -> Result<DMatrix<f64>> {
 fn read_targets(y: &Tensor, n: usize, k: usize, categorical: bool) -> Result<Targets> {
     if categorical {
         if y.dims() != [n] {
-            bail!("last-layer laplace: labels `y` must be [{n}] (one per feature row), got {:?}", y.dims());
+            bail!(
+                "last-layer laplace: labels `y` must be [{n}] (one per feature row), got {:?}",
+                y.dims()
+            );
         }
         let labels = y.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         if let Some(l) = labels.iter().find(|&&l| l as usize >= k) {
@@ -353,7 +361,9 @@ fn read_targets(y: &Tensor, n: usize, k: usize, categorical: bool) -> Result<Tar
         if !ok {
             bail!("last-layer laplace: targets `y` must be [{n}, {k}], got {:?}", y.dims());
         }
-        Ok(Targets::Values(y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?))
+        Ok(Targets::Values(
+            y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
+        ))
     }
 }
 
@@ -615,7 +625,12 @@ impl LastLayerLaplace {
     /// logits (see the [module docs](self)), over every batch of `data` with the features of
     /// `model` in evaluation mode; the labels are the batches' targets. Categorical likelihood
     /// only.
-    pub fn predict_probit(&self, model: &dyn Module, data: &mut dyn Batches, rng: &mut SeededRng) -> Result<Predictions> {
+    pub fn predict_probit(
+        &self,
+        model: &dyn Module,
+        data: &mut dyn Batches,
+        rng: &mut SeededRng,
+    ) -> Result<Predictions> {
         if self.noise_std.is_some() {
             bail!("last-layer laplace: the probit predictive is for the categorical likelihood, not a Gaussian one");
         }
@@ -644,11 +659,15 @@ impl LastLayerLaplace {
         let (k, d) = (self.classes, self.features);
         let w: Vec<f64> = (0..k).flat_map(|r| (0..d).map(move |c| theta[(r, c)])).collect();
         let mut out = ParamSample::new();
-        let wt = Tensor::from_vec(w, (k, d), &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?;
+        let wt = Tensor::from_vec(w, (k, d), &Device::Cpu)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?;
         out.insert(format!("{}.weight", self.head), wt);
         if self.bias {
             let b: Vec<f64> = (0..k).map(|r| theta[(r, d)]).collect();
-            let bt = Tensor::from_vec(b, k, &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?;
+            let bt = Tensor::from_vec(b, k, &Device::Cpu)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?;
             out.insert(format!("{}.bias", self.head), bt);
         }
         Ok(out)
@@ -661,7 +680,9 @@ impl LastLayerLaplace {
         match &self.curvature {
             Curvature::Full { values, vectors } => {
                 let var = DVector::from_fn(k * dt, |i, _| {
-                    (0..k * dt).map(|j| vectors[(i, j)].powi(2) / (values[j] + l)).sum::<f64>()
+                    (0..k * dt)
+                        .map(|j| vectors[(i, j)].powi(2) / (values[j] + l))
+                        .sum::<f64>()
                 });
                 DMatrix::from_fn(k, dt, |r, c| var[r * dt + c])
             }
@@ -717,7 +738,9 @@ impl Posterior for LastLayerLaplace {
                 a_values,
                 a_vectors,
             } => {
-                let s = DMatrix::from_fn(k, dt, |r, c| z[r * dt + c] as f64 / (g_values[r] * a_values[c] + l).sqrt());
+                let s = DMatrix::from_fn(k, dt, |r, c| {
+                    z[r * dt + c] as f64 / (g_values[r] * a_values[c] + l).sqrt()
+                });
                 g_vectors * s * a_vectors.transpose()
             }
         };

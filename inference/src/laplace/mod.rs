@@ -57,7 +57,7 @@
 //!   [`last_layer`].
 //! - The default prior precision after a fit is 1 (laplace-torch's default).
 
-mod diag;
+pub mod diag;
 pub mod last_layer;
 
 pub use diag::DiagLaplace;
@@ -163,7 +163,13 @@ pub(crate) fn check_prior_precision(lambda: f64) -> Result<()> {
 }
 
 /// `log p(D|θ*) − ½ (log det P − P log λ) − ½ λ ‖θ*‖²`.
-pub(crate) fn laplace_evidence(log_lik: f64, log_det_posterior: f64, num_params: usize, lambda: f64, theta_sq: f64) -> f64 {
+pub(crate) fn laplace_evidence(
+    log_lik: f64,
+    log_det_posterior: f64,
+    num_params: usize,
+    lambda: f64,
+    theta_sq: f64,
+) -> f64 {
     let log_det_prior = num_params as f64 * lambda.ln();
     log_lik - 0.5 * (log_det_posterior - log_det_prior) - 0.5 * lambda * theta_sq
 }
