@@ -24,6 +24,9 @@
 //! - [`swag`]: stochastic weight averaging (SWA, Izmailov et al. 2018) and SWAG (Maddox et al.
 //!   2019): a [`SwagCollector`](swag::SwagCollector) observer that collects the moments and
 //!   deviation columns during training, and the [`Swag`](swag::Swag) posterior.
+//! - [`laplace`]: Laplace approximations at a trained network's MAP: diagonal (GGN or empirical
+//!   Fisher) over all weights, last-layer (full or Kronecker-factored GGN) with the probit
+//!   predictive; the Laplace marginal likelihood and the choice of the prior precision.
 //! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins; RMSE, Gaussian NLL
 //!   and interval coverage of regression predictives.
 //! - [`evaluate`]: the [`Evaluation`](evaluate::Evaluation) the trainer runs after every epoch,
@@ -42,8 +45,9 @@
 //! 5  swag      → posterior, train
 //! 4  train     → batches, elbo, evaluate, hooks, likelihood, metrics (epoch-record types),
 //!                objective, optim, schedule
+//!    laplace   → batches, likelihood, posterior, predict
 //! 3  evaluate  → batches, likelihood, metrics, predict
-//!    posterior → batches, predict
+//!    posterior → batches, likelihood, predict
 //! 2  elbo      → objective
 //!    metrics   → likelihood, predict
 //! 1  objective → likelihood
@@ -55,6 +59,7 @@ pub mod batches;
 pub mod elbo;
 pub mod evaluate;
 pub mod hooks;
+pub mod laplace;
 pub mod likelihood;
 pub mod metrics;
 pub mod objective;
