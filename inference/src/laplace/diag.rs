@@ -19,7 +19,10 @@
 //! Per example, one forward pass (batch of one) and C backward passes for the GGN (C the number
 //! of outputs: each backward of one scalar `s_c` through the example's graph, built once), one
 //! backward pass for the empirical Fisher: N forward and `N·C` (GGN) or N (EF) backward passes
-//! in all. laplace-torch gets the same quantities from batched BackPACK/ASDL extensions.
+//! in all; the squared gradients are summed on the host in f64. Measured once on LeNet-5
+//! (61,706 parameters, 10 classes, f32, CPU, two busy cores): about 11 ms per example for the
+//! GGN, 0.8 ms for the EF. laplace-torch gets the same quantities from batched BackPACK/ASDL
+//! extensions.
 //!
 //! The posterior is `N(θ*, diag(h + λ)⁻¹)`; a sample is `θ* + z / √(h + λ)`, `z ~ N(0, I)` drawn
 //! by [`SeededRng::normal_vec`] in the store's sorted name order.
@@ -84,14 +87,14 @@ impl DiagLaplace {
         if params.is_empty() {
             bail!("diagonal laplace: the store has no trainable parameters");
         }
-        let mut acc: Vec<Tensor> = params
-            .iter()
-            .map(|(_, v)| Tensor::zeros(v.dims(), DType::F64, v.device()))
-            .collect::<Result<_>>()?;
-        let add_squares = |acc: &mut [Tensor], grads: &candle_core::backprop::GradStore| -> Result<()> {
+        // the sums of squares, accumulated on the host in f64 (one copy of each gradient per
+        // backward pass; cheaper than device tensor arithmetic for small per-example graphs)
+        let mut acc: Vec<Vec<f64>> = params.iter().map(|(_, v)| vec![0f64; v.elem_count()]).collect();
+        let add_squares = |acc: &mut [Vec<f64>], grads: &candle_core::backprop::GradStore| -> Result<()> {
             for (a, (_, v)) in acc.iter_mut().zip(&params) {
                 if let Some(g) = grads.get(v.as_tensor()) {
-                    *a = (&*a + g.to_dtype(DType::F64)?.sqr()?)?;
+                    let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                    a.iter_mut().zip(&g).for_each(|(s, x)| *s += x * x);
                 }
             }
             Ok(())
@@ -148,7 +151,7 @@ impl DiagLaplace {
                 len: v.elem_count(),
             });
             mean.extend(v.as_tensor().to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
-            curv.extend(a.flatten_all()?.to_vec1::<f64>()?);
+            curv.extend_from_slice(a);
         }
         Ok(Self {
             entries,
