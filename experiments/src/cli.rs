@@ -26,7 +26,9 @@ impl Cli {
         match &self.command {
             Command::Prune(c) => second(&c.criterion),
             Command::Scores(c) => c.diagnose || second(&c.criterion),
-            Command::Study(c) => crate::pai::PaiConfig::from_file(&c.config).is_ok_and(|p| p.needs_double_backprop()),
+            Command::Study(c) => {
+                c.study == "pai" && crate::pai::PaiConfig::from_file(&c.config).is_ok_and(|p| p.needs_double_backprop())
+            }
             _ => false,
         }
     }
@@ -295,8 +297,9 @@ pub struct ScoresCmd {
 #[derive(Debug, Args)]
 pub struct StudyCmd {
     /// The study: `pai` (pruning at initialisation: criteria × sparsities × batch-norm warm-up ×
-    /// seeds, each network trained with its masks).
-    #[arg(value_parser = ["pai"])]
+    /// seeds, each network trained with its masks) or `posteriors` (methods × seeds of one base
+    /// config: MAP, MC dropout, VI, SWAG, Laplace, ensembles, …).
+    #[arg(value_parser = ["pai", "posteriors"])]
     pub study: String,
     /// The study file (e.g. experiments/configs/pai.toml).
     #[arg(long, value_name = "FILE")]
@@ -481,6 +484,20 @@ pub fn run(cli: Cli) -> Result<()> {
                 );
             }
             println!("{} score tensors written to {}", out.tensors, c.out.display());
+        }
+        Command::Study(c) if c.study == "posteriors" => {
+            let study = crate::posterior_study::PosteriorStudy::from_file(&c.config)?;
+            let opts = crate::posterior_study::RunOptions {
+                out: c.out.clone(),
+                resume: c.resume.clone(),
+                data_dir: c.common.data_dir.clone(),
+                shard: c.shard,
+                report_only: c.report_only,
+                quiet: c.quiet,
+            };
+            let dir = crate::posterior_study::run(&study, &c.config, &opts)?;
+            println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
+            println!("study directory: {}", dir.display());
         }
         Command::Study(c) => {
             let pai = crate::pai::PaiConfig::from_file(&c.config)?;

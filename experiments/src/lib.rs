@@ -18,6 +18,10 @@
 //!   data, masks and scores as safetensors, per-layer tables); `train --masks` trains with them.
 //! - [`pai`]: the pruning-at-initialisation study (`secateur study pai`).
 //! - [`greg`]: the growing-regularisation phase of `train` (`[greg]` in the config).
+//! - [`posterior_config`]: the `[posterior]` section (SWA, SWAG, Laplace, deep ensembles); the
+//!   commands collect, fit and predict with it ([`commands::posterior`]).
+//! - [`posterior_study`]: the posterior study (`secateur study posteriors`): methods × seeds of
+//!   one base config, compared on accuracy, NLL, Brier, ECE, OOD AUROC and wall time.
 
 pub mod atomic;
 pub mod cli;
@@ -30,6 +34,8 @@ pub mod h5;
 pub mod observe;
 pub mod pai;
 pub mod plot;
+pub mod posterior_config;
+pub mod posterior_study;
 pub mod prune;
 pub mod seed_stream;
 pub mod store;

@@ -56,11 +56,17 @@ pub enum SeedStream {
     /// [`SeedStream::Prune`] so that the scoring examples and probes are the same with and
     /// without warm-up (a paired comparison).
     BnWarmup,
+    /// 8: the fit of a `[posterior]` (Laplace's prior-precision search on validation data).
+    Posterior,
+    /// 9: the draws of a `[posterior]`'s predictive (SWAG and Laplace samples, the shuffles of
+    /// batch-norm recomputation), apart from [`SeedStream::Posterior`] so that the predictive of
+    /// a run is the same whether or not it was fitted in the same process.
+    PosteriorPredictive,
 }
 
 impl SeedStream {
     /// Every stream, in number order.
-    pub const ALL: [SeedStream; 8] = [
+    pub const ALL: [SeedStream; 10] = [
         SeedStream::Init,
         SeedStream::Train,
         SeedStream::Eval,
@@ -69,6 +75,8 @@ impl SeedStream {
         SeedStream::TableSplit,
         SeedStream::Greg,
         SeedStream::BnWarmup,
+        SeedStream::Posterior,
+        SeedStream::PosteriorPredictive,
     ];
 
     /// The stream number passed to [`SeededRng::substream`].
@@ -81,6 +89,8 @@ impl SeedStream {
             SeedStream::Prune | SeedStream::TableSplit => 5,
             SeedStream::Greg => 6,
             SeedStream::BnWarmup => 7,
+            SeedStream::Posterior => 8,
+            SeedStream::PosteriorPredictive => 9,
         }
     }
 
@@ -100,7 +110,7 @@ mod tests {
     #[test]
     fn numbers_are_the_published_ones() {
         let n: Vec<u64> = SeedStream::ALL.iter().map(|s| s.number()).collect();
-        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7]);
+        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9]);
     }
 
     /// Distinct purposes draw from distinct streams, except the documented pair sharing 5, and

@@ -155,7 +155,8 @@ pub struct LoadedCheckpoint {
     pub state: TrainState,
 }
 
-fn timestamp() -> String {
+/// The local time as `YYYYMMDD-HHMMSS`, for default run and study directory names.
+pub fn timestamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -389,6 +390,34 @@ impl RunDir {
             }
         }
         Ok(())
+    }
+
+    /// Writes `file` (safetensors) into the checkpoint directory of epoch `epochs_done` before
+    /// [`RunDir::write_checkpoint`] completes it: the state of an observer that must resume with
+    /// the weights (a SWAG collector). Call it from an observer that runs before the recorder, so
+    /// that `checkpoints/latest` never names a checkpoint without it.
+    pub fn write_checkpoint_part(
+        &self,
+        epochs_done: usize,
+        file: &str,
+        tensors: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    ) -> Result<()> {
+        let dir = self.file("checkpoints").join(format!("epoch-{epochs_done:04}"));
+        std::fs::create_dir_all(&dir).map_err(|e| ExpError::io(&dir, e))?;
+        atomic::write_safetensors(&dir.join(file), tensors)
+    }
+
+    /// The part `file` of the newest complete checkpoint ([`RunDir::write_checkpoint_part`]);
+    /// `None` when there is no checkpoint or it lacks the part; non-finite values are refused.
+    pub fn read_checkpoint_part(&self, file: &str) -> Result<Option<HashMap<String, candle_core::Tensor>>> {
+        let Some(latest) = self.latest_checkpoint() else {
+            return Ok(None);
+        };
+        let path = self.file("checkpoints").join(latest).join(file);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        read_finite_safetensors(&path).map(Some)
     }
 
     /// The name of the newest complete checkpoint (`epoch-NNNN`), if there is one.

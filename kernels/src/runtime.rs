@@ -27,13 +27,17 @@ pub fn tune_allocator() {
 /// samples. With `CANDLE_NUM_THREADS=1` candle runs its (now small) elementwise ops on the calling
 /// thread; measured there (median ms per step, default → 1): MLP 2.6–2.8 → 2.2–2.5, LeNet-5
 /// 10.6–13.1 → 9.2–9.9, mean-field MLP 14.5–15.9 → 11.9–12.6, ResNet-20 unchanged within noise
-/// (397–440 → 398–452). /// This process's start-up environment is set by starting the program again with it, never by
+/// (397–440 → 398–452).
+///
+/// This process's start-up environment is set by starting the program again with it, never by
 /// changing the environment of a running process (which races with every other thread):
 /// `CANDLE_NUM_THREADS=1` unless the user has set it, and `CANDLE_GRAD_DO_NOT_DETACH=1`
-/// ([`crate::double_backprop`]) when `double_backprop` is asked for and not yet on. Returns
-/// `Ok(Some(code))`, the exit code of the program run again, which the caller passes on, or
-/// `Ok(None)` when the environment is already complete and the caller goes on. Call first in
-/// `main`.
+/// ([`crate::double_backprop`]) when `double_backprop` is asked for and not yet on. On Unix the
+/// program is run again by `exec` in the same process (same pid), so that a signal sent to the
+/// process — a `kill` of a training run — reaches the program that does the work and no orphan
+/// keeps the run's lock; there this function returns only `Ok(None)` (environment complete) or the
+/// error of a failed `exec`. Elsewhere the program runs as a child and `Ok(Some(code))` is its
+/// exit code, which the caller passes on. Call first in `main`.
 pub fn rerun_with_start_env(double_backprop: bool) -> std::io::Result<Option<i32>> {
     let mut vars: Vec<(&str, &str)> = Vec::new();
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
@@ -45,11 +49,19 @@ pub fn rerun_with_start_env(double_backprop: bool) -> std::io::Result<Option<i32
     if vars.is_empty() {
         return Ok(None);
     }
-    let status = std::process::Command::new(std::env::current_exe()?)
-        .args(std::env::args_os().skip(1))
-        .envs(vars)
-        .status()?;
-    Ok(Some(status.code().unwrap_or(1)))
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1)).envs(vars);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // returns only on failure
+        Err(cmd.exec())
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status()?;
+        Ok(Some(status.code().unwrap_or(1)))
+    }
 }
 
 /// Runs `f` on a worker thread of a rayon pool of the usual size (`RAYON_NUM_THREADS`, or one

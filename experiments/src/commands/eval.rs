@@ -3,6 +3,7 @@
 //! weight draws; a deterministic one (and the posterior mean, `Sampling::Mean`) by one pass.
 //! Nested models are also evaluated at the widths of `bayes.eval_widths`.
 
+use super::posterior::Fitted;
 use super::setup::{build_model, device, eval_image_batches, load_data, sampling};
 use crate::config::StudyConfig;
 use crate::data::Normalizer;
@@ -93,6 +94,22 @@ pub(super) fn evaluate(
     }
 }
 
+/// The model's own predictive on an out-of-distribution set `set` (normalised with the training
+/// set's `norm`): Monte Carlo for a Bayesian model, one pass otherwise, as [`evaluate`].
+pub(super) fn ood_predictions(
+    net: &Network,
+    set: &crate::data::ImageSet,
+    norm: &Normalizer,
+    cfg: &StudyConfig,
+    dev: &Device,
+) -> Result<McPredictions> {
+    let ev = evaluate(net, set, norm, cfg, dev)?;
+    Ok(match ev.mc {
+        Some(mc) => mc,
+        None => McPredictions::from_draws(&[ev.preds.probs], ev.preds.labels, ev.preds.classes)?,
+    })
+}
+
 /// Accuracy of the posterior-mean network (`Sampling::Mean`) on `test`: one deterministic pass
 /// over its [`eval_image_batches`], normalised by `norm`.
 pub fn posterior_mean_accuracy(
@@ -109,7 +126,8 @@ pub fn posterior_mean_accuracy(
 }
 
 /// Evaluates a finished classification run's final weights on its test set (regression runs:
-/// [`regression::eval`](super::regression::eval)). A run without `weights.safetensors`
+/// [`regression::eval`](super::regression::eval)); a run with a `[posterior]` predicts with its
+/// posterior (`posterior.safetensors`, or an ensemble's members) exactly as `train` did. A run without `weights.safetensors`
 /// (unfinished) and weights with a NaN or infinite entry are refused, naming the file or the
 /// tensor.
 pub fn eval(
@@ -119,7 +137,13 @@ pub fn eval(
 ) -> Result<(ClassificationMetrics, StudyConfig)> {
     let run = RunDir::open(run_dir)?;
     let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
-    let weights = run.read_final_weights()?;
+    let ensemble = cfg.posterior.kind == "ensemble";
+    // an ensemble's weights are its members'
+    let weights = if ensemble {
+        None
+    } else {
+        Some(run.read_final_weights()?)
+    };
     let dev = device(device_name)?;
     let data = load_data(&cfg, data_dir)?;
     let train_set = if cfg.data.val_fraction > 0.0 {
@@ -132,7 +156,16 @@ pub fn eval(
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
     let (net, store) = build_model(&cfg, input, classes, &dev)?;
-    store.load(&weights)?;
-    let m = evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics;
+    if let Some(w) = &weights {
+        store.load(w)?;
+    }
+    let m = match Fitted::load(&cfg, &run)? {
+        Some(f) => {
+            let mc = super::posterior::predict(&cfg, &f, &net, &store, &data.test, &train_set, &norm, &dev)?;
+            let p = &mc.predictions;
+            classification_metrics(&p.probs, &p.labels, p.classes)?
+        }
+        None => evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics,
+    };
     Ok((m, cfg))
 }

@@ -9,9 +9,14 @@
 //! - `train`: the `train` command;
 //! - `eval`: test-set evaluation and the `eval` command;
 //! - `report`: `report.md`, the predictions file and the terminal tables;
-//! - [`regression`]: `train` and `eval` for regression tables.
+//! - [`regression`]: `train` and `eval` for regression tables;
+//! - [`posterior`]: the `[posterior]` of a run (SWAG collection during training, the Laplace fit
+//!   after it, the posterior file, prediction by the posterior's predictive);
+//! - `ensemble`: deep ensembles, whose members are runs inside the ensemble's run.
 
+mod ensemble;
 mod eval;
+pub mod posterior;
 pub mod regression;
 mod report;
 mod run_dir;

@@ -9,6 +9,7 @@
 //! deviations are multiplied by the target's standard deviation `s`, variances by `s²`, and
 //! NLLs gain `log s` (the Jacobian of the standardisation).
 
+use super::posterior::Fitted;
 use super::run_dir::{fit_run, resume_from_checkpoint};
 use super::setup::{eval_table_batches, TrainingSetup};
 use super::{device, open_resumed, run_dir, sampling, RunSummary, TrainOptions};
@@ -20,8 +21,9 @@ use crate::seed_stream::SeedStream;
 use crate::store::RunDir;
 use candle_core::{Device, Tensor};
 use secateur_bayes::{ParamStore, Sampling};
-use secateur_inference::likelihood::{Gaussian, Likelihood};
+use secateur_inference::likelihood::{Gaussian, Likelihood, Noise, LOG_STD_NAME};
 use secateur_inference::metrics::{regression_metrics, RegressionMetrics};
+use secateur_inference::posterior::{predict_bma_regression, BmaSettings};
 use secateur_inference::predict::{predict_regression, RegressionPredictions};
 use secateur_inference::train::EpochRecord;
 use secateur_models::Network;
@@ -122,9 +124,37 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     }
     let mut train_batches = setup.table_batches(&data.train, &data.std, &dev);
     let mut test_batches = eval_table_batches(cfg, &data.test, &data.std, &dev);
-    let state = fit_run(&mut trainer, &mut train_batches, &mut test_batches, &run, opts.quiet)?;
+    // SWA/SWAG collect along the trajectory (their state is part of every checkpoint)
+    let mut collecting = super::posterior::collector(cfg, &store, &run, from_checkpoint)?
+        .map(|c| super::posterior::Collecting::new(c, &run));
+    let state = fit_run(
+        &mut trainer,
+        &mut train_batches,
+        &mut test_batches,
+        &run,
+        opts.quiet,
+        collecting
+            .as_mut()
+            .map(|c| c as &mut dyn secateur_inference::train::Observer),
+    )?;
 
-    let preds = predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?;
+    let final_iterate = regression_metrics(&predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?)?;
+    let fitted = fit_posterior(
+        cfg,
+        &net,
+        &store,
+        &lik,
+        collecting.as_ref().map(|c| &c.collector),
+        &data,
+        &dev,
+    )?;
+    let preds = match &fitted {
+        Some(f) => predict_posterior(cfg, f, &net, &store, &lik, &data.test, &data, &dev)?,
+        None => predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?,
+    };
+    if let Some(f) = &fitted {
+        f.save(&run)?;
+    }
     let m = regression_metrics(&preds)?;
     let mut metrics = Map::new();
     let mut put = |k: &str, v: Value| {
@@ -141,6 +171,15 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     put("train_size", data.train.len().into());
     put("test_size", data.test.len().into());
     put_regression(&mut put, "test", &m);
+    if let Some(f) = &fitted {
+        put("posterior", cfg.posterior.kind.clone().into());
+        put("eval_samples", preds.samples.into());
+        put("final_iterate_test_rmse", final_iterate.rmse.into());
+        put("final_iterate_test_nll", final_iterate.nll.into());
+        if let Some(l) = f.prior_precision() {
+            put("laplace_prior_precision", l.into());
+        }
+    }
     if cfg.is_bayesian() {
         put("eval_samples", preds.samples.into());
         let pm = regression_metrics(&predict_table(&net, &lik, &data.test, &data, cfg, &dev, true)?)?;
@@ -174,6 +213,137 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     if resume.is_some() {
         atomic::write_string(&run.file("config.toml"), &cfg.to_toml()?)?;
     }
+    Ok(RunSummary {
+        dir: run.path().to_path_buf(),
+        metrics,
+    })
+}
+
+/// The posterior of a regression run after training: the collector's SWA/SWAG posterior, or a
+/// Laplace approximation fitted on the training rows with the trained network's Gaussian
+/// likelihood (its noise as learned or fixed); `None` without `[posterior]` (an ensemble is
+/// combined by [`super::ensemble`]).
+fn fit_posterior(
+    cfg: &StudyConfig,
+    net: &Network,
+    store: &ParamStore,
+    lik: &Gaussian,
+    collector: Option<&secateur_inference::swag::SwagCollector>,
+    data: &RegressionData,
+    dev: &Device,
+) -> Result<Option<Fitted>> {
+    let p = &cfg.posterior;
+    if p.is_swag() {
+        let Some(c) = collector else {
+            return Err(ExpError::config(
+                "posterior",
+                "internal: no SWAG collector for a SWAG kind",
+            ));
+        };
+        let kind = secateur_inference::swag::SwagKind::parse(&p.kind)?;
+        return Ok(Some(Fitted::Swag(c.posterior(kind)?)));
+    }
+    if p.kind != "laplace" {
+        return Ok(None);
+    }
+    let mut train = eval_table_batches(cfg, &data.train, &data.std, dev);
+    // Laplace takes the noise as fixed: a learned homoscedastic σ at its trained value
+    let lik = match lik.noise() {
+        Noise::Homoscedastic { .. } => {
+            let log_std = store
+                .get(LOG_STD_NAME)
+                .ok_or_else(|| ExpError::config("likelihood", "the learned noise parameter is missing"))?;
+            let std: Vec<f32> = log_std.as_tensor().exp()?.flatten_all()?.to_vec1()?;
+            let (scratch, pb) = super::setup::param_builder(cfg, dev);
+            drop(scratch);
+            Gaussian::new(Noise::Fixed { std: f64::from(std[0]) }, lik.dim(), &pb)?
+        }
+        _ => lik.clone(),
+    };
+    let lik = Likelihood::Gaussian(lik);
+    Ok(Some(super::posterior::fit_laplace(
+        cfg, net, store, &mut train, &lik, None,
+    )?))
+}
+
+/// The posterior predictive of a regression run on `set`, in the original target units: the
+/// Gaussian mixture of `posterior.samples` draws (SWAG, Laplace) or of the members (an
+/// ensemble), SWA at its mean.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn predict_posterior(
+    cfg: &StudyConfig,
+    fitted: &Fitted,
+    net: &Network,
+    store: &ParamStore,
+    lik: &Gaussian,
+    set: &TableSet,
+    data: &RegressionData,
+    dev: &Device,
+) -> Result<RegressionPredictions> {
+    let mut rng = SeedStream::PosteriorPredictive.rng(cfg.seed);
+    let mut batches = eval_table_batches(cfg, set, &data.std, dev);
+    let setup = TrainingSetup::new(cfg, data.train.len())?;
+    let mut train = setup.table_batches(&data.train, &data.std, dev);
+    let settings = BmaSettings {
+        samples: match fitted {
+            Fitted::Swag(s) if s.kind_of() == secateur_inference::swag::SwagKind::Swa => 1,
+            _ => cfg.posterior.samples(),
+        },
+        refresh_batch_norm: cfg.posterior.refresh_batch_norm.unwrap_or(true),
+    };
+    let p = predict_bma_regression(
+        net,
+        store,
+        lik,
+        fitted.posterior(),
+        &mut batches,
+        Some(&mut train),
+        settings,
+        &mut rng,
+    )?;
+    Ok(p.rescaled(f64::from(data.std.y_mean), f64::from(data.std.y_std))?)
+}
+
+/// The test metrics of a regression ensemble whose members are trained (see
+/// [`super::ensemble`]): the Gaussian mixture of the members' predictives, written as the
+/// ensemble run's `metrics.json`, predictions and report.
+pub(super) fn ensemble(cfg: &StudyConfig, opts: &TrainOptions, run: &RunDir, t0: Instant) -> Result<RunSummary> {
+    let dev = device(&opts.device)?;
+    let data = load_regression_data(cfg, opts.data_dir.as_deref())?;
+    let (net, store, lik) = build_regression_model(cfg, &data, &dev)?;
+    let fitted = Fitted::Ensemble(super::ensemble::load(cfg, run)?);
+    let preds = predict_posterior(cfg, &fitted, &net, &store, &lik, &data.test, &data, &dev)?;
+    let m = regression_metrics(&preds)?;
+    let mut metrics = Map::new();
+    let mut put = |k: &str, v: Value| {
+        metrics.insert(k.to_string(), v);
+    };
+    put("study", cfg.name.clone().into());
+    put("arch", cfg.model.arch.clone().into());
+    put("layers", cfg.model.layers.clone().into());
+    put("dataset", cfg.data.name.clone().into());
+    put("likelihood", format!("gaussian-{}", lik.noise().name()).into());
+    put("posterior", "ensemble".into());
+    put("members", cfg.posterior.members().into());
+    put("target_units", "original".into());
+    put("train_size", data.train.len().into());
+    put("test_size", data.test.len().into());
+    put_regression(&mut put, "test", &m);
+    let mut member_seconds = 0.0;
+    for i in 0..cfg.posterior.members() {
+        let mpath = super::ensemble::member_dir(run.path(), i).join("metrics.json");
+        let text = std::fs::read_to_string(&mpath).map_err(|e| ExpError::io(&mpath, e))?;
+        let mm: Value = serde_json::from_str(&text).map_err(|e| ExpError::io(&mpath, std::io::Error::other(e)))?;
+        member_seconds += mm.get("wall_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN);
+    }
+    put("seed", cfg.seed.into());
+    put("member_wall_seconds", member_seconds.into());
+    put("wall_seconds", t0.elapsed().as_secs_f64().into());
+    write_predictions(run, &preds)?;
+    atomic::write_string(&run.file("report.md"), &report(cfg, &metrics, &[]))?;
+    let json = serde_json::to_string_pretty(&Value::Object(metrics.clone()))
+        .map_err(|e| ExpError::io(run.path(), std::io::Error::other(e)))?;
+    atomic::write_string(&run.file("metrics.json"), &json)?;
     Ok(RunSummary {
         dir: run.path().to_path_buf(),
         metrics,
@@ -290,11 +460,22 @@ pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Resul
             format!("run {} is not a regression run", run_dir.display()),
         ));
     }
-    let weights = run.read_final_weights()?;
+    let ensemble = cfg.posterior.kind == "ensemble";
+    // an ensemble's weights are its members'
+    let weights = if ensemble {
+        None
+    } else {
+        Some(run.read_final_weights()?)
+    };
     let dev = device(device_name)?;
     let data = load_regression_data(&cfg, data_dir)?;
     let (net, store, lik) = build_regression_model(&cfg, &data, &dev)?;
-    store.load(&weights)?;
-    let m = regression_metrics(&predict_table(&net, &lik, &data.test, &data, &cfg, &dev, false)?)?;
-    Ok((m, cfg))
+    if let Some(w) = &weights {
+        store.load(w)?;
+    }
+    let preds = match Fitted::load(&cfg, &run)? {
+        Some(f) => predict_posterior(&cfg, &f, &net, &store, &lik, &data.test, &data, &dev)?,
+        None => predict_table(&net, &lik, &data.test, &data, &cfg, &dev, false)?,
+    };
+    Ok((regression_metrics(&preds)?, cfg))
 }

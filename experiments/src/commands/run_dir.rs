@@ -149,19 +149,25 @@ pub(crate) fn resume_from_checkpoint(trainer: &mut Trainer<'_>, run: &RunDir) ->
 }
 
 /// Trains the run in `run` on `train`, evaluating on `test` after each epoch: progress on
-/// standard error unless `quiet`, and every epoch recorded in the run (its history and
-/// checkpoint, [`RunRecorder`]). A failure is [`fit_failed`]: the trainer's error and the
-/// checkpoint the run keeps.
+/// standard error unless `quiet`, `extra` observers (a SWAG collector), and every epoch recorded
+/// in the run (its history and checkpoint, [`RunRecorder`], after the others, so that a
+/// checkpoint is complete only once every observer has seen its epoch). A failure is
+/// [`fit_failed`]: the trainer's error and the checkpoint the run keeps.
 pub(crate) fn fit_run(
     trainer: &mut Trainer<'_>,
     train: &mut dyn Batches,
     test: &mut dyn Batches,
     run: &RunDir,
     quiet: bool,
+    extra: Option<&mut dyn Observer>,
 ) -> Result<TrainState> {
     let mut recorder = RunRecorder::new(run);
     let mut progress = Progress::new(quiet);
-    let mut observers: Vec<&mut dyn Observer> = vec![&mut progress, &mut recorder];
+    let mut observers: Vec<&mut dyn Observer> = vec![&mut progress];
+    if let Some(o) = extra {
+        observers.push(o);
+    }
+    observers.push(&mut recorder);
     trainer
         .fit(train, Some(test), &mut observers)
         .map_err(|e| fit_failed(e, run))

@@ -3,7 +3,7 @@
 //! train (after the growing-regularisation phase of `[greg]`, if any), evaluate, and write the
 //! run's files (weights, `metrics.json`, predictions, plots, `report.md`).
 
-use super::eval::{evaluate, posterior_mean_accuracy, width_accuracies};
+use super::eval::{evaluate, ood_predictions, posterior_mean_accuracy, width_accuracies};
 use super::report::{report, report_value, write_predictions};
 use super::run_dir::{
     fit_run, open_resumed, record_masks, resume_from_checkpoint, run_dir, RunSummary, TrainOptions, MASKS_FILE,
@@ -14,6 +14,8 @@ use crate::config::StudyConfig;
 use crate::data::Normalizer;
 use crate::error::{ExpError, Result};
 use crate::seed_stream::SeedStream;
+use secateur_inference::metrics::classification_metrics;
+use secateur_inference::predict::McPredictions;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::time::Instant;
@@ -27,6 +29,9 @@ use std::time::Instant;
 /// (another one is refused) and its recorded masks (`masks.safetensors`), and writes the same
 /// files, bit for bit but for wall times, as a run that was never interrupted.
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
+    if cfg.posterior.kind == "ensemble" {
+        return super::ensemble::train(cfg, opts, resume);
+    }
     if cfg.likelihood.is_regression() {
         return super::regression::train(cfg, opts, resume);
     }
@@ -110,9 +115,58 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     }
     let mut train_batches = setup.image_batches(&train_set, &norm, &dev)?;
     let mut test_batches = eval_image_batches(cfg, &data.test, &norm, &dev)?;
-    let state = fit_run(&mut trainer, &mut train_batches, &mut test_batches, &run, opts.quiet)?;
+    // SWA/SWAG collect along the trajectory (their state is part of every checkpoint)
+    let mut collecting = super::posterior::collector(cfg, &store, &run, from_checkpoint)?
+        .map(|c| super::posterior::Collecting::new(c, &run));
+    let state = fit_run(
+        &mut trainer,
+        &mut train_batches,
+        &mut test_batches,
+        &run,
+        opts.quiet,
+        collecting
+            .as_mut()
+            .map(|c| c as &mut dyn secateur_inference::train::Observer),
+    )?;
 
-    let ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
+    // the network's own predictions (the final iterate), then those of the posterior, if any
+    let mut ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
+    let final_iterate = ev.metrics;
+    let fitted = super::posterior::fit(
+        cfg,
+        &net,
+        &store,
+        collecting.as_ref().map(|c| &c.collector),
+        &train_set,
+        &val_set,
+        &norm,
+        &dev,
+    )?;
+    if let Some(f) = &fitted {
+        let mc = super::posterior::predict(cfg, f, &net, &store, &data.test, &train_set, &norm, &dev)?;
+        let p = &mc.predictions;
+        ev.metrics = classification_metrics(&p.probs, &p.labels, p.classes)?;
+        ev.preds = p.clone();
+        ev.mc = Some(mc);
+        f.save(&run)?;
+    }
+    let ood = match &cfg.data.ood {
+        Some(name) => {
+            let set = crate::data::load_images(name, opts.data_dir.as_deref())?.test;
+            let mo = match &fitted {
+                Some(f) => super::posterior::predict(cfg, f, &net, &store, &set, &train_set, &norm, &dev)?,
+                None => ood_predictions(&net, &set, &norm, cfg, &dev)?,
+            };
+            let in_dist = match &ev.mc {
+                Some(mc) => mc.clone(),
+                None => {
+                    McPredictions::from_draws(&[ev.preds.probs.clone()], ev.preds.labels.clone(), ev.preds.classes)?
+                }
+            };
+            Some((name.clone(), super::posterior::ood_auroc(&in_dist, &mo)?))
+        }
+        None => None,
+    };
     let (preds, m) = (ev.preds, ev.metrics);
     let (nonzero, weights_total) = store.test_time_params()?;
     let mut metrics = Map::new();
@@ -130,6 +184,18 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     put("test_brier", m.brier.into());
     put("test_ece", m.ece.into());
     put("test_mce", m.mce.into());
+    if let Some(f) = &fitted {
+        put("posterior", cfg.posterior.kind.clone().into());
+        put("final_iterate_test_accuracy", final_iterate.accuracy.into());
+        put("final_iterate_test_nll", final_iterate.nll.into());
+        if let Some(l) = f.prior_precision() {
+            put("laplace_prior_precision", l.into());
+        }
+    }
+    if let Some((name, a)) = &ood {
+        put("ood_dataset", name.clone().into());
+        put("ood_auroc_entropy", (*a).into());
+    }
     if !val_set.is_empty() {
         let v = evaluate(&net, &val_set, &norm, cfg, &dev)?.metrics;
         put("val_size", val_set.len().into());
@@ -150,10 +216,12 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         put("test_mutual_information", mc.mean_mutual_information().into());
         put("test_predictive_entropy", mc.mean_predictive_entropy().into());
         put("test_expected_entropy", mc.mean_expected_entropy().into());
-        put(
-            "test_accuracy_posterior_mean",
-            posterior_mean_accuracy(&net, &data.test, &norm, cfg, &dev)?.into(),
-        );
+        if fitted.is_none() {
+            put(
+                "test_accuracy_posterior_mean",
+                posterior_mean_accuracy(&net, &data.test, &norm, cfg, &dev)?.into(),
+            );
+        }
     }
     if let Some(a) = init_accuracy {
         put("init_test_accuracy_posterior_mean", a.into());

@@ -70,7 +70,8 @@ pub struct DiagLaplace {
 
 impl DiagLaplace {
     /// Fits the approximation at the model's current weights (the MAP) on one pass over `data`
-    /// (see the [module docs](self)); λ starts at 1. `rng` feeds the data source (the model is
+    /// (see the [module docs](self)), over every trainable parameter of the store but a
+    /// likelihood's own (`likelihood.*`, e.g. a learned noise); λ starts at 1. `rng` feeds the data source (the model is
     /// run in evaluation mode with stochastic layers at their means). Refuses a store without
     /// trainable parameters, outputs that are not `[1, C]` per example, and a Gaussian
     /// likelihood whose noise is not fixed.
@@ -83,7 +84,13 @@ impl DiagLaplace {
         rng: &mut SeededRng,
     ) -> Result<Self> {
         let noise = fixed_noise(likelihood)?;
-        let params: Vec<(String, Var)> = store.params().into_iter().collect();
+        // the network's weights; a likelihood's own parameters (a learned noise `likelihood.*`)
+        // are not covered: Laplace takes the noise as fixed
+        let params: Vec<(String, Var)> = store
+            .params()
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("likelihood."))
+            .collect();
         if params.is_empty() {
             bail!("diagonal laplace: the store has no trainable parameters");
         }

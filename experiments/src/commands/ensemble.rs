@@ -1,0 +1,160 @@
+//! Deep ensembles (Lakshminarayanan, Pritzel & Blundell 2017) in the `train` command: the M
+//! members of `[posterior] kind = "ensemble"` are ordinary runs of the same config in
+//! `members/member-<i>/` of the ensemble's run directory, member `i` with seed
+//! `seed + 1000 · i` (member 0 is the run of the config's own seed, so an ensemble pairs with the
+//! single network of that seed). Each member checkpoints and resumes like any run; a finished
+//! member is kept, an unfinished one resumed, so a killed ensemble continues where it stopped.
+//! The ensemble predicts by averaging its members' probabilities.
+
+use super::eval::evaluate;
+use super::posterior::{ood_auroc, predict, Fitted};
+use super::report::{report, write_predictions};
+use super::run_dir::{open_resumed, run_dir, RunSummary, TrainOptions};
+use super::setup::{build_model, device, load_data};
+use crate::atomic;
+use crate::config::StudyConfig;
+use crate::data::Normalizer;
+use crate::error::{ExpError, Result};
+use crate::store::RunDir;
+use secateur_inference::metrics::classification_metrics;
+use secateur_inference::posterior::{Ensemble, ParamSample};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Member `i`'s seed offset: member `i` trains with seed `seed + MEMBER_SEED_STEP · i`.
+pub const MEMBER_SEED_STEP: u64 = 1000;
+
+/// The config of member `i`: the ensemble's config with seed `seed + 1000 · i`, no posterior,
+/// and the name `<name>-member<i>`.
+pub fn member_config(cfg: &StudyConfig, i: usize) -> StudyConfig {
+    let mut c = cfg.clone();
+    c.seed = cfg.seed + MEMBER_SEED_STEP * i as u64;
+    c.posterior = Default::default();
+    c.name = format!("{}-member{i}", cfg.name);
+    c
+}
+
+/// The directory of member `i` in the ensemble run `run`.
+pub(super) fn member_dir(run: &Path, i: usize) -> PathBuf {
+    run.join("members").join(format!("member-{i}"))
+}
+
+/// Trains (or resumes) every member, then evaluates the ensemble and writes its run files.
+pub(super) fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
+    let t0 = Instant::now();
+    if opts.masks.is_some() {
+        return Err(ExpError::config("--masks", "is not supported for an ensemble"));
+    }
+    let resumed = open_resumed(cfg, resume, opts.quiet)?;
+    let (run, _lock) = run_dir(cfg, opts, resumed)?;
+    let m = cfg.posterior.members();
+    for i in 0..m {
+        let dir = member_dir(run.path(), i);
+        if dir.join("metrics.json").is_file() {
+            continue;
+        }
+        let mcfg = member_config(cfg, i);
+        if !opts.quiet {
+            eprintln!(
+                "ensemble member {}/{m} (seed {}) in {}",
+                i + 1,
+                mcfg.seed,
+                dir.display()
+            );
+        }
+        let started = dir.join("config.toml").is_file();
+        let mopts = TrainOptions {
+            out: (!started).then(|| dir.clone()),
+            ..opts.clone()
+        };
+        super::train::train(&mcfg, &mopts, started.then_some(dir.as_path()))?;
+    }
+    if cfg.likelihood.is_regression() {
+        return super::regression::ensemble(cfg, opts, &run, t0);
+    }
+    let ens = load(cfg, &run)?;
+
+    let dev = device(&opts.device)?;
+    let data = load_data(cfg, opts.data_dir.as_deref())?;
+    // the members' training set (no validation split: refused for ensembles) and its normalisation
+    let train_set = data.train.clone();
+    let norm = Normalizer::from_set(&train_set);
+    let input = [train_set.channels, train_set.height, train_set.width];
+    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
+    let (net, store) = build_model(cfg, input, classes, &dev)?;
+    let fitted = Fitted::Ensemble(ens);
+    let mc = predict(cfg, &fitted, &net, &store, &data.test, &train_set, &norm, &dev)?;
+    let p = &mc.predictions;
+    let cm = classification_metrics(&p.probs, &p.labels, p.classes)?;
+    let mut metrics = Map::new();
+    let mut put = |k: &str, v: Value| {
+        metrics.insert(k.to_string(), v);
+    };
+    put("study", cfg.name.clone().into());
+    put("arch", cfg.model.arch.clone().into());
+    put("layers", cfg.model.layers.clone().into());
+    put("dataset", cfg.data.name.clone().into());
+    put("posterior", "ensemble".into());
+    put("members", m.into());
+    put("test_size", data.test.len().into());
+    put("test_accuracy", cm.accuracy.into());
+    put("test_nll", cm.nll.into());
+    put("test_brier", cm.brier.into());
+    put("test_ece", cm.ece.into());
+    put("test_mce", cm.mce.into());
+    put("eval_samples", m.into());
+    put("test_mutual_information", mc.mean_mutual_information().into());
+    put("test_predictive_entropy", mc.mean_predictive_entropy().into());
+    // each member alone, as a reference, and the members' training time
+    let (mut accs, mut member_seconds) = (Vec::new(), 0.0);
+    for i in 0..m {
+        let mpath = member_dir(run.path(), i).join("metrics.json");
+        let text = std::fs::read_to_string(&mpath).map_err(|e| ExpError::io(&mpath, e))?;
+        let mm: Value = serde_json::from_str(&text).map_err(|e| ExpError::io(&mpath, std::io::Error::other(e)))?;
+        member_seconds += mm.get("wall_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let w = RunDir::open(&member_dir(run.path(), i))?.read_final_weights()?;
+        store.load(&w)?;
+        accs.push(
+            evaluate(&net, &data.test, &norm, &member_config(cfg, i), &dev)?
+                .metrics
+                .accuracy,
+        );
+    }
+    put(
+        "member_test_accuracy_mean",
+        (accs.iter().sum::<f64>() / m as f64).into(),
+    );
+    if let Some(name) = &cfg.data.ood {
+        let ood = crate::data::load_images(name, opts.data_dir.as_deref())?;
+        let mo = predict(cfg, &fitted, &net, &store, &ood.test, &train_set, &norm, &dev)?;
+        put("ood_dataset", name.clone().into());
+        put("ood_auroc_entropy", ood_auroc(&mc, &mo)?.into());
+    }
+    put("seed", cfg.seed.into());
+    // the members' training (each from its own metrics.json) plus the ensemble's evaluation
+    put("member_wall_seconds", member_seconds.into());
+    put("wall_seconds", t0.elapsed().as_secs_f64().into());
+
+    write_predictions(&run, p)?;
+    atomic::write_string(&run.file("report.md"), &report(cfg, &metrics, &[]))?;
+    let json = serde_json::to_string_pretty(&Value::Object(metrics.clone()))
+        .map_err(|e| ExpError::io(run.path(), std::io::Error::other(e)))?;
+    atomic::write_string(&run.file("metrics.json"), &json)?;
+    Ok(RunSummary {
+        dir: run.path().to_path_buf(),
+        metrics,
+    })
+}
+
+/// The ensemble of a run's finished members (every parameter and buffer of each), refusing a
+/// run with a member that has not finished.
+pub(super) fn load(cfg: &StudyConfig, run: &RunDir) -> Result<Ensemble> {
+    let mut members: Vec<ParamSample> = Vec::new();
+    for i in 0..cfg.posterior.members() {
+        let dir = member_dir(run.path(), i);
+        let w = RunDir::open(&dir)?.read_final_weights()?;
+        members.push(w.into_iter().collect());
+    }
+    Ok(Ensemble::new(members)?)
+}
