@@ -59,9 +59,12 @@ pub mod prelude {
     pub use secateur_bayes::prelude::*;
     pub use secateur_inference::batches::{Batches, TensorBatches};
     pub use secateur_inference::elbo::{elbo_loss, BetaSchedule, ElboConfig, Objective};
+    pub use secateur_inference::laplace::{DiagLaplace, Laplace, LastLayerLaplace};
     pub use secateur_inference::metrics::classification_metrics;
     pub use secateur_inference::optim::{AdamW, AdamWConfig, Optimizer, Sgd, SgdConfig};
+    pub use secateur_inference::posterior::{predict_bma, BmaSettings, Ensemble, Posterior};
     pub use secateur_inference::predict::{predict, predict_mc};
+    pub use secateur_inference::swag::{Swag, SwagCollector, SwagConfig, SwagKind};
     pub use secateur_inference::train::{TrainSettings, Trainer};
     pub use secateur_models::{build, ModelSpec, Network};
     pub use secateur_pruning::{criterion, Allocation, MaskSet, ScoringContext, ScoringData};

@@ -271,3 +271,59 @@ fn the_posterior_study_writes_its_table_and_continues() {
         .to_string()
         .contains("already holds a study"));
 }
+
+#[test]
+fn prune_reads_the_posterior_of_a_run() {
+    use secateur::experiments::prune::{prune, PruneOptions, PruneSpec};
+    use secateur::inference::posterior::Posterior;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("swag");
+    train(
+        &cfg(&[
+            "train.epochs=2",
+            "posterior={kind=\"swag-diag\",start_epoch=0,samples=2}",
+        ]),
+        &opts(&run),
+        None,
+    )
+    .unwrap();
+    let out = dir.path().join("snr");
+    let spec = PruneSpec {
+        criterion: "snr".into(),
+        sparsity: 0.5,
+        scope: secateur::pruning::Scope::Global,
+        bn_warmup_batches: 0,
+        rounds: 1,
+        samples_per_class: 1,
+        keep_first: false,
+        keep_last: false,
+        options: Default::default(),
+    };
+    let o = PruneOptions {
+        spec,
+        run: Some(run.clone()),
+        config: None,
+        overrides: vec![],
+        out: out.clone(),
+        data_dir: None,
+        force: false,
+    };
+    prune(&o).unwrap();
+    // the scores are |mean| / σ of the saved SWAG-diagonal posterior
+    let post = secateur::experiments::atomic::read_safetensors(&run.join("posterior.safetensors")).unwrap();
+    let swag = secateur::inference::swag::Swag::from_tensors(&post.into_iter().collect()).unwrap();
+    let st = swag
+        .stats()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "fc1.weight")
+        .unwrap();
+    let want: Vec<f32> = st.snr().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let scores = secateur::experiments::atomic::read_safetensors(&out.join("scores.safetensors")).unwrap();
+    let got: Vec<f32> = scores["fc1.weight"].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got.len(), want.len());
+    assert!(got
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1.0)));
+}

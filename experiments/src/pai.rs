@@ -567,7 +567,7 @@ fn run_cell(pai: &PaiConfig, m: &Prepared, cell: &Cell, scope: Scope) -> PaiRow 
                 keep_last: pai.keep_last,
                 options: pai.criterion_options(),
             })
-            .and_then(|spec| prune_model(&cfg, &m.data, None, &spec))
+            .and_then(|spec| prune_model(&cfg, &m.data, None, &spec, None))
             .and_then(|p| {
                 row.reached = p.masks.sparsity()?;
                 row.collapsed = p.table.collapsed().join(";");

@@ -212,12 +212,14 @@ impl Scoring {
 /// Builds the config's model (its seed's initialisation, or `weights` when given), warms up
 /// batch norm, scores with the criterion, allocates and applies the masks; `weights` are loaded
 /// strictly. A second-order criterion needs a process started with double backpropagation (an
-/// error naming the variable otherwise).
+/// error naming the variable otherwise). The posterior criteria read `posterior` when given (a
+/// run's `[posterior]`: SWAG, Laplace, an ensemble), the probabilistic layers otherwise.
 pub fn prune_model(
     cfg: &StudyConfig,
     data: &PruneData,
     weights: Option<&HashMap<String, Tensor>>,
     spec: &PruneSpec,
+    posterior: Option<&dyn secateur_inference::posterior::Posterior>,
 ) -> Result<Pruned> {
     spec.validate()?;
     if spec.second_order() {
@@ -242,6 +244,7 @@ pub fn prune_model(
     let allocation = Allocation::new(spec.sparsity, spec.scope).with_exclude(exclude);
     let crit = criterion::build(&spec.criterion, &spec.options)?;
     let mut cx = ScoringContext::new(&net, &store, Some(&scoring), &mut rng);
+    cx.posterior = posterior;
     let schedule = IterativeSchedule {
         rounds: spec.rounds,
         final_sparsity: spec.sparsity,
@@ -323,13 +326,22 @@ fn refuse_existing_prune(out: &Path, force: bool) -> Result<()> {
 pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
     opts.spec.validate()?;
     refuse_existing_prune(&opts.out, opts.force)?;
-    let (cfg, weights) = match (&opts.run, &opts.config) {
+    let (cfg, weights, posterior) = match (&opts.run, &opts.config) {
         (Some(run), None) => {
             let cfg = StudyConfig::from_file(&run.join("config.toml"), &opts.overrides)?;
-            let w = crate::store::read_finite_safetensors(&run.join("weights.safetensors"))?;
-            (cfg, Some(w))
+            // a run's `[posterior]` is what the posterior criteria read; an ensemble's network
+            // is its members' mean
+            let posterior = crate::commands::posterior::Fitted::load(&cfg, &crate::store::RunDir::open(run)?)?;
+            let w = match &posterior {
+                Some(crate::commands::posterior::Fitted::Ensemble(e)) => {
+                    use secateur_inference::posterior::Posterior;
+                    e.mean()?.into_iter().collect()
+                }
+                _ => crate::store::read_finite_safetensors(&run.join("weights.safetensors"))?,
+            };
+            (cfg, Some(w), posterior)
         }
-        (None, Some(c)) => (StudyConfig::from_file(c, &opts.overrides)?, None),
+        (None, Some(c)) => (StudyConfig::from_file(c, &opts.overrides)?, None, None),
         _ => {
             return Err(ExpError::config(
                 "prune",
@@ -338,7 +350,13 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
         }
     };
     let data = PruneData::load(&cfg, opts.data_dir.as_deref())?;
-    let pruned = prune_model(&cfg, &data, weights.as_ref(), &opts.spec)?;
+    let pruned = prune_model(
+        &cfg,
+        &data,
+        weights.as_ref(),
+        &opts.spec,
+        posterior.as_ref().map(|p| p.posterior()),
+    )?;
     std::fs::create_dir_all(&opts.out).map_err(|e| ExpError::io(&opts.out, e))?;
     let masks_file = opts.out.join("masks.safetensors");
     pruned.masks.save(&masks_file)?;
@@ -468,7 +486,7 @@ pub fn scores(opts: &ScoresOptions) -> Result<ScoresOutput> {
         keep_last: false,
         options: opts.options,
     };
-    let pruned = prune_model(&cfg, &data, w.as_ref(), &spec)?;
+    let pruned = prune_model(&cfg, &data, w.as_ref(), &spec, None)?;
     save_scores(&pruned.scores, &opts.out)?;
     let diagnosis = if opts.diagnose {
         let d = diagnose(

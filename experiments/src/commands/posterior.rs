@@ -128,7 +128,7 @@ impl Fitted {
     }
 
     /// Writes `posterior.safetensors` into the run (an ensemble's members are its member runs).
-    pub(super) fn save(&self, run: &RunDir) -> Result<()> {
+    pub fn save(&self, run: &RunDir) -> Result<()> {
         if matches!(self, Fitted::Ensemble(_)) {
             return Ok(());
         }
@@ -136,7 +136,7 @@ impl Fitted {
     }
 
     /// Reads the posterior a finished run saved (`None` for a run without `[posterior]`).
-    pub(super) fn load(cfg: &StudyConfig, run: &RunDir) -> Result<Option<Self>> {
+    pub fn load(cfg: &StudyConfig, run: &RunDir) -> Result<Option<Self>> {
         if cfg.posterior.is_none() {
             return Ok(None);
         }
