@@ -216,7 +216,7 @@ fn warm_up_leaves_the_scoring_examples_and_draws_unchanged() {
             bn_warmup_batches: warm,
             ..spec("random", 0.5)
         };
-        prune::prune_model(&cfg, &data, None, &s).expect("prune")
+        prune::prune_model(&cfg, &data, None, &s, None).expect("prune")
     };
     let (cold, warm) = (run(0), run(2));
     assert_eq!(cold.scoring_examples, warm.scoring_examples);
@@ -240,7 +240,7 @@ fn warm_up_leaves_the_scoring_examples_and_draws_unchanged() {
             bn_warmup_batches: warm,
             ..spec("snip", 0.5)
         };
-        prune::prune_model(&cfg, &data, None, &s).expect("prune").scores
+        prune::prune_model(&cfg, &data, None, &s, None).expect("prune").scores
     };
     let (a, b) = (snip(0), snip(2));
     let differs = a.iter().any(|(k, v)| {
@@ -273,8 +273,8 @@ fn f64_scores_match_a_computation_by_hand() {
     let mat = |k: &str| -> Vec<Vec<f64>> { p[k].to_dtype(DType::F64).unwrap().to_vec2().unwrap() };
     let vec = |k: &str| -> Vec<f64> { p[k].to_dtype(DType::F64).unwrap().to_vec1().unwrap() };
     let (w1, b1, w2, b2) = (mat("fc1.weight"), vec("fc1.bias"), mat("fc2.weight"), vec("fc2.bias"));
-    let snip = prune::prune_model(&cfg, &data, None, &spec("snip", 0.5)).expect("snip");
-    let fisher = prune::prune_model(&cfg, &data, None, &spec("fisher", 0.5)).expect("fisher");
+    let snip = prune::prune_model(&cfg, &data, None, &spec("snip", 0.5), None).expect("snip");
+    let fisher = prune::prune_model(&cfg, &data, None, &spec("fisher", 0.5), None).expect("fisher");
     assert_eq!(snip.scoring_examples, fisher.scoring_examples);
     let idx = &snip.scoring_examples;
     let mut rng = secateur_bayes::SeededRng::new(0);
