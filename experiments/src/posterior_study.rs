@@ -20,7 +20,8 @@
 //! `--resume`. `--shard I/N` runs every N-th cell from the I-th, so shards can run in parallel
 //! processes on the same directory (each run is locked by the process writing it). The table
 //! (`results.csv`, one row per run, and `table.md`, mean ± standard deviation over seeds per
-//! method) is rewritten from the run directories after every run.
+//! method, then each method's paired difference from the first method seed by seed) is
+//! rewritten from the run directories after every run.
 
 use crate::atomic;
 use crate::commands::{train, TrainOptions};
@@ -291,6 +292,61 @@ pub fn write_table(study: &PosteriorStudy, dir: &Path) -> Result<()> {
         }
         md += &format!("| {} | {} | {} |\n", m.name, rows.len(), cells.join(" | "));
     }
+    md += &paired_table(study, &found, columns);
     atomic::write_string(&dir.join("results.csv"), &csv)?;
     atomic::write_string(&dir.join("table.md"), &md)
+}
+
+/// The paired comparison with the first method (the reference, e.g. MAP): per method, the mean
+/// and standard deviation over seeds of `method − reference` for each column, over the seeds
+/// both finished (same seed: same initialisation, data order and split but for the method).
+fn paired_table(study: &PosteriorStudy, found: &[(&Method, u64, Option<Value>, String)], columns: &[(&str, &str)]) -> String {
+    let Some(reference) = study.methods.first() else {
+        return String::new();
+    };
+    let value = |m: &str, seed: u64| -> Option<Vec<f64>> {
+        found
+            .iter()
+            .find(|f| f.0.name == m && f.1 == seed)
+            .and_then(|f| f.2.as_ref())
+            .map(|v| row(v, columns))
+    };
+    let heads: Vec<String> = columns.iter().map(|c| format!("Δ {}", c.1)).collect();
+    let mut md = format!(
+        "\nPaired by seed, `method − {}` (mean ± sd over the seeds both finished):\n\n| method | pairs | {} |\n|---|---|{}\n",
+        reference.name,
+        heads.join(" | "),
+        "---|".repeat(columns.len())
+    );
+    for m in &study.methods[1..] {
+        let diffs: Vec<Vec<f64>> = study
+            .seeds
+            .iter()
+            .filter_map(|&s| Some((value(&m.name, s)?, value(&reference.name, s)?)))
+            .map(|(a, b)| a.iter().zip(&b).map(|(x, y)| x - y).collect())
+            .collect();
+        if diffs.is_empty() {
+            continue;
+        }
+        let n = diffs.len() as f64;
+        let cells: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(c, (name, _))| {
+                let mean = diffs.iter().map(|d| d[c]).sum::<f64>() / n;
+                let sd = if diffs.len() > 1 {
+                    (diffs.iter().map(|d| (d[c] - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+                } else {
+                    f64::NAN
+                };
+                match *name {
+                    "test_accuracy" => format!("{:+.2} ± {:.2}", 100.0 * mean, 100.0 * sd),
+                    "train_seconds" => format!("{mean:+.0}"),
+                    _ => format!("{mean:+.4} ± {sd:.4}"),
+                }
+            })
+            .collect();
+        md += &format!("| {} | {} | {} |\n", m.name, diffs.len(), cells.join(" | "));
+    }
+    md
 }
