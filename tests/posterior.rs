@@ -202,6 +202,17 @@ fn an_ensemble_trains_its_members_as_runs_and_resumes() {
         "member 0 was retrained"
     );
     assert_eq!(s2.metrics["test_nll"], m["test_nll"]);
+    // one job per member (`train --member I`, in any order), then `--resume` combines them:
+    // the same ensemble as trained in one process
+    let out3 = dir.path().join("ens3");
+    for i in [1, 0] {
+        secateur::experiments::commands::train_member(&c, &opts(&out3), &out3, i).unwrap();
+    }
+    let e = secateur::experiments::commands::train_member(&c, &opts(&out3), &out3, 2).unwrap_err();
+    assert!(e.to_string().contains("the ensemble has 2"), "{e}");
+    let s3 = train(&c, &opts(&out3), Some(&out3)).unwrap();
+    assert_eq!(s3.metrics["test_nll"], m["test_nll"]);
+    assert_eq!(s3.metrics["test_accuracy"], m["test_accuracy"]);
 }
 
 fn copy_dir(from: &Path, to: &Path) {

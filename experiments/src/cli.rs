@@ -144,6 +144,11 @@ pub struct TrainCmd {
     /// zeroed and kept at zero. The run records them; `--resume` applies them again by itself.
     #[arg(long, value_name = "FILE")]
     pub masks: Option<PathBuf>,
+    /// Ensembles (`[posterior] kind = "ensemble"`): train only member I (0-based) into
+    /// DIR/members/member-I of the ensemble in --out DIR (or --resume DIR), for one job per
+    /// member; `train --resume DIR` then trains what is missing and combines the members.
+    #[arg(long, value_name = "I")]
+    pub member: Option<usize>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -337,13 +342,13 @@ fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
     set
 }
 
-/// Runs a parsed command line.
 /// Whether the run in `dir` was trained under a Gaussian likelihood (an unreadable config is
 /// left to the classification path, which reports it).
 fn is_regression_run(dir: &std::path::Path) -> bool {
     StudyConfig::from_file(&dir.join("config.toml"), &[]).is_ok_and(|c| c.likelihood.is_regression())
 }
 
+/// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(c) => {
@@ -368,7 +373,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 quiet: c.quiet,
                 masks: c.masks,
             };
-            let s = commands::train(&cfg, &opts, resume)?;
+            let s = match c.member {
+                Some(i) => {
+                    let dir = resume.or(opts.out.as_deref()).ok_or_else(|| {
+                        ExpError::config("--member", "needs the ensemble's directory: --out DIR or --resume DIR")
+                    })?;
+                    commands::train_member(&cfg, &opts, dir, i)?
+                }
+                None => commands::train(&cfg, &opts, resume)?,
+            };
             println!("{}", commands::metrics_table(&s.metrics));
             println!("run directory: {}", s.dir.display());
         }

@@ -300,7 +300,11 @@ pub fn write_table(study: &PosteriorStudy, dir: &Path) -> Result<()> {
 /// The paired comparison with the first method (the reference, e.g. MAP): per method, the mean
 /// and standard deviation over seeds of `method − reference` for each column, over the seeds
 /// both finished (same seed: same initialisation, data order and split but for the method).
-fn paired_table(study: &PosteriorStudy, found: &[(&Method, u64, Option<Value>, String)], columns: &[(&str, &str)]) -> String {
+fn paired_table(
+    study: &PosteriorStudy,
+    found: &[(&Method, u64, Option<Value>, String)],
+    columns: &[(&str, &str)],
+) -> String {
     let Some(reference) = study.methods.first() else {
         return String::new();
     };

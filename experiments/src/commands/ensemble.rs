@@ -40,6 +40,63 @@ pub(super) fn member_dir(run: &Path, i: usize) -> PathBuf {
     run.join("members").join(format!("member-{i}"))
 }
 
+/// Trains (or resumes) only member `i` of the ensemble config `cfg` in the ensemble's run
+/// directory `dir`, for parallel jobs (one per member, `train --member I`): the directory and
+/// its `config.toml` are created if absent (a recorded config of another seed is refused); the
+/// member holds its own run's lock, not the ensemble's. A finished member is left as it is. Run
+/// `train --resume DIR` afterwards to train any member still missing and combine them.
+pub fn train_member(cfg: &StudyConfig, opts: &TrainOptions, dir: &Path, i: usize) -> Result<RunSummary> {
+    let m = cfg.posterior.members();
+    if cfg.posterior.kind != "ensemble" {
+        return Err(ExpError::config(
+            "--member",
+            "applies to [posterior] kind = \"ensemble\"",
+        ));
+    }
+    if i >= m {
+        return Err(ExpError::config(
+            "--member",
+            format!("{i} is not a member: the ensemble has {m} (0 to {})", m - 1),
+        ));
+    }
+    let recorded = dir.join("config.toml");
+    if recorded.is_file() {
+        let r = StudyConfig::from_file(&recorded, &[])?;
+        if r.seed != cfg.seed || r.posterior != cfg.posterior {
+            return Err(ExpError::config(
+                "--member",
+                format!(
+                    "{} records another ensemble (seed or [posterior] differ)",
+                    recorded.display()
+                ),
+            ));
+        }
+    } else {
+        std::fs::create_dir_all(dir).map_err(|e| ExpError::io(dir, e))?;
+        atomic::write_string(&recorded, &cfg.to_toml()?)?;
+    }
+    let mdir = member_dir(dir, i);
+    let summary_of = |d: &Path| -> Result<RunSummary> {
+        let text = std::fs::read_to_string(d.join("metrics.json")).map_err(|e| ExpError::io(d, e))?;
+        let metrics =
+            serde_json::from_str::<Map<String, Value>>(&text).map_err(|e| ExpError::io(d, std::io::Error::other(e)))?;
+        Ok(RunSummary {
+            dir: d.to_path_buf(),
+            metrics,
+        })
+    };
+    if mdir.join("metrics.json").is_file() {
+        return summary_of(&mdir);
+    }
+    let mcfg = member_config(cfg, i);
+    let started = mdir.join("config.toml").is_file();
+    let mopts = TrainOptions {
+        out: (!started).then(|| mdir.clone()),
+        ..opts.clone()
+    };
+    super::train::train(&mcfg, &mopts, started.then_some(mdir.as_path()))
+}
+
 /// Trains (or resumes) every member, then evaluates the ensemble and writes its run files.
 pub(super) fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
     let t0 = Instant::now();

@@ -23,6 +23,7 @@ mod run_dir;
 mod setup;
 mod train;
 
+pub use ensemble::train_member;
 pub use eval::{eval, posterior_mean_accuracy};
 pub use report::{comparison_table, metrics_table};
 pub(crate) use run_dir::{open_resumed, run_dir};
