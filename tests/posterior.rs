@@ -101,7 +101,7 @@ fn swag_resumed_after_a_kill_predicts_as_a_run_straight_through() {
 #[test]
 fn every_posterior_kind_trains_saves_and_evaluates_again() {
     let dir = tempfile::tempdir().unwrap();
-    let kinds: [(&str, Vec<&str>); 5] = [
+    let kinds: [(&str, Vec<&str>); 6] = [
         ("swa", vec!["train.epochs=3", "posterior={kind=\"swa\",start_epoch=1}"]),
         (
             "swag-diag",
@@ -123,6 +123,13 @@ fn every_posterior_kind_trains_saves_and_evaluates_again() {
             vec![
                 "model.hidden=[16]",
                 "posterior={kind=\"laplace\",subset=\"all\",hessian=\"ef\",samples=4}",
+            ],
+        ),
+        (
+            "laplace-diag-ef-probit",
+            vec![
+                "model.hidden=[16]",
+                "posterior={kind=\"laplace\",subset=\"all\",hessian=\"ef\",predictive=\"probit\"}",
             ],
         ),
     ];

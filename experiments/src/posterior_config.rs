@@ -18,7 +18,7 @@
 //! subset = "last-layer"      # or "all" (diagonal over every weight)
 //! hessian = "kron"           # last-layer: full | kron; all: ggn | ef
 //! prior_precision = "marglik" # marglik | val-nll | a positive number
-//! predictive = "probit"      # probit (last-layer only) | mc
+//! predictive = "probit"      # probit on the linearised logits | mc (sampled networks)
 //! ```
 //!
 //! Every option belongs to some kinds; an option given to a kind it does not belong to is
@@ -66,7 +66,9 @@ pub struct PosteriorConfig {
     /// number, the prior precision λ itself.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prior_precision: Option<String>,
-    /// Laplace: `probit` (last-layer only; its default) or `mc` (default for `all`).
+    /// Laplace: `probit`, the probit approximation on the logits linearised at the MAP
+    /// (laplace-torch's GLM predictive; the default for `last-layer`), or `mc`, the average over
+    /// `samples` sampled networks (the default for `all`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predictive: Option<String>,
     /// Ensemble: number of members M. Default 5 (Lakshminarayanan et al. 2017).
@@ -254,12 +256,9 @@ impl PosteriorConfig {
                     ok.join(", ")
                 ));
             }
-            match (self.predictive(), self.last_layer()) {
-                ("mc", _) | ("probit", true) => {}
-                ("probit", false) => {
-                    return Err("posterior.predictive `probit` needs subset = \"last-layer\" (use `mc`)".into())
-                }
-                (p, _) => return Err(format!("posterior.predictive must be `probit` or `mc`, got `{p}`")),
+            match self.predictive() {
+                "mc" | "probit" => {}
+                p => return Err(format!("posterior.predictive must be `probit` or `mc`, got `{p}`")),
             }
             if self.prior_precision()? == PriorPrecision::ValNll && !has_val {
                 return Err(
@@ -300,8 +299,10 @@ mod tests {
         assert!(e.contains("start_epoch"), "{e}");
         let e = parse("kind = \"laplace\"\nsubset = \"all\"\nhessian = \"kron\"").unwrap_err();
         assert!(e.contains("posterior.hessian `kron`"), "{e}");
-        let e = parse("kind = \"laplace\"\nsubset = \"all\"\npredictive = \"probit\"").unwrap_err();
-        assert!(e.contains("probit"), "{e}");
+        let c = parse("kind = \"laplace\"\nsubset = \"all\"\npredictive = \"probit\"").unwrap();
+        assert_eq!((c.hessian(), c.predictive()), ("ggn", "probit"));
+        let e = parse("kind = \"laplace\"\npredictive = \"glm\"").unwrap_err();
+        assert!(e.contains("posterior.predictive"), "{e}");
         let e = parse("kind = \"laplace\"\nprior_precision = \"-1\"").unwrap_err();
         assert!(e.contains("prior_precision"), "{e}");
         let e = parse("kind = \"laplace\"\nprior_precision = \"val-nll\"").unwrap_err();

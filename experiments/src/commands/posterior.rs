@@ -263,8 +263,9 @@ pub(super) fn fit_laplace(
 /// The posterior predictive on `set`: SWA predicts at its mean (batch-norm statistics recomputed
 /// on `train_set`); SWAG, SWAG-diagonal and Laplace with `predictive = "mc"` average
 /// `posterior.samples` draws (SWAG recomputing batch-norm statistics per draw unless
-/// `refresh_batch_norm = false`); last-layer Laplace with the probit predictive is one pass
-/// (its entropy decomposition has no epistemic part: the mutual information is 0); an ensemble
+/// `refresh_batch_norm = false`); Laplace with the probit predictive (on the logits linearised
+/// at the MAP) is one pass (its entropy decomposition has no epistemic part: the mutual
+/// information is 0); an ensemble
 /// averages its members. All draws come from the run's posterior stream.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn predict(
@@ -282,9 +283,13 @@ pub(super) fn predict(
     let setup = TrainingSetup::new(cfg, train_set.len())?;
     let mut train = setup.image_batches(train_set, norm, dev)?;
     let refresh = cfg.posterior.refresh_batch_norm.unwrap_or(true);
-    if let Fitted::LastLayer(l) = fitted {
-        if cfg.posterior.predictive() == "probit" {
-            let p = l.predict_probit(net, &mut data, &mut rng)?;
+    if cfg.posterior.predictive() == "probit" {
+        let p = match fitted {
+            Fitted::LastLayer(l) => Some(l.predict_probit(net, &mut data, &mut rng)?),
+            Fitted::DiagLaplace(l) => Some(l.predict_probit(net, store, &mut data, &mut rng)?),
+            _ => None,
+        };
+        if let Some(p) = p {
             return Ok(McPredictions::from_draws(&[p.probs], p.labels, p.classes)?);
         }
     }

@@ -701,7 +701,7 @@ impl LastLayerLaplace {
 
 /// `softmax(κ ⊙ f)`, `κ_c = 1/√(1 + π σ²_c/8)`, of one example's logit means `f` and variances
 /// `v`.
-fn probit(f: &[f64], v: &[f64]) -> Vec<f64> {
+pub(super) fn probit(f: &[f64], v: &[f64]) -> Vec<f64> {
     let z: Vec<f64> = f
         .iter()
         .zip(v)

@@ -1148,3 +1148,57 @@ fn nll_selection_picks_the_grid_minimum_with_common_random_numbers() -> Result<(
     assert_ne!(a, 1e-2);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// the linearised (GLM) probit predictive of the diagonal approximation
+
+#[test]
+fn diag_probit_uses_the_linearised_logit_variances() -> Result<()> {
+    let (net, store) = mlp(5, 3, 4, 3)?;
+    let n = 5;
+    let x = t2(&normals(2, n, 3), n, 3)?;
+    let y = Tensor::new(&[0u32, 1, 2, 1, 0], &Device::Cpu)?;
+    let mut data = TensorBatches::new(x.clone(), y, 2)?;
+    let mut rng = SeededRng::new(0);
+    let mut la = DiagLaplace::fit(
+        &net,
+        &store,
+        &mut data,
+        &Likelihood::Categorical,
+        DiagCurvature::Ggn,
+        &mut rng,
+    )?;
+    la.set_prior_precision(0.7)?;
+    let got = la.predict_probit(&net, &store, &mut data, &mut rng)?;
+    // independent: σ²_c = Σᵢ J_ci² / (hᵢ + λ) with J by central differences, then the probit
+    // softmax(f_c / √(1 + π σ²_c / 8)) written out here
+    let h = flat_curvature(&la.curvature()?)?;
+    let jac = fd_jacobians(&net, &store, &x, 1e-5)?;
+    let f0 = outputs(&net, &x)?;
+    let mut worst = 0f64;
+    for (e, f) in f0.iter().enumerate() {
+        let var: Vec<f64> = (0..3)
+            .map(|c| {
+                jac.iter()
+                    .zip(&h)
+                    .map(|((_, j), hi)| j[e][c].powi(2) / (hi + 0.7))
+                    .sum()
+            })
+            .collect();
+        let z: Vec<f64> = (0..3)
+            .map(|c| f[c] / (1.0 + std::f64::consts::PI * var[c] / 8.0).sqrt())
+            .collect();
+        let want = softmax(&z);
+        for (c, w) in want.iter().enumerate() {
+            worst = worst.max((got.probs[e * 3 + c] as f64 - w).abs());
+        }
+        // the variance is large enough here to move the probabilities off the MAP's
+        assert!(var.iter().all(|v| *v > 1e-3), "{var:?}");
+    }
+    println!("diag probit max abs error {worst:.2e}");
+    assert!(worst < 1e-6, "{worst}");
+    // the MAP network's own probabilities differ (κ < 1 flattens them)
+    let map: Vec<f64> = softmax(&f0[0]);
+    assert!((0..3).any(|c| (got.probs[c] as f64 - map[c]).abs() > 1e-3));
+    Ok(())
+}
