@@ -345,3 +345,38 @@ fn prune_reads_the_posterior_of_a_run() {
         .zip(&want)
         .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1.0)));
 }
+
+#[test]
+fn regression_posteriors_train_and_evaluate_again() {
+    const WINE: &str = include_str!("../experiments/configs/regression-wine-smoke.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "model.layers=\"deterministic\"",
+        "likelihood.noise=\"homoscedastic\"",
+        "train.epochs=4",
+    ];
+    let kinds: [(&str, &str); 3] = [
+        (
+            "swag",
+            "posterior={kind=\"swag\",start_epoch=1,every=\"steps\",collect_every=10,samples=4}",
+        ),
+        (
+            "laplace",
+            "posterior={kind=\"laplace\",subset=\"all\",hessian=\"ggn\",samples=4}",
+        ),
+        ("ensemble", "posterior={kind=\"ensemble\",members=2}"),
+    ];
+    for (name, p) in kinds {
+        let mut set: Vec<&str> = base.to_vec();
+        set.push(p);
+        let c = common::config(WINE, "regression-wine-smoke.toml", &set);
+        let out = dir.path().join(name);
+        let s = train(&c, &opts(&out), None).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let rmse = s.metrics["test_rmse"].as_f64().unwrap();
+        assert!(rmse.is_finite() && rmse > 0.0, "{name}: {rmse}");
+        assert_eq!(s.metrics["posterior"], c.posterior.kind.as_str());
+        let (m, _) = secateur::experiments::commands::regression::eval(&out, None, "cpu").unwrap();
+        assert_eq!(m.rmse, rmse, "{name}");
+        assert_eq!(m.nll, s.metrics["test_nll"].as_f64().unwrap(), "{name}");
+    }
+}

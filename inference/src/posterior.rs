@@ -176,22 +176,41 @@ pub fn predict_bma(
     store: &ParamStore,
     posterior: &dyn Posterior,
     data: &mut dyn Batches,
-    mut train: Option<&mut dyn Batches>,
+    train: Option<&mut dyn Batches>,
     settings: BmaSettings,
     rng: &mut SeededRng,
 ) -> Result<McPredictions> {
-    let count = match posterior.members() {
-        Some(m) => m,
-        None => settings.samples,
-    };
+    let draws = for_each_draw(model, store, posterior, train, settings, rng, "predict_bma", |rng| {
+        predict(model, data, Sampling::Mean, rng)
+    })?;
+    let (labels, classes) = (draws[0].labels.clone(), draws[0].classes);
+    let probs: Vec<Vec<f32>> = draws.into_iter().map(|p| p.probs).collect();
+    McPredictions::from_draws(&probs, labels, classes)
+}
+
+/// The draws of a model average: for each of S draws `θₛ` of `posterior` (or each member of a
+/// finite mixture), `θₛ` written into `store`, batch-norm statistics recomputed on `train` when
+/// the family asks for it and `settings` allow, then `pass` run; the store is restored
+/// afterwards, also on error. `what` names the caller in errors.
+#[allow(clippy::too_many_arguments)]
+fn for_each_draw<T>(
+    model: &dyn Module,
+    store: &ParamStore,
+    posterior: &dyn Posterior,
+    mut train: Option<&mut dyn Batches>,
+    settings: BmaSettings,
+    rng: &mut SeededRng,
+    what: &str,
+    mut pass: impl FnMut(&mut SeededRng) -> Result<T>,
+) -> Result<Vec<T>> {
+    let count = posterior.members().unwrap_or(settings.samples);
     if count == 0 {
-        candle_core::bail!("predict_bma: field `samples` must be at least 1, got 0");
+        candle_core::bail!("{what}: field `samples` must be at least 1, got 0");
     }
     let refresh = settings.refresh_batch_norm && posterior.needs_batch_norm_refresh();
     let saved = snapshot(store)?;
     let result = (|| {
-        let mut draws = Vec::with_capacity(count);
-        let (mut labels, mut classes) = (Vec::new(), 0);
+        let mut out = Vec::with_capacity(count);
         for s in 0..count {
             let theta = match posterior.members() {
                 Some(_) => posterior.member(s)?,
@@ -203,12 +222,9 @@ pub fn predict_bma(
                     refresh_batch_norm(model, store, t, rng)?;
                 }
             }
-            let p = predict(model, data, Sampling::Mean, rng)?;
-            labels = p.labels;
-            classes = p.classes;
-            draws.push(p.probs);
+            out.push(pass(rng)?);
         }
-        McPredictions::from_draws(&draws, labels, classes)
+        Ok(out)
     })();
     apply_sample(store, &saved)?;
     result
@@ -225,51 +241,37 @@ pub fn predict_bma_regression(
     likelihood: &Gaussian,
     posterior: &dyn Posterior,
     data: &mut dyn Batches,
-    mut train: Option<&mut dyn Batches>,
+    train: Option<&mut dyn Batches>,
     settings: BmaSettings,
     rng: &mut SeededRng,
 ) -> Result<RegressionPredictions> {
-    let count = posterior.members().unwrap_or(settings.samples);
-    if count == 0 {
-        candle_core::bail!("predict_bma_regression: field `samples` must be at least 1, got 0");
+    let draws = for_each_draw(
+        model,
+        store,
+        posterior,
+        train,
+        settings,
+        rng,
+        "predict_bma_regression",
+        |rng| predict_regression(model, likelihood, data, Sampling::Mean, 1, rng),
+    )?;
+    let count = draws.len();
+    let (dim, targets) = (draws[0].dim, draws[0].targets.clone());
+    let n = targets.len() / dim.max(1);
+    let (mut sample_mean, mut sample_std) = (Vec::with_capacity(n * count * dim), Vec::with_capacity(n * count * dim));
+    for i in 0..n {
+        for d in &draws {
+            sample_mean.extend_from_slice(&d.sample_mean[i * dim..(i + 1) * dim]);
+            sample_std.extend_from_slice(&d.sample_std[i * dim..(i + 1) * dim]);
+        }
     }
-    let refresh = settings.refresh_batch_norm && posterior.needs_batch_norm_refresh();
-    let saved = snapshot(store)?;
-    let result = (|| {
-        let mut draws = Vec::with_capacity(count);
-        for s in 0..count {
-            let theta = match posterior.members() {
-                Some(_) => posterior.member(s)?,
-                None => posterior.sample(rng)?,
-            };
-            apply_sample(store, &theta)?;
-            if refresh {
-                if let Some(t) = train.as_deref_mut() {
-                    refresh_batch_norm(model, store, t, rng)?;
-                }
-            }
-            draws.push(predict_regression(model, likelihood, data, Sampling::Mean, 1, rng)?);
-        }
-        let (dim, targets) = (draws[0].dim, draws[0].targets.clone());
-        let n = targets.len() / dim.max(1);
-        let (mut sample_mean, mut sample_std) =
-            (Vec::with_capacity(n * count * dim), Vec::with_capacity(n * count * dim));
-        for i in 0..n {
-            for d in &draws {
-                sample_mean.extend_from_slice(&d.sample_mean[i * dim..(i + 1) * dim]);
-                sample_std.extend_from_slice(&d.sample_std[i * dim..(i + 1) * dim]);
-            }
-        }
-        Ok(RegressionPredictions {
-            sample_mean,
-            sample_std,
-            targets,
-            samples: count,
-            dim,
-        })
-    })();
-    apply_sample(store, &saved)?;
-    result
+    Ok(RegressionPredictions {
+        sample_mean,
+        sample_std,
+        targets,
+        samples: count,
+        dim,
+    })
 }
 
 /// Predictions of the posterior-mean network (SWA's prediction, the MAP of a Laplace

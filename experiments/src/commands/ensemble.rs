@@ -164,12 +164,12 @@ pub(super) fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path
     put("test_mutual_information", mc.mean_mutual_information().into());
     put("test_predictive_entropy", mc.mean_predictive_entropy().into());
     // each member alone, as a reference, and the members' training time
-    let (mut accs, mut member_seconds) = (Vec::new(), 0.0);
+    let member_seconds = member_metrics(cfg, &run)?
+        .iter()
+        .map(|mm| mm.get("wall_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN))
+        .sum::<f64>();
+    let mut accs = Vec::new();
     for i in 0..m {
-        let mpath = member_dir(run.path(), i).join("metrics.json");
-        let text = std::fs::read_to_string(&mpath).map_err(|e| ExpError::io(&mpath, e))?;
-        let mm: Value = serde_json::from_str(&text).map_err(|e| ExpError::io(&mpath, std::io::Error::other(e)))?;
-        member_seconds += mm.get("wall_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN);
         let w = RunDir::open(&member_dir(run.path(), i))?.read_final_weights()?;
         store.load(&w)?;
         accs.push(
@@ -202,6 +202,17 @@ pub(super) fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path
         dir: run.path().to_path_buf(),
         metrics,
     })
+}
+
+/// The `metrics.json` of each finished member of the ensemble run `run`, in member order.
+pub(super) fn member_metrics(cfg: &StudyConfig, run: &RunDir) -> Result<Vec<Map<String, Value>>> {
+    (0..cfg.posterior.members())
+        .map(|i| {
+            let path = member_dir(run.path(), i).join("metrics.json");
+            let text = std::fs::read_to_string(&path).map_err(|e| ExpError::io(&path, e))?;
+            serde_json::from_str(&text).map_err(|e| ExpError::io(&path, std::io::Error::other(e)))
+        })
+        .collect()
 }
 
 /// The ensemble of a run's finished members (every parameter and buffer of each), refusing a

@@ -178,18 +178,10 @@ pub(super) fn fit(
     norm: &Normalizer,
     dev: &Device,
 ) -> Result<Option<Fitted>> {
-    let p = &cfg.posterior;
-    if p.is_swag() {
-        let Some(c) = collector else {
-            return Err(ExpError::config(
-                "posterior",
-                "internal: no SWAG collector for a SWAG kind",
-            ));
-        };
-        let kind = SwagKind::parse(&p.kind)?;
-        return Ok(Some(Fitted::Swag(c.posterior(kind)?)));
+    if cfg.posterior.is_swag() {
+        return swag_posterior(cfg, collector).map(Some);
     }
-    if p.kind != "laplace" {
+    if cfg.posterior.kind != "laplace" {
         return Ok(None);
     }
     let mut data = eval_image_batches(cfg, train_set, norm, dev)?;
@@ -206,6 +198,17 @@ pub(super) fn fit(
         &Likelihood::Categorical,
         val,
     )?))
+}
+
+/// The SWA, SWAG-diagonal or SWAG posterior of `[posterior] kind` from the run's collector.
+pub(super) fn swag_posterior(cfg: &StudyConfig, collector: Option<&SwagCollector>) -> Result<Fitted> {
+    let Some(c) = collector else {
+        return Err(ExpError::config(
+            "posterior",
+            "internal: no SWAG collector for a SWAG kind",
+        ));
+    };
+    Ok(Fitted::Swag(c.posterior(SwagKind::parse(&cfg.posterior.kind)?)?))
 }
 
 /// The Laplace approximation of `[posterior]` fitted at the trained weights on `train` under

@@ -232,18 +232,10 @@ fn fit_posterior(
     data: &RegressionData,
     dev: &Device,
 ) -> Result<Option<Fitted>> {
-    let p = &cfg.posterior;
-    if p.is_swag() {
-        let Some(c) = collector else {
-            return Err(ExpError::config(
-                "posterior",
-                "internal: no SWAG collector for a SWAG kind",
-            ));
-        };
-        let kind = secateur_inference::swag::SwagKind::parse(&p.kind)?;
-        return Ok(Some(Fitted::Swag(c.posterior(kind)?)));
+    if cfg.posterior.is_swag() {
+        return super::posterior::swag_posterior(cfg, collector).map(Some);
     }
-    if p.kind != "laplace" {
+    if cfg.posterior.kind != "laplace" {
         return Ok(None);
     }
     let mut train = eval_table_batches(cfg, &data.train, &data.std, dev);
@@ -329,13 +321,10 @@ pub(super) fn ensemble(cfg: &StudyConfig, opts: &TrainOptions, run: &RunDir, t0:
     put("train_size", data.train.len().into());
     put("test_size", data.test.len().into());
     put_regression(&mut put, "test", &m);
-    let mut member_seconds = 0.0;
-    for i in 0..cfg.posterior.members() {
-        let mpath = super::ensemble::member_dir(run.path(), i).join("metrics.json");
-        let text = std::fs::read_to_string(&mpath).map_err(|e| ExpError::io(&mpath, e))?;
-        let mm: Value = serde_json::from_str(&text).map_err(|e| ExpError::io(&mpath, std::io::Error::other(e)))?;
-        member_seconds += mm.get("wall_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN);
-    }
+    let member_seconds = super::ensemble::member_metrics(cfg, run)?
+        .iter()
+        .map(|m| m.get("wall_seconds").and_then(Value::as_f64).unwrap_or(f64::NAN))
+        .sum::<f64>();
     put("seed", cfg.seed.into());
     put("member_wall_seconds", member_seconds.into());
     put("wall_seconds", t0.elapsed().as_secs_f64().into());
