@@ -35,7 +35,7 @@ fn sorted(t: HashMap<String, Tensor>) -> BTreeMap<String, Tensor> {
 
 /// The SWAG collector of a run whose `[posterior]` is SWA, SWAG-diagonal or SWAG (`None`
 /// otherwise), restored from the run's last checkpoint when the run resumes from one.
-pub(super) fn collector(
+fn collector(
     cfg: &StudyConfig,
     store: &ParamStore,
     run: &RunDir,
@@ -67,15 +67,14 @@ pub(super) fn collector(
 
 /// The collector as an observer of training: it collects on its schedule, then saves its state
 /// into the epoch's checkpoint directory before the recorder completes the checkpoint.
-pub(super) struct Collecting<'a> {
-    /// The collector.
-    pub collector: SwagCollector,
+struct Collecting<'a> {
+    collector: SwagCollector,
     run: &'a RunDir,
 }
 
 impl<'a> Collecting<'a> {
     /// Collects for the run in `run`.
-    pub(super) fn new(collector: SwagCollector, run: &'a RunDir) -> Self {
+    fn new(collector: SwagCollector, run: &'a RunDir) -> Self {
         Self { collector, run }
     }
 }
@@ -93,6 +92,32 @@ impl Observer for Collecting<'_> {
             .write_checkpoint_part(ckpt.state.epochs_done, COLLECTOR_FILE, &self.collector.state()?)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
+}
+
+/// Trains the run in `run` ([`fit_run`](super::run_dir::fit_run)) with the SWAG collector of
+/// its `[posterior]` observing, if it has one (restored from the last checkpoint when
+/// `from_checkpoint`); returns the training state and the collector.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fit_run_collecting(
+    cfg: &StudyConfig,
+    store: &ParamStore,
+    run: &RunDir,
+    from_checkpoint: bool,
+    trainer: &mut secateur_inference::train::Trainer<'_>,
+    train: &mut dyn Batches,
+    test: &mut dyn Batches,
+    quiet: bool,
+) -> Result<(secateur_inference::train::TrainState, Option<SwagCollector>)> {
+    let mut collecting = collector(cfg, store, run, from_checkpoint)?.map(|c| Collecting::new(c, run));
+    let state = super::run_dir::fit_run(
+        trainer,
+        train,
+        test,
+        run,
+        quiet,
+        collecting.as_mut().map(|c| c as &mut dyn Observer),
+    )?;
+    Ok((state, collecting.map(|c| c.collector)))
 }
 
 /// A fitted posterior of one of the `[posterior]` kinds.

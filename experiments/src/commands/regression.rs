@@ -10,7 +10,7 @@
 //! NLLs gain `log s` (the Jacobian of the standardisation).
 
 use super::posterior::Fitted;
-use super::run_dir::{fit_run, resume_from_checkpoint};
+use super::run_dir::resume_from_checkpoint;
 use super::setup::{eval_table_batches, TrainingSetup};
 use super::{device, open_resumed, run_dir, sampling, RunSummary, TrainOptions};
 use crate::atomic;
@@ -125,29 +125,19 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let mut train_batches = setup.table_batches(&data.train, &data.std, &dev);
     let mut test_batches = eval_table_batches(cfg, &data.test, &data.std, &dev);
     // SWA/SWAG collect along the trajectory (their state is part of every checkpoint)
-    let mut collecting = super::posterior::collector(cfg, &store, &run, from_checkpoint)?
-        .map(|c| super::posterior::Collecting::new(c, &run));
-    let state = fit_run(
+    let (state, collector) = super::posterior::fit_run_collecting(
+        cfg,
+        &store,
+        &run,
+        from_checkpoint,
         &mut trainer,
         &mut train_batches,
         &mut test_batches,
-        &run,
         opts.quiet,
-        collecting
-            .as_mut()
-            .map(|c| c as &mut dyn secateur_inference::train::Observer),
     )?;
 
     let final_iterate = regression_metrics(&predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?)?;
-    let fitted = fit_posterior(
-        cfg,
-        &net,
-        &store,
-        &lik,
-        collecting.as_ref().map(|c| &c.collector),
-        &data,
-        &dev,
-    )?;
+    let fitted = fit_posterior(cfg, &net, &store, &lik, collector.as_ref(), &data, &dev)?;
     let preds = match &fitted {
         Some(f) => predict_posterior(cfg, f, &net, &store, &lik, &data.test, &data, &dev)?,
         None => predict_table(&net, &lik, &data.test, &data, cfg, &dev, false)?,

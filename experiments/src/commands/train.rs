@@ -6,7 +6,7 @@
 use super::eval::{evaluate, ood_predictions, posterior_mean_accuracy, width_accuracies};
 use super::report::{report, report_value, write_predictions};
 use super::run_dir::{
-    fit_run, open_resumed, record_masks, resume_from_checkpoint, run_dir, RunSummary, TrainOptions, MASKS_FILE,
+    open_resumed, record_masks, resume_from_checkpoint, run_dir, RunSummary, TrainOptions, MASKS_FILE,
 };
 use super::setup::{build_model, device, eval_image_batches, init_from_deterministic, load_data, TrainingSetup};
 use crate::atomic;
@@ -116,32 +116,21 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let mut train_batches = setup.image_batches(&train_set, &norm, &dev)?;
     let mut test_batches = eval_image_batches(cfg, &data.test, &norm, &dev)?;
     // SWA/SWAG collect along the trajectory (their state is part of every checkpoint)
-    let mut collecting = super::posterior::collector(cfg, &store, &run, from_checkpoint)?
-        .map(|c| super::posterior::Collecting::new(c, &run));
-    let state = fit_run(
+    let (state, collector) = super::posterior::fit_run_collecting(
+        cfg,
+        &store,
+        &run,
+        from_checkpoint,
         &mut trainer,
         &mut train_batches,
         &mut test_batches,
-        &run,
         opts.quiet,
-        collecting
-            .as_mut()
-            .map(|c| c as &mut dyn secateur_inference::train::Observer),
     )?;
 
     // the network's own predictions (the final iterate), then those of the posterior, if any
     let mut ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
     let final_iterate = ev.metrics;
-    let fitted = super::posterior::fit(
-        cfg,
-        &net,
-        &store,
-        collecting.as_ref().map(|c| &c.collector),
-        &train_set,
-        &val_set,
-        &norm,
-        &dev,
-    )?;
+    let fitted = super::posterior::fit(cfg, &net, &store, collector.as_ref(), &train_set, &val_set, &norm, &dev)?;
     if let Some(f) = &fitted {
         let mc = super::posterior::predict(cfg, f, &net, &store, &data.test, &train_set, &norm, &dev)?;
         let p = &mc.predictions;
