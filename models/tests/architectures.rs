@@ -297,3 +297,32 @@ fn bad_names_and_shapes_are_refused_clearly() -> Result<()> {
     assert!(err.contains("expected input [B, 3, 32, 32]"), "{err}");
     Ok(())
 }
+
+/// `Module::features` and `Module::head` (last-layer Laplace reads them): for every architecture
+/// the logits equal `features(x) · Wᵀ + b` with the head's own weight and bias, computed here.
+#[test]
+fn features_and_head_reproduce_the_logits() -> Result<()> {
+    for arch in ARCHITECTURES {
+        let input = [3, 32, 32];
+        let (store, net) = build_net(arch, input, 7, 1)?;
+        let x = SeededRng::new(2).randn(&[2, 3, 32, 32], DType::F32, &Device::Cpu)?;
+        let mut rng = SeededRng::new(0);
+        let y = net.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
+        let phi = net.features(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
+        let head = net.head().expect("every architecture names its head");
+        let w = store
+            .get(&format!("{head}.weight"))
+            .expect("head weight")
+            .as_tensor()
+            .clone();
+        let b = store
+            .get(&format!("{head}.bias"))
+            .expect("head bias")
+            .as_tensor()
+            .clone();
+        let want = phi.matmul(&w.t()?)?.broadcast_add(&b)?;
+        let err = (y - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "{arch}: max |logits − (φWᵀ + b)| = {err}");
+    }
+    Ok(())
+}
