@@ -5,7 +5,9 @@
 //! shuffling, splitting, augmentation and batching into candle tensors; and named data sets
 //! found along a fixed lookup order ([`load_images`], [`load_table`], [`describe`]);
 //! [`ImageBatches`] and [`TableBatches`] feed them to the trainer as
-//! [`Batches`](secateur_inference::batches::Batches).
+//! [`Batches`](secateur_inference::batches::Batches). [`shift`] makes seeded, shifted copies of
+//! image test sets (rotation, Gaussian noise, contrast at severities 1‥5, after CIFAR-10-C and
+//! Ovadia et al. 2019) for accuracy and calibration under distribution shift.
 //!
 //! All randomness comes from a generator the caller passes (seed it, e.g. `ChaCha8Rng`), never
 //! from candle. Loaders return [`DataError`], which always names the file at fault.
@@ -21,6 +23,7 @@ pub mod image_set;
 pub mod loader;
 pub mod lookup;
 pub mod read;
+pub mod shift;
 pub mod table;
 pub mod table_batches;
 
