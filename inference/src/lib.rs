@@ -29,6 +29,15 @@
 //!   predictive; the Laplace marginal likelihood and the choice of the prior precision.
 //! - [`metrics`]: accuracy, NLL, Brier score, ECE and MCE, reliability bins; RMSE, Gaussian NLL
 //!   and interval coverage of regression predictives.
+//! - [`calibration`]: equal-mass (adaptive) and class-wise ECE, the Murphy decomposition of the
+//!   Brier score (as TensorFlow Probability's), temperature scaling and its NLL fit.
+//! - [`selective`]: selective prediction: the accuracy–coverage curve of abstaining on the most
+//!   uncertain examples and the area under the risk–coverage curve (AURC).
+//! - [`ood`]: out-of-distribution detection by a score: AUROC, AUPR-in/out, FPR at 95% TPR and
+//!   the ROC curve.
+//! - [`regression_calibration`]: coverage and width of central Gaussian prediction intervals at
+//!   several levels, the CRPS of Gaussian and Gaussian-mixture predictives; `erf`, `erfc`, `Φ`
+//!   and `Φ⁻¹` in `f64`.
 //! - [`evaluate`]: the [`Evaluation`](evaluate::Evaluation) the trainer runs after every epoch,
 //!   by default the posterior-mean network's metrics under the likelihood.
 //! - [`optim`]: SGD (momentum, Nesterov, weight decay) and AdamW with PyTorch's update rules and
@@ -46,16 +55,19 @@
 //! 4  train     → batches, elbo, evaluate, hooks, likelihood, metrics (epoch-record types),
 //!                objective, optim, schedule
 //!    laplace   → batches, likelihood, posterior, predict
+//!    selective → calibration, metrics
 //! 3  evaluate  → batches, likelihood, metrics, predict
 //!    posterior → batches, likelihood, predict
+//!    calibration → metrics
 //! 2  elbo      → objective
 //!    metrics   → likelihood, predict
 //! 1  objective → likelihood
 //!    predict   → batches, likelihood
-//! 0  batches, likelihood, hooks, optim, schedule
+//! 0  batches, likelihood, hooks, optim, schedule, ood, regression_calibration
 //! ```
 
 pub mod batches;
+pub mod calibration;
 pub mod elbo;
 pub mod evaluate;
 pub mod hooks;
@@ -63,9 +75,12 @@ pub mod laplace;
 pub mod likelihood;
 pub mod metrics;
 pub mod objective;
+pub mod ood;
 pub mod optim;
 pub mod posterior;
 pub mod predict;
+pub mod regression_calibration;
 pub mod schedule;
+pub mod selective;
 pub mod swag;
 pub mod train;

@@ -61,7 +61,7 @@ pub struct ReliabilityBin {
 }
 
 /// Checks the shapes and values of `probs` and `labels`; returns `N`.
-fn check_inputs(probs: &[f32], labels: &[u32], classes: usize) -> Result<usize> {
+pub(crate) fn check_inputs(probs: &[f32], labels: &[u32], classes: usize) -> Result<usize> {
     if classes == 0 {
         bail!("classes must be at least 1");
     }
