@@ -8,24 +8,9 @@
 //! one. The prediction is the arg-max class, ties broken by the lowest index, and the confidence
 //! its probability, as in [`crate::metrics`]. Everything is accumulated in `f64`.
 
-use crate::metrics::{check_inputs, reliability_bins};
+use crate::metrics::{check_inputs, reliability_bins, top1};
 use candle_core::{bail, Result};
 use serde::{Deserialize, Serialize};
-
-/// Arg-max of a row (lowest index on ties) and its value: the prediction rule of
-/// [`crate::metrics`] (its private `top1`), repeated here so that [`crate::metrics`] keeps its
-/// helpers private; the tests check the two agree on tied rows through the accuracy.
-pub(crate) fn top1(row: &[f32]) -> (usize, f32) {
-    let mut best = 0;
-    let mut best_p = row[0];
-    for (k, &p) in row.iter().enumerate().skip(1) {
-        if p > best_p {
-            best = k;
-            best_p = p;
-        }
-    }
-    (best, best_p)
-}
 
 /// The expected calibration error over `bins` **equal-mass** bins of the top-1 confidence
 /// ("adaptive" binning; Nixon et al. 2019, "Measuring calibration in deep learning", §4; the

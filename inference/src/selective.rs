@@ -8,8 +8,8 @@
 //! correct when its arg-max class (lowest index on ties) equals its label, as for
 //! [`crate::metrics::ClassificationMetrics::accuracy`].
 
-use crate::calibration::top1;
 use crate::metrics::check_inputs;
+use crate::metrics::top1;
 use candle_core::{bail, Result};
 use serde::{Deserialize, Serialize};
 
