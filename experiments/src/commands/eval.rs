@@ -3,13 +3,12 @@
 //! weight draws; a deterministic one (and the posterior mean, `Sampling::Mean`) by one pass.
 //! Nested models are also evaluated at the widths of `bayes.eval_widths`.
 
-use super::posterior::Fitted;
-use super::setup::{build_model, device, eval_image_batches, load_data, sampling};
+use super::loaded::LoadedRun;
+use super::setup::{eval_image_batches, sampling};
 use crate::config::StudyConfig;
 use crate::data::Normalizer;
 use crate::error::Result;
 use crate::seed_stream::SeedStream;
-use crate::store::RunDir;
 use candle_core::{Device, Tensor};
 use secateur_bayes::{Ctx, Module, Sampling};
 use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
@@ -94,7 +93,7 @@ pub(super) fn evaluate(
     }
 }
 
-/// The model's own predictive on an out-of-distribution set `set` (normalised with the training
+/// The model's own predictive on a set `set` (an out-of-distribution or shifted set) (normalised with the training
 /// set's `norm`): Monte Carlo for a Bayesian model, one pass otherwise, as [`evaluate`].
 pub(super) fn ood_predictions(
     net: &Network,
@@ -127,45 +126,16 @@ pub fn posterior_mean_accuracy(
 
 /// Evaluates a finished classification run's final weights on its test set (regression runs:
 /// [`regression::eval`](super::regression::eval)); a run with a `[posterior]` predicts with its
-/// posterior (`posterior.safetensors`, or an ensemble's members) exactly as `train` did. A run without `weights.safetensors`
-/// (unfinished) and weights with a NaN or infinite entry are refused, naming the file or the
-/// tensor.
+/// posterior (`posterior.safetensors`, or an ensemble's members) exactly as `train` did
+/// ([`LoadedRun::predict`]). A run without `weights.safetensors` (unfinished) and weights with a
+/// NaN or infinite entry are refused, naming the file or the tensor.
 pub fn eval(
     run_dir: &Path,
     data_dir: Option<&Path>,
     device_name: &str,
 ) -> Result<(ClassificationMetrics, StudyConfig)> {
-    let run = RunDir::open(run_dir)?;
-    let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
-    let ensemble = cfg.posterior.kind == "ensemble";
-    // an ensemble's weights are its members'
-    let weights = if ensemble {
-        None
-    } else {
-        Some(run.read_final_weights()?)
-    };
-    let dev = device(device_name)?;
-    let data = load_data(&cfg, data_dir)?;
-    let train_set = if cfg.data.val_fraction > 0.0 {
-        let mut split_rng = SeedStream::DataSplit.rng(cfg.seed);
-        data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
-    } else {
-        data.train.clone()
-    };
-    let norm = Normalizer::from_set(&train_set);
-    let input = [train_set.channels, train_set.height, train_set.width];
-    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
-    let (net, store) = build_model(&cfg, input, classes, &dev)?;
-    if let Some(w) = &weights {
-        store.load(w)?;
-    }
-    let m = match Fitted::load(&cfg, &run)? {
-        Some(f) => {
-            let mc = super::posterior::predict(&cfg, &f, &net, &store, &data.test, &train_set, &norm, &dev)?;
-            let p = &mc.predictions;
-            classification_metrics(&p.probs, &p.labels, p.classes)?
-        }
-        None => evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics,
-    };
-    Ok((m, cfg))
+    let run = LoadedRun::open(run_dir, data_dir, device_name)?;
+    let mc = run.predict(&run.data.test)?;
+    let p = &mc.predictions;
+    Ok((classification_metrics(&p.probs, &p.labels, p.classes)?, run.cfg))
 }

@@ -8,6 +8,8 @@
 //!   (resumed from its checkpoint, recording every epoch) and a failed fit's error;
 //! - `train`: the `train` command;
 //! - `eval`: test-set evaluation and the `eval` command;
+//! - `loaded`: a finished classification run loaded for prediction on any image set
+//!   ([`LoadedRun`]: what `eval` and `secateur report` predict with);
 //! - `report`: `report.md`, the predictions file and the terminal tables;
 //! - [`regression`]: `train` and `eval` for regression tables;
 //! - [`posterior`]: the `[posterior]` of a run (SWAG collection during training, the Laplace fit
@@ -16,6 +18,7 @@
 
 mod ensemble;
 mod eval;
+mod loaded;
 pub mod posterior;
 pub mod regression;
 mod report;
@@ -25,6 +28,7 @@ mod train;
 
 pub use ensemble::train_member;
 pub use eval::{eval, posterior_mean_accuracy};
+pub use loaded::LoadedRun;
 pub use report::{comparison_table, metrics_table};
 pub(crate) use run_dir::{open_resumed, run_dir};
 pub use run_dir::{RunSummary, TrainOptions, MASKS_FILE};
