@@ -88,6 +88,9 @@ pub enum Command {
     Train(TrainCmd),
     /// Evaluate a finished run's weights on its test set.
     Eval(EvalCmd),
+    /// Compare finished classification runs in one calibration and uncertainty report
+    /// (Markdown, PNG figures and a self-contained HTML page).
+    Report(ReportCmd),
     /// Inspect data sets.
     Data {
         /// What to do.
@@ -163,6 +166,66 @@ pub struct EvalCmd {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
+}
+
+/// `secateur report`.
+#[derive(Debug, Args)]
+pub struct ReportCmd {
+    /// The run directories compared (classification runs on one data set).
+    #[arg(value_name = "RUN", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The report's directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The out-of-distribution data set (default: the first run's `data.ood`, else uci-digits
+    /// for Fashion-MNIST and MNIST).
+    #[arg(long, value_name = "NAME")]
+    pub ood: Option<String>,
+    /// Shift kinds of the test set, comma-separated (rotation, gaussian-noise, contrast); `none`
+    /// for no shifted sets.
+    #[arg(long, value_name = "KINDS", default_value = "rotation,gaussian-noise,contrast")]
+    pub shifts: String,
+    /// Shift severities, comma-separated, each 1–5.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,2,3,4,5")]
+    pub severities: Vec<u8>,
+    /// Seed of the shifted sets and of the halves of the test set that fit the temperature.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Replace an existing report in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
+}
+
+impl ReportCmd {
+    fn options(self) -> Result<crate::comparison::ReportOptions> {
+        let shifts = if self.shifts.trim() == "none" {
+            Vec::new()
+        } else {
+            self.shifts
+                .split(',')
+                .map(|s| crate::data::shift::ShiftKind::parse(s.trim()))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| ExpError::config("--shifts", e.to_string()))?
+        };
+        Ok(crate::comparison::ReportOptions {
+            runs: self.runs,
+            out: self.out,
+            data_dir: self.common.data_dir,
+            device: self.common.device,
+            ood: self.ood,
+            shifts,
+            severities: self.severities,
+            seed: self.seed,
+            force: self.force,
+            quiet: self.quiet,
+        })
+    }
 }
 
 /// `secateur data …`.
@@ -399,6 +462,18 @@ pub fn run(cli: Cli) -> Result<()> {
             let (m, cfg) = commands::eval(&c.run, c.common.data_dir.as_deref(), &c.common.device)?;
             println!("{} on {} ({})", cfg.model.arch, cfg.data.name, c.run.display());
             println!("  test_accuracy   {:.4}\n  test_nll        {:.4}\n  test_brier      {:.4}\n  test_ece        {:.4}\n  test_mce        {:.4}", m.accuracy, m.nll, m.brier, m.ece, m.mce);
+        }
+        Command::Report(c) => {
+            let opts = c.options()?;
+            let results = crate::comparison::report(&opts)?;
+            for r in &results {
+                let m = &r.calibration.metrics;
+                println!(
+                    "  {:<24} accuracy {:.4}  NLL {:.4}  ECE {:.4}  T {:.3}",
+                    r.label, m.accuracy, m.nll, m.ece, r.temperature.temperature
+                );
+            }
+            println!("report: {}", opts.out.join("report.html").display());
         }
         Command::Data {
             action: DataCmd::Info { name, data_dir },

@@ -1,8 +1,14 @@
 //! `results.h5` (cargo feature `hdf5`): the run's arrays and metrics for h5py/pandas users.
 //!
-//! Layout: `/probs` [N, K] f32, `/labels` [N] u32, `/metrics/<name>` scalar f64 for every numeric
+//! A run's `results.h5` layout: `/probs` [N, K] f32, `/labels` [N] u32, `/metrics/<name>` scalar f64 for every numeric
 //! entry of `metrics.json`, `/history/<column>` [epochs] f64. Written to a temporary file and
 //! renamed, like every other file of a run.
+//!
+//! The `results.h5` of `secateur report` ([`write_report`]) has one group per run:
+//! `/<run>/<set>/{probs [N, K] f32, labels [N] u32, predictive_entropy [N] f32,
+//! mutual_information [N] f32}` for the sets `test`, `ood` and `shift/<kind>/<severity>`, and
+//! `/<run>/metrics/<name>` scalars (accuracy, nll, brier, ece, adaptive_ece, classwise_ece, aurc,
+//! temperature, ood_auroc_<score>, …).
 
 use crate::error::{ExpError, Result};
 use secateur_inference::predict::Predictions;
@@ -77,6 +83,86 @@ fn write_into(
     Ok(())
 }
 
+/// Writes the arrays and metrics of a `secateur report` to `path` atomically (layout in the
+/// [module docs](self)).
+pub fn write_report(path: &Path, results: &[crate::comparison::RunResult]) -> Result<()> {
+    let tmp = path.with_file_name(format!(".results.h5.tmp-{}", std::process::id()));
+    let res = write_report_into(&tmp, results);
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(h5err(path, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| ExpError::io(path, e))
+}
+
+fn write_predictions(g: &hdf5::Group, p: &secateur_inference::predict::McPredictions) -> hdf5::Result<()> {
+    let n = p.predictions.labels.len();
+    g.new_dataset::<f32>()
+        .shape([n, p.predictions.classes])
+        .create("probs")?
+        .write_raw(p.predictions.probs.as_slice())?;
+    g.new_dataset::<u32>()
+        .shape([n])
+        .create("labels")?
+        .write_raw(p.predictions.labels.as_slice())?;
+    g.new_dataset::<f32>()
+        .shape([n])
+        .create("predictive_entropy")?
+        .write_raw(p.predictive_entropy.as_slice())?;
+    g.new_dataset::<f32>()
+        .shape([n])
+        .create("mutual_information")?
+        .write_raw(p.mutual_information.as_slice())?;
+    Ok(())
+}
+
+fn write_report_into(tmp: &Path, results: &[crate::comparison::RunResult]) -> hdf5::Result<()> {
+    let file = hdf5::File::create(tmp)?;
+    for r in results {
+        let g = file.create_group(&r.label)?;
+        write_predictions(&g.create_group("test")?, &r.test)?;
+        if let Some(o) = &r.ood {
+            write_predictions(&g.create_group("ood")?, o)?;
+        }
+        if !r.shifted.is_empty() {
+            let sg = g.create_group("shift")?;
+            for s in &r.shifted {
+                let kg = match sg.group(s.shift.kind.name()) {
+                    Ok(k) => k,
+                    Err(_) => sg.create_group(s.shift.kind.name())?,
+                };
+                write_predictions(&kg.create_group(&s.shift.severity.to_string())?, &s.predictions)?;
+            }
+        }
+        let m = g.create_group("metrics")?;
+        let c = &r.calibration;
+        let mut scalars = vec![
+            ("accuracy".to_string(), c.metrics.accuracy),
+            ("nll".into(), c.metrics.nll),
+            ("brier".into(), c.metrics.brier),
+            ("ece".into(), c.metrics.ece),
+            ("mce".into(), c.metrics.mce),
+            ("adaptive_ece".into(), c.adaptive_ece),
+            ("classwise_ece".into(), c.classwise_ece),
+            ("aurc".into(), c.aurc),
+            ("temperature".into(), r.temperature.temperature),
+            ("nll_after_t".into(), r.temperature.after.nll),
+            ("ece_after_t".into(), r.temperature.after.ece),
+        ];
+        for (score, o) in &r.ood_metrics {
+            if let Some(o) = o {
+                scalars.push((format!("ood_auroc_{}", score.name()), o.auroc));
+                scalars.push((format!("ood_fpr95_{}", score.name()), o.fpr_at_95_tpr));
+            }
+        }
+        for (k, v) in scalars {
+            m.new_dataset::<f64>().create(k.as_str())?.write_scalar(&v)?;
+        }
+    }
+    file.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +193,66 @@ mod tests {
             .and_then(|d| d.read_scalar())
             .map_err(|e| h5err(&path, e))?;
         assert_eq!(acc, 1.0);
+        Ok(())
+    }
+
+    /// The report's layout: a run's test probabilities, its OOD set, a shifted set and its
+    /// metrics read back as written.
+    #[test]
+    fn report_round_trips_through_hdf5() -> Result<()> {
+        use crate::comparison::{ood_by_score, Calibration, RunResult, ShiftedResult, Temperature};
+        use crate::data::shift::{Shift, ShiftKind};
+        use secateur_inference::predict::McPredictions;
+        let dir = tempfile::tempdir().map_err(|e| ExpError::io("tempdir", e))?;
+        let path = dir.path().join("results.h5");
+        let draws = vec![
+            vec![0.9f32, 0.1, 0.3, 0.7, 0.6, 0.4],
+            vec![0.7, 0.3, 0.2, 0.8, 0.5, 0.5],
+        ];
+        let test = McPredictions::from_draws(&draws, vec![0, 1, 1], 2)?;
+        let ood = McPredictions::from_draws(&[vec![0.5f32, 0.5, 0.6, 0.4], vec![0.4, 0.6, 0.5, 0.5]], vec![0, 0], 2)?;
+        let calibration = Calibration::of(&test.predictions, &test.predictive_entropy)?;
+        let run = RunResult {
+            label: "r".into(),
+            path: "r".into(),
+            description: String::new(),
+            temperature: Temperature::fit(&test.predictions, &test.predictions)?,
+            temperature_split: String::new(),
+            ood_metrics: ood_by_score(&test, &ood)?,
+            shifted: vec![ShiftedResult {
+                shift: Shift {
+                    kind: ShiftKind::Contrast,
+                    severity: 3,
+                },
+                predictions: test.clone(),
+                metrics: calibration.metrics,
+            }],
+            ood: Some(ood),
+            calibration,
+            test,
+        };
+        write_report(&path, std::slice::from_ref(&run))?;
+        let f = hdf5::File::open(&path).map_err(|e| h5err(&path, e))?;
+        let read = |name: &str| -> Result<Vec<f32>> {
+            f.dataset(name).and_then(|d| d.read_raw()).map_err(|e| h5err(&path, e))
+        };
+        assert_eq!(read("r/test/probs")?, run.test.predictions.probs);
+        assert_eq!(
+            read("r/ood/predictive_entropy")?,
+            run.ood
+                .as_ref()
+                .map(|o| o.predictive_entropy.clone())
+                .unwrap_or_default()
+        );
+        assert_eq!(
+            read("r/shift/contrast/3/mutual_information")?,
+            run.test.mutual_information
+        );
+        let acc: f64 = f
+            .dataset("r/metrics/accuracy")
+            .and_then(|d| d.read_scalar())
+            .map_err(|e| h5err(&path, e))?;
+        assert_eq!(acc, run.calibration.metrics.accuracy);
         Ok(())
     }
 }

@@ -11,6 +11,8 @@
 //! - [`observe`]: progress bars and recorders.
 //! - [`commands`]: `train`, `eval`, `data info`, `quickstart`, split by command; [`cli`]: the
 //!   clap front end.
+//! - [`comparison`]: `secateur report`, one calibration and uncertainty report comparing runs
+//!   (tables, figures, a self-contained HTML page, the arrays behind them).
 //! - [`seed_stream`]: the named sub-streams of a run's seed ([`seed_stream::SeedStream`]).
 //! - [`plot`]: PNG learning curves and reliability diagrams for every run, the sparsity–accuracy
 //!   plot of pruning studies.
@@ -26,6 +28,7 @@
 pub mod atomic;
 pub mod cli;
 pub mod commands;
+pub mod comparison;
 pub mod config;
 pub mod error;
 pub mod greg;

@@ -62,11 +62,15 @@ pub enum SeedStream {
     /// batch-norm recomputation), apart from [`SeedStream::Posterior`] so that the predictive of
     /// a run is the same whether or not it was fitted in the same process.
     PosteriorPredictive,
+    /// 10: the draws of `secateur report` from the report's own `--seed` (not a run's): the
+    /// shifted copies of the test set and the split of the test set that fits the temperature,
+    /// the same for every run compared (a paired comparison).
+    Report,
 }
 
 impl SeedStream {
     /// Every stream, in number order.
-    pub const ALL: [SeedStream; 10] = [
+    pub const ALL: [SeedStream; 11] = [
         SeedStream::Init,
         SeedStream::Train,
         SeedStream::Eval,
@@ -77,6 +81,7 @@ impl SeedStream {
         SeedStream::BnWarmup,
         SeedStream::Posterior,
         SeedStream::PosteriorPredictive,
+        SeedStream::Report,
     ];
 
     /// The stream number passed to [`SeededRng::substream`].
@@ -91,6 +96,7 @@ impl SeedStream {
             SeedStream::BnWarmup => 7,
             SeedStream::Posterior => 8,
             SeedStream::PosteriorPredictive => 9,
+            SeedStream::Report => 10,
         }
     }
 
@@ -110,7 +116,7 @@ mod tests {
     #[test]
     fn numbers_are_the_published_ones() {
         let n: Vec<u64> = SeedStream::ALL.iter().map(|s| s.number()).collect();
-        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9]);
+        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]);
     }
 
     /// Distinct purposes draw from distinct streams, except the documented pair sharing 5, and
