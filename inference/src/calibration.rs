@@ -115,25 +115,44 @@ pub fn adaptive_ece(probs: &[f32], labels: &[u32], classes: usize, bins: usize) 
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn classwise_ece(probs: &[f32], labels: &[u32], classes: usize, bins: usize) -> Result<f64> {
+    let per_class = class_calibration_errors(probs, labels, classes, bins)?;
+    Ok(per_class.iter().sum::<f64>() / classes as f64)
+}
+
+/// The terms of [`classwise_ece`] one class at a time: for class `k`,
+/// `Σ_b (n_bk/N) |acc_bk − conf_bk|`, the equal-width ECE of the one-vs-rest forecasts `p_{ik}`
+/// against `1[y_i = k]` (how miscalibrated the probability of that class is; their mean is the
+/// class-wise ECE). Refuses what [`classwise_ece`] refuses.
+///
+/// ```
+/// use secateur_inference::calibration::class_calibration_errors;
+/// // one example (0.7, 0.3), label 0, one bin: class 0 |1 − 0.7|, class 1 |0 − 0.3|
+/// let e = class_calibration_errors(&[0.7, 0.3], &[0], 2, 1)?;
+/// assert!((e[0] - 0.3).abs() < 1e-7 && (e[1] - 0.3).abs() < 1e-7);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn class_calibration_errors(probs: &[f32], labels: &[u32], classes: usize, bins: usize) -> Result<Vec<f64>> {
     if bins == 0 {
         bail!("classwise_ece: bins must be at least 1");
     }
     let n = check_inputs(probs, labels, classes)?;
-    let mut total = 0f64;
     let mut rows = vec![0f32; 2 * n];
     let mut outcome = vec![0u32; n];
+    let mut out = Vec::with_capacity(classes);
     for k in 0..classes {
         for (i, (row, &y)) in probs.chunks_exact(classes).zip(labels).enumerate() {
             rows[2 * i] = row[k];
             outcome[i] = u32::from(y as usize != k);
         }
-        total += reliability_bins(&rows, &outcome, 2, bins)?
-            .iter()
-            .filter(|b| b.count > 0)
-            .map(|b| b.count as f64 / n as f64 * (b.accuracy - b.mean_confidence).abs())
-            .sum::<f64>();
+        out.push(
+            reliability_bins(&rows, &outcome, 2, bins)?
+                .iter()
+                .filter(|b| b.count > 0)
+                .map(|b| b.count as f64 / n as f64 * (b.accuracy - b.mean_confidence).abs())
+                .sum::<f64>(),
+        );
     }
-    Ok(total / classes as f64)
+    Ok(out)
 }
 
 /// The Murphy (1973) decomposition of the multi-class Brier score over the partition of the

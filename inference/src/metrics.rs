@@ -94,7 +94,7 @@ pub(crate) fn check_inputs(probs: &[f32], labels: &[u32], classes: usize) -> Res
 
 /// Arg-max of a row (lowest index on ties) and its value (also the prediction rule of
 /// [`crate::calibration`]).
-pub(crate) fn top1(row: &[f32]) -> (usize, f32) {
+pub fn top1(row: &[f32]) -> (usize, f32) {
     let mut best = 0;
     let mut best_p = row[0];
     for (k, &p) in row.iter().enumerate().skip(1) {

@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use secateur_inference::calibration::{
-    adaptive_ece, brier_decomposition, classwise_ece, fit_temperature, temperature_scale, BrierDecomposition,
+    adaptive_ece, brier_decomposition, class_calibration_errors, fit_temperature, temperature_scale, BrierDecomposition,
 };
 use secateur_inference::metrics::{classification_metrics, ClassificationMetrics, CALIBRATION_BINS};
 use secateur_inference::ood::{ood_metrics, OodMetrics};
@@ -54,7 +54,7 @@ impl OodScore {
 
 /// Calibration of one set of predictions: the metrics of `classification_metrics` and the
 /// finer calibration measures.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     /// Accuracy, NLL, Brier, ECE (15 equal-width bins) and MCE.
     pub metrics: ClassificationMetrics,
@@ -66,19 +66,42 @@ pub struct Calibration {
     pub brier: BrierDecomposition,
     /// Area under the risk–coverage curve, the predictive entropy ranking (Geifman et al. 2019).
     pub aurc: f64,
+    /// Per class `k`: the accuracy on the examples of class `k` (its recall).
+    pub class_accuracy: Vec<f64>,
+    /// Per class `k`: the calibration error of `p_k` one-vs-rest (the class-wise ECE's terms).
+    pub class_calibration: Vec<f64>,
 }
 
 impl Calibration {
     /// The calibration of `p` (selective prediction ranks by `uncertainty`).
     pub fn of(p: &Predictions, uncertainty: &[f32]) -> Result<Self> {
+        let class_calibration = class_calibration_errors(&p.probs, &p.labels, p.classes, CALIBRATION_BINS)?;
         Ok(Self {
             metrics: classification_metrics(&p.probs, &p.labels, p.classes)?,
             adaptive_ece: adaptive_ece(&p.probs, &p.labels, p.classes, CALIBRATION_BINS)?,
-            classwise_ece: classwise_ece(&p.probs, &p.labels, p.classes, CALIBRATION_BINS)?,
+            classwise_ece: class_calibration.iter().sum::<f64>() / p.classes as f64,
+            class_accuracy: class_accuracy(p),
             brier: brier_decomposition(&p.probs, &p.labels, p.classes)?,
             aurc: aurc(&p.probs, &p.labels, p.classes, uncertainty)?,
+            class_calibration,
         })
     }
+}
+
+/// The accuracy on the examples of each class (NaN for a class without examples).
+pub fn class_accuracy(p: &Predictions) -> Vec<f64> {
+    let mut correct = vec![0usize; p.classes];
+    let mut count = vec![0usize; p.classes];
+    for (row, &y) in p.probs.chunks_exact(p.classes).zip(&p.labels) {
+        let (pred, _) = secateur_inference::metrics::top1(row);
+        count[y as usize] += 1;
+        correct[y as usize] += usize::from(pred == y as usize);
+    }
+    correct
+        .iter()
+        .zip(&count)
+        .map(|(&c, &n)| if n == 0 { f64::NAN } else { c as f64 / n as f64 })
+        .collect()
 }
 
 /// Temperature scaling (Guo et al. 2017) of a run's predictive: `T` fitted by NLL on the
@@ -162,6 +185,23 @@ mod tests {
         assert!(rows[2].1.is_none() && rows[1].1.is_some());
         let two = McPredictions::from_draws(&[vec![0.9f32, 0.1, 0.4, 0.6], vec![0.5, 0.5, 0.3, 0.7]], vec![0, 1], 2)?;
         assert!(ood_by_score(&two, &two)?[2].1.is_some());
+        Ok(())
+    }
+
+    /// Per-class accuracy is the recall of each class; the per-class calibration errors average
+    /// to the class-wise ECE.
+    #[test]
+    fn per_class_measures() -> Result<()> {
+        let p = Predictions {
+            probs: vec![0.9, 0.1, 0.6, 0.4, 0.3, 0.7, 0.8, 0.2],
+            labels: vec![0, 0, 1, 1],
+            classes: 2,
+        };
+        let c = Calibration::of(&p, &[0.1, 0.2, 0.3, 0.4])?;
+        assert_eq!(c.class_accuracy, vec![1.0, 0.5]);
+        let cw = secateur_inference::calibration::classwise_ece(&p.probs, &p.labels, 2, CALIBRATION_BINS)?;
+        assert!((c.classwise_ece - cw).abs() < 1e-15);
+        assert_eq!(c.class_calibration.len(), 2);
         Ok(())
     }
 

@@ -371,6 +371,25 @@ fn blocks(data: &str, ood_name: Option<&str>, results: &[RunResult]) -> Result<V
                 .collect(),
         ),
     ];
+    let classes = results.first().map_or(0, |r| r.test.predictions.classes);
+    let mut header = vec!["run".to_string()];
+    header.extend((0..classes).map(|k| format!("class {k}")));
+    let per_class = |f: &dyn Fn(&Calibration) -> &Vec<f64>| -> Vec<Vec<String>> {
+        results
+            .iter()
+            .map(|r| {
+                let mut row = vec![r.label.clone()];
+                row.extend(f(&r.calibration).iter().map(|&v| f4(v)));
+                row
+            })
+            .collect()
+    };
+    b.push(Block::Heading(2, "Per class".into()));
+    b.push(Block::Paragraph("Accuracy on each class's test images, and the calibration error of each class's probability one-vs-rest (15 equal-width bins; their mean is the class-wise ECE).".into()));
+    b.push(Block::Heading(3, "Accuracy".into()));
+    b.push(Block::Table(header.clone(), per_class(&|c| &c.class_accuracy)));
+    b.push(Block::Heading(3, "Calibration error".into()));
+    b.push(Block::Table(header, per_class(&|c| &c.class_calibration)));
     let figure = |file: &str, caption: String, png: Vec<u8>| Block::Figure {
         file: file.into(),
         caption,
@@ -499,6 +518,10 @@ fn metrics_csv(results: &[RunResult]) -> String {
     .map(String::from)
     .collect::<Vec<_>>();
     if let Some(r) = results.first() {
+        for k in 0..r.calibration.class_accuracy.len() {
+            header.push(format!("accuracy_class_{k}"));
+            header.push(format!("calibration_class_{k}"));
+        }
         for (s, _) in &r.ood_metrics {
             for m in ["auroc", "aupr_in", "aupr_out", "fpr95"] {
                 header.push(format!("ood_{m}_{}", s.name()));
@@ -537,6 +560,10 @@ fn metrics_csv(results: &[RunResult]) -> String {
             .iter()
             .map(|x| x.to_string()),
         );
+        for (a, e) in c.class_accuracy.iter().zip(&c.class_calibration) {
+            row.push(a.to_string());
+            row.push(e.to_string());
+        }
         for (_, o) in &r.ood_metrics {
             match o {
                 Some(o) => row.extend(
