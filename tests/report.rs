@@ -175,6 +175,14 @@ fn report_compares_runs_and_refuses_to_overwrite() {
     let o = report(&refs[..1], &out, &["--shifts", "none", "--force"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(csv_rows(&out.join("metrics.csv")).len(), 1);
+    assert!(
+        !out.join("arrays/mc-dropout.safetensors").exists(),
+        "the replaced report's arrays remain"
+    );
+    assert!(
+        !out.join("figures/shift.png").exists(),
+        "the replaced report's figures remain"
+    );
 }
 
 /// Bad input is refused with a message naming it: an unknown shift, a severity outside 1–5, a

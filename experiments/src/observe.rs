@@ -100,13 +100,21 @@ impl Observer for Progress {
 /// A progress bar over the `total` runs of a study (hidden when `quiet`), showing the current
 /// run in its message and an estimate of the time left.
 pub fn study_bar(total: u64, quiet: bool) -> ProgressBar {
+    counting_bar("runs", total, quiet)
+}
+
+/// A progress bar over `total` steps named `what` (hidden when `quiet`), showing the current
+/// step in its message and an estimate of the time left.
+pub fn counting_bar(what: &str, total: u64, quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("runs [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template(&format!(
+        "{what} [{{bar:30}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, eta {{eta}})"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
     bar.set_style(style);
     bar
 }

@@ -41,7 +41,6 @@ use crate::data::ImageSet;
 use crate::error::{ExpError, Result};
 use crate::seed_stream::SeedStream;
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use secateur_inference::metrics::{classification_metrics, ClassificationMetrics};
 use secateur_inference::ood::OodMetrics;
 use secateur_inference::predict::McPredictions;
@@ -144,18 +143,6 @@ fn labels(runs: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-fn bar(total: u64, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("predicting [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    bar.set_style(style);
-    bar
-}
-
 /// Checks the options before anything is loaded.
 fn validate(opts: &ReportOptions) -> Result<()> {
     if opts.runs.is_empty() {
@@ -216,7 +203,7 @@ pub fn report(opts: &ReportOptions) -> Result<Vec<RunResult>> {
     }
     let (fit_half, eval_half) = crate::data::split_indices(test.len(), 0.5, &mut rng)?;
     let per_run = 1 + u64::from(ood_set.is_some()) + shifted_sets.len() as u64;
-    let progress = bar(per_run * loaded.len() as u64, opts.quiet);
+    let progress = crate::observe::counting_bar("predicting", per_run * loaded.len() as u64, opts.quiet);
     let mut results = Vec::with_capacity(loaded.len());
     for ((run, label), path) in loaded.iter().zip(&labels).zip(&opts.runs) {
         progress.set_message(format!("{label}: test set"));
@@ -624,6 +611,12 @@ fn write_arrays(path: &Path, r: &RunResult) -> Result<()> {
 
 fn write(opts: &ReportOptions, data: &str, ood_name: Option<&str>, results: &[RunResult]) -> Result<()> {
     let out = &opts.out;
+    // a replaced report (--force) keeps nothing of the old one's figures and arrays
+    for d in [out.join("figures"), out.join("arrays")] {
+        if d.exists() {
+            std::fs::remove_dir_all(&d).map_err(|e| ExpError::io(&d, e))?;
+        }
+    }
     for d in [out.clone(), out.join("figures"), out.join("arrays")] {
         std::fs::create_dir_all(&d).map_err(|e| ExpError::io(&d, e))?;
     }
