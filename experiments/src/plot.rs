@@ -30,13 +30,13 @@ pub const RELIABILITY_SIZE: (u32, u32) = (640, 720);
 
 /// DejaVu Sans, embedded so that the plots need no system fonts.
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 
 const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 const TEST_COLOR: RGBColor = RGBColor(214, 39, 40);
 const GAP_COLOR: RGBColor = RGBColor(255, 127, 14);
 const GAP_EDGE: RGBColor = RGBColor(217, 95, 2);
-const GREY: RGBColor = RGBColor(110, 110, 110);
+pub(crate) const GREY: RGBColor = RGBColor(110, 110, 110);
 
 fn plot_error(name: &str, message: impl std::fmt::Display) -> ExpError {
     ExpError::io(name, std::io::Error::other(format!("plotting: {message}")))
@@ -54,7 +54,7 @@ fn ensure_font(name: &str) -> Result<()> {
 }
 
 /// Draws with `draw` into a fresh white RGB canvas of `size` and returns it encoded as PNG.
-fn render<F>(name: &str, size: (u32, u32), draw: F) -> Result<Vec<u8>>
+pub(crate) fn render<F>(name: &str, size: (u32, u32), draw: F) -> Result<Vec<u8>>
 where
     F: FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> std::result::Result<(), String>,
 {
@@ -87,7 +87,7 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> std::result::Result<Vec<u8>, pn
 }
 
 /// Splits points into runs of finite coordinates (a line is broken at NaN or infinite values).
-fn finite_segments(points: impl IntoIterator<Item = (f64, f64)>) -> Vec<Vec<(f64, f64)>> {
+pub(crate) fn finite_segments(points: impl IntoIterator<Item = (f64, f64)>) -> Vec<Vec<(f64, f64)>> {
     let mut segments: Vec<Vec<(f64, f64)>> = Vec::new();
     let mut current = Vec::new();
     for (x, y) in points {
@@ -104,7 +104,11 @@ fn finite_segments(points: impl IntoIterator<Item = (f64, f64)>) -> Vec<Vec<(f64
 }
 
 /// A padded axis range covering the finite `values`, clamped to `bounds`; `fallback` if none.
-fn value_range(values: impl IntoIterator<Item = f64>, bounds: (f64, f64), fallback: (f64, f64)) -> (f64, f64) {
+pub(crate) fn value_range(
+    values: impl IntoIterator<Item = f64>,
+    bounds: (f64, f64),
+    fallback: (f64, f64),
+) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for v in values.into_iter().filter(|v| v.is_finite()) {
         lo = lo.min(v);
@@ -759,7 +763,7 @@ pub struct Series {
 /// Size in pixels of `sparsity_accuracy.png` per panel.
 pub const SPARSITY_PANEL_SIZE: (u32, u32) = (640, 480);
 
-const PALETTE: [RGBColor; 10] = [
+pub(crate) const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),

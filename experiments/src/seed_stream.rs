@@ -62,11 +62,16 @@ pub enum SeedStream {
     /// batch-norm recomputation), apart from [`SeedStream::Posterior`] so that the predictive of
     /// a run is the same whether or not it was fitted in the same process.
     PosteriorPredictive,
+    /// 10: the fine-tune of a pruned network in the compression study
+    /// ([`crate::compression_study`]): its shuffles and weight noise, the same for every
+    /// criterion and sparsity of a seed (and apart from [`SeedStream::Train`], which trained the
+    /// network), so that fine-tuned cells are a paired comparison.
+    Finetune,
 }
 
 impl SeedStream {
     /// Every stream, in number order.
-    pub const ALL: [SeedStream; 10] = [
+    pub const ALL: [SeedStream; 11] = [
         SeedStream::Init,
         SeedStream::Train,
         SeedStream::Eval,
@@ -77,6 +82,7 @@ impl SeedStream {
         SeedStream::BnWarmup,
         SeedStream::Posterior,
         SeedStream::PosteriorPredictive,
+        SeedStream::Finetune,
     ];
 
     /// The stream number passed to [`SeededRng::substream`].
@@ -91,6 +97,7 @@ impl SeedStream {
             SeedStream::BnWarmup => 7,
             SeedStream::Posterior => 8,
             SeedStream::PosteriorPredictive => 9,
+            SeedStream::Finetune => 10,
         }
     }
 
@@ -110,7 +117,7 @@ mod tests {
     #[test]
     fn numbers_are_the_published_ones() {
         let n: Vec<u64> = SeedStream::ALL.iter().map(|s| s.number()).collect();
-        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9]);
+        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]);
     }
 
     /// Distinct purposes draw from distinct streams, except the documented pair sharing 5, and
