@@ -74,7 +74,8 @@
 //! records its error and the study goes on. Each row is added to `results.csv` as it comes,
 //! atomically and under a lock.
 //!
-//! **Directory.** `<dir>/compression.toml` (the study file), `runs/`, `results.csv`,
+//! **Directory.** `<dir>/compression.toml` (the study file), `runs/` (the trained runs, and
+//! `results.lock`, locked while a row is added), `results.csv`,
 //! `compression.md` (per metric: rows (model, criterion, fine-tuned), columns sparsities, mean ±
 //! sd over seeds) and `compression.png` (2×2 panels: accuracy, NLL, ECE, OOD AUROC against
 //! sparsity on the axis `−log₁₀(1 − s)`, one colour per (model, criterion), solid without and

@@ -32,8 +32,8 @@ pub const RESULTS_FILE: &str = "results.csv";
 pub const TABLE_FILE: &str = "compression.md";
 /// The figure.
 pub const FIGURE_FILE: &str = "compression.png";
-/// Locked while a process adds a row to `results.csv`.
-const LOCK_FILE: &str = "results.lock";
+/// Locked while a process adds a row to `results.csv` (inside `runs/`, beside the trained runs).
+const LOCK_FILE: &str = "runs/results.lock";
 /// The criterion name of the dense reference rows (sparsity 0).
 pub const DENSE: &str = "dense";
 /// The header of `results.csv`.
@@ -224,6 +224,9 @@ pub fn results_csv(rows: &[CompressionRow]) -> String {
 /// side by side.
 fn record(dir: &Path, row: CompressionRow, order: &BTreeMap<RowKey, usize>) -> Result<()> {
     let lock_path = dir.join(LOCK_FILE);
+    if let Some(parent) = lock_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| ExpError::io(parent, e))?;
+    }
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -326,7 +329,7 @@ fn open_dir(file: &CompressionFile, text: &str, path: &Path, opts: &RunOptions) 
                 ),
             });
         }
-        for f in [STUDY_FILE, RESULTS_FILE, TABLE_FILE, FIGURE_FILE, LOCK_FILE] {
+        for f in [STUDY_FILE, RESULTS_FILE, TABLE_FILE, FIGURE_FILE] {
             let p = d.join(f);
             if p.exists() {
                 std::fs::remove_file(&p).map_err(|e| ExpError::io(&p, e))?;
