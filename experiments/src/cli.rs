@@ -365,9 +365,10 @@ pub struct ScoresCmd {
 #[derive(Debug, Args)]
 pub struct StudyCmd {
     /// The study: `pai` (pruning at initialisation: criteria × sparsities × batch-norm warm-up ×
-    /// seeds, each network trained with its masks) or `posteriors` (methods × seeds of one base
-    /// config: MAP, MC dropout, VI, SWAG, Laplace, ensembles, …).
-    #[arg(value_parser = ["pai", "posteriors"])]
+    /// seeds, each network trained with its masks), `posteriors` (methods × seeds of one base
+    /// config: MAP, MC dropout, VI, SWAG, Laplace, ensembles, …) or `compression` (trained
+    /// networks pruned by posterior and deterministic criteria, without and with a fine-tune).
+    #[arg(value_parser = ["pai", "posteriors", "compression"])]
     pub study: String,
     /// The study file (e.g. experiments/configs/pai.toml).
     #[arg(long, value_name = "FILE")]
@@ -393,6 +394,10 @@ pub struct StudyCmd {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// `compression`: replace the study in --out (its files and trained runs) instead of
+    /// refusing it.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -585,6 +590,30 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             let dir = crate::posterior_study::run(&study, &c.config, &opts)?;
             println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
+            println!("study directory: {}", dir.display());
+        }
+        Command::Study(c) if c.study == "compression" => {
+            if c.jobs != 1 {
+                return Err(ExpError::config(
+                    "--jobs",
+                    "the compression study runs one network at a time; split it with --shard",
+                ));
+            }
+            let file = crate::compression_study::CompressionFile::from_file(&c.config)?;
+            let opts = crate::compression_study::RunOptions {
+                out: c.out.clone(),
+                resume: c.resume.clone(),
+                force: c.force,
+                data_dir: c.common.data_dir.clone(),
+                shard: c.shard,
+                report_only: c.report_only,
+                quiet: c.quiet,
+            };
+            let dir = crate::compression_study::run(&file, &c.config, &opts)?;
+            println!(
+                "{}",
+                std::fs::read_to_string(dir.join("compression.md")).unwrap_or_default()
+            );
             println!("study directory: {}", dir.display());
         }
         Command::Study(c) => {

@@ -24,11 +24,15 @@
 //!   commands collect, fit and predict with it ([`commands::posterior`]).
 //! - [`posterior_study`]: the posterior study (`secateur study posteriors`): methods × seeds of
 //!   one base config, compared on accuracy, NLL, Brier, ECE, OOD AUROC and wall time.
+//! - [`compression_study`]: calibration-aware compression curves (`secateur study compression`):
+//!   trained networks pruned by posterior and deterministic criteria at a grid of sparsities,
+//!   without and with a fine-tune; accuracy, NLL, ECE and OOD AUROC against sparsity.
 
 pub mod atomic;
 pub mod cli;
 pub mod commands;
 pub mod comparison;
+pub mod compression_study;
 pub mod config;
 pub mod error;
 pub mod greg;

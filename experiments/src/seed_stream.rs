@@ -66,11 +66,16 @@ pub enum SeedStream {
     /// shifted copies of the test set and the split of the test set that fits the temperature,
     /// the same for every run compared (a paired comparison).
     Report,
+    /// 11: the fine-tune of a pruned network in the compression study
+    /// ([`crate::compression_study`]): its shuffles and weight noise, the same for every
+    /// criterion and sparsity of a seed (and apart from [`SeedStream::Train`], which trained the
+    /// network), so that fine-tuned cells are a paired comparison.
+    Finetune,
 }
 
 impl SeedStream {
     /// Every stream, in number order.
-    pub const ALL: [SeedStream; 11] = [
+    pub const ALL: [SeedStream; 12] = [
         SeedStream::Init,
         SeedStream::Train,
         SeedStream::Eval,
@@ -82,6 +87,7 @@ impl SeedStream {
         SeedStream::Posterior,
         SeedStream::PosteriorPredictive,
         SeedStream::Report,
+        SeedStream::Finetune,
     ];
 
     /// The stream number passed to [`SeededRng::substream`].
@@ -97,6 +103,7 @@ impl SeedStream {
             SeedStream::Posterior => 8,
             SeedStream::PosteriorPredictive => 9,
             SeedStream::Report => 10,
+            SeedStream::Finetune => 11,
         }
     }
 
@@ -116,7 +123,7 @@ mod tests {
     #[test]
     fn numbers_are_the_published_ones() {
         let n: Vec<u64> = SeedStream::ALL.iter().map(|s| s.number()).collect();
-        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11]);
     }
 
     /// Distinct purposes draw from distinct streams, except the documented pair sharing 5, and

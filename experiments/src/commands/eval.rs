@@ -58,13 +58,13 @@ pub(super) fn width_accuracies(
 /// Test-set evaluation: Monte Carlo with `bayes.eval_samples` samples for a Bayesian model
 /// (the classification metrics are those of the averaged probabilities), the posterior mean /
 /// deterministic forward pass otherwise.
-pub(super) struct Evaluation {
-    pub(super) preds: Predictions,
-    pub(super) metrics: ClassificationMetrics,
-    pub(super) mc: Option<McPredictions>,
+pub(crate) struct Evaluation {
+    pub(crate) preds: Predictions,
+    pub(crate) metrics: ClassificationMetrics,
+    pub(crate) mc: Option<McPredictions>,
 }
 
-pub(super) fn evaluate(
+pub(crate) fn evaluate(
     net: &Network,
     test: &crate::data::ImageSet,
     norm: &Normalizer,
@@ -95,7 +95,7 @@ pub(super) fn evaluate(
 
 /// The model's own predictive on a set `set` (an out-of-distribution or shifted set) (normalised with the training
 /// set's `norm`): Monte Carlo for a Bayesian model, one pass otherwise, as [`evaluate`].
-pub(super) fn ood_predictions(
+pub(crate) fn ood_predictions(
     net: &Network,
     set: &crate::data::ImageSet,
     norm: &Normalizer,

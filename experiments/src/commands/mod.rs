@@ -28,6 +28,7 @@ mod train;
 
 pub use ensemble::train_member;
 pub use eval::{eval, posterior_mean_accuracy};
+pub(crate) use eval::{evaluate, ood_predictions};
 pub use loaded::LoadedRun;
 pub use report::{comparison_table, metrics_table};
 pub(crate) use run_dir::{open_resumed, run_dir};
