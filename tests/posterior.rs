@@ -315,6 +315,7 @@ fn prune_reads_the_posterior_of_a_run() {
         samples_per_class: 1,
         keep_first: false,
         keep_last: false,
+        keep_conv: false,
         options: Default::default(),
     };
     let o = PruneOptions {

@@ -171,7 +171,8 @@ pub struct EvalCmd {
 /// `secateur report`.
 #[derive(Debug, Args)]
 pub struct ReportCmd {
-    /// The run directories compared (classification runs on one data set).
+    /// The run directories compared (classification runs on one data set). The output directory
+    /// of `secateur prune --run RUN` stands for RUN with the prune's masks applied.
     #[arg(value_name = "RUN", required = true)]
     pub runs: Vec<PathBuf>,
     /// The report's directory.
@@ -296,6 +297,10 @@ pub struct PruneCmd {
     /// Keep the last weight layer (the classifier) dense.
     #[arg(long)]
     pub keep_last: bool,
+    /// Keep every convolution dense: prune the fully connected layers only (as Mohan, Scaife et
+    /// al. 2022 prune their LeNet).
+    #[arg(long)]
+    pub keep_conv: bool,
     /// A finished run directory to prune (its config.toml and weights.safetensors).
     #[arg(
         long,
@@ -533,6 +538,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     samples_per_class: c.samples_per_class,
                     keep_first: c.keep_first,
                     keep_last: c.keep_last,
+                    keep_conv: c.keep_conv,
                     options: c.criterion_args.options(),
                 },
                 run: c.run,

@@ -565,6 +565,7 @@ fn run_cell(pai: &PaiConfig, m: &Prepared, cell: &Cell, scope: Scope) -> PaiRow 
                 samples_per_class: pai.samples_per_class,
                 keep_first: false,
                 keep_last: pai.keep_last,
+                keep_conv: false,
                 options: pai.criterion_options(),
             })
             .and_then(|spec| prune_model(&cfg, &m.data, None, &spec, None))

@@ -59,6 +59,8 @@ pub struct PruneSpec {
     pub keep_first: bool,
     /// Keep the last weight layer (the classifier) dense.
     pub keep_last: bool,
+    /// Keep every convolution dense: prune the fully connected layers only.
+    pub keep_conv: bool,
     /// Options of the criteria that have them (Hutchinson's batch size and probes).
     pub options: CriterionOptions,
 }
@@ -238,6 +240,7 @@ pub fn prune_model(
     let exclude = Exclusions {
         first_layer: spec.keep_first,
         last_layer: spec.keep_last,
+        convolutions: spec.keep_conv,
         ..Default::default()
     }
     .resolve(Some(&geom))?;
@@ -289,7 +292,10 @@ pub struct PruneOptions {
 }
 
 /// The files `secateur prune` writes into its output directory.
-pub const PRUNE_OUTPUTS: [&str; 4] = ["masks.safetensors", "scores.safetensors", "layers.md", "prune.json"];
+pub const PRUNE_OUTPUTS: [&str; 4] = ["masks.safetensors", "scores.safetensors", "layers.md", PRUNE_SUMMARY];
+
+/// The summary a prune writes (criterion, sparsity, and for `prune --run` the run pruned).
+pub const PRUNE_SUMMARY: &str = "prune.json";
 
 /// Refuses, unless `force`, an output directory of `prune` that already holds one of
 /// [`PRUNE_OUTPUTS`] or is a run directory (holds `config.toml`), naming the directory and the
@@ -391,10 +397,35 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
     m.insert("near_collapse_layers".into(), Value::Array(near));
     m.insert("arch".into(), cfg.model.arch.clone().into());
     m.insert("seed".into(), cfg.seed.into());
+    if let Some(run) = &opts.run {
+        // the run, relative to `out` where it can be (so that both can move together), so
+        // that `report` can evaluate the pruned network
+        m.insert("run".into(), relative_to(run, &opts.out).display().to_string().into());
+        m.insert("keep_conv".into(), opts.spec.keep_conv.into());
+    }
     let json = serde_json::to_string_pretty(&Value::Object(m.clone()))
         .map_err(|e| ExpError::io(&opts.out, std::io::Error::other(e)))?;
-    atomic::write_string(&opts.out.join("prune.json"), &json)?;
+    atomic::write_string(&opts.out.join(PRUNE_SUMMARY), &json)?;
     Ok(m)
+}
+
+/// `target` as a path from the directory `base` (`../run`), or `target` made absolute where the
+/// two share no prefix (or either cannot be resolved).
+fn relative_to(target: &Path, base: &Path) -> PathBuf {
+    let (Ok(t), Ok(b)) = (target.canonicalize(), base.canonicalize()) else {
+        return std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf());
+    };
+    let (tc, bc): (Vec<_>, Vec<_>) = (t.components().collect(), b.components().collect());
+    let common = tc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
+    if common <= 1 {
+        return t;
+    }
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    out.extend(&tc[common..]);
+    out
 }
 
 /// Options of `secateur scores`.
@@ -484,6 +515,7 @@ pub fn scores(opts: &ScoresOptions) -> Result<ScoresOutput> {
         samples_per_class: opts.samples_per_class,
         keep_first: false,
         keep_last: false,
+        keep_conv: false,
         options: opts.options,
     };
     let pruned = prune_model(&cfg, &data, w.as_ref(), &spec, None)?;

@@ -60,6 +60,7 @@ fn prune_options(config: PathBuf, out: PathBuf, force: bool) -> PruneOptions {
             samples_per_class: 2,
             keep_first: false,
             keep_last: false,
+            keep_conv: false,
             options: Default::default(),
         },
         run: None,

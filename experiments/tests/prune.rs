@@ -37,6 +37,7 @@ fn spec(criterion: &str, sparsity: f64) -> PruneSpec {
         samples_per_class: 2,
         keep_first: false,
         keep_last: false,
+        keep_conv: false,
         options: Default::default(),
     }
 }
@@ -352,4 +353,84 @@ fn f64_scores_match_a_computation_by_hand() {
     secateur_pruning::mask::save_scores(&snip.scores, &out).expect("save");
     let back = candle_core::safetensors::load(&out, &Device::Cpu).expect("load");
     assert_eq!(back["fc1.weight"].dtype(), DType::F64);
+}
+
+/// `prune --run --keep-conv` prunes LeNet-5's fully connected weights only, records the run in
+/// `prune.json`, and the prune directory loads as the run with the masks applied: its
+/// predictions equal those of a copy of the run whose weights were multiplied by the masks here.
+/// A prune of a fresh network and a prune whose run has gone are refused by name.
+#[test]
+fn a_prune_of_a_trained_run_loads_as_the_masked_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = StudyConfig::from_toml(LENET, "lenet", &[]).unwrap();
+    let run = tmp.path().join("run");
+    let topts = TrainOptions {
+        out: Some(run.clone()),
+        quiet: true,
+        ..TrainOptions::default()
+    };
+    commands::train(&cfg, &topts, None).expect("train");
+    let out = tmp.path().join("fc-half");
+    let mut s = spec("magnitude", 0.5);
+    s.keep_conv = true;
+    let opts = PruneOptions {
+        run: Some(run.clone()),
+        config: None,
+        ..options(PathBuf::new(), out.clone(), s)
+    };
+    let m = prune::prune(&opts).expect("prune --run");
+    // the fully connected weights only: 48,000 + 10,080 + 840
+    assert_eq!(m["prunable"].as_u64(), Some(58_920));
+    assert_eq!(m["kept"].as_u64(), Some(29_460));
+    assert_eq!(m["run"].as_str(), Some("../run"));
+    let masks = MaskSet::load(out.join("masks.safetensors"), &Device::Cpu).unwrap();
+    let names: Vec<&String> = masks.masks().keys().collect();
+    assert!(names.iter().all(|n| n.starts_with("fc")), "{names:?}");
+
+    // the independent copy: weights ⊙ masks written by hand
+    let copy = tmp.path().join("masked-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&run).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    let mut w = candle_core::safetensors::load(run.join("weights.safetensors"), &Device::Cpu).unwrap();
+    for (name, mask) in masks.masks() {
+        let t = &w[name];
+        let masked = t.mul(&mask.to_dtype(t.dtype()).unwrap()).unwrap();
+        w.insert(name.clone(), masked);
+    }
+    candle_core::safetensors::save(&w, copy.join("weights.safetensors")).unwrap();
+
+    let pruned = commands::LoadedRun::open(&out, None, "cpu").expect("open the prune");
+    let source = pruned.pruned.clone().expect("loaded through the prune");
+    assert_eq!((source.criterion.as_str(), source.sparsity), ("magnitude", 0.5));
+    let by_hand = commands::LoadedRun::open(&copy, None, "cpu").expect("open the copy");
+    let dense = commands::LoadedRun::open(&run, None, "cpu").expect("open the run");
+    assert!(dense.pruned.is_none());
+    let test = &dense.data.test;
+    let p = pruned.predict(test).unwrap().predictions.probs;
+    let q = by_hand.predict(test).unwrap().predictions.probs;
+    let d = dense.predict(test).unwrap().predictions.probs;
+    assert!(p == q, "the prune's predictions differ from the masked weights'");
+    assert!(p != d, "the masks changed nothing");
+
+    // a prune at initialisation names no run
+    let fresh = tmp.path().join("fresh");
+    let config = write_config(tmp.path(), LENET);
+    prune::prune(&options(config, fresh.clone(), spec("magnitude", 0.5))).expect("prune --config");
+    let e = commands::LoadedRun::open(&fresh, None, "cpu")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("prune --config"), "{e}");
+    // a prune whose run moved away
+    std::fs::rename(&run, tmp.path().join("moved")).unwrap();
+    let e = commands::LoadedRun::open(&out, None, "cpu")
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("no longer there"), "{e}");
 }

@@ -83,12 +83,16 @@ pub struct Exclusions {
     pub first_layer: bool,
     /// Exclude the last weight layer in forward order (the classifier).
     pub last_layer: bool,
+    /// Exclude every convolution: only the fully connected (linear) layers are pruned, as Mohan,
+    /// Scaife et al. (2022) prune their radio-galaxy LeNet.
+    pub convolutions: bool,
     /// Further logical names to exclude.
     pub names: BTreeSet<String>,
 }
 
 impl Exclusions {
-    /// The excluded logical names. First/last layer need the geometry (an error otherwise).
+    /// The excluded logical names. First/last layer and convolutions need the geometry (an
+    /// error otherwise).
     ///
     /// ```
     /// use secateur_pruning::{geometry, Exclusions};
@@ -100,10 +104,16 @@ impl Exclusions {
     /// ```
     pub fn resolve(&self, geometry: Option<&Geometry>) -> Result<BTreeSet<String>> {
         let mut out = self.names.clone();
-        if self.first_layer || self.last_layer {
+        if self.first_layer || self.last_layer || self.convolutions {
             let Some(g) = geometry else {
-                candle_core::bail!("excluding the first or last layer needs the model's layer geometry");
+                candle_core::bail!(
+                    "excluding the first or last layer or the convolutions needs the model's layer geometry"
+                );
             };
+            if self.convolutions {
+                let convs = g.layers.iter().filter(|l| l.kind == crate::geometry::LayerKind::Conv2d);
+                out.extend(convs.map(|l| l.name.clone()));
+            }
             let pick = |l: Option<&crate::geometry::LayerInfo>| {
                 l.map(|l| l.name.clone())
                     .ok_or_else(|| candle_core::Error::Msg("the model has no weight layer".into()))

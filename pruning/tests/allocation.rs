@@ -5,9 +5,10 @@
 use candle_core::{Device, Result, Tensor};
 use rand::Rng;
 use secateur_bayes::{ParamStore, SeededRng};
+use secateur_models::ModelSpec;
 use secateur_pruning::allocate::{kept_count, prune_iteratively, threshold};
 use secateur_pruning::criteria::Magnitude;
-use secateur_pruning::{Allocation, IterativeSchedule, Scope, Scores, ScoringContext};
+use secateur_pruning::{geometry, Allocation, Exclusions, IterativeSchedule, Scope, Scores, ScoringContext};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Scores quantised to 5 levels (many ties), for tensors of the given sizes.
@@ -148,6 +149,40 @@ fn exclusions_threshold_and_schedule() -> Result<()> {
         assert!((s.density(t) - w).abs() < 1e-12, "round {t}: {} vs {w}", s.density(t));
     }
     assert!((s.sparsity(1) - (1.0 - 0.001f64.powf(0.25))).abs() < 1e-12);
+    Ok(())
+}
+
+/// `convolutions` excludes exactly the convolutions of LeNet-5 (conv1, conv2), so that only its
+/// three fully connected layers are ranked, and it composes with the first/last-layer flags.
+#[test]
+fn excluding_convolutions_keeps_only_the_linear_layers() -> Result<()> {
+    let g = geometry::record(&ModelSpec::new("lenet5", [1, 28, 28], 10))?;
+    let set = |e: Exclusions| -> Result<Vec<String>> { Ok(e.resolve(Some(&g))?.into_iter().collect()) };
+    let convs = Exclusions {
+        convolutions: true,
+        ..Default::default()
+    };
+    let want: Vec<String> = g
+        .layers
+        .iter()
+        .filter(|l| l.weight_shape.len() == 4)
+        .map(|l| l.name.clone())
+        .collect();
+    assert_eq!(want.len(), 2, "LeNet-5 has two convolutions: {want:?}");
+    assert_eq!(set(convs.clone())?, want);
+    let with_last = Exclusions {
+        last_layer: true,
+        ..convs.clone()
+    };
+    let mut want_last = want.clone();
+    want_last.push(g.last().map(|l| l.name.clone()).unwrap_or_default());
+    want_last.sort();
+    assert_eq!(set(with_last)?, want_last);
+    // an MLP has no convolution: nothing is excluded
+    let mlp = geometry::record(&ModelSpec::new("mlp", [1, 28, 28], 10))?;
+    assert!(convs.resolve(Some(&mlp))?.is_empty());
+    // without the geometry the flag cannot be resolved
+    assert!(convs.resolve(None).is_err());
     Ok(())
 }
 

@@ -3,6 +3,11 @@
 //! of the training images' shape (the test set, an out-of-distribution set, a shifted copy),
 //! exactly as `train` and `eval` predict: the `[posterior]`'s predictive where the run has one,
 //! Monte Carlo over `bayes.eval_samples` draws for a Bayesian network, one pass otherwise.
+//!
+//! A directory written by `secateur prune --run RUN` loads as RUN's network with the prune's
+//! `masks.safetensors` applied ([`MaskSet::apply`]: pruned weights zero, and for Bayesian layers
+//! their posterior scale collapsed), so that a report compares a network before and after
+//! pruning (no fine-tune).
 
 use super::eval::ood_predictions;
 use super::posterior::Fitted;
@@ -16,7 +21,56 @@ use candle_core::Device;
 use secateur_bayes::ParamStore;
 use secateur_inference::predict::McPredictions;
 use secateur_models::Network;
-use std::path::Path;
+use secateur_pruning::MaskSet;
+use std::path::{Path, PathBuf};
+
+/// The prune a [`LoadedRun`] was loaded through: the prune directory and its summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneSource {
+    /// The prune directory (`masks.safetensors`, `prune.json`).
+    pub dir: PathBuf,
+    /// Its criterion.
+    pub criterion: String,
+    /// The sparsity its masks reached over the weights they cover.
+    pub sparsity: f64,
+}
+
+/// The run a `secateur prune --run` directory was made from, as its `prune.json` records it
+/// (`"run"`, a path relative to the prune directory or absolute), with the prune's summary.
+/// `None` for a directory that holds no `prune.json` (or is itself a run).
+pub fn pruned_run(dir: &Path) -> Result<Option<(PathBuf, PruneSource)>> {
+    let summary = dir.join(crate::prune::PRUNE_SUMMARY);
+    if !summary.is_file() || dir.join("config.toml").is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&summary).map_err(|e| ExpError::io(&summary, e))?;
+    let bad = |message: String| ExpError::Run {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("has a prune.json that is not valid JSON ({e})")))?;
+    let Some(run) = v.get("run").and_then(|r| r.as_str()) else {
+        return Err(bad(
+            "is a prune of a freshly initialised network (prune --config); only a prune of a trained run \
+             (prune --run) can be evaluated"
+                .into(),
+        ));
+    };
+    let run = dir.join(run);
+    if !run.join("config.toml").is_file() {
+        return Err(bad(format!(
+            "was pruned from the run {}, which is no longer there (prune.json's `run`)",
+            run.display()
+        )));
+    }
+    let source = PruneSource {
+        dir: dir.to_path_buf(),
+        criterion: v.get("criterion").and_then(|c| c.as_str()).unwrap_or("?").to_string(),
+        sparsity: v.get("sparsity").and_then(|s| s.as_f64()).unwrap_or(f64::NAN),
+    };
+    Ok(Some((run, source)))
+}
 
 /// A finished classification run, ready to predict.
 pub struct LoadedRun {
@@ -32,6 +86,8 @@ pub struct LoadedRun {
     pub val_set: Option<ImageSet>,
     /// The normalisation of the training images, applied to every set predicted.
     pub norm: Normalizer,
+    /// The prune whose masks were applied, when loaded from a `prune --run` directory.
+    pub pruned: Option<PruneSource>,
     net: Network,
     store: ParamStore,
     fitted: Option<Fitted>,
@@ -39,12 +95,18 @@ pub struct LoadedRun {
 }
 
 impl LoadedRun {
-    /// Loads the run in `run_dir` (data from `data_dir` first) onto the device `device_name`.
+    /// Loads the run in `run_dir` (data from `data_dir` first) onto the device `device_name`;
+    /// `run_dir` may also be a `prune --run` directory (see the [module documentation](self)).
     /// Refuses an unfinished run (no `weights.safetensors`), weights with a NaN or infinite
-    /// entry, and a regression run (those are evaluated by
-    /// [`regression::eval`](super::regression::eval)).
+    /// entry, a regression run (those are evaluated by
+    /// [`regression::eval`](super::regression::eval)), and masks on a run whose predictive is a
+    /// `[posterior]` (the masks would not reach its samples).
     pub fn open(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Result<Self> {
-        let run = RunDir::open(run_dir)?;
+        let (run_dir, pruned) = match pruned_run(run_dir)? {
+            Some((run, source)) => (run, Some(source)),
+            None => (run_dir.to_path_buf(), None),
+        };
+        let run = RunDir::open(&run_dir)?;
         let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
         if cfg.likelihood.is_regression() {
             return Err(ExpError::Run {
@@ -75,6 +137,27 @@ impl LoadedRun {
             store.load(w)?;
         }
         let fitted = Fitted::load(&cfg, &run)?;
+        if let Some(p) = &pruned {
+            if fitted.is_some() {
+                return Err(ExpError::Run {
+                    path: p.dir.clone(),
+                    message: format!(
+                        "prunes a run whose predictive is its [posterior] ({}), which masks do not reach; \
+                         evaluate prunes of runs without one",
+                        cfg.posterior.kind
+                    ),
+                });
+            }
+            let file = p.dir.join("masks.safetensors");
+            let masks = MaskSet::load(&file, &dev).map_err(|e| ExpError::Run {
+                path: file.clone(),
+                message: format!("cannot be read as masks: {e}"),
+            })?;
+            masks.apply(&store).map_err(|e| ExpError::Run {
+                path: file,
+                message: format!("do not fit the run's network: {e}"),
+            })?;
+        }
         Ok(Self {
             cfg,
             run,
@@ -82,6 +165,7 @@ impl LoadedRun {
             train_set,
             val_set,
             norm,
+            pruned,
             net,
             store,
             fitted,

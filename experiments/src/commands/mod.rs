@@ -29,7 +29,7 @@ mod train;
 pub use ensemble::train_member;
 pub use eval::{eval, posterior_mean_accuracy};
 pub(crate) use eval::{evaluate, ood_predictions};
-pub use loaded::LoadedRun;
+pub use loaded::{pruned_run, LoadedRun, PruneSource};
 pub use report::{comparison_table, metrics_table};
 pub(crate) use run_dir::{open_resumed, run_dir};
 pub use run_dir::{RunSummary, TrainOptions, MASKS_FILE};

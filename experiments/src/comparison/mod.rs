@@ -262,11 +262,19 @@ pub fn report(opts: &ReportOptions) -> Result<Vec<RunResult>> {
         } else {
             format!(", posterior {}", cfg.posterior.kind)
         };
+        let pruned = match &run.pruned {
+            Some(p) => format!(
+                ", pruned by {} to {:.1}% sparsity (no fine-tune)",
+                p.criterion,
+                100.0 * p.sparsity
+            ),
+            None => String::new(),
+        };
         results.push(RunResult {
             label: label.clone(),
             path: path.clone(),
             description: format!(
-                "{} ({} layers{posterior}), seed {}",
+                "{} ({} layers{posterior}), seed {}{pruned}",
                 cfg.model.arch, cfg.model.layers, cfg.seed
             ),
             test: mc,

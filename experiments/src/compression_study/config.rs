@@ -69,6 +69,11 @@ pub struct CompressionConfig {
     /// prunable, as Han et al. 2015 and Molchanov et al. 2017 prune trained networks).
     #[serde(default)]
     pub keep_last: bool,
+    /// Keep every convolution dense: only the fully connected layers are pruned, and the
+    /// sparsity is over their weights (Mohan, Scaife et al. 2022 prune the fully connected
+    /// weights of their LeNet). Default false.
+    #[serde(default)]
+    pub keep_conv: bool,
     /// The models, in table order.
     pub models: Vec<CompressionModel>,
 }
@@ -322,7 +327,10 @@ criteria = ["snr", "log-alpha", "posterior-fisher", "magnitude"]
         let dir = tempfile::tempdir().unwrap();
         let f = CompressionFile::from_file(&study(dir.path(), MODELS, ""))?;
         let c = &f.compression;
-        assert_eq!((c.finetune_epochs, c.samples_per_class, c.keep_last), (1, 10, false));
+        assert_eq!(
+            (c.finetune_epochs, c.samples_per_class, c.keep_last, c.keep_conv),
+            (1, 10, false, false)
+        );
         assert_eq!((c.scope, c.ood.as_deref(), c.finetune_lr), (Scope::Global, None, None));
         let cfg = c.model_config(&dir.path().join("study.toml"), &c.models[1], 7)?;
         assert_eq!(

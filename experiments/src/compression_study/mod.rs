@@ -17,6 +17,7 @@
 //! samples_per_class = 10       # scoring examples of the data criteria (fisher, posterior-fisher)
 //! scope = "global"             # or "layer"
 //! keep_last = false            # keep the classifier dense
+//! keep_conv = false            # keep the convolutions dense (prune fully connected layers only)
 //!
 //! [[compression.models]]
 //! name = "deterministic"

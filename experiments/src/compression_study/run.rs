@@ -580,6 +580,7 @@ impl Unit<'_> {
             samples_per_class: self.study.samples_per_class,
             keep_first: false,
             keep_last: self.study.keep_last,
+            keep_conv: self.study.keep_conv,
             options: Default::default(),
         };
         let p = prune_model(
