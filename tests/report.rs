@@ -185,6 +185,94 @@ fn report_compares_runs_and_refuses_to_overwrite() {
     );
 }
 
+const WINE: &str = include_str!("../experiments/configs/regression-wine-smoke.toml");
+
+/// A report of regression runs: a deterministic heteroscedastic MLP (one pass) and the
+/// mean-field smoke run (4 draws) on wine quality. Its RMSE is each run's own (metrics.json),
+/// its coverage at 90% is recomputed here from the arrays it wrote (μ̄, σ̄, y) with
+/// z = Φ⁻¹(0.95), the one-pass run's CRPS is the mean Gaussian closed form over those arrays,
+/// its figure is drawn, and a report mixing a classification run in is refused.
+#[test]
+fn report_of_regression_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = Vec::new();
+    for (name, set) in [
+        ("det", vec!["model.layers=\"deterministic\"", "train.epochs=2"]),
+        ("mf", vec!["train.epochs=2"]),
+    ] {
+        let cfg = common::config(WINE, "regression-wine-smoke.toml", &set);
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
+        let out = dir.path().join(name);
+        let o = Command::new(env!("CARGO_BIN_EXE_secateur"))
+            .args([
+                "train",
+                "--config",
+                config.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        reg.push(out);
+    }
+    let refs: Vec<&Path> = reg.iter().map(PathBuf::as_path).collect();
+    let out = dir.path().join("report");
+    let o = report(&refs, &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = csv_rows(&out.join("metrics.csv"));
+    assert_eq!(rows.len(), 2);
+    for (row, run) in rows.iter().zip(&reg) {
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+        let want = m["test_rmse"].as_f64().unwrap();
+        let got: f64 = row["rmse"].parse().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs(),
+            "{}: RMSE {got} vs the run's {want}",
+            row["run"]
+        );
+        let arrays = candle_core::safetensors::load(
+            out.join("arrays").join(format!("{}.safetensors", row["run"])),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let v = |k: &str| arrays[k].to_vec1::<f64>().unwrap();
+        let (mean, std, y) = (v("mean"), v("std"), v("targets"));
+        assert!(y.len() > 100, "{} test targets", y.len());
+        let z90 = 1.644_853_626_951_472_2;
+        let inside = (0..y.len()).filter(|&i| (y[i] - mean[i]).abs() <= z90 * std[i]).count();
+        let got: f64 = row["coverage_0.9"].parse().unwrap();
+        assert_eq!(got, inside as f64 / y.len() as f64, "{}", row["run"]);
+        if row["run"] == "det" {
+            let crps: f64 = (0..y.len())
+                .map(|i| secateur::inference::regression_calibration::crps_gaussian(y[i], mean[i], std[i]))
+                .sum::<f64>()
+                / y.len() as f64;
+            let got: f64 = row["crps"].parse().unwrap();
+            assert!((got - crps).abs() < 1e-9, "CRPS {got} vs {crps}");
+        }
+    }
+    let (ink, px) = ink(&std::fs::read(out.join("figures").join("calibration.png")).unwrap());
+    assert!(
+        ink > px / 50,
+        "the calibration figure is nearly blank: {ink} of {px} pixels"
+    );
+    assert!(std::fs::read_to_string(out.join("report.html"))
+        .unwrap()
+        .contains("data:image/png;base64,"));
+
+    // one kind per report
+    let (_, class_runs) = runs();
+    let mixed = dir.path().join("mixed");
+    let o = report(&[refs[0], class_runs[0].as_path()], &mixed, &[]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("one kind"), "{e}");
+    assert!(!mixed.join("report.md").exists());
+}
+
 /// Bad input is refused with a message naming it: an unknown shift, a severity outside 1–5, a
 /// directory that is not a run.
 #[test]

@@ -88,7 +88,7 @@ pub enum Command {
     Train(TrainCmd),
     /// Evaluate a finished run's weights on its test set.
     Eval(EvalCmd),
-    /// Compare finished classification runs in one calibration and uncertainty report
+    /// Compare finished classification (or regression) runs in one calibration and uncertainty report
     /// (Markdown, PNG figures and a self-contained HTML page).
     Report(ReportCmd),
     /// Inspect data sets.
@@ -475,13 +475,29 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Report(c) => {
             let opts = c.options()?;
-            let results = crate::comparison::report(&opts)?;
-            for r in &results {
-                let m = &r.calibration.metrics;
-                println!(
-                    "  {:<24} accuracy {:.4}  NLL {:.4}  ECE {:.4}  T {:.3}",
-                    r.label, m.accuracy, m.nll, m.ece, r.temperature.temperature
-                );
+            match crate::comparison::report(&opts)? {
+                crate::comparison::Measured::Classification(results) => {
+                    for r in &results {
+                        let m = &r.calibration.metrics;
+                        println!(
+                            "  {:<24} accuracy {:.4}  NLL {:.4}  ECE {:.4}  T {:.3}",
+                            r.label, m.accuracy, m.nll, m.ece, r.temperature.temperature
+                        );
+                    }
+                }
+                crate::comparison::Measured::Regression(results) => {
+                    for r in &results {
+                        let c95 = r.coverage.iter().find(|c| (c.level - 0.95).abs() < 1e-12);
+                        println!(
+                            "  {:<24} RMSE {:.4}  NLL {:.4}  CRPS {:.4}  coverage 95% {:.4}",
+                            r.label,
+                            r.metrics.rmse,
+                            r.metrics.nll,
+                            r.crps,
+                            c95.map_or(f64::NAN, |c| c.coverage)
+                        );
+                    }
+                }
             }
             println!("report: {}", opts.out.join("report.html").display());
         }

@@ -8,7 +8,10 @@
 //! `/<run>/<set>/{probs [N, K] f32, labels [N] u32, predictive_entropy [N] f32,
 //! mutual_information [N] f32}` for the sets `test`, `ood` and `shift/<kind>/<severity>`, and
 //! `/<run>/metrics/<name>` scalars (accuracy, nll, brier, ece, adaptive_ece, classwise_ece, aurc,
-//! temperature, ood_auroc_<score>, …).
+//! temperature, ood_auroc_<score>, …). A report of regression runs
+//! ([`write_regression_report`]) has `/<run>/{mean, std, aleatoric_var, epistemic_var, pit,
+//! targets}` [N] f64 and `/<run>/metrics/<name>` scalars (rmse, nll, mixture_nll, crps,
+//! coverage_<level>, width_<level>).
 
 use crate::error::{ExpError, Result};
 use secateur_inference::predict::Predictions;
@@ -163,6 +166,55 @@ fn write_report_into(tmp: &Path, results: &[crate::comparison::RunResult]) -> hd
     Ok(())
 }
 
+/// Writes the arrays and metrics of a `secateur report` of regression runs to `path` atomically
+/// (layout in the [module docs](self)).
+pub fn write_regression_report(path: &Path, results: &[crate::comparison::regression::RegressionResult]) -> Result<()> {
+    let tmp = path.with_file_name(format!(".results.h5.tmp-{}", std::process::id()));
+    let res = write_regression_into(&tmp, results);
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(h5err(path, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| ExpError::io(path, e))
+}
+
+fn write_regression_into(tmp: &Path, results: &[crate::comparison::regression::RegressionResult]) -> hdf5::Result<()> {
+    let file = hdf5::File::create(tmp)?;
+    for r in results {
+        let g = file.create_group(&r.label)?;
+        let t = &r.per_target;
+        for (name, v) in [
+            ("mean", &t.mean),
+            ("std", &t.std),
+            ("aleatoric_var", &t.aleatoric),
+            ("epistemic_var", &t.epistemic),
+            ("pit", &t.pit),
+            ("targets", &t.targets),
+        ] {
+            g.new_dataset::<f64>()
+                .shape([v.len()])
+                .create(name)?
+                .write_raw(v.as_slice())?;
+        }
+        let m = g.create_group("metrics")?;
+        let mut scalars = vec![
+            ("rmse".to_string(), r.metrics.rmse),
+            ("nll".into(), r.metrics.nll),
+            ("mixture_nll".into(), r.metrics.mixture_nll),
+            ("crps".into(), r.crps),
+        ];
+        for c in &r.coverage {
+            scalars.push((format!("coverage_{}", c.level), c.coverage));
+            scalars.push((format!("width_{}", c.level), c.mean_width));
+        }
+        for (k, v) in scalars {
+            m.new_dataset::<f64>().create(k.as_str())?.write_scalar(&v)?;
+        }
+    }
+    file.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +305,56 @@ mod tests {
             .and_then(|d| d.read_scalar())
             .map_err(|e| h5err(&path, e))?;
         assert_eq!(acc, run.calibration.metrics.accuracy);
+        Ok(())
+    }
+
+    /// The regression report's layout: a run's arrays and its CRPS and coverage read back.
+    #[test]
+    fn regression_report_round_trips() -> Result<()> {
+        use crate::comparison::regression::{PerTarget, RegressionResult};
+        use secateur_inference::metrics::regression_metrics;
+        use secateur_inference::predict::RegressionPredictions;
+        use secateur_inference::regression_calibration::IntervalCoverage;
+        let dir = tempfile::tempdir().map_err(|e| ExpError::io("tempdir", e))?;
+        let path = dir.path().join("results.h5");
+        let predictions = RegressionPredictions {
+            sample_mean: vec![0.0, 1.0],
+            sample_std: vec![1.0, 2.0],
+            targets: vec![0.5, 0.0],
+            samples: 1,
+            dim: 1,
+        };
+        let r = RegressionResult {
+            label: "det".into(),
+            path: dir.path().to_path_buf(),
+            description: String::new(),
+            metrics: regression_metrics(&predictions)?,
+            predictions,
+            crps: 0.25,
+            coverage: vec![IntervalCoverage {
+                level: 0.9,
+                coverage: 1.0,
+                mean_width: 4.9,
+            }],
+            per_target: PerTarget {
+                mean: vec![0.0, 1.0],
+                std: vec![1.0, 2.0],
+                aleatoric: vec![1.0, 4.0],
+                epistemic: vec![0.0, 0.0],
+                pit: vec![0.69, 0.31],
+                targets: vec![0.5, 0.0],
+            },
+        };
+        write_regression_report(&path, std::slice::from_ref(&r))?;
+        let f = hdf5::File::open(&path).map_err(|e| h5err(&path, e))?;
+        let read =
+            |k: &str| -> Result<Vec<f64>> { f.dataset(k).and_then(|d| d.read_raw()).map_err(|e| h5err(&path, e)) };
+        assert_eq!(read("det/std")?, r.per_target.std);
+        assert_eq!(read("det/pit")?, r.per_target.pit);
+        let scalar =
+            |k: &str| -> Result<f64> { f.dataset(k).and_then(|d| d.read_scalar()).map_err(|e| h5err(&path, e)) };
+        assert_eq!(scalar("det/metrics/crps")?, 0.25);
+        assert_eq!(scalar("det/metrics/width_0.9")?, 4.9);
         Ok(())
     }
 }

@@ -431,6 +431,19 @@ fn report(cfg: &StudyConfig, m: &Map<String, Value>, history: &[EpochRecord]) ->
 /// A run without `weights.safetensors` (unfinished) and weights with a NaN or infinite entry are
 /// refused, naming the file or the tensor.
 pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Result<(RegressionMetrics, StudyConfig)> {
+    let (preds, cfg) = predict_run(run_dir, data_dir, device_name)?;
+    Ok((regression_metrics(&preds)?, cfg))
+}
+
+/// A finished regression run's predictive on its test rows, in the original units of the
+/// target, exactly as `train` predicted it: the `[posterior]`'s predictive where the run has
+/// one, Monte Carlo over `bayes.eval_samples` draws for a Bayesian network, one pass otherwise.
+/// Refuses what [`eval`] refuses.
+pub fn predict_run(
+    run_dir: &Path,
+    data_dir: Option<&Path>,
+    device_name: &str,
+) -> Result<(RegressionPredictions, StudyConfig)> {
     let run = RunDir::open(run_dir)?;
     let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
     if !cfg.likelihood.is_regression() {
@@ -456,5 +469,5 @@ pub fn eval(run_dir: &Path, data_dir: Option<&Path>, device_name: &str) -> Resul
         Some(f) => predict_posterior(&cfg, &f, &net, &store, &lik, &data.test, &data, &dev)?,
         None => predict_table(&net, &lik, &data.test, &data, &cfg, &dev, false)?,
     };
-    Ok((regression_metrics(&preds)?, cfg))
+    Ok((preds, cfg))
 }

@@ -1,5 +1,7 @@
 //! `secateur report RUN... --out DIR`: one calibration and uncertainty report comparing finished
-//! classification runs — deterministic, every Bayesian layer kind, every `[posterior]`.
+//! classification runs — deterministic, every Bayesian layer kind, every `[posterior]` — or
+//! finished regression runs ([`regression`]: CRPS, the calibration curve of central intervals,
+//! their widths, PIT histograms). The runs of one report are all of one kind.
 //!
 //! For each run it predicts, with the run's own predictive ([`LoadedRun::predict`]), the test
 //! set, an out-of-distribution set and seeded shifted copies of the test set, and measures:
@@ -29,6 +31,7 @@
 mod document;
 mod figures;
 mod measure;
+pub mod regression;
 
 pub use document::{base64, escape, html, markdown, Block};
 pub use figures::{panels_png, Line, Panel};
@@ -163,9 +166,103 @@ fn validate(opts: &ReportOptions) -> Result<()> {
     Ok(())
 }
 
-/// Measures every run and writes the report; returns what was measured.
-pub fn report(opts: &ReportOptions) -> Result<Vec<RunResult>> {
+/// What a report measured: classification or regression runs.
+#[derive(Debug, Clone)]
+pub enum Measured {
+    /// Classification runs.
+    Classification(Vec<RunResult>),
+    /// Regression runs.
+    Regression(Vec<regression::RegressionResult>),
+}
+
+/// Whether the run (or the prune of a run) in `path` is a regression run.
+fn is_regression(path: &Path) -> Result<bool> {
+    if crate::commands::pruned_run(path)?.is_some() {
+        return Ok(false);
+    }
+    let run = crate::store::RunDir::open(path)?;
+    let cfg = crate::config::StudyConfig::from_file(&run.file("config.toml"), &[])?;
+    Ok(cfg.likelihood.is_regression())
+}
+
+/// Measures every run and writes the report (of classification or of regression runs, by the
+/// kind of the first run; every run must be of that kind); returns what was measured.
+pub fn report(opts: &ReportOptions) -> Result<Measured> {
     validate(opts)?;
+    let mut kinds = Vec::with_capacity(opts.runs.len());
+    for p in &opts.runs {
+        kinds.push(is_regression(p)?);
+    }
+    if let Some(i) = kinds.iter().position(|k| *k != kinds[0]) {
+        let what = |r: bool| if r { "a regression run" } else { "a classification run" };
+        return Err(run_error(
+            &opts.runs[i],
+            format!(
+                "is {} but {} is {}: a report compares runs of one kind",
+                what(kinds[i]),
+                opts.runs[0].display(),
+                what(kinds[0])
+            ),
+        ));
+    }
+    if kinds[0] {
+        report_regression(opts).map(Measured::Regression)
+    } else {
+        report_classification(opts).map(Measured::Classification)
+    }
+}
+
+/// The report of regression runs ([`regression`]).
+fn report_regression(opts: &ReportOptions) -> Result<Vec<regression::RegressionResult>> {
+    let labels = labels(&opts.runs);
+    let progress = crate::observe::counting_bar("runs", opts.runs.len() as u64, opts.quiet);
+    let mut results = Vec::with_capacity(opts.runs.len());
+    let mut data_name: Option<String> = None;
+    for (label, path) in labels.iter().zip(&opts.runs) {
+        progress.set_message(format!("{label}: test rows"));
+        let r = regression::measure(label, path, opts.data_dir.as_deref(), &opts.device)?;
+        let cfg = crate::config::StudyConfig::from_file(&path.join("config.toml"), &[])?;
+        match &data_name {
+            Some(d) if *d != cfg.data.name => {
+                return Err(run_error(
+                    path,
+                    format!(
+                        "uses data set `{}` but {} uses `{d}`: a report compares runs on one data set",
+                        cfg.data.name,
+                        opts.runs[0].display()
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None => data_name = Some(cfg.data.name.clone()),
+        }
+        progress.inc(1);
+        results.push(r);
+    }
+    progress.finish_and_clear();
+    let data = data_name.unwrap_or_default();
+    let blocks = regression::blocks(&data, &results)?;
+    let mut arrays = Vec::with_capacity(results.len());
+    for r in &results {
+        arrays.push((r.label.clone(), regression::arrays(r)?));
+    }
+    write_document(
+        opts,
+        &data,
+        &blocks,
+        &regression::metrics_csv(&results),
+        &arrays,
+        |_path| {
+            #[cfg(feature = "hdf5")]
+            crate::h5::write_regression_report(_path, &results)?;
+            Ok(())
+        },
+    )?;
+    Ok(results)
+}
+
+/// The report of classification runs.
+fn report_classification(opts: &ReportOptions) -> Result<Vec<RunResult>> {
     let labels = labels(&opts.runs);
     // load every run first, so that a bad one fails before any prediction
     let mut loaded = Vec::with_capacity(opts.runs.len());
@@ -580,7 +677,7 @@ fn metrics_csv(results: &[RunResult]) -> String {
 }
 
 /// The arrays of one run: every prediction the report used.
-fn write_arrays(path: &Path, r: &RunResult) -> Result<()> {
+fn arrays(r: &RunResult) -> Result<Vec<(String, Tensor)>> {
     let dev = Device::Cpu;
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     let mut put = |prefix: &str, p: &McPredictions| -> Result<()> {
@@ -614,10 +711,34 @@ fn write_arrays(path: &Path, r: &RunResult) -> Result<()> {
             &s.predictions,
         )?;
     }
-    atomic::write_safetensors(path, tensors.iter().map(|(k, v)| (k, v)))
+    Ok(tensors)
 }
 
 fn write(opts: &ReportOptions, data: &str, ood_name: Option<&str>, results: &[RunResult]) -> Result<()> {
+    let blocks = blocks(data, ood_name, results)?;
+    let mut all = Vec::with_capacity(results.len());
+    for r in results {
+        all.push((r.label.clone(), arrays(r)?));
+    }
+    write_document(opts, data, &blocks, &metrics_csv(results), &all, |_path| {
+        #[cfg(feature = "hdf5")]
+        crate::h5::write_report(_path, results)?;
+        Ok(())
+    })
+}
+
+/// Writes a report's files into `--out`: `figures/` from the blocks' figures, `arrays/<run>` from
+/// `arrays`, `metrics.csv`, `results.h5` (by `h5`, given its path), `report.html`, and
+/// `report.md` last (it marks a finished report). The figures and arrays of a report replaced
+/// with `--force` are removed first.
+fn write_document(
+    opts: &ReportOptions,
+    data: &str,
+    blocks: &[Block],
+    csv: &str,
+    arrays: &[(String, Vec<(String, Tensor)>)],
+    h5: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let out = &opts.out;
     // a replaced report (--force) keeps nothing of the old one's figures and arrays
     for d in [out.join("figures"), out.join("arrays")] {
@@ -628,24 +749,23 @@ fn write(opts: &ReportOptions, data: &str, ood_name: Option<&str>, results: &[Ru
     for d in [out.clone(), out.join("figures"), out.join("arrays")] {
         std::fs::create_dir_all(&d).map_err(|e| ExpError::io(&d, e))?;
     }
-    let blocks = blocks(data, ood_name, results)?;
-    for b in &blocks {
+    for b in blocks {
         if let Block::Figure { file, png, .. } = b {
             atomic::write_bytes(&out.join("figures").join(file), png)?;
         }
     }
-    for r in results {
-        write_arrays(&out.join("arrays").join(format!("{}.safetensors", r.label)), r)?;
+    for (label, tensors) in arrays {
+        let path = out.join("arrays").join(format!("{label}.safetensors"));
+        atomic::write_safetensors(&path, tensors.iter().map(|(k, v)| (k, v)))?;
     }
-    atomic::write_string(&out.join("metrics.csv"), &metrics_csv(results))?;
-    #[cfg(feature = "hdf5")]
-    crate::h5::write_report(&out.join("results.h5"), results)?;
+    atomic::write_string(&out.join("metrics.csv"), csv)?;
+    h5(&out.join("results.h5"))?;
     atomic::write_string(
         &out.join("report.html"),
-        &html(&format!("secateur report: {data}"), &blocks),
+        &html(&format!("secateur report: {data}"), blocks),
     )?;
     // report.md last: it marks a finished report
-    atomic::write_string(&out.join(REPORT_FILE), &markdown(&blocks))
+    atomic::write_string(&out.join(REPORT_FILE), &markdown(blocks))
 }
 
 #[cfg(test)]
