@@ -96,7 +96,8 @@ pub struct LoadedRun {
 
 impl LoadedRun {
     /// Loads the run in `run_dir` (data from `data_dir` first) onto the device `device_name`;
-    /// `run_dir` may also be a `prune --run` directory (see the [module documentation](self)).
+    /// `run_dir` may also be a `prune --run` directory, whose masks are then applied to the
+    /// run's network ([`MaskSet::apply`]).
     /// Refuses an unfinished run (no `weights.safetensors`), weights with a NaN or infinite
     /// entry, a regression run (those are evaluated by
     /// [`regression::eval`](super::regression::eval)), and masks on a run whose predictive is a

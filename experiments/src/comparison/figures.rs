@@ -1,141 +1,14 @@
 //! The report's figures: overlaid reliability diagrams, confidence histograms, entropy
 //! histograms in- vs out-of-distribution, ROC curves, accuracy–coverage curves and accuracy and
-//! ECE under shift. Every figure is a grid of [`Panel`]s of lines drawn by [`panels_png`].
+//! ECE under shift. Every figure is a grid of [`Panel`]s of lines drawn by [`panels_png`]
+//! ([`crate::plot::panels`]).
 
 use super::RunResult;
 use crate::error::Result;
-use crate::plot::{finite_segments, render, value_range, FAMILY, GREY, PALETTE};
-use plotters::prelude::*;
+pub use crate::plot::{panels_png, Line, Panel};
 use secateur_inference::metrics::{reliability_bins, CALIBRATION_BINS};
 use secateur_inference::ood::roc_curve;
 use secateur_inference::selective::accuracy_coverage;
-
-/// One line of a [`Panel`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Line {
-    /// Legend entry (empty: no entry).
-    pub label: String,
-    /// Index into the palette.
-    pub color: usize,
-    /// Dashed instead of solid.
-    pub dashed: bool,
-    /// `(x, y)` points; a NaN breaks the line.
-    pub points: Vec<(f64, f64)>,
-    /// Also mark the points.
-    pub markers: bool,
-}
-
-/// One chart of a figure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Panel {
-    /// Title above the chart.
-    pub title: String,
-    /// Axis descriptions.
-    pub x_desc: String,
-    /// Axis descriptions.
-    pub y_desc: String,
-    /// Fixed x range, or `None` to fit the data.
-    pub x_range: Option<(f64, f64)>,
-    /// Fixed y range, or `None` to fit the data.
-    pub y_range: Option<(f64, f64)>,
-    /// Draw the diagonal `y = x` (dashed grey).
-    pub diagonal: bool,
-    /// The lines.
-    pub lines: Vec<Line>,
-}
-
-/// Size in pixels of one panel.
-pub const PANEL_SIZE: (u32, u32) = (560, 440);
-
-/// Draws `panels` on a grid `cols` wide into a PNG; `name` names the figure in errors.
-pub fn panels_png(name: &str, panels: &[Panel], cols: usize) -> Result<Vec<u8>> {
-    let cols = cols.clamp(1, panels.len().max(1));
-    let rows = panels.len().div_ceil(cols).max(1);
-    let size = (PANEL_SIZE.0 * cols as u32, PANEL_SIZE.1 * rows as u32);
-    render(name, size, |root| {
-        let areas = root.split_evenly((rows, cols));
-        for (area, panel) in areas.iter().zip(panels) {
-            draw_panel(area, panel)?;
-        }
-        Ok(())
-    })
-}
-
-fn draw_panel(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
-    panel: &Panel,
-) -> std::result::Result<(), String> {
-    let xs = panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
-    let (x0, x1) = panel
-        .x_range
-        .unwrap_or_else(|| value_range(xs, (f64::NEG_INFINITY, f64::INFINITY), (0.0, 1.0)));
-    let ys = panel.lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
-    let (y0, y1) = panel
-        .y_range
-        .unwrap_or_else(|| value_range(ys, (f64::NEG_INFINITY, f64::INFINITY), (0.0, 1.0)));
-    let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, (FAMILY, 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(56)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(panel.x_desc.as_str())
-        .y_desc(panel.y_desc.as_str())
-        .label_style((FAMILY, 13))
-        .draw()
-        .map_err(|e| e.to_string())?;
-    if panel.diagonal {
-        let (lo, hi) = (x0.max(y0), x1.min(y1));
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(lo, lo), (hi, hi)],
-                6,
-                4,
-                GREY.stroke_width(1),
-            ))
-            .map_err(|e| e.to_string())?;
-    }
-    let mut labelled = false;
-    for line in &panel.lines {
-        let color = PALETTE[line.color % PALETTE.len()];
-        let style = color.stroke_width(2);
-        let mut first = true;
-        for seg in finite_segments(line.points.iter().copied()) {
-            let drawn = if line.dashed {
-                chart.draw_series(DashedLineSeries::new(seg.clone(), 8, 5, style))
-            } else {
-                chart.draw_series(LineSeries::new(seg.clone(), style))
-            }
-            .map_err(|e| e.to_string())?;
-            if first && !line.label.is_empty() {
-                labelled = true;
-                drawn
-                    .label(line.label.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            }
-            first = false;
-            if line.markers {
-                chart
-                    .draw_series(seg.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-    }
-    if labelled {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .label_font((FAMILY, 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(GREY)
-            .draw()
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
 
 /// A histogram of `values` over `[lo, hi]` in `bins` bins as a step line of the fraction of
 /// values per bin (values outside go to the end bins).
@@ -177,6 +50,7 @@ fn line(label: &str, color: usize, points: Vec<(f64, f64)>) -> Line {
         dashed: false,
         points,
         markers: false,
+        ..Default::default()
     }
 }
 
@@ -205,6 +79,7 @@ pub fn reliability(runs: &[RunResult]) -> Result<Panel> {
         y_range: Some((0.0, 1.0)),
         diagonal: true,
         lines,
+        ..Default::default()
     })
 }
 
@@ -230,6 +105,7 @@ pub fn confidence(runs: &[RunResult]) -> Panel {
         y_range: None,
         diagonal: false,
         lines,
+        ..Default::default()
     }
 }
 
@@ -257,6 +133,7 @@ pub fn entropy(runs: &[RunResult], ood_name: &str) -> Vec<Panel> {
                         ..line(ood_name, i, histogram_steps(&ent(ood), 0.0, max, 25))
                     },
                 ],
+                ..Default::default()
             })
         })
         .collect()
@@ -282,6 +159,7 @@ pub fn roc(runs: &[RunResult], ood_name: &str) -> Result<Panel> {
         y_range: Some((0.0, 1.0)),
         diagonal: true,
         lines,
+        ..Default::default()
     })
 }
 
@@ -304,6 +182,7 @@ pub fn coverage(runs: &[RunResult]) -> Result<Panel> {
         y_range: None,
         diagonal: false,
         lines,
+        ..Default::default()
     })
 }
 
@@ -344,6 +223,7 @@ pub fn shift(runs: &[RunResult]) -> Vec<Panel> {
                 y_range: if metric == 0 { Some((0.0, 1.0)) } else { None },
                 diagonal: false,
                 lines,
+                ..Default::default()
             });
         }
     }
@@ -373,39 +253,5 @@ mod tests {
         assert!(t.len() <= 102);
         assert_eq!(t[0].0, 0.0);
         assert_eq!(t.last().map(|p| p.0), Some(1000.0));
-    }
-
-    /// Every figure renders to a PNG, also with one empty panel.
-    #[test]
-    fn panels_render() -> Result<()> {
-        let panels = vec![
-            Panel {
-                title: "a".into(),
-                x_desc: "x".into(),
-                y_desc: "y".into(),
-                x_range: None,
-                y_range: None,
-                diagonal: true,
-                lines: vec![Line {
-                    label: "l".into(),
-                    color: 0,
-                    dashed: true,
-                    points: vec![(0.0, 0.1), (f64::NAN, 0.2), (0.5, 0.9), (1.0, 1.0)],
-                    markers: true,
-                }],
-            },
-            Panel {
-                title: "empty".into(),
-                x_desc: "x".into(),
-                y_desc: "y".into(),
-                x_range: None,
-                y_range: None,
-                diagonal: false,
-                lines: vec![],
-            },
-        ];
-        let png = panels_png("t.png", &panels, 2)?;
-        assert_eq!(&png[1..4], b"PNG");
-        Ok(())
     }
 }

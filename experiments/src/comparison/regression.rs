@@ -200,6 +200,7 @@ pub fn blocks(data: &str, results: &[RegressionResult]) -> Result<Vec<Block>> {
         dashed: false,
         points,
         markers: true,
+        ..Line::default()
     };
     let curve = Panel {
         title: "Calibration of central intervals".into(),
@@ -213,6 +214,7 @@ pub fn blocks(data: &str, results: &[RegressionResult]) -> Result<Vec<Block>> {
             .enumerate()
             .map(|(i, r)| line(i, &r.label, r.coverage.iter().map(|c| (c.level, c.coverage)).collect()))
             .collect(),
+        ..Default::default()
     };
     let widths = Panel {
         title: "Sharpness: mean interval width".into(),
@@ -232,6 +234,7 @@ pub fn blocks(data: &str, results: &[RegressionResult]) -> Result<Vec<Block>> {
                 )
             })
             .collect(),
+        ..Default::default()
     };
     let mut pit = Panel {
         title: "PIT histogram (uniform when calibrated)".into(),
@@ -253,6 +256,7 @@ pub fn blocks(data: &str, results: &[RegressionResult]) -> Result<Vec<Block>> {
                 l
             })
             .collect(),
+        ..Default::default()
     };
     // densities from 0, so that the bars' heights compare with the uniform's 1
     let top = pit

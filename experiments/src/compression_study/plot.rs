@@ -8,9 +8,10 @@ use super::run::{read_results, CompressionRow, DENSE, FIGURE_FILE, RESULTS_FILE,
 use crate::atomic;
 use crate::error::Result;
 use crate::pai::mean_std;
-use crate::plot::{finite_segments, render, value_range, FAMILY, GREY, PALETTE};
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use crate::plot::{
+    compression_scale, sparsity_ticks, titled_panels_png, value_range, Legend, Line as PanelLine, Panel, PANEL_SIZE,
+    TITLE_HEIGHT,
+};
 use std::path::Path;
 
 /// The metrics of the tables and panels: title, whether shown in %, and the axis bounds.
@@ -21,8 +22,8 @@ const METRICS: [(&str, bool, (f64, f64)); 4] = [
     ("OOD AUROC (predictive entropy)", false, (0.0, 1.0)),
 ];
 
-/// Size in pixels of `compression.png`.
-pub const FIGURE_SIZE: (u32, u32) = (1400, 1040);
+/// Size in pixels of `compression.png`: 2×2 panels under a title.
+pub const FIGURE_SIZE: (u32, u32) = (2 * PANEL_SIZE.0, 2 * PANEL_SIZE.1 + TITLE_HEIGHT);
 
 /// One point of a line: a target sparsity, and over the seeds that ran it the mean reached
 /// sparsity and the mean and standard deviation of each metric (accuracy, NLL, ECE, OOD AUROC).
@@ -195,25 +196,10 @@ pub fn table(study: &CompressionConfig, lines: &[Line]) -> String {
     s
 }
 
-/// The figure's x coordinate of a sparsity: `−log₁₀(1 − s)` (0.9 → 1, 0.99 → 2), the axis of
-/// [`crate::plot::sparsity_accuracy_png`].
-fn comp(s: f64) -> f64 {
-    -(1.0 - s).max(1e-6).log10()
-}
-
-/// A sparsity as a tick label: at most three decimals, no trailing zeros (`0.98`, `0.5`, `0`).
-fn sparsity_label(s: f64) -> String {
-    let t = format!("{s:.3}");
-    let t = t.trim_end_matches('0').trim_end_matches('.');
-    if t.is_empty() || t == "-" {
-        "0".into()
-    } else {
-        t.into()
-    }
-}
-
-/// `compression.png` of the lines (see the [module docs](self)). Each criterion's line starts
-/// at its model's dense network (sparsity 0), without or with the fine-tune as the line.
+/// `compression.png` of the lines (see the [module docs](self)), drawn by
+/// [`crate::plot::titled_panels_png`] on the compression scale of
+/// [`crate::plot::sparsity_accuracy_png`]. Each criterion's line starts at its model's dense
+/// network (sparsity 0), without or with the fine-tune as the line.
 pub fn figure(study: &CompressionConfig, lines: &[Line]) -> Result<Vec<u8>> {
     let curves: Vec<&Line> = lines.iter().filter(|l| l.criterion != DENSE).collect();
     // colour index of (model, criterion), in table order
@@ -237,116 +223,59 @@ pub fn figure(study: &CompressionConfig, lines: &[Line]) -> Result<Vec<u8>> {
         study.seeds.len()
     );
     // ticks at the dense network and the study's sparsities
-    let ticks: Vec<(f64, String)> = std::iter::once(0.0)
-        .chain(study.sparsities.iter().copied())
-        .map(|s| (comp(s), sparsity_label(s)))
-        .collect();
-    render(FIGURE_FILE, FIGURE_SIZE, |root| {
-        let root = root.titled(&caption, (FAMILY, 20)).map_err(|e| e.to_string())?;
-        let areas = root.split_evenly((2, 2));
-        for (k, area) in areas.iter().enumerate() {
-            let (title, pct, bounds) = METRICS[k];
+    let ticks = sparsity_ticks(std::iter::once(0.0).chain(study.sparsities.iter().copied()));
+    let x1 = ticks.iter().map(|t| t.0).fold(1.0, f64::max) + 0.15;
+    let panels: Vec<Panel> = METRICS
+        .iter()
+        .enumerate()
+        .map(|(k, &(title, pct, bounds))| {
             let all: Vec<&Point> = curves.iter().flat_map(|l| with_dense(lines, l)).collect();
-            let xs = all.iter().map(|p| comp(p.target));
-            let (_, x1) = value_range(xs, (0.0, 6.0), (0.0, 2.0));
             let ys = all.iter().flat_map(|p| {
                 let sd = if p.sd[k].is_finite() { p.sd[k] } else { 0.0 };
                 [p.mean[k] - sd, p.mean[k] + sd]
             });
-            let (y0, y1) = value_range(ys, bounds, (bounds.0, bounds.1.min(1.0)));
-            let mut chart = ChartBuilder::on(area)
-                .caption(title, (FAMILY, 18))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(60)
-                .build_cartesian_2d(0.0..x1, y0..y1)
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_mesh()
-                .x_desc("sparsity")
-                .y_desc(if pct {
+            let drawn = curves.iter().map(|l| {
+                let pts = with_dense(lines, l);
+                PanelLine {
+                    // one legend, in the first panel, for the solid lines
+                    label: if k == 0 && !l.finetuned {
+                        format!("{}: {}", l.model, l.criterion)
+                    } else {
+                        String::new()
+                    },
+                    color: keys
+                        .iter()
+                        .position(|kk| *kk == (l.model.as_str(), l.criterion.as_str()))
+                        .unwrap_or(0),
+                    dashed: l.finetuned,
+                    markers: true,
+                    points: pts.iter().map(|p| (compression_scale(p.target), p.mean[k])).collect(),
+                    // the band: mean ± sd where at least two seeds ran
+                    band: pts
+                        .iter()
+                        .filter(|p| p.seeds > 1 && p.mean[k].is_finite() && p.sd[k].is_finite())
+                        .map(|p| (compression_scale(p.target), p.mean[k] - p.sd[k], p.mean[k] + p.sd[k]))
+                        .collect(),
+                }
+            });
+            Panel {
+                title: title.to_string(),
+                x_desc: "sparsity".into(),
+                y_desc: if pct {
                     format!("{title} (fraction)")
                 } else {
                     title.to_string()
-                })
-                .disable_x_mesh()
-                .max_light_lines(2)
-                .x_labels(0)
-                .label_style((FAMILY, 13))
-                .draw()
-                .map_err(|e| e.to_string())?;
-            // the sparsity axis: a grid line and a label at each tick
-            let base = area.get_base_pixel();
-            let style = TextStyle::from((FAMILY, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
-            for &(x, ref label) in &ticks {
-                chart
-                    .draw_series(std::iter::once(PathElement::new(
-                        vec![(x, y0), (x, y1)],
-                        GREY.mix(0.25).stroke_width(1),
-                    )))
-                    .map_err(|e| e.to_string())?;
-                let (px, py) = chart.backend_coord(&(x, y0));
-                area.draw(&Text::new(label.clone(), (px - base.0, py - base.1 + 6), style.clone()))
-                    .map_err(|e| e.to_string())?;
+                },
+                x_range: Some((0.0, x1)),
+                y_range: Some(value_range(ys, bounds, (bounds.0, bounds.1.min(1.0)))),
+                x_ticks: ticks.clone(),
+                legend: Legend::LowerLeft,
+                lines: drawn.collect(),
+                ..Panel::default()
             }
-            for l in &curves {
-                let ci = keys
-                    .iter()
-                    .position(|kk| *kk == (l.model.as_str(), l.criterion.as_str()))
-                    .unwrap_or(0);
-                let color = PALETTE[ci % PALETTE.len()];
-                let pts = with_dense(lines, l);
-                // the band: mean ± sd where at least two seeds ran (finite points only)
-                let band: Vec<(f64, f64, f64)> = pts
-                    .iter()
-                    .filter(|p| p.seeds > 1 && p.mean[k].is_finite() && p.sd[k].is_finite())
-                    .map(|p| (comp(p.target), p.mean[k] - p.sd[k], p.mean[k] + p.sd[k]))
-                    .collect();
-                if band.len() > 1 {
-                    let mut poly: Vec<(f64, f64)> = band.iter().map(|b| (b.0, b.2.min(y1))).collect();
-                    poly.extend(band.iter().rev().map(|b| (b.0, b.1.max(y0))));
-                    chart
-                        .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.12).filled())))
-                        .map_err(|e| e.to_string())?;
-                }
-                let xy = pts.iter().map(|p| (comp(p.target), p.mean[k]));
-                let mut first = true;
-                for seg in finite_segments(xy) {
-                    let style = color.stroke_width(2);
-                    if l.finetuned {
-                        chart
-                            .draw_series(DashedLineSeries::new(seg.clone(), 9, 6, style))
-                            .map_err(|e| e.to_string())?;
-                    } else {
-                        let line = chart
-                            .draw_series(LineSeries::new(seg.clone(), style))
-                            .map_err(|e| e.to_string())?;
-                        if first && k == 0 {
-                            line.label(format!("{}: {}", l.model, l.criterion))
-                                .legend(move |(x, y)| {
-                                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                                });
-                            first = false;
-                        }
-                    }
-                    chart
-                        .draw_series(seg.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            if k == 0 && !curves.is_empty() {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::LowerLeft)
-                    .label_font((FAMILY, 12))
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(GREY)
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(())
-    })
+        })
+        .collect();
+    titled_panels_png(FIGURE_FILE, &caption, &panels, 2)
 }
 
 /// Rewrites `compression.md` and `compression.png` in `dir` from its `results.csv`.
@@ -429,7 +358,10 @@ criteria = ["snr"]
             u32::from_be_bytes([png[20], png[21], png[22], png[23]]),
         );
         assert_eq!((w, h), FIGURE_SIZE);
-        assert_eq!([0.0, 0.5, 0.98, 0.95].map(sparsity_label), ["0", "0.5", "0.98", "0.95"]);
+        assert_eq!(
+            [0.0, 0.5, 0.98, 0.95].map(crate::plot::sparsity_label),
+            ["0", "0.5", "0.98", "0.95"]
+        );
         // an empty study draws too
         assert!(figure(&s, &lines(&s, &[]))?.len() > 8);
         Ok(())

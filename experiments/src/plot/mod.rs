@@ -19,6 +19,9 @@ use secateur_inference::train::EpochRecord;
 use std::path::Path;
 use std::sync::OnceLock;
 
+pub mod panels;
+pub use panels::{panels_png, titled_panels_png, Legend, Line, Panel, PANEL_SIZE, TITLE_HEIGHT};
+
 /// File name of the learning-curve plot inside a run directory.
 pub const CURVES_FILE: &str = "curves.png";
 /// File name of the reliability diagram inside a run directory.
@@ -29,7 +32,7 @@ pub const CURVES_SIZE: (u32, u32) = (1200, 480);
 pub const RELIABILITY_SIZE: (u32, u32) = (640, 720);
 
 /// DejaVu Sans, embedded so that the plots need no system fonts.
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 pub(crate) const FAMILY: &str = "sans-serif";
 
 const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
@@ -163,7 +166,7 @@ fn epoch_label(x: &f64) -> String {
     }
 }
 
-type Panel<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// One learning-curve panel: a train and (optionally) a test series against the epoch.
 struct CurvePanel<'s> {
@@ -177,7 +180,7 @@ struct CurvePanel<'s> {
 }
 
 fn draw_curve_panel(
-    area: &Panel<'_>,
+    area: &Area<'_>,
     history: &[EpochRecord],
     panel: &CurvePanel<'_>,
     train: &dyn Fn(&EpochRecord) -> f64,
@@ -760,9 +763,6 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Size in pixels of `sparsity_accuracy.png` per panel.
-pub const SPARSITY_PANEL_SIZE: (u32, u32) = (640, 480);
-
 pub(crate) const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -776,68 +776,66 @@ pub(crate) const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// The compression scale of a sparsity, `−log₁₀(1 − s)` (0.9 → 1, 0.99 → 2; capped at 6).
+pub(crate) fn compression_scale(s: f64) -> f64 {
+    -(1.0 - s).max(1e-6).log10()
+}
+
+/// A sparsity as a tick label: at most three decimals, no trailing zeros (`0.98`, `0.5`, `0`).
+pub(crate) fn sparsity_label(s: f64) -> String {
+    let t = format!("{s:.3}");
+    let t = t.trim_end_matches('0').trim_end_matches('.');
+    if t.is_empty() || t == "-" {
+        "0".into()
+    } else {
+        t.into()
+    }
+}
+
+/// Ticks on the compression scale at each of `sparsities` (deduplicated), labelled with the
+/// sparsity.
+pub(crate) fn sparsity_ticks(sparsities: impl IntoIterator<Item = f64>) -> Vec<(f64, String)> {
+    let mut s: Vec<f64> = sparsities.into_iter().filter(|s| s.is_finite()).collect();
+    s.sort_by(f64::total_cmp);
+    s.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+    s.into_iter()
+        .map(|s| (compression_scale(s), sparsity_label(s)))
+        .collect()
+}
+
 /// Test accuracy against sparsity, one panel per architecture, one line per criterion, the
 /// sparsity axis on the compression scale `−log₁₀(1 − s)` (0.9 → 1, 0.99 → 2), as Tanaka et al.
 /// 2020 plot it.
 pub fn sparsity_accuracy_png(series: &[Series]) -> Result<Vec<u8>> {
-    const NAME: &str = "sparsity_accuracy.png";
-    let mut panels: Vec<&str> = series.iter().map(|s| s.panel.as_str()).collect();
-    panels.dedup();
-    panels.sort_unstable();
-    panels.dedup();
-    let n = panels.len().max(1);
-    let size = (SPARSITY_PANEL_SIZE.0 * n as u32, SPARSITY_PANEL_SIZE.1);
-    let comp = |s: f64| -(1.0 - s).max(1e-6).log10();
-    render(NAME, size, |root| {
-        let areas = root.split_evenly((1, n));
-        for (area, panel) in areas.iter().zip(&panels) {
-            let mine: Vec<&Series> = series.iter().filter(|s| s.panel == *panel).collect();
-            let xs = mine.iter().flat_map(|s| s.points.iter().map(|p| comp(p.0)));
-            let (x0, x1) = value_range(xs, (0.0, 6.0), (0.0, 2.0));
-            let ys = mine.iter().flat_map(|s| s.points.iter().map(|p| p.1));
-            let (y0, y1) = value_range(ys, (0.0, 1.0), (0.0, 1.0));
-            let mut chart = ChartBuilder::on(area)
-                .caption(format!("{panel}: test accuracy after training"), (FAMILY, 20))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(56)
-                .build_cartesian_2d(x0..x1, y0..y1)
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_mesh()
-                .x_desc("sparsity")
-                .y_desc("test accuracy")
-                .x_label_formatter(&|x| format!("{:.3}", 1.0 - 10f64.powf(-*x)))
-                .label_style((FAMILY, 13))
-                .draw()
-                .map_err(|e| e.to_string())?;
-            for (i, s) in mine.iter().enumerate() {
-                let color = PALETTE[i % PALETTE.len()];
-                let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (comp(x), y)).collect();
-                let mut first = true;
-                for seg in finite_segments(pts.iter().copied()) {
-                    let line = chart
-                        .draw_series(LineSeries::new(seg.clone(), color.stroke_width(2)))
-                        .map_err(|e| e.to_string())?;
-                    if first {
-                        line.label(s.label.clone())
-                            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-                        first = false;
-                    }
-                    chart
-                        .draw_series(seg.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                        .map_err(|e| e.to_string())?;
-                }
+    let mut names: Vec<&str> = series.iter().map(|s| s.panel.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let panels: Vec<Panel> = names
+        .iter()
+        .map(|name| {
+            let mine: Vec<&Series> = series.iter().filter(|s| s.panel == *name).collect();
+            Panel {
+                title: format!("{name}: test accuracy after training"),
+                x_desc: "sparsity".into(),
+                y_desc: "test accuracy".into(),
+                x_ticks: sparsity_ticks(mine.iter().flat_map(|s| s.points.iter().map(|p| p.0))),
+                legend: Legend::LowerLeft,
+                lines: mine
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| Line {
+                        label: s.label.clone(),
+                        color: i,
+                        // past the palette's ten colours, dashed
+                        dashed: i >= PALETTE.len(),
+                        markers: true,
+                        points: s.points.iter().map(|&(x, y)| (compression_scale(x), y)).collect(),
+                        ..Line::default()
+                    })
+                    .collect(),
+                ..Panel::default()
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerLeft)
-                .label_font((FAMILY, 12))
-                .background_style(WHITE.mix(0.85))
-                .border_style(GREY)
-                .draw()
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
+        })
+        .collect();
+    panels_png("sparsity_accuracy.png", &panels, panels.len())
 }
