@@ -13,7 +13,13 @@ const SMOKE: &str = include_str!("../experiments/configs/quickstart-smoke.toml")
 
 /// Trains the smoke MLP with `set` into `dir/name` through the binary; returns the run.
 fn train(dir: &Path, name: &str, set: &[&str]) -> PathBuf {
-    let cfg = common::config(SMOKE, "quickstart-smoke.toml", set);
+    train_config(SMOKE, "quickstart-smoke.toml", dir, name, set)
+}
+
+/// Trains the shipped config `text` (named `file`) with `set` into `dir/name` through the
+/// binary; returns the run.
+fn train_config(text: &str, file: &str, dir: &Path, name: &str, set: &[&str]) -> PathBuf {
+    let cfg = common::config(text, file, set);
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
     let out = dir.join(name);
@@ -195,29 +201,16 @@ const WINE: &str = include_str!("../experiments/configs/regression-wine-smoke.to
 #[test]
 fn report_of_regression_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let mut reg = Vec::new();
-    for (name, set) in [
-        ("det", vec!["model.layers=\"deterministic\"", "train.epochs=2"]),
-        ("mf", vec!["train.epochs=2"]),
-    ] {
-        let cfg = common::config(WINE, "regression-wine-smoke.toml", &set);
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, cfg.to_toml().unwrap()).unwrap();
-        let out = dir.path().join(name);
-        let o = Command::new(env!("CARGO_BIN_EXE_secateur"))
-            .args([
-                "train",
-                "--config",
-                config.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--quiet",
-            ])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        reg.push(out);
-    }
+    let reg = [
+        train_config(
+            WINE,
+            "regression-wine-smoke.toml",
+            dir.path(),
+            "det",
+            &["model.layers=\"deterministic\""],
+        ),
+        train_config(WINE, "regression-wine-smoke.toml", dir.path(), "mf", &[]),
+    ];
     let refs: Vec<&Path> = reg.iter().map(PathBuf::as_path).collect();
     let out = dir.path().join("report");
     let o = report(&refs, &out, &[]);
