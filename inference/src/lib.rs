@@ -82,5 +82,6 @@ pub mod predict;
 pub mod regression_calibration;
 pub mod schedule;
 pub mod selective;
+pub mod svgd;
 pub mod swag;
 pub mod train;
