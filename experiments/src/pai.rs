@@ -568,7 +568,7 @@ fn run_cell(pai: &PaiConfig, m: &Prepared, cell: &Cell, scope: Scope) -> PaiRow 
                 keep_conv: false,
                 options: pai.criterion_options(),
             })
-            .and_then(|spec| prune_model(&cfg, &m.data, None, &spec, None))
+            .and_then(|spec| prune_model(&cfg, &m.data, None, &spec, None, None))
             .and_then(|p| {
                 row.reached = p.masks.sparsity()?;
                 row.collapsed = p.table.collapsed().join(";");

@@ -33,7 +33,7 @@ use secateur_pruning::{
     criterion, geometry, Allocation, CriterionOptions, Exclusions, MaskSet, Scope, Scores, ScoringContext, ScoringData,
 };
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -215,13 +215,15 @@ impl Scoring {
 /// batch norm, scores with the criterion, allocates and applies the masks; `weights` are loaded
 /// strictly. A second-order criterion needs a process started with double backpropagation (an
 /// error naming the variable otherwise). The posterior criteria read `posterior` when given (a
-/// run's `[posterior]`: SWAG, Laplace, an ensemble), the probabilistic layers otherwise.
+/// run's `[posterior]`: SWAG, Laplace, an ensemble), the probabilistic layers otherwise;
+/// `adam-fisher` reads `moments`, the trained run's optimiser state ([`optimizer_moments`]).
 pub fn prune_model(
     cfg: &StudyConfig,
     data: &PruneData,
     weights: Option<&HashMap<String, Tensor>>,
     spec: &PruneSpec,
     posterior: Option<&dyn secateur_inference::posterior::Posterior>,
+    moments: Option<&BTreeMap<String, Tensor>>,
 ) -> Result<Pruned> {
     spec.validate()?;
     if spec.second_order() {
@@ -248,6 +250,7 @@ pub fn prune_model(
     let crit = criterion::build(&spec.criterion, &spec.options)?;
     let mut cx = ScoringContext::new(&net, &store, Some(&scoring), &mut rng);
     cx.posterior = posterior;
+    cx.optimizer_moments = moments;
     let schedule = IterativeSchedule {
         rounds: spec.rounds,
         final_sparsity: spec.sparsity,
@@ -356,12 +359,17 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
         }
     };
     let data = PruneData::load(&cfg, opts.data_dir.as_deref())?;
+    let moments = match &opts.run {
+        Some(run) => optimizer_moments(&crate::store::RunDir::open(run)?)?,
+        None => None,
+    };
     let pruned = prune_model(
         &cfg,
         &data,
         weights.as_ref(),
         &opts.spec,
         posterior.as_ref().map(|p| p.posterior()),
+        moments.as_ref(),
     )?;
     std::fs::create_dir_all(&opts.out).map_err(|e| ExpError::io(&opts.out, e))?;
     let masks_file = opts.out.join("masks.safetensors");
@@ -407,6 +415,15 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
         .map_err(|e| ExpError::io(&opts.out, std::io::Error::other(e)))?;
     atomic::write_string(&opts.out.join(PRUNE_SUMMARY), &json)?;
     Ok(m)
+}
+
+/// The optimiser state of a trained run, from its newest checkpoint's `optimizer.safetensors`
+/// (Adam's `<param>.exp_avg` and `<param>.exp_avg_sq`, …), for `adam-fisher`; `None` for a run
+/// without one.
+pub fn optimizer_moments(run: &crate::store::RunDir) -> Result<Option<BTreeMap<String, Tensor>>> {
+    Ok(run
+        .read_checkpoint_part("optimizer.safetensors")?
+        .map(|m| m.into_iter().collect()))
 }
 
 /// `target` as a path from the directory `base` (`../run`), or `target` made absolute where the
@@ -518,7 +535,7 @@ pub fn scores(opts: &ScoresOptions) -> Result<ScoresOutput> {
         keep_conv: false,
         options: opts.options,
     };
-    let pruned = prune_model(&cfg, &data, w.as_ref(), &spec, None)?;
+    let pruned = prune_model(&cfg, &data, w.as_ref(), &spec, None, None)?;
     save_scores(&pruned.scores, &opts.out)?;
     let diagnosis = if opts.diagnose {
         let d = diagnose(

@@ -217,7 +217,7 @@ fn warm_up_leaves_the_scoring_examples_and_draws_unchanged() {
             bn_warmup_batches: warm,
             ..spec("random", 0.5)
         };
-        prune::prune_model(&cfg, &data, None, &s, None).expect("prune")
+        prune::prune_model(&cfg, &data, None, &s, None, None).expect("prune")
     };
     let (cold, warm) = (run(0), run(2));
     assert_eq!(cold.scoring_examples, warm.scoring_examples);
@@ -241,7 +241,9 @@ fn warm_up_leaves_the_scoring_examples_and_draws_unchanged() {
             bn_warmup_batches: warm,
             ..spec("snip", 0.5)
         };
-        prune::prune_model(&cfg, &data, None, &s, None).expect("prune").scores
+        prune::prune_model(&cfg, &data, None, &s, None, None)
+            .expect("prune")
+            .scores
     };
     let (a, b) = (snip(0), snip(2));
     let differs = a.iter().any(|(k, v)| {
@@ -274,8 +276,8 @@ fn f64_scores_match_a_computation_by_hand() {
     let mat = |k: &str| -> Vec<Vec<f64>> { p[k].to_dtype(DType::F64).unwrap().to_vec2().unwrap() };
     let vec = |k: &str| -> Vec<f64> { p[k].to_dtype(DType::F64).unwrap().to_vec1().unwrap() };
     let (w1, b1, w2, b2) = (mat("fc1.weight"), vec("fc1.bias"), mat("fc2.weight"), vec("fc2.bias"));
-    let snip = prune::prune_model(&cfg, &data, None, &spec("snip", 0.5), None).expect("snip");
-    let fisher = prune::prune_model(&cfg, &data, None, &spec("fisher", 0.5), None).expect("fisher");
+    let snip = prune::prune_model(&cfg, &data, None, &spec("snip", 0.5), None, None).expect("snip");
+    let fisher = prune::prune_model(&cfg, &data, None, &spec("fisher", 0.5), None, None).expect("fisher");
     assert_eq!(snip.scoring_examples, fisher.scoring_examples);
     let idx = &snip.scoring_examples;
     let mut rng = secateur_bayes::SeededRng::new(0);
@@ -433,4 +435,74 @@ fn a_prune_of_a_trained_run_loads_as_the_masked_run() {
         .expect("refused")
         .to_string();
     assert!(e.contains("no longer there"), "{e}");
+}
+
+/// `adam-fisher` on a run trained with AdamW scores each weight by the Adam second moment in the
+/// run's last checkpoint (the scores written equal `optimizer.safetensors`' `exp_avg_sq`), and on
+/// a run trained with SGD it is refused, naming what it needs.
+#[test]
+fn adam_fisher_scores_are_the_checkpoint_second_moments() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let set = |kind: &str| {
+        vec![
+            format!("optim.kind=\"{kind}\""),
+            "optim.lr=1e-3".into(),
+            "optim.weight_decay=0.0".into(),
+        ]
+    };
+    let adam = StudyConfig::from_toml(LENET, "lenet", &set("adamw")).unwrap();
+    let run = tmp.path().join("adam");
+    let topts = TrainOptions {
+        out: Some(run.clone()),
+        quiet: true,
+        ..TrainOptions::default()
+    };
+    commands::train(&adam, &topts, None).expect("train");
+    let out = tmp.path().join("p");
+    let opts = PruneOptions {
+        run: Some(run.clone()),
+        config: None,
+        ..options(PathBuf::new(), out.clone(), spec("adam-fisher", 0.5))
+    };
+    prune::prune(&opts).expect("prune adam-fisher");
+    let scores = candle_core::safetensors::load(out.join("scores.safetensors"), &Device::Cpu).unwrap();
+    let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    let opt = candle_core::safetensors::load(
+        run.join("checkpoints")
+            .join(latest.trim())
+            .join("optimizer.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(scores.len(), 5, "{:?}", scores.keys().collect::<Vec<_>>());
+    for (name, s) in &scores {
+        let v = &opt[&format!("{name}.exp_avg_sq")];
+        let d = (s.to_dtype(DType::F64).unwrap() - v.to_dtype(DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name}");
+    }
+
+    let sgd = StudyConfig::from_toml(LENET, "lenet", &set("sgd")).unwrap();
+    let run = tmp.path().join("sgd");
+    let topts = TrainOptions {
+        out: Some(run.clone()),
+        quiet: true,
+        ..TrainOptions::default()
+    };
+    commands::train(&sgd, &topts, None).expect("train");
+    let opts = PruneOptions {
+        run: Some(run),
+        config: None,
+        ..options(PathBuf::new(), tmp.path().join("q"), spec("adam-fisher", 0.5))
+    };
+    let e = prune::prune(&opts).unwrap_err().to_string();
+    assert!(e.contains("exp_avg_sq") || e.contains("adam"), "{e}");
 }

@@ -257,6 +257,9 @@ pub struct ScoringContext<'a> {
     /// ensemble; [`secateur_inference::posterior`]). When set, the posterior criteria read its
     /// statistics instead of the probabilistic layers' ([`ScoringContext::posterior_stats`]).
     pub posterior: Option<&'a dyn Posterior>,
+    /// The trained run's optimiser state by key (`fc1.weight_mu.exp_avg_sq`: a checkpoint's
+    /// `optimizer.safetensors`), for the criteria that read it ([`crate::criteria::AdamFisher`]).
+    pub optimizer_moments: Option<&'a BTreeMap<String, Tensor>>,
 }
 
 impl<'a> ScoringContext<'a> {
@@ -264,6 +267,13 @@ impl<'a> ScoringContext<'a> {
     /// [`ScoringContext::posterior`]).
     pub fn with_posterior(mut self, posterior: &'a dyn Posterior) -> Self {
         self.posterior = Some(posterior);
+        self
+    }
+
+    /// The same context reading the trained run's optimiser state `moments` (see
+    /// [`ScoringContext::optimizer_moments`]).
+    pub fn with_optimizer_moments(mut self, moments: &'a BTreeMap<String, Tensor>) -> Self {
+        self.optimizer_moments = Some(moments);
         self
     }
 
@@ -292,6 +302,7 @@ impl<'a> ScoringContext<'a> {
             sampling: Sampling::Mean,
             rng,
             posterior: None,
+            optimizer_moments: None,
         }
     }
 

@@ -221,6 +221,13 @@ fn check_criterion(cfg: &StudyConfig, name: &str) -> std::result::Result<(), Str
              run; use its exact Gauss-Newton variant (ggn, hp-ggn, hts-ggn) instead"
         ));
     }
+    if name == "adam-fisher" && !matches!(cfg.optim.kind.as_str(), "adam" | "adamw") {
+        return Err(format!(
+            "criterion `adam-fisher` reads the Adam second moments of the trained run, and this model trains with \
+             `{}`; train it with optim.kind = \"adamw\" or use fisher",
+            cfg.optim.kind
+        ));
+    }
     if !reads_posterior(name) {
         return Ok(());
     }
@@ -362,6 +369,11 @@ criteria = ["snr", "log-alpha", "posterior-fisher", "magnitude"]
             (det("log-alpha"), "", "layers `deterministic`"),
             (det("obd"), "", "unknown pruning criterion `obd`"),
             (det("hts"), "", "double backpropagation"),
+            (
+                det("adam-fisher"),
+                "",
+                "criterion `adam-fisher` reads the Adam second moments",
+            ),
             (det("magnitude"), "sparsity = 0.5", "unknown field `sparsity`"),
             (det("magnitude"), "finetune_lr = -1.0", "finetune_lr"),
             (format!("{}{}", det("magnitude"), det("fisher")), "", "appears twice"),

@@ -441,6 +441,8 @@ struct Trained {
     weights: HashMap<String, Tensor>,
     fitted: Option<Fitted>,
     prune: PruneData,
+    /// The optimiser state of the run's last checkpoint (for `adam-fisher`).
+    moments: Option<std::collections::BTreeMap<String, Tensor>>,
 }
 
 impl Unit<'_> {
@@ -559,6 +561,7 @@ impl Unit<'_> {
             classes: self.data.classes,
         };
         Ok(Trained {
+            moments: crate::prune::optimizer_moments(&run)?,
             cfg,
             weights,
             fitted,
@@ -589,6 +592,7 @@ impl Unit<'_> {
             Some(&t.weights),
             &spec,
             t.fitted.as_ref().map(|f| f.posterior()),
+            t.moments.as_ref(),
         )?;
         Ok((Some(p.masks), p.table.sparsity()))
     }

@@ -17,6 +17,7 @@ pub mod magnitude;
 pub mod posterior;
 pub mod second_order;
 pub mod synflow;
+pub mod training;
 
 pub use first_order::{EmpiricalFisher, FisherScore, Snip};
 pub use magnitude::{Magnitude, Random};
@@ -25,6 +26,7 @@ pub use second_order::{
     ggn_diagonal, hutchinson_diagonal, hvp, Ggn, Grasp, HessianScore, Hutchinson, HutchinsonOptions,
 };
 pub use synflow::{float64_twin, SynFlow};
+pub use training::AdamFisher;
 
 use crate::criterion::{CriterionEntry as E, CriterionOptions};
 
@@ -59,4 +61,5 @@ pub static CRITERIA: &[E] = &[
     E::new("log-alpha", "posterior −log α (Molchanov et al. 2017)", |_| Box::new(PosteriorScore::LogAlpha)),
     E::new("inclusion", "posterior gate inclusion probability", |_| Box::new(PosteriorScore::Inclusion)),
     E::new("posterior-fisher", "Fisher diagonal of the mean-mode network (Mohan, Scaife et al. 2022)", |_| Box::new(PosteriorFisher::default())).with_data(),
+    E::new("adam-fisher", "Adam's second moment of the training gradient, the Fisher ranking of Mohan, Scaife et al.'s code", |_| Box::new(AdamFisher)),
 ];
