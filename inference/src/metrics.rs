@@ -12,13 +12,17 @@
 //! The *confidence* of a prediction is its largest probability; the *prediction* is the class
 //! attaining it, ties broken by the lowest class index. With `B` equal-width bins, bin `b`
 //! (`0 ≤ b < B`) covers the half-open interval `(b/B, (b+1)/B]` — open below, closed above.
-//! This is torchmetrics' convention: `_binning_bucketize` assigns
-//! `torch.bucketize(confidence, linspace(0, 1, B + 1)) - 1` with `right=False`, i.e. the bin whose
-//! upper edge is the first boundary `≥ confidence` (the older loop version tests
-//! `lower < c ≤ upper` explicitly). A confidence of exactly `0` (only possible for an all-zero
-//! row) goes to the first bin and a confidence above `1` to the last; torchmetrics has no bin
-//! for either. Boundaries are compared in `f64` as `b as f64 / B as f64`; torchmetrics compares in
-//! `f32`, so a confidence lying within rounding of a boundary may land in the neighbouring bin.
+//! This is the textbook convention (Naeini et al. 2015; Guo et al. 2017), and netcal's. A
+//! confidence of exactly `0` (only possible for an all-zero row) goes to the first bin and a
+//! confidence above `1` to the last. Boundaries are compared in `f64` as `b as f64 / B as f64`.
+//!
+//! torchmetrics 1.9 differs at the edges: its `_binning_bucketize` calls `torch.bucketize` with
+//! `right=True`, so its bins are closed below, and a confidence of exactly `1` falls into a bin of
+//! its own past the last (its issue #3510). For float32 probabilities only the confidences equal
+//! to 1 are affected: its ECE then differs from this one when those examples are not off in the
+//! same direction as the rest of the last bin (one correct prediction at 0.95 and one wrong at 1:
+//! here 0.475, torchmetrics 0.525). On the LeNet-5 report of `results/report-lenet5` the two
+//! agree to 1e-6 (`results/report-lenet5/agreement.md`, `bench/report_metrics_check.py`).
 
 use crate::likelihood::HALF_LOG_2PI;
 use crate::predict::RegressionPredictions;
@@ -124,7 +128,7 @@ fn bin_index(c: f64, bins: usize) -> usize {
 
 /// Per-bin counts and means for a reliability diagram, with `bins` equal-width bins
 /// `(b/bins, (b+1)/bins]` over the top-1 confidence (see the [module docs](self) for the edge
-/// convention, which follows torchmetrics).
+/// convention and how torchmetrics' differs).
 ///
 /// For bin `b` with examples `I_b`: `count = |I_b|`,
 /// `mean_confidence = (1/|I_b|) Σ_{i∈I_b} max_k p_{ik}` and
@@ -184,9 +188,11 @@ pub fn reliability_bins(probs: &[f32], labels: &[u32], classes: usize, bins: usi
 ///   `[0, 2]`; some libraries divide by `K = classes` as well (then divide this value by `K`);
 /// - ECE `= Σ_b (n_b/N) |acc_b − conf_b|` (Naeini et al. 2015; Guo et al. 2017) over
 ///   [`CALIBRATION_BINS`] = 15 equal-width bins `(b/15, (b+1)/15]` of the top-1 confidence, as
-///   computed by [`reliability_bins`] (torchmetrics' `multiclass_calibration_error` with
-///   `n_bins=15, norm="l1"`);
-/// - MCE `= max_b |acc_b − conf_b|` over the non-empty bins (torchmetrics' `norm="max"`).
+///   computed by [`reliability_bins`] (netcal's `ECE(bins=15)`; torchmetrics'
+///   `multiclass_calibration_error` with `n_bins=15, norm="l1"` but for its edge convention, see
+///   the [module docs](self));
+/// - MCE `= max_b |acc_b − conf_b|` over the non-empty bins (netcal's `MCE`, torchmetrics'
+///   `norm="max"`).
 ///
 /// ```
 /// use secateur_inference::metrics::classification_metrics;

@@ -414,7 +414,7 @@ fn blocks(data: &str, ood_name: Option<&str>, results: &[RunResult]) -> Result<V
                 .collect(),
         ),
         Block::Heading(2, "Calibration on the test set".into()),
-        Block::Paragraph("ECE: 15 equal-width bins; adaptive ECE: 15 equal-mass bins; class-wise ECE: mean over classes. Brier = reliability − resolution + uncertainty (Murphy 1973). AURC: area under the risk–coverage curve, ranking by predictive entropy (lower is better).".into()),
+        Block::Paragraph("ECE: 15 equal-width bins; adaptive ECE: 15 equal-mass bins; class-wise ECE: mean over classes. Brier decomposition (Murphy 1973) over the cells of the predicted class, as TensorFlow Probability computes it: Brier = uncertainty − resolution + reliability + a within-cell covariance term, which vanishes only when the forecast is constant within each cell (see `secateur_inference::calibration::brier_decomposition`). AURC: area under the risk–coverage curve, ranking by predictive entropy (lower is better).".into()),
         Block::Table(
             ["run", "accuracy", "NLL", "Brier", "reliability", "resolution", "uncertainty", "ECE", "adaptive ECE", "class-wise ECE", "MCE", "AURC"]
                 .map(String::from)

@@ -38,7 +38,9 @@
 //! posterior: the signal-to-noise ratio `|μ|/σ` (Graves 2011; Blundell et al. 2015; Mohan,
 //! Scaife et al. 2022 prune variational networks by it), `−log α` with `log α = log σ² − log μ²`
 //! (Molchanov, Ashukha & Vetrov 2017), a gate's inclusion probability, and the Fisher diagonal of
-//! the posterior-mean network (Mohan, Scaife et al. 2022). They apply to Bayesian layers that
+//! the posterior-mean network (Mohan, Scaife et al. 2022). `adam-fisher` reads the trained run's
+//! last checkpoint instead (Adam's second moment of each weight's training gradient, the Fisher
+//! ranking of Mohan, Scaife et al.'s code) and applies to models trained with Adam. They apply to Bayesian layers that
 //! report those statistics, or to a run with a `[posterior]` (SWAG, Laplace: mean and σ only).
 //! Deterministic criteria (`magnitude`, `fisher`, `snip`, `lamp`, `random`, …) score the weights
 //! (a Bayesian layer's posterior means) and apply to every model. A criterion that does not
@@ -83,7 +85,10 @@
 //! dashed with the fine-tune, bands ± 1 sd). A directory that already holds a compression study
 //! is refused unless `--resume` (continue: the rows in `results.csv` are skipped, finished runs
 //! reused, an unfinished run resumed from its checkpoint; a study killed at any point, even by
-//! SIGKILL, continues to the same rows but for `seconds`) or `--force` (replace it). `--shard
+//! SIGKILL, continues to the same rows but for `seconds`) or `--force` (replace it). A resumed
+//! (model, seed) whose dense row is already recorded first evaluates its dense network again and
+//! refuses to go on if it differs (a run retrained on another machine or build would mix rows
+//! of two networks). `--shard
 //! I/N` runs every N-th (model, seed) from the I-th; shards may share a directory (start one
 //! with `--out`, the others with `--resume`).
 //!

@@ -384,7 +384,8 @@ pub fn run(file: &CompressionFile, path: &Path, opts: &RunOptions) -> Result<Pat
             ),
         });
     }
-    let done: BTreeSet<RowKey> = done.iter().map(CompressionRow::key).collect();
+    let recorded = done;
+    let done: BTreeSet<RowKey> = recorded.iter().map(CompressionRow::key).collect();
     if !opts.report_only {
         let units: Vec<(usize, u64)> = (0..study.models.len())
             .flat_map(|i| study.seeds.iter().map(move |&s| (i, s)))
@@ -415,7 +416,12 @@ pub fn run(file: &CompressionFile, path: &Path, opts: &RunOptions) -> Result<Pat
                 dir: &dir,
                 order: &order,
             };
-            unit.run(path, &missing, opts, &bar)?;
+            // the unit's dense row, if an earlier process recorded it: the network trained now
+            // must give it again
+            let dense = recorded
+                .iter()
+                .find(|r| r.model == m.name && r.seed == seed && r.criterion == DENSE && !r.finetuned);
+            unit.run(path, &missing, dense, opts, &bar)?;
             super::plot::write_report(study, &dir)?;
         }
         bar.finish_and_clear();
@@ -447,9 +453,26 @@ struct Trained {
 
 impl Unit<'_> {
     /// Trains (or resumes, or reuses) the unit's run, then computes the `missing` rows, adding
-    /// each to `results.csv` as it comes.
-    fn run(&self, path: &Path, missing: &[(String, f64, bool)], opts: &RunOptions, bar: &ProgressBar) -> Result<()> {
+    /// each to `results.csv` as it comes. Where the unit's dense row was recorded earlier
+    /// (`dense`), the network trained now must reproduce it ([`check_dense`]) before any row is
+    /// added, so that a resumed study never mixes rows of two different trained networks.
+    fn run(
+        &self,
+        path: &Path,
+        missing: &[(String, f64, bool)],
+        dense: Option<&CompressionRow>,
+        opts: &RunOptions,
+        bar: &ProgressBar,
+    ) -> Result<()> {
         let t = self.trained(path, opts, bar)?;
+        if let Some(recorded) = dense.filter(|d| d.error.is_empty()) {
+            bar.set_message(format!(
+                "{} s{}: checking the dense network",
+                self.model.name, self.seed
+            ));
+            let (net, _) = self.network(&t, None, false)?;
+            check_dense(self.dir, recorded, self.evaluate(&t, &net)?)?;
+        }
         let mut cells: Vec<(String, f64)> = missing.iter().map(|(c, s, _)| (c.clone(), *s)).collect();
         cells.dedup();
         for (crit, target) in cells {
@@ -659,6 +682,29 @@ impl Unit<'_> {
 }
 
 /// Writes an evaluation (or its error) into a row.
+/// Refuses a trained network whose dense metrics (accuracy, NLL, ECE, OOD AUROC) differ from the
+/// dense row recorded for its unit beyond the six decimals `results.csv` keeps: the study was
+/// resumed on another machine or build, or the trained run was replaced, and its remaining rows
+/// would come from another network than the recorded ones.
+fn check_dense(dir: &Path, recorded: &CompressionRow, now: [f64; 4]) -> Result<()> {
+    let was = [recorded.accuracy, recorded.nll, recorded.ece, recorded.ood_auroc];
+    // equal to the file's six decimals, or both NaN; a NaN on one side only differs
+    let same = |a: f64, b: f64| (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-6;
+    let differs = was.iter().zip(&now).any(|(a, b)| !same(*a, *b));
+    if differs {
+        return Err(ExpError::Run {
+            path: dir.join(RESULTS_FILE),
+            message: format!(
+                "records for {} seed {} a dense network with accuracy {:.6}, NLL {:.6}, ECE {:.6}, OOD AUROC {:.6}; \
+                 the network trained now gives {:.6}, {:.6}, {:.6}, {:.6} (another machine or build?). Its remaining \
+                 rows would come from another network: finish the study where it began, or start it again with --force",
+                recorded.model, recorded.seed, was[0], was[1], was[2], was[3], now[0], now[1], now[2], now[3]
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn fill(r: &mut CompressionRow, v: Result<[f64; 4]>) {
     match v {
         Ok([a, n, e, o]) => {
@@ -690,6 +736,23 @@ mod tests {
             seconds: 1.5,
             error: err.into(),
         }
+    }
+
+    /// A resumed unit's dense network must give its recorded dense row again, to the six
+    /// decimals the file keeps; a change, also from NaN to a number, is refused naming both.
+    #[test]
+    fn a_resumed_unit_must_reproduce_its_dense_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = row("m", DENSE, 0.0, false, "");
+        assert!(check_dense(dir.path(), &r, [0.8125 + 4e-7, f64::NAN, 0.03, 0.9]).is_ok());
+        let e = check_dense(dir.path(), &r, [0.813, f64::NAN, 0.03, 0.9])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("0.812500") && e.contains("0.813000") && e.contains("--force"),
+            "{e}"
+        );
+        assert!(check_dense(dir.path(), &r, [0.8125, 0.3, 0.03, 0.9]).is_err());
     }
 
     /// Rows written and read back are the same rows (NaN compared as NaN), an error with
