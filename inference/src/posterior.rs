@@ -308,11 +308,18 @@ pub fn predict_at_mean(
 #[derive(Debug, Clone)]
 pub struct Ensemble {
     members: Vec<ParamSample>,
+    kind: String,
 }
 
 impl Ensemble {
     /// An ensemble of `members` (at least one; all with the same names and shapes).
     pub fn new(members: Vec<ParamSample>) -> Result<Self> {
+        Self::named("ensemble", members)
+    }
+
+    /// [`Ensemble::new`] under another family name ([`Posterior::kind`]), for other finite,
+    /// equally weighted mixtures: the particles of SVGD (`svgd`).
+    pub fn named(kind: &str, members: Vec<ParamSample>) -> Result<Self> {
         let Some(first) = members.first() else {
             candle_core::bail!("an ensemble needs at least one member");
         };
@@ -336,7 +343,10 @@ impl Ensemble {
                 }
             }
         }
-        Ok(Self { members })
+        Ok(Self {
+            members,
+            kind: kind.to_string(),
+        })
     }
 
     /// Rebuilds an ensemble from [`Posterior::tensors`] (names `member{i}/{name}`).
@@ -387,7 +397,7 @@ impl Ensemble {
 
 impl Posterior for Ensemble {
     fn kind(&self) -> &str {
-        "ensemble"
+        &self.kind
     }
 
     fn mean(&self) -> Result<ParamSample> {

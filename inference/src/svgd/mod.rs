@@ -23,6 +23,8 @@
 //! [`AdagradMomentum`] is the reference code's step: `H ← G²` on the first step and
 //! `H ← α H + (1 − α) φ²` after, `x ← x + ε_step · φ / (ε + √H)` (α = 0.9, ε = 10⁻⁶).
 
+pub mod network;
+
 use candle_core::{DType, Result, Tensor, D};
 
 /// How the particles interact.
