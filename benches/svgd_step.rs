@@ -7,7 +7,9 @@
 //!
 //! - `svgd/20`: [`SteinNetwork::step`] — for each particle, write it into the store, forward,
 //!   cross-entropy, backward, flatten the gradient; then the 20 × 20 kernel, the Stein direction
-//!   and the AdaGrad step on the `[20, 61,706]` particle matrix;
+//!   and the AdaGrad step on the `[20, 61,706]` particle matrix, fused
+//!   ([`secateur_inference::svgd::stein_step`]);
+//! - `svgd-gradients/20` and `svgd-update/20`: the two halves of that step;
 //! - `separate/20`: for each of 20 networks (own stores), forward, cross-entropy, backward and an
 //!   SGD step with momentum.
 //!
@@ -36,7 +38,9 @@ fn lenet(seed: u64) -> (secateur_models::Network, ParamStore) {
 
 fn bench(c: &mut Criterion) {
     let mut data = SeededRng::new(1);
-    let x = data.randn(&[BATCH, 1, 28, 28], DType::F32, &Device::Cpu).expect("input");
+    let x = data
+        .randn(&[BATCH, 1, 28, 28], DType::F32, &Device::Cpu)
+        .expect("input");
     let labels: Vec<u32> = (0..BATCH).map(|i| (i % 10) as u32).collect();
     let y = Tensor::from_vec(labels, BATCH, &Device::Cpu).expect("labels");
 
@@ -68,7 +72,7 @@ fn bench(c: &mut Criterion) {
     });
     // the two halves of the SVGD step
     let layout = svgd.layout().clone();
-    let parts = svgd.particles().clone();
+    let parts = svgd.particles().expect("particles");
     group.bench_function(format!("svgd-gradients/{PARTICLES}"), |b| {
         b.iter(|| {
             let params = store.params();
@@ -81,15 +85,18 @@ fn bench(c: &mut Criterion) {
             }
         })
     });
-    let g = parts.ones_like().expect("g");
+    let mut xs = parts.flatten_all().and_then(|t| t.to_vec1::<f64>()).expect("particles");
+    let g = vec![1.0; xs.len()];
     let mut stepper = secateur_inference::svgd::AdagradMomentum::new(1e-3);
     group.bench_function(format!("svgd-update/{PARTICLES}"), |b| {
         b.iter(|| {
-            let d = secateur_inference::svgd::stein_direction(&parts, &g, Interaction::Stein).expect("phi");
-            stepper.apply(&parts, &d.phi).expect("apply")
+            secateur_inference::svgd::stein_step(&mut xs, &g, PARTICLES, Interaction::Stein, &mut stepper)
+                .expect("step")
         })
     });
-    let mut opts: Vec<Sgd> = (0..PARTICLES).map(|_| Sgd::new(SgdConfig::default()).expect("sgd")).collect();
+    let mut opts: Vec<Sgd> = (0..PARTICLES)
+        .map(|_| Sgd::new(SgdConfig::default()).expect("sgd"))
+        .collect();
     group.bench_function(format!("separate/{PARTICLES}"), |b| {
         b.iter(|| {
             for ((n, s), opt) in nets.iter().zip(opts.iter_mut()) {
