@@ -54,6 +54,30 @@ fn options(config: PathBuf, out: PathBuf, spec: PruneSpec) -> PruneOptions {
     }
 }
 
+/// Trains `cfg` quietly into `out`.
+fn train_into(cfg: &StudyConfig, out: &Path) {
+    let opts = TrainOptions {
+        out: Some(out.to_path_buf()),
+        quiet: true,
+        ..TrainOptions::default()
+    };
+    commands::train(cfg, &opts, None).expect("train");
+}
+
+/// The largest absolute difference of two tensors (as f64).
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
 fn scores_options(criterion: &str, weights: Option<PathBuf>, config: PathBuf, out: PathBuf) -> prune::ScoresOptions {
     prune::ScoresOptions {
         criterion: criterion.into(),
@@ -366,12 +390,7 @@ fn a_prune_of_a_trained_run_loads_as_the_masked_run() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = StudyConfig::from_toml(LENET, "lenet", &[]).unwrap();
     let run = tmp.path().join("run");
-    let topts = TrainOptions {
-        out: Some(run.clone()),
-        quiet: true,
-        ..TrainOptions::default()
-    };
-    commands::train(&cfg, &topts, None).expect("train");
+    train_into(&cfg, &run);
     let out = tmp.path().join("fc-half");
     let mut s = spec("magnitude", 0.5);
     s.keep_conv = true;
@@ -452,12 +471,7 @@ fn adam_fisher_scores_are_the_checkpoint_second_moments() {
     };
     let adam = StudyConfig::from_toml(LENET, "lenet", &set("adamw")).unwrap();
     let run = tmp.path().join("adam");
-    let topts = TrainOptions {
-        out: Some(run.clone()),
-        quiet: true,
-        ..TrainOptions::default()
-    };
-    commands::train(&adam, &topts, None).expect("train");
+    train_into(&adam, &run);
     let out = tmp.path().join("p");
     let opts = PruneOptions {
         run: Some(run.clone()),
@@ -476,28 +490,12 @@ fn adam_fisher_scores_are_the_checkpoint_second_moments() {
     .unwrap();
     assert_eq!(scores.len(), 5, "{:?}", scores.keys().collect::<Vec<_>>());
     for (name, s) in &scores {
-        let v = &opt[&format!("{name}.exp_avg_sq")];
-        let d = (s.to_dtype(DType::F64).unwrap() - v.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert_eq!(d, 0.0, "{name}");
+        assert_eq!(max_abs_diff(s, &opt[&format!("{name}.exp_avg_sq")]), 0.0, "{name}");
     }
 
     let sgd = StudyConfig::from_toml(LENET, "lenet", &set("sgd")).unwrap();
     let run = tmp.path().join("sgd");
-    let topts = TrainOptions {
-        out: Some(run.clone()),
-        quiet: true,
-        ..TrainOptions::default()
-    };
-    commands::train(&sgd, &topts, None).expect("train");
+    train_into(&sgd, &run);
     let opts = PruneOptions {
         run: Some(run),
         config: None,
