@@ -371,9 +371,11 @@ pub struct ScoresCmd {
 pub struct StudyCmd {
     /// The study: `pai` (pruning at initialisation: criteria × sparsities × batch-norm warm-up ×
     /// seeds, each network trained with its masks), `posteriors` (methods × seeds of one base
-    /// config: MAP, MC dropout, VI, SWAG, Laplace, ensembles, …) or `compression` (trained
-    /// networks pruned by posterior and deterministic criteria, without and with a fine-tune).
-    #[arg(value_parser = ["pai", "posteriors", "compression"])]
+    /// config: MAP, MC dropout, VI, SWAG, Laplace, ensembles, …), `compression` (trained
+    /// networks pruned by posterior and deterministic criteria, without and with a fine-tune) or
+    /// `svgd` (Bayesian neural network regression by SVGD on random splits of a UCI table, as
+    /// Liu & Wang 2016).
+    #[arg(value_parser = ["pai", "posteriors", "compression", "svgd"])]
     pub study: String,
     /// The study file (e.g. experiments/configs/pai.toml).
     #[arg(long, value_name = "FILE")]
@@ -611,6 +613,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 quiet: c.quiet,
             };
             let dir = crate::posterior_study::run(&study, &c.config, &opts)?;
+            println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
+            println!("study directory: {}", dir.display());
+        }
+        Command::Study(c) if c.study == "svgd" => {
+            let file = crate::svgd_study::SvgdFile::from_file(&c.config)?;
+            let opts = crate::svgd_study::RunOptions {
+                out: c.out.clone(),
+                resume: c.resume.clone(),
+                force: c.force,
+                data_dir: c.common.data_dir.clone(),
+            };
+            let dir = crate::svgd_study::run(&file, &c.config, &opts)?;
             println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
             println!("study directory: {}", dir.display());
         }

@@ -46,6 +46,7 @@ pub mod posterior_study;
 pub mod prune;
 pub mod seed_stream;
 pub mod store;
+pub mod svgd_study;
 
 pub use error::{ExpError, Result};
 pub use secateur_datasets as data;
