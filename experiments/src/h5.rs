@@ -182,15 +182,7 @@ fn write_regression_into(tmp: &Path, results: &[crate::comparison::regression::R
     let file = hdf5::File::create(tmp)?;
     for r in results {
         let g = file.create_group(&r.label)?;
-        let t = &r.per_target;
-        for (name, v) in [
-            ("mean", &t.mean),
-            ("std", &t.std),
-            ("aleatoric_var", &t.aleatoric),
-            ("epistemic_var", &t.epistemic),
-            ("pit", &t.pit),
-            ("targets", &t.targets),
-        ] {
+        for (name, v) in r.per_target.columns() {
             g.new_dataset::<f64>()
                 .shape([v.len()])
                 .create(name)?

@@ -69,6 +69,21 @@ pub struct PerTarget {
     pub targets: Vec<f64>,
 }
 
+impl PerTarget {
+    /// The per-target arrays under the names the report writes them (`arrays/<run>.safetensors`
+    /// and `results.h5`): `mean`, `std`, `aleatoric_var`, `epistemic_var`, `pit`, `targets`.
+    pub fn columns(&self) -> [(&'static str, &Vec<f64>); 6] {
+        [
+            ("mean", &self.mean),
+            ("std", &self.std),
+            ("aleatoric_var", &self.aleatoric),
+            ("epistemic_var", &self.epistemic),
+            ("pit", &self.pit),
+            ("targets", &self.targets),
+        ]
+    }
+}
+
 /// Measures one regression run (see the [module documentation](self)).
 pub fn measure(label: &str, path: &Path, data_dir: Option<&Path>, device: &str) -> Result<RegressionResult> {
     let (predictions, cfg) = predict_run(path, data_dir, device)?;
@@ -324,14 +339,7 @@ pub fn arrays(r: &RegressionResult) -> Result<Vec<(String, Tensor)>> {
     let t = &r.per_target;
     let n = t.targets.len();
     let mut out = Vec::new();
-    for (name, v) in [
-        ("mean", &t.mean),
-        ("std", &t.std),
-        ("aleatoric_var", &t.aleatoric),
-        ("epistemic_var", &t.epistemic),
-        ("pit", &t.pit),
-        ("targets", &t.targets),
-    ] {
+    for (name, v) in t.columns() {
         out.push((name.to_string(), Tensor::from_vec(v.clone(), n, &Device::Cpu)?));
     }
     Ok(out)
