@@ -24,7 +24,7 @@ impl Cli {
     pub fn needs_double_backprop(&self) -> bool {
         let second = |name: &str| secateur_pruning::criterion::entry(name).is_ok_and(|e| e.needs_double_backprop);
         match &self.command {
-            Command::Prune(c) => second(&c.criterion),
+            Command::Prune(c) => c.criterion.as_deref().is_some_and(second),
             Command::Scores(c) => c.diagnose || second(&c.criterion),
             Command::Study(c) => {
                 c.study == "pai" && crate::pai::PaiConfig::from_file(&c.config).is_ok_and(|p| p.needs_double_backprop())
@@ -269,9 +269,19 @@ pub struct QuickstartCmd {
 /// `secateur prune`.
 #[derive(Debug, Args)]
 pub struct PruneCmd {
-    // Criterion: the registry's names (the help is made from it).
+    /// How the mask is found: `score` (a criterion's scores, top-k) or `dllp` (distribution-
+    /// lossless pruning: Stein variational inference over relaxed masks and weights of a trained
+    /// deterministic run, `secateur_pruning::dllp`).
+    #[arg(long, default_value = "score", value_parser = ["score", "dllp"])]
+    pub method: String,
+    // Criterion: the registry's names (the help is made from it); required by --method score.
     #[arg(long, help = criterion_help())]
-    pub criterion: String,
+    pub criterion: Option<String>,
+    /// --method dllp: a TOML file with a [dllp] table of its settings (particles, epochs, step,
+    /// mask_step, temperature, weight_prior_std, init_keep, jitter, repulsive); default: the
+    /// defaults of every key.
+    #[arg(long, value_name = "FILE")]
+    pub dllp_config: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub criterion_args: CriterionArgs,
@@ -319,12 +329,34 @@ pub struct PruneCmd {
     /// already holds any of them, or a run (config.toml), is refused unless --force.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// No progress output (--method dllp).
+    #[arg(long)]
+    pub quiet: bool,
     /// Replace an earlier prune's files in --out, or write into a run directory.
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
+}
+
+impl PruneCmd {
+    /// The criterion `--method` asks for: `score` needs `--criterion`, `dllp` refuses one (it
+    /// finds its own mask) and has none.
+    pub fn method_criterion(&self) -> Result<Option<String>> {
+        match (self.method.as_str(), &self.criterion) {
+            ("dllp", Some(_)) => Err(ExpError::config(
+                "--criterion",
+                "--method dllp finds its own mask; leave out --criterion",
+            )),
+            ("dllp", None) => Ok(None),
+            (_, None) => Err(ExpError::config(
+                "--criterion",
+                "--method score needs a criterion (--criterion NAME), or use --method dllp",
+            )),
+            (_, Some(c)) => Ok(Some(c.clone())),
+        }
+    }
 }
 
 /// `secateur scores`.
@@ -546,19 +578,65 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Prune(c) => {
+            let criterion = c.method_criterion()?;
+            let spec = crate::prune::PruneSpec {
+                criterion: criterion.clone().unwrap_or_else(|| "dllp".into()),
+                sparsity: c.sparsity,
+                scope: c.scope,
+                bn_warmup_batches: c.bn_warmup,
+                rounds: c.rounds,
+                samples_per_class: c.samples_per_class,
+                keep_first: c.keep_first,
+                keep_last: c.keep_last,
+                keep_conv: c.keep_conv,
+                options: c.criterion_args.options(),
+            };
+            if criterion.is_none() {
+                let Some(run) = c.run.clone() else {
+                    return Err(ExpError::config(
+                        "--method dllp",
+                        "prunes a trained run: give --run DIR",
+                    ));
+                };
+                let dllp = match &c.dllp_config {
+                    Some(f) => crate::dllp::DllpConfig::from_file(f)?,
+                    None => crate::dllp::DllpConfig::default(),
+                };
+                let m = crate::dllp::prune(&crate::dllp::DllpPruneOptions {
+                    spec,
+                    run,
+                    overrides: c.set.clone(),
+                    dllp,
+                    out: c.out.clone(),
+                    data_dir: c.common.data_dir.clone(),
+                    force: c.force,
+                    quiet: c.quiet,
+                })?;
+                println!(
+                    "{}",
+                    std::fs::read_to_string(c.out.join("layers.md")).unwrap_or_default()
+                );
+                let f = |k: &str| m.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                println!(
+                    "dllp at sparsity {:.4}: {} of {} prunable weights kept; mask agreement {:.3} ± {:.3}; test accuracy {:.2}%, NLL {:.4}, ECE {:.4}, mean mutual information {:.4}; files in {}",
+                    f("sparsity"),
+                    m.get("kept").and_then(|v| v.as_u64()).unwrap_or(0),
+                    m.get("prunable").and_then(|v| v.as_u64()).unwrap_or(0),
+                    f("mask_agreement"),
+                    f("mask_agreement_sd"),
+                    100.0 * f("test_accuracy"),
+                    f("test_nll"),
+                    f("test_ece"),
+                    f("test_mean_mutual_information"),
+                    c.out.display()
+                );
+                return Ok(());
+            }
+            if c.dllp_config.is_some() {
+                return Err(ExpError::config("--dllp-config", "belongs to --method dllp"));
+            }
             let opts = crate::prune::PruneOptions {
-                spec: crate::prune::PruneSpec {
-                    criterion: c.criterion,
-                    sparsity: c.sparsity,
-                    scope: c.scope,
-                    bn_warmup_batches: c.bn_warmup,
-                    rounds: c.rounds,
-                    samples_per_class: c.samples_per_class,
-                    keep_first: c.keep_first,
-                    keep_last: c.keep_last,
-                    keep_conv: c.keep_conv,
-                    options: c.criterion_args.options(),
-                },
+                spec,
                 run: c.run,
                 config: c.config,
                 overrides: c.criterion_args.overrides(c.set),
@@ -683,6 +761,44 @@ mod tests {
         Cli::try_parse_from(args)
     }
 
+    /// `--method` is `score` by default, which needs `--criterion`; `--method dllp` runs without
+    /// one; other methods are refused.
+    #[test]
+    fn prune_methods_parse() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["secateur", "prune", "--sparsity", "0.9", "--run", "r", "--out", "o"];
+            v.extend_from_slice(args);
+            Cli::try_parse_from(v)
+        };
+        let method = |c: Cli| match c.command {
+            Command::Prune(p) => Some((p.method, p.criterion)),
+            _ => None,
+        };
+        assert_eq!(
+            parse(&["--method", "dllp"]).ok().and_then(method),
+            Some(("dllp".to_string(), None))
+        );
+        assert_eq!(
+            parse(&["--criterion", "snr"]).ok().and_then(method),
+            Some(("score".to_string(), Some("snr".to_string())))
+        );
+        let check = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Prune(p)) => p.method_criterion().map_err(|e| e.to_string()),
+            _ => Err("does not parse".into()),
+        };
+        assert_eq!(check(&["--criterion", "snr"]), Ok(Some("snr".into())));
+        assert_eq!(check(&["--method", "dllp"]), Ok(None));
+        let e = check(&[]).unwrap_err();
+        assert!(e.contains("--criterion") && e.contains("dllp"), "{e}");
+        let e = check(&["--method", "dllp", "--criterion", "snr"]).unwrap_err();
+        assert!(e.contains("leave out --criterion"), "{e}");
+        let e = parse(&["--method", "gates"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("gates") && e.contains("dllp"), "{e}");
+    }
+
     /// `--scope` parses into `Scope` (default global), lists its values, and refuses others.
     #[test]
     fn scope_parses_into_the_enum() {
@@ -718,7 +834,7 @@ mod tests {
             prune(&[])
                 .map(|mut c| {
                     if let Command::Prune(p) = &mut c.command {
-                        p.criterion = crit.into();
+                        p.criterion = Some(crit.into());
                     }
                     c.needs_double_backprop()
                 })

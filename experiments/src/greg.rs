@@ -16,9 +16,8 @@ use candle_core::Device;
 use secateur_bayes::{Module, ParamStore};
 use secateur_inference::schedule::Schedule;
 use secateur_inference::train::{Observer, TrainSettings};
-use secateur_models::ModelSpec;
 use secateur_pruning::greg::{GReg, Phase};
-use secateur_pruning::{geometry, Allocation, Exclusions, MaskSet};
+use secateur_pruning::{Allocation, Exclusions, MaskSet};
 
 /// What the phase did, for `metrics.json`.
 #[derive(Debug, Clone)]
@@ -53,7 +52,7 @@ pub fn regularise(
     }
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = train_set.n_classes as usize;
-    let geom = geometry::record(&ModelSpec::new(cfg.model.arch.clone(), input, classes))?;
+    let geom = crate::commands::geometry(cfg, input, classes)?;
     let exclude = Exclusions {
         first_layer: g.keep_first,
         last_layer: g.keep_last,

@@ -34,6 +34,7 @@ pub mod commands;
 pub mod comparison;
 pub mod compression_study;
 pub mod config;
+pub mod dllp;
 pub mod error;
 pub mod greg;
 #[cfg(feature = "hdf5")]

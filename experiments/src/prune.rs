@@ -23,14 +23,13 @@ use crate::loader::ImageBatches;
 use crate::seed_stream::SeedStream;
 use candle_core::{DType, Device, Tensor};
 use secateur_bayes::{ParamStore, Sampling, SeededRng};
-use secateur_models::ModelSpec;
 use secateur_models::Network;
 use secateur_pruning::allocate::{prune_iteratively, IterativeSchedule};
 use secateur_pruning::criteria::HutchinsonOptions;
 use secateur_pruning::diagnose::LayerCurvature;
 use secateur_pruning::mask::{save_scores, LayerTable};
 use secateur_pruning::{
-    criterion, geometry, Allocation, CriterionOptions, Exclusions, MaskSet, Scope, Scores, ScoringContext, ScoringData,
+    criterion, Allocation, CriterionOptions, Exclusions, MaskSet, Scope, Scores, ScoringContext, ScoringData,
 };
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -237,8 +236,7 @@ pub fn prune_model(
         examples: scoring_examples,
         mut rng,
     } = Scoring::prepare(cfg, data, weights, spec.bn_warmup_batches, spec.samples_per_class)?;
-    let model_spec = ModelSpec::new(cfg.model.arch.clone(), data.input, data.classes);
-    let geom = geometry::record(&model_spec)?;
+    let geom = crate::commands::geometry(cfg, data.input, data.classes)?;
     let exclude = Exclusions {
         first_layer: spec.keep_first,
         last_layer: spec.keep_last,
@@ -303,7 +301,7 @@ pub const PRUNE_SUMMARY: &str = "prune.json";
 /// Refuses, unless `force`, an output directory of `prune` that already holds one of
 /// [`PRUNE_OUTPUTS`] or is a run directory (holds `config.toml`), naming the directory and the
 /// file found.
-fn refuse_existing_prune(out: &Path, force: bool) -> Result<()> {
+pub(crate) fn refuse_existing_prune(out: &Path, force: bool) -> Result<()> {
     if force {
         return Ok(());
     }
@@ -428,7 +426,7 @@ pub fn optimizer_moments(run: &crate::store::RunDir) -> Result<Option<BTreeMap<S
 
 /// `target` as a path from the directory `base` (`../run`), or `target` made absolute where the
 /// two share no prefix (or either cannot be resolved).
-fn relative_to(target: &Path, base: &Path) -> PathBuf {
+pub(crate) fn relative_to(target: &Path, base: &Path) -> PathBuf {
     let (Ok(t), Ok(b)) = (target.canonicalize(), base.canonicalize()) else {
         return std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf());
     };

@@ -71,11 +71,16 @@ pub enum SeedStream {
     /// criterion and sparsity of a seed (and apart from [`SeedStream::Train`], which trained the
     /// network), so that fine-tuned cells are a paired comparison.
     Finetune,
+    /// 12: DLLP (`prune --method dllp`, [`crate::dllp`]): the particles' initial jitter and the
+    /// shuffles of their Stein steps, apart from [`SeedStream::Finetune`], from which the
+    /// fine-tune of its hardened particles draws as every other fine-tune of the compression
+    /// study does.
+    Dllp,
 }
 
 impl SeedStream {
     /// Every stream, in number order.
-    pub const ALL: [SeedStream; 12] = [
+    pub const ALL: [SeedStream; 13] = [
         SeedStream::Init,
         SeedStream::Train,
         SeedStream::Eval,
@@ -88,6 +93,7 @@ impl SeedStream {
         SeedStream::PosteriorPredictive,
         SeedStream::Report,
         SeedStream::Finetune,
+        SeedStream::Dllp,
     ];
 
     /// The stream number passed to [`SeededRng::substream`].
@@ -104,6 +110,7 @@ impl SeedStream {
             SeedStream::PosteriorPredictive => 9,
             SeedStream::Report => 10,
             SeedStream::Finetune => 11,
+            SeedStream::Dllp => 12,
         }
     }
 
@@ -123,7 +130,7 @@ mod tests {
     #[test]
     fn numbers_are_the_published_ones() {
         let n: Vec<u64> = SeedStream::ALL.iter().map(|s| s.number()).collect();
-        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(n, [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10, 11, 12]);
     }
 
     /// Distinct purposes draw from distinct streams, except the documented pair sharing 5, and

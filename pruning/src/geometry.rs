@@ -134,12 +134,22 @@ impl LayerFactory for Recording {
 /// assert_eq!(g.last().unwrap().name, "fc3.weight");
 /// ```
 pub fn record(spec: &ModelSpec) -> Result<Geometry> {
+    record_built(spec.input, |factory, pb| build(spec, factory, pb))
+}
+
+/// Records the weight layers of the network `build` makes with the layer factory and builder it
+/// is given, for inputs of shape `input` (as [`record`] does for a named architecture): for
+/// networks configured beyond their [`ModelSpec`], such as an MLP with other hidden widths.
+pub fn record_built<N: Module>(
+    input: [usize; 3],
+    build: impl FnOnce(&dyn LayerFactory, &ParamBuilder) -> Result<N>,
+) -> Result<Geometry> {
     let log: Log = Arc::default();
     let factory = Recording { log: log.clone() };
     let store = ParamStore::new();
     let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), DType::F32, Device::Cpu);
-    let net = build(spec, &factory, &pb)?;
-    let [c, h, w] = spec.input;
+    let net = build(&factory, &pb)?;
+    let [c, h, w] = input;
     let x = Tensor::zeros((1, c, h, w), DType::F32, &Device::Cpu)?;
     let mut rng = SeededRng::new(0);
     net.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;

@@ -19,6 +19,8 @@
 //!   FTS), Hutchinson (HP, HTS) and the posterior criteria (SNR, sparse-VD log α, gate
 //!   inclusion, Fisher of the mean-mode network).
 //! - [`bn_warmup`]: batch-norm warm-up before scoring (Gollini Navarrete et al. 2025).
+//! - [`dllp`]: distribution-lossless pruning, SVGD over relaxed masks and weights of a trained
+//!   network (a reconstruction from the seed paper's abstract).
 //! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
 //!
 //! The pipeline of pruning at initialisation: build the model, warm up batch norm, score, allocate,
@@ -58,6 +60,7 @@ pub mod bn_warmup;
 pub mod criteria;
 pub mod criterion;
 pub mod diagnose;
+pub mod dllp;
 pub mod geometry;
 pub mod greg;
 pub mod mask;

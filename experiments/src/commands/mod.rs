@@ -35,8 +35,8 @@ pub(crate) use run_dir::{open_resumed, run_dir};
 pub use run_dir::{RunSummary, TrainOptions, MASKS_FILE};
 pub(crate) use setup::load_data;
 pub use setup::{
-    build_model, device, eval_image_batches, eval_table_batches, init_from_deterministic, init_weights_file, optimizer,
-    sampling, train_settings, TrainingSetup,
+    build_model, device, eval_image_batches, eval_table_batches, geometry, init_from_deterministic, init_weights_file,
+    optimizer, sampling, train_settings, TrainingSetup,
 };
 pub use train::train;
 

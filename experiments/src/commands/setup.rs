@@ -49,6 +49,20 @@ pub fn build_model(
     Ok((net, store))
 }
 
+/// The weight layers of the config's network in forward order (as
+/// [`secateur_pruning::geometry::record`], but of the network `build_model` makes: an `mlp` with
+/// `model.hidden` has those layers, not LeNet-300-100's), for exclusions and FLOPs.
+pub fn geometry(cfg: &StudyConfig, input: [usize; 3], classes: usize) -> Result<secateur_pruning::Geometry> {
+    let spec = ModelSpec {
+        arch: cfg.model.arch.clone(),
+        input,
+        classes,
+    };
+    Ok(secateur_pruning::geometry::record_built(input, |factory, pb| {
+        build_with(cfg, &spec, input, classes, factory, pb).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })?)
+}
+
 /// A fresh store and a builder drawing from the config's initialisation stream.
 pub(super) fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) {
     let store = ParamStore::new();

@@ -6,6 +6,7 @@
 
 use crate::commands::build_model;
 use crate::config::StudyConfig;
+use crate::dllp::DllpConfig;
 use crate::error::{ExpError, Result};
 use crate::seed_stream::SeedStream;
 use secateur_pruning::{criterion, Scope, ScoringContext};
@@ -21,6 +22,11 @@ use std::path::{Path, PathBuf};
 /// criterion of the registry scores the weights themselves (the posterior means of a Bayesian
 /// layer), so it applies to every model.
 pub const POSTERIOR_CRITERIA: [&str; 4] = ["snr", "log-alpha", "inclusion", "posterior-fisher"];
+
+/// The criterion name of DLLP's cells: not a score of the registry but a method of its own,
+/// [`crate::dllp`] (Stein variational inference over relaxed masks and weights of the trained
+/// deterministic network), evaluated by its particles' model average.
+pub const DLLP: &str = "dllp";
 
 /// Whether `name` is one of [`POSTERIOR_CRITERIA`].
 pub fn reads_posterior(name: &str) -> bool {
@@ -74,6 +80,10 @@ pub struct CompressionConfig {
     /// weights of their LeNet). Default false.
     #[serde(default)]
     pub keep_conv: bool,
+    /// The settings of the `dllp` cells (`[compression.dllp]`, the keys of
+    /// [`crate::dllp::DllpConfig`]; defaults where left out).
+    #[serde(default)]
+    pub dllp: DllpConfig,
     /// The models, in table order.
     pub models: Vec<CompressionModel>,
 }
@@ -89,7 +99,8 @@ pub struct CompressionModel {
     /// `key=value` overrides of it, as `--set` takes them.
     #[serde(default)]
     pub set: Vec<String>,
-    /// Criteria (names of `secateur_pruning::criterion::CRITERIA`) that apply to this model.
+    /// Criteria (names of `secateur_pruning::criterion::CRITERIA`, or [`DLLP`]) that apply to
+    /// this model.
     pub criteria: Vec<String>,
 }
 
@@ -171,6 +182,7 @@ impl CompressionConfig {
         if self.samples_per_class == 0 {
             return Err("compression.samples_per_class must be at least 1".into());
         }
+        self.dllp.validate().map_err(|e| format!("compression.{e}"))?;
         for (i, m) in self.models.iter().enumerate() {
             let at = format!("compression.models[{i}] (`{}`)", m.name);
             crate::config::check_name(&format!("compression.models[{i}].name"), &m.name)?;
@@ -214,6 +226,9 @@ fn check_model(cfg: &StudyConfig) -> std::result::Result<(), String> {
 /// Refuses an unknown criterion, a second-order one, and a posterior criterion where the
 /// model's kind has no posterior or its `[posterior]` lacks the statistic.
 fn check_criterion(cfg: &StudyConfig, name: &str) -> std::result::Result<(), String> {
+    if name == DLLP {
+        return crate::dllp::check_applicable(cfg);
+    }
     let e = criterion::entry(name).map_err(|e| e.to_string())?;
     if e.needs_double_backprop {
         return Err(format!(
@@ -395,6 +410,14 @@ criteria = ["snr", "log-alpha", "posterior-fisher", "magnitude"]
                 "",
                 "missing.toml",
             ),
+            // DLLP prunes one trained deterministic network; its table's keys are checked
+            (
+                det("dllp").replace("criteria", "set = ['model.layers=\"mean-field\"']\ncriteria"),
+                "",
+                "dllp remodels one trained deterministic network",
+            ),
+            (det("dllp"), "[compression.dllp]\nparticle = 3", "unknown field `particle`"),
+            (det("dllp"), "[compression.dllp]\nepochs = 0", "compression.dllp.epochs"),
         ];
         for (models, extra, want) in cases {
             let p = study(dir.path(), &models, extra);

@@ -19,6 +19,9 @@
 //! keep_last = false            # keep the classifier dense
 //! keep_conv = false            # keep the convolutions dense (prune fully connected layers only)
 //!
+//! [compression.dllp]           # optional: settings of the `dllp` cells (crate::dllp::DllpConfig)
+//! particles = 10
+//!
 //! [[compression.models]]
 //! name = "deterministic"
 //! config = "fashion-mnist-lenet5.toml"   # a training config, relative to this file
@@ -50,6 +53,14 @@
 //! variants), and on the freshly built model (the layers report no `log α` or inclusion
 //! probability). For mean-field and sparse-VD layers, `−log α = 2 log SNR`: `snr` and
 //! `log-alpha` rank weights identically and give the same masks.
+//!
+//! **DLLP.** The criterion `dllp` is a method of its own ([`crate::dllp`]): on a deterministic
+//! model without `[posterior]`, each cell runs DLLP on the trained weights at the cell's
+//! sparsity, with the settings of the optional `[compression.dllp]` table (the keys of
+//! [`crate::dllp::DllpConfig`]), and is evaluated by the model average of its hardened particles
+//! (OOD AUROC by that average's predictive entropy). Its fine-tune is `finetune_epochs` more
+//! passes of Stein steps over the particles with the mask held, shuffles from
+//! [`SeedStream::Finetune`] like every other fine-tune.
 //!
 //! **A cell** is (model, seed, criterion, sparsity). Every cell of a (model, seed) starts from
 //! the same trained weights, `<dir>/runs/<model>-s<seed>/` (an ordinary `train` run of the

@@ -1,7 +1,7 @@
 //! Running the study: its directory, the trained networks, the cells, and the rows of
 //! `results.csv`, each added as it comes (under a lock, so that shards share a directory).
 
-use super::config::{check_applicable, CompressionConfig, CompressionFile, CompressionModel};
+use super::config::{check_applicable, CompressionConfig, CompressionFile, CompressionModel, DLLP};
 use crate::atomic;
 use crate::commands::posterior::Fitted;
 use crate::commands::{build_model, evaluate, load_data, ood_predictions, train, TrainOptions, TrainingSetup};
@@ -492,6 +492,10 @@ impl Unit<'_> {
                 seconds: 0.0,
                 error: String::new(),
             };
+            if crit == DLLP {
+                self.dllp_cell(&t, target, &wants, &row, bar)?;
+                continue;
+            }
             let t0 = Instant::now();
             let masks = if crit == DENSE {
                 Ok((None, 0.0))
@@ -532,6 +536,83 @@ impl Unit<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The `dllp` cell at `target` ([`crate::dllp`]): DLLP on the trained weights (the study's
+    /// scope and exclusions), evaluated by its particles' model average; with the fine-tune, its
+    /// hardened particles take `finetune_epochs` more passes of Stein steps with the mask held
+    /// ([`crate::dllp::finetune`]) and are evaluated again. A failure is recorded in the rows
+    /// it leaves.
+    fn dllp_cell(
+        &self,
+        t: &Trained,
+        target: f64,
+        wants: &dyn Fn(bool) -> bool,
+        row: &dyn Fn(bool) -> CompressionRow,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let spec = PruneSpec {
+            criterion: DLLP.into(),
+            sparsity: target,
+            scope: self.study.scope,
+            bn_warmup_batches: 0,
+            rounds: 1,
+            samples_per_class: self.study.samples_per_class,
+            keep_first: false,
+            keep_last: self.study.keep_last,
+            keep_conv: self.study.keep_conv,
+            options: Default::default(),
+        };
+        let t0 = Instant::now();
+        let fitted = bar.suspend(|| crate::dllp::fit(&t.cfg, &t.prune, &t.weights, &spec, &self.study.dllp, true));
+        let mut out = match fitted {
+            Ok(o) => o,
+            Err(e) => {
+                for f in [false, true].into_iter().filter(|&f| wants(f)) {
+                    let mut r = row(f);
+                    r.error = e.to_string();
+                    r.seconds = t0.elapsed().as_secs_f64();
+                    record(self.dir, r, self.order)?;
+                    bar.inc(1);
+                }
+                return Ok(());
+            }
+        };
+        let sparsity = out.masks.sparsity()?;
+        if wants(false) {
+            let mut r = row(false);
+            r.sparsity = sparsity;
+            fill(&mut r, self.evaluate_dllp(t, &out));
+            r.seconds = t0.elapsed().as_secs_f64();
+            record(self.dir, r, self.order)?;
+            bar.inc(1);
+        }
+        if wants(true) {
+            let t1 = Instant::now();
+            let mut r = row(true);
+            r.sparsity = sparsity;
+            let tuned = crate::dllp::finetune(&mut out, &t.cfg, &t.prune, self.study.finetune_epochs, true);
+            fill(&mut r, tuned.and_then(|_| self.evaluate_dllp(t, &out)));
+            r.seconds = t1.elapsed().as_secs_f64();
+            record(self.dir, r, self.order)?;
+            bar.inc(1);
+        }
+        Ok(())
+    }
+
+    /// Test metrics and OOD AUROC (by predictive entropy) of DLLP's particle average.
+    fn evaluate_dllp(&self, t: &Trained, out: &crate::dllp::DllpOutcome) -> Result<[f64; 4]> {
+        let mc = crate::dllp::predict(out, &t.cfg, &self.data.loaded.test, &t.prune)?;
+        let p = &mc.predictions;
+        let m = secateur_inference::metrics::classification_metrics(&p.probs, &p.labels, p.classes)?;
+        let ood = match &self.data.ood {
+            Some(set) => {
+                let mo = crate::dllp::predict(out, &t.cfg, set, &t.prune)?;
+                auroc(&mo.predictive_entropy, &mc.predictive_entropy)?
+            }
+            None => f64::NAN,
+        };
+        Ok([m.accuracy, m.nll, m.ece, ood])
     }
 
     /// The unit's trained run `<dir>/runs/<model>-s<seed>`: trained by `train` if absent,
