@@ -21,6 +21,15 @@
 //! predictive = "probit"      # probit on the linearised logits | mc (sampled networks)
 //! ```
 //!
+//! ```toml
+//! [posterior]
+//! kind = "svgd"          # SVGD particles trained together (Liu & Wang 2016)
+//! members = 5            # particles
+//! kernel = "rbf"         # rbf (median heuristic) | none (independent particles)
+//! step = 1e-3            # AdaGrad step
+//! prior_std = 1.0        # σ₀ of N(0, σ₀² I)
+//! ```
+//!
 //! Every option belongs to some kinds; an option given to a kind it does not belong to is
 //! refused, naming it and the kinds it belongs to. Options left out take the defaults above
 //! (laplace-torch's defaults for Laplace: last-layer, Kronecker-factored, marginal likelihood,
@@ -32,7 +41,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PosteriorConfig {
-    /// `none` (default), `swa`, `swag-diag`, `swag`, `laplace` or `ensemble`.
+    /// `none` (default), `swa`, `swag-diag`, `swag`, `laplace`, `ensemble` or `svgd`.
     pub kind: String,
     /// Draws S of the Bayesian model average (SWAG, SWAG-diagonal, Laplace with the MC
     /// predictive). Default 30 (Maddox et al. 2019).
@@ -71,9 +80,19 @@ pub struct PosteriorConfig {
     /// `samples` sampled networks (the default for `all`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predictive: Option<String>,
-    /// Ensemble: number of members M. Default 5 (Lakshminarayanan et al. 2017).
+    /// Ensemble: number of members M; SVGD: number of particles. Default 5 (Lakshminarayanan
+    /// et al. 2017).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members: Option<usize>,
+    /// SVGD: `rbf` (default; the median-heuristic RBF kernel) or `none` (independent particles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// SVGD: the AdaGrad step. Default 1e-3 (the reference code's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<f64>,
+    /// SVGD: σ₀ of the Gaussian prior `N(0, σ₀² I)` over every trainable parameter. Default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prior_std: Option<f64>,
 }
 
 impl Default for PosteriorConfig {
@@ -92,12 +111,15 @@ impl Default for PosteriorConfig {
             prior_precision: None,
             predictive: None,
             members: None,
+            kernel: None,
+            step: None,
+            prior_std: None,
         }
     }
 }
 
 /// The kinds `[posterior] kind` accepts.
-pub const POSTERIOR_KINDS: [&str; 6] = ["none", "swa", "swag-diag", "swag", "laplace", "ensemble"];
+pub const POSTERIOR_KINDS: [&str; 7] = ["none", "swa", "swag-diag", "swag", "laplace", "ensemble", "svgd"];
 
 const SWAG_KINDS: &[&str] = &["swa", "swag-diag", "swag"];
 
@@ -131,6 +153,21 @@ impl PosteriorConfig {
     /// Members of an ensemble (default 5).
     pub fn members(&self) -> usize {
         self.members.unwrap_or(5)
+    }
+
+    /// SVGD: the kernel's name (default `rbf`).
+    pub fn kernel(&self) -> &str {
+        self.kernel.as_deref().unwrap_or("rbf")
+    }
+
+    /// SVGD: the AdaGrad step (default 1e-3).
+    pub fn step(&self) -> f64 {
+        self.step.unwrap_or(1e-3)
+    }
+
+    /// SVGD: the prior's σ₀ (default 1).
+    pub fn prior_std(&self) -> f64 {
+        self.prior_std.unwrap_or(1.0)
     }
 
     /// Laplace: whether the approximation covers the last layer only (the default).
@@ -206,7 +243,7 @@ impl PosteriorConfig {
                 POSTERIOR_KINDS.join(", ")
             ));
         }
-        let owners: [(&str, bool, &[&str]); 12] = [
+        let owners: [(&str, bool, &[&str]); 15] = [
             ("samples", self.samples.is_some(), &["swag-diag", "swag", "laplace"]),
             ("start_epoch", self.start_epoch.is_some(), SWAG_KINDS),
             ("collect_every", self.collect_every.is_some(), SWAG_KINDS),
@@ -218,7 +255,10 @@ impl PosteriorConfig {
             ("hessian", self.hessian.is_some(), &["laplace"]),
             ("prior_precision", self.prior_precision.is_some(), &["laplace"]),
             ("predictive", self.predictive.is_some(), &["laplace"]),
-            ("members", self.members.is_some(), &["ensemble"]),
+            ("members", self.members.is_some(), &["ensemble", "svgd"]),
+            ("kernel", self.kernel.is_some(), &["svgd"]),
+            ("step", self.step.is_some(), &["svgd"]),
+            ("prior_std", self.prior_std.is_some(), &["svgd"]),
         ];
         for (field, given, kinds) in owners {
             if given && !kinds.contains(&self.kind.as_str()) {
@@ -237,6 +277,19 @@ impl PosteriorConfig {
         }
         if self.is_swag() {
             self.swag(epochs)?;
+        }
+        if self.kind == "svgd" {
+            if !["rbf", "none"].contains(&self.kernel()) {
+                return Err(format!(
+                    "posterior.kernel must be `rbf` or `none`, got `{}`",
+                    self.kernel()
+                ));
+            }
+            for (field, v) in [("step", self.step()), ("prior_std", self.prior_std())] {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(format!("posterior.{field} must be finite and > 0, got {v}"));
+                }
+            }
         }
         if self.kind == "laplace" {
             match self.subset.as_deref().unwrap_or("last-layer") {
@@ -312,5 +365,16 @@ mod tests {
         assert_eq!((c.hessian(), c.predictive()), ("kron", "probit"));
         let e = parse("kind = \"ensemble\"\nmembers = 1").unwrap_err();
         assert!(e.contains("posterior.members"), "{e}");
+        let c = parse("kind = \"svgd\"\nmembers = 4\nkernel = \"none\"").unwrap();
+        assert_eq!(
+            (c.members(), c.kernel(), c.step(), c.prior_std()),
+            (4, "none", 1e-3, 1.0)
+        );
+        let e = parse("kind = \"svgd\"\nkernel = \"imq\"").unwrap_err();
+        assert!(e.contains("posterior.kernel"), "{e}");
+        let e = parse("kind = \"svgd\"\nstep = 0.0").unwrap_err();
+        assert!(e.contains("posterior.step"), "{e}");
+        let e = parse("kind = \"ensemble\"\nkernel = \"rbf\"").unwrap_err();
+        assert!(e.contains("posterior.kernel") && e.contains("not of `ensemble`"), "{e}");
     }
 }

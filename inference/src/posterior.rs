@@ -368,6 +368,13 @@ impl Ensemble {
         Self::new(members.into_values().collect())
     }
 
+    /// The same members under the family name `kind` (e.g. a saved SVGD posterior read back
+    /// by [`Ensemble::from_tensors`]).
+    pub fn into_named(mut self, kind: &str) -> Self {
+        self.kind = kind.to_string();
+        self
+    }
+
     /// The number of members M.
     pub fn len(&self) -> usize {
         self.members.len()

@@ -24,6 +24,7 @@ pub mod regression;
 mod report;
 mod run_dir;
 mod setup;
+pub mod svgd;
 mod train;
 
 pub use ensemble::train_member;

@@ -130,6 +130,8 @@ pub enum Fitted {
     LastLayer(LastLayerLaplace),
     /// A deep ensemble.
     Ensemble(Ensemble),
+    /// SVGD particles (an ensemble of kind `svgd`, saved in `posterior.safetensors`).
+    Svgd(Ensemble),
 }
 
 impl Fitted {
@@ -140,6 +142,7 @@ impl Fitted {
             Fitted::DiagLaplace(p) => p,
             Fitted::LastLayer(p) => p,
             Fitted::Ensemble(p) => p,
+            Fitted::Svgd(p) => p,
         }
     }
 
@@ -181,6 +184,7 @@ impl Fitted {
         }
         let t = sorted(crate::store::read_finite_safetensors(&file)?);
         Ok(Some(match cfg.posterior.kind.as_str() {
+            "svgd" => Fitted::Svgd(Ensemble::from_tensors(&t)?.into_named("svgd")),
             "laplace" if cfg.posterior.last_layer() => Fitted::LastLayer(LastLayerLaplace::from_tensors(&t)?),
             "laplace" => Fitted::DiagLaplace(DiagLaplace::from_tensors(&t)?),
             _ => Fitted::Swag(Swag::from_tensors(&t)?),

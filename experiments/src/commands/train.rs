@@ -32,6 +32,15 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     if cfg.posterior.kind == "ensemble" {
         return super::ensemble::train(cfg, opts, resume);
     }
+    if cfg.posterior.kind == "svgd" {
+        if cfg.likelihood.is_regression() {
+            return Err(ExpError::config(
+                "posterior.kind",
+                "`svgd` trains classifiers here; regression by SVGD is `secateur study svgd`",
+            ));
+        }
+        return super::svgd::train(cfg, opts, resume);
+    }
     if cfg.likelihood.is_regression() {
         return super::regression::train(cfg, opts, resume);
     }

@@ -212,10 +212,11 @@ fn check_model(cfg: &StudyConfig) -> std::result::Result<(), String> {
     if cfg.likelihood.is_regression() {
         return Err("a regression config (Gaussian likelihood); the study measures classification".into());
     }
-    if cfg.posterior.kind == "ensemble" {
-        return Err(
-            "a deep ensemble has no single network to prune; give one member's config (no [posterior]) instead".into(),
-        );
+    if matches!(cfg.posterior.kind.as_str(), "ensemble" | "svgd") {
+        return Err(format!(
+            "a [posterior] of kind `{}` has no single network to prune; give one member's config (no [posterior]) instead",
+            cfg.posterior.kind
+        ));
     }
     if cfg.greg.enabled() {
         return Err("a [greg] config trains its own masks; the study prunes dense trained networks".into());
@@ -398,7 +399,7 @@ criteria = ["snr", "log-alpha", "posterior-fisher", "magnitude"]
                     "set = ['posterior={kind=\"ensemble\",members=2}']\ncriteria",
                 ),
                 "",
-                "deep ensemble",
+                "has no single network",
             ),
             (
                 det("log-alpha").replace("criteria", "set = ['posterior={kind=\"swag-diag\"}']\ncriteria"),
@@ -416,7 +417,11 @@ criteria = ["snr", "log-alpha", "posterior-fisher", "magnitude"]
                 "",
                 "dllp remodels one trained deterministic network",
             ),
-            (det("dllp"), "[compression.dllp]\nparticle = 3", "unknown field `particle`"),
+            (
+                det("dllp"),
+                "[compression.dllp]\nparticle = 3",
+                "unknown field `particle`",
+            ),
             (det("dllp"), "[compression.dllp]\nepochs = 0", "compression.dllp.epochs"),
         ];
         for (models, extra, want) in cases {
