@@ -22,6 +22,8 @@
 //! - [`dllp`]: distribution-lossless pruning, SVGD over relaxed masks and weights of a trained
 //!   network (a reconstruction from the seed paper's abstract).
 //! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
+//! - [`structured`]: filter/unit groups with their coupled tensors, group masks, data-free
+//!   filter criteria (ℓ1/ℓ2, FPGM, batch-norm statistics) and FLOP/parameter budgets.
 //!
 //! The pipeline of pruning at initialisation: build the model, warm up batch norm, score, allocate,
 //! apply, then train with the masks as a step hook.
@@ -65,6 +67,7 @@ pub mod geometry;
 pub mod greg;
 pub mod mask;
 pub mod prunable;
+pub mod structured;
 
 pub use allocate::{Allocation, Exclusions, IterativeSchedule, Scope};
 pub use criterion::{Criterion, CriterionOptions, Loss, ScoringContext, ScoringData};
