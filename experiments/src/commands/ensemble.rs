@@ -7,8 +7,7 @@
 //! The ensemble predicts by averaging its members' probabilities.
 
 use super::eval::evaluate;
-use super::posterior::{ood_auroc, predict, Fitted};
-use super::report::{report, write_predictions};
+use super::posterior::{write_run_files, Fitted, MixtureRun};
 use super::run_dir::{open_resumed, run_dir, RunSummary, TrainOptions};
 use super::setup::{build_model, device, load_data};
 use crate::atomic;
@@ -16,7 +15,6 @@ use crate::config::StudyConfig;
 use crate::data::Normalizer;
 use crate::error::{ExpError, Result};
 use crate::store::RunDir;
-use secateur_inference::metrics::classification_metrics;
 use secateur_inference::posterior::{Ensemble, ParamSample};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
@@ -141,28 +139,17 @@ pub(super) fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
     let (net, store) = build_model(cfg, input, classes, &dev)?;
     let fitted = Fitted::Ensemble(ens);
-    let mc = predict(cfg, &fitted, &net, &store, &data.test, &train_set, &norm, &dev)?;
-    let p = &mc.predictions;
-    let cm = classification_metrics(&p.probs, &p.labels, p.classes)?;
-    let mut metrics = Map::new();
-    let mut put = |k: &str, v: Value| {
-        metrics.insert(k.to_string(), v);
+    let mixture = MixtureRun {
+        cfg,
+        fitted: &fitted,
+        net: &net,
+        store: &store,
+        test: &data.test,
+        train_set: &train_set,
+        norm: &norm,
+        dev: &dev,
     };
-    put("study", cfg.name.clone().into());
-    put("arch", cfg.model.arch.clone().into());
-    put("layers", cfg.model.layers.clone().into());
-    put("dataset", cfg.data.name.clone().into());
-    put("posterior", "ensemble".into());
-    put("members", m.into());
-    put("test_size", data.test.len().into());
-    put("test_accuracy", cm.accuracy.into());
-    put("test_nll", cm.nll.into());
-    put("test_brier", cm.brier.into());
-    put("test_ece", cm.ece.into());
-    put("test_mce", cm.mce.into());
-    put("eval_samples", m.into());
-    put("test_mutual_information", mc.mean_mutual_information().into());
-    put("test_predictive_entropy", mc.mean_predictive_entropy().into());
+    let (mut metrics, mc) = mixture.metrics("ensemble", m, opts.data_dir.as_deref())?;
     // each member alone, as a reference, and the members' training time
     let member_seconds = member_metrics(cfg, &run)?
         .iter()
@@ -178,26 +165,17 @@ pub(super) fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path
                 .accuracy,
         );
     }
+    let mut put = |k: &str, v: Value| {
+        metrics.insert(k.to_string(), v);
+    };
     put(
         "member_test_accuracy_mean",
         (accs.iter().sum::<f64>() / m as f64).into(),
     );
-    if let Some(name) = &cfg.data.ood {
-        let ood = crate::data::load_images(name, opts.data_dir.as_deref())?;
-        let mo = predict(cfg, &fitted, &net, &store, &ood.test, &train_set, &norm, &dev)?;
-        put("ood_dataset", name.clone().into());
-        put("ood_auroc_entropy", ood_auroc(&mc, &mo)?.into());
-    }
-    put("seed", cfg.seed.into());
     // the members' training (each from its own metrics.json) plus the ensemble's evaluation
     put("member_wall_seconds", member_seconds.into());
     put("wall_seconds", t0.elapsed().as_secs_f64().into());
-
-    write_predictions(&run, p)?;
-    atomic::write_string(&run.file("report.md"), &report(cfg, &metrics, &[]))?;
-    let json = serde_json::to_string_pretty(&Value::Object(metrics.clone()))
-        .map_err(|e| ExpError::io(run.path(), std::io::Error::other(e)))?;
-    atomic::write_string(&run.file("metrics.json"), &json)?;
+    write_run_files(&run, cfg, &metrics, &mc.predictions)?;
     Ok(RunSummary {
         dir: run.path().to_path_buf(),
         metrics,

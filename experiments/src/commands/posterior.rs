@@ -22,6 +22,7 @@ use secateur_inference::swag::{Swag, SwagCollector, SwagKind};
 use secateur_inference::train::{Checkpoint, EpochRecord, Observer, StepInfo};
 use secateur_models::Network;
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 /// The posterior of a finished run, in the run directory.
 pub const POSTERIOR_FILE: &str = "posterior.safetensors";
@@ -351,4 +352,89 @@ pub(super) fn predict(
 /// predictive entropy (out-of-distribution positive).
 pub(super) fn ood_auroc(in_dist: &McPredictions, ood: &McPredictions) -> Result<f64> {
     Ok(auroc(&ood.predictive_entropy, &in_dist.predictive_entropy)?)
+}
+
+/// What a run of a finite mixture (a deep ensemble, SVGD particles) evaluates: the model average
+/// on the test set and, where the config names one, on its out-of-distribution set.
+pub(super) struct MixtureRun<'a> {
+    pub cfg: &'a StudyConfig,
+    pub fitted: &'a Fitted,
+    pub net: &'a Network,
+    pub store: &'a ParamStore,
+    pub test: &'a ImageSet,
+    pub train_set: &'a ImageSet,
+    pub norm: &'a Normalizer,
+    pub dev: &'a Device,
+}
+
+impl MixtureRun<'_> {
+    /// The metrics of the model average over the `members` members of `kind`: identity, test
+    /// accuracy, NLL, Brier, ECE, MCE, mean mutual information and predictive entropy, and the
+    /// OOD AUROC by predictive entropy (`data.ood`, looked up from `data_dir` first); with the
+    /// test predictions.
+    pub fn metrics(
+        &self,
+        kind: &str,
+        members: usize,
+        data_dir: Option<&Path>,
+    ) -> Result<(serde_json::Map<String, serde_json::Value>, McPredictions)> {
+        let cfg = self.cfg;
+        let predict_on = |set: &ImageSet| {
+            predict(
+                cfg,
+                self.fitted,
+                self.net,
+                self.store,
+                set,
+                self.train_set,
+                self.norm,
+                self.dev,
+            )
+        };
+        let mc = predict_on(self.test)?;
+        let p = &mc.predictions;
+        let cm = secateur_inference::metrics::classification_metrics(&p.probs, &p.labels, p.classes)?;
+        let mut m = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            m.insert(k.to_string(), v);
+        };
+        put("study", cfg.name.clone().into());
+        put("arch", cfg.model.arch.clone().into());
+        put("layers", cfg.model.layers.clone().into());
+        put("dataset", cfg.data.name.clone().into());
+        put("posterior", kind.into());
+        put("members", members.into());
+        put("test_size", self.test.len().into());
+        put("test_accuracy", cm.accuracy.into());
+        put("test_nll", cm.nll.into());
+        put("test_brier", cm.brier.into());
+        put("test_ece", cm.ece.into());
+        put("test_mce", cm.mce.into());
+        put("eval_samples", members.into());
+        put("test_mutual_information", mc.mean_mutual_information().into());
+        put("test_predictive_entropy", mc.mean_predictive_entropy().into());
+        if let Some(name) = &cfg.data.ood {
+            let ood = crate::data::load_images(name, data_dir)?;
+            let mo = predict_on(&ood.test)?;
+            put("ood_dataset", name.clone().into());
+            put("ood_auroc_entropy", ood_auroc(&mc, &mo)?.into());
+        }
+        put("seed", cfg.seed.into());
+        Ok((m, mc))
+    }
+}
+
+/// Writes a classification run's closing files: its test predictions, `report.md` and
+/// `metrics.json`.
+pub(super) fn write_run_files(
+    run: &RunDir,
+    cfg: &StudyConfig,
+    metrics: &serde_json::Map<String, serde_json::Value>,
+    predictions: &secateur_inference::predict::Predictions,
+) -> Result<()> {
+    super::report::write_predictions(run, predictions)?;
+    atomic::write_string(&run.file("report.md"), &super::report::report(cfg, metrics, &[]))?;
+    let json = serde_json::to_string_pretty(&serde_json::Value::Object(metrics.clone()))
+        .map_err(|e| ExpError::io(run.path(), std::io::Error::other(e)))?;
+    atomic::write_string(&run.file("metrics.json"), &json)
 }

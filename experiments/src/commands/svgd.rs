@@ -21,8 +21,7 @@
 //!   `svgd`), `weights.safetensors` (the particles' mean, with the shared buffers), and the
 //!   run's `metrics.json`, predictions and report from the particles' model average.
 
-use super::posterior::{ood_auroc, predict, Fitted};
-use super::report::{report, write_predictions};
+use super::posterior::{write_run_files, Fitted, MixtureRun};
 use super::run_dir::{open_resumed, run_dir, RunSummary, TrainOptions};
 use super::setup::{build_model, device, load_data, TrainingSetup};
 use crate::atomic;
@@ -35,12 +34,10 @@ use candle_core::Tensor;
 use secateur_bayes::rng::RngState;
 use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
 use secateur_inference::batches::Batches;
-use secateur_inference::metrics::classification_metrics;
 use secateur_inference::posterior::{apply_sample, Ensemble, ParamSample};
 use secateur_inference::svgd::network::{gaussian_prior_grad, SteinNetwork};
 use secateur_inference::svgd::Interaction;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -212,43 +209,21 @@ pub(super) fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path
     let mean = fitted.posterior().mean()?;
     atomic::write_safetensors(&run.file("weights.safetensors"), &mean)?;
 
-    let mc = predict(cfg, &fitted, &net, &store, &data.test, &train_set, &norm, &dev)?;
-    let p = &mc.predictions;
-    let cm = classification_metrics(&p.probs, &p.labels, p.classes)?;
-    let mut metrics = Map::new();
-    let mut put = |k: &str, v: Value| {
-        metrics.insert(k.to_string(), v);
+    let mixture = MixtureRun {
+        cfg,
+        fitted: &fitted,
+        net: &net,
+        store: &store,
+        test: &data.test,
+        train_set: &train_set,
+        norm: &norm,
+        dev: &dev,
     };
-    put("study", cfg.name.clone().into());
-    put("arch", cfg.model.arch.clone().into());
-    put("layers", cfg.model.layers.clone().into());
-    put("dataset", cfg.data.name.clone().into());
-    put("posterior", "svgd".into());
-    put("members", m.into());
-    put("kernel", cfg.posterior.kernel().into());
-    put("epochs", epochs.into());
-    put("test_size", data.test.len().into());
-    put("test_accuracy", cm.accuracy.into());
-    put("test_nll", cm.nll.into());
-    put("test_brier", cm.brier.into());
-    put("test_ece", cm.ece.into());
-    put("test_mce", cm.mce.into());
-    put("eval_samples", m.into());
-    put("test_mutual_information", mc.mean_mutual_information().into());
-    put("test_predictive_entropy", mc.mean_predictive_entropy().into());
-    if let Some(name) = &cfg.data.ood {
-        let ood = crate::data::load_images(name, opts.data_dir.as_deref())?;
-        let mo = predict(cfg, &fitted, &net, &store, &ood.test, &train_set, &norm, &dev)?;
-        put("ood_dataset", name.clone().into());
-        put("ood_auroc_entropy", ood_auroc(&mc, &mo)?.into());
-    }
-    put("seed", cfg.seed.into());
-    put("wall_seconds", t0.elapsed().as_secs_f64().into());
-    write_predictions(&run, p)?;
-    atomic::write_string(&run.file("report.md"), &report(cfg, &metrics, &[]))?;
-    let json = serde_json::to_string_pretty(&Value::Object(metrics.clone()))
-        .map_err(|e| ExpError::io(run.path(), std::io::Error::other(e)))?;
-    atomic::write_string(&run.file("metrics.json"), &json)?;
+    let (mut metrics, mc) = mixture.metrics("svgd", m, opts.data_dir.as_deref())?;
+    metrics.insert("kernel".into(), cfg.posterior.kernel().into());
+    metrics.insert("epochs".into(), epochs.into());
+    metrics.insert("wall_seconds".into(), t0.elapsed().as_secs_f64().into());
+    write_run_files(&run, cfg, &metrics, &mc.predictions)?;
     Ok(RunSummary {
         dir: run.path().to_path_buf(),
         metrics,
