@@ -355,7 +355,6 @@ pub const PARTICLES_FILE: &str = "particles.safetensors";
 /// particles by parameter name) and `uncertainty.csv` (per test example: label, prediction,
 /// confidence, predictive entropy, expected entropy, mutual information).
 pub fn prune(opts: &DllpPruneOptions) -> Result<serde_json::Map<String, serde_json::Value>> {
-    use serde_json::Value;
     crate::prune::refuse_existing_prune(&opts.out, opts.force)?;
     for f in [UNCERTAINTY_FILE, PARTICLES_FILE] {
         if !opts.force && opts.out.join(f).exists() {
@@ -402,10 +401,12 @@ pub fn prune(opts: &DllpPruneOptions) -> Result<serde_json::Map<String, serde_js
     let mut m = serde_json::Map::new();
     m.insert("method".into(), "dllp".into());
     m.insert("target_sparsity".into(), opts.spec.sparsity.into());
-    m.insert("sparsity".into(), out.masks.sparsity()?.into());
-    m.insert("kept".into(), out.masks.kept()?.into());
-    m.insert("prunable".into(), out.masks.total().into());
-    m.insert("scope".into(), opts.spec.scope.name().into());
+    m.extend(crate::prune::mask_summary(
+        &out.masks,
+        &out.table,
+        opts.spec.scope,
+        &cfg,
+    )?);
     m.insert("mask_agreement".into(), out.agreement.0.into());
     m.insert("mask_agreement_sd".into(), out.agreement.1.into());
     m.insert(
@@ -424,15 +425,6 @@ pub fn prune(opts: &DllpPruneOptions) -> Result<serde_json::Map<String, serde_js
         "test_mean_mutual_information".into(),
         mc.mean_mutual_information().into(),
     );
-    let collapsed: Vec<Value> = out
-        .table
-        .collapsed()
-        .into_iter()
-        .map(|s| s.to_string().into())
-        .collect();
-    m.insert("collapsed_layers".into(), Value::Array(collapsed));
-    m.insert("arch".into(), cfg.model.arch.clone().into());
-    m.insert("seed".into(), cfg.seed.into());
     m.insert(
         "run".into(),
         crate::prune::relative_to(&opts.run, &opts.out)
@@ -441,8 +433,6 @@ pub fn prune(opts: &DllpPruneOptions) -> Result<serde_json::Map<String, serde_js
             .into(),
     );
     m.insert("keep_conv".into(), opts.spec.keep_conv.into());
-    let json = serde_json::to_string_pretty(&Value::Object(m.clone()))
-        .map_err(|e| ExpError::io(&opts.out, std::io::Error::other(e)))?;
-    crate::atomic::write_string(&opts.out.join(crate::prune::PRUNE_SUMMARY), &json)?;
+    crate::prune::write_summary(&opts.out, &m)?;
     Ok(m)
 }

@@ -377,42 +377,51 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
     let mut m = Map::new();
     m.insert("criterion".into(), opts.spec.criterion.clone().into());
     m.insert("target_sparsity".into(), opts.spec.sparsity.into());
-    m.insert("sparsity".into(), pruned.masks.sparsity()?.into());
-    m.insert("kept".into(), pruned.masks.kept()?.into());
-    m.insert("prunable".into(), pruned.masks.total().into());
-    m.insert("scope".into(), opts.spec.scope.name().into());
     m.insert("bn_warmup_batches".into(), opts.spec.bn_warmup_batches.into());
     m.insert("rounds".into(), opts.spec.rounds.into());
-    if let (Some(f), Some(k)) = (pruned.table.flops(), pruned.table.flops_kept()) {
-        m.insert("flops".into(), f.into());
-        m.insert("flops_kept".into(), k.into());
-    }
-    let collapsed: Vec<Value> = pruned
-        .table
-        .collapsed()
-        .into_iter()
-        .map(|s| s.to_string().into())
-        .collect();
-    m.insert("collapsed_layers".into(), Value::Array(collapsed));
-    let near: Vec<Value> = pruned
-        .table
-        .near_collapse()
-        .into_iter()
-        .map(|s| s.to_string().into())
-        .collect();
-    m.insert("near_collapse_layers".into(), Value::Array(near));
-    m.insert("arch".into(), cfg.model.arch.clone().into());
-    m.insert("seed".into(), cfg.seed.into());
+    m.extend(mask_summary(&pruned.masks, &pruned.table, opts.spec.scope, &cfg)?);
     if let Some(run) = &opts.run {
         // the run, relative to `out` where it can be (so that both can move together), so
         // that `report` can evaluate the pruned network
         m.insert("run".into(), relative_to(run, &opts.out).display().to_string().into());
         m.insert("keep_conv".into(), opts.spec.keep_conv.into());
     }
-    let json = serde_json::to_string_pretty(&Value::Object(m.clone()))
-        .map_err(|e| ExpError::io(&opts.out, std::io::Error::other(e)))?;
-    atomic::write_string(&opts.out.join(PRUNE_SUMMARY), &json)?;
+    write_summary(&opts.out, &m)?;
     Ok(m)
+}
+
+/// The part of `prune.json` every method writes about its mask: reached sparsity, kept and
+/// prunable weights, scope, FLOPs (dense and kept, where the geometry gives them), the layers
+/// left without a weight (`collapsed_layers`) or nearly so (`near_collapse_layers`), and the
+/// architecture and seed.
+pub(crate) fn mask_summary(
+    masks: &MaskSet,
+    table: &LayerTable,
+    scope: Scope,
+    cfg: &StudyConfig,
+) -> Result<Map<String, Value>> {
+    let names = |v: Vec<&str>| Value::Array(v.into_iter().map(|s| s.to_string().into()).collect());
+    let mut m = Map::new();
+    m.insert("sparsity".into(), masks.sparsity()?.into());
+    m.insert("kept".into(), masks.kept()?.into());
+    m.insert("prunable".into(), masks.total().into());
+    m.insert("scope".into(), scope.name().into());
+    if let (Some(f), Some(k)) = (table.flops(), table.flops_kept()) {
+        m.insert("flops".into(), f.into());
+        m.insert("flops_kept".into(), k.into());
+    }
+    m.insert("collapsed_layers".into(), names(table.collapsed()));
+    m.insert("near_collapse_layers".into(), names(table.near_collapse()));
+    m.insert("arch".into(), cfg.model.arch.clone().into());
+    m.insert("seed".into(), cfg.seed.into());
+    Ok(m)
+}
+
+/// Writes `m` as `prune.json` ([`PRUNE_SUMMARY`]) into `out`, atomically.
+pub(crate) fn write_summary(out: &Path, m: &Map<String, Value>) -> Result<()> {
+    let json = serde_json::to_string_pretty(&Value::Object(m.clone()))
+        .map_err(|e| ExpError::io(out, std::io::Error::other(e)))?;
+    atomic::write_string(&out.join(PRUNE_SUMMARY), &json)
 }
 
 /// The optimiser state of a trained run, from its newest checkpoint's `optimizer.safetensors`

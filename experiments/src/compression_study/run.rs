@@ -505,13 +505,7 @@ impl Unit<'_> {
             let (masks, sparsity) = match masks {
                 Ok(m) => m,
                 Err(e) => {
-                    for f in [false, true].into_iter().filter(|&f| wants(f)) {
-                        let mut r = row(f);
-                        r.error = e.to_string();
-                        r.seconds = t0.elapsed().as_secs_f64();
-                        record(self.dir, r, self.order)?;
-                        bar.inc(1);
-                    }
+                    self.record_failed(&e, t0, &wants, &row, bar)?;
                     continue;
                 }
             };
@@ -534,6 +528,26 @@ impl Unit<'_> {
                 record(self.dir, r, self.order)?;
                 bar.inc(1);
             }
+        }
+        Ok(())
+    }
+
+    /// Records the error `e` of a cell whose pruning failed in each of its wanted rows (without
+    /// and with the fine-tune), with the time since `t0`.
+    fn record_failed(
+        &self,
+        e: &ExpError,
+        t0: Instant,
+        wants: &dyn Fn(bool) -> bool,
+        row: &dyn Fn(bool) -> CompressionRow,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        for f in [false, true].into_iter().filter(|&f| wants(f)) {
+            let mut r = row(f);
+            r.error = e.to_string();
+            r.seconds = t0.elapsed().as_secs_f64();
+            record(self.dir, r, self.order)?;
+            bar.inc(1);
         }
         Ok(())
     }
@@ -567,16 +581,7 @@ impl Unit<'_> {
         let fitted = bar.suspend(|| crate::dllp::fit(&t.cfg, &t.prune, &t.weights, &spec, &self.study.dllp, true));
         let mut out = match fitted {
             Ok(o) => o,
-            Err(e) => {
-                for f in [false, true].into_iter().filter(|&f| wants(f)) {
-                    let mut r = row(f);
-                    r.error = e.to_string();
-                    r.seconds = t0.elapsed().as_secs_f64();
-                    record(self.dir, r, self.order)?;
-                    bar.inc(1);
-                }
-                return Ok(());
-            }
+            Err(e) => return self.record_failed(&e, t0, wants, row, bar),
         };
         let sparsity = out.masks.sparsity()?;
         if wants(false) {
