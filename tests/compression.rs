@@ -194,3 +194,56 @@ fn a_criterion_that_does_not_apply_is_refused_before_anything_is_written() {
         assert!(!out.exists(), "case {i}: {} was created", out.display());
     }
 }
+
+/// The `dllp` criterion in a study: a deterministic smoke MLP, one seed, DLLP with 2 particles
+/// and one epoch beside magnitude; its rows reach the target sparsity, carry no error, and a
+/// second study gives the same rows (seeded); a `[compression.dllp]` key it does not know is
+/// refused before anything runs.
+#[test]
+fn dllp_cells_run_reproducibly_in_a_study() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/configs/quickstart-smoke.toml"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("base.toml"), base).unwrap();
+    let text = |extra: &str| {
+        format!(
+            "[compression]\nname = \"d\"\nseeds = [0]\nsparsities = [0.9]\nood = \"uci-digits\"\nsamples_per_class = 2\n\n\
+             [compression.dllp]\nparticles = 2\nepochs = 1\n{extra}\n\n\
+             [[compression.models]]\nname = \"det\"\nconfig = \"base.toml\"\nset = [\"train.epochs=1\", \"model.hidden=[32]\"]\n\
+             criteria = [\"magnitude\", \"dllp\"]\n"
+        )
+    };
+    let cfg = tmp.path().join("study.toml");
+    std::fs::write(&cfg, text("")).unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(&study(&cfg, &["--out", a.to_str().unwrap()]));
+    ok(&study(&cfg, &["--out", b.to_str().unwrap()]));
+    let rows = data_lines(&a);
+    // dense, magnitude and dllp, each without and with the fine-tune
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let dllp: Vec<&String> = rows.iter().filter(|r| r.contains(",dllp,")).collect();
+    assert_eq!(dllp.len(), 2);
+    for r in &dllp {
+        let f: Vec<&str> = r.split(',').collect();
+        let (sparsity, acc): (f64, f64) = (f[4].parse().unwrap(), f[6].parse().unwrap());
+        assert!((sparsity - 0.9).abs() < 1e-3 && acc > 0.5 && f[11] == "\"\"", "{r}");
+    }
+    let strip = |rows: Vec<String>| -> Vec<String> {
+        rows.into_iter()
+            .map(|r| {
+                let f: Vec<&str> = r.split(',').collect();
+                // all but the wall time
+                [&f[..10], &f[11..]].concat().join(",")
+            })
+            .collect()
+    };
+    assert_eq!(strip(rows), strip(data_lines(&b)));
+
+    std::fs::write(&cfg, text("particle = 3")).unwrap();
+    let o = study(&cfg, &["--out", tmp.path().join("c").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("particle"));
+    assert!(!tmp.path().join("c").exists());
+}
