@@ -26,7 +26,7 @@ use candle_core::{Result, Tensor};
 use secateur_bayes::{Ctx, Module, ParamBuilder};
 use serde::{Deserialize, Serialize};
 
-pub use lenet::LeNet5;
+pub use lenet::{LeNet5, LeNet5Config};
 pub use mlp::{Mlp, MlpConfig};
 pub use resnet::{BasicBlock, ResNet, ResNetConfig, Shortcut, ShortcutKind};
 pub use vgg::{Vgg, VggConfig, VggItem};

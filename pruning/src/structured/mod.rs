@@ -3,7 +3,7 @@
 //! Unstructured masks ([`crate::mask`]) zero single weights; structured pruning removes a
 //! *group*, one output channel of a convolution or one output unit of a linear layer, with its
 //! bias, its batch-norm entries and the next layer's input channels, so that the network can be
-//! made smaller and faster (compaction, a later piece of this module). The pieces:
+//! made smaller and faster ([`compact`]). The pieces:
 //!
 //! - [`groups`]: the groups of an architecture and the tensors each one owns, derived by probing
 //!   a throwaway copy of the network ([`groups::record`]); layers whose channels are joined by a
@@ -16,6 +16,8 @@
 //!   2019) and the expected post-ReLU activation under the batch norm's statistics.
 //! - [`allocate`]: groups to a budget of FLOPs or parameters removed, globally or per layer; a
 //!   group's cost includes its share of the next layer.
+//! - [`compact`]: the tensors of the network without the pruned groups and the narrowed
+//!   network to load them into (MLP, LeNet-5, the VGG family).
 //!
 //! The pipeline on a trained network:
 //!
@@ -40,11 +42,13 @@
 //! ```
 
 pub mod allocate;
+pub mod compact;
 pub mod criteria;
 pub mod groups;
 pub mod mask;
 
 pub use allocate::{Allocated, Cost, StructuredAllocation};
+pub use compact::{build_compacted, compact_store, Compacted, LayerWidth};
 pub use criteria::{FilterCriterion, GroupScores};
 pub use groups::{Consumer, Coupling, LayerGroups, Refusal, VectorRole};
 pub use mask::{CoupledVector, ExpandedMask, StructuredMask};
