@@ -277,9 +277,9 @@ pub struct PruneCmd {
     // Criterion: the registry's names (the help is made from it); required by --method score.
     #[arg(long, help = criterion_help())]
     pub criterion: Option<String>,
-    /// --method dllp: a TOML file with a [dllp] table of its settings (particles, epochs, step,
-    /// mask_step, temperature, weight_prior_std, init_keep, jitter, repulsive); default: the
-    /// defaults of every key.
+    /// --method dllp: a TOML file whose table `dllp` holds its settings (particles, epochs,
+    /// step, mask_step, temperature, weight_prior_std, init_keep, jitter, repulsive); default:
+    /// the defaults of every key.
     #[arg(long, value_name = "FILE")]
     pub dllp_config: Option<PathBuf>,
     #[command(flatten)]

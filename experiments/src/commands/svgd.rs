@@ -3,7 +3,7 @@
 //! together by [`SteinNetwork`] for `train.epochs` passes over the training set.
 //!
 //! - **Particles.** Particle `i` starts at the initialisation of the ensemble member `i`
-//!   ([`super::ensemble::member_config`]: seed `seed + 1000 · i`), so that SVGD and the deep
+//!   (`ensemble::member_config`: seed `seed + 1000 · i`), so that SVGD and the deep
 //!   ensemble of one seed start from the same networks (a paired comparison).
 //! - **Target.** `∇ log p(x) = −N · ∇ (mini-batch mean cross-entropy) + ∇ log p₀(x)` with the
 //!   Gaussian prior `p₀ = N(0, prior_std² I)` over every trainable parameter.
