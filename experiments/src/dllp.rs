@@ -45,7 +45,7 @@ use secateur_inference::predict::McPredictions;
 use secateur_models::Network;
 use secateur_pruning::dllp::{Dllp, DllpSettings};
 use secateur_pruning::mask::LayerTable;
-use secateur_pruning::{Allocation, Exclusions, MaskSet, Scores};
+use secateur_pruning::{MaskSet, Scores};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -154,19 +154,6 @@ pub struct DllpOutcome {
     pub table: LayerTable,
 }
 
-/// The exclusions and allocation of a prune spec for the config's architecture.
-fn allocation(cfg: &StudyConfig, data: &PruneData, spec: &PruneSpec) -> Result<Allocation> {
-    let geom = crate::commands::geometry(cfg, data.input, data.classes)?;
-    let exclude = Exclusions {
-        first_layer: spec.keep_first,
-        last_layer: spec.keep_last,
-        convolutions: spec.keep_conv,
-        ..Default::default()
-    }
-    .resolve(Some(&geom))?;
-    Ok(Allocation::new(spec.sparsity, spec.scope).with_exclude(exclude))
-}
-
 /// Refuses a run DLLP does not apply to: Bayesian layers or a `[posterior]` (DLLP builds its
 /// prior from one trained deterministic network).
 pub fn check_applicable(cfg: &StudyConfig) -> std::result::Result<(), String> {
@@ -258,7 +245,7 @@ pub fn fit(
     let dev = Device::Cpu;
     let (net, store) = build_model(cfg, data.input, data.classes, &dev)?;
     store.load(weights)?;
-    let alloc = allocation(cfg, data, spec)?;
+    let (alloc, geom) = crate::prune::allocation(cfg, data, spec)?;
     let mut rng = SeedStream::Dllp.rng(cfg.seed);
     let mut dllp = Dllp::new(&store, &alloc.exclude, spec.sparsity, dc.settings(), &mut rng)?;
     let steps = dc.epochs * data.train.len().div_ceil(cfg.data.batch_size.max(1));
@@ -274,7 +261,6 @@ pub fn fit(
     let agreement = dllp.agreement(&masks, &alloc)?;
     dllp.harden(&masks)?;
     store.load(weights)?;
-    let geom = crate::commands::geometry(cfg, data.input, data.classes)?;
     let table = masks.layer_table(&store, Some(&geom))?;
     Ok(DllpOutcome {
         net,

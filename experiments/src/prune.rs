@@ -29,7 +29,7 @@ use secateur_pruning::criteria::HutchinsonOptions;
 use secateur_pruning::diagnose::LayerCurvature;
 use secateur_pruning::mask::{save_scores, LayerTable};
 use secateur_pruning::{
-    criterion, Allocation, CriterionOptions, Exclusions, MaskSet, Scope, Scores, ScoringContext, ScoringData,
+    criterion, Allocation, CriterionOptions, Exclusions, Geometry, MaskSet, Scope, Scores, ScoringContext, ScoringData,
 };
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -210,6 +210,20 @@ impl Scoring {
     }
 }
 
+/// The allocation of `spec` (sparsity, scope, and the first/last-layer and convolution
+/// exclusions resolved on the configured network's geometry), with that geometry.
+pub(crate) fn allocation(cfg: &StudyConfig, data: &PruneData, spec: &PruneSpec) -> Result<(Allocation, Geometry)> {
+    let geom = crate::commands::geometry(cfg, data.input, data.classes)?;
+    let exclude = Exclusions {
+        first_layer: spec.keep_first,
+        last_layer: spec.keep_last,
+        convolutions: spec.keep_conv,
+        ..Default::default()
+    }
+    .resolve(Some(&geom))?;
+    Ok((Allocation::new(spec.sparsity, spec.scope).with_exclude(exclude), geom))
+}
+
 /// Builds the config's model (its seed's initialisation, or `weights` when given), warms up
 /// batch norm, scores with the criterion, allocates and applies the masks; `weights` are loaded
 /// strictly. A second-order criterion needs a process started with double backpropagation (an
@@ -236,15 +250,7 @@ pub fn prune_model(
         examples: scoring_examples,
         mut rng,
     } = Scoring::prepare(cfg, data, weights, spec.bn_warmup_batches, spec.samples_per_class)?;
-    let geom = crate::commands::geometry(cfg, data.input, data.classes)?;
-    let exclude = Exclusions {
-        first_layer: spec.keep_first,
-        last_layer: spec.keep_last,
-        convolutions: spec.keep_conv,
-        ..Default::default()
-    }
-    .resolve(Some(&geom))?;
-    let allocation = Allocation::new(spec.sparsity, spec.scope).with_exclude(exclude);
+    let (allocation, geom) = allocation(cfg, data, spec)?;
     let crit = criterion::build(&spec.criterion, &spec.options)?;
     let mut cx = ScoringContext::new(&net, &store, Some(&scoring), &mut rng);
     cx.posterior = posterior;

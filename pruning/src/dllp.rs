@@ -837,6 +837,8 @@ mod tests {
         let mean = by_hand.iter().sum::<f64>() / by_hand.len() as f64;
         let (agree, spread) = dllp.agreement(&masks, &alloc)?;
         assert_eq!(agree, mean);
+        // one weight kept of two: a particle ranking them at random would agree half the time;
+        // the loss pushes the needed weight's logit up, so most particles rank it first
         assert!(mean > 0.5 && spread > 0.0, "agreement {agree} ± {spread}");
         // hardened, the particles are networks of that mask that fit y = 0.1 x₁
         dllp.harden(&masks)?;
