@@ -20,7 +20,7 @@ pub mod bayes_factory;
 pub mod factory;
 pub mod kind;
 
-pub use arch::{architectures, build, ModelSpec, Network, ARCHITECTURES};
+pub use arch::{architectures, build, build_with_widths, ModelSpec, Network, ARCHITECTURES};
 pub use bayes_factory::{FactoryOptions, McDropoutFactory, MeanField, SparseVd};
 pub use factory::{Deterministic, LayerFactory};
 pub use kind::{factory, kind, kind_names, KindReport, KindSampling, LayerKind, ReportInput, ReportValue, LAYER_KINDS};

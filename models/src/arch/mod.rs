@@ -20,6 +20,7 @@ pub mod mlp;
 pub mod resnet;
 pub mod vgg;
 pub mod vit;
+pub mod widths;
 
 use crate::factory::LayerFactory;
 use candle_core::{Result, Tensor};
@@ -31,6 +32,7 @@ pub use mlp::{Mlp, MlpConfig};
 pub use resnet::{BasicBlock, ResNet, ResNetConfig, Shortcut, ShortcutKind};
 pub use vgg::{Vgg, VggConfig, VggItem};
 pub use vit::{ViTConfig, VisionTransformer};
+pub use widths::build_with_widths;
 
 /// What to build: the architecture's name, the input shape `[C, H, W]` and the class count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,12 @@ pub struct ResNetConfig {
     /// Whether convolution and linear weights use Kaiming-normal (fan-in) initialisation, as
     /// the akamaster CIFAR ResNet code does; otherwise PyTorch's default.
     pub kaiming_init: bool,
+    /// Output channels of each block's first convolution (`conv1` → `bn1` → `conv2`), one per
+    /// block in forward order; empty (the default): the stage's width. Narrower inner widths are
+    /// what filter pruning of the block-internal channels and compaction produce (the block's
+    /// output, which joins the residual sum, keeps the stage's width).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inner: Vec<usize>,
 }
 
 impl ResNetConfig {
@@ -53,6 +59,7 @@ impl ResNetConfig {
             blocks: vec![n; 3],
             shortcut: ShortcutKind::ZeroPad,
             kaiming_init: true,
+            inner: Vec::new(),
         })
     }
 
@@ -66,6 +73,7 @@ impl ResNetConfig {
             blocks: vec![2; 4],
             shortcut: ShortcutKind::Projection,
             kaiming_init: false,
+            inner: Vec::new(),
         }
     }
 
@@ -142,11 +150,13 @@ pub struct BasicBlock {
 }
 
 impl BasicBlock {
-    /// Builds a block from `in_ch` to `out_ch` channels with the given stride under `pb`
-    /// (e.g. `layer2.0`); returns the block and its output spatial size.
+    /// Builds a block from `in_ch` to `out_ch` channels, `mid_ch` between its convolutions,
+    /// with the given stride under `pb` (e.g. `layer2.0`); returns the block and its output
+    /// spatial size.
     #[allow(clippy::too_many_arguments)]
     fn new(
         in_ch: usize,
+        mid_ch: usize,
         out_ch: usize,
         stride: usize,
         hw: (usize, usize),
@@ -160,15 +170,10 @@ impl BasicBlock {
             conv_out(&name, hw.0, 3, stride, 1)?,
             conv_out(&name, hw.1, 3, stride, 1)?,
         );
-        let conv = |o| {
-            Conv2dCfg::new(o, out_ch, 3)
-                .with_padding(1)
-                .with_bias(false)
-                .with_init(init)
-        };
-        let conv1 = factory.conv2d(&pb.pp("conv1"), conv(in_ch).with_stride(stride))?;
-        let bn1 = BatchNorm::new(&pb.pp("bn1"), out_ch)?;
-        let conv2 = factory.conv2d(&pb.pp("conv2"), conv(out_ch))?;
+        let conv = |i, o| Conv2dCfg::new(i, o, 3).with_padding(1).with_bias(false).with_init(init);
+        let conv1 = factory.conv2d(&pb.pp("conv1"), conv(in_ch, mid_ch).with_stride(stride))?;
+        let bn1 = BatchNorm::new(&pb.pp("bn1"), mid_ch)?;
+        let conv2 = factory.conv2d(&pb.pp("conv2"), conv(mid_ch, out_ch))?;
         let bn2 = BatchNorm::new(&pb.pp("bn2"), out_ch)?;
         let shortcut = if stride == 1 && in_ch == out_ch {
             Shortcut::Identity
@@ -257,6 +262,14 @@ impl ResNet {
         if cfg.stem == 0 || cfg.widths.contains(&0) || cfg.blocks.contains(&0) {
             candle_core::bail!("resnet: fields `stem`, `widths` and `blocks` must be positive");
         }
+        let n_blocks: usize = cfg.blocks.iter().sum();
+        if !cfg.inner.is_empty() && (cfg.inner.len() != n_blocks || cfg.inner.contains(&0)) {
+            candle_core::bail!(
+                "resnet: field `inner` must hold one positive width per block ({n_blocks}), got {:?}",
+                cfg.inner
+            );
+        }
+        let mut inner = cfg.inner.iter();
         let init = cfg.init();
         let [c, h, w] = input;
         let mut hw = (conv_out("conv1", h, 3, 1, 1)?, conv_out("conv1", w, 3, 1, 1)?);
@@ -275,7 +288,9 @@ impl ResNet {
             let mut stage = Vec::with_capacity(n);
             for j in 0..n {
                 let stride = if k > 0 && j == 0 { 2 } else { 1 };
-                let (block, out_hw) = BasicBlock::new(ch, width, stride, hw, cfg.shortcut, init, factory, &lpb.pp(j))?;
+                let mid = inner.next().copied().unwrap_or(width);
+                let (block, out_hw) =
+                    BasicBlock::new(ch, mid, width, stride, hw, cfg.shortcut, init, factory, &lpb.pp(j))?;
                 stage.push(block);
                 hw = out_hw;
                 ch = width;

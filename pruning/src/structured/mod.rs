@@ -48,7 +48,7 @@ pub mod groups;
 pub mod mask;
 
 pub use allocate::{Allocated, Cost, StructuredAllocation};
-pub use compact::{build_compacted, compact_store, Compacted, LayerWidth};
+pub use compact::{check_pruned_outputs, compact_store, Compacted, LayerWidth};
 pub use criteria::{FilterCriterion, GroupScores};
 pub use groups::{Consumer, Coupling, LayerGroups, Refusal, VectorRole};
 pub use mask::{CoupledVector, ExpandedMask, StructuredMask};
