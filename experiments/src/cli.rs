@@ -107,6 +107,34 @@ pub enum Command {
     Scores(ScoresCmd),
     /// Run a study of many trainings from a study file (`pai`: pruning at initialisation).
     Study(StudyCmd),
+    /// Rebuild a structurally pruned run as the smaller dense network it is, and measure it
+    /// (parameters, FLOPs, accuracy, CPU latency at batch 1 and 128) in compact.md.
+    Compact(CompactCmd),
+}
+
+/// `secateur compact`.
+#[derive(Debug, Args)]
+pub struct CompactCmd {
+    /// A finished run whose masks remove whole filters or units (fine-tuned with `train --masks`
+    /// of a `prune --method structured`), or a `prune --run` directory.
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// The masks (default: the prune directory's or the run's masks.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub masks: Option<PathBuf>,
+    /// Output run directory: config.toml (with model.widths), weights.safetensors, metrics.json,
+    /// compact.md, compact.json. Must be empty or new.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Timed forward passes at batch 128 (five times as many at batch 1); 0: no timing.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub latency_reps: usize,
+    /// Replace an earlier compaction's output in --out.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
 }
 
 /// Options shared by commands that read data and run models.
@@ -269,11 +297,17 @@ pub struct QuickstartCmd {
 /// `secateur prune`.
 #[derive(Debug, Args)]
 pub struct PruneCmd {
-    /// How the mask is found: `score` (a criterion's scores, top-k) or `dllp` (distribution-
+    /// How the mask is found: `score` (a criterion's scores, top-k), `dllp` (distribution-
     /// lossless pruning: Stein variational inference over relaxed masks and weights of a trained
-    /// deterministic run, `secateur_pruning::dllp`).
-    #[arg(long, default_value = "score", value_parser = ["score", "dllp"])]
+    /// deterministic run, `secateur_pruning::dllp`) or `structured` (whole filters and units of
+    /// a trained run by a filter criterion, l1, l2, fpgm or bn-relu, to a budget: --sparsity is
+    /// then the fraction of --cost removed; `secateur compact` makes the network smaller).
+    #[arg(long, default_value = "score", value_parser = ["score", "dllp", "structured"])]
     pub method: String,
+    /// --method structured: what --sparsity is a fraction of, `flops` (multiply–accumulates per
+    /// example) or `params` (weights).
+    #[arg(long, default_value = "flops", value_parser = ["flops", "params"])]
+    pub cost: String,
     // Criterion: the registry's names (the help is made from it); required by --method score.
     #[arg(long, help = criterion_help())]
     pub criterion: Option<String>,
@@ -288,9 +322,11 @@ pub struct PruneCmd {
     /// Target sparsity in [0, 1): the fraction of prunable weights removed.
     #[arg(long)]
     pub sparsity: f64,
-    /// Top-k over all layers together (global) or per layer (layer).
-    #[arg(long, default_value = "global", value_parser = scope_parser())]
-    pub scope: secateur_pruning::Scope,
+    /// Top-k over all layers together (global) or per layer (layer). Default: global, and layer
+    /// for --method structured (filter norms are not comparable across layers; Li et al. 2017
+    /// and He et al. 2019 prune each layer by the same ratio).
+    #[arg(long, value_parser = scope_parser())]
+    pub scope: Option<secateur_pruning::Scope>,
     /// Batch-norm warm-up: training-mode forward passes over this many training batches before
     /// scoring (0: none).
     #[arg(long, value_name = "BATCHES", default_value_t = 0)]
@@ -350,6 +386,10 @@ impl PruneCmd {
                 "--method dllp finds its own mask; leave out --criterion",
             )),
             ("dllp", None) => Ok(None),
+            ("structured", None) => Err(ExpError::config(
+                "--criterion",
+                "--method structured needs a filter criterion: l1, l2, fpgm or bn-relu",
+            )),
             (_, None) => Err(ExpError::config(
                 "--criterion",
                 "--method score needs a criterion (--criterion NAME), or use --method dllp",
@@ -577,12 +617,71 @@ pub fn run(cli: Cli) -> Result<()> {
                 commands::comparison_table(&refs)
             );
         }
+        Command::Compact(c) => {
+            let s = commands::compact(&commands::CompactOptions {
+                run: c.run,
+                masks: c.masks,
+                out: c.out.clone(),
+                data_dir: c.common.data_dir,
+                force: c.force,
+                latency_reps: c.latency_reps,
+            })?;
+            println!("{}", commands::compact_markdown(&s));
+            println!("compacted run in {}", c.out.display());
+        }
+        Command::Prune(c) if c.method == "structured" => {
+            let criterion = c.method_criterion()?.unwrap_or_default();
+            let criterion = criterion
+                .parse::<secateur_pruning::structured::FilterCriterion>()
+                .map_err(|e| ExpError::config("--criterion", e))?;
+            if c.config.is_some() || c.dllp_config.is_some() {
+                return Err(ExpError::config(
+                    "--method structured",
+                    "prunes a trained run: give --run DIR (no --config, no --dllp-config)",
+                ));
+            }
+            let Some(run) = c.run.clone() else {
+                return Err(ExpError::config(
+                    "--method structured",
+                    "prunes a trained run: give --run DIR",
+                ));
+            };
+            let opts = crate::structured::StructuredPruneOptions {
+                criterion,
+                fraction: c.sparsity,
+                cost: crate::structured::parse_cost(&c.cost)?,
+                scope: c.scope.unwrap_or(secateur_pruning::Scope::PerLayer),
+                run,
+                overrides: c.set.clone(),
+                out: c.out.clone(),
+                data_dir: c.common.data_dir.clone(),
+                force: c.force,
+            };
+            let m = crate::structured::prune(&opts)?;
+            println!(
+                "{}",
+                std::fs::read_to_string(c.out.join("layers.md")).unwrap_or_default()
+            );
+            let f = |k: &str| m.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            println!(
+                "{} filters: {} of {} groups pruned, {:.1}% of the {} removed (target {:.1}%); FLOPs {} → {}; files in {}",
+                criterion,
+                f("groups_pruned"),
+                f("groups"),
+                100.0 * f("reached_fraction"),
+                c.cost,
+                100.0 * c.sparsity,
+                f("flops"),
+                f("flops_kept"),
+                c.out.display()
+            );
+        }
         Command::Prune(c) => {
             let criterion = c.method_criterion()?;
             let spec = crate::prune::PruneSpec {
                 criterion: criterion.clone().unwrap_or_else(|| "dllp".into()),
                 sparsity: c.sparsity,
-                scope: c.scope,
+                scope: c.scope.unwrap_or_default(),
                 bn_warmup_batches: c.bn_warmup,
                 rounds: c.rounds,
                 samples_per_class: c.samples_per_class,
@@ -803,7 +902,7 @@ mod tests {
     #[test]
     fn scope_parses_into_the_enum() {
         let scope = |c: Cli| match c.command {
-            Command::Prune(p) => Some(p.scope),
+            Command::Prune(p) => Some(p.scope.unwrap_or_default()),
             _ => None,
         };
         assert_eq!(prune(&[]).ok().and_then(scope), Some(secateur_pruning::Scope::Global));

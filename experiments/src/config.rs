@@ -333,6 +333,12 @@ pub struct ModelConfig {
     /// units of the UCI regression benchmarks). Default: none, i.e. LeNet-300-100's `[300, 100]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Vec<usize>>,
+    /// The output width of every weight layer in forward order, classifier last (`mlp`,
+    /// `lenet5`, the VGGs and the ResNets, whose free widths are the blocks' inner ones; see
+    /// `secateur_models::build_with_widths`): the narrower network `secateur compact` writes.
+    /// Default: none, the architecture's own widths. Not together with `model.hidden`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widths: Option<Vec<usize>>,
     /// Floating-point type of the parameters and inputs: `f32` (default) or `f64` (for scores
     /// compared with an independent computation to 1e-9; slower). Written to a run's config only
     /// when not the default.
@@ -365,6 +371,7 @@ impl Default for ModelConfig {
             arch: "lenet5".into(),
             layers: "deterministic".into(),
             hidden: None,
+            widths: None,
             dtype: f32_name(),
         }
     }
@@ -992,6 +999,14 @@ impl StudyConfig {
                 return Err(format!("model.hidden must hold positive widths, got {h:?}"));
             }
         }
+        if let Some(w) = &self.model.widths {
+            if self.model.hidden.is_some() {
+                return Err("model.widths and model.hidden cannot both be set (widths gives every layer)".into());
+            }
+            if w.is_empty() || w.contains(&0) {
+                return Err(format!("model.widths must hold positive widths, got {w:?}"));
+            }
+        }
         self.bayes.validate()?;
         self.validate_likelihood()?;
         self.greg.validate()?;
@@ -1301,6 +1316,8 @@ mod tests {
             ("likelihood.kind=\"gaussian\"", "regression table"),
             ("data.name=\"diabetes\"", "likelihood.kind"),
             ("model.hidden=[50]", "model.hidden"),
+            ("model.widths=[6, 0, 120, 84, 10]", "model.widths"),
+            ("model.widths=[]", "model.widths"),
             (
                 "bayes.spike_slab_prior={kind=\"gaussian\",mean=0.0,std=1.0}",
                 "bayes.spike_slab_prior",

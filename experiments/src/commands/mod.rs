@@ -14,8 +14,11 @@
 //! - [`regression`]: `train` and `eval` for regression tables;
 //! - [`posterior`]: the `[posterior]` of a run (SWAG collection during training, the Laplace fit
 //!   after it, the posterior file, prediction by the posterior's predictive);
-//! - `ensemble`: deep ensembles, whose members are runs inside the ensemble's run.
+//! - `ensemble`: deep ensembles, whose members are runs inside the ensemble's run;
+//! - `compact`: the `compact` command (a structurally pruned run rebuilt as a smaller dense
+//!   network, with its measured speed-up).
 
+mod compact;
 mod ensemble;
 mod eval;
 mod loaded;
@@ -27,6 +30,10 @@ mod setup;
 pub mod svgd;
 mod train;
 
+pub use compact::{
+    compact, cpu_model, latency, markdown as compact_markdown, CompactOptions, CompactSummary, Latency, NetworkCost,
+    COMPACT_SUMMARY,
+};
 pub use ensemble::train_member;
 pub use eval::{eval, posterior_mean_accuracy};
 pub(crate) use eval::{evaluate, ood_predictions};
@@ -36,8 +43,8 @@ pub(crate) use run_dir::{open_resumed, run_dir};
 pub use run_dir::{RunSummary, TrainOptions, MASKS_FILE};
 pub(crate) use setup::load_data;
 pub use setup::{
-    build_model, device, eval_image_batches, eval_table_batches, geometry, init_from_deterministic, init_weights_file,
-    optimizer, sampling, train_settings, TrainingSetup,
+    build_model, coupling, device, eval_image_batches, eval_table_batches, geometry, init_from_deterministic,
+    init_weights_file, optimizer, sampling, train_settings, TrainingSetup,
 };
 pub use train::train;
 

@@ -63,6 +63,26 @@ pub fn geometry(cfg: &StudyConfig, input: [usize; 3], classes: usize) -> Result<
     })?)
 }
 
+/// The structured groups of the config's network (as [`secateur_pruning::structured::groups::record`],
+/// but of the network `build_model` makes: `model.hidden` and `model.widths` included).
+pub fn coupling(
+    cfg: &StudyConfig,
+    input: [usize; 3],
+    classes: usize,
+) -> Result<secateur_pruning::structured::Coupling> {
+    let spec = ModelSpec {
+        arch: cfg.model.arch.clone(),
+        input,
+        classes,
+    };
+    Ok(secateur_pruning::structured::groups::record_built(
+        input,
+        |factory, pb| {
+            build_with(cfg, &spec, input, classes, factory, pb).map_err(|e| candle_core::Error::Msg(e.to_string()))
+        },
+    )?)
+}
+
 /// A fresh store and a builder drawing from the config's initialisation stream.
 pub(super) fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) {
     let store = ParamStore::new();
@@ -145,6 +165,10 @@ fn build_with(
     factory: &dyn secateur_models::LayerFactory,
     pb: &ParamBuilder,
 ) -> Result<Network> {
+    if let Some(widths) = &cfg.model.widths {
+        return secateur_models::build_with_widths(spec, widths, factory, pb)
+            .map_err(|e| ExpError::config("model.widths", e.to_string()));
+    }
     Ok(match (&cfg.model.hidden, cfg.model.arch.as_str()) {
         (Some(hidden), "mlp") => {
             spec.validate()?;

@@ -1,0 +1,427 @@
+//! `secateur compact`: a structurally pruned run rebuilt as the smaller dense network it is.
+//!
+//! The source is a finished run whose masks remove whole filters or units (a run fine-tuned with
+//! `train --masks` of a `prune --method structured`, which records them as `masks.safetensors`),
+//! or a `prune --run` directory (the masks applied to its run, no fine-tune), or any run given
+//! `--masks FILE`. The steps:
+//!
+//! 1. the run's network with its final weights, and the masks applied ([`secateur_pruning::MaskSet::apply`]);
+//! 2. the structured mask they encode ([`StructuredMask::from_mask_set`]: a group is pruned when
+//!    its whole weight row is masked), refused when it prunes nothing, and
+//!    [`check_pruned_outputs`]: every pruned group must output exactly zero (its bias and
+//!    batch-norm γ, β zero too), or removing it would change the network;
+//! 3. [`compact_store`] and the narrower network of `model.widths`
+//!    ([`secateur_models::build_with_widths`]), loaded strictly;
+//! 4. the check that it computes what the masked network computes: the largest difference of
+//!    posterior-mean logits over the whole test set (refused above [`MAX_LOGIT_DIFF`] relative
+//!    to the largest logit), and both networks' test accuracy;
+//! 5. parameters, FLOPs (multiply–accumulates per example, [`secateur_pruning::geometry`]) and
+//!    measured CPU latency ([`latency`]: batch 1 and 128, the median of repeated forward passes in
+//!    evaluation mode) of the masked (full-width) and the compacted network.
+//!
+//! The output directory is a run (`config.toml` with `model.widths`, `weights.safetensors`,
+//! `metrics.json`) that `eval`, `report` and `train` (`bayes.init_from`) load like any other,
+//! plus `compact.md` (the table) and [`COMPACT_SUMMARY`]. A directory that holds anything is
+//! refused; `--force` replaces only an earlier compaction's output (one with
+//! [`COMPACT_SUMMARY`]).
+
+use super::setup::{build_model, coupling, device, eval_image_batches, geometry, load_data};
+use crate::atomic;
+use crate::config::StudyConfig;
+use crate::data::Normalizer;
+use crate::error::{ExpError, Result};
+use crate::seed_stream::SeedStream;
+use crate::store::RunDir;
+use candle_core::{DType, Device, Tensor};
+use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
+use secateur_inference::batches::Batches;
+use secateur_pruning::structured::{check_pruned_outputs, compact_store, StructuredMask};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The summary file of a compaction, in its output directory.
+pub const COMPACT_SUMMARY: &str = "compact.json";
+
+/// The largest accepted `max |Δ logits| / max(1, max |logits|)` between the masked and the
+/// compacted network (f32 sums in another order differ by a few ulps).
+pub const MAX_LOGIT_DIFF: f64 = 1e-5;
+
+/// What `compact` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// A finished run, or a `prune --run` directory.
+    pub run: PathBuf,
+    /// The masks (default: `masks.safetensors` of the prune directory or of the run).
+    pub masks: Option<PathBuf>,
+    /// The output run directory.
+    pub out: PathBuf,
+    /// Data directory searched first.
+    pub data_dir: Option<PathBuf>,
+    /// Replace an earlier compaction in `out`.
+    pub force: bool,
+    /// Forward passes timed per batch size (after two untimed ones); 0 skips the timing.
+    pub latency_reps: usize,
+}
+
+/// Median and fastest wall time of a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    /// Examples per forward pass.
+    pub batch: usize,
+    /// Median over the timed passes, milliseconds.
+    pub median_ms: f64,
+    /// Fastest timed pass, milliseconds.
+    pub min_ms: f64,
+    /// Timed passes.
+    pub reps: usize,
+}
+
+/// One network's size and speed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetworkCost {
+    /// Parameters (every stored parameter, not buffers).
+    pub params: usize,
+    /// Multiply–accumulates per example of the weight layers.
+    pub flops: u64,
+    /// Test accuracy (the run's own predictive: Monte Carlo for a Bayesian network).
+    pub test_accuracy: f64,
+    /// Latency at batch 1 and 128 (empty when not timed).
+    pub latency: Vec<Latency>,
+}
+
+/// What `compact` measured (written as [`COMPACT_SUMMARY`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompactSummary {
+    /// The run compacted.
+    pub run: String,
+    /// Architecture.
+    pub arch: String,
+    /// Layer kind.
+    pub layers: String,
+    /// Output widths of every weight layer before and after: `(name, before, after)`.
+    pub widths: Vec<(String, usize, usize)>,
+    /// Groups pruned of all prunable groups.
+    pub groups_pruned: usize,
+    /// Prunable groups.
+    pub groups: usize,
+    /// The masked network at full width.
+    pub masked: NetworkCost,
+    /// The compacted network.
+    pub compacted: NetworkCost,
+    /// `max |Δ logits|` of the posterior-mean networks over the test set.
+    pub max_logit_diff: f64,
+    /// `max |logits|` over the test set.
+    pub max_logit: f64,
+    /// The CPU's model name (from `/proc/cpuinfo`), for the latencies.
+    pub cpu: String,
+    /// Rayon threads of the timing.
+    pub threads: usize,
+}
+
+/// The median and fastest wall time of `reps` forward passes of `net` in evaluation mode
+/// (posterior mean) on a seeded `N(0, 1)` batch of `batch` inputs of shape `input`, after two
+/// untimed passes.
+pub fn latency(
+    net: &dyn Module,
+    input: [usize; 3],
+    batch: usize,
+    dtype: DType,
+    dev: &Device,
+    reps: usize,
+) -> candle_core::Result<Latency> {
+    let [c, h, w] = input;
+    let mut rng = SeededRng::new(0);
+    let x = rng.randn(&[batch, c, h, w], dtype, dev)?;
+    let mut times = Vec::with_capacity(reps);
+    for i in 0..reps + 2 {
+        let t0 = Instant::now();
+        let y = net.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
+        dev.synchronize()?;
+        drop(y);
+        if i >= 2 {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Latency {
+        batch,
+        median_ms: times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
+        min_ms: times.first().copied().unwrap_or(f64::NAN),
+        reps,
+    })
+}
+
+/// The CPU model name of this machine (`model name` of `/proc/cpuinfo`), or `unknown`.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Refuses an `out` that holds anything, unless `force` and it is an earlier compaction's
+/// output, which is then removed.
+fn prepare_out(out: &Path, force: bool) -> Result<()> {
+    let holds = out.is_dir()
+        && std::fs::read_dir(out)
+            .map_err(|e| ExpError::io(out, e))?
+            .next()
+            .is_some();
+    if !holds {
+        return Ok(());
+    }
+    let refuse = |m: &str| {
+        Err(ExpError::io(
+            out,
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, m.to_string()),
+        ))
+    };
+    if !force {
+        return refuse("is not empty; refusing to overwrite it: choose another --out, or give --force to replace an earlier compaction");
+    }
+    if !out.join(COMPACT_SUMMARY).is_file() {
+        return refuse("is not an earlier compaction's output (no compact.json); --force replaces only those");
+    }
+    std::fs::remove_dir_all(out).map_err(|e| ExpError::io(out, e))
+}
+
+/// The run to compact and its masks file: a `prune --run` directory names its run and holds
+/// the masks; a run holds the masks it was trained with; `--masks` overrides both.
+fn source(opts: &CompactOptions) -> Result<(PathBuf, PathBuf)> {
+    let (run, own) = match super::pruned_run(&opts.run)? {
+        Some((run, src)) => (run, src.dir.join(super::MASKS_FILE)),
+        None => (opts.run.clone(), opts.run.join(super::MASKS_FILE)),
+    };
+    let masks = opts.masks.clone().unwrap_or(own);
+    if !masks.is_file() {
+        return Err(ExpError::config(
+            "--masks",
+            format!(
+                "{} does not exist: give the masks with --masks FILE (a structured prune's masks.safetensors)",
+                masks.display()
+            ),
+        ));
+    }
+    Ok((run, masks))
+}
+
+/// Posterior-mean logits of `net` over every batch; `(max |a − b|, max |a|)` against `other`.
+fn logit_diff(
+    a: &dyn Module,
+    b: &dyn Module,
+    cfg: &StudyConfig,
+    set: &crate::data::ImageSet,
+    norm: &Normalizer,
+    dev: &Device,
+) -> Result<(f64, f64)> {
+    let mut batches = eval_image_batches(cfg, set, norm, dev)?;
+    let mut rng = SeedStream::Eval.rng(cfg.seed);
+    batches.start_epoch(0, &mut rng);
+    let (mut diff, mut scale) = (0f64, 0f64);
+    let max = |t: &Tensor| -> candle_core::Result<f64> {
+        t.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    };
+    for i in 0..batches.num_batches() {
+        let (x, _) = batches.batch(i, &mut rng)?;
+        let ya = a.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
+        let yb = b.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
+        diff = diff.max(max(&(&ya - &yb)?)?);
+        scale = scale.max(max(&ya)?);
+    }
+    Ok((diff, scale))
+}
+
+/// `secateur compact` (see the [module documentation](self)).
+pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
+    let (run_path, masks_file) = source(opts)?;
+    let run = RunDir::open(&run_path)?;
+    let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+    if cfg.likelihood.is_regression() || !cfg.posterior.is_none() {
+        return Err(ExpError::Run {
+            path: run_path.clone(),
+            message: "compact takes a classification run without a [posterior] (its samples or members would \
+                      need compacting too)"
+                .into(),
+        });
+    }
+    let weights = run.read_final_weights()?;
+    let dev = device("cpu")?;
+    let data = load_data(&cfg, opts.data_dir.as_deref())?;
+    let norm = Normalizer::from_set(&if cfg.data.val_fraction > 0.0 {
+        let mut split_rng = SeedStream::DataSplit.rng(cfg.seed);
+        data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
+    } else {
+        data.train.clone()
+    });
+    let input = [data.train.channels, data.train.height, data.train.width];
+    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
+    let (net, store) = build_model(&cfg, input, classes, &dev)?;
+    store.load(&weights)?;
+    let masks = crate::prune::load_masks(&masks_file, &store)?; // applies them
+    let c = coupling(&cfg, input, classes)?;
+    let smask = StructuredMask::from_mask_set(&c, &masks)
+        .map_err(|e| ExpError::config("--masks", format!("{}: {e}", masks_file.display())))?;
+    if smask.num_pruned() == 0 {
+        return Err(ExpError::config(
+            "--masks",
+            format!(
+                "{} prunes no whole filter or unit, so there is nothing to compact (a structured prune: \
+                 `secateur prune --method structured`)",
+                masks_file.display()
+            ),
+        ));
+    }
+    check_pruned_outputs(&c, &smask, &store.tensors()).map_err(|e| ExpError::config("--masks", e.to_string()))?;
+    let compacted = compact_store(&c, &smask, &store)?;
+
+    let mut small_cfg = cfg.clone();
+    small_cfg.model.hidden = None;
+    small_cfg.model.widths = Some(compacted.out_widths());
+    let (small_net, small_store) = build_model(&small_cfg, input, classes, &dev)?;
+    small_store.load(&compacted.tensors)?;
+
+    let (diff, scale) = logit_diff(&net, &small_net, &cfg, &data.test, &norm, &dev)?;
+    if diff.is_nan() || diff > MAX_LOGIT_DIFF * scale.max(1.0) {
+        return Err(ExpError::Run {
+            path: run_path,
+            message: format!(
+                "the compacted network differs from the masked one: max |Δ logits| = {diff:.3e} (logits up to \
+                 {scale:.3}); this is a bug, please report it"
+            ),
+        });
+    }
+    let cost = |n: &dyn Module, params: usize, cfg: &StudyConfig, acc: f64| -> Result<NetworkCost> {
+        let flops = geometry(cfg, input, classes)?
+            .layers
+            .iter()
+            .map(|l| l.flops(l.weight_shape.iter().product()))
+            .sum();
+        let mut lat = Vec::new();
+        if opts.latency_reps > 0 {
+            for b in [1, 128] {
+                let reps = if b == 1 {
+                    opts.latency_reps * 5
+                } else {
+                    opts.latency_reps
+                };
+                lat.push(latency(n, input, b, cfg.model.dtype()?, &dev, reps)?);
+            }
+        }
+        Ok(NetworkCost {
+            params,
+            flops,
+            test_accuracy: acc,
+            latency: lat,
+        })
+    };
+    let acc_masked = super::evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics;
+    let ev = super::evaluate(&small_net, &data.test, &norm, &small_cfg, &dev)?;
+    let masked = cost(&net, store.num_params(), &cfg, acc_masked.accuracy)?;
+    let small = cost(&small_net, small_store.num_params(), &small_cfg, ev.metrics.accuracy)?;
+    let summary = CompactSummary {
+        run: run_path.display().to_string(),
+        arch: cfg.model.arch.clone(),
+        layers: cfg.model.layers.clone(),
+        widths: compacted
+            .widths
+            .iter()
+            .map(|w| (w.name.clone(), w.before, w.after))
+            .collect(),
+        groups_pruned: smask.num_pruned(),
+        groups: smask.num_groups(),
+        masked,
+        compacted: small,
+        max_logit_diff: diff,
+        max_logit: scale,
+        cpu: cpu_model(),
+        threads: rayon_threads(),
+    };
+
+    prepare_out(&opts.out, opts.force)?;
+    let (out, _lock) = RunDir::create_locked(&small_cfg.name, Some(&opts.out))?;
+    atomic::write_string(&out.file("config.toml"), &small_cfg.to_toml()?)?;
+    atomic::write_safetensors(&out.file("weights.safetensors"), &small_store.tensors())?;
+    let mut metrics = Map::new();
+    metrics.insert("test_accuracy".into(), ev.metrics.accuracy.into());
+    metrics.insert("test_nll".into(), ev.metrics.nll.into());
+    metrics.insert("test_ece".into(), ev.metrics.ece.into());
+    metrics.insert("params_total".into(), small_store.num_params().into());
+    metrics.insert("seed".into(), cfg.seed.into());
+    metrics.insert("compacted_from".into(), summary.run.clone().into());
+    let json =
+        |v: &Value| serde_json::to_string_pretty(v).map_err(|e| ExpError::io(out.path(), std::io::Error::other(e)));
+    atomic::write_string(&out.file("metrics.json"), &json(&Value::Object(metrics))?)?;
+    let s = serde_json::to_value(&summary).map_err(|e| ExpError::io(out.path(), std::io::Error::other(e)))?;
+    atomic::write_string(&out.file(COMPACT_SUMMARY), &json(&s)?)?;
+    atomic::write_string(&out.file("compact.md"), &markdown(&summary))?;
+    Ok(summary)
+}
+
+/// The threads rayon (and so the CPU kernels) use.
+fn rayon_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// `compact.md`: sizes, accuracy and latency before and after, and the widths per layer.
+pub fn markdown(s: &CompactSummary) -> String {
+    let (m, c) = (&s.masked, &s.compacted);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let mut t = format!(
+        "# Compaction of `{}` ({}, {} layers)\n\n\
+         {} of {} groups pruned. The compacted network computes what the masked one computes: max |Δ logits| \
+         over the test set {:.2e} (logits up to {:.2}).\n\n\
+         | | masked (full width) | compacted | ratio |\n|---|---:|---:|---:|\n\
+         | parameters | {} | {} | {:.3} |\n| FLOPs (MACs per example) | {} | {} | {:.3} |\n\
+         | test accuracy | {:.4} | {:.4} | |\n",
+        s.run,
+        s.arch,
+        s.layers,
+        s.groups_pruned,
+        s.groups,
+        s.max_logit_diff,
+        s.max_logit,
+        m.params,
+        c.params,
+        ratio(c.params as f64, m.params as f64),
+        m.flops,
+        c.flops,
+        ratio(c.flops as f64, m.flops as f64),
+        m.test_accuracy,
+        c.test_accuracy,
+    );
+    for (a, b) in m.latency.iter().zip(&c.latency) {
+        t += &format!(
+            "| latency, batch {} (median ms; fastest) | {:.3}; {:.3} | {:.3}; {:.3} | speed-up {:.2}× |\n",
+            a.batch,
+            a.median_ms,
+            a.min_ms,
+            b.median_ms,
+            b.min_ms,
+            ratio(a.median_ms, b.median_ms)
+        );
+    }
+    if let Some(l) = m.latency.first() {
+        t += &format!(
+            "\nLatency: CPU forward pass in evaluation mode, median of {} (batch 1) and {} (batch {}) timed passes \
+             after two untimed ones, on {} with {} threads. The speed-up to expect from FLOPs alone is {:.2}×.\n",
+            l.reps,
+            m.latency.get(1).map_or(0, |x| x.reps),
+            m.latency.get(1).map_or(0, |x| x.batch),
+            s.cpu,
+            s.threads,
+            ratio(m.flops as f64, c.flops as f64)
+        );
+    }
+    t += "\n| layer | width before | after |\n|---|---:|---:|\n";
+    for (n, b, a) in &s.widths {
+        t += &format!("| `{n}` | {b} | {a} |\n");
+    }
+    t
+}
