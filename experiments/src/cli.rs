@@ -110,6 +110,27 @@ pub enum Command {
     /// Rebuild a structurally pruned run as the smaller dense network it is, and measure it
     /// (parameters, FLOPs, accuracy, CPU latency at batch 1 and 128) in compact.md.
     Compact(CompactCmd),
+    /// Quantise a finished run's weights to int8 (per output channel, symmetric) and compare it
+    /// with the f32 network (size on disk, accuracy, NLL, ECE, latency) in quantise.md.
+    Quantise(QuantiseCmd),
+}
+
+/// `secateur quantise`.
+#[derive(Debug, Args)]
+pub struct QuantiseCmd {
+    /// A finished deterministic classification run (a compacted one too).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// Output run directory: config.toml, weights.safetensors (dequantised, f32),
+    /// weights.int8.safetensors, metrics.json, quantise.md, quantise.json. Must be empty or new.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Timed forward passes at batch 128 (five times as many at batch 1); 0: no timing.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub latency_reps: usize,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: Common,
 }
 
 /// `secateur compact`.
@@ -628,6 +649,16 @@ pub fn run(cli: Cli) -> Result<()> {
             })?;
             println!("{}", commands::compact_markdown(&s));
             println!("compacted run in {}", c.out.display());
+        }
+        Command::Quantise(c) => {
+            let s = commands::quantise(&commands::QuantiseOptions {
+                run: c.run,
+                out: c.out.clone(),
+                data_dir: c.common.data_dir,
+                latency_reps: c.latency_reps,
+            })?;
+            println!("{}", commands::quantise_markdown(&s));
+            println!("quantised run in {}", c.out.display());
         }
         Command::Prune(c) if c.method == "structured" => {
             let criterion = c.method_criterion()?.unwrap_or_default();

@@ -23,7 +23,9 @@
 //!   network (a reconstruction from the seed paper's abstract).
 //! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
 //! - [`structured`]: filter/unit groups with their coupled tensors, group masks, data-free
-//!   filter criteria (ℓ1/ℓ2, FPGM, batch-norm statistics) and FLOP/parameter budgets.
+//!   filter criteria (ℓ1/ℓ2, FPGM, batch-norm statistics), FLOP/parameter budgets and
+//!   compaction into the smaller network.
+//! - [`quantise`]: post-training int8 weights, per output channel, symmetric.
 //!
 //! The pipeline of pruning at initialisation: build the model, warm up batch norm, score, allocate,
 //! apply, then train with the masks as a step hook.
@@ -67,6 +69,7 @@ pub mod geometry;
 pub mod greg;
 pub mod mask;
 pub mod prunable;
+pub mod quantise;
 pub mod structured;
 
 pub use allocate::{Allocation, Exclusions, IterativeSchedule, Scope};

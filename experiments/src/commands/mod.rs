@@ -15,6 +15,7 @@
 //! - [`posterior`]: the `[posterior]` of a run (SWAG collection during training, the Laplace fit
 //!   after it, the posterior file, prediction by the posterior's predictive);
 //! - `ensemble`: deep ensembles, whose members are runs inside the ensemble's run;
+//! - `quantise`: the `quantise` command (int8 weights of a run, evaluated against f32);
 //! - `compact`: the `compact` command (a structurally pruned run rebuilt as a smaller dense
 //!   network, with its measured speed-up).
 
@@ -23,6 +24,7 @@ mod ensemble;
 mod eval;
 mod loaded;
 pub mod posterior;
+mod quantise;
 pub mod regression;
 mod report;
 mod run_dir;
@@ -38,6 +40,10 @@ pub use ensemble::train_member;
 pub use eval::{eval, posterior_mean_accuracy};
 pub(crate) use eval::{evaluate, ood_predictions};
 pub use loaded::{pruned_run, LoadedRun, PruneSource};
+pub use quantise::{
+    markdown as quantise_markdown, quantise, QuantiseOptions, QuantiseSummary, QuantisedCost, INT8_WEIGHTS,
+    QUANTISE_SUMMARY,
+};
 pub use report::{comparison_table, metrics_table};
 pub(crate) use run_dir::{open_resumed, run_dir};
 pub use run_dir::{RunSummary, TrainOptions, MASKS_FILE};
