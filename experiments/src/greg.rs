@@ -4,6 +4,12 @@
 //! the masks of the regularised groups, applied. `commands::train` then trains the masked network
 //! for `train.epochs` (the paper's fine-tuning). The phase trains whole epochs: the iterations
 //! after the schedule ends (fewer than one epoch) run without the penalty, before the cut.
+//!
+//! At `granularity = "filter"` the groups are the structured groups of
+//! `secateur_pruning::structured` (only layers that form them are regularised: not the
+//! classifier, not a ResNet's residual-sum layers), and the masks returned carry everything a
+//! pruned filter owns: its bias and batch-norm γ, β, and the next layer's input channels, so that
+//! FLOP counts are those of the smaller network and `secateur compact` can build it.
 
 use crate::atomic;
 use crate::commands::TrainingSetup;
@@ -16,7 +22,8 @@ use candle_core::Device;
 use secateur_bayes::{Module, ParamStore};
 use secateur_inference::schedule::Schedule;
 use secateur_inference::train::{Observer, TrainSettings};
-use secateur_pruning::greg::{GReg, Phase};
+use secateur_pruning::greg::{GReg, Granularity, Phase};
+use secateur_pruning::structured::StructuredMask;
 use secateur_pruning::{Allocation, Exclusions, MaskSet};
 
 /// What the phase did, for `metrics.json`.
@@ -53,12 +60,27 @@ pub fn regularise(
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = train_set.n_classes as usize;
     let geom = crate::commands::geometry(cfg, input, classes)?;
-    let exclude = Exclusions {
+    let mut exclude = Exclusions {
         first_layer: g.keep_first,
         last_layer: g.keep_last,
         ..Default::default()
     }
     .resolve(Some(&geom))?;
+    // filters are the structured groups: only layers that form groups (not the classifier,
+    // not a ResNet's residual-sum layers) are regularised, and the final masks carry every
+    // tensor a pruned filter owns
+    let coupling = match g.granularity {
+        Granularity::Filter => {
+            let c = crate::commands::coupling(cfg, input, classes)?;
+            for l in &geom.layers {
+                if c.layers.iter().all(|grp| grp.name != l.name) {
+                    exclude.insert(l.name.clone());
+                }
+            }
+            Some(c)
+        }
+        Granularity::Weight => None,
+    };
     let allocation = Allocation::new(g.sparsity, g.scope).with_exclude(exclude);
     let schedule = g.schedule();
     let (granularity, two) = (g.granularity, g.method == GregMethod::Greg2);
@@ -95,6 +117,10 @@ pub fn regularise(
         .masks()
         .cloned()
         .ok_or_else(|| ExpError::config("greg", "no groups were picked; this is a bug"))?;
+    let masks = match &coupling {
+        Some(c) => StructuredMask::from_mask_set(c, &masks)?.expand(c)?.to_mask_set()?,
+        None => masks,
+    };
     masks.apply(store)?;
     let summary = GregSummary {
         schedule_iterations: iterations,

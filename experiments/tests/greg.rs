@@ -47,9 +47,11 @@ fn greg1_prunes_half_the_filters_of_each_layer_and_trains_them_at_zero() {
     // λ: 0.5, 1.0, 1.5 (> 1 after 3 iterations), then one iteration to end the (empty) hold
     assert_eq!(m["greg_schedule_iterations"].as_u64(), Some(4));
     assert_eq!(m["greg_epochs"].as_u64(), Some(1));
-    // half the filters / rows of conv1, conv2, fc1, fc2 (the classifier is kept) is exactly
-    // half of their weights
-    assert_eq!(m["mask_sparsity"].as_f64(), Some(0.5));
+    // half the filters / rows of conv1, conv2, fc1, fc2 (the classifier's outputs are kept)
+    // with everything they own: kept rows × kept input channels of each weight, and the kept
+    // bias entries: conv1 3·1·25 = 75, conv2 8·3·25 = 600, fc1 60·(8·25) = 12,000, fc2 42·60
+    // = 2,520, fc3 10·42 = 420, biases 3 + 8 + 60 + 42 = 113, of 61,696 masked entries
+    assert_eq!(m["mask_kept"].as_u64(), Some(75 + 600 + 12_000 + 2_520 + 420 + 113));
     let w = candle_core::safetensors::load(run.dir.join("weights.safetensors"), &Device::Cpu).expect("weights");
     for (name, filters) in [
         ("conv1.weight", 6),
@@ -77,8 +79,30 @@ fn greg1_prunes_half_the_filters_of_each_layer_and_trains_them_at_zero() {
         .unwrap()
         .to_vec1()
         .unwrap();
-    assert!(fc3.iter().all(|v| *v != 0.0), "the classifier is kept");
+    // the classifier keeps its rows; its columns of the pruned fc2 units are zero
+    let zero_cols = (0..84).filter(|&j| (0..10).all(|o| fc3[o * 84 + j] == 0.0)).count();
+    assert_eq!(zero_cols, 42);
+    assert_eq!(fc3.iter().filter(|v| **v == 0.0).count(), 420);
+    let b: Vec<f32> = w["fc1.bias"].to_vec1().unwrap();
+    assert_eq!(
+        b.iter().filter(|v| **v == 0.0).count(),
+        60,
+        "pruned units' biases are zero"
+    );
     assert!(run.dir.join("masks.safetensors").is_file());
+    // and the run compacts into the network of half the filters
+    let small = commands::compact(&commands::CompactOptions {
+        run: run.dir.clone(),
+        masks: None,
+        out: tmp.path().join("small"),
+        data_dir: None,
+        force: false,
+        latency_reps: 0,
+    })
+    .expect("compact the GReg run");
+    let widths: Vec<usize> = small.widths.iter().map(|w| w.2).collect();
+    assert_eq!(widths, [3, 8, 60, 42, 10]);
+    assert_eq!(small.masked.test_accuracy, small.compacted.test_accuracy);
     let acc = m["test_accuracy"].as_f64().unwrap();
     // 10 balanced classes: chance is 0.1, and a network left dead by the cut stays there (as
     // random pruning at 0.9 does in the study); 0.3 is three times chance
