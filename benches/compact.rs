@@ -92,7 +92,13 @@ fn benches(c: &mut Criterion) {
 
 criterion_group!(compact, benches);
 
+/// As the CLI: freed tensor memory stays in the process (see `alloc_cache`).
+#[global_allocator]
+static ALLOC: secateur_kernels::alloc_cache::CachingAllocator = secateur_kernels::alloc_cache::CachingAllocator::new();
+
 fn main() {
+    ALLOC.set_limit(secateur_kernels::alloc_cache::default_limit());
+    secateur_kernels::runtime::tune_allocator();
     compact();
     Criterion::default().configure_from_args().final_summary();
 }
