@@ -16,8 +16,9 @@
 //!    posterior-mean logits over the whole test set (refused above [`MAX_LOGIT_DIFF`] relative
 //!    to the largest logit), and both networks' test accuracy;
 //! 5. parameters, FLOPs (multiply–accumulates per example, [`secateur_pruning::geometry`]) and
-//!    measured CPU latency ([`latency`]: batch 1 and 128, the median of repeated forward passes in
-//!    evaluation mode) of the masked (full-width) and the compacted network.
+//!    measured CPU latency ([`latencies`]: batch 1 and 128, the median of repeated forward passes
+//!    in evaluation mode, the two networks alternating) of the masked (full-width) and the
+//!    compacted network.
 //!
 //! The output directory is a run (`config.toml` with `model.widths`, `weights.safetensors`,
 //! `metrics.json`) that `eval`, `report` and `train` (`bayes.init_from`) load like any other,
@@ -120,37 +121,48 @@ pub struct CompactSummary {
     pub threads: usize,
 }
 
-/// The median and fastest wall time of `reps` forward passes of `net` in evaluation mode
-/// (posterior mean) on a seeded `N(0, 1)` batch of `batch` inputs of shape `input`, after two
-/// untimed passes.
-pub fn latency(
-    net: &dyn Module,
+/// The median and fastest wall time of a forward pass of each of `nets` in evaluation mode
+/// (posterior mean) on one seeded `N(0, 1)` batch of `batch` inputs of shape `input`: `reps`
+/// rounds after two untimed ones, each round timing one pass of every network, the order rotated
+/// from round to round, so that a change of load during the measurement falls on all of them
+/// alike (a paired measurement).
+pub fn latencies(
+    nets: &[&dyn Module],
     input: [usize; 3],
     batch: usize,
     dtype: DType,
     dev: &Device,
     reps: usize,
-) -> candle_core::Result<Latency> {
+) -> candle_core::Result<Vec<Latency>> {
     let [c, h, w] = input;
     let mut rng = SeededRng::new(0);
     let x = rng.randn(&[batch, c, h, w], dtype, dev)?;
-    let mut times = Vec::with_capacity(reps);
-    for i in 0..reps + 2 {
-        let t0 = Instant::now();
-        let y = net.forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
-        dev.synchronize()?;
-        drop(y);
-        if i >= 2 {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
+    let n = nets.len();
+    let mut times = vec![Vec::with_capacity(reps); n];
+    for round in 0..reps + 2 {
+        for k in 0..n {
+            let i = (round + k) % n;
+            let t0 = Instant::now();
+            let y = nets[i].forward(&x, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
+            dev.synchronize()?;
+            drop(y);
+            if round >= 2 {
+                times[i].push(t0.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
-    times.sort_by(f64::total_cmp);
-    Ok(Latency {
-        batch,
-        median_ms: times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
-        min_ms: times.first().copied().unwrap_or(f64::NAN),
-        reps,
-    })
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            Latency {
+                batch,
+                median_ms: t.get(t.len() / 2).copied().unwrap_or(f64::NAN),
+                min_ms: t.first().copied().unwrap_or(f64::NAN),
+                reps,
+            }
+        })
+        .collect())
 }
 
 /// The CPU model name of this machine (`model name` of `/proc/cpuinfo`), or `unknown`.
@@ -297,34 +309,40 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
             ),
         });
     }
-    let cost = |n: &dyn Module, params: usize, cfg: &StudyConfig, acc: f64| -> Result<NetworkCost> {
-        let flops = geometry(cfg, input, classes)?
+    let flops = |cfg: &StudyConfig| -> Result<u64> {
+        Ok(geometry(cfg, input, classes)?
             .layers
             .iter()
             .map(|l| l.flops(l.weight_shape.iter().product()))
-            .sum();
-        let mut lat = Vec::new();
-        if opts.latency_reps > 0 {
-            for b in [1, 128] {
-                let reps = if b == 1 {
-                    opts.latency_reps * 5
-                } else {
-                    opts.latency_reps
-                };
-                lat.push(latency(n, input, b, cfg.model.dtype()?, &dev, reps)?);
-            }
-        }
-        Ok(NetworkCost {
-            params,
-            flops,
-            test_accuracy: acc,
-            latency: lat,
-        })
+            .sum())
     };
+    let (mut lat_masked, mut lat_small) = (Vec::new(), Vec::new());
+    if opts.latency_reps > 0 {
+        for b in [1, 128] {
+            let reps = if b == 1 {
+                opts.latency_reps * 5
+            } else {
+                opts.latency_reps
+            };
+            let l = latencies(&[&net, &small_net], input, b, cfg.model.dtype()?, &dev, reps)?;
+            lat_masked.push(l[0]);
+            lat_small.push(l[1]);
+        }
+    }
     let acc_masked = super::evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics;
     let ev = super::evaluate(&small_net, &data.test, &norm, &small_cfg, &dev)?;
-    let masked = cost(&net, store.num_params(), &cfg, acc_masked.accuracy)?;
-    let small = cost(&small_net, small_store.num_params(), &small_cfg, ev.metrics.accuracy)?;
+    let masked = NetworkCost {
+        params: store.num_params(),
+        flops: flops(&cfg)?,
+        test_accuracy: acc_masked.accuracy,
+        latency: lat_masked,
+    };
+    let small = NetworkCost {
+        params: small_store.num_params(),
+        flops: flops(&small_cfg)?,
+        test_accuracy: ev.metrics.accuracy,
+        latency: lat_small,
+    };
     let summary = CompactSummary {
         run: run_path.display().to_string(),
         arch: cfg.model.arch.clone(),
@@ -410,7 +428,8 @@ pub fn markdown(s: &CompactSummary) -> String {
     if let Some(l) = m.latency.first() {
         t += &format!(
             "\nLatency: CPU forward pass in evaluation mode, median of {} (batch 1) and {} (batch {}) timed passes \
-             after two untimed ones, on {} with {} threads. The speed-up to expect from FLOPs alone is {:.2}×.\n",
+             after two untimed ones, the two networks alternating, on {} with {} threads. The speed-up to expect \
+             from FLOPs alone is {:.2}×.\n",
             l.reps,
             m.latency.get(1).map_or(0, |x| x.reps),
             m.latency.get(1).map_or(0, |x| x.batch),

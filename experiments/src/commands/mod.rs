@@ -33,7 +33,7 @@ pub mod svgd;
 mod train;
 
 pub use compact::{
-    compact, cpu_model, latency, markdown as compact_markdown, CompactOptions, CompactSummary, Latency, NetworkCost,
+    compact, cpu_model, latencies, markdown as compact_markdown, CompactOptions, CompactSummary, Latency, NetworkCost,
     COMPACT_SUMMARY,
 };
 pub use ensemble::train_member;

@@ -16,7 +16,7 @@
 //! traffic at batch 1, not arithmetic). Both are measured and reported so that the table says
 //! so rather than assumes it.
 
-use super::compact::{cpu_model, latency, Latency};
+use super::compact::{cpu_model, latencies, Latency};
 use super::setup::{build_model, device, geometry, load_data};
 use crate::atomic;
 use crate::config::StudyConfig;
@@ -170,22 +170,10 @@ pub fn quantise(opts: &QuantiseOptions) -> Result<QuantiseSummary> {
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
     let (net, store) = build_model(&cfg, input, classes, &dev)?;
     store.load(&weights)?;
-    let timing = |store_net: &secateur_models::Network| -> Result<Vec<Latency>> {
-        let mut out = Vec::new();
-        if opts.latency_reps > 0 {
-            for b in [1, 128] {
-                let reps = if b == 1 {
-                    opts.latency_reps * 5
-                } else {
-                    opts.latency_reps
-                };
-                out.push(latency(store_net, input, b, cfg.model.dtype()?, &dev, reps)?);
-            }
-        }
-        Ok(out)
-    };
     let before = super::evaluate(&net, &data.test, &norm, &cfg, &dev)?;
-    let f32_latency = timing(&net)?;
+    // the f32 network beside the quantised one, for the paired timing
+    let (f32_net, f32_store) = build_model(&cfg, input, classes, &dev)?;
+    f32_store.load(&weights)?;
     let g = geometry(&cfg, input, classes)?;
     let q = QuantisedWeights::quantise(&store, &g)?;
     let mut max_err = 0f64;
@@ -208,7 +196,19 @@ pub fn quantise(opts: &QuantiseOptions) -> Result<QuantiseSummary> {
     }
     q.apply(&store)?;
     let after = super::evaluate(&net, &data.test, &norm, &cfg, &dev)?;
-    let int8_latency = timing(&net)?;
+    let (mut f32_latency, mut int8_latency): (Vec<Latency>, Vec<Latency>) = (Vec::new(), Vec::new());
+    if opts.latency_reps > 0 {
+        for b in [1, 128] {
+            let reps = if b == 1 {
+                opts.latency_reps * 5
+            } else {
+                opts.latency_reps
+            };
+            let l = latencies(&[&f32_net, &net], input, b, cfg.model.dtype()?, &dev, reps)?;
+            f32_latency.push(l[0]);
+            int8_latency.push(l[1]);
+        }
+    }
     let k = before.preds.classes;
     let argmax = |p: &[f32]| (0..k).fold(0, |b, c| if p[c] > p[b] { c } else { b });
     let changed = before
@@ -296,8 +296,8 @@ pub fn markdown(s: &QuantiseSummary) -> String {
     }
     if !a.latency.is_empty() {
         t += &format!(
-            "\nLatency on {}: the int8 network runs on its dequantised f32 weights (no int8 kernel), so its \
-             latency is the f32 network's; the ratio shows the timing noise.\n",
+            "\nLatency on {}, the two networks alternating: the int8 network runs on its dequantised f32 weights \
+             (no int8 kernel), so its latency is the f32 network's; the ratio shows the timing noise.\n",
             s.cpu
         );
     }
