@@ -19,7 +19,7 @@
 //! - [`prune`]: `prune` and `scores` (criteria of `secateur-pruning` on a config's model and
 //!   data, masks and scores as safetensors, per-layer tables); `train --masks` trains with them.
 //! - [`structured`]: `prune --method structured` (whole filters and units to a FLOP or parameter
-//!   budget); `compact` ([`commands::compact`]) rebuilds the smaller network and measures it.
+//!   budget); `compact` ([`commands::compact()`]) rebuilds the smaller network and measures it.
 //! - [`pai`]: the pruning-at-initialisation study (`secateur study pai`).
 //! - [`greg`]: the growing-regularisation phase of `train` (`[greg]` in the config).
 //! - [`posterior_config`]: the `[posterior]` section (SWA, SWAG, Laplace, deep ensembles); the

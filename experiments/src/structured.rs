@@ -3,7 +3,7 @@
 //! ([`secateur_pruning::structured`]).
 //!
 //! Writes into the output directory:
-//! - `masks.safetensors`: the structured mask as entry masks ([`ExpandedMask::to_mask_set`]):
+//! - `masks.safetensors`: the structured mask as entry masks ([`secateur_pruning::structured::ExpandedMask::to_mask_set`]):
 //!   the pruned filters' weight rows, the consumers' input channels, and the pruned entries of
 //!   the biases and batch-norm γ, β; `train --masks` holds it during a fine-tune (started from
 //!   the run's weights with `--set bayes.init_from=RUN`), `eval`/`report` evaluate this

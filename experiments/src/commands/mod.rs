@@ -19,12 +19,12 @@
 //! - `compact`: the `compact` command (a structurally pruned run rebuilt as a smaller dense
 //!   network, with its measured speed-up).
 
-mod compact;
+pub mod compact;
 mod ensemble;
 mod eval;
 mod loaded;
 pub mod posterior;
-mod quantise;
+pub mod quantise;
 pub mod regression;
 mod report;
 mod run_dir;
