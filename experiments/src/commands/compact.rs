@@ -178,6 +178,61 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// A finished classification run without a `[posterior]` (refused otherwise, naming `command`),
+/// loaded for `compact` and `quantise`: config, final weights, data, the training set's
+/// normalisation, and the network with its weights.
+pub(super) struct FinishedClassifier {
+    pub(super) cfg: StudyConfig,
+    pub(super) weights: std::collections::HashMap<String, Tensor>,
+    pub(super) data: crate::data::LoadedImages,
+    pub(super) norm: Normalizer,
+    pub(super) input: [usize; 3],
+    pub(super) classes: usize,
+    pub(super) net: secateur_models::Network,
+    pub(super) store: secateur_bayes::ParamStore,
+    pub(super) dev: Device,
+}
+
+impl FinishedClassifier {
+    pub(super) fn open(path: &Path, data_dir: Option<&Path>, command: &str) -> Result<Self> {
+        let run = RunDir::open(path)?;
+        let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+        if cfg.likelihood.is_regression() || !cfg.posterior.is_none() {
+            return Err(ExpError::Run {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{command} takes a classification run without a [posterior] (its samples or members would \
+                     need the same treatment)"
+                ),
+            });
+        }
+        let weights = run.read_final_weights()?;
+        let dev = device("cpu")?;
+        let data = load_data(&cfg, data_dir)?;
+        let norm = Normalizer::from_set(&if cfg.data.val_fraction > 0.0 {
+            let mut split_rng = SeedStream::DataSplit.rng(cfg.seed);
+            data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
+        } else {
+            data.train.clone()
+        });
+        let input = [data.train.channels, data.train.height, data.train.width];
+        let classes = data.train.n_classes.max(data.test.n_classes) as usize;
+        let (net, store) = build_model(&cfg, input, classes, &dev)?;
+        store.load(&weights)?;
+        Ok(Self {
+            cfg,
+            weights,
+            data,
+            norm,
+            input,
+            classes,
+            net,
+            store,
+            dev,
+        })
+    }
+}
+
 /// Refuses an `out` that holds anything, unless `force` and it is an earlier compaction's
 /// output, which is then removed.
 fn prepare_out(out: &Path, force: bool) -> Result<()> {
@@ -253,29 +308,17 @@ fn logit_diff(
 /// `secateur compact` (see the [module documentation](self)).
 pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
     let (run_path, masks_file) = source(opts)?;
-    let run = RunDir::open(&run_path)?;
-    let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
-    if cfg.likelihood.is_regression() || !cfg.posterior.is_none() {
-        return Err(ExpError::Run {
-            path: run_path.clone(),
-            message: "compact takes a classification run without a [posterior] (its samples or members would \
-                      need compacting too)"
-                .into(),
-        });
-    }
-    let weights = run.read_final_weights()?;
-    let dev = device("cpu")?;
-    let data = load_data(&cfg, opts.data_dir.as_deref())?;
-    let norm = Normalizer::from_set(&if cfg.data.val_fraction > 0.0 {
-        let mut split_rng = SeedStream::DataSplit.rng(cfg.seed);
-        data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
-    } else {
-        data.train.clone()
-    });
-    let input = [data.train.channels, data.train.height, data.train.width];
-    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
-    let (net, store) = build_model(&cfg, input, classes, &dev)?;
-    store.load(&weights)?;
+    let FinishedClassifier {
+        cfg,
+        data,
+        norm,
+        input,
+        classes,
+        net,
+        store,
+        dev,
+        ..
+    } = FinishedClassifier::open(&run_path, opts.data_dir.as_deref(), "compact")?;
     let masks = crate::prune::load_masks(&masks_file, &store)?; // applies them
     let c = coupling(&cfg, input, classes)?;
     let smask = StructuredMask::from_mask_set(&c, &masks)

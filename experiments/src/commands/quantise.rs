@@ -16,13 +16,10 @@
 //! traffic at batch 1, not arithmetic). Both are measured and reported so that the table says
 //! so rather than assumes it.
 
-use super::compact::{cpu_model, latencies, Latency};
-use super::setup::{build_model, device, geometry, load_data};
+use super::compact::{cpu_model, latencies, FinishedClassifier, Latency};
+use super::setup::{build_model, geometry};
 use crate::atomic;
-use crate::config::StudyConfig;
-use crate::data::Normalizer;
 use crate::error::{ExpError, Result};
-use crate::seed_stream::SeedStream;
 use crate::store::RunDir;
 use candle_core::{DType, Tensor};
 use secateur_pruning::quantise::QuantisedWeights;
@@ -135,12 +132,24 @@ fn file_size(p: &Path) -> Result<u64> {
 
 /// `secateur quantise` (see the [module documentation](self)).
 pub fn quantise(opts: &QuantiseOptions) -> Result<QuantiseSummary> {
-    let run = RunDir::open(&opts.run)?;
-    let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
-    if cfg.likelihood.is_regression() || !cfg.posterior.is_none() || cfg.model.layers != "deterministic" {
+    let FinishedClassifier {
+        cfg,
+        weights,
+        data,
+        norm,
+        input,
+        classes,
+        net,
+        store,
+        dev,
+    } = FinishedClassifier::open(&opts.run, opts.data_dir.as_deref(), "quantise")?;
+    if cfg.model.layers != "deterministic" {
         return Err(ExpError::Run {
             path: opts.run.clone(),
-            message: "quantise takes a deterministic classification run without a [posterior]".into(),
+            message: format!(
+                "quantise takes a deterministic run; its layers are `{}` (a posterior is not a weight)",
+                cfg.model.layers
+            ),
         });
     }
     if opts.out.is_dir()
@@ -157,19 +166,6 @@ pub fn quantise(opts: &QuantiseOptions) -> Result<QuantiseSummary> {
             ),
         ));
     }
-    let weights = run.read_final_weights()?;
-    let dev = device("cpu")?;
-    let data = load_data(&cfg, opts.data_dir.as_deref())?;
-    let norm = Normalizer::from_set(&if cfg.data.val_fraction > 0.0 {
-        let mut split_rng = SeedStream::DataSplit.rng(cfg.seed);
-        data.train.split(cfg.data.val_fraction, &mut split_rng)?.0
-    } else {
-        data.train.clone()
-    });
-    let input = [data.train.channels, data.train.height, data.train.width];
-    let classes = data.train.n_classes.max(data.test.n_classes) as usize;
-    let (net, store) = build_model(&cfg, input, classes, &dev)?;
-    store.load(&weights)?;
     let before = super::evaluate(&net, &data.test, &norm, &cfg, &dev)?;
     // the f32 network beside the quantised one, for the paired timing
     let (f32_net, f32_store) = build_model(&cfg, input, classes, &dev)?;
@@ -229,7 +225,7 @@ pub fn quantise(opts: &QuantiseOptions) -> Result<QuantiseSummary> {
         layers: q.weights.len(),
         max_error_steps: max_err,
         f32: QuantisedCost {
-            file_bytes: file_size(&run.file("weights.safetensors"))?,
+            file_bytes: file_size(&opts.run.join("weights.safetensors"))?,
             test_accuracy: before.metrics.accuracy,
             test_nll: before.metrics.nll,
             test_ece: before.metrics.ece,
