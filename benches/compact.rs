@@ -10,7 +10,18 @@
 //!
 //! The widths come from the allocation on a seeded initialisation (what a trained network's
 //! scores would give differs in which filters go, not in how many per layer, and latency depends
-//! on the widths only). Each network's FLOPs (multiply–accumulates per example) and their
+//! on the widths only).
+//!
+//! The `quantised-matmul` group times candle's quantised CPU matrix product (`QMatMul` with
+//! `GgmlDType::Q8_0` weights: int8 in blocks of 32 with an f16 scale, activations quantised to
+//! Q8_0 on the fly) against the f32 product for the fully connected layers of LeNet-300-100
+//! (`[B, 784] · [300, 784]ᵀ`, `[B, 300] · [100, 300]ᵀ`), at batch 1 and 128, to decide whether it
+//! serves `secateur quantise`. Q8_0 needs the inner dimension to be a multiple of 32, so both
+//! sides run on the inputs zero-padded to 800 and 320.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo bench --bench compact -- quantised
+//! ``` Each network's FLOPs (multiply–accumulates per example) and their
 //! fraction of the dense network's are printed before its timings, so that wall time can be set
 //! against FLOPs (the aim: within 1.3× of proportional down to a quarter of the FLOPs).
 
@@ -84,10 +95,36 @@ fn bench_arch(c: &mut Criterion, arch: &str) {
     g.finish();
 }
 
+fn quantised_matmul(c: &mut Criterion) {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::Module as _;
+    let mut g = c.benchmark_group("quantised-matmul");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    let mut rng = SeededRng::new(2);
+    for (n, k) in [(300, 800), (100, 320)] {
+        let w = rng.randn(&[n, k], DType::F32, &Device::Cpu).expect("weights");
+        let q = QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0).expect("quantize")).expect("qmatmul");
+        let wt = w.t().expect("transpose").contiguous().expect("contiguous");
+        for batch in [1, 128] {
+            let x = rng.randn(&[batch, k], DType::F32, &Device::Cpu).expect("input");
+            g.bench_with_input(BenchmarkId::new(format!("f32/{n}x{k}"), format!("b{batch}")), &x, |b, x| {
+                b.iter(|| x.matmul(&wt).expect("matmul"))
+            });
+            g.bench_with_input(BenchmarkId::new(format!("q8_0/{n}x{k}"), format!("b{batch}")), &x, |b, x| {
+                b.iter(|| q.forward(x).expect("qmatmul"))
+            });
+        }
+    }
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
     for arch in ["lenet5", "vgg11", "resnet20"] {
         bench_arch(c, arch);
     }
+    quantised_matmul(c);
 }
 
 criterion_group!(compact, benches);
