@@ -85,3 +85,35 @@ fn mean_field_with_monte_carlo_kl_and_two_samples_runs() {
     assert_eq!(m["params_weights"].as_u64(), Some(266_610));
     assert!(finite(m, "test_accuracy") > 0.3, "{m:?}");
 }
+
+/// `bayes.spike_slab_layerwise = true` on a spike-and-slab LeNet-300-100: `train` records the
+/// layer-wise λ of the reference code's formula for its widths and the 10,000 training images in
+/// the run's config, and the run trains.
+#[test]
+fn spike_slab_layerwise_inclusion_is_resolved_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&[
+        "train.epochs=1",
+        "model.layers=\"spike-slab\"",
+        "bayes.spike_slab_layerwise=true",
+    ]);
+    let s = train(&c, &opts(&dir.path().join("ss")), None).unwrap();
+    let written = StudyConfig::from_file(&s.dir.join("config.toml"), &[]).unwrap();
+    let want = secateur::bayes::layers::spike_slab::layerwise_inclusion(&[784, 300, 100, 10], 10_000).unwrap();
+    assert_eq!(written.bayes.spike_slab_layer_inclusion, want);
+    assert!(finite(&s.metrics, "test_accuracy") > 0.3);
+    // on another architecture it is refused, naming the key
+    let e = train(
+        &cfg(&[
+            "train.epochs=1",
+            "model.arch=\"lenet5\"",
+            "model.layers=\"spike-slab\"",
+            "bayes.spike_slab_layerwise=true",
+        ]),
+        &opts(&dir.path().join("lenet")),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bayes.spike_slab_layerwise"), "{e}");
+}

@@ -414,3 +414,35 @@ fn same_seed_same_output_and_registration() -> Result<()> {
     assert!((g - 0.99).abs() < 1e-6, "{g}");
     Ok(())
 }
+
+/// The layer-wise prior inclusion probabilities against the reference code's formula evaluated
+/// independently (NumPy, `jsanket12/SS_IG/SS_Gaussian_Node_MLP.py`, two hidden layers): the
+/// reference code's own network (784-400-400-10, 60,000 examples) and LeNet-300-100 on the
+/// 10,000-image subset; a wider first layer gets a smaller λ, more data a smaller λ.
+#[test]
+fn layerwise_inclusion_matches_the_reference_code() {
+    use secateur_bayes::layers::spike_slab::layerwise_inclusion;
+    for (widths, n, want) in [
+        (
+            &[784usize, 400, 400, 10][..],
+            60_000usize,
+            [0.001541135531010872, 0.002343842915729095],
+        ),
+        (
+            &[784, 300, 100, 10][..],
+            10_000,
+            [0.0020548536327840484, 0.00973086139196273],
+        ),
+    ] {
+        let got = layerwise_inclusion(widths, n).expect("λ");
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-12 * w, "{widths:?}, n = {n}: {g} vs {w}");
+        }
+    }
+    let small = layerwise_inclusion(&[784, 300, 100, 10], 60_000).expect("λ");
+    let large = layerwise_inclusion(&[784, 300, 100, 10], 10_000).expect("λ");
+    assert!(small[0] < large[0]);
+    assert!(layerwise_inclusion(&[784, 10], 100).is_err());
+    assert!(layerwise_inclusion(&[784, 0, 10], 100).is_err());
+    assert!(layerwise_inclusion(&[784, 30, 10], 0).is_err());
+}

@@ -526,6 +526,16 @@ pub struct BayesConfig {
     pub spike_slab_init_inclusion: f64,
     /// Spike-and-slab: temperature > 0 of the relaxed inclusion variables. Default 0.5.
     pub spike_slab_temperature: f64,
+    /// Spike-and-slab: the prior inclusion probability λ of each node-selecting layer in forward
+    /// order, each in (0, 1), overriding `spike_slab_prior.pi`. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spike_slab_layer_inclusion: Vec<f64>,
+    /// Spike-and-slab: `true` makes `train` set `spike_slab_layer_inclusion` to the layer-wise λ
+    /// of Jantre et al.'s reference code from the MLP's widths and the number of training
+    /// examples (`secateur_bayes::layers::spike_slab::layerwise_inclusion`), recorded in the run's
+    /// config. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spike_slab_layerwise: bool,
     /// Nested dropout: geometric parameter p in (0, 1] of the truncation index (unit k kept with
     /// probability `(1 − p)^{k−1}`); the prior's for variational nested dropout. Default 0.01.
     pub nested_dropout_p: f64,
@@ -573,6 +583,8 @@ impl Default for BayesConfig {
             spike_slab_prior: f.spike_slab_prior,
             spike_slab_init_inclusion: f.spike_slab_init_inclusion,
             spike_slab_temperature: f.spike_slab_temperature,
+            spike_slab_layer_inclusion: Vec::new(),
+            spike_slab_layerwise: false,
             nested_dropout_p: f.nested_dropout_p,
             nested_temperature: f.nested_temperature,
             eval_widths: Vec::new(),
@@ -677,6 +689,11 @@ impl BayesConfig {
                 self.spike_slab_temperature
             ));
         }
+        if let Some(bad) = self.spike_slab_layer_inclusion.iter().find(|&&x| !(x > 0.0 && x < 1.0)) {
+            return Err(format!(
+                "bayes.spike_slab_layer_inclusion must hold probabilities in (0, 1), got {bad}"
+            ));
+        }
         if !(self.nested_dropout_p > 0.0 && self.nested_dropout_p <= 1.0) {
             return Err(format!(
                 "bayes.nested_dropout_p must be in (0, 1], got {}",
@@ -744,6 +761,7 @@ impl BayesConfig {
             spike_slab_prior: self.spike_slab_prior,
             spike_slab_init_inclusion: self.spike_slab_init_inclusion,
             spike_slab_temperature: self.spike_slab_temperature,
+            spike_slab_layer_inclusion: self.spike_slab_layer_inclusion.clone(),
             nested_dropout_p: self.nested_dropout_p,
             nested_temperature: self.nested_temperature,
             gate_prior: secateur_bayes::layers::GsmGatePrior {
@@ -1318,6 +1336,10 @@ mod tests {
             ("model.hidden=[50]", "model.hidden"),
             ("model.widths=[6, 0, 120, 84, 10]", "model.widths"),
             ("model.widths=[]", "model.widths"),
+            (
+                "bayes.spike_slab_layer_inclusion=[0.1, 1.0]",
+                "bayes.spike_slab_layer_inclusion",
+            ),
             (
                 "bayes.spike_slab_prior={kind=\"gaussian\",mean=0.0,std=1.0}",
                 "bayes.spike_slab_prior",

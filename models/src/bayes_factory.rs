@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Options of the Bayesian factories, with the defaults of their layers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FactoryOptions {
     /// Prior of the mean-field layers. Default `N(0, 1)`.
     pub prior: Prior,
@@ -84,6 +84,11 @@ pub struct FactoryOptions {
     pub spike_slab_init_inclusion: f64,
     /// Temperature of the relaxed inclusion variables. Default 0.5.
     pub spike_slab_temperature: f64,
+    /// Prior inclusion probability λ of each spike-and-slab layer in the order the architecture
+    /// makes them (forward order), overriding `spike_slab_prior`'s `pi` for those layers (e.g.
+    /// `secateur_bayes::layers::spike_slab::layerwise_inclusion`); empty (the default): `pi`
+    /// for every layer.
+    pub spike_slab_layer_inclusion: Vec<f64>,
     /// Geometric parameter p of nested dropout (per unit: unit k is kept with probability
     /// `(1 − p)^{k−1}`), and of the prior of variational nested dropout. Default 0.01.
     pub nested_dropout_p: f64,
@@ -111,6 +116,7 @@ impl Default for FactoryOptions {
             spike_slab_prior: spike_slab::default_prior(),
             spike_slab_init_inclusion: spike_slab::DEFAULT_INIT_INCLUSION,
             spike_slab_temperature: spike_slab::DEFAULT_TEMPERATURE,
+            spike_slab_layer_inclusion: Vec::new(),
             nested_dropout_p: nested_dropout::DEFAULT_P,
             nested_temperature: nested_dropout::DEFAULT_TEMPERATURE,
             gate_prior: GsmGatePrior::default(),
@@ -397,7 +403,10 @@ pub struct SpikeSlab {
     pub init_inclusion: f64,
     /// Temperature of the relaxed inclusion variables.
     pub temperature: f64,
+    /// λ of the k-th layer made, overriding the prior's `pi` ([`SpikeSlab::with_layer_inclusion`]).
+    pub layer_inclusion: Vec<f64>,
     last: Mutex<Option<LastLayer>>,
+    made: std::sync::atomic::AtomicUsize,
 }
 
 /// The last spike-and-slab layer made (a clone sharing its node-selection switch).
@@ -421,8 +430,29 @@ impl SpikeSlab {
             init_std,
             init_inclusion,
             temperature,
+            layer_inclusion: Vec::new(),
             last: Mutex::new(None),
+            made: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// The prior inclusion probability λ of the k-th layer made (forward order) is `l[k]`
+    /// instead of the prior's `pi` (layers past the list keep `pi`). Each must be in (0, 1).
+    pub fn with_layer_inclusion(mut self, l: Vec<f64>) -> Result<Self> {
+        if let Some(bad) = l.iter().find(|&&x| !(x > 0.0 && x < 1.0)) {
+            candle_core::bail!("spike-and-slab layer inclusion probabilities must be in (0, 1), got {bad}");
+        }
+        self.layer_inclusion = l;
+        Ok(self)
+    }
+
+    /// The prior of the next layer made.
+    fn next_prior(&self) -> Prior {
+        let k = self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match (self.prior, self.layer_inclusion.get(k)) {
+            (Prior::SpikeAndSlab { slab_std, .. }, Some(&pi)) => Prior::SpikeAndSlab { pi, slab_std },
+            (p, _) => p,
+        }
     }
 
     /// Makes `layer` the last one, switching node selection on in the previous last layer.
@@ -444,7 +474,7 @@ impl LayerFactory for SpikeSlab {
     fn linear(&self, pb: &ParamBuilder, cfg: LinearCfg) -> Result<Box<dyn Module>> {
         let c = SpikeSlabLinearConfig::new(cfg.in_dim, cfg.out_dim)
             .with_bias(cfg.bias)
-            .with_prior(self.prior)
+            .with_prior(self.next_prior())
             .with_init_std(self.init_std)
             .with_init_inclusion(self.init_inclusion)
             .with_temperature(self.temperature)
@@ -457,7 +487,7 @@ impl LayerFactory for SpikeSlab {
         let c = SpikeSlabConv2dConfig::new(cfg.in_ch, cfg.out_ch, cfg.kernel)
             .with_geom(geom(&cfg))
             .with_bias(cfg.bias)
-            .with_prior(self.prior)
+            .with_prior(self.next_prior())
             .with_init_std(self.init_std)
             .with_init_inclusion(self.init_inclusion)
             .with_temperature(self.temperature)
@@ -660,12 +690,15 @@ mod tests {
         }
         let e = factory("gaussian-process", &o).err().unwrap().to_string();
         assert!(e.contains("gaussian-process") && e.contains("sparse-vd"), "{e}");
-        let bad = FactoryOptions { init_std: 0.0, ..o };
+        let bad = FactoryOptions {
+            init_std: 0.0,
+            ..o.clone()
+        };
         let e = factory("mean-field", &bad).err().unwrap().to_string();
         assert!(e.contains("init_std"), "{e}");
         let bad = FactoryOptions {
             sparse_vd_threshold: f64::NAN,
-            ..o
+            ..o.clone()
         };
         assert!(factory("sparse-vd", &bad)
             .err()
@@ -675,16 +708,19 @@ mod tests {
         for v in [0.5, -8.5, f64::NAN] {
             let bad = FactoryOptions {
                 vd_init_log_alpha: v,
-                ..o
+                ..o.clone()
             };
             let e = factory("variational-dropout", &bad).err().unwrap().to_string();
             assert!(e.contains("init_log_alpha"), "{v}: {e}");
         }
-        let bad = FactoryOptions { dropout: 1.0, ..o };
+        let bad = FactoryOptions {
+            dropout: 1.0,
+            ..o.clone()
+        };
         assert!(factory("mc-dropout", &bad).err().unwrap().to_string().contains("`p`"));
         let bad = FactoryOptions {
             gate_threshold: 1.0,
-            ..o
+            ..o.clone()
         };
         assert!(factory("gsm-gates", &bad)
             .err()
@@ -696,28 +732,28 @@ mod tests {
                 scale: 0.0,
                 ..GsmGatePrior::default()
             },
-            ..o
+            ..o.clone()
         };
         assert!(factory("gsm-gates", &bad).err().unwrap().to_string().contains("scale"));
         for (bad, field) in [
             (
                 FactoryOptions {
                     spike_slab_prior: Prior::default(),
-                    ..o
+                    ..o.clone()
                 },
                 "prior",
             ),
             (
                 FactoryOptions {
                     spike_slab_init_inclusion: 1.0,
-                    ..o
+                    ..o.clone()
                 },
                 "init_inclusion",
             ),
             (
                 FactoryOptions {
                     spike_slab_temperature: 0.0,
-                    ..o
+                    ..o.clone()
                 },
                 "temperature",
             ),
@@ -727,7 +763,7 @@ mod tests {
         }
         let bad = FactoryOptions {
             nested_dropout_p: 0.0,
-            ..o
+            ..o.clone()
         };
         assert!(factory("nested-dropout", &bad)
             .err()
@@ -741,7 +777,7 @@ mod tests {
             .contains("prior_p"));
         let bad = FactoryOptions {
             nested_temperature: -1.0,
-            ..o
+            ..o.clone()
         };
         assert!(factory("variational-nested-dropout", &bad)
             .err()

@@ -171,3 +171,41 @@ fn mean_field_layer_priors_apply_to_their_layer_only() -> Result<()> {
     assert!(e.contains("fc1"), "{e}");
     Ok(())
 }
+
+/// `spike_slab_layer_inclusion` reaches the layers: with λ of fc1 changed from `a` to `b` (same
+/// seed, so the same γ = 0.99 and weights), fc1's divergence changes by the closed form of the
+/// Bernoulli term alone, `Σ_nodes [γ ln(a/b) + (1−γ) ln((1−a)/(1−b))]` over its 300 nodes, and
+/// fc2's (λ from the list too) and fc3's (no node selection) do not change.
+#[test]
+fn spike_slab_layer_inclusion_sets_each_layers_prior() -> Result<()> {
+    let kl = |l: Vec<f64>| -> Result<std::collections::BTreeMap<String, f64>> {
+        let opts = FactoryOptions {
+            spike_slab_layer_inclusion: l,
+            ..FactoryOptions::default()
+        };
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(store.clone(), SeededRng::new(4), DType::F64, Device::Cpu);
+        build(
+            &ModelSpec::new("mlp", [1, 28, 28], 10),
+            factory("spike-slab", &opts)?.as_ref(),
+            &pb,
+        )?;
+        Ok(store.divergence(&Divergence::Kl, &mut SeededRng::new(0))?.1)
+    };
+    let (a, b) = (2e-3, 1e-4);
+    let ka = kl(vec![a, 5e-3])?;
+    let kb = kl(vec![b, 5e-3])?;
+    let g: f64 = 0.99;
+    let want = 300.0 * (g * (a / b).ln() + (1.0 - g) * ((1.0 - a) / (1.0 - b)).ln());
+    let got = kb["fc1"] - ka["fc1"];
+    assert!((got - want).abs() < 1e-6 * want.abs(), "{got} vs {want}");
+    assert_eq!(ka["fc2"], kb["fc2"]);
+    assert_eq!(ka["fc3"], kb["fc3"]);
+    // an inclusion outside (0, 1) is refused
+    let opts = FactoryOptions {
+        spike_slab_layer_inclusion: vec![1.0],
+        ..FactoryOptions::default()
+    };
+    assert!(factory("spike-slab", &opts).is_err());
+    Ok(())
+}

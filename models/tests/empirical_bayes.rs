@@ -59,7 +59,7 @@ fn posterior_mean_forward_equals_the_deterministic_forward_after_init() -> Resul
             ("mean-field", FactoryOptions::default()),
             ("sparse-vd", FactoryOptions::default()),
             ("variational-dropout", FactoryOptions::default()),
-            ("variational-dropout", unit),
+            ("variational-dropout", unit.clone()),
             ("mc-dropout", FactoryOptions::default()),
         ] {
             let (store, net) = build_kind(arch, kind, &opts, 7)?;

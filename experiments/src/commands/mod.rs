@@ -50,7 +50,7 @@ pub use run_dir::{RunSummary, TrainOptions, MASKS_FILE};
 pub(crate) use setup::load_data;
 pub use setup::{
     build_model, coupling, device, eval_image_batches, eval_table_batches, geometry, init_from_deterministic,
-    init_weights_file, optimizer, sampling, train_settings, TrainingSetup,
+    init_weights_file, optimizer, resolve_layerwise_inclusion, sampling, train_settings, TrainingSetup,
 };
 pub use train::train;
 

@@ -83,6 +83,41 @@ pub fn coupling(
     )?)
 }
 
+/// The config with `bayes.spike_slab_layer_inclusion` set to the layer-wise λ of Jantre et al.'s
+/// reference code when `bayes.spike_slab_layerwise` asks for it and no list is given
+/// (`secateur_bayes::layers::spike_slab::layerwise_inclusion` of the MLP's widths, input to
+/// classes, and the `n` training examples); unchanged otherwise. Only the `mlp` has the formula
+/// (the error says so for other architectures).
+pub fn resolve_layerwise_inclusion(
+    cfg: &StudyConfig,
+    input: [usize; 3],
+    classes: usize,
+    n: usize,
+) -> Result<StudyConfig> {
+    let mut out = cfg.clone();
+    if !cfg.bayes.spike_slab_layerwise || !cfg.bayes.spike_slab_layer_inclusion.is_empty() {
+        return Ok(out);
+    }
+    if cfg.model.layers != "spike-slab" || cfg.model.arch != "mlp" {
+        return Err(ExpError::config(
+            "bayes.spike_slab_layerwise",
+            format!(
+                "the layer-wise λ is defined for spike-slab layers of an mlp, not `{}` layers of `{}`",
+                cfg.model.layers, cfg.model.arch
+            ),
+        ));
+    }
+    let mut widths = vec![input.iter().product::<usize>()];
+    widths.extend(cfg.model.widths.clone().map_or_else(
+        || cfg.model.hidden.clone().unwrap_or_else(|| vec![300, 100]),
+        |w| w[..w.len().saturating_sub(1)].to_vec(),
+    ));
+    widths.push(classes);
+    out.bayes.spike_slab_layer_inclusion = secateur_bayes::layers::spike_slab::layerwise_inclusion(&widths, n)
+        .map_err(|e| ExpError::config("bayes.spike_slab_layerwise", e.to_string()))?;
+    Ok(out)
+}
+
 /// A fresh store and a builder drawing from the config's initialisation stream.
 pub(super) fn param_builder(cfg: &StudyConfig, dev: &Device) -> (ParamStore, ParamBuilder) {
     let store = ParamStore::new();

@@ -74,6 +74,9 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     let norm = Normalizer::from_set(&train_set);
     let input = [train_set.channels, train_set.height, train_set.width];
     let classes = data.train.n_classes.max(data.test.n_classes) as usize;
+    // the layer-wise spike-and-slab λ is resolved from the data and recorded in the run's config
+    let resolved = super::setup::resolve_layerwise_inclusion(cfg, input, classes, train_set.len())?;
+    let cfg = &resolved;
     let (net, store) = build_model(cfg, input, classes, &dev)?;
     let setup = TrainingSetup::new(cfg, train_set.len())?;
     // Empirical-Bayes initialisation (unless a checkpoint is loaded below), and the
