@@ -116,4 +116,20 @@ fn spike_slab_layerwise_inclusion_is_resolved_and_recorded() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("bayes.spike_slab_layerwise"), "{e}");
+    // an explicit list must give one λ per node-selecting layer (two in LeNet-300-100)
+    let e = train(
+        &cfg(&[
+            "train.epochs=1",
+            "model.layers=\"spike-slab\"",
+            "bayes.spike_slab_layer_inclusion=[0.01]",
+        ]),
+        &opts(&dir.path().join("short")),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("bayes.spike_slab_layer_inclusion") && e.contains("2 node-selecting"),
+        "{e}"
+    );
 }

@@ -134,7 +134,24 @@ fn structured_prune_finetune_compact_eval() {
     let mut forced = compact_opts(&ft, &small);
     forced.force = true;
     commands::compact(&forced).expect("--force replaces a compaction");
+    // --force keeps anything a compaction did not write
+    std::fs::write(small.join("notes.txt"), "mine").unwrap();
+    let e = commands::compact(&forced).unwrap_err().to_string();
+    assert!(e.contains("notes.txt"), "{e}");
+    assert!(small.join("notes.txt").is_file() && small.join("compact.json").is_file());
+    // an output that is, or holds, the source is refused even with --force
     forced.out = ft.clone();
+    let e = commands::compact(&forced).unwrap_err().to_string();
+    assert!(e.contains("an input of this compaction"), "{e}");
+    forced.out = tmp.path().to_path_buf();
+    let e = commands::compact(&forced).unwrap_err().to_string();
+    assert!(e.contains("an input of this compaction"), "{e}");
+    assert!(ft.join("weights.safetensors").is_file());
+    // a directory that is not a compaction's is refused with --force
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("x"), "x").unwrap();
+    forced.out = other;
     let e = commands::compact(&forced).unwrap_err().to_string();
     assert!(e.contains("not an earlier compaction"), "{e}");
 }

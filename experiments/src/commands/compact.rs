@@ -233,30 +233,77 @@ impl FinishedClassifier {
     }
 }
 
-/// Refuses an `out` that holds anything, unless `force` and it is an earlier compaction's
-/// output, which is then removed.
-fn prepare_out(out: &Path, force: bool) -> Result<()> {
-    let holds = out.is_dir()
-        && std::fs::read_dir(out)
-            .map_err(|e| ExpError::io(out, e))?
-            .next()
-            .is_some();
-    if !holds {
-        return Ok(());
-    }
-    let refuse = |m: &str| {
+/// The files a compaction writes into its output directory.
+const COMPACT_OUTPUTS: [&str; 7] = [
+    "config.toml",
+    "weights.safetensors",
+    "metrics.json",
+    "compact.md",
+    COMPACT_SUMMARY,
+    crate::store::LOCK_FILE,
+    "checkpoints",
+];
+
+/// Refuses an `out` that holds anything, unless `force` and it is an earlier compaction's output
+/// (it holds [`COMPACT_SUMMARY`]) holding nothing else: its files are then removed. An `out`
+/// that is the source run, or holds it or its masks, is refused even with `force`.
+fn prepare_out(out: &Path, force: bool, sources: &[&Path]) -> Result<()> {
+    let refuse = |m: String| {
         Err(ExpError::io(
             out,
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, m.to_string()),
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, m),
         ))
     };
+    if let (Ok(o), true) = (out.canonicalize(), out.exists()) {
+        for src in sources {
+            if src.canonicalize().is_ok_and(|s| s.starts_with(&o)) {
+                return refuse(format!(
+                    "holds {}, an input of this compaction; choose another --out",
+                    src.display()
+                ));
+            }
+        }
+    }
+    let entries: Vec<String> = if out.is_dir() {
+        std::fs::read_dir(out)
+            .map_err(|e| ExpError::io(out, e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
     if !force {
-        return refuse("is not empty; refusing to overwrite it: choose another --out, or give --force to replace an earlier compaction");
+        return refuse(
+            "is not empty; refusing to overwrite it: choose another --out, or give --force to replace an earlier compaction"
+                .into(),
+        );
     }
     if !out.join(COMPACT_SUMMARY).is_file() {
-        return refuse("is not an earlier compaction's output (no compact.json); --force replaces only those");
+        return refuse("is not an earlier compaction's output (no compact.json); --force replaces only those".into());
     }
-    std::fs::remove_dir_all(out).map_err(|e| ExpError::io(out, e))
+    let others: Vec<&String> = entries
+        .iter()
+        .filter(|e| !COMPACT_OUTPUTS.contains(&e.as_str()))
+        .collect();
+    if !others.is_empty() {
+        return refuse(format!(
+            "holds files a compaction did not write ({}); --force replaces only a compaction's own files",
+            others.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    for e in &entries {
+        let p = out.join(e);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|err| ExpError::io(&p, err))?;
+    }
+    Ok(())
 }
 
 /// The run to compact and its masks file: a `prune --run` directory names its run and holds
@@ -405,7 +452,7 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
         threads: rayon_threads(),
     };
 
-    prepare_out(&opts.out, opts.force)?;
+    prepare_out(&opts.out, opts.force, &[&run_path, &masks_file])?;
     let (out, _lock) = RunDir::create_locked(&small_cfg.name, Some(&opts.out))?;
     atomic::write_string(&out.file("config.toml"), &small_cfg.to_toml()?)?;
     atomic::write_safetensors(&out.file("weights.safetensors"), &small_store.tensors())?;

@@ -143,6 +143,12 @@ pub fn quantise(opts: &QuantiseOptions) -> Result<QuantiseSummary> {
         store,
         dev,
     } = FinishedClassifier::open(&opts.run, opts.data_dir.as_deref(), "quantise")?;
+    if cfg.model.dtype != "f32" {
+        return Err(ExpError::Run {
+            path: opts.run.clone(),
+            message: format!("quantise takes an f32 run; its model.dtype is `{}`", cfg.model.dtype),
+        });
+    }
     if cfg.model.layers != "deterministic" {
         return Err(ExpError::Run {
             path: opts.run.clone(),

@@ -170,6 +170,21 @@ pub(super) fn build_network(
             .map_err(|e| ExpError::config("model.layers", e.to_string()))?,
     };
     let net = build_with(cfg, &spec, input, outputs, factory.as_ref(), pb)?;
+    let given = &cfg.bayes.spike_slab_layer_inclusion;
+    if cfg.model.layers == "spike-slab" && !given.is_empty() {
+        // every spike-and-slab layer but the classifier selects nodes
+        let selecting = pb.store().variational_layers().len().saturating_sub(1);
+        if given.len() != selecting {
+            return Err(ExpError::config(
+                "bayes.spike_slab_layer_inclusion",
+                format!(
+                    "gives {} values; `{}` has {selecting} node-selecting layers",
+                    given.len(),
+                    cfg.model.arch
+                ),
+            ));
+        }
+    }
     if let Some(m) = &mean_field {
         let unused = m.unused_layer_priors(pb.store());
         if !unused.is_empty() {

@@ -29,6 +29,15 @@ use std::time::Instant;
 /// (another one is refused) and its recorded masks (`masks.safetensors`), and writes the same
 /// files, bit for bit but for wall times, as a run that was never interrupted.
 pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> Result<RunSummary> {
+    if cfg.bayes.spike_slab_layerwise
+        && cfg.bayes.spike_slab_layer_inclusion.is_empty()
+        && (cfg.posterior.kind == "ensemble" || cfg.posterior.kind == "svgd" || cfg.likelihood.is_regression())
+    {
+        return Err(ExpError::config(
+            "bayes.spike_slab_layerwise",
+            "is resolved for classification training of one network; give bayes.spike_slab_layer_inclusion instead",
+        ));
+    }
     if cfg.posterior.kind == "ensemble" {
         return super::ensemble::train(cfg, opts, resume);
     }

@@ -233,9 +233,15 @@ pub fn group_snr(store: &ParamStore, coupling: &Coupling) -> Result<GroupScores>
                 l.name
             ),
         };
-        let signal = mu.sqr()?.sum(1)?.sqrt()?;
-        let noise = var.sum(1)?.sqrt()?;
-        out.insert(l.name.clone(), finite(&l.name, signal.div(&noise)?.to_vec1()?)?);
+        let signal: Vec<f64> = mu.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
+        let noise: Vec<f64> = var.sum(1)?.sqrt()?.to_vec1()?;
+        // a filter with no signal scores 0, even where its σ vanishes with its mean (σ ∝ |μ|)
+        let snr = signal
+            .iter()
+            .zip(&noise)
+            .map(|(&s, &n)| if s == 0.0 { 0.0 } else { s / n })
+            .collect();
+        out.insert(l.name.clone(), finite(&l.name, snr)?);
     }
     Ok(out)
 }
