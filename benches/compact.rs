@@ -109,12 +109,16 @@ fn quantised_matmul(c: &mut Criterion) {
         let wt = w.t().expect("transpose").contiguous().expect("contiguous");
         for batch in [1, 128] {
             let x = rng.randn(&[batch, k], DType::F32, &Device::Cpu).expect("input");
-            g.bench_with_input(BenchmarkId::new(format!("f32/{n}x{k}"), format!("b{batch}")), &x, |b, x| {
-                b.iter(|| x.matmul(&wt).expect("matmul"))
-            });
-            g.bench_with_input(BenchmarkId::new(format!("q8_0/{n}x{k}"), format!("b{batch}")), &x, |b, x| {
-                b.iter(|| q.forward(x).expect("qmatmul"))
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("f32/{n}x{k}"), format!("b{batch}")),
+                &x,
+                |b, x| b.iter(|| x.matmul(&wt).expect("matmul")),
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("q8_0/{n}x{k}"), format!("b{batch}")),
+                &x,
+                |b, x| b.iter(|| q.forward(x).expect("qmatmul")),
+            );
         }
     }
     g.finish();
