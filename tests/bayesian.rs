@@ -102,6 +102,35 @@ fn spike_slab_layerwise_inclusion_is_resolved_and_recorded() {
     let want = secateur::bayes::layers::spike_slab::layerwise_inclusion(&[784, 300, 100, 10], 10_000).unwrap();
     assert_eq!(written.bayes.spike_slab_layer_inclusion, want);
     assert!(finite(&s.metrics, "test_accuracy") > 0.3);
+    // history.csv shows, per node-selecting layer, the nodes kept and their mean inclusion; at the
+    // last epoch they agree with the nodes metrics.json reports removed
+    let history = std::fs::read_to_string(s.dir.join("history.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = history.lines().map(|l| l.split(',').collect()).collect();
+    let col = |name: &str| {
+        rows[0]
+            .iter()
+            .position(|c| *c == name)
+            .unwrap_or_else(|| panic!("{name}: {}", history))
+    };
+    let last = rows.last().unwrap();
+    let kept: usize = ["fc1.kept", "fc2.kept"]
+        .iter()
+        .map(|c| last[col(c)].parse::<usize>().unwrap())
+        .sum();
+    let removed = s.metrics["nodes_removed"].as_u64().unwrap() as usize;
+    assert_eq!(
+        (kept + removed, s.metrics["nodes_total"].as_u64()),
+        (400, Some(400)),
+        "{history}"
+    );
+    for c in ["fc1.mean_inclusion", "fc2.mean_inclusion"] {
+        let g: f64 = last[col(c)].parse().unwrap();
+        assert!(g > 0.0 && g < 1.0, "{c} = {g}");
+    }
+    assert!(
+        rows[0].iter().all(|c| *c != "fc3.kept"),
+        "the classifier selects no nodes"
+    );
     // on another architecture it is refused, naming the key
     let e = train(
         &cfg(&[

@@ -73,7 +73,7 @@ pub use divergence::Divergence;
 pub use error::ConfigError;
 pub use init::Init;
 pub use module::Module;
-pub use params::{ParamBuilder, ParamStore};
+pub use params::{ParamBuilder, ParamStore, UnitSummary};
 pub use prior::Prior;
 pub use rng::SeededRng;
 pub use variational::{PosteriorStats, TestTimeWeight, Variational};

@@ -250,6 +250,29 @@ impl ParamStore {
         Ok(out)
     }
 
+    /// Per layer that selects units: the units kept at test time and their mean posterior
+    /// inclusion probability ([`Variational::removed_units`], [`Variational::unit_inclusion`]), by
+    /// layer name in sorted order. A training run records this every epoch, so that its history
+    /// shows how units leave.
+    pub fn unit_summaries(&self) -> Result<Vec<UnitSummary>> {
+        let mut out = Vec::new();
+        for (name, layer) in self.variational_layers() {
+            if let Some((removed, total)) = layer.removed_units()? {
+                let mean_inclusion = match layer.unit_inclusion()? {
+                    Some(g) => Some(g.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?),
+                    None => None,
+                };
+                out.push(UnitSummary {
+                    layer: name,
+                    kept: total - removed,
+                    total,
+                    mean_inclusion,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Posterior statistics of every probabilistic parameter of every registered layer (layers in
     /// sorted name order, each layer's parameters in its own order).
     pub fn posterior_stats(&self) -> Result<Vec<PosteriorStats>> {
@@ -468,4 +491,17 @@ mod tests {
         assert!(store.load(&m).is_err());
         Ok(())
     }
+}
+
+/// One layer's selected units at a moment of training ([`ParamStore::unit_summaries`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UnitSummary {
+    /// The layer's path in the store (e.g. `fc1`).
+    pub layer: String,
+    /// Units kept by the layer's test-time rule (spike-and-slab: `γ ≥ ½`).
+    pub kept: usize,
+    /// Units the layer selects among.
+    pub total: usize,
+    /// The mean posterior inclusion probability over the layer's units, where the layer has one.
+    pub mean_inclusion: Option<f64>,
 }

@@ -35,6 +35,12 @@ pub trait Variational: Send + Sync {
     fn removed_units(&self) -> Result<Option<(usize, usize)>> {
         Ok(None)
     }
+
+    /// The posterior inclusion probability of each unit this layer selects, `[units]` (a
+    /// spike-and-slab node's `γ`, a gate's `θ`), detached; `None` for layers that select no units.
+    fn unit_inclusion(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// One parameter of the test-time network held by a probabilistic layer.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! config.toml              the fully resolved config, seed included (written before training)
-//! history.csv              one row per epoch (loss, NLL and divergence apart, β, test metrics)
+//! history.csv              one row per epoch (loss, NLL and divergence apart, β, test metrics, units kept per unit-selecting layer)
 //! checkpoints/latest       name of the newest complete checkpoint directory
 //! checkpoints/epoch-NNNN/  weights.safetensors, optimizer.safetensors, state.json
 //! weights.safetensors      final weights and buffers, PyTorch-style names
@@ -311,7 +311,9 @@ impl RunDir {
         self.path.join(name)
     }
 
-    /// Writes the history as CSV (one row per epoch).
+    /// Writes the history as CSV (one row per epoch). A classification history has the columns
+    /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds`,
+    /// then `LAYER.kept,LAYER.mean_inclusion` for every layer that selects units.
     /// A regression history (records with `train_rmse`) has the columns
     /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds`.
     pub fn write_history(&self, history: &[EpochRecord]) -> Result<()> {
@@ -319,15 +321,25 @@ impl RunDir {
             return self.write_regression_history(history);
         }
         let mut s = String::from(
-            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds\n",
+            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds",
         );
+        // Unit-selecting layers (spike-and-slab nodes, gates) add two columns each: the units kept
+        // by the test-time rule and their mean inclusion probability, named after the layer.
+        let layers: Vec<String> = history
+            .first()
+            .map(|r| r.units.iter().map(|u| u.layer.clone()).collect())
+            .unwrap_or_default();
+        for l in &layers {
+            s.push_str(&format!(",{l}.kept,{l}.mean_inclusion"));
+        }
+        s.push('\n');
         for r in history {
             let (a, n, b, e, m) = match &r.eval {
                 Some(x) => (x.accuracy, x.nll, x.brier, x.ece, x.mce),
                 None => (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN),
             };
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.3}",
                 r.epoch,
                 r.lr,
                 r.train_loss,
@@ -342,6 +354,13 @@ impl RunDir {
                 m,
                 r.seconds
             ));
+            for l in &layers {
+                match r.units.iter().find(|u| &u.layer == l) {
+                    Some(u) => s.push_str(&format!(",{},{}", u.kept, u.mean_inclusion.unwrap_or(f64::NAN))),
+                    None => s.push_str(",,"),
+                }
+            }
+            s.push('\n');
         }
         atomic::write_string(&self.file("history.csv"), &s)
     }

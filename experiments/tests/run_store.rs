@@ -396,6 +396,7 @@ fn checkpoint_state_reads_back_bit_for_bit() {
             }),
             eval_regression: None,
             seconds: draw(),
+            units: Vec::new(),
         })
         .collect();
     let state = TrainState {

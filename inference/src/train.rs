@@ -34,7 +34,7 @@ use crate::optim::Optimizer;
 use crate::schedule::Schedule;
 use candle_core::{DType, Result, Tensor, Var, D};
 use secateur_bayes::rng::RngState;
-use secateur_bayes::{Module, ParamStore, Sampling, SeededRng};
+use secateur_bayes::{Module, ParamStore, Sampling, SeededRng, UnitSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -78,6 +78,10 @@ pub struct EpochRecord {
     pub eval_regression: Option<RegressionMetrics>,
     /// Wall-clock seconds of the epoch's training (not evaluation).
     pub seconds: f64,
+    /// At the epoch's end, per layer that selects units (spike-and-slab nodes, gates): units kept
+    /// by the test-time rule and their mean inclusion probability; empty for other models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<UnitSummary>,
 }
 
 fn one() -> f64 {
@@ -450,6 +454,7 @@ impl<'a> Trainer<'a> {
                 eval: metrics.classification,
                 eval_regression: metrics.regression,
                 seconds,
+                units: self.store.unit_summaries()?,
             };
             self.history.push(record.clone());
             let ckpt = Checkpoint {

@@ -650,6 +650,10 @@ impl Variational for GateLinear {
     fn removed_units(&self) -> Result<Option<(usize, usize)>> {
         Ok(Some(self.inner.removed()?))
     }
+
+    fn unit_inclusion(&self) -> Result<Option<Tensor>> {
+        Ok(Some(self.inner.theta()?.detach()))
+    }
 }
 
 /// A 2-D convolution with a Bernoulli gate on every input channel (the filters of the previous
@@ -761,6 +765,10 @@ impl Variational for GateConv2d {
 
     fn removed_units(&self) -> Result<Option<(usize, usize)>> {
         Ok(Some(self.inner.removed()?))
+    }
+
+    fn unit_inclusion(&self) -> Result<Option<Tensor>> {
+        Ok(Some(self.inner.theta()?.detach()))
     }
 }
 

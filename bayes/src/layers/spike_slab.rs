@@ -630,6 +630,13 @@ impl Variational for SpikeSlabLinear {
     fn removed_units(&self) -> Result<Option<(usize, usize)>> {
         self.inner.removed_units()
     }
+
+    fn unit_inclusion(&self) -> Result<Option<Tensor>> {
+        if !self.inner.selects() {
+            return Ok(None);
+        }
+        Ok(Some(self.inner.inclusion()?.detach()))
+    }
 }
 
 /// Configuration of a [`SpikeSlabConv2d`] layer (nodes are output channels).
@@ -834,6 +841,13 @@ impl Variational for SpikeSlabConv2d {
 
     fn removed_units(&self) -> Result<Option<(usize, usize)>> {
         self.inner.removed_units()
+    }
+
+    fn unit_inclusion(&self) -> Result<Option<Tensor>> {
+        if !self.inner.selects() {
+            return Ok(None);
+        }
+        Ok(Some(self.inner.inclusion()?.detach()))
     }
 }
 

@@ -557,6 +557,7 @@ mod tests {
                 mce: 0.1,
             }),
             seconds: 1.0,
+            units: Vec::new(),
         }
     }
 
