@@ -30,6 +30,8 @@ pub const RELIABILITY_FILE: &str = "reliability.png";
 pub const CURVES_SIZE: (u32, u32) = (1200, 480);
 /// Size in pixels (width, height) of `reliability.png`.
 pub const RELIABILITY_SIZE: (u32, u32) = (640, 720);
+/// File name of the unit-selection plot inside a run directory (runs whose layers select units).
+pub const UNITS_FILE: &str = "units.png";
 
 /// DejaVu Sans, embedded so that the plots need no system fonts.
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
@@ -504,8 +506,81 @@ pub fn ece_from_bins(bins: &[ReliabilityBin]) -> f64 {
         .sum()
 }
 
+/// How units leave during training, for a history whose layers select units (spike-and-slab
+/// nodes, gates; [`EpochRecord::units`]): two panels against the epoch, the fraction of each
+/// layer's units kept by its test-time rule together with the test accuracy and the divergence
+/// weight β (dashed), and each layer's mean inclusion probability. `None` for a history without
+/// such layers.
+pub fn units_png(history: &[EpochRecord]) -> Option<Result<Vec<u8>>> {
+    let layers: Vec<(String, usize)> = history
+        .first()?
+        .units
+        .iter()
+        .map(|u| (u.layer.clone(), u.total))
+        .collect();
+    if layers.is_empty() {
+        return None;
+    }
+    let series = |f: &dyn Fn(&EpochRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+        history
+            .iter()
+            .map(|r| (r.epoch as f64, f(r).unwrap_or(f64::NAN)))
+            .collect()
+    };
+    let mut kept = Vec::new();
+    let mut inclusion = Vec::new();
+    for (i, (layer, total)) in layers.iter().enumerate() {
+        let find = |r: &EpochRecord| r.units.iter().find(|u| &u.layer == layer).cloned();
+        kept.push(Line {
+            label: format!("{layer} kept (of {total})"),
+            color: i,
+            points: series(&|r| find(r).map(|u| u.kept as f64 / u.total.max(1) as f64)),
+            ..Line::default()
+        });
+        inclusion.push(Line {
+            label: format!("{layer} mean inclusion"),
+            color: i,
+            points: series(&|r| find(r).and_then(|u| u.mean_inclusion)),
+            ..Line::default()
+        });
+    }
+    let n = layers.len();
+    kept.push(Line {
+        label: "test accuracy".into(),
+        color: n,
+        dashed: true,
+        points: series(&|r| r.eval.as_ref().map(|m| m.accuracy)),
+        ..Line::default()
+    });
+    kept.push(Line {
+        label: "divergence weight β".into(),
+        color: n + 1,
+        dashed: true,
+        points: series(&|r| Some(r.beta)),
+        ..Line::default()
+    });
+    let panel = |title: &str, y_desc: &str, lines: Vec<Line>| Panel {
+        title: title.into(),
+        x_desc: "epoch".into(),
+        y_desc: y_desc.into(),
+        y_range: Some((0.0, 1.02)),
+        legend: Legend::LowerLeft,
+        lines,
+        ..Panel::default()
+    };
+    Some(panels_png(
+        UNITS_FILE,
+        &[
+            panel("Units kept at test time", "fraction kept / accuracy / β", kept),
+            panel("Mean inclusion probability", "mean inclusion", inclusion),
+        ],
+        2,
+    ))
+}
+
 /// Writes `curves.png` (from `history`) and `reliability.png` (from the test predictions `preds`,
-/// binned with [`CALIBRATION_BINS`] bins as the reported ECE) into `run`, each atomically.
+/// binned with [`CALIBRATION_BINS`] bins as the reported ECE) into `run`, each atomically; and
+/// `units.png` ([`units_png`]) for a run whose layers select units.
 pub fn write_run_plots(run: &RunDir, history: &[EpochRecord], preds: &Predictions) -> Result<()> {
     let with_path = |path: &Path, e: ExpError| match e {
         ExpError::Io { source, .. } => ExpError::io(path, source),
@@ -514,6 +589,10 @@ pub fn write_run_plots(run: &RunDir, history: &[EpochRecord], preds: &Prediction
     let curves = run.file(CURVES_FILE);
     let bytes = learning_curves_png(history).map_err(|e| with_path(&curves, e))?;
     atomic::write_bytes(&curves, &bytes)?;
+    if let Some(png) = units_png(history) {
+        let units = run.file(UNITS_FILE);
+        atomic::write_bytes(&units, &png.map_err(|e| with_path(&units, e))?)?;
+    }
 
     let reliability = run.file(RELIABILITY_FILE);
     let bins = reliability_bins(&preds.probs, &preds.labels, preds.classes, CALIBRATION_BINS)?;
@@ -701,6 +780,40 @@ mod tests {
             let bytes = std::fs::read(run.file(name)).unwrap();
             assert_eq!(&bytes[..8], &PNG_SIGNATURE);
         }
+    }
+
+    /// `units.png` exists only for histories with unit-selecting layers, has one panel for the
+    /// kept fraction and one for the mean inclusion, and shows the numbers (a history whose
+    /// nodes leave draws differently from one whose nodes stay).
+    #[test]
+    fn units_plot_is_drawn_for_unit_selecting_runs_only() {
+        use secateur_bayes::UnitSummary;
+        assert!(units_png(&(1..=3).map(|e| record(e, true)).collect::<Vec<_>>()).is_none());
+        let history = |leave: bool| -> Vec<EpochRecord> {
+            (1..=10)
+                .map(|e| EpochRecord {
+                    units: vec![
+                        UnitSummary {
+                            layer: "fc1".into(),
+                            kept: if leave { 300 - 25 * e } else { 300 },
+                            total: 300,
+                            mean_inclusion: Some(if leave { 1.0 - 0.08 * e as f64 } else { 0.99 }),
+                        },
+                        UnitSummary {
+                            layer: "fc2".into(),
+                            kept: 100,
+                            total: 100,
+                            mean_inclusion: None,
+                        },
+                    ],
+                    ..record(e, true)
+                })
+                .collect()
+        };
+        let a = units_png(&history(true)).unwrap().unwrap();
+        let b = units_png(&history(false)).unwrap().unwrap();
+        assert_eq!(dimensions(&a), (2 * PANEL_SIZE.0, PANEL_SIZE.1));
+        assert_ne!(a, b);
     }
 
     #[test]
