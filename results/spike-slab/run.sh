@@ -39,4 +39,4 @@ for seed in "$@"; do
   cell spike-slab-kl1 "$seed" spike-slab-lenet300.toml --set 'bayes.beta={kind="linear",delay=10,warmup=30,max=1.0}'
 done
 # the mean-field network without node selection, same recipe, divergence weight 1 (seed 0)
-cell mean-field-kl1 0 spike-slab-lenet300.toml --set 'model.layers="mean-field"' --set 'bayes.beta={kind="linear",delay=10,warmup=30,max=1.0}'
+cell mean-field-kl1 0 spike-slab-lenet300.toml --set 'model.layers="mean-field"' --set bayes.spike_slab_layerwise=false --set 'bayes.beta={kind="linear",delay=10,warmup=30,max=1.0}'
