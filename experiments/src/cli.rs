@@ -27,7 +27,11 @@ impl Cli {
             Command::Prune(c) => c.criterion.as_deref().is_some_and(second),
             Command::Scores(c) => c.diagnose || second(&c.criterion),
             Command::Study(c) => {
-                c.study == "pai" && crate::pai::PaiConfig::from_file(&c.config).is_ok_and(|p| p.needs_double_backprop())
+                c.study == "pai"
+                    && !c.slurm.slurm
+                    && c.config
+                        .as_deref()
+                        .is_some_and(|f| crate::pai::PaiConfig::from_file(f).is_ok_and(|p| p.needs_double_backprop()))
             }
             _ => false,
         }
@@ -468,12 +472,19 @@ pub struct StudyCmd {
     /// networks pruned by posterior and deterministic criteria, without and with a fine-tune) or
     /// `svgd` (Bayesian neural network regression by SVGD on random splits of a UCI table, as
     /// Liu & Wang 2016).
-    #[arg(value_parser = ["pai", "posteriors", "compression", "svgd"])]
+    /// `join` merges the shard directories of one study (`secateur study join SHARD_DIR...
+    /// --out DIR`): it refuses shards of another study config, lists missing cells (and fails)
+    /// or writes the study's results.csv, table, report and figures.
+    #[arg(value_parser = ["pai", "posteriors", "compression", "svgd", "join"])]
     pub study: String,
-    /// The study file (e.g. experiments/configs/pai.toml).
+    /// `join`: the shard directories (each holds `shard-I-of-N.json` and the shard's rows).
+    #[arg(value_name = "SHARD_DIR")]
+    pub shard_dirs: Vec<PathBuf>,
+    /// The study file (e.g. experiments/configs/pai.toml); every study but `join` needs one.
     #[arg(long, value_name = "FILE")]
-    pub config: PathBuf,
-    /// Study directory (default runs/NAME-TIMESTAMP).
+    pub config: Option<PathBuf>,
+    /// Study directory (default runs/NAME-TIMESTAMP); with --slurm, the directory of the
+    /// scripts, shards and joined study; with `join`, the joined study.
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Continue an interrupted study in DIR: runs already in its results.csv are skipped.
@@ -494,13 +505,54 @@ pub struct StudyCmd {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// `compression`: replace the study in --out (its files and trained runs) instead of
-    /// refusing it.
+    /// `compression`, `svgd`: replace the study in --out (its files and trained runs) instead
+    /// of refusing it; with --slurm: replace the scripts, shards and joined study in --out;
+    /// `join`: replace a study in --out that is not an earlier join of these shards.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub slurm: SlurmArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub common: Common,
+}
+
+/// `study --slurm`: the study as a Slurm job array and a join job (see
+/// `secateur_experiments::cluster::slurm`).
+#[derive(Debug, Args, Clone)]
+pub struct SlurmArgs {
+    /// Write into --out an sbatch job-array script (task I runs shard I/N) and a join job that
+    /// depends on it, instead of running the study here.
+    #[arg(long, requires = "out", conflicts_with_all = ["resume", "shard", "report_only"])]
+    pub slurm: bool,
+    /// --slurm: the number of array tasks (shards).
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "slurm")]
+    pub array_size: usize,
+    /// --slurm: the partition.
+    #[arg(long, value_name = "P", requires = "slurm")]
+    pub partition: Option<String>,
+    /// --slurm: the time limit of each task and of the join (HH:MM:SS, D-HH:MM:SS).
+    #[arg(long, value_name = "HH:MM:SS", requires = "slurm")]
+    pub time: Option<String>,
+    /// --slurm: CPUs per task (also the tasks' RAYON_NUM_THREADS).
+    #[arg(long, value_name = "C", default_value_t = 1, requires = "slurm")]
+    pub cpus_per_task: usize,
+    /// --slurm: memory per task (e.g. 8G).
+    #[arg(long, value_name = "M", requires = "slurm")]
+    pub mem: Option<String>,
+    /// --slurm: generic resources of each array task (e.g. gpu:1).
+    #[arg(long, value_name = "GRES", requires = "slurm")]
+    pub gres: Option<String>,
+    /// --slurm: a further #SBATCH option for both scripts (repeatable, e.g. --sbatch-arg=--account=proj).
+    #[arg(long, value_name = "ARG", requires = "slurm", allow_hyphen_values = true)]
+    pub sbatch_arg: Vec<String>,
+    /// --slurm: let Slurm requeue a pre-empted task (it resumes its shard).
+    #[arg(long, requires = "slurm")]
+    pub requeue: bool,
+    /// --slurm: submit the two scripts with sbatch and print the job ids.
+    #[arg(long, requires = "slurm")]
+    pub submit: bool,
 }
 
 fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
@@ -508,6 +560,24 @@ fn with_seed(mut set: Vec<String>, seed: Option<u64>) -> Vec<String> {
         set.push(format!("seed={s}"));
     }
     set
+}
+
+/// The study file of a study command (every study but `join` needs one; only `join` takes
+/// shard directories).
+fn study_config(c: &StudyCmd) -> Result<&std::path::Path> {
+    if !c.shard_dirs.is_empty() {
+        return Err(ExpError::config(
+            "study",
+            format!(
+                "`{}` takes no directories ({} given); `secateur study join SHARD_DIR... --out DIR` merges shards",
+                c.study,
+                c.shard_dirs.len()
+            ),
+        ));
+    }
+    c.config
+        .as_deref()
+        .ok_or_else(|| ExpError::config("study", format!("`{}` needs --config FILE (the study file)", c.study)))
 }
 
 /// Whether the run in `dir` was trained under a Gaussian likelihood (an unreadable config is
@@ -810,8 +880,99 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             println!("{} score tensors written to {}", out.tensors, c.out.display());
         }
+        Command::Study(c) if c.study == "join" => {
+            let out = c
+                .out
+                .clone()
+                .ok_or_else(|| ExpError::config("study join", "needs --out DIR (the joined study)"))?;
+            if c.config.is_some() || c.resume.is_some() || c.shard.is_some() || c.slurm.slurm {
+                return Err(ExpError::config(
+                    "study join",
+                    "takes shard directories and --out (the study config is in the shards)",
+                ));
+            }
+            let o = crate::cluster::join(
+                &c.shard_dirs,
+                &crate::cluster::JoinOptions {
+                    out: out.clone(),
+                    force: c.force,
+                    data_dir: c.common.data_dir.clone(),
+                },
+            )?;
+            println!(
+                "joined {} of {} shard(s) of a `{}` study (config {}): {} row(s) in {}",
+                o.shards - o.absent_shards.len(),
+                o.shards,
+                o.study.name(),
+                o.config_hash,
+                o.rows,
+                out.join("results.csv").display()
+            );
+            if !o.failed.is_empty() {
+                println!("{} failed cell(s):", o.failed.len());
+                for f in &o.failed {
+                    println!("  {f}");
+                }
+            }
+            if !o.missing.is_empty() {
+                return Err(ExpError::Run {
+                    path: out.clone(),
+                    message: format!(
+                        "{} cell(s) missing, no table written (list in {}):\n  {}",
+                        o.missing.len(),
+                        out.join("missing.md").display(),
+                        o.missing.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ")
+                    ),
+                });
+            }
+            println!("table: {}", out.join("table.md").display());
+        }
+        Command::Study(c) if c.slurm.slurm => {
+            let config = study_config(&c)?;
+            let kind = crate::cluster::StudyKind::from_name(&c.study)?;
+            let out = c
+                .out
+                .clone()
+                .ok_or_else(|| ExpError::config("--slurm", "needs --out DIR"))?;
+            let s = &c.slurm;
+            let p = crate::cluster::slurm::prepare(
+                kind,
+                config,
+                &out,
+                &crate::cluster::slurm::SlurmOptions {
+                    array_size: s.array_size,
+                    partition: s.partition.clone(),
+                    time: s.time.clone(),
+                    cpus_per_task: s.cpus_per_task,
+                    mem: s.mem.clone(),
+                    gres: s.gres.clone(),
+                    sbatch_args: s.sbatch_arg.clone(),
+                    requeue: s.requeue,
+                    submit: s.submit,
+                    force: c.force,
+                    data_dir: c.common.data_dir.clone(),
+                },
+            )?;
+            println!("job array: {}", p.array_script.display());
+            println!("join job:  {}", p.join_script.display());
+            match &p.jobs {
+                Some((a, j)) => {
+                    println!(
+                        "submitted: array job {a} ({} tasks), join job {j} (after the array)",
+                        s.array_size
+                    );
+                    println!("the study will be in {}", p.study_dir.display());
+                }
+                None => println!(
+                    "review them, then: a=$(sbatch --parsable {}) && sbatch --dependency=afterany:$a {}",
+                    p.array_script.display(),
+                    p.join_script.display()
+                ),
+            }
+        }
         Command::Study(c) if c.study == "posteriors" => {
-            let study = crate::posterior_study::PosteriorStudy::from_file(&c.config)?;
+            let config = study_config(&c)?;
+            let study = crate::posterior_study::PosteriorStudy::from_file(config)?;
             let opts = crate::posterior_study::RunOptions {
                 out: c.out.clone(),
                 resume: c.resume.clone(),
@@ -820,19 +981,22 @@ pub fn run(cli: Cli) -> Result<()> {
                 report_only: c.report_only,
                 quiet: c.quiet,
             };
-            let dir = crate::posterior_study::run(&study, &c.config, &opts)?;
+            let dir = crate::posterior_study::run(&study, config, &opts)?;
             println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
             println!("study directory: {}", dir.display());
         }
         Command::Study(c) if c.study == "svgd" => {
-            let file = crate::svgd_study::SvgdFile::from_file(&c.config)?;
+            let config = study_config(&c)?;
+            let file = crate::svgd_study::SvgdFile::from_file(config)?;
             let opts = crate::svgd_study::RunOptions {
                 out: c.out.clone(),
                 resume: c.resume.clone(),
                 force: c.force,
                 data_dir: c.common.data_dir.clone(),
+                shard: c.shard,
+                report_only: c.report_only,
             };
-            let dir = crate::svgd_study::run(&file, &c.config, &opts)?;
+            let dir = crate::svgd_study::run(&file, config, &opts)?;
             println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
             println!("study directory: {}", dir.display());
         }
@@ -843,7 +1007,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     "the compression study runs one network at a time; split it with --shard",
                 ));
             }
-            let file = crate::compression_study::CompressionFile::from_file(&c.config)?;
+            let config = study_config(&c)?;
+            let file = crate::compression_study::CompressionFile::from_file(config)?;
             let opts = crate::compression_study::RunOptions {
                 out: c.out.clone(),
                 resume: c.resume.clone(),
@@ -853,7 +1018,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 report_only: c.report_only,
                 quiet: c.quiet,
             };
-            let dir = crate::compression_study::run(&file, &c.config, &opts)?;
+            let dir = crate::compression_study::run(&file, config, &opts)?;
             println!(
                 "{}",
                 std::fs::read_to_string(dir.join("compression.md")).unwrap_or_default()
@@ -861,7 +1026,8 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("study directory: {}", dir.display());
         }
         Command::Study(c) => {
-            let pai = crate::pai::PaiConfig::from_file(&c.config)?;
+            let config = study_config(&c)?;
+            let pai = crate::pai::PaiConfig::from_file(config)?;
             let opts = crate::pai::RunOptions {
                 out: c.out.clone(),
                 data_dir: c.common.data_dir.clone(),
@@ -871,7 +1037,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 report_only: c.report_only,
                 quiet: c.quiet,
             };
-            let dir = crate::pai::run(&pai, &c.config, &opts)?;
+            let dir = crate::pai::run(&pai, config, &opts)?;
             println!("{}", std::fs::read_to_string(dir.join("table.md")).unwrap_or_default());
             println!("study directory: {}", dir.display());
         }

@@ -32,6 +32,7 @@
 
 pub mod atomic;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod comparison;
 pub mod compression_study;

@@ -313,6 +313,9 @@ impl Cell {
     }
 }
 
+/// The columns of `results.csv` that name a run.
+pub const KEY_COLUMNS: [&str; 5] = ["arch", "criterion", "bn_warmup", "sparsity", "seed"];
+
 /// `(arch, criterion, warm-up, sparsity in ppm, seed)`: identifies a run in `results.csv`.
 type RowKey = (String, String, bool, u64, u64);
 
@@ -460,6 +463,26 @@ pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<Path
             "--report-only",
             "needs --resume DIR (the study to report)",
         ));
+    }
+    if !opts.report_only {
+        // what this shard owes, for `study join`
+        let keys = grid
+            .iter()
+            .map(|c| {
+                let k = c.key(&models[c.model].cfg.model.arch);
+                vec![k.0, k.1, c.warm.to_string(), c.sparsity.to_string(), c.seed.to_string()]
+            })
+            .collect();
+        crate::cluster::ShardManifest::new(
+            crate::cluster::StudyKind::Pai,
+            &pai.name,
+            study_file,
+            (shard, shards),
+            &KEY_COLUMNS,
+            keys,
+            (0..grid.len()).map(|k| k % shards).collect(),
+        )?
+        .write(dir.path())?;
     }
     let todo: Vec<&Cell> = mine
         .iter()

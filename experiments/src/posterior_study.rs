@@ -150,6 +150,24 @@ pub fn run(study: &PosteriorStudy, path: &Path, opts: &RunOptions) -> Result<Pat
             .iter()
             .flat_map(|m| study.seeds.iter().map(move |&s| (m, s)))
             .collect();
+        let (shard, shards) = opts.shard.unwrap_or((0, 1));
+        if shards == 0 || shard >= shards {
+            return Err(ExpError::config(
+                "--shard",
+                format!("{shard}/{shards} is not a shard I/N with I < N"),
+            ));
+        }
+        // what this shard owes, for `study join`
+        crate::cluster::ShardManifest::new(
+            crate::cluster::StudyKind::Posteriors,
+            &study.name,
+            path,
+            (shard, shards),
+            &["method", "seed"],
+            cells.iter().map(|(m, s)| vec![m.name.clone(), s.to_string()]).collect(),
+            (0..cells.len()).map(|k| k % shards).collect(),
+        )?
+        .write(&dir)?;
         for (k, (m, seed)) in cells.into_iter().enumerate() {
             if let Some((i, n)) = opts.shard {
                 if k % n != i {

@@ -195,6 +195,11 @@ pub struct RunOptions {
     pub force: bool,
     /// Data directory searched first.
     pub data_dir: Option<PathBuf>,
+    /// Run only the cells (split, interaction) whose position in the grid (splits, then
+    /// interactions) is `i` modulo `n`.
+    pub shard: Option<(usize, usize)>,
+    /// With `resume`: run nothing, only rewrite the table.
+    pub report_only: bool,
 }
 
 /// The results file, the table and the copy of the study file.
@@ -274,6 +279,19 @@ pub fn table(study: &SvgdStudy, rows: &[SvgdRow]) -> String {
 pub fn run(file: &SvgdFile, path: &Path, opts: &RunOptions) -> Result<PathBuf> {
     let study = &file.svgd;
     let text = std::fs::read_to_string(path).map_err(|e| ExpError::io(path, e))?;
+    let (shard, shards) = opts.shard.unwrap_or((0, 1));
+    if shards == 0 || shard >= shards {
+        return Err(ExpError::config(
+            "--shard",
+            format!("{shard}/{shards} is not a shard I/N with I < N"),
+        ));
+    }
+    if opts.report_only && opts.resume.is_none() {
+        return Err(ExpError::config(
+            "--report-only",
+            "needs --resume DIR (the study to report)",
+        ));
+    }
     let table_set = load_table(&study.data, opts.data_dir.as_deref())?.set;
     let dir = match &opts.resume {
         Some(d) => {
@@ -314,9 +332,31 @@ pub fn run(file: &SvgdFile, path: &Path, opts: &RunOptions) -> Result<PathBuf> {
         }
     };
     let mut rows = read_rows(&dir.join(RESULTS_FILE))?;
-    for split in 0..study.splits {
-        for name in &study.interactions {
-            if rows.iter().any(|r| &r.interaction == name && r.split == split) {
+    // the grid in the order of `results.csv`: splits, then interactions by name
+    let mut names: Vec<&String> = study.interactions.iter().collect();
+    names.sort();
+    let cells: Vec<(usize, &String)> = (0..study.splits)
+        .flat_map(|s| names.iter().map(move |&i| (s, i)))
+        .collect();
+    if !opts.report_only {
+        // what this shard owes, for `study join`
+        crate::cluster::ShardManifest::new(
+            crate::cluster::StudyKind::Svgd,
+            &study.name,
+            path,
+            (shard, shards),
+            &["interaction", "split"],
+            cells.iter().map(|(s, i)| vec![i.to_string(), s.to_string()]).collect(),
+            (0..cells.len()).map(|k| k % shards).collect(),
+        )?
+        .write(&dir)?;
+    }
+    for (k, &(split, name)) in cells.iter().enumerate() {
+        {
+            if opts.report_only
+                || k % shards != shard
+                || rows.iter().any(|r| &r.interaction == name && r.split == split)
+            {
                 continue;
             }
             let how = interaction(name).map_err(|e| ExpError::config("svgd.interactions", e))?;

@@ -40,6 +40,9 @@ pub const DENSE: &str = "dense";
 pub const HEADER: &str =
     "model,seed,criterion,target_sparsity,sparsity,finetuned,accuracy,nll,ece,ood_auroc,seconds,error";
 
+/// The columns of `results.csv` that name a row ([`CompressionRow::key`]).
+pub const KEY_COLUMNS: [&str; 5] = ["model", "seed", "criterion", "target_sparsity", "finetuned"];
+
 /// How a study is run (not part of its definition: the rows do not depend on it).
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -387,6 +390,29 @@ pub fn run(file: &CompressionFile, path: &Path, opts: &RunOptions) -> Result<Pat
     let recorded = done;
     let done: BTreeSet<RowKey> = recorded.iter().map(CompressionRow::key).collect();
     if !opts.report_only {
+        // what this shard owes, for `study join`: the rows of its (model, seed) units
+        let mut keys = Vec::new();
+        let mut owner = Vec::new();
+        let mut unit = 0;
+        for m in &study.models {
+            for &seed in &study.seeds {
+                for (c, s, f) in unit_rows(study, m) {
+                    owner.push(unit % shards);
+                    keys.push(vec![m.name.clone(), seed.to_string(), c, s.to_string(), f.to_string()]);
+                }
+                unit += 1;
+            }
+        }
+        crate::cluster::ShardManifest::new(
+            crate::cluster::StudyKind::Compression,
+            &study.name,
+            path,
+            (shard, shards),
+            &KEY_COLUMNS,
+            keys,
+            owner,
+        )?
+        .write(&dir)?;
         let units: Vec<(usize, u64)> = (0..study.models.len())
             .flat_map(|i| study.seeds.iter().map(move |&s| (i, s)))
             .skip(shard)
