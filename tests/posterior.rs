@@ -261,6 +261,26 @@ fn the_posterior_study_writes_its_table_and_continues() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.contains("\nmap,0,") && csv.contains("\nswa,0,"), "{csv}");
     let kept = bytes(&out.join("runs").join("map-s0").join("metrics.json"));
+    // shard 1/2 in a directory of its own; `study join` merges the two, runs included
+    let out1 = dir.path().join("out1");
+    let o = RunOptions {
+        out: Some(out1.clone()),
+        shard: Some((1, 2)),
+        quiet: true,
+        ..Default::default()
+    };
+    run(&s, &study, &o).unwrap();
+    let joined = dir.path().join("joined");
+    let j = secateur::experiments::cluster::join(
+        &[out.clone(), out1],
+        &secateur::experiments::cluster::JoinOptions {
+            out: joined.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(j.missing.is_empty() && j.failed.is_empty() && j.rows == 4, "{j:?}");
+    assert!(joined.join("runs").join("swa-s1").join("metrics.json").is_file());
     let o = RunOptions {
         resume: Some(out.clone()),
         quiet: true,
@@ -278,6 +298,25 @@ fn the_posterior_study_writes_its_table_and_continues() {
         table.contains("| map | 2 |") && table.contains("| swa | 2 |"),
         "{table}"
     );
+    // the joined study has the rows of the one resumed in place (all but the wall seconds)
+    let no_seconds = |p: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(p).unwrap();
+        let head: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let t = head.iter().position(|h| *h == "train_seconds").unwrap();
+        text.lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(',').collect();
+                f.remove(t);
+                f.join(",")
+            })
+            .collect()
+    };
+    assert_eq!(
+        no_seconds(&joined.join("results.csv")),
+        no_seconds(&out.join("results.csv"))
+    );
+    let jt = std::fs::read_to_string(joined.join("table.md")).unwrap();
+    assert!(jt.contains("| map | 2 |") && jt.contains("| swa | 2 |"), "{jt}");
     // a new study in the same directory is refused
     let o = RunOptions {
         out: Some(out.clone()),
