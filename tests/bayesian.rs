@@ -162,3 +162,52 @@ fn spike_slab_layerwise_inclusion_is_resolved_and_recorded() {
         "{e}"
     );
 }
+
+/// `bayes.eval_every_epoch`: `mean` writes the posterior-mean columns only (as before), `both`
+/// adds the Monte Carlo columns, `mc` writes the Monte Carlo ones only; the report says which;
+/// a deterministic network's Monte Carlo average of its one predictive equals it. An unknown
+/// value is refused.
+#[test]
+fn per_epoch_evaluation_says_and_chooses_its_predictive() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = |name: &str, every: &str, layers: &str| -> (Vec<String>, Vec<Vec<String>>, String) {
+        let out = dir.path().join(name);
+        train(
+            &cfg(&[
+                "train.epochs=1",
+                "data.name=\"uci-digits\"",
+                &format!("model.layers=\"{layers}\""),
+                &format!("bayes.eval_every_epoch=\"{every}\""),
+            ]),
+            &opts(&out),
+            None,
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(out.join("history.csv")).unwrap();
+        let mut lines = text.lines();
+        let head: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+        let rows = lines.map(|l| l.split(',').map(String::from).collect()).collect();
+        (head, rows, std::fs::read_to_string(out.join("report.md")).unwrap())
+    };
+    let col = |h: &[String], r: &[String], k: &str| -> f64 {
+        r[h.iter()
+            .position(|c| c == k)
+            .unwrap_or_else(|| panic!("no column {k} in {h:?}"))]
+        .parse()
+        .unwrap()
+    };
+    let (h, _, report) = history("mean", "mean", "mean-field");
+    assert!(!h.iter().any(|c| c.starts_with("mc_")), "{h:?}");
+    assert!(report.contains("Test columns: the posterior-mean network"), "{report}");
+    let (h, r, _) = history("both", "both", "mean-field");
+    let (mean_acc, mc_acc) = (col(&h, &r[0], "test_accuracy"), col(&h, &r[0], "mc_test_accuracy"));
+    assert!(mean_acc > 0.3 && mc_acc > 0.3, "{mean_acc} {mc_acc}");
+    let (h, r, report) = history("mc", "mc", "mean-field");
+    assert!(col(&h, &r[0], "test_accuracy").is_nan() && col(&h, &r[0], "mc_test_accuracy") > 0.3);
+    assert!(report.contains("Test columns: the Monte Carlo average"), "{report}");
+    // a deterministic network has one predictive: `both` evaluates it once, no Monte Carlo columns
+    let (h, _, _) = history("det", "both", "deterministic");
+    assert!(!h.iter().any(|c| c.starts_with("mc_")), "{h:?}");
+    let bad = StudyConfig::from_toml("[bayes]\neval_every_epoch = \"sometimes\"\n", "t.toml", &[]);
+    assert!(bad.unwrap_err().to_string().contains("eval_every_epoch"));
+}

@@ -445,11 +445,13 @@ impl Default for TrainConfig {
 /// [bayes]
 /// prior = { kind = "gaussian", mean = 0.0, std = 1.0 }
 /// init_std = 1e-3
+/// posterior_init = "torch"    # or "bayesian-torch", "blundell"
 /// divergence = "kl"            # or "kl-mc:8", "js:0.5"
 /// beta = { kind = "linear", delay = 5, warmup = 15 }
 /// temperature = 1.0
 /// mc_samples = 1
 /// eval_samples = 10
+/// eval_every_epoch = "mean"    # per-epoch test columns: "mean", "mc" (as the final metrics), "both"
 /// sampling = "local"           # or "weight", "flipout"
 /// sparse_vd_threshold = 3.0
 /// mc_dropout_p = 0.1
@@ -487,6 +489,11 @@ pub struct BayesConfig {
     pub layer_priors: BTreeMap<String, Prior>,
     /// Initial posterior standard deviation of the mean-field layers, `softplus(ρ₀)`. Default 1e-3.
     pub init_std: f64,
+    /// How the mean-field layers' posterior starts: `torch` (μ as PyTorch initialises the
+    /// deterministic layer, ρ = ρ₀), `bayesian-torch` (μ ~ N(0, 0.1), ρ ~ N(ρ₀, 0.1)) or
+    /// `blundell` (μ ~ U(±0.2), ρ ~ U(ρ₀ ± ½)); see `secateur_bayes::layers::PosteriorInit`.
+    /// Default `torch`.
+    pub posterior_init: String,
     /// Divergence: `kl`, `kl-mc:S` or `js:ALPHA`. Default `kl`.
     pub divergence: String,
     /// KL annealing schedule β(t) (`constant`, `linear`, `cyclical`). Default constant 1.
@@ -497,6 +504,11 @@ pub struct BayesConfig {
     pub mc_samples: usize,
     /// Samples ≥ 1 averaged at evaluation (test metrics, mutual information). Default 10.
     pub eval_samples: usize,
+    /// The predictive of the per-epoch test columns of `history.csv`: `mean` (the posterior-mean
+    /// network, one pass: `test_*`), `mc` (the Monte Carlo average of `eval_samples` passes, as
+    /// the final metrics: `mc_test_*`) or `both` (both sets of columns). Classification only.
+    /// Default `mean`.
+    pub eval_every_epoch: String,
     /// Estimator of the Gaussian layers: `local` (local reparameterisation, Kingma et al. 2015),
     /// `weight` (one weight draw per batch, Blundell et al. 2015) or `flipout` (Wen et al. 2018).
     /// Default `local`.
@@ -568,11 +580,13 @@ impl Default for BayesConfig {
             prior: f.prior,
             layer_priors: BTreeMap::new(),
             init_std: f.init_std,
+            posterior_init: "torch".into(),
             divergence: "kl".into(),
             beta: BetaSchedule::default(),
             temperature: 1.0,
             mc_samples: 1,
             eval_samples: 10,
+            eval_every_epoch: "mean".into(),
             sampling: "local".into(),
             sparse_vd_threshold: f.sparse_vd_threshold,
             mc_dropout_p: f.dropout,
@@ -706,10 +720,24 @@ impl BayesConfig {
                 self.nested_temperature
             ));
         }
+        self.posterior_init()?;
+        if !["mean", "mc", "both"].contains(&self.eval_every_epoch.as_str()) {
+            return Err(format!(
+                "bayes.eval_every_epoch `{}` is unknown; known: mean, mc, both",
+                self.eval_every_epoch
+            ));
+        }
         if let Some(w) = self.eval_widths.iter().find(|w| !(**w > 0.0 && **w <= 1.0)) {
             return Err(format!("bayes.eval_widths must lie in (0, 1], got {w}"));
         }
         Ok(())
+    }
+
+    /// The parsed `posterior_init`.
+    pub fn posterior_init(&self) -> std::result::Result<secateur_bayes::layers::PosteriorInit, String> {
+        self.posterior_init
+            .parse()
+            .map_err(|e| format!("bayes.posterior_init: {e}"))
     }
 
     /// The parsed `vd_granularity`.
@@ -753,6 +781,8 @@ impl BayesConfig {
         FactoryOptions {
             prior: self.prior,
             init_std: self.init_std,
+            // a validated config always parses; `build_model` checks it before building
+            posterior_init: self.posterior_init().unwrap_or_default(),
             sparse_vd_threshold: self.sparse_vd_threshold,
             dropout: self.mc_dropout_p,
             // a validated config always parses; `build_model` checks it before building
@@ -1131,6 +1161,12 @@ impl StudyConfig {
             }
             if self.data.val_fraction > 0.0 {
                 return Err("data.val_fraction is not supported for regression tables (use data.test_fraction)".into());
+            }
+            if self.bayes.eval_every_epoch != "mean" {
+                return Err(format!(
+                    "bayes.eval_every_epoch = \"{}\" is for classification; a regression history evaluates the posterior mean",
+                    self.bayes.eval_every_epoch
+                ));
             }
             if !(self.data.test_fraction > 0.0 && self.data.test_fraction < 1.0) {
                 return Err(format!(

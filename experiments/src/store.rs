@@ -313,6 +313,9 @@ impl RunDir {
 
     /// Writes the history as CSV (one row per epoch). A classification history has the columns
     /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds`,
+    /// then `mc_test_accuracy,mc_test_nll,mc_test_brier,mc_test_ece,mc_test_mce` when the run
+    /// evaluated the Monte Carlo predictive every epoch (`bayes.eval_every_epoch`; the `test_*`
+    /// columns are the posterior-mean network's, empty when only the Monte Carlo one was asked),
     /// then `LAYER.kept,LAYER.mean_inclusion` for every layer that selects units.
     /// A regression history (records with `train_rmse`) has the columns
     /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds`.
@@ -329,15 +332,21 @@ impl RunDir {
             .first()
             .map(|r| r.units.iter().map(|u| u.layer.clone()).collect())
             .unwrap_or_default();
+        // `bayes.eval_every_epoch = "mc"` or `"both"`: the Monte Carlo predictive's columns
+        let mc = history.iter().any(|r| r.eval_mc.is_some());
+        if mc {
+            s.push_str(",mc_test_accuracy,mc_test_nll,mc_test_brier,mc_test_ece,mc_test_mce");
+        }
         for l in &layers {
             s.push_str(&format!(",{l}.kept,{l}.mean_inclusion"));
         }
         s.push('\n');
+        let five = |m: &Option<secateur_inference::metrics::ClassificationMetrics>| match m {
+            Some(x) => (x.accuracy, x.nll, x.brier, x.ece, x.mce),
+            None => (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN),
+        };
         for r in history {
-            let (a, n, b, e, m) = match &r.eval {
-                Some(x) => (x.accuracy, x.nll, x.brier, x.ece, x.mce),
-                None => (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN),
-            };
+            let (a, n, b, e, m) = five(&r.eval);
             s.push_str(&format!(
                 "{},{},{},{},{},{},{},{},{},{},{},{},{:.3}",
                 r.epoch,
@@ -354,6 +363,10 @@ impl RunDir {
                 m,
                 r.seconds
             ));
+            if mc {
+                let (a, n, b, e, m) = five(&r.eval_mc);
+                s.push_str(&format!(",{a},{n},{b},{e},{m}"));
+            }
             for l in &layers {
                 match r.units.iter().find(|u| &u.layer == l) {
                     Some(u) => s.push_str(&format!(",{},{}", u.kept, u.mean_inclusion.unwrap_or(f64::NAN))),

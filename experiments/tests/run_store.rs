@@ -394,6 +394,14 @@ fn checkpoint_state_reads_back_bit_for_bit() {
                 ece: draw(),
                 mce: draw(),
             }),
+            // the Monte Carlo columns on every other epoch (`bayes.eval_every_epoch`)
+            eval_mc: (epoch % 2 == 0).then(|| ClassificationMetrics {
+                accuracy: draw(),
+                nll: draw(),
+                brier: draw(),
+                ece: draw(),
+                mce: draw(),
+            }),
             eval_regression: None,
             seconds: draw(),
             units: Vec::new(),

@@ -13,11 +13,14 @@ use crate::predict::{predict, predict_regression};
 use candle_core::{bail, Result};
 use secateur_bayes::{Module, Sampling, SeededRng};
 
-/// The metrics of one evaluation pass; either may be absent.
+/// The metrics of one evaluation pass; any may be absent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EvalMetrics {
-    /// Classification metrics (categorical likelihood).
+    /// Classification metrics (categorical likelihood) of the posterior-mean network.
     pub classification: Option<ClassificationMetrics>,
+    /// Classification metrics of the Monte Carlo predictive `p̄ = (1/S) Σₛ softmax(f(x; wₛ))`
+    /// ([`McEvaluation`]).
+    pub classification_mc: Option<ClassificationMetrics>,
     /// Regression metrics (Gaussian likelihood).
     pub regression: Option<RegressionMetrics>,
 }
@@ -71,17 +74,48 @@ impl Evaluation for PosteriorMeanEvaluation {
                 let p = predict(model, data, Sampling::Mean, rng)?;
                 Ok(EvalMetrics {
                     classification: Some(classification_metrics(&p.probs, &p.labels, p.classes)?),
-                    regression: None,
+                    ..Default::default()
                 })
             }
             Likelihood::Gaussian(g) => {
                 let p = predict_regression(model, g, data, Sampling::Mean, 1, rng)?;
                 let (shift, scale) = self.target_units;
                 Ok(EvalMetrics {
-                    classification: None,
                     regression: Some(regression_metrics(&p.rescaled(shift, scale)?)?),
+                    ..Default::default()
                 })
             }
         }
+    }
+}
+
+/// Classification by the Monte Carlo predictive: the softmax probabilities averaged over
+/// `samples` stochastic passes under `sampling` (as the final test metrics of a Bayesian run),
+/// and, `with_mean`, the posterior-mean network as well (one more pass).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct McEvaluation {
+    /// How the layers draw (weight, local reparameterisation, Flipout, dropout masks).
+    pub sampling: Sampling,
+    /// Samples S ≥ 1 averaged.
+    pub samples: usize,
+    /// Also evaluate the posterior-mean network.
+    pub with_mean: bool,
+}
+
+impl Evaluation for McEvaluation {
+    fn evaluate(&mut self, model: &dyn Module, data: &mut dyn Batches, rng: &mut SeededRng) -> Result<EvalMetrics> {
+        let mc = crate::predict::predict_mc(model, data, self.sampling, self.samples, rng)?;
+        let p = &mc.predictions;
+        let classification = if self.with_mean {
+            let m = predict(model, data, Sampling::Mean, rng)?;
+            Some(classification_metrics(&m.probs, &m.labels, m.classes)?)
+        } else {
+            None
+        };
+        Ok(EvalMetrics {
+            classification,
+            classification_mc: Some(classification_metrics(&p.probs, &p.labels, p.classes)?),
+            regression: None,
+        })
     }
 }

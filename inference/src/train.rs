@@ -69,8 +69,14 @@ pub struct EpochRecord {
     /// (the average of the `S` sampled means), in the units set by [`Trainer::with_target_units`].
     #[serde(default)]
     pub train_rmse: Option<f64>,
-    /// Classification metrics on the evaluation set, if one was given (categorical likelihood).
+    /// Classification metrics on the evaluation set, if one was given (categorical likelihood),
+    /// of the posterior-mean network (`Sampling::Mean`, one pass), unless the evaluation was
+    /// Monte Carlo only ([`crate::evaluate::McEvaluation`]).
     pub eval: Option<ClassificationMetrics>,
+    /// Classification metrics of the Monte Carlo predictive on the evaluation set, when the
+    /// trainer evaluates with [`crate::evaluate::McEvaluation`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_mc: Option<ClassificationMetrics>,
     /// Regression metrics on the evaluation set, if one was given (Gaussian likelihood), of the
     /// posterior-mean network (`Sampling::Mean`, one pass, so no epistemic part), in the units set
     /// by [`Trainer::with_target_units`].
@@ -452,6 +458,7 @@ impl<'a> Trainer<'a> {
                 train_accuracy: self.accuracy(correct, seen),
                 train_rmse: self.rmse(sq_err, cells),
                 eval: metrics.classification,
+                eval_mc: metrics.classification_mc,
                 eval_regression: metrics.regression,
                 seconds,
                 units: self.store.unit_summaries()?,

@@ -176,6 +176,7 @@ impl Evaluation for Fixed<'_> {
                 ece: 0.0,
                 mce: 0.0,
             }),
+            classification_mc: None,
             regression: None,
         })
     }

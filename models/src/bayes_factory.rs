@@ -49,10 +49,10 @@ use secateur_bayes::layers::variational_dropout::DEFAULT_INIT_LOG_ALPHA;
 use secateur_bayes::layers::{nested_dropout, spike_slab};
 use secateur_bayes::layers::{
     BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, GateConv2d, GateConv2dConfig,
-    GateLinear, GateLinearConfig, GsmGatePrior, McDropout, NestedDropout, SpikeSlabConv2d, SpikeSlabConv2dConfig,
-    SpikeSlabLinear, SpikeSlabLinearConfig, SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig,
-    VariationalNestedDropout, VariationalNestedDropoutConfig, VdConv2d, VdConv2dConfig, VdGranularity, VdLinear,
-    VdLinearConfig,
+    GateLinear, GateLinearConfig, GsmGatePrior, McDropout, NestedDropout, PosteriorInit, SpikeSlabConv2d,
+    SpikeSlabConv2dConfig, SpikeSlabLinear, SpikeSlabLinearConfig, SvdConv2d, SvdConv2dConfig, SvdLinear,
+    SvdLinearConfig, VariationalNestedDropout, VariationalNestedDropoutConfig, VdConv2d, VdConv2dConfig, VdGranularity,
+    VdLinear, VdLinearConfig,
 };
 use secateur_bayes::nn::{Conv2d, Linear};
 use secateur_bayes::nn::{Conv2dCfg, LinearCfg};
@@ -68,6 +68,8 @@ pub struct FactoryOptions {
     pub prior: Prior,
     /// Initial posterior standard deviation of the mean-field layers. Default `1e-3`.
     pub init_std: f64,
+    /// How the mean-field layers' `(μ, ρ)` start. Default `torch`.
+    pub posterior_init: PosteriorInit,
     /// Test-time threshold on `log α` of the sparse-VD layers. Default 3.
     pub sparse_vd_threshold: f64,
     /// Drop probability of MC dropout. Default 0.1.
@@ -109,6 +111,7 @@ impl Default for FactoryOptions {
         Self {
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
+            posterior_init: PosteriorInit::Torch,
             sparse_vd_threshold: DEFAULT_THRESHOLD,
             dropout: 0.1,
             vd_granularity: VdGranularity::Weight,
@@ -150,6 +153,8 @@ pub struct MeanField {
     pub prior: Prior,
     /// Initial posterior standard deviation (> 0).
     pub init_std: f64,
+    /// How `(μ, ρ)` start (`secateur_bayes::layers::PosteriorInit`).
+    pub posterior_init: PosteriorInit,
     /// Priors by layer path (`features.0`, `fc1`): the prior of that layer's weights and bias.
     pub layer_priors: BTreeMap<String, Prior>,
 }
@@ -164,8 +169,15 @@ impl MeanField {
         Ok(Self {
             prior,
             init_std,
+            posterior_init: PosteriorInit::Torch,
             layer_priors: BTreeMap::new(),
         })
+    }
+
+    /// With this posterior initialisation.
+    pub fn with_posterior_init(mut self, init: PosteriorInit) -> Self {
+        self.posterior_init = init;
+        self
     }
 
     /// With these per-layer priors (checked; the error names the layer). A path that the
@@ -203,6 +215,7 @@ impl Default for MeanField {
         Self {
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
+            posterior_init: PosteriorInit::Torch,
             layer_priors: BTreeMap::new(),
         }
     }
@@ -216,7 +229,8 @@ impl LayerFactory for MeanField {
         let c = BayesLinearConfig::new(cfg.in_dim, cfg.out_dim)
             .with_bias(cfg.bias)
             .with_prior(self.prior_for(pb.prefix()))
-            .with_init_std(self.init_std);
+            .with_init_std(self.init_std)
+            .with_posterior_init(self.posterior_init);
         Ok(Box::new(BayesLinear::new(pb, c).map_err(|e| at(pb, e))?))
     }
     fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
@@ -224,7 +238,8 @@ impl LayerFactory for MeanField {
             .with_geom(geom(&cfg))
             .with_bias(cfg.bias)
             .with_prior(self.prior_for(pb.prefix()))
-            .with_init_std(self.init_std);
+            .with_init_std(self.init_std)
+            .with_posterior_init(self.posterior_init);
         Ok(Box::new(BayesConv2d::new(pb, c).map_err(|e| at(pb, e))?))
     }
 }

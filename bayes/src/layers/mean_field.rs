@@ -31,6 +31,71 @@ use std::sync::Arc;
 /// The default initial posterior standard deviation.
 pub const DEFAULT_INIT_STD: f64 = 1e-3;
 
+/// How a mean-field layer's posterior `(μ, ρ)` starts, weights and biases alike; `ρ₀ =
+/// softplus⁻¹(init_std)`.
+///
+/// - `torch` (the default): `μ` as PyTorch initialises the deterministic layer (`U(±1/√fan_in)`,
+///   so ±0.05 for a 400-input layer), `ρ = ρ₀` everywhere.
+/// - `bayesian-torch`: `μ ~ N(0, 0.1)`, `ρ ~ N(ρ₀, 0.1)`, as bayesian-torch's Reparameterization
+///   and Flipout layers (`posterior_mu_init = 0`, `posterior_rho_init = −3` there, with
+///   `normal_(·, std = 0.1)`).
+/// - `blundell`: `μ ~ U(−0.2, 0.2)`, `ρ ~ U(ρ₀ − ½, ρ₀ + ½)`. Blundell et al. (2015) state no
+///   initialisation; this is the one of the widely used re-implementations of Bayes by Backprop
+///   (`ρ ~ U(−5, −4)`, i.e. `init_std = softplus(−4.5)`), our choice for the name.
+///
+/// The `torch` start has a signal-to-noise ratio `|μ|/σ` below 1 for most weights of a wide layer
+/// at `init_std ≈ 0.05`; the other two start every weight at `|μ| ≈ 0.08–0.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PosteriorInit {
+    /// PyTorch's deterministic `μ`, constant `ρ`.
+    #[default]
+    Torch,
+    /// `μ ~ N(0, 0.1)`, `ρ ~ N(ρ₀, 0.1)`.
+    BayesianTorch,
+    /// `μ ~ U(−0.2, 0.2)`, `ρ ~ U(ρ₀ − ½, ρ₀ + ½)`.
+    Blundell,
+}
+
+impl PosteriorInit {
+    /// The names, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["torch", "bayesian-torch", "blundell"];
+
+    /// The initialisers of `μ` and `ρ`, where PyTorch's deterministic `μ` would be `torch_mu`.
+    pub fn inits(self, torch_mu: Init, init_std: f64) -> (Init, Init) {
+        let rho = inv_softplus(init_std);
+        match self {
+            PosteriorInit::Torch => (torch_mu, Init::Const(rho)),
+            PosteriorInit::BayesianTorch => (
+                Init::Normal { mean: 0.0, std: 0.1 },
+                Init::Normal { mean: rho, std: 0.1 },
+            ),
+            PosteriorInit::Blundell => (
+                Init::Uniform { lo: -0.2, hi: 0.2 },
+                Init::Uniform {
+                    lo: rho - 0.5,
+                    hi: rho + 0.5,
+                },
+            ),
+        }
+    }
+}
+
+impl std::str::FromStr for PosteriorInit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "torch" => Ok(PosteriorInit::Torch),
+            "bayesian-torch" => Ok(PosteriorInit::BayesianTorch),
+            "blundell" => Ok(PosteriorInit::Blundell),
+            other => Err(format!(
+                "posterior initialisation `{other}` is unknown; known: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 fn check_init_std(what: &str, s: f64) -> std::result::Result<(), ConfigError> {
     if s.is_finite() && s > 0.0 {
         Ok(())
@@ -52,10 +117,13 @@ pub struct BayesLinearConfig {
     pub prior: Prior,
     /// Initial posterior standard deviation (> 0).
     pub init_std: f64,
+    /// How `(μ, ρ)` start.
+    #[serde(default)]
+    pub posterior_init: PosteriorInit,
 }
 
 impl BayesLinearConfig {
-    /// `in_dim → out_dim` with bias, prior `N(0, 1)`, `init_std = 1e-3`.
+    /// `in_dim → out_dim` with bias, prior `N(0, 1)`, `init_std = 1e-3`, PyTorch's `μ`.
     pub fn new(in_dim: usize, out_dim: usize) -> Self {
         Self {
             in_dim,
@@ -63,7 +131,13 @@ impl BayesLinearConfig {
             bias: true,
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
+            posterior_init: PosteriorInit::Torch,
         }
+    }
+    /// With this posterior initialisation.
+    pub fn with_posterior_init(mut self, init: PosteriorInit) -> Self {
+        self.posterior_init = init;
+        self
     }
     /// With or without bias.
     pub fn with_bias(mut self, bias: bool) -> Self {
@@ -88,9 +162,9 @@ impl BayesLinearConfig {
 }
 
 /// Creates `{name}_mu` and `{name}_rho` under `pb`.
-fn gaussian_param(pb: &ParamBuilder, name: &str, shape: &[usize], mu: Init, init_std: f64) -> Result<(Tensor, Tensor)> {
+fn gaussian_param(pb: &ParamBuilder, name: &str, shape: &[usize], (mu, rho): (Init, Init)) -> Result<(Tensor, Tensor)> {
     let m = pb.param(&format!("{name}_mu"), shape, mu)?;
-    let r = pb.param(&format!("{name}_rho"), shape, Init::Const(inv_softplus(init_std)))?;
+    let r = pb.param(&format!("{name}_rho"), shape, rho)?;
     Ok((m, r))
 }
 
@@ -113,19 +187,25 @@ struct MeanField {
 }
 
 impl MeanField {
-    /// Creates `weight_mu`/`weight_rho` of `weight_shape` (μ by PyTorch's default) and, with
-    /// `bias`, `bias_mu`/`bias_rho` of `[weight_shape[0]]` (μ `U(±1/√fan_in)`) under `pb`; every
-    /// ρ starts at `softplus⁻¹(init_std)`.
-    fn create(pb: &ParamBuilder, weight_shape: &[usize], bias: bool, init_std: f64, prior: Prior) -> Result<Self> {
-        let (weight_mu, weight_rho) = gaussian_param(pb, "weight", weight_shape, Init::TorchDefault, init_std)?;
+    /// Creates `weight_mu`/`weight_rho` of `weight_shape` and, with `bias`, `bias_mu`/`bias_rho`
+    /// of `[weight_shape[0]]` under `pb`, started as `init` says (for `torch`: μ by PyTorch's
+    /// default, `U(±1/√fan_in)` for the bias, every ρ at `softplus⁻¹(init_std)`).
+    fn create(
+        pb: &ParamBuilder,
+        weight_shape: &[usize],
+        bias: bool,
+        (init_std, init): (f64, PosteriorInit),
+        prior: Prior,
+    ) -> Result<Self> {
+        let (weight_mu, weight_rho) =
+            gaussian_param(pb, "weight", weight_shape, init.inits(Init::TorchDefault, init_std))?;
         let fan_in: usize = weight_shape[1..].iter().product();
         let bias = if bias {
             Some(gaussian_param(
                 pb,
                 "bias",
                 &weight_shape[..1],
-                Init::torch_bias(fan_in),
-                init_std,
+                init.inits(Init::torch_bias(fan_in), init_std),
             )?)
         } else {
             None
@@ -210,7 +290,13 @@ impl BayesLinear {
     pub fn new(pb: &ParamBuilder, cfg: BayesLinearConfig) -> Result<Self> {
         cfg.validate()?;
         let layer = Self {
-            inner: MeanField::create(pb, &[cfg.out_dim, cfg.in_dim], cfg.bias, cfg.init_std, cfg.prior)?,
+            inner: MeanField::create(
+                pb,
+                &[cfg.out_dim, cfg.in_dim],
+                cfg.bias,
+                (cfg.init_std, cfg.posterior_init),
+                cfg.prior,
+            )?,
         };
         pb.register_variational(Arc::new(layer.clone()))?;
         Ok(layer)
@@ -298,9 +384,17 @@ pub struct BayesConv2dConfig {
     pub prior: Prior,
     /// Initial posterior standard deviation (> 0).
     pub init_std: f64,
+    /// How `(μ, ρ)` start.
+    #[serde(default)]
+    pub posterior_init: PosteriorInit,
 }
 
 impl BayesConv2dConfig {
+    /// With this posterior initialisation.
+    pub fn with_posterior_init(mut self, init: PosteriorInit) -> Self {
+        self.posterior_init = init;
+        self
+    }
     /// A `kernel × kernel` convolution, stride 1, no padding, with bias, prior `N(0, 1)`,
     /// `init_std = 1e-3`.
     pub fn new(in_ch: usize, out_ch: usize, kernel: usize) -> Self {
@@ -312,6 +406,7 @@ impl BayesConv2dConfig {
             bias: true,
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
+            posterior_init: PosteriorInit::Torch,
         }
     }
     /// With this geometry.
@@ -370,7 +465,7 @@ impl BayesConv2d {
     pub fn new(pb: &ParamBuilder, cfg: BayesConv2dConfig) -> Result<Self> {
         cfg.validate()?;
         let shape = [cfg.out_ch, cfg.in_ch / cfg.geom.groups, cfg.kernel, cfg.kernel];
-        let inner = MeanField::create(pb, &shape, cfg.bias, cfg.init_std, cfg.prior)?;
+        let inner = MeanField::create(pb, &shape, cfg.bias, (cfg.init_std, cfg.posterior_init), cfg.prior)?;
         let layer = Self { inner, geom: cfg.geom };
         pb.register_variational(Arc::new(layer.clone()))?;
         Ok(layer)

@@ -75,11 +75,30 @@ pub(super) fn report(
             s.push_str(&format!("| {layer} | {r} | {t} |\n"));
         }
     }
-    s.push_str("\n## History\n\n| epoch | lr | train loss | train acc | test acc | test NLL | test ECE |\n|---|---|---|---|---|---|---|\n");
+    // which predictive the per-epoch columns are: the final metrics above are the Monte Carlo
+    // average of a Bayesian run, the history the posterior mean unless asked otherwise
+    let mc_history = history.iter().any(|r| r.eval.is_none() && r.eval_mc.is_some());
+    let predictive = if !cfg.is_bayesian() {
+        "the network"
+    } else if mc_history {
+        "the Monte Carlo average (as the final metrics)"
+    } else {
+        "the posterior-mean network (one pass; `bayes.eval_every_epoch = \"mc\"` for the Monte Carlo average)"
+    };
+    if cfg.is_bayesian() {
+        s.push_str(&format!(
+            "\nFinal test metrics: the Monte Carlo predictive, {} samples averaged.\n",
+            cfg.bayes.eval_samples
+        ));
+    }
+    s.push_str(&format!(
+        "\n## History\n\nTest columns: {predictive}.\n\n| epoch | lr | train loss | train acc | test acc | test NLL | test ECE |\n|---|---|---|---|---|---|---|\n"
+    ));
     for r in history {
         let (a, n, e) = r
             .eval
             .as_ref()
+            .or(r.eval_mc.as_ref())
             .map(|x| (x.accuracy, x.nll, x.ece))
             .unwrap_or((f64::NAN, f64::NAN, f64::NAN));
         s.push_str(&format!(

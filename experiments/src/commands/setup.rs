@@ -146,13 +146,20 @@ pub(super) fn build_network(
     cfg.bayes
         .vd_granularity()
         .map_err(|e| ExpError::config("bayes.vd_granularity", e))?;
+    let posterior_init = cfg
+        .bayes
+        .posterior_init()
+        .map_err(|e| ExpError::config("bayes.posterior_init", e))?;
     let layer_priors = &cfg.bayes.layer_priors;
     let mean_field = if layer_priors.is_empty() {
         None
     } else if cfg.model.layers == "mean-field" {
         Some(
             secateur_models::MeanField::new(cfg.bayes.prior, cfg.bayes.init_std)
-                .and_then(|m| m.with_layer_priors(layer_priors.clone()))
+                .and_then(|m| {
+                    m.with_posterior_init(posterior_init)
+                        .with_layer_priors(layer_priors.clone())
+                })
                 .map_err(|e| ExpError::config("bayes.layer_priors", e.to_string()))?,
         )
     } else {
@@ -348,13 +355,25 @@ impl<'c> TrainingSetup<'c> {
     /// optimiser or settings the trainer rejects (an unknown `optim.kind`, no epochs, a learning
     /// rate that is not a positive number).
     pub fn trainer<'a>(&self, net: &'a dyn Module, store: &ParamStore) -> Result<Trainer<'a>> {
-        Ok(Trainer::new(
+        let trainer = Trainer::new(
             net,
             store.clone(),
             optimizer(self.cfg)?,
             self.settings.clone(),
             self.stream.rng(self.cfg.seed),
-        )?)
+        )?;
+        // `bayes.eval_every_epoch`: the Monte Carlo predictive after every epoch (Bayesian
+        // classifiers; a deterministic network has only the one predictive)
+        let every = self.cfg.bayes.eval_every_epoch.as_str();
+        Ok(if every != "mean" && self.cfg.is_bayesian() {
+            trainer.with_evaluation(Box::new(secateur_inference::evaluate::McEvaluation {
+                sampling: sampling(self.cfg)?,
+                samples: self.cfg.bayes.eval_samples,
+                with_mean: every == "both",
+            }))
+        } else {
+            trainer
+        })
     }
 
     /// Training batches of an image set: shuffled each epoch, `data.batch_size` examples,

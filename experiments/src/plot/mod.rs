@@ -276,7 +276,7 @@ pub fn learning_curves_png(history: &[EpochRecord]) -> Result<Vec<u8>> {
                 legend: SeriesLabelPosition::UpperRight,
             },
             &|r| r.train_loss,
-            &|r| r.eval.as_ref().map(|m| m.nll),
+            &|r| r.eval.as_ref().or(r.eval_mc.as_ref()).map(|m| m.nll),
         )?;
         draw_curve_panel(
             &panels[1],
@@ -291,7 +291,7 @@ pub fn learning_curves_png(history: &[EpochRecord]) -> Result<Vec<u8>> {
                 legend: SeriesLabelPosition::LowerRight,
             },
             &|r| r.train_accuracy,
-            &|r| r.eval.as_ref().map(|m| m.accuracy),
+            &|r| r.eval.as_ref().or(r.eval_mc.as_ref()).map(|m| m.accuracy),
         )
     })
 }
@@ -635,6 +635,7 @@ mod tests {
                 ece: 0.02,
                 mce: 0.1,
             }),
+            eval_mc: None,
             seconds: 1.0,
             units: Vec::new(),
         }
