@@ -360,3 +360,52 @@ fn posterior_inits_draw_what_they_state() -> Result<()> {
     assert!(e.contains("bayesian-torch"), "{e}");
     Ok(())
 }
+
+/// `kl_reduction = "tensor-mean"` (bayesian-torch's `kl_div(...).mean()` per tensor): the layer's
+/// divergence is the weight tensor's mean KL plus the bias tensor's mean KL, against the closed
+/// form `log(σp/σq) + (σq² + (μq − μp)²)/(2σp²) − ½` evaluated entry by entry here; `sum` is the
+/// sum of the same entries.
+#[test]
+fn tensor_mean_reduction_is_bayesian_torchs_per_tensor_mean() -> Result<()> {
+    use secateur_bayes::layers::{KlReduction, PosteriorInit};
+    use secateur_bayes::Variational;
+    let prior = Prior::Gaussian { mean: 0.1, std: 0.7 };
+    let mut got = Vec::new();
+    for r in [KlReduction::Sum, KlReduction::TensorMean] {
+        let (store, pb) = builder(5);
+        let cfg = BayesLinearConfig::new(7, 3)
+            .with_prior(prior)
+            .with_init_std(0.05)
+            .with_posterior_init(PosteriorInit::BayesianTorch)
+            .with_kl_reduction(r);
+        let layer = BayesLinear::new(&pb, cfg)?;
+        let d: f64 = layer
+            .divergence(&Divergence::Kl, &mut SeededRng::new(0))?
+            .to_dtype(DType::F64)?
+            .to_scalar()?;
+        let p = store.params();
+        let kl = |mu: &str, rho: &str| -> Result<Vec<f64>> {
+            let m = vec(p[mu].as_tensor());
+            let r: Vec<f64> = vec(p[rho].as_tensor());
+            Ok(m.iter()
+                .zip(&r)
+                .map(|(m, r)| {
+                    let s = (1.0f64 + r.exp()).ln();
+                    (0.7f64 / s).ln() + (s * s + (m - 0.1).powi(2)) / (2.0 * 0.49) - 0.5
+                })
+                .collect())
+        };
+        let (w, b) = (kl("weight_mu", "weight_rho")?, kl("bias_mu", "bias_rho")?);
+        let want = match r {
+            KlReduction::Sum => w.iter().sum::<f64>() + b.iter().sum::<f64>(),
+            KlReduction::TensorMean => w.iter().sum::<f64>() / 21.0 + b.iter().sum::<f64>() / 3.0,
+        };
+        assert!((d - want).abs() < 1e-9 * want.abs().max(1.0), "{r:?}: {d} vs {want}");
+        got.push(d);
+    }
+    // same seed, same parameters: the two reductions differ only by the division
+    assert!(got[0] > 5.0 * got[1], "{got:?}");
+    assert_eq!("tensor-mean".parse::<KlReduction>(), Ok(KlReduction::TensorMean));
+    assert!("mean".parse::<KlReduction>().unwrap_err().contains("tensor-mean"));
+    Ok(())
+}

@@ -446,6 +446,7 @@ impl Default for TrainConfig {
 /// prior = { kind = "gaussian", mean = 0.0, std = 1.0 }
 /// init_std = 1e-3
 /// posterior_init = "torch"    # or "bayesian-torch", "blundell"
+/// kl_reduction = "sum"         # or "tensor-mean" (bayesian-torch's; not the ELBO)
 /// divergence = "kl"            # or "kl-mc:8", "js:0.5"
 /// beta = { kind = "linear", delay = 5, warmup = 15 }
 /// temperature = 1.0
@@ -494,6 +495,10 @@ pub struct BayesConfig {
     /// `blundell` (μ ~ U(±0.2), ρ ~ U(ρ₀ ± ½)); see `secateur_bayes::layers::PosteriorInit`.
     /// Default `torch`.
     pub posterior_init: String,
+    /// How the mean-field layers sum their divergence: `sum` (the ELBO's) or `tensor-mean` (each
+    /// weight and bias tensor contributes the mean of its entries' divergences, as bayesian-torch
+    /// does; not the ELBO). See `secateur_bayes::layers::KlReduction`. Default `sum`.
+    pub kl_reduction: String,
     /// Divergence: `kl`, `kl-mc:S` or `js:ALPHA`. Default `kl`.
     pub divergence: String,
     /// KL annealing schedule β(t) (`constant`, `linear`, `cyclical`). Default constant 1.
@@ -581,6 +586,7 @@ impl Default for BayesConfig {
             layer_priors: BTreeMap::new(),
             init_std: f.init_std,
             posterior_init: "torch".into(),
+            kl_reduction: "sum".into(),
             divergence: "kl".into(),
             beta: BetaSchedule::default(),
             temperature: 1.0,
@@ -721,6 +727,7 @@ impl BayesConfig {
             ));
         }
         self.posterior_init()?;
+        self.kl_reduction()?;
         if !["mean", "mc", "both"].contains(&self.eval_every_epoch.as_str()) {
             return Err(format!(
                 "bayes.eval_every_epoch `{}` is unknown; known: mean, mc, both",
@@ -738,6 +745,13 @@ impl BayesConfig {
         self.posterior_init
             .parse()
             .map_err(|e| format!("bayes.posterior_init: {e}"))
+    }
+
+    /// The parsed `kl_reduction`.
+    pub fn kl_reduction(&self) -> std::result::Result<secateur_bayes::layers::KlReduction, String> {
+        self.kl_reduction
+            .parse()
+            .map_err(|e| format!("bayes.kl_reduction: {e}"))
     }
 
     /// The parsed `vd_granularity`.
@@ -783,6 +797,7 @@ impl BayesConfig {
             init_std: self.init_std,
             // a validated config always parses; `build_model` checks it before building
             posterior_init: self.posterior_init().unwrap_or_default(),
+            kl_reduction: self.kl_reduction().unwrap_or_default(),
             sparse_vd_threshold: self.sparse_vd_threshold,
             dropout: self.mc_dropout_p,
             // a validated config always parses; `build_model` checks it before building

@@ -49,7 +49,7 @@ use secateur_bayes::layers::variational_dropout::DEFAULT_INIT_LOG_ALPHA;
 use secateur_bayes::layers::{nested_dropout, spike_slab};
 use secateur_bayes::layers::{
     BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, Conv2dGeom, GateConv2d, GateConv2dConfig,
-    GateLinear, GateLinearConfig, GsmGatePrior, McDropout, NestedDropout, PosteriorInit, SpikeSlabConv2d,
+    GateLinear, GateLinearConfig, GsmGatePrior, KlReduction, McDropout, NestedDropout, PosteriorInit, SpikeSlabConv2d,
     SpikeSlabConv2dConfig, SpikeSlabLinear, SpikeSlabLinearConfig, SvdConv2d, SvdConv2dConfig, SvdLinear,
     SvdLinearConfig, VariationalNestedDropout, VariationalNestedDropoutConfig, VdConv2d, VdConv2dConfig, VdGranularity,
     VdLinear, VdLinearConfig,
@@ -70,6 +70,8 @@ pub struct FactoryOptions {
     pub init_std: f64,
     /// How the mean-field layers' `(μ, ρ)` start. Default `torch`.
     pub posterior_init: PosteriorInit,
+    /// How the mean-field layers sum their divergence. Default `sum` (the ELBO's).
+    pub kl_reduction: KlReduction,
     /// Test-time threshold on `log α` of the sparse-VD layers. Default 3.
     pub sparse_vd_threshold: f64,
     /// Drop probability of MC dropout. Default 0.1.
@@ -112,6 +114,7 @@ impl Default for FactoryOptions {
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
             posterior_init: PosteriorInit::Torch,
+            kl_reduction: KlReduction::Sum,
             sparse_vd_threshold: DEFAULT_THRESHOLD,
             dropout: 0.1,
             vd_granularity: VdGranularity::Weight,
@@ -155,6 +158,8 @@ pub struct MeanField {
     pub init_std: f64,
     /// How `(μ, ρ)` start (`secateur_bayes::layers::PosteriorInit`).
     pub posterior_init: PosteriorInit,
+    /// How the divergence sums over the parameters (`secateur_bayes::layers::KlReduction`).
+    pub kl_reduction: KlReduction,
     /// Priors by layer path (`features.0`, `fc1`): the prior of that layer's weights and bias.
     pub layer_priors: BTreeMap<String, Prior>,
 }
@@ -170,6 +175,7 @@ impl MeanField {
             prior,
             init_std,
             posterior_init: PosteriorInit::Torch,
+            kl_reduction: KlReduction::Sum,
             layer_priors: BTreeMap::new(),
         })
     }
@@ -177,6 +183,12 @@ impl MeanField {
     /// With this posterior initialisation.
     pub fn with_posterior_init(mut self, init: PosteriorInit) -> Self {
         self.posterior_init = init;
+        self
+    }
+
+    /// With this reduction of the divergence.
+    pub fn with_kl_reduction(mut self, r: KlReduction) -> Self {
+        self.kl_reduction = r;
         self
     }
 
@@ -216,6 +228,7 @@ impl Default for MeanField {
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
             posterior_init: PosteriorInit::Torch,
+            kl_reduction: KlReduction::Sum,
             layer_priors: BTreeMap::new(),
         }
     }
@@ -230,7 +243,8 @@ impl LayerFactory for MeanField {
             .with_bias(cfg.bias)
             .with_prior(self.prior_for(pb.prefix()))
             .with_init_std(self.init_std)
-            .with_posterior_init(self.posterior_init);
+            .with_posterior_init(self.posterior_init)
+            .with_kl_reduction(self.kl_reduction);
         Ok(Box::new(BayesLinear::new(pb, c).map_err(|e| at(pb, e))?))
     }
     fn conv2d(&self, pb: &ParamBuilder, cfg: Conv2dCfg) -> Result<Box<dyn Module>> {
@@ -239,7 +253,8 @@ impl LayerFactory for MeanField {
             .with_bias(cfg.bias)
             .with_prior(self.prior_for(pb.prefix()))
             .with_init_std(self.init_std)
-            .with_posterior_init(self.posterior_init);
+            .with_posterior_init(self.posterior_init)
+            .with_kl_reduction(self.kl_reduction);
         Ok(Box::new(BayesConv2d::new(pb, c).map_err(|e| at(pb, e))?))
     }
 }

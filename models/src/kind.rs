@@ -84,7 +84,7 @@ impl std::fmt::Debug for LayerKind {
 #[rustfmt::skip]
 pub static LAYER_KINDS: &[LayerKind] = &[
     LayerKind { name: "deterministic", summary: "plain linear and convolution layers", bayesian: false, nested: false, sampling: KindSampling::Mean, factory: |_| Ok(Box::new(Deterministic)), report: no_report },
-    LayerKind { name: "mean-field", summary: "mean-field Gaussian weights (Blundell et al. 2015)", bayesian: true, nested: false, sampling: KindSampling::Configured, factory: |o| Ok(Box::new(MeanField::new(o.prior, o.init_std)?.with_posterior_init(o.posterior_init))), report: no_report },
+    LayerKind { name: "mean-field", summary: "mean-field Gaussian weights (Blundell et al. 2015)", bayesian: true, nested: false, sampling: KindSampling::Configured, factory: |o| Ok(Box::new(MeanField::new(o.prior, o.init_std)?.with_posterior_init(o.posterior_init).with_kl_reduction(o.kl_reduction))), report: no_report },
     LayerKind { name: "sparse-vd", summary: "sparse variational dropout (Molchanov, Ashukha & Vetrov 2017)", bayesian: true, nested: false, sampling: KindSampling::Configured, factory: |o| Ok(Box::new(SparseVd::new(o.sparse_vd_threshold)?)), report: dropped_weights },
     LayerKind { name: "variational-dropout", summary: "variational dropout, α per weight or unit (Kingma, Salimans & Welling 2015)", bayesian: true, nested: false, sampling: KindSampling::Configured, factory: |o| Ok(Box::new(VariationalDropout::new(o.vd_granularity, o.vd_init_log_alpha)?)), report: no_report },
     LayerKind { name: "mc-dropout", summary: "MC dropout (Gal & Ghahramani 2016)", bayesian: true, nested: false, sampling: KindSampling::Masks, factory: |o| Ok(Box::new(McDropoutFactory::new(o.dropout)?)), report: no_report },

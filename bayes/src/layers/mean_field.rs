@@ -81,6 +81,43 @@ impl PosteriorInit {
     }
 }
 
+/// How a mean-field layer sums its divergence over its parameters.
+///
+/// - `sum` (the default): the divergence of the whole posterior, `Σᵢ D(q(wᵢ) ‖ p(wᵢ))` over every
+///   weight and bias: the ELBO's term (Blundell et al. 2015).
+/// - `tensor-mean`: each parameter tensor (a layer's weight, its bias) contributes the *mean* of
+///   its entries' divergences, as bayesian-torch's `kl_div` returns `kl.mean()`. Not the ELBO:
+///   the divergence is divided by each tensor's size (≈ 48,000 for a 400 × 120 layer), so the
+///   posterior is pulled far less towards the prior. For reproducing bayesian-torch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KlReduction {
+    /// `Σᵢ D(q(wᵢ) ‖ p(wᵢ))`.
+    #[default]
+    Sum,
+    /// Per tensor, the mean over its entries, summed over tensors.
+    TensorMean,
+}
+
+impl KlReduction {
+    /// The names, in the order of the variants.
+    pub const NAMES: [&'static str; 2] = ["sum", "tensor-mean"];
+}
+
+impl std::str::FromStr for KlReduction {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "sum" => Ok(KlReduction::Sum),
+            "tensor-mean" => Ok(KlReduction::TensorMean),
+            other => Err(format!(
+                "KL reduction `{other}` is unknown; known: {}",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 impl std::str::FromStr for PosteriorInit {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -120,9 +157,17 @@ pub struct BayesLinearConfig {
     /// How `(μ, ρ)` start.
     #[serde(default)]
     pub posterior_init: PosteriorInit,
+    /// How the divergence sums over the parameters.
+    #[serde(default)]
+    pub kl_reduction: KlReduction,
 }
 
 impl BayesLinearConfig {
+    /// With this reduction of the divergence.
+    pub fn with_kl_reduction(mut self, r: KlReduction) -> Self {
+        self.kl_reduction = r;
+        self
+    }
     /// `in_dim → out_dim` with bias, prior `N(0, 1)`, `init_std = 1e-3`, PyTorch's `μ`.
     pub fn new(in_dim: usize, out_dim: usize) -> Self {
         Self {
@@ -132,6 +177,7 @@ impl BayesLinearConfig {
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
             posterior_init: PosteriorInit::Torch,
+            kl_reduction: KlReduction::Sum,
         }
     }
     /// With this posterior initialisation.
@@ -184,6 +230,7 @@ struct MeanField {
     weight_rho: Tensor,
     bias: Option<(Tensor, Tensor)>,
     prior: Prior,
+    reduction: KlReduction,
 }
 
 impl MeanField {
@@ -216,6 +263,7 @@ impl MeanField {
             weight_rho,
             bias,
             prior,
+            reduction: KlReduction::Sum,
         })
     }
 
@@ -230,9 +278,17 @@ impl MeanField {
 
     fn divergence(&self, how: &Divergence, rng: &mut SeededRng) -> Result<Tensor> {
         let (ws, bs) = self.sigmas()?;
-        let mut d = gaussian_divergence(how, &self.weight_mu, &ws, &self.prior, rng)?;
+        // `tensor-mean`: each tensor's divergence over its number of entries (bayesian-torch)
+        let per = |d: Tensor, t: &Tensor| match self.reduction {
+            KlReduction::Sum => Ok(d),
+            KlReduction::TensorMean => d / t.elem_count() as f64,
+        };
+        let mut d = per(
+            gaussian_divergence(how, &self.weight_mu, &ws, &self.prior, rng)?,
+            &self.weight_mu,
+        )?;
         if let (Some((bm, _)), Some(bs)) = (&self.bias, bs) {
-            d = (d + gaussian_divergence(how, bm, &bs, &self.prior, rng)?)?;
+            d = (d + per(gaussian_divergence(how, bm, &bs, &self.prior, rng)?, bm)?)?;
         }
         Ok(d)
     }
@@ -290,13 +346,16 @@ impl BayesLinear {
     pub fn new(pb: &ParamBuilder, cfg: BayesLinearConfig) -> Result<Self> {
         cfg.validate()?;
         let layer = Self {
-            inner: MeanField::create(
-                pb,
-                &[cfg.out_dim, cfg.in_dim],
-                cfg.bias,
-                (cfg.init_std, cfg.posterior_init),
-                cfg.prior,
-            )?,
+            inner: MeanField {
+                reduction: cfg.kl_reduction,
+                ..MeanField::create(
+                    pb,
+                    &[cfg.out_dim, cfg.in_dim],
+                    cfg.bias,
+                    (cfg.init_std, cfg.posterior_init),
+                    cfg.prior,
+                )?
+            },
         };
         pb.register_variational(Arc::new(layer.clone()))?;
         Ok(layer)
@@ -319,6 +378,7 @@ impl BayesLinear {
                 weight_rho,
                 bias,
                 prior,
+                reduction: KlReduction::Sum,
             },
         })
     }
@@ -387,9 +447,17 @@ pub struct BayesConv2dConfig {
     /// How `(μ, ρ)` start.
     #[serde(default)]
     pub posterior_init: PosteriorInit,
+    /// How the divergence sums over the parameters.
+    #[serde(default)]
+    pub kl_reduction: KlReduction,
 }
 
 impl BayesConv2dConfig {
+    /// With this reduction of the divergence.
+    pub fn with_kl_reduction(mut self, r: KlReduction) -> Self {
+        self.kl_reduction = r;
+        self
+    }
     /// With this posterior initialisation.
     pub fn with_posterior_init(mut self, init: PosteriorInit) -> Self {
         self.posterior_init = init;
@@ -407,6 +475,7 @@ impl BayesConv2dConfig {
             prior: Prior::default(),
             init_std: DEFAULT_INIT_STD,
             posterior_init: PosteriorInit::Torch,
+            kl_reduction: KlReduction::Sum,
         }
     }
     /// With this geometry.
@@ -465,7 +534,10 @@ impl BayesConv2d {
     pub fn new(pb: &ParamBuilder, cfg: BayesConv2dConfig) -> Result<Self> {
         cfg.validate()?;
         let shape = [cfg.out_ch, cfg.in_ch / cfg.geom.groups, cfg.kernel, cfg.kernel];
-        let inner = MeanField::create(pb, &shape, cfg.bias, (cfg.init_std, cfg.posterior_init), cfg.prior)?;
+        let inner = MeanField {
+            reduction: cfg.kl_reduction,
+            ..MeanField::create(pb, &shape, cfg.bias, (cfg.init_std, cfg.posterior_init), cfg.prior)?
+        };
         let layer = Self { inner, geom: cfg.geom };
         pb.register_variational(Arc::new(layer.clone()))?;
         Ok(layer)
@@ -490,6 +562,7 @@ impl BayesConv2d {
                 weight_rho,
                 bias,
                 prior,
+                reduction: KlReduction::Sum,
             },
             geom,
         })

@@ -34,7 +34,7 @@ pub mod variational_dropout;
 
 pub use dropout::McDropout;
 pub use gsm_gates::{GateConv2d, GateConv2dConfig, GateLinear, GateLinearConfig, GsmGatePrior};
-pub use mean_field::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, PosteriorInit};
+pub use mean_field::{BayesConv2d, BayesConv2dConfig, BayesLinear, BayesLinearConfig, KlReduction, PosteriorInit};
 pub use nested_dropout::{NestedDropout, VariationalNestedDropout, VariationalNestedDropoutConfig};
 pub use sparse_vd::{SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig};
 pub use spike_slab::{SpikeSlabConv2d, SpikeSlabConv2dConfig, SpikeSlabLinear, SpikeSlabLinearConfig};

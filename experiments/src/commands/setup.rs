@@ -158,6 +158,7 @@ pub(super) fn build_network(
             secateur_models::MeanField::new(cfg.bayes.prior, cfg.bayes.init_std)
                 .and_then(|m| {
                     m.with_posterior_init(posterior_init)
+                        .with_kl_reduction(cfg.bayes.kl_reduction().unwrap_or_default())
                         .with_layer_priors(layer_priors.clone())
                 })
                 .map_err(|e| ExpError::config("bayes.layer_priors", e.to_string()))?,
