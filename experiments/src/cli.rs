@@ -325,7 +325,7 @@ pub struct PruneCmd {
     /// How the mask is found: `score` (a criterion's scores, top-k), `dllp` (distribution-
     /// lossless pruning: Stein variational inference over relaxed masks and weights of a trained
     /// deterministic run, `secateur_pruning::dllp`) or `structured` (whole filters and units of
-    /// a trained run by a filter criterion, l1, l2, fpgm, bn-relu, group-snr or gate, to a budget: --sparsity is
+    /// a trained run by a filter criterion, l1, l2, fpgm, bn-relu, fsm, group-snr or gate, to a budget: --sparsity is
     /// then the fraction of --cost removed; `secateur compact` makes the network smaller).
     #[arg(long, default_value = "score", value_parser = ["score", "dllp", "structured"])]
     pub method: String,
@@ -413,7 +413,7 @@ impl PruneCmd {
             ("dllp", None) => Ok(None),
             ("structured", None) => Err(ExpError::config(
                 "--criterion",
-                "--method structured needs a filter criterion: l1, l2, fpgm, bn-relu, group-snr or gate",
+                "--method structured needs a filter criterion: l1, l2, fpgm, bn-relu, fsm, group-snr or gate",
             )),
             (_, None) => Err(ExpError::config(
                 "--criterion",

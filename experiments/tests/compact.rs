@@ -196,8 +196,8 @@ fn masks_that_are_not_structured_are_refused() {
 }
 
 /// The filter criteria prune the same trained run to the same FLOP budget with different
-/// filters (FPGM is not the ℓ1 ranking under another name); `bn-relu` on a network without batch
-/// norm, a fraction outside [0, 1) and an existing output are refused.
+/// filters (FPGM is not the ℓ1 ranking under another name); `bn-relu` and `fsm` on a network
+/// without batch norm, a fraction outside [0, 1) and an existing output are refused.
 #[test]
 fn filter_criteria_choose_differently_and_bad_requests_are_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -216,6 +216,14 @@ fn filter_criteria_choose_differently_and_bad_requests_are_refused() {
         .unwrap_err()
         .to_string();
     println!("bn-relu on LeNet-5: {e}");
+    assert!(e.contains("batch norm") || e.contains("no score"), "{e}");
+    let e = structured::prune(&prune_opts(
+        &run,
+        &tmp.path().join("fsm"),
+        FilterCriterion::FeatureShift,
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("batch norm") || e.contains("no score"), "{e}");
     let mut o = prune_opts(&run, &tmp.path().join("bad"), FilterCriterion::L1);
     o.fraction = 1.0;
