@@ -20,6 +20,22 @@ R=runs/structured-$ARCH
 C=results/structured/cells/$ARCH
 mkdir -p "$R" "$C"
 
+# One architecture's cells come from one kind of host: training is bit-reproducible on one host
+# (and across thread counts), not across the Intel and AMD hosts (the dense ResNet-20 reaches
+# 0.8930 on the AMD EPYC and 0.8885 on the Intel Xeon from the same seed). runs/ is not kept
+# between sessions, so each session retrains the dense network; on the same kind of host it is
+# the same network, on another it is not, and the cells would prune different networks.
+vendor=$(lscpu | sed -n 's/^Vendor ID:[[:space:]]*//p' | head -n 1)
+if [ -f "$C/host.txt" ]; then
+  made_on=$(cat "$C/host.txt")
+  if [ "$made_on" != "$vendor" ] && [ "${ALLOW_HOST:-0}" != 1 ]; then
+    echo "run.sh: the $ARCH cells were made on a $made_on host, this one is $vendor; run it there (ALLOW_HOST=1 to mix)" >&2
+    exit 1
+  fi
+else
+  echo "$vendor" > "$C/host.txt"
+fi
+
 # the dense network
 [ -f "$R/dense/metrics.json" ] || { rm -rf "$R/dense"; $B train --config "$CFG" --out "$R/dense" --quiet; }
 mkdir -p "$C/dense"; cp "$R/dense/metrics.json" "$C/dense/"
