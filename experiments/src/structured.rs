@@ -12,7 +12,12 @@
 //! - `scores.safetensors`: the group scores per layer (f64, one entry per filter or unit);
 //! - `layers.md`: per layer, groups kept of all, FLOPs and parameters before and after;
 //! - `prune.json`: criterion, cost, target and reached fraction, FLOPs and parameters before and
-//!   after, the run (relative to the directory).
+//!   after, the run (relative to the directory);
+//! - `bn_stats.safetensors` (criterion `fsm` only): FSM's distribution optimisation, the new
+//!   running mean and variance of the batch norms after the pruned channels' consumers
+//!   ([`secateur_pruning::structured::criteria::feature_shift_compensation`]); `eval`, `report`
+//!   and `compact` of this directory load them over the run's ([`apply_bn_stats`]). A fine-tune
+//!   re-estimates the running statistics, so it starts from the run's weights as before.
 
 use crate::atomic;
 use crate::commands::{build_model, coupling, load_data};
@@ -22,6 +27,7 @@ use crate::prune::{refuse_existing_prune, relative_to, write_summary};
 use crate::store::RunDir;
 use candle_core::{Device, Tensor};
 use secateur_pruning::structured::allocate::cost as cost_of;
+use secateur_pruning::structured::criteria::feature_shift_compensation;
 use secateur_pruning::structured::{Cost, Coupling, FilterCriterion, StructuredAllocation, StructuredMask};
 use secateur_pruning::{mask::save_scores, Scope};
 use serde_json::{Map, Value};
@@ -175,6 +181,45 @@ pub fn prune(opts: &StructuredPruneOptions) -> Result<Map<String, Value>> {
         "run".into(),
         relative_to(&opts.run, &opts.out).display().to_string().into(),
     );
+    if opts.criterion == FilterCriterion::FeatureShift {
+        let stats = feature_shift_compensation(&store, &c, plan.mask.layers())?;
+        m.insert("bn_stats_compensated".into(), (stats.len() / 2).into());
+        if !stats.is_empty() {
+            atomic::write_safetensors(&opts.out.join(BN_STATS_FILE), stats.iter())?;
+        }
+    }
     write_summary(&opts.out, &m)?;
     Ok(m)
+}
+
+/// The file of a `fsm` prune's compensated batch-norm statistics.
+pub const BN_STATS_FILE: &str = "bn_stats.safetensors";
+
+/// Loads a prune directory's compensated batch-norm statistics ([`BN_STATS_FILE`]) into `store`,
+/// over the run's; nothing when the directory has none. Every tensor must name a buffer of the
+/// network with the same shape.
+pub fn apply_bn_stats(prune_dir: &std::path::Path, store: &secateur_bayes::ParamStore) -> Result<()> {
+    let file = prune_dir.join(BN_STATS_FILE);
+    if !file.is_file() {
+        return Ok(());
+    }
+    let tensors = atomic::read_safetensors(&file)?;
+    let bad = |message: String| ExpError::Run {
+        path: file.clone(),
+        message,
+    };
+    for (name, t) in &tensors {
+        let Some(var) = store.buffers().get(name).cloned() else {
+            return Err(bad(format!("holds `{name}`, which is no buffer of the run's network")));
+        };
+        if var.dims() != t.dims() {
+            return Err(bad(format!(
+                "`{name}` has shape {:?}, the network's {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    Ok(())
 }

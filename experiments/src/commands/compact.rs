@@ -367,6 +367,9 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
         ..
     } = FinishedClassifier::open(&run_path, opts.data_dir.as_deref(), "compact")?;
     let masks = crate::prune::load_masks(&masks_file, &store)?; // applies them
+    if super::pruned_run(&opts.run)?.is_some() {
+        crate::structured::apply_bn_stats(&opts.run, &store)?;
+    }
     let c = coupling(&cfg, input, classes)?;
     let smask = StructuredMask::from_mask_set(&c, &masks)
         .map_err(|e| ExpError::config("--masks", format!("{}: {e}", masks_file.display())))?;

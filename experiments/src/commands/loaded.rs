@@ -6,8 +6,9 @@
 //!
 //! A directory written by `secateur prune --run RUN` loads as RUN's network with the prune's
 //! `masks.safetensors` applied ([`MaskSet::apply`]: pruned weights zero, and for Bayesian layers
-//! their posterior scale collapsed), so that a report compares a network before and after
-//! pruning (no fine-tune).
+//! their posterior scale collapsed) and its compensated batch-norm statistics where an `fsm`
+//! prune wrote them ([`crate::structured::apply_bn_stats`]), so that a report compares a network
+//! before and after pruning (no fine-tune).
 
 use super::eval::ood_predictions;
 use super::posterior::Fitted;
@@ -158,6 +159,7 @@ impl LoadedRun {
                 path: file,
                 message: format!("do not fit the run's network: {e}"),
             })?;
+            crate::structured::apply_bn_stats(&p.dir, &store)?;
         }
         Ok(Self {
             cfg,

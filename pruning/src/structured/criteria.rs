@@ -418,6 +418,86 @@ pub fn feature_shift(store: &ParamStore, coupling: &Coupling) -> Result<GroupSco
     Ok(out)
 }
 
+/// The batch norm that normalises the output of `l`'s consumer, if there is one: the coupling's
+/// own record where the consumer forms groups itself (VGG), else `P.bnK` beside a consumer
+/// `P.convK` (the residual convolutions of the ResNets, whose outputs form no groups), when the
+/// store holds it with one entry per consumer output.
+pub fn consumer_batch_norm(store: &ParamStore, coupling: &Coupling, l: &LayerGroups) -> Option<String> {
+    if let Some(c) = coupling.layers.iter().find(|c| c.name == l.consumer.name) {
+        return c.batch_norm.clone();
+    }
+    let prefix = l.consumer.name.strip_suffix(".weight")?;
+    let (path, last) = prefix.rsplit_once('.').unwrap_or(("", prefix));
+    let k = last.strip_prefix("conv")?;
+    let q = if path.is_empty() {
+        format!("bn{k}")
+    } else {
+        format!("{path}.bn{k}")
+    };
+    let outputs = resolve(store, &l.consumer.name).ok()?.1.dims().first().copied()?;
+    let fits = |n: &str| store.get(n).is_some_and(|v| v.dims() == [outputs]);
+    (fits(&format!("{q}.running_mean")) && fits(&format!("{q}.running_var"))).then_some(q)
+}
+
+/// New running statistics of a consumer's batch norm after pruning: FSM's distribution
+/// optimisation (Duan et al. 2022; reference code lscgx/FSM, `iter_vgg16bn`/`iter_resnet_56`).
+///
+/// For every layer of `coupling` with a batch norm, entries of `keep` (one flag per group) and a
+/// consumer batch norm ([`consumer_batch_norm`]), with `E_g = E[max(0, z_g)]` and `S_jg` as in
+/// [`feature_shift`] and `m_j`, `v_j` the consumer batch norm's running mean and variance:
+///
+/// `e1_j = Σ_g S_jg E_g` (the estimated mean of output j before pruning), `e2_j = Σ_{g kept} S_jg
+/// E_g` (after), and where `e1_j / m_j > 0`: `m_j ← m_j · e2_j / e1_j` and `v_j ← v_j · (1 − r)`,
+/// `r` the fraction of the layer's groups removed; other outputs keep their statistics. The
+/// ratio `e1_j / m_j` calibrates the estimate against the statistics the network measured, as in
+/// the reference (`est_error`). The variance factor is the reference's heuristic. Our choices: all
+/// layers are compensated at once from the unpruned statistics (the reference prunes and
+/// fine-tunes layer by layer), and there is no rollback (the reference undoes a compensation
+/// that lowers test accuracy; a data-free step cannot check that).
+///
+/// Returns the new `{q}.running_mean` and `{q}.running_var` tensors by name (f32, for the
+/// store's buffers); the store is not changed. An error if a layer's `keep` has the wrong length.
+pub fn feature_shift_compensation(
+    store: &ParamStore,
+    coupling: &Coupling,
+    keep: &BTreeMap<String, Vec<bool>>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let mut out = BTreeMap::new();
+    for l in &coupling.layers {
+        let Some(k) = keep.get(&l.name) else { continue };
+        if k.len() != l.groups {
+            candle_core::bail!("keep flags of `{}`: {} for {} groups", l.name, k.len(), l.groups);
+        }
+        if k.iter().all(|&x| x) {
+            continue;
+        }
+        let (Some(e), Some(q)) = (bn_relu_means(store, l)?, consumer_batch_norm(store, coupling, l)) else {
+            continue;
+        };
+        let sums = consumer_sums(store, l)?;
+        let read = |n: &str| -> Result<Vec<f64>> { vector(store, n)?.to_dtype(DType::F64)?.to_vec1() };
+        let (mean_name, var_name) = (format!("{q}.running_mean"), format!("{q}.running_var"));
+        let (mut m, mut v) = (read(&mean_name)?, read(&var_name)?);
+        let removed = k.iter().filter(|&&x| !x).count() as f64 / l.groups as f64;
+        for (j, row) in sums.iter().enumerate() {
+            let e1: f64 = (0..l.groups).map(|g| row[g] * e[g]).sum();
+            let e2: f64 = (0..l.groups).filter(|&g| k[g]).map(|g| row[g] * e[g]).sum();
+            if m[j] != 0.0 && e1 / m[j] > 0.0 {
+                m[j] *= e2 / e1;
+                v[j] *= 1.0 - removed;
+            }
+        }
+        let dev = store
+            .get(&mean_name)
+            .map_or(candle_core::Device::Cpu, |t| t.device().clone());
+        let f32s =
+            |x: Vec<f64>| Tensor::from_vec(x.into_iter().map(|y| y as f32).collect::<Vec<_>>(), (sums.len(),), &dev);
+        out.insert(mean_name, f32s(m)?);
+        out.insert(var_name, f32s(v)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::groups::{record, record_built};
@@ -767,6 +847,114 @@ mod tests {
         let (_, store) = net(&spec, &Deterministic)?;
         let e = feature_shift(&store, &record(&spec)?).unwrap_err().to_string();
         assert!(e.contains("batch norm"), "{e}");
+        Ok(())
+    }
+
+    /// FSM's distribution optimisation against Monte Carlo on ResNet-20's block `layer1.1`:
+    /// activation maps drawn from bn1's statistics as in [`feature_shift_against_monte_carlo`],
+    /// half the channels kept; bn2's running mean set to 1.7 × the Monte Carlo mean of conv2's
+    /// output (a network whose measured means differ from the estimate by a factor, which the
+    /// calibration `e1/m` must carry over), and to minus that on four outputs (a negative ratio:
+    /// left alone). The new mean must be 1.7 × the Monte Carlo mean with only the kept channels,
+    /// within 4 standard errors; the variance scales by the kept fraction.
+    #[test]
+    fn feature_shift_compensation_against_monte_carlo() -> Result<()> {
+        let spec = ModelSpec::new("resnet20", [3, 8, 8], 10);
+        let c = record(&spec)?;
+        let (_, store) = random_net(&spec, 5)?;
+        let layer = c.layer("layer1.1.conv1.weight")?.clone();
+        assert_eq!(consumer_batch_norm(&store, &c, &layer).as_deref(), Some("layer1.1.bn2"));
+        let vgg = ModelSpec::new("vgg11", [3, 32, 32], 10);
+        let cv = record(&vgg)?;
+        let (_, vs) = random_net(&vgg, 3)?;
+        assert_eq!(
+            consumer_batch_norm(&vs, &cv, &cv.layers[0]).as_deref(),
+            Some("features.5")
+        );
+
+        let tensor = |n: &str| store.get(n).unwrap().as_tensor().to_dtype(DType::F64).unwrap();
+        let beta = tensor("layer1.1.bn1.bias").to_vec1::<f64>()?;
+        let gamma = tensor("layer1.1.bn1.weight").to_vec1::<f64>()?;
+        let var = tensor("layer1.1.bn1.running_var").to_vec1::<f64>()?;
+        let w = tensor("layer1.1.conv2.weight");
+        let (j_n, c_n, hw, n) = (16usize, 16usize, 8usize, 3000usize);
+        let sd: Vec<f64> = (0..c_n)
+            .map(|k| gamma[k].abs() * (var[k] / (var[k] + BN_EPS)).sqrt())
+            .collect();
+        let eps = SeededRng::new(13).normal_vec(n * c_n * hw * hw);
+        let a: Vec<f64> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| {
+                let k = (i / (hw * hw)) % c_n;
+                (beta[k] + sd[k] * e as f64).max(0.0)
+            })
+            .collect();
+        let a = Tensor::from_vec(a, (n, c_n, hw, hw), &Device::Cpu)?;
+        let keep: Vec<bool> = (0..c_n).map(|g| g % 2 == 0).collect();
+        let kept = Tensor::from_vec(
+            keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect::<Vec<f64>>(),
+            (1, c_n, 1, 1),
+            &Device::Cpu,
+        )?;
+        // per-sample interior means of conv2's output, all channels and kept channels: mean, SE
+        let stats = |x: &Tensor| -> Result<Vec<(f64, f64)>> {
+            let per = x
+                .conv2d(&w, 1, 1, 1, 1)?
+                .narrow(2, 1, hw - 2)?
+                .narrow(3, 1, hw - 2)?
+                .mean(3)?
+                .mean(2)?;
+            let per = per.to_vec2::<f64>()?;
+            Ok((0..j_n)
+                .map(|j| {
+                    let m = per.iter().map(|r| r[j]).sum::<f64>() / n as f64;
+                    let v = per.iter().map(|r| (r[j] - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+                    (m, (v / n as f64).sqrt())
+                })
+                .collect())
+        };
+        let full = stats(&a)?;
+        let pruned = stats(&a.broadcast_mul(&kept)?)?;
+        let flipped = [1usize, 4, 9, 14];
+        let m0: Vec<f32> = (0..j_n)
+            .map(|j| (if flipped.contains(&j) { -1.7 } else { 1.7 } * full[j].0) as f32)
+            .collect();
+        store
+            .get("layer1.1.bn2.running_mean")
+            .unwrap()
+            .set(&Tensor::from_vec(m0.clone(), j_n, &Device::Cpu)?)?;
+        let v0 = tensor("layer1.1.bn2.running_var").to_vec1::<f64>()?;
+        let keep_map = BTreeMap::from([(layer.name.clone(), keep)]);
+        let new = feature_shift_compensation(&store, &c, &keep_map)?;
+        assert_eq!(new.len(), 2);
+        let m1 = new["layer1.1.bn2.running_mean"]
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        let v1 = new["layer1.1.bn2.running_var"].to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        let mut worst: f64 = 0.0;
+        for j in 0..j_n {
+            if flipped.contains(&j) {
+                assert_eq!(m1[j], m0[j] as f64, "output {j} with a negative ratio was changed");
+                assert_eq!(v1[j], v0[j] as f32 as f64);
+                continue;
+            }
+            let want = 1.7 * pruned[j].0;
+            let se = 1.7 * (full[j].1 * (pruned[j].0 / full[j].0).abs() + pruned[j].1);
+            assert!(
+                (m1[j] - want).abs() < 4.0 * se + 1e-6,
+                "output {j}: {} vs {want} ± {se}",
+                m1[j]
+            );
+            worst = worst.max((m1[j] - want).abs() / se);
+            assert!((v1[j] - 0.5 * v0[j]).abs() <= 1e-6 * v0[j]);
+        }
+        eprintln!("compensated running means within {worst:.2} (combined) standard errors of the Monte Carlo means");
+        // nothing removed, nothing changed; wrong lengths refused
+        let all = BTreeMap::from([(layer.name.clone(), vec![true; c_n])]);
+        assert!(feature_shift_compensation(&store, &c, &all)?.is_empty());
+        let short = BTreeMap::from([(layer.name.clone(), vec![true; 3])]);
+        assert!(feature_shift_compensation(&store, &c, &short).is_err());
         Ok(())
     }
 }
