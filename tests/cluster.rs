@@ -228,4 +228,40 @@ fn the_join_refuses_another_config_and_conflicting_rows() {
         s(&tmp.path().join("j4")),
     ]));
     assert!(err.contains("shard directories"), "{err}");
+
+    // the output is a shard directory, lies in one or holds one: refused, even with --force
+    for out in [a.clone(), a.join("joined"), tmp.path().to_path_buf()] {
+        let err = stderr_of_failure(&secateur(&["study", "join", s(&a), s(&b), "--out", s(&out), "--force"]));
+        assert!(err.contains("shard directory"), "{}: {err}", out.display());
+    }
+    // a non-empty directory that holds no join of these shards (here: a file of the user's)
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let err = stderr_of_failure(&secateur(&["study", "join", s(&a), s(&b), "--out", s(&foreign)]));
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(foreign.join("notes.txt")).unwrap(), "mine");
+    // a complete join is not replaced by one that leaves a shard out; two spellings of one
+    // directory are one shard directory
+    let j5 = tmp.path().join("j5");
+    ok(&secateur(&["study", "join", s(&a), s(&b), "--out", s(&j5)]));
+    let full = rows(&j5);
+    let err = stderr_of_failure(&secateur(&["study", "join", s(&a), "--out", s(&j5)]));
+    assert!(err.contains("complete join"), "{err}");
+    assert_eq!(rows(&j5), full);
+    // a Slurm directory whose path sbatch's #SBATCH lines cannot carry
+    let spaced = tmp.path().join("with space");
+    let err = stderr_of_failure(&secateur(&[
+        "study",
+        "svgd",
+        "--config",
+        SMOKE,
+        "--slurm",
+        "--out",
+        s(&spaced),
+    ]));
+    assert!(err.contains("space"), "{err}");
+    let b2 = tmp.path().join(".").join("b");
+    ok(&secateur(&["study", "join", s(&a), s(&b), s(&b2), "--out", s(&j5)]));
+    assert_eq!(rows(&j5), full);
 }

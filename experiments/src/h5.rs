@@ -72,9 +72,12 @@ fn write_into(
         ("train_divergence", col(&|r| r.train_divergence)),
         ("beta", col(&|r| r.beta)),
         ("train_accuracy", col(&|r| r.train_accuracy)),
-        ("test_accuracy", col(&|r| r.eval.map_or(nan, |m| m.accuracy))),
-        ("test_nll", col(&|r| r.eval.map_or(nan, |m| m.nll))),
-        ("test_ece", col(&|r| r.eval.map_or(nan, |m| m.ece))),
+        (
+            "test_accuracy",
+            col(&|r| r.eval.or(r.eval_mc).map_or(nan, |m| m.accuracy)),
+        ),
+        ("test_nll", col(&|r| r.eval.or(r.eval_mc).map_or(nan, |m| m.nll))),
+        ("test_ece", col(&|r| r.eval.or(r.eval_mc).map_or(nan, |m| m.ece))),
     ];
     for (name, values) in cols {
         h.new_dataset::<f64>()

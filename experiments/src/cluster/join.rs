@@ -131,7 +131,8 @@ fn error_of(header: &str, line: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Copies `src` into `dst` (a tree), hard-linking files where the file system allows.
+/// Copies `src` into `dst` (a tree), hard-linking files where the file system allows; files
+/// already in `dst` are left as they are.
 fn link_tree(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).map_err(|e| ExpError::io(dst, e))?;
     for entry in std::fs::read_dir(src).map_err(|e| ExpError::io(src, e))? {
@@ -140,8 +141,16 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
         let ty = entry.file_type().map_err(|e| ExpError::io(&s, e))?;
         if ty.is_dir() {
             link_tree(&s, &d)?;
-        } else if ty.is_file() && std::fs::hard_link(&s, &d).is_err() {
-            std::fs::copy(&s, &d).map_err(|e| ExpError::io(&s, e))?;
+        } else if ty.is_file() {
+            // a file already there came from an earlier shard (the same run in two shard
+            // directories): the first is kept, and nothing is ever written onto an existing path,
+            // which may be a hard link to a shard's own file
+            if d.symlink_metadata().is_ok() {
+                continue;
+            }
+            if std::fs::hard_link(&s, &d).is_err() {
+                std::fs::copy(&s, &d).map_err(|e| ExpError::io(&s, e))?;
+            }
         }
     }
     Ok(())
@@ -154,6 +163,36 @@ pub fn join(dirs: &[PathBuf], opts: &JoinOptions) -> Result<JoinOutcome> {
     if dirs.is_empty() {
         return Err(ExpError::config("study join", "name at least one shard directory"));
     }
+    // One spelling per directory (`a`, `./a` and `/abs/a` are one shard directory), and an output
+    // that is neither a shard directory nor inside or around one.
+    let canonical = |p: &Path| {
+        p.canonicalize()
+            .unwrap_or_else(|_| std::path::absolute(p).unwrap_or(p.to_path_buf()))
+    };
+    let dirs: Vec<PathBuf> = dirs.iter().map(|d| canonical(d)).collect();
+    let out_abs = match (opts.out.parent(), opts.out.file_name()) {
+        (Some(parent), Some(name)) if !opts.out.exists() => canonical(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+        .join(name),
+        _ => canonical(&opts.out),
+    };
+    if let Some(d) = dirs
+        .iter()
+        .find(|d| out_abs == **d || out_abs.starts_with(d) || d.starts_with(&out_abs))
+    {
+        return Err(ExpError::config(
+            "--out",
+            format!(
+                "{} is, holds or lies in the shard directory {}; join into a directory of its own",
+                opts.out.display(),
+                d.display()
+            ),
+        ));
+    }
+    let dirs = &dirs[..];
     // The manifests, and the directories that have none (a task that never started).
     let mut manifests: Vec<(PathBuf, PathBuf, ShardManifest)> = Vec::new();
     let mut empty: Vec<PathBuf> = Vec::new();
@@ -284,15 +323,33 @@ pub fn join(dirs: &[PathBuf], opts: &JoinOptions) -> Result<JoinOutcome> {
     // The joined directory: new, an earlier join of this study, or replaced with --force.
     let out = &opts.out;
     let study_file = out.join(kind.study_file());
-    if study_file.exists() {
+    let occupied = std::fs::read_dir(out).is_ok_and(|mut e| e.next().is_some());
+    if occupied {
         let earlier = std::fs::read_to_string(out.join("join.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<JoinOutcome>(&t).ok());
-        let same = earlier.is_some_and(|j| j.study == kind && j.config_hash == first.config_hash);
+        let same = earlier
+            .as_ref()
+            .is_some_and(|j| j.study == kind && j.config_hash == first.config_hash);
         if !same && !opts.force {
             return Err(ExpError::Run {
                 path: out.clone(),
-                message: "already holds a study that is not a join of these shards; choose another --out, or replace it with --force".into(),
+                message:
+                    "is not empty and holds no join of these shards; choose another --out, or replace it with --force"
+                        .into(),
+            });
+        }
+        // a complete join is not replaced by an incomplete one (a shard directory left out)
+        let was_complete = same && earlier.as_ref().is_some_and(|j| j.missing.is_empty());
+        if was_complete && !missing.is_empty() && !opts.force {
+            return Err(ExpError::Run {
+                path: out.clone(),
+                message: format!(
+                    "holds a complete join of this study, and this join lacks {} cells (first: {}); it is not replaced \
+                     (join into another --out, or --force)",
+                    missing.len(),
+                    missing[0]
+                ),
             });
         }
         for f in ["results.csv", "table.md", "report.md", "missing.md", "join.md"] {

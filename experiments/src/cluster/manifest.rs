@@ -179,6 +179,21 @@ impl ShardManifest {
         if owner.len() != grid.len() || owner.iter().any(|&o| o >= shards) {
             return Err(ExpError::config("--shard", "every cell needs one owning shard below N"));
         }
+        let mut keys = std::collections::BTreeSet::new();
+        if let Some(k) = grid.iter().find(|k| !keys.insert(*k)) {
+            return Err(ExpError::config(
+                path.display().to_string(),
+                format!(
+                    "names the cell ({}) twice (a repeated seed, sparsity, criterion or model?); every cell of a study must be distinct",
+                    key_columns
+                        .iter()
+                        .zip(k)
+                        .map(|(c, v)| format!("{c} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let config = std::path::absolute(path).map_err(|e| ExpError::io(path, e))?;
         Ok(Self {
             study,
@@ -254,6 +269,37 @@ mod tests {
             assert_eq!(k.name(), n);
         }
         assert!(StudyKind::from_name("join").is_err());
+        Ok(())
+    }
+
+    /// A grid that names one cell twice could never be joined (one of the two positions would
+    /// stay missing): the manifest refuses it, naming the cell.
+    #[test]
+    fn a_grid_with_a_repeated_cell_is_refused() -> Result<()> {
+        let cfg = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/pai-smoke.toml"));
+        let cell = |s: &str| vec!["lenet5".to_string(), s.to_string()];
+        let ok = ShardManifest::new(
+            StudyKind::Pai,
+            "p",
+            cfg,
+            (0, 2),
+            &["arch", "seed"],
+            vec![cell("0"), cell("1")],
+            vec![0, 1],
+        )?;
+        assert_eq!(ok.grid.len(), 2);
+        let e = ShardManifest::new(
+            StudyKind::Pai,
+            "p",
+            cfg,
+            (0, 2),
+            &["arch", "seed"],
+            vec![cell("0"), cell("0")],
+            vec![0, 1],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("twice") && e.contains("seed 0"), "{e}");
         Ok(())
     }
 }

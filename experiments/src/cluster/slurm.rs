@@ -265,6 +265,16 @@ pub fn prepare(kind: StudyKind, config: &Path, dir: &Path, opts: &SlurmOptions) 
     let name = study_name(kind, config)?;
     let config = std::path::absolute(config).map_err(|e| ExpError::io(config, e))?;
     let dir = std::path::absolute(dir).map_err(|e| ExpError::io(dir, e))?;
+    // `#SBATCH --output=PATH` lines are split at white space and read `%` as a pattern
+    if dir.to_string_lossy().chars().any(|c| c.is_whitespace() || c == '%') {
+        return Err(ExpError::config(
+            "--out",
+            format!(
+                "{} has a space or a `%`, which sbatch's #SBATCH lines cannot carry; choose a directory without them",
+                dir.display()
+            ),
+        ));
+    }
     let binary = std::env::current_exe().map_err(|e| ExpError::io("the secateur binary", e))?;
     let (array, join) = (dir.join("array.sbatch"), dir.join("join.sbatch"));
     if array.exists() || dir.join("shards").exists() || dir.join("study").exists() {

@@ -549,7 +549,7 @@ pub fn units_png(history: &[EpochRecord]) -> Option<Result<Vec<u8>>> {
         label: "test accuracy".into(),
         color: n,
         dashed: true,
-        points: series(&|r| r.eval.as_ref().map(|m| m.accuracy)),
+        points: series(&|r| r.eval.as_ref().or(r.eval_mc.as_ref()).map(|m| m.accuracy)),
         ..Line::default()
     });
     kept.push(Line {
