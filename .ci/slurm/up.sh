@@ -174,4 +174,4 @@ while :; do
 done
 
 log "node $host idle: $topo RealMemory=$mem, partition ci, ports $ctld_port/$d_port"
-echo "export SLURM_CONF=$SLURM_CONF"
+printf 'export SLURM_CONF=%q\n' "$SLURM_CONF"
