@@ -241,14 +241,14 @@ fn the_join_refuses_another_config_and_conflicting_rows() {
     let err = stderr_of_failure(&secateur(&["study", "join", s(&a), s(&b), "--out", s(&foreign)]));
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read_to_string(foreign.join("notes.txt")).unwrap(), "mine");
-    // a complete join is not replaced by one that leaves a shard out; two spellings of one
-    // directory are one shard directory
+    // a join again with a shard left out says what is missing (the shards still hold every row,
+    // so the complete join comes back when all are given); two spellings of one directory are
+    // one shard directory
     let j5 = tmp.path().join("j5");
     ok(&secateur(&["study", "join", s(&a), s(&b), "--out", s(&j5)]));
     let full = rows(&j5);
-    let err = stderr_of_failure(&secateur(&["study", "join", s(&a), "--out", s(&j5)]));
-    assert!(err.contains("complete join"), "{err}");
-    assert_eq!(rows(&j5), full);
+    stderr_of_failure(&secateur(&["study", "join", s(&a), "--out", s(&j5)]));
+    assert!(j5.join("missing.md").is_file() && !j5.join("table.md").exists());
     // a Slurm directory whose path sbatch's #SBATCH lines cannot carry
     let spaced = tmp.path().join("with space");
     let err = stderr_of_failure(&secateur(&[

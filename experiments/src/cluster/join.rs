@@ -339,19 +339,6 @@ pub fn join(dirs: &[PathBuf], opts: &JoinOptions) -> Result<JoinOutcome> {
                         .into(),
             });
         }
-        // a complete join is not replaced by an incomplete one (a shard directory left out)
-        let was_complete = same && earlier.as_ref().is_some_and(|j| j.missing.is_empty());
-        if was_complete && !missing.is_empty() && !opts.force {
-            return Err(ExpError::Run {
-                path: out.clone(),
-                message: format!(
-                    "holds a complete join of this study, and this join lacks {} cells (first: {}); it is not replaced \
-                     (join into another --out, or --force)",
-                    missing.len(),
-                    missing[0]
-                ),
-            });
-        }
         for f in ["results.csv", "table.md", "report.md", "missing.md", "join.md"] {
             let p = out.join(f);
             if p.exists() {
