@@ -744,6 +744,42 @@ mod tests {
         Ok(())
     }
 
+    /// Activation maps after `layer1.1.bn1` → ReLU of a ResNet-20 at 8×8 (16 channels): `n`
+    /// maps of `max(0, z)`, `z ~ N(β_c, s_c²)` i.i.d. per position, `s_c = |γ_c| √(v_c/(v_c + ε))`,
+    /// drawn with seed `seed`; with the block's conv2 weight (f64) and β, s per channel.
+    struct Maps {
+        a: Tensor,
+        w: Tensor,
+        beta: Vec<f64>,
+        sd: Vec<f64>,
+    }
+
+    fn block_maps(store: &ParamStore, n: usize, seed: u64) -> Result<Maps> {
+        let tensor = |name: &str| -> Result<Tensor> { store.get(name).expect(name).as_tensor().to_dtype(DType::F64) };
+        let beta = tensor("layer1.1.bn1.bias")?.to_vec1::<f64>()?;
+        let gamma = tensor("layer1.1.bn1.weight")?.to_vec1::<f64>()?;
+        let var = tensor("layer1.1.bn1.running_var")?.to_vec1::<f64>()?;
+        let (c_n, hw) = (beta.len(), 8usize);
+        let sd: Vec<f64> = (0..c_n)
+            .map(|k| gamma[k].abs() * (var[k] / (var[k] + BN_EPS)).sqrt())
+            .collect();
+        let eps = SeededRng::new(seed).normal_vec(n * c_n * hw * hw);
+        let a: Vec<f64> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| {
+                let k = (i / (hw * hw)) % c_n;
+                (beta[k] + sd[k] * e as f64).max(0.0)
+            })
+            .collect();
+        Ok(Maps {
+            a: Tensor::from_vec(a, (n, c_n, hw, hw), &Device::Cpu)?,
+            w: tensor("layer1.1.conv2.weight")?,
+            beta,
+            sd,
+        })
+    }
+
     /// FSM's shift against a Monte Carlo estimate on ResNet-20's inner channels (conv1 → bn1 →
     /// ReLU → conv2, no pooling): activation maps drawn as `max(0, z)`, `z ~ N(β_c, s_c²)` per
     /// channel, convolved by the block's own conv2 (padding 1) with and without channel g; the
@@ -758,26 +794,8 @@ mod tests {
         let scores = feature_shift(&store, &c)?;
         assert_eq!(scores.len(), c.layers.len());
         let layer = c.layer("layer1.1.conv1.weight")?;
-        let tensor = |n: &str| store.get(n).unwrap().as_tensor().to_dtype(DType::F64).unwrap();
-        let beta = tensor("layer1.1.bn1.bias").to_vec1::<f64>()?;
-        let gamma = tensor("layer1.1.bn1.weight").to_vec1::<f64>()?;
-        let var = tensor("layer1.1.bn1.running_var").to_vec1::<f64>()?;
-        let w = tensor("layer1.1.conv2.weight"); // [16, 16, 3, 3]
-        let (j_n, c_n, hw, n) = (16usize, 16usize, 8usize, 3000usize);
-        let sd: Vec<f64> = (0..c_n)
-            .map(|k| gamma[k].abs() * (var[k] / (var[k] + BN_EPS)).sqrt())
-            .collect();
-        let mut rng = SeededRng::new(11);
-        let eps = rng.normal_vec(n * c_n * hw * hw);
-        let a: Vec<f64> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| {
-                let k = (i / (hw * hw)) % c_n;
-                (beta[k] + sd[k] * e as f64).max(0.0)
-            })
-            .collect();
-        let a = Tensor::from_vec(a, (n, c_n, hw, hw), &Device::Cpu)?;
+        let (j_n, hw, n) = (16usize, 8usize, 3000usize);
+        let Maps { a, w, beta, sd } = block_maps(&store, n, 11)?;
         let mut worst: f64 = 0.0;
         for g in [0usize, 7, 15] {
             // the shift is the convolution of channel g alone
@@ -873,24 +891,8 @@ mod tests {
         );
 
         let tensor = |n: &str| store.get(n).unwrap().as_tensor().to_dtype(DType::F64).unwrap();
-        let beta = tensor("layer1.1.bn1.bias").to_vec1::<f64>()?;
-        let gamma = tensor("layer1.1.bn1.weight").to_vec1::<f64>()?;
-        let var = tensor("layer1.1.bn1.running_var").to_vec1::<f64>()?;
-        let w = tensor("layer1.1.conv2.weight");
         let (j_n, c_n, hw, n) = (16usize, 16usize, 8usize, 3000usize);
-        let sd: Vec<f64> = (0..c_n)
-            .map(|k| gamma[k].abs() * (var[k] / (var[k] + BN_EPS)).sqrt())
-            .collect();
-        let eps = SeededRng::new(13).normal_vec(n * c_n * hw * hw);
-        let a: Vec<f64> = eps
-            .iter()
-            .enumerate()
-            .map(|(i, &e)| {
-                let k = (i / (hw * hw)) % c_n;
-                (beta[k] + sd[k] * e as f64).max(0.0)
-            })
-            .collect();
-        let a = Tensor::from_vec(a, (n, c_n, hw, hw), &Device::Cpu)?;
+        let Maps { a, w, .. } = block_maps(&store, n, 13)?;
         let keep: Vec<bool> = (0..c_n).map(|g| g % 2 == 0).collect();
         let kept = Tensor::from_vec(
             keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect::<Vec<f64>>(),
