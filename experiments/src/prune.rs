@@ -299,7 +299,13 @@ pub struct PruneOptions {
 }
 
 /// The files `secateur prune` writes into its output directory.
-pub const PRUNE_OUTPUTS: [&str; 4] = ["masks.safetensors", "scores.safetensors", "layers.md", PRUNE_SUMMARY];
+pub const PRUNE_OUTPUTS: [&str; 5] = [
+    "masks.safetensors",
+    "scores.safetensors",
+    "layers.md",
+    PRUNE_SUMMARY,
+    crate::structured::BN_STATS_FILE,
+];
 
 /// The summary a prune writes (criterion, sparsity, and for `prune --run` the run pruned).
 pub const PRUNE_SUMMARY: &str = "prune.json";

@@ -181,6 +181,11 @@ pub fn prune(opts: &StructuredPruneOptions) -> Result<Map<String, Value>> {
         "run".into(),
         relative_to(&opts.run, &opts.out).display().to_string().into(),
     );
+    // a replaced (--force) fsm prune's statistics must not outlive it: eval would load them
+    let bn_stats = opts.out.join(BN_STATS_FILE);
+    if bn_stats.exists() {
+        std::fs::remove_file(&bn_stats).map_err(|e| ExpError::io(&bn_stats, e))?;
+    }
     if opts.criterion == FilterCriterion::FeatureShift {
         let stats = feature_shift_compensation(&store, &c, plan.mask.layers())?;
         m.insert("bn_stats_compensated".into(), (stats.len() / 2).into());
