@@ -1,5 +1,5 @@
 //! Study configs: TOML files, nested as
-//! `StudyConfig { name, seed, data, model, optim, train, bayes, likelihood, greg, posterior }`.
+//! `StudyConfig { name, seed, data, model, optim, train, bayes, likelihood, greg, posterior, pruning }`.
 //!
 //! Every section has documented defaults (its `Default`), unknown keys are refused by name
 //! (`deny_unknown_fields`), and [`StudyConfig::validate`] refuses impossible values, naming the
@@ -8,6 +8,7 @@
 
 use crate::error::{ExpError, Result};
 pub use crate::posterior_config::{PosteriorConfig, PriorPrecision};
+pub use crate::pruning_config::PruningConfig;
 use secateur_bayes::layers::variational_dropout::{VD_LOG_ALPHA_MAX, VD_LOG_ALPHA_MIN};
 use secateur_bayes::layers::VdGranularity;
 use secateur_bayes::{Divergence, Prior};
@@ -46,6 +47,10 @@ pub struct StudyConfig {
     /// `posterior.kind` is set). Written into a run's config only when set.
     #[serde(skip_serializing_if = "PosteriorConfig::is_none")]
     pub posterior: PosteriorConfig,
+    /// Pruning learned during training (SCL; off unless `pruning.method` is set). Written into
+    /// a run's config only when set.
+    #[serde(skip_serializing_if = "PruningConfig::is_off")]
+    pub pruning: PruningConfig,
 }
 
 impl Default for StudyConfig {
@@ -61,6 +66,7 @@ impl Default for StudyConfig {
             likelihood: LikelihoodConfig::default(),
             greg: GregConfig::default(),
             posterior: PosteriorConfig::default(),
+            pruning: PruningConfig::default(),
         }
     }
 }
@@ -1073,6 +1079,21 @@ impl StudyConfig {
         self.bayes.validate()?;
         self.validate_likelihood()?;
         self.greg.validate()?;
+        self.pruning.validate()?;
+        if !self.pruning.is_off() {
+            if self.model.layers != "deterministic" {
+                return Err(format!(
+                    "pruning.method `{}` trains deterministic layers; model.layers is `{}`",
+                    self.pruning.method, self.model.layers
+                ));
+            }
+            if self.greg.enabled() || !self.posterior.is_none() || self.likelihood.is_regression() {
+                return Err(format!(
+                    "pruning.method `{}` trains one classifier; it cannot be combined with [greg], [posterior] or a regression likelihood",
+                    self.pruning.method
+                ));
+            }
+        }
         self.posterior.validate(self.train.epochs, d.val_fraction > 0.0)?;
         if !self.posterior.is_none() && self.model.layers != "deterministic" {
             return Err(format!(

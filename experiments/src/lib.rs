@@ -42,12 +42,14 @@ pub mod error;
 pub mod greg;
 #[cfg(feature = "hdf5")]
 pub mod h5;
+pub mod learned;
 pub mod observe;
 pub mod pai;
 pub mod plot;
 pub mod posterior_config;
 pub mod posterior_study;
 pub mod prune;
+pub mod pruning_config;
 pub mod seed_stream;
 pub mod store;
 pub mod structured;

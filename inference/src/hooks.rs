@@ -18,7 +18,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::Result;
-use secateur_bayes::ParamStore;
+use secateur_bayes::{ParamStore, UnitSummary};
 
 /// Runs around every optimiser step (see the [module documentation](self) for the order).
 ///
@@ -44,6 +44,13 @@ pub trait StepHook {
     /// Called after the optimiser step `step`: may edit the parameters (e.g. set pruned weights
     /// back to zero).
     fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()>;
+
+    /// What the hook selects, per layer, at an epoch's end (a learned-pruning hook: the
+    /// connections it keeps), reported with the layers' own unit counts in
+    /// [`EpochRecord::units`](crate::train::EpochRecord::units). Default: nothing.
+    fn units(&self, _store: &ParamStore) -> Result<Vec<UnitSummary>> {
+        Ok(Vec::new())
+    }
 }
 
 impl<H: StepHook + ?Sized> StepHook for Box<H> {
@@ -52,6 +59,9 @@ impl<H: StepHook + ?Sized> StepHook for Box<H> {
     }
     fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()> {
         (**self).after_step(store, step)
+    }
+    fn units(&self, store: &ParamStore) -> Result<Vec<UnitSummary>> {
+        (**self).units(store)
     }
 }
 
@@ -63,6 +73,9 @@ impl<H: StepHook + ?Sized> StepHook for &mut H {
     }
     fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()> {
         (**self).after_step(store, step)
+    }
+    fn units(&self, store: &ParamStore) -> Result<Vec<UnitSummary>> {
+        (**self).units(store)
     }
 }
 
@@ -97,5 +110,12 @@ impl StepHook for HookList {
             h.after_step(store, step)?;
         }
         Ok(())
+    }
+    fn units(&self, store: &ParamStore) -> Result<Vec<UnitSummary>> {
+        let mut out = Vec::new();
+        for h in &self.hooks {
+            out.extend(h.units(store)?);
+        }
+        Ok(out)
     }
 }

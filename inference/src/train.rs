@@ -85,7 +85,8 @@ pub struct EpochRecord {
     /// Wall-clock seconds of the epoch's training (not evaluation).
     pub seconds: f64,
     /// At the epoch's end, per layer that selects units (spike-and-slab nodes, gates): units kept
-    /// by the test-time rule and their mean inclusion probability; empty for other models.
+    /// by the test-time rule and their mean inclusion probability; then what the step hook
+    /// selects ([`StepHook::units`]: SCL's connections on); empty for other models.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<UnitSummary>,
 }
@@ -461,7 +462,13 @@ impl<'a> Trainer<'a> {
                 eval_mc: metrics.classification_mc,
                 eval_regression: metrics.regression,
                 seconds,
-                units: self.store.unit_summaries()?,
+                units: {
+                    let mut u = self.store.unit_summaries()?;
+                    if let Some(h) = self.hook.as_ref() {
+                        u.extend(h.units(&self.store)?);
+                    }
+                    u
+                },
             };
             self.history.push(record.clone());
             let ckpt = Checkpoint {

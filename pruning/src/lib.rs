@@ -22,6 +22,7 @@
 //! - [`dllp`]: distribution-lossless pruning, SVGD over relaxed masks and weights of a trained
 //!   network (a reconstruction from the seed paper's abstract).
 //! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
+//! - [`learned`]: pruning learned during training (SCL, sparse connection learning).
 //! - [`structured`]: filter/unit groups with their coupled tensors, group masks, data-free
 //!   filter criteria (ℓ1/ℓ2, FPGM, batch-norm statistics), FLOP/parameter budgets and
 //!   compaction into the smaller network.
@@ -67,6 +68,7 @@ pub mod diagnose;
 pub mod dllp;
 pub mod geometry;
 pub mod greg;
+pub mod learned;
 pub mod mask;
 pub mod prunable;
 pub mod quantise;

@@ -174,6 +174,11 @@ pub(super) fn build_network(
     };
     let factory: Box<dyn secateur_models::LayerFactory> = match &mean_field {
         Some(m) => Box::new(m.clone()),
+        // learned pruning: deterministic layers whose weights the method computes
+        None if cfg.pruning.is_scl() => Box::new(
+            secateur_pruning::learned::scl::SclFactory::new(cfg.pruning.scl.mask_init)
+                .map_err(|e| ExpError::config("pruning.scl.mask_init", e.to_string()))?,
+        ),
         None => secateur_models::factory(&cfg.model.layers, &cfg.bayes.factory_options())
             .map_err(|e| ExpError::config("model.layers", e.to_string()))?,
     };

@@ -71,6 +71,15 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
             ));
         }
     }
+    if !cfg.pruning.is_off() && opts.masks.is_some() {
+        return Err(ExpError::config(
+            "--masks",
+            format!(
+                "cannot be combined with pruning.method `{}`, which learns its own masks",
+                cfg.pruning.method
+            ),
+        ));
+    }
 
     // The inputs are checked before a new run directory is created: data, model, masks.
     let data = load_data(cfg, opts.data_dir.as_deref())?;
@@ -97,9 +106,12 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         }
         _ => None,
     };
-    // `--masks`, or the masks a resumed run records (`[greg]` makes its own below)
+    // `--masks`, or the masks a resumed run records (`[greg]` makes its own below; a learned
+    // method's masks are an output, and its state is in the checkpoint)
     let recorded_masks = match &resumed {
-        Some((run, _, _)) if !cfg.greg.enabled() && run.file(MASKS_FILE).is_file() => Some(run.file(MASKS_FILE)),
+        Some((run, _, _)) if !cfg.greg.enabled() && cfg.pruning.is_off() && run.file(MASKS_FILE).is_file() => {
+            Some(run.file(MASKS_FILE))
+        }
         _ => None,
     };
     let given_masks = match (&opts.masks, &recorded_masks) {
@@ -131,6 +143,9 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     if let Some(m) = &masks {
         trainer.set_hook(Box::new(m.clone()));
     }
+    if let Some(h) = crate::learned::hook(cfg, input, classes)? {
+        trainer.set_hook(h);
+    }
     if from_checkpoint {
         resume_from_checkpoint(&mut trainer, &run)?;
     }
@@ -148,6 +163,8 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         opts.quiet,
     )?;
 
+    // a learned method's masks, applied (no output changes), before anything is measured
+    let learned = crate::learned::finish(cfg, &store, input, classes, &run.file(MASKS_FILE))?;
     // the network's own predictions (the final iterate), then those of the posterior, if any
     let mut ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
     let final_iterate = ev.metrics;
@@ -246,6 +263,9 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         put("greg_epochs", g.epochs.into());
         put("greg_final_lambda", g.final_lambda.into());
         put("greg_final_train_loss", g.final_train_loss.into());
+    }
+    for (k, v) in learned {
+        put(&k, v);
     }
     let kind = cfg.layer_kind().map_err(|e| ExpError::config("model.layers", e))?;
     for (k, v) in (kind.report)(&store, &secateur_models::ReportInput { input })? {
