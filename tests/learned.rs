@@ -10,6 +10,7 @@ use common::opts;
 use secateur::experiments::commands::{compact, eval, train, CompactOptions};
 use secateur::experiments::config::StudyConfig;
 use std::path::Path;
+use std::process::Command;
 
 const SMOKE: &str = include_str!("../experiments/configs/quickstart-smoke.toml");
 
@@ -29,6 +30,22 @@ fn metrics(dir: &Path) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_str(&text).expect("metrics.json is JSON");
     v.as_object_mut().expect("flat object").remove("wall_seconds");
     v
+}
+
+/// `history.csv` without its wall-time column.
+fn history_without_seconds(dir: &Path) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("history.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|c| *c == "seconds").unwrap();
+    text.lines()
+        .map(|l| {
+            l.split(',')
+                .enumerate()
+                .filter(|(i, _)| *i != col)
+                .map(|(_, v)| v.to_string())
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -117,4 +134,83 @@ fn the_shipped_scl_config_is_the_library_default() {
     assert!(cfg.to_toml().unwrap().contains("[pruning.scl]"));
     let plain = common::config(SMOKE, "quickstart-smoke.toml", &[]);
     assert!(!plain.to_toml().unwrap().contains("pruning"));
+}
+
+/// The smoke MLP trained as a DCFF compact network (its two hidden layers at half width).
+fn dcff(set: &[&str]) -> StudyConfig {
+    let mut all = vec!["pruning.method=\"dcff\""];
+    all.extend_from_slice(set);
+    common::config(SMOKE, "quickstart-smoke.toml", &all)
+}
+
+#[test]
+fn dcff_resumes_bit_identically_and_fuses_into_the_compact_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, resumed, small) = (
+        dir.path().join("straight"),
+        dir.path().join("resumed"),
+        dir.path().join("small"),
+    );
+    // the temperature schedule depends on the total epochs, so a shorter run extended by a
+    // resume is another run: the resumed one is killed (SIGKILL) after its first epoch's
+    // checkpoint, then resumed
+    let config = dir.path().join("dcff.toml");
+    std::fs::write(&config, dcff(&["train.epochs=3"]).to_toml().unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_secateur");
+    let run = |args: &[&str]| {
+        let o = Command::new(bin).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let c = config.to_str().unwrap();
+    run(&["train", "--config", c, "--out", straight.to_str().unwrap(), "--quiet"]);
+    let mut child = Command::new(bin)
+        .args(["train", "--config", c, "--out", resumed.to_str().unwrap(), "--quiet"])
+        .spawn()
+        .unwrap();
+    let latest = resumed.join("checkpoints").join("latest");
+    while !std::fs::read_to_string(&latest).is_ok_and(|n| n.trim() >= "epoch-0001") {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !resumed.join("metrics.json").exists(),
+        "the run finished before the kill"
+    );
+    run(&["train", "--resume", resumed.to_str().unwrap(), "--quiet"]);
+    let m = metrics(&straight);
+    assert_eq!(m, metrics(&resumed));
+    assert!(
+        std::fs::read(straight.join("weights.safetensors")).unwrap()
+            == std::fs::read(resumed.join("weights.safetensors")).unwrap(),
+        "weights differ after the resume"
+    );
+    assert_eq!(history_without_seconds(&straight), history_without_seconds(&resumed));
+    assert!(m["test_accuracy"].as_f64().unwrap() > 0.6, "{m}");
+    assert_eq!(m["dcff_rate"].as_f64(), Some(0.5));
+    let flops = m["dcff_flops_kept"].as_f64().unwrap();
+    // fc1 at 150 of 300, fc2 at 50 of 100: (784·150 + 150·50 + 50·10) / (784·300 + 300·100 + 100·10)
+    let want = (784.0 * 150.0 + 150.0 * 50.0 + 50.0 * 10.0) / (784.0 * 300.0 + 300.0 * 100.0 + 100.0 * 10.0);
+    assert!((flops - want).abs() < 1e-12, "{flops} vs {want}");
+    let history = std::fs::read_to_string(straight.join("history.csv")).unwrap();
+    assert!(history.lines().next().unwrap().contains("fc1.kept,fc1.mean_inclusion"));
+
+    let s = compact(&CompactOptions {
+        run: straight.clone(),
+        masks: None,
+        out: small.clone(),
+        data_dir: None,
+        force: false,
+        latency_reps: 0,
+    })
+    .unwrap();
+    assert_eq!((s.groups_pruned, s.groups), (200, 400));
+    assert!(s.max_logit_diff < 1e-4, "{}", s.max_logit_diff);
+    let (small_metrics, small_cfg) = eval(&small, None, "cpu").unwrap();
+    assert_eq!(small_metrics.accuracy, m["test_accuracy"].as_f64().unwrap());
+    assert!(small_cfg.pruning.is_off(), "the fused network is a plain one");
+    assert_eq!(small_cfg.model.widths, Some(vec![150, 50, 10]));
 }

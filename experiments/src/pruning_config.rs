@@ -11,22 +11,83 @@
 //! lambda = 0.2      # λ ≥ 0, weight of the connection count (normalised-gradient units)
 //! ```
 //!
+//! or
+//!
+//! ```toml
+//! [pruning]
+//! method = "dcff"
+//!
+//! [pruning.dcff]
+//! rate = 0.5        # fraction of each pruned layer's filters fused away, in [0, 1)
+//! t_start = 1.0     # temperature of the first epoch
+//! t_end = 1e4       # temperature at the end
+//! k = 1.0           # growth rate per epoch
+//! ```
+//!
 //! The methods and their defaults are those of `secateur_pruning::learned`.
 
+use secateur_pruning::learned::dcff::Temperature;
 use secateur_pruning::learned::scl::SclConfig;
 use serde::{Deserialize, Serialize};
 
 /// The learned-pruning methods, by config name.
-pub const METHODS: &[&str] = &["scl"];
+pub const METHODS: &[&str] = &["scl", "dcff"];
 
 /// `[pruning]`: which learned-pruning method trains the network, and its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PruningConfig {
-    /// `""` (off, the default) or `scl` (sparse connection learning, Tang et al. 2022).
+    /// `""` (off, the default), `scl` (sparse connection learning, Tang et al. 2022) or `dcff`
+    /// (dynamic-coded filter fusion, Lin et al. 2023).
     pub method: String,
     /// `[pruning.scl]`: sparse connection learning.
     pub scl: SclSection,
+    /// `[pruning.dcff]`: dynamic-coded filter fusion.
+    pub dcff: DcffSection,
+}
+
+/// `[pruning.dcff]` (see `secateur_pruning::learned::dcff`; defaults of the reference code but
+/// the rate, which it sets per layer).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DcffSection {
+    /// Fraction `r` of each pruned layer's filters fused away (`m = ⌊C (1 − r)⌋`, at least 1),
+    /// in `[0, 1)`. Default 0.5.
+    pub rate: f64,
+    /// Temperature of the first epoch (> 0). Default 1.
+    pub t_start: f64,
+    /// Temperature at the end (≥ `t_start`). Default 1e4.
+    pub t_end: f64,
+    /// Growth rate per epoch (> 0). Default 1.
+    pub k: f64,
+}
+
+impl Default for DcffSection {
+    fn default() -> Self {
+        Self {
+            rate: 0.5,
+            t_start: 1.0,
+            t_end: 1e4,
+            k: 1.0,
+        }
+    }
+}
+
+impl DcffSection {
+    /// The temperature schedule over `epochs` epochs.
+    pub fn temperature(&self, epochs: usize) -> Temperature {
+        Temperature {
+            start: self.t_start,
+            end: self.t_end,
+            k: self.k,
+            epochs,
+        }
+    }
+
+    /// The fused filters of a layer of `c`: `⌊c (1 − r)⌋`, at least 1.
+    pub fn kept(&self, c: usize) -> usize {
+        ((c as f64 * (1.0 - self.rate)).floor() as usize).clamp(1, c.max(1))
+    }
 }
 
 /// `[pruning.scl]` (see `secateur_pruning::learned::scl`).
@@ -74,6 +135,11 @@ impl PruningConfig {
         self.method == "scl"
     }
 
+    /// Whether DCFF trains the network.
+    pub fn is_dcff(&self) -> bool {
+        self.method == "dcff"
+    }
+
     /// Refuses an unknown method and impossible settings; the message names the field.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.is_off() {
@@ -88,6 +154,15 @@ impl PruningConfig {
         }
         if self.is_scl() {
             self.scl.config().validate().map_err(|e| format!("pruning.{e}"))?;
+        }
+        if self.is_dcff() {
+            if !(0.0..1.0).contains(&self.dcff.rate) {
+                return Err(format!("pruning.dcff.rate must be in [0, 1), got {}", self.dcff.rate));
+            }
+            self.dcff
+                .temperature(1)
+                .validate()
+                .map_err(|e| format!("pruning.{e}"))?;
         }
         Ok(())
     }
@@ -109,5 +184,16 @@ mod tests {
         assert!(p.validate().is_ok());
         p.scl.mask_lr = f64::NAN;
         assert!(p.validate().unwrap_err().contains("mask_lr"));
+        p.method = "dcff".into();
+        assert!(p.validate().is_ok(), "the scl section is not read for dcff");
+        p.dcff.rate = 1.0;
+        assert!(p.validate().unwrap_err().contains("pruning.dcff.rate"));
+        p.dcff.rate = 0.5;
+        p.dcff.t_end = 0.5;
+        assert!(p.validate().unwrap_err().contains("t_end"));
+        assert_eq!(
+            (DcffSection::default().kept(16), DcffSection::default().kept(1)),
+            (8, 1)
+        );
     }
 }

@@ -36,6 +36,7 @@ use crate::store::RunDir;
 use candle_core::{DType, Device, Tensor};
 use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
 use secateur_inference::batches::Batches;
+use secateur_models::Network;
 use secateur_pruning::structured::{check_pruned_outputs, compact_store, StructuredMask};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -354,6 +355,12 @@ fn logit_diff(
 
 /// `secateur compact` (see the [module documentation](self)).
 pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
+    if super::pruned_run(&opts.run)?.is_none() && opts.masks.is_none() {
+        let run = RunDir::open(&opts.run)?;
+        if StudyConfig::from_file(&run.file("config.toml"), &[])?.pruning.is_dcff() {
+            return compact_dcff(opts);
+        }
+    }
     let (run_path, masks_file) = source(opts)?;
     let FinishedClassifier {
         cfg,
@@ -391,11 +398,59 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
     small_cfg.model.widths = Some(compacted.out_widths());
     let (small_net, small_store) = build_model(&small_cfg, input, classes, &dev)?;
     small_store.load(&compacted.tensors)?;
+    let widths = compacted
+        .widths
+        .iter()
+        .map(|w| (w.name.clone(), w.before, w.after))
+        .collect();
+    let before = Before {
+        net: &net,
+        cfg: &cfg,
+        params: store.num_params(),
+        timed: None,
+    };
+    let groups = (smask.num_pruned(), smask.num_groups());
+    let small = (&small_net, &small_cfg, &small_store);
+    let data = (&data, &norm, &dev, input, classes);
+    finish(
+        opts,
+        &run_path,
+        &[&run_path, &masks_file],
+        before,
+        small,
+        data,
+        widths,
+        groups,
+    )
+}
 
-    let (diff, scale) = logit_diff(&net, &small_net, &cfg, &data.test, &norm, &dev)?;
+/// The network compacted, for the summary's first column: its outputs (and accuracy), its
+/// FLOPs (of `cfg`) and parameters, and the network timed in its place (`None`: itself).
+struct Before<'a> {
+    net: &'a Network,
+    cfg: &'a StudyConfig,
+    params: usize,
+    timed: Option<&'a dyn Module>,
+}
+
+/// Checks that the compacted network computes what `before` computes, measures both, and
+/// writes the compacted run into `opts.out` (see the [module documentation](self)).
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    opts: &CompactOptions,
+    run_path: &Path,
+    sources: &[&Path],
+    before: Before<'_>,
+    (small_net, small_cfg, small_store): (&Network, &StudyConfig, &secateur_bayes::ParamStore),
+    (data, norm, dev, input, classes): (&crate::data::LoadedImages, &Normalizer, &Device, [usize; 3], usize),
+    widths: Vec<(String, usize, usize)>,
+    (groups_pruned, groups): (usize, usize),
+) -> Result<CompactSummary> {
+    let cfg = before.cfg;
+    let (diff, scale) = logit_diff(before.net, small_net, cfg, &data.test, norm, dev)?;
     if diff.is_nan() || diff > MAX_LOGIT_DIFF * scale.max(1.0) {
         return Err(ExpError::Run {
-            path: run_path,
+            path: run_path.to_path_buf(),
             message: format!(
                 "the compacted network differs from the masked one: max |Δ logits| = {diff:.3e} (logits up to \
                  {scale:.3}); this is a bug, please report it"
@@ -417,22 +472,30 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
             } else {
                 opts.latency_reps
             };
-            let l = latencies(&[&net, &small_net], input, b, cfg.model.dtype()?, &dev, reps)?;
+            let timed: &dyn Module = before.timed.unwrap_or(before.net);
+            let l = latencies(
+                &[timed, small_net as &dyn Module],
+                input,
+                b,
+                cfg.model.dtype()?,
+                dev,
+                reps,
+            )?;
             lat_masked.push(l[0]);
             lat_small.push(l[1]);
         }
     }
-    let acc_masked = super::evaluate(&net, &data.test, &norm, &cfg, &dev)?.metrics;
-    let ev = super::evaluate(&small_net, &data.test, &norm, &small_cfg, &dev)?;
+    let acc_masked = super::evaluate(before.net, &data.test, norm, cfg, dev)?.metrics;
+    let ev = super::evaluate(small_net, &data.test, norm, small_cfg, dev)?;
     let masked = NetworkCost {
-        params: store.num_params(),
-        flops: flops(&cfg)?,
+        params: before.params,
+        flops: flops(cfg)?,
         test_accuracy: acc_masked.accuracy,
         latency: lat_masked,
     };
     let small = NetworkCost {
         params: small_store.num_params(),
-        flops: flops(&small_cfg)?,
+        flops: flops(small_cfg)?,
         test_accuracy: ev.metrics.accuracy,
         latency: lat_small,
     };
@@ -440,13 +503,9 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
         run: run_path.display().to_string(),
         arch: cfg.model.arch.clone(),
         layers: cfg.model.layers.clone(),
-        widths: compacted
-            .widths
-            .iter()
-            .map(|w| (w.name.clone(), w.before, w.after))
-            .collect(),
-        groups_pruned: smask.num_pruned(),
-        groups: smask.num_groups(),
+        widths,
+        groups_pruned,
+        groups,
         masked,
         compacted: small,
         max_logit_diff: diff,
@@ -455,7 +514,7 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
         threads: rayon_threads(),
     };
 
-    prepare_out(&opts.out, opts.force, &[&run_path, &masks_file])?;
+    prepare_out(&opts.out, opts.force, sources)?;
     let (out, _lock) = RunDir::create_locked(&small_cfg.name, Some(&opts.out))?;
     atomic::write_string(&out.file("config.toml"), &small_cfg.to_toml()?)?;
     atomic::write_safetensors(&out.file("weights.safetensors"), &small_store.tensors())?;
@@ -473,6 +532,48 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
     atomic::write_string(&out.file(COMPACT_SUMMARY), &json(&s)?)?;
     atomic::write_string(&out.file("compact.md"), &markdown(&summary))?;
     Ok(summary)
+}
+
+/// A DCFF run (`pruning.method = "dcff"`): its pruned layers become plain layers holding the
+/// fused filters (`secateur_pruning::learned::dcff::fuse`), the rest of its compact network is
+/// copied; the first column is the full-width network of the same architecture (its FLOPs,
+/// parameters and latency; the accuracy is the DCFF run's own).
+fn compact_dcff(opts: &CompactOptions) -> Result<CompactSummary> {
+    let FinishedClassifier {
+        cfg,
+        data,
+        norm,
+        input,
+        classes,
+        net,
+        store,
+        dev,
+        ..
+    } = FinishedClassifier::open(&opts.run, opts.data_dir.as_deref(), "compact")?;
+    let small_cfg = crate::learned::dcff_compact_config(&cfg, input, classes)?;
+    let (small_net, small_store) = build_model(&small_cfg, input, classes, &dev)?;
+    small_store.load(&secateur_pruning::learned::dcff::fuse(&store)?)?;
+    let mut full_cfg = cfg.clone();
+    full_cfg.pruning = Default::default();
+    let (full_net, full_store) = build_model(&full_cfg, input, classes, &dev)?;
+    let (_, full_widths) = crate::learned::dcff_widths(&cfg, input, classes)?;
+    let widths: Vec<(String, usize, usize)> = full_widths
+        .iter()
+        .map(|(path, c)| (format!("{path}.weight"), *c, cfg.pruning.dcff.kept(*c)))
+        .collect();
+    let groups = (
+        widths.iter().map(|(_, b, a)| b - a).sum(),
+        widths.iter().map(|(_, b, _)| *b).sum(),
+    );
+    let before = Before {
+        net: &net,
+        cfg: &full_cfg,
+        params: full_store.num_params(),
+        timed: Some(&full_net as &dyn Module),
+    };
+    let small = (&small_net, &small_cfg, &small_store);
+    let data = (&data, &norm, &dev, input, classes);
+    finish(opts, &opts.run, &[&opts.run], before, small, data, widths, groups)
 }
 
 /// The threads rayon (and so the CPU kernels) use.

@@ -179,6 +179,15 @@ pub(super) fn build_network(
             secateur_pruning::learned::scl::SclFactory::new(cfg.pruning.scl.mask_init)
                 .map_err(|e| ExpError::config("pruning.scl.mask_init", e.to_string()))?,
         ),
+        None if cfg.pruning.is_dcff() => {
+            // the compact network, with the full filters of every pruned layer
+            let (widths, full) = crate::learned::dcff_widths(cfg, input, outputs)?;
+            let mut compact = cfg.clone();
+            compact.model.hidden = None;
+            compact.model.widths = Some(widths);
+            let factory = secateur_pruning::learned::dcff::DcffFactory::new(full, cfg.pruning.dcff.t_start);
+            return build_with(&compact, &spec, input, outputs, &factory, pb);
+        }
         None => secateur_models::factory(&cfg.model.layers, &cfg.bayes.factory_options())
             .map_err(|e| ExpError::config("model.layers", e.to_string()))?,
     };

@@ -143,13 +143,16 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     if let Some(m) = &masks {
         trainer.set_hook(Box::new(m.clone()));
     }
-    if let Some(h) = crate::learned::hook(cfg, input, classes)? {
-        trainer.set_hook(h);
-    }
     if from_checkpoint {
         resume_from_checkpoint(&mut trainer, &run)?;
     }
     let mut train_batches = setup.image_batches(&train_set, &norm, &dev)?;
+    {
+        use secateur_inference::batches::Batches;
+        if let Some(h) = crate::learned::hook(cfg, input, classes, train_batches.num_batches())? {
+            trainer.set_hook(h);
+        }
+    }
     let mut test_batches = eval_image_batches(cfg, &data.test, &norm, &dev)?;
     // SWA/SWAG collect along the trajectory (their state is part of every checkpoint)
     let (state, collector) = super::posterior::fit_run_collecting(
