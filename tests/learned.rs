@@ -214,3 +214,62 @@ fn dcff_resumes_bit_identically_and_fuses_into_the_compact_network() {
     assert!(small_cfg.pruning.is_off(), "the fused network is a plain one");
     assert_eq!(small_cfg.model.widths, Some(vec![150, 50, 10]));
 }
+
+/// The smoke MLP trained by CAP (its two hidden layers' units gated where they are read).
+fn cap(set: &[&str]) -> StudyConfig {
+    let mut all = vec!["pruning.method=\"cap\"", "pruning.cap.lambda=1"];
+    all.extend_from_slice(set);
+    common::config(SMOKE, "quickstart-smoke.toml", &all)
+}
+
+#[test]
+fn cap_resumes_bit_identically_and_its_cut_compacts_and_fine_tunes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, resumed, small, tuned) = (
+        dir.path().join("straight"),
+        dir.path().join("resumed"),
+        dir.path().join("small"),
+        dir.path().join("tuned"),
+    );
+    train(&cap(&["train.epochs=2"]), &opts(&straight), None).unwrap();
+    train(&cap(&["train.epochs=1"]), &opts(&resumed), None).unwrap();
+    train(&cap(&["train.epochs=2"]), &opts(&resumed), Some(&resumed)).unwrap();
+    let m = metrics(&straight);
+    assert_eq!(m, metrics(&resumed));
+    assert_eq!(history_without_seconds(&straight), history_without_seconds(&resumed));
+    // the regulariser is in the history (divergence column, β = λ), and it cut units
+    let h = history_without_seconds(&straight);
+    let beta = h[0].iter().position(|c| c == "beta").unwrap();
+    assert_eq!(h[1][beta], "1");
+    let removed = m["cap_groups_removed"].as_u64().unwrap();
+    assert!(removed > 0 && removed < 400, "{m}");
+    assert!(m["cap_flops_kept"].as_f64().unwrap() < 1.0, "{m}");
+    assert!(straight.join("cap_channels.safetensors").is_file());
+
+    let s = compact(&CompactOptions {
+        run: straight.clone(),
+        masks: None,
+        out: small.clone(),
+        data_dir: None,
+        force: false,
+        latency_reps: 0,
+    })
+    .unwrap();
+    assert_eq!(s.groups_pruned as u64, removed);
+    assert_eq!(s.max_logit_diff, 0.0, "the compacted network is the static cut network");
+    let (small_metrics, small_cfg) = eval(&small, None, "cpu").unwrap();
+    assert_eq!(small_metrics.accuracy, m["cap_cut_test_accuracy"].as_f64().unwrap());
+    assert!(small_cfg.pruning.is_off());
+    // fine-tuning the compacted network starts from its weights
+    let ft = common::config(
+        &std::fs::read_to_string(small.join("config.toml")).unwrap(),
+        "small config.toml",
+        &[
+            &format!("bayes.init_from=\"{}\"", small.display()),
+            "train.epochs=1",
+            "optim.lr=0.01",
+        ],
+    );
+    train(&ft, &opts(&tuned), None).unwrap();
+    assert!(metrics(&tuned)["test_accuracy"].as_f64().unwrap() > 0.6);
+}

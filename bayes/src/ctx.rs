@@ -6,6 +6,7 @@
 //! (ordered-unit) layers also read [`Ctx::width`], the fraction of their ordered units to keep.
 
 use crate::rng::SeededRng;
+use candle_core::Tensor;
 
 /// Training or evaluation mode (batch-norm statistics, dropout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,10 @@ pub struct Ctx<'a> {
     /// `m = b / (n + b)` for a batch of `b` examples after `n` seen, so that the running
     /// statistics become the exact average over the pass.
     pub bn_momentum: Option<f64>,
+    /// Where layers that expose a quantity of the pass put it, by layer path (CAP's
+    /// sample-specific channel masks, which its objective regularises); `None` (the default):
+    /// nowhere.
+    pub taps: Option<&'a mut Vec<(String, Tensor)>>,
 }
 
 /// The number of ordered units a nested layer keeps at width `w ∈ (0, 1]`: `⌈w · units⌉`, at
@@ -76,6 +81,7 @@ impl<'a> Ctx<'a> {
             rng,
             width: None,
             bn_momentum: None,
+            taps: None,
         }
     }
 
@@ -87,6 +93,7 @@ impl<'a> Ctx<'a> {
             rng,
             width: None,
             bn_momentum: None,
+            taps: None,
         }
     }
 

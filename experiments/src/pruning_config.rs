@@ -24,26 +24,81 @@
 //! k = 1.0           # growth rate per epoch
 //! ```
 //!
+//! or
+//!
+//! ```toml
+//! [pruning]
+//! method = "cap"
+//!
+//! [pruning.cap]
+//! lambda = 0.2      # weight of the polarisation regulariser
+//! t = 1.2           # how hard importances are pushed down (≥ 1)
+//! threshold = 0.5   # channels of smaller importance are cut after training
+//! gate_init = 3.0   # masks start at σ(gate_init)
+//! ```
+//!
 //! The methods and their defaults are those of `secateur_pruning::learned`.
 
+use secateur_pruning::learned::cap::CapConfig;
 use secateur_pruning::learned::dcff::Temperature;
 use secateur_pruning::learned::scl::SclConfig;
 use serde::{Deserialize, Serialize};
 
 /// The learned-pruning methods, by config name.
-pub const METHODS: &[&str] = &["scl", "dcff"];
+pub const METHODS: &[&str] = &["scl", "dcff", "cap"];
 
 /// `[pruning]`: which learned-pruning method trains the network, and its settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PruningConfig {
-    /// `""` (off, the default), `scl` (sparse connection learning, Tang et al. 2022) or `dcff`
-    /// (dynamic-coded filter fusion, Lin et al. 2023).
+    /// `""` (off, the default), `scl` (sparse connection learning, Tang et al. 2022), `dcff`
+    /// (dynamic-coded filter fusion, Lin et al. 2023) or `cap` (instance-complexity-aware
+    /// pruning, Wang, Ma & Yu 2022).
     pub method: String,
     /// `[pruning.scl]`: sparse connection learning.
     pub scl: SclSection,
     /// `[pruning.dcff]`: dynamic-coded filter fusion.
     pub dcff: DcffSection,
+    /// `[pruning.cap]`: instance-complexity-aware pruning.
+    pub cap: CapSection,
+}
+
+/// `[pruning.cap]` (see `secateur_pruning::learned::cap`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapSection {
+    /// Weight of the polarisation regulariser (≥ 0). Default 0.2.
+    pub lambda: f64,
+    /// Zhuang et al.'s t (≥ 1). Default 1.2.
+    pub t: f64,
+    /// Channels of importance below it are cut after training, in (0, 1). Default 0.5.
+    pub threshold: f64,
+    /// Initial gate bias; the masks start at σ(gate_init). Default 3.
+    pub gate_init: f64,
+}
+
+impl Default for CapSection {
+    fn default() -> Self {
+        let d = CapConfig::default();
+        Self {
+            lambda: d.lambda,
+            t: d.t,
+            threshold: d.threshold,
+            gate_init: d.gate_init,
+        }
+    }
+}
+
+impl CapSection {
+    /// The settings as the library takes them.
+    pub fn config(&self) -> CapConfig {
+        CapConfig {
+            lambda: self.lambda,
+            t: self.t,
+            threshold: self.threshold,
+            gate_init: self.gate_init,
+        }
+    }
 }
 
 /// `[pruning.dcff]` (see `secateur_pruning::learned::dcff`; defaults of the reference code but
@@ -138,6 +193,11 @@ impl PruningConfig {
     /// Whether DCFF trains the network.
     pub fn is_dcff(&self) -> bool {
         self.method == "dcff"
+    }
+
+    /// Whether CAP trains the network.
+    pub fn is_cap(&self) -> bool {
+        self.method == "cap"
     }
 
     /// Refuses an unknown method and impossible settings; the message names the field.

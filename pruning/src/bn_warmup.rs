@@ -28,6 +28,7 @@ where
             rng: &mut *rng,
             width: None,
             bn_momentum: None,
+            taps: None,
         };
         // The output (and the graph it holds) is dropped: no backward pass.
         drop(model.forward(&x, &mut ctx)?);

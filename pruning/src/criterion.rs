@@ -320,6 +320,7 @@ impl<'a> ScoringContext<'a> {
             rng: self.rng,
             width: None,
             bn_momentum: None,
+            taps: None,
         };
         self.model.forward(x, &mut ctx)
     }

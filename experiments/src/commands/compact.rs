@@ -357,8 +357,12 @@ fn logit_diff(
 pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
     if super::pruned_run(&opts.run)?.is_none() && opts.masks.is_none() {
         let run = RunDir::open(&opts.run)?;
-        if StudyConfig::from_file(&run.file("config.toml"), &[])?.pruning.is_dcff() {
+        let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
+        if cfg.pruning.is_dcff() {
             return compact_dcff(opts);
+        }
+        if cfg.pruning.is_cap() {
+            return compact_cap(opts);
         }
     }
     let (run_path, masks_file) = source(opts)?;
@@ -532,6 +536,53 @@ fn finish(
     atomic::write_string(&out.file(COMPACT_SUMMARY), &json(&s)?)?;
     atomic::write_string(&out.file("compact.md"), &markdown(&summary))?;
     Ok(summary)
+}
+
+/// A CAP run (`pruning.method = "cap"`): the static plain network (each kept channel's mean
+/// mask folded into the layer that reads it, the gates dropped, the run's cut applied;
+/// `crate::learned::cap_static`) is compacted as a structured prune; the first column is that
+/// static network at full width.
+fn compact_cap(opts: &CompactOptions) -> Result<CompactSummary> {
+    let FinishedClassifier {
+        cfg,
+        data,
+        norm,
+        input,
+        classes,
+        store,
+        dev,
+        ..
+    } = FinishedClassifier::open(&opts.run, opts.data_dir.as_deref(), "compact")?;
+    let c = coupling(&cfg, input, classes)?;
+    let stats = crate::learned::read_cap_channels(&opts.run)?;
+    let masks_file = opts.run.join(super::MASKS_FILE);
+    let masks = secateur_pruning::MaskSet::load(&masks_file, &Device::Cpu)
+        .map_err(|e| ExpError::config("--masks", format!("{}: {e}", masks_file.display())))?;
+    let smask = StructuredMask::from_mask_set(&c, &masks)
+        .map_err(|e| ExpError::config("--masks", format!("{}: {e}", masks_file.display())))?;
+    let (plain_cfg, plain_net, plain_store) =
+        crate::learned::cap_static(&cfg, &store, &c, &stats, &smask, (input, classes), &dev)?;
+    let compacted = compact_store(&c, &smask, &plain_store)?;
+    let mut small_cfg = plain_cfg.clone();
+    small_cfg.model.hidden = None;
+    small_cfg.model.widths = Some(compacted.out_widths());
+    let (small_net, small_store) = build_model(&small_cfg, input, classes, &dev)?;
+    small_store.load(&compacted.tensors)?;
+    let widths = compacted
+        .widths
+        .iter()
+        .map(|w| (w.name.clone(), w.before, w.after))
+        .collect();
+    let before = Before {
+        net: &plain_net,
+        cfg: &plain_cfg,
+        params: plain_store.num_params(),
+        timed: None,
+    };
+    let groups = (smask.num_pruned(), smask.num_groups());
+    let small = (&small_net, &small_cfg, &small_store);
+    let data = (&data, &norm, &dev, input, classes);
+    finish(opts, &opts.run, &[&opts.run], before, small, data, widths, groups)
 }
 
 /// A DCFF run (`pruning.method = "dcff"`): its pruned layers become plain layers holding the

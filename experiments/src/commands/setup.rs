@@ -179,6 +179,13 @@ pub(super) fn build_network(
             secateur_pruning::learned::scl::SclFactory::new(cfg.pruning.scl.mask_init)
                 .map_err(|e| ExpError::config("pruning.scl.mask_init", e.to_string()))?,
         ),
+        None if cfg.pruning.is_cap() => {
+            let coupling = coupling(cfg, input, outputs)?;
+            Box::new(secateur_pruning::learned::cap::CapFactory::new(
+                secateur_pruning::learned::cap::CapFactory::readers(&coupling),
+                cfg.pruning.cap.gate_init,
+            ))
+        }
         None if cfg.pruning.is_dcff() => {
             // the compact network, with the full filters of every pruned layer
             let (widths, full) = crate::learned::dcff_widths(cfg, input, outputs)?;

@@ -135,6 +135,9 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     };
 
     let mut trainer = setup.trainer(&net, &store)?;
+    if let Some(o) = crate::learned::objective(cfg)? {
+        trainer = trainer.with_objective(o);
+    }
     let masks = match (given_masks, &greg) {
         (Some(m), _) => Some(m),
         (None, Some((m, _))) => Some(m.clone()),
@@ -167,7 +170,18 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     )?;
 
     // a learned method's masks, applied (no output changes), before anything is measured
-    let learned = crate::learned::finish(cfg, &store, input, classes, &run.file(MASKS_FILE))?;
+    let learned = crate::learned::finish(&crate::learned::Trained {
+        cfg,
+        net: &net,
+        store: &store,
+        input,
+        classes,
+        train: &train_set,
+        test: &data.test,
+        norm: &norm,
+        dev: &dev,
+        run: run.path(),
+    })?;
     // the network's own predictions (the final iterate), then those of the posterior, if any
     let mut ev = evaluate(&net, &data.test, &norm, cfg, &dev)?;
     let final_iterate = ev.metrics;
