@@ -47,7 +47,7 @@ pub struct StudyConfig {
     /// `posterior.kind` is set). Written into a run's config only when set.
     #[serde(skip_serializing_if = "PosteriorConfig::is_none")]
     pub posterior: PosteriorConfig,
-    /// Pruning learned during training (SCL; off unless `pruning.method` is set). Written into
+    /// Pruning learned during training (SCL, DCFF, CAP; off unless `pruning.method` is set). Written into
     /// a run's config only when set.
     #[serde(skip_serializing_if = "PruningConfig::is_off")]
     pub pruning: PruningConfig,

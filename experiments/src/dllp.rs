@@ -354,6 +354,7 @@ pub fn prune(opts: &DllpPruneOptions) -> Result<serde_json::Map<String, serde_js
         }
     }
     let cfg = StudyConfig::from_file(&opts.run.join("config.toml"), &opts.overrides)?;
+    crate::learned::refuse(&cfg, "`secateur prune --method dllp`")?;
     check_applicable(&cfg).map_err(|m| ExpError::config("--method dllp", m))?;
     let weights = crate::store::read_finite_safetensors(&opts.run.join("weights.safetensors"))?;
     let data = PruneData::load(&cfg, opts.data_dir.as_deref())?;

@@ -44,6 +44,23 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Refuses a config with `[pruning]` where `what` (a command or study that trains or scores the
+/// network without the method's hook and objective) would silently do something else; the
+/// error names the method and the way on: `compact` turns a learned run into a plain network.
+pub fn refuse(cfg: &StudyConfig, what: &str) -> Result<()> {
+    if cfg.pruning.is_off() {
+        return Ok(());
+    }
+    Err(ExpError::config(
+        "pruning.method",
+        format!(
+            "{what} takes a network without [pruning]; this one is trained by `{}` (train it with `secateur train`, \
+             then `secateur compact --run RUN --out SMALL` gives the plain network to use here)",
+            cfg.pruning.method
+        ),
+    ))
+}
+
 /// DCFF: the output width of every weight layer of the compact network in forward order, and
 /// the full filter count of each pruned layer by path (`layer1.0.conv1`): the layers that form
 /// structured groups (`secateur_pruning::structured`; in the ResNets the first convolution of
@@ -81,17 +98,12 @@ pub fn dcff_compact_config(cfg: &StudyConfig, input: [usize; 3], classes: usize)
     Ok(c)
 }
 
-/// The config's learned-pruning hook (for a run of `steps_per_epoch` optimiser steps per epoch),
-/// or `None` without `[pruning]`.
-pub fn hook(
-    cfg: &StudyConfig,
-    input: [usize; 3],
-    classes: usize,
-    steps_per_epoch: usize,
-) -> Result<Option<Box<dyn StepHook>>> {
+/// The config's learned-pruning hook, or `None` without `[pruning]` (and for CAP, whose
+/// objective does the work: [`objective`]).
+pub fn hook(cfg: &StudyConfig, input: [usize; 3], classes: usize) -> Result<Option<Box<dyn StepHook>>> {
     if cfg.pruning.is_dcff() {
         let t = cfg.pruning.dcff.temperature(cfg.train.epochs);
-        let h = Dcff::new(t, steps_per_epoch).map_err(|e| ExpError::config("pruning.dcff", e.to_string()))?;
+        let h = Dcff::new(t).map_err(|e| ExpError::config("pruning.dcff", e.to_string()))?;
         return Ok(Some(Box::new(h)));
     }
     if !cfg.pruning.is_scl() {
@@ -250,12 +262,10 @@ fn cap_statistics(t: &Trained, set: &ImageSet) -> Result<BTreeMap<String, Channe
     let mut brng = SeedStream::Eval.rng(t.cfg.seed);
     batches.start_epoch(0, &mut brng);
     let n = batches.num_batches();
-    let mut all = Vec::with_capacity(n);
-    for i in 0..n {
-        all.push(batches.batch(i, &mut brng));
-    }
+    // one batch at a time
+    let each = (0..n).map(|i| batches.batch(i, &mut brng));
     let mut rng = SeedStream::Eval.rng(t.cfg.seed);
-    Ok(cap::channel_statistics(t.net, all, &mut rng)?)
+    Ok(cap::channel_statistics(t.net, each, &mut rng)?)
 }
 
 /// The static plain network of a CAP network at full width with its cut applied (see
@@ -300,6 +310,18 @@ pub fn read_cap_channels(run: &Path) -> Result<BTreeMap<String, ChannelStats>> {
                     message: format!("{CAP_CHANNELS}: unexpected tensor `{k}`"),
                 })
             }
+        }
+    }
+    for (path, s) in &out {
+        if s.importance.len() != s.mean.len() || s.mean.is_empty() {
+            return Err(ExpError::Run {
+                path: run.to_path_buf(),
+                message: format!(
+                    "{CAP_CHANNELS}: `{path}` has {} importances and {} mean masks",
+                    s.importance.len(),
+                    s.mean.len()
+                ),
+            });
         }
     }
     Ok(out)

@@ -235,6 +235,7 @@ fn train_masked(
     masks: Option<&MaskSet>,
 ) -> Result<f64> {
     let dev = Device::Cpu;
+    crate::learned::refuse(cfg, "the pruning-at-initialisation study")?;
     let (net, store) = build_model(cfg, data.input, data.classes, &dev)?;
     let setup = TrainingSetup::new(cfg, data.train.len())?;
     let mut trainer = setup.trainer(&net, &store)?;
@@ -378,6 +379,7 @@ pub fn run(pai: &PaiConfig, study_file: &Path, opts: &RunOptions) -> Result<Path
             base.join(&model.config)
         };
         let base_cfg = StudyConfig::from_file(&path, &model.set)?;
+        crate::learned::refuse(&base_cfg, "the pruning-at-initialisation study")?;
         let dir_override = opts.data_dir.clone().or_else(|| base_cfg.data.dir.clone());
         let loaded = load_images(&base_cfg.data.name, dir_override.as_deref())?;
         let train = first_per_class(&loaded.train, pai.train_per_class)?;

@@ -368,6 +368,7 @@ pub fn prune(opts: &PruneOptions) -> Result<Map<String, Value>> {
             ))
         }
     };
+    crate::learned::refuse(&cfg, "`secateur prune`")?;
     let data = PruneData::load(&cfg, opts.data_dir.as_deref())?;
     let moments = match &opts.run {
         Some(run) => optimizer_moments(&crate::store::RunDir::open(run)?)?,

@@ -139,9 +139,12 @@ impl DcffSection {
         }
     }
 
-    /// The fused filters of a layer of `c`: `⌊c (1 − r)⌋`, at least 1.
+    /// The fused filters of a layer of `c`: `⌊c (1 − r)⌋ = c − ⌈c r⌉`, at least 1 (computed as
+    /// `c − ⌈c r − 10⁻⁹⌉`, so that `20 · (1 − 0.9)` is 2, not the 1 that `0.09999999999999998`
+    /// would floor to).
     pub fn kept(&self, c: usize) -> usize {
-        ((c as f64 * (1.0 - self.rate)).floor() as usize).clamp(1, c.max(1))
+        let removed = ((c as f64 * self.rate - 1e-9).ceil().max(0.0) as usize).min(c);
+        (c - removed).clamp(1, c.max(1))
     }
 }
 
@@ -224,6 +227,9 @@ impl PruningConfig {
                 .validate()
                 .map_err(|e| format!("pruning.{e}"))?;
         }
+        if self.is_cap() {
+            self.cap.config().validate().map_err(|e| format!("pruning.{e}"))?;
+        }
         Ok(())
     }
 }
@@ -255,5 +261,27 @@ mod tests {
             (DcffSection::default().kept(16), DcffSection::default().kept(1)),
             (8, 1)
         );
+        // ⌊C (1 − r)⌋ without the rounding of 1 − r: e.g. 1 − 0.9 = 0.09999999999999998
+        for (rate, c, kept) in [
+            (0.9, 20, 2),
+            (0.8, 10, 2),
+            (0.8, 100, 20),
+            (0.9, 50, 5),
+            (0.55, 100, 45),
+            (0.0, 7, 7),
+        ] {
+            let d = DcffSection {
+                rate,
+                ..Default::default()
+            };
+            assert_eq!(d.kept(c), kept, "rate {rate}, {c} filters");
+        }
+        p.method = "cap".into();
+        assert!(p.validate().is_ok());
+        p.cap.threshold = 1.0;
+        assert!(p.validate().unwrap_err().contains("threshold"));
+        p.cap.threshold = 0.5;
+        p.cap.t = 0.5;
+        assert!(p.validate().unwrap_err().contains("cap t"));
     }
 }

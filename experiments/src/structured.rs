@@ -110,6 +110,7 @@ pub fn prune(opts: &StructuredPruneOptions) -> Result<Map<String, Value>> {
     refuse_existing_prune(&opts.out, opts.force)?;
     let run = RunDir::open(&opts.run)?;
     let cfg = StudyConfig::from_file(&run.file("config.toml"), &opts.overrides)?;
+    crate::learned::refuse(&cfg, "a structured prune")?;
     if cfg.likelihood.is_regression() || !cfg.posterior.is_none() {
         return Err(ExpError::Run {
             path: opts.run.clone(),

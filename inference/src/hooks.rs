@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `step` counts optimiser steps from 0 over the whole run (not per epoch), so schedules that
-//! advance every `k` iterations can rely on it.
+//! advance every `k` iterations can rely on it. [`StepHook::on_epoch_start`] runs before an
+//! epoch's first forward pass, [`StepHook::units`] after its last step.
 
 use candle_core::backprop::GradStore;
 use candle_core::Result;
@@ -45,6 +46,13 @@ pub trait StepHook {
     /// back to zero).
     fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()>;
 
+    /// Called at the start of every epoch `epoch` (from 0) that runs, before its first forward
+    /// pass; a resumed run calls it for the epoch it resumes at (e.g. DCFF recomputes its
+    /// filter fusion here). Default: nothing.
+    fn on_epoch_start(&mut self, _store: &ParamStore, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+
     /// What the hook selects, per layer, at an epoch's end (a learned-pruning hook: the
     /// connections it keeps), reported with the layers' own unit counts in
     /// [`EpochRecord::units`](crate::train::EpochRecord::units). Default: nothing.
@@ -60,6 +68,9 @@ impl<H: StepHook + ?Sized> StepHook for Box<H> {
     fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()> {
         (**self).after_step(store, step)
     }
+    fn on_epoch_start(&mut self, store: &ParamStore, epoch: usize) -> Result<()> {
+        (**self).on_epoch_start(store, epoch)
+    }
     fn units(&self, store: &ParamStore) -> Result<Vec<UnitSummary>> {
         (**self).units(store)
     }
@@ -73,6 +84,9 @@ impl<H: StepHook + ?Sized> StepHook for &mut H {
     }
     fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()> {
         (**self).after_step(store, step)
+    }
+    fn on_epoch_start(&mut self, store: &ParamStore, epoch: usize) -> Result<()> {
+        (**self).on_epoch_start(store, epoch)
     }
     fn units(&self, store: &ParamStore) -> Result<Vec<UnitSummary>> {
         (**self).units(store)
@@ -108,6 +122,12 @@ impl StepHook for HookList {
     fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()> {
         for h in &mut self.hooks {
             h.after_step(store, step)?;
+        }
+        Ok(())
+    }
+    fn on_epoch_start(&mut self, store: &ParamStore, epoch: usize) -> Result<()> {
+        for h in &mut self.hooks {
+            h.on_epoch_start(store, epoch)?;
         }
         Ok(())
     }

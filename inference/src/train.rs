@@ -365,6 +365,9 @@ impl<'a> Trainer<'a> {
         for epoch in self.start_epoch..self.settings.epochs {
             let t0 = Instant::now();
             train.start_epoch(epoch, &mut self.rng);
+            if let Some(h) = self.hook.as_mut() {
+                h.on_epoch_start(&self.store, epoch)?;
+            }
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
             let (mut sq_err, mut cells) = (0f64, 0usize);
             let (mut nll_sum, mut div_sum, mut beta) = (0f64, 0f64, 1f64);

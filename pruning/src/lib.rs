@@ -22,7 +22,8 @@
 //! - [`dllp`]: distribution-lossless pruning, SVGD over relaxed masks and weights of a trained
 //!   network (a reconstruction from the seed paper's abstract).
 //! - [`greg`]: growing regularisation (Wang, Qin, Zhang & Fu 2021), GReg-1 and GReg-2.
-//! - [`learned`]: pruning learned during training (SCL, sparse connection learning).
+//! - [`learned`]: pruning learned during training — SCL (sparse connection learning), DCFF
+//!   (dynamic-coded filter fusion), CAP (instance-complexity-aware pruning).
 //! - [`structured`]: filter/unit groups with their coupled tensors, group masks, data-free
 //!   filter criteria (ℓ1/ℓ2, FPGM, batch-norm statistics), FLOP/parameter budgets and
 //!   compaction into the smaller network.

@@ -20,6 +20,15 @@
 //!    in evaluation mode, the two networks alternating) of the masked (full-width) and the
 //!    compacted network.
 //!
+//! **Runs of pruning learned during training** (`[pruning]`, `crate::learned`): an SCL run takes
+//! the path above with its learned masks (`masks.safetensors`) and becomes a plain network (the
+//! masks' zeros in its weights, no mask variables); a DCFF run becomes the plain compact network
+//! of its fused filters (`secateur_pruning::learned::dcff::fuse`), measured against the
+//! full-width network; a CAP run becomes its static network (mean masks folded, gates dropped,
+//! its cut applied), compacted as above, measured against that static network at full width. A
+//! DCFF or CAP run is compacted only from what it learned: `--masks`, or a prune directory made
+//! from one, is refused.
+//!
 //! The output directory is a run (`config.toml` with `model.widths`, `weights.safetensors`,
 //! `metrics.json`) that `eval`, `report` and `train` (`bayes.init_from`) load like any other,
 //! plus `compact.md` (the table) and [`COMPACT_SUMMARY`]. A directory that holds anything is
@@ -355,15 +364,28 @@ fn logit_diff(
 
 /// `secateur compact` (see the [module documentation](self)).
 pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
-    if super::pruned_run(&opts.run)?.is_none() && opts.masks.is_none() {
-        let run = RunDir::open(&opts.run)?;
-        let cfg = StudyConfig::from_file(&run.file("config.toml"), &[])?;
-        if cfg.pruning.is_dcff() {
-            return compact_dcff(opts);
+    // a DCFF or CAP run is compacted from its own learned structure, never through other masks
+    let (run, from_prune) = match super::pruned_run(&opts.run)? {
+        Some((run, _)) => (run, true),
+        None => (opts.run.clone(), false),
+    };
+    let learned = StudyConfig::from_file(&RunDir::open(&run)?.file("config.toml"), &[])?.pruning;
+    if learned.is_dcff() || learned.is_cap() {
+        if from_prune || opts.masks.is_some() {
+            return Err(ExpError::config(
+                "--masks",
+                format!(
+                    "a `{}` run is compacted from what it learned: `secateur compact --run {}` without --masks",
+                    learned.method,
+                    run.display()
+                ),
+            ));
         }
-        if cfg.pruning.is_cap() {
-            return compact_cap(opts);
-        }
+        return if learned.is_dcff() {
+            compact_dcff(opts)
+        } else {
+            compact_cap(opts)
+        };
     }
     let (run_path, masks_file) = source(opts)?;
     let FinishedClassifier {
@@ -395,11 +417,17 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
         ));
     }
     check_pruned_outputs(&c, &smask, &store.tensors()).map_err(|e| ExpError::config("--masks", e.to_string()))?;
-    let compacted = compact_store(&c, &smask, &store)?;
+    let mut compacted = compact_store(&c, &smask, &store)?;
 
     let mut small_cfg = cfg.clone();
     small_cfg.model.hidden = None;
     small_cfg.model.widths = Some(compacted.out_widths());
+    if cfg.pruning.is_scl() {
+        // the learned connections are in the weights (their masks applied): a plain network
+        let suffix = format!(".{}", secateur_pruning::learned::scl::MASK_BUFFER);
+        compacted.tensors.retain(|k, _| !k.ends_with(&suffix));
+        small_cfg.pruning = Default::default();
+    }
     let (small_net, small_store) = build_model(&small_cfg, input, classes, &dev)?;
     small_store.load(&compacted.tensors)?;
     let widths = compacted

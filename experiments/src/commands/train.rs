@@ -138,6 +138,9 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
     if let Some(o) = crate::learned::objective(cfg)? {
         trainer = trainer.with_objective(o);
     }
+    if let Some(h) = crate::learned::hook(cfg, input, classes)? {
+        trainer.set_hook(h);
+    }
     let masks = match (given_masks, &greg) {
         (Some(m), _) => Some(m),
         (None, Some((m, _))) => Some(m.clone()),
@@ -150,12 +153,6 @@ pub fn train(cfg: &StudyConfig, opts: &TrainOptions, resume: Option<&Path>) -> R
         resume_from_checkpoint(&mut trainer, &run)?;
     }
     let mut train_batches = setup.image_batches(&train_set, &norm, &dev)?;
-    {
-        use secateur_inference::batches::Batches;
-        if let Some(h) = crate::learned::hook(cfg, input, classes, train_batches.num_batches())? {
-            trainer.set_hook(h);
-        }
-    }
     let mut test_batches = eval_image_batches(cfg, &data.test, &norm, &dev)?;
     // SWA/SWAG collect along the trajectory (their state is part of every checkpoint)
     let (state, collector) = super::posterior::fit_run_collecting(

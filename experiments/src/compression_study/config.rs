@@ -152,7 +152,9 @@ impl CompressionConfig {
         let mut set = m.set.clone();
         set.push(format!("seed={seed}"));
         set.push(format!("name=\"{}-{}\"", self.name, m.name));
-        StudyConfig::from_file(&file, &set)
+        let cfg = StudyConfig::from_file(&file, &set)?;
+        crate::learned::refuse(&cfg, "the compression study")?;
+        Ok(cfg)
     }
 
     /// The fine-tune's learning rate for a model config: `finetune_lr`, or `optim.lr / 10`.

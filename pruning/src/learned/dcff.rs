@@ -248,8 +248,8 @@ impl DcffFactory {
         let fusion = pb.buffer(FUSION_BUFFER, &[m, c], Init::Const(0.0))?;
         let kept = pb.buffer(KEPT_BUFFER, &[m], Init::Const(0.0))?;
         let (p, k) = self::fusion(&w, m, t, None)?;
-        fusion.set(&p)?;
-        kept.set(&kept_tensor(&k, w.device())?)?;
+        fusion.set(&p.to_dtype(fusion.dtype())?)?;
+        kept.set(&kept_tensor(&k, w.device())?.to_dtype(kept.dtype())?)?;
         Ok(DcffLayer {
             weight: w,
             bias,
@@ -296,6 +296,25 @@ fn kept_tensor(kept: &[usize], dev: &Device) -> Result<Tensor> {
     Tensor::from_vec(kept.iter().map(|&k| k as f32).collect::<Vec<_>>(), kept.len(), dev)
 }
 
+/// The kept filters of a layer of `c` filters from its buffer; an index that is not a filter of
+/// the layer (an edited or damaged weights file) is an error naming the layer.
+fn kept_indices(path: &str, kept: &Var, c: usize) -> Result<Vec<usize>> {
+    kept.as_tensor()
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?
+        .iter()
+        .map(|&k| {
+            if k.fract() == 0.0 && k >= 0.0 && (k as usize) < c {
+                Ok(k as usize)
+            } else {
+                Err(candle_core::Error::Msg(format!(
+                    "dcff `{path}`: kept filter {k} is not one of its {c} filters"
+                )))
+            }
+        })
+        .collect()
+}
+
 /// The pruned layers of `store`: path → (full filters, fusion buffer, kept buffer).
 fn layers(store: &ParamStore) -> Result<Vec<(String, Var, Var, Var)>> {
     let buffers = store.buffers();
@@ -320,11 +339,11 @@ fn layers(store: &ParamStore) -> Result<Vec<(String, Var, Var, Var)>> {
 /// Recomputes every pruned layer's fusion matrix and kept set at temperature `t` (the start of
 /// an epoch), keeping the slots of filters that stay kept.
 pub fn refresh(store: &ParamStore, t: f64) -> Result<()> {
-    for (_, w, fusion, kept) in layers(store)? {
-        let prev: Vec<usize> = kept.as_tensor().to_vec1::<f32>()?.iter().map(|&k| k as usize).collect();
+    for (path, w, fusion, kept) in layers(store)? {
+        let prev = kept_indices(&path, &kept, w.dim(0)?)?;
         let (p, k) = self::fusion(w.as_tensor(), prev.len(), t, Some(&prev))?;
-        fusion.set(&p)?;
-        kept.set(&kept_tensor(&k, w.device())?)?;
+        fusion.set(&p.to_dtype(fusion.dtype())?)?;
+        kept.set(&kept_tensor(&k, w.device())?.to_dtype(kept.dtype())?)?;
     }
     Ok(())
 }
@@ -356,25 +375,19 @@ pub fn fuse(store: &ParamStore) -> Result<HashMap<String, Tensor>> {
     Ok(out)
 }
 
-/// The DCFF step hook: at the end of every epoch's last step, the fusion matrices and kept sets
-/// are recomputed at the next epoch's temperature ([`refresh`]). Stateless: a resumed run reads
-/// them from its checkpoint.
+/// The DCFF step hook: at the start of every epoch `e`, the fusion matrices and kept sets are
+/// recomputed at the temperature `t(e)` ([`refresh`]), so that the epoch trains and is evaluated
+/// with the same fusion (as the reference code). Stateless: a resumed run recomputes them from its
+/// checkpoint's filters at the epoch it resumes at, which is what the run did there.
 pub struct Dcff {
     temperature: Temperature,
-    steps_per_epoch: usize,
 }
 
 impl Dcff {
-    /// The hook for a run of `steps_per_epoch` optimiser steps per epoch.
-    pub fn new(temperature: Temperature, steps_per_epoch: usize) -> Result<Self> {
+    /// The hook with this schedule.
+    pub fn new(temperature: Temperature) -> Result<Self> {
         temperature.validate()?;
-        if steps_per_epoch == 0 {
-            candle_core::bail!("dcff: an epoch needs at least one step");
-        }
-        Ok(Self {
-            temperature,
-            steps_per_epoch,
-        })
+        Ok(Self { temperature })
     }
 }
 
@@ -383,14 +396,12 @@ impl StepHook for Dcff {
         Ok(())
     }
 
-    fn after_step(&mut self, store: &ParamStore, step: usize) -> Result<()> {
-        if (step + 1).is_multiple_of(self.steps_per_epoch) {
-            let next = (step + 1) / self.steps_per_epoch;
-            if next < self.temperature.epochs {
-                refresh(store, self.temperature.at(next))?;
-            }
-        }
+    fn after_step(&mut self, _: &ParamStore, _: usize) -> Result<()> {
         Ok(())
+    }
+
+    fn on_epoch_start(&mut self, store: &ParamStore, epoch: usize) -> Result<()> {
+        refresh(store, self.temperature.at(epoch))
     }
 
     /// Per pruned layer: the fused filters `m` of `C`, and as "mean inclusion" the mean weight a
@@ -398,14 +409,14 @@ impl StepHook for Dcff {
     fn units(&self, store: &ParamStore) -> Result<Vec<UnitSummary>> {
         layers(store)?
             .into_iter()
-            .map(|(path, _, fusion, kept)| {
+            .map(|(path, w, fusion, kept)| {
                 let p = fusion.as_tensor().to_dtype(DType::F64)?.to_vec2::<f64>()?;
-                let k = kept.as_tensor().to_vec1::<f32>()?;
-                let own: f64 = k.iter().enumerate().map(|(s, &f)| p[s][f as usize]).sum::<f64>() / k.len() as f64;
+                let k = kept_indices(&path, &kept, w.dim(0)?)?;
+                let own: f64 = k.iter().enumerate().map(|(s, &f)| p[s][f]).sum::<f64>() / k.len().max(1) as f64;
                 Ok(UnitSummary {
                     layer: path,
                     kept: k.len(),
-                    total: p.first().map_or(0, |r| r.len()),
+                    total: w.dim(0)?,
                     mean_inclusion: Some(own),
                 })
             })
@@ -569,9 +580,10 @@ mod tests {
         Ok(())
     }
 
-    /// The hook refreshes at epoch boundaries only, at the schedule's temperature.
+    /// The hook refreshes at the start of every epoch, at that epoch's temperature, and only
+    /// then (its steps change nothing).
     #[test]
-    fn hook_refreshes_once_per_epoch() -> Result<()> {
+    fn hook_refreshes_at_each_epoch_start() -> Result<()> {
         let store = ParamStore::new();
         let pb = ParamBuilder::new(store.clone(), SeededRng::new(4), DType::F32, Device::Cpu);
         let mut full = BTreeMap::new();
@@ -583,14 +595,20 @@ mod tests {
             k: 1.0,
             epochs: 3,
         };
-        let mut hook = Dcff::new(t, 4)?;
-        let p0 = store.get("fc.dcff_fusion").unwrap().as_tensor().to_vec2::<f32>()?;
-        for step in 0..3 {
+        let mut hook = Dcff::new(t)?;
+        let fusion_now = || store.get("fc.dcff_fusion").unwrap().as_tensor().to_vec2::<f32>();
+        let p0 = fusion_now()?;
+        hook.on_epoch_start(&store, 0)?; // t(0) = t_start, the factory's own
+        assert_eq!(fusion_now()?, p0);
+        // a step of training: the filters move, the fusion does not until the next epoch starts
+        let w = store.get("fc.weight").unwrap();
+        w.set(&(w.as_tensor() * 1.5)?)?;
+        for step in 0..4 {
             hook.after_step(&store, step)?;
         }
-        assert_eq!(store.get("fc.dcff_fusion").unwrap().as_tensor().to_vec2::<f32>()?, p0);
-        hook.after_step(&store, 3)?; // end of epoch 1: refreshed at t(1)
-        let expected = fusion(store.get("fc.weight").unwrap().as_tensor(), 3, t.at(1), None)?.0;
+        assert_eq!(fusion_now()?, p0);
+        hook.on_epoch_start(&store, 1)?;
+        let expected = fusion(w.as_tensor(), 3, t.at(1), None)?.0;
         let p1 = store.get("fc.dcff_fusion").unwrap().as_tensor().clone();
         assert_ne!(p1.to_vec2::<f32>()?, p0);
         assert!((p1 - expected)?.abs()?.max_all()?.to_scalar::<f32>()? < 1e-7);
