@@ -9,9 +9,11 @@
 # Runs go to runs/learned-resnet20/ (not committed); every finished cell copies its summaries to
 # results/learned/cells/CELL/ (committed), from which table.py makes table.md. Env: B (the
 # secateur binary, default target/release/secateur), REPS (timed passes at batch 128, five times
-# as many at batch 1; default 10), FT_EPOCHS (fine-tunes, default 3), SCL_LAMBDA and SCL_MASK_LR
-# (SCL's λ and mask step, default 0.2 and 0.05: ResNet-20 takes 79 steps per epoch here, so that a
-# neutral connection turns off within two epochs), CAP_LAMBDA (default 0.2). All cells come from one kind
+# as many at batch 1; default 10), FT_EPOCHS (fine-tunes, default 3), LEARNED (the learned
+# methods and their order, default "scl dcff cap"), SCL_LAMBDAS and SCL_MASK_LR (SCL's λ, one
+# cell each, and mask step, default "0.02 0.03" and 0.05: ResNet-20 takes 79 steps per epoch
+# here; at the library's λ = 0.2 it keeps 5% of the connections by epoch 3 and falls to 0.28),
+# CAP_LAMBDA (default 0.2). All cells come from one kind
 # of host (recorded in cells/host.txt; ALLOW_HOST=1 mixes), as in results/structured/run.sh.
 set -euo pipefail
 B=${B:-target/release/secateur}
@@ -73,25 +75,40 @@ for crit in l1 fpgm fsm; do
 done
 
 # learned during training, from scratch with the dense network's recipe
-if [ ! -f "$C/scl/eval.txt" ]; then
-  rm -rf "$R/scl"
-  $B train --config "$CFG" --set 'name="scl-resnet20"' --set 'pruning.method="scl"' \
-    --set pruning.scl.lambda="${SCL_LAMBDA:-0.2}" --set pruning.scl.mask_lr="${SCL_MASK_LR:-0.05}" --out "$R/scl/train" --quiet > /dev/null
-  $B compact --run "$R/scl/train" --out "$R/scl/small" --latency-reps "$REPS" > /dev/null
-  keep scl "$R/scl/small" "$R/scl/small" "$R/scl/train"
-fi
-if [ ! -f "$C/dcff/eval.txt" ]; then
-  rm -rf "$R/dcff"
-  $B train --config experiments/configs/dcff-resnet20.toml --out "$R/dcff/train" --quiet > /dev/null
-  $B compact --run "$R/dcff/train" --out "$R/dcff/small" --latency-reps "$REPS" > /dev/null
-  keep dcff "$R/dcff/small" "$R/dcff/small" "$R/dcff/train"
-fi
-if [ ! -f "$C/cap/eval.txt" ]; then
-  rm -rf "$R/cap"
-  $B train --config experiments/configs/cap-resnet20.toml --set pruning.cap.lambda="${CAP_LAMBDA:-0.2}" \
-    --out "$R/cap/train" --quiet > /dev/null
-  $B compact --run "$R/cap/train" --out "$R/cap/small" --latency-reps "$REPS" > /dev/null
-  keep cap-noft "$R/cap/small" "$R/cap/small" "$R/cap/train"
-  ft "$R/cap/small" "$R/cap/ft"
-  keep cap "$R/cap/small" "$R/cap/ft" "$R/cap/train" "$R/cap/ft"
-fi
+for method in ${LEARNED:-scl dcff cap}; do
+  case $method in
+  scl)
+    for lam in ${SCL_LAMBDAS:-0.02 0.03}; do
+      cell=scl-$lam
+      [ -f "$C/$cell/eval.txt" ] && continue
+      if [ ! -f "$R/$cell/train/metrics.json" ]; then
+        rm -rf "$R/$cell"
+        $B train --config "$CFG" --set 'name="scl-resnet20"' --set 'pruning.method="scl"' \
+          --set pruning.scl.lambda="$lam" --set pruning.scl.mask_lr="${SCL_MASK_LR:-0.05}" \
+          --out "$R/$cell/train" --quiet > /dev/null
+      fi
+      rm -rf "$R/$cell/small"
+      $B compact --run "$R/$cell/train" --out "$R/$cell/small" --latency-reps "$REPS" > /dev/null
+      keep "$cell" "$R/$cell/small" "$R/$cell/small" "$R/$cell/train"
+    done
+    ;;
+  dcff)
+    [ -f "$C/dcff/eval.txt" ] && continue
+    rm -rf "$R/dcff"
+    $B train --config experiments/configs/dcff-resnet20.toml --out "$R/dcff/train" --quiet > /dev/null
+    $B compact --run "$R/dcff/train" --out "$R/dcff/small" --latency-reps "$REPS" > /dev/null
+    keep dcff "$R/dcff/small" "$R/dcff/small" "$R/dcff/train"
+    ;;
+  cap)
+    [ -f "$C/cap/eval.txt" ] && continue
+    rm -rf "$R/cap"
+    $B train --config experiments/configs/cap-resnet20.toml --set pruning.cap.lambda="${CAP_LAMBDA:-0.2}" \
+      --out "$R/cap/train" --quiet > /dev/null
+    $B compact --run "$R/cap/train" --out "$R/cap/small" --latency-reps "$REPS" > /dev/null
+    keep cap-noft "$R/cap/small" "$R/cap/small" "$R/cap/train"
+    ft "$R/cap/small" "$R/cap/ft"
+    keep cap "$R/cap/small" "$R/cap/ft" "$R/cap/train" "$R/cap/ft"
+    ;;
+  *) echo "run.sh: unknown method $method (scl, dcff, cap)" >&2; exit 1 ;;
+  esac
+done

@@ -20,7 +20,8 @@ ROWS = [
     ("fpgm-0.5", "FPGM + fine-tune"),
     ("fsm-0.5-noft", "FSM, compensated, no fine-tune"),
     ("fsm-0.5", "FSM + fine-tune"),
-    ("scl", "SCL (learned, from scratch)"),
+    ("scl-0.02", "SCL, λ = 0.02 (learned, from scratch)"),
+    ("scl-0.03", "SCL, λ = 0.03 (learned, from scratch)"),
     ("dcff", "DCFF (learned, from scratch)"),
     ("cap-noft", "CAP (learned), cut, no fine-tune"),
     ("cap", "CAP + fine-tune"),
@@ -61,7 +62,7 @@ for name, label in ROWS:
         b1, b128 = f"{lat.get(1, float('nan')):.2f}×", f"{lat.get(128, float('nan')):.2f}×"
     else:
         flops, params, b1, b128 = "0", "1.000", "", ""
-    if name == "scl":
+    if name.startswith("scl"):
         t = load(runs[0])
         flops += f" (connections: {1 - t['scl_flops_kept']:.3f})"
     delta = f"{e['test_accuracy'] - dense['test_accuracy']:+.4f}" if dense and name != "dense" else ""

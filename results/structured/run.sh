@@ -9,7 +9,9 @@
 # Runs go to runs/structured-ARCH/ (not committed); every finished cell copies its summaries to
 # results/structured/cells/ARCH/CELL/ (committed), from which table.py makes table.md. Env:
 # B (the secateur binary, default target/release/secateur), REPS (timed passes at batch 128 for
-# the speed-up, five times as many at batch 1; default 10), FT_EPOCHS (fine-tune, default 3).
+# the speed-up, five times as many at batch 1; default 10), FT_EPOCHS (fine-tune, default 3),
+# CRITERIA (the filter criteria to run, default "l1 fpgm bn-relu group-snr"; group-snr first
+# trains the mean-field twin, hours for VGG-11 on two cores).
 set -euo pipefail
 ARCH=${1:?usage: run.sh resnet20|vgg11}
 B=${B:-target/release/secateur}
@@ -58,7 +60,7 @@ finish() { # cell run: compact the fine-tuned run and keep the summaries
   echo "done: $ARCH $cell"
 }
 
-for crit in l1 fpgm bn-relu group-snr; do
+for crit in ${CRITERIA:-l1 fpgm bn-relu group-snr}; do
   for frac in 0.4 0.6; do
     cell=$crit-$frac
     [ -f "$C/$cell/compact.json" ] && continue

@@ -22,7 +22,8 @@
 //!
 //! **Runs of pruning learned during training** (`[pruning]`, `crate::learned`): an SCL run takes
 //! the path above with its learned masks (`masks.safetensors`) and becomes a plain network (the
-//! masks' zeros in its weights, no mask variables); a DCFF run becomes the plain compact network
+//! masks' zeros in its weights, no mask variables; at full width when no whole group was left
+//! without connections); a DCFF run becomes the plain compact network
 //! of its fused filters (`secateur_pruning::learned::dcff::fuse`), measured against the
 //! full-width network; a CAP run becomes its static network (mean masks folded, gates dropped,
 //! its cut applied), compacted as above, measured against that static network at full width. A
@@ -406,7 +407,9 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
     let c = coupling(&cfg, input, classes)?;
     let smask = StructuredMask::from_mask_set(&c, &masks)
         .map_err(|e| ExpError::config("--masks", format!("{}: {e}", masks_file.display())))?;
-    if smask.num_pruned() == 0 {
+    // an SCL run whose connections left no whole group is still made a plain network (its
+    // sparse weights at full width)
+    if smask.num_pruned() == 0 && !cfg.pruning.is_scl() {
         return Err(ExpError::config(
             "--masks",
             format!(
