@@ -925,6 +925,15 @@ impl LikelihoodConfig {
 }
 
 impl StudyConfig {
+    /// The same config with every weight layer's output width given (`model.widths`, forward
+    /// order; `model.hidden` cleared): what a compacted network is built from.
+    pub fn at_widths(&self, widths: Vec<usize>) -> StudyConfig {
+        let mut c = self.clone();
+        c.model.hidden = None;
+        c.model.widths = Some(widths);
+        c
+    }
+
     /// The layer kind of `model.layers` (its registry entry); the error names the key and the
     /// known kinds.
     pub fn layer_kind(&self) -> std::result::Result<&'static LayerKind, String> {

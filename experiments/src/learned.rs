@@ -91,9 +91,7 @@ pub fn dcff_widths(
 /// network `compact` writes.
 pub fn dcff_compact_config(cfg: &StudyConfig, input: [usize; 3], classes: usize) -> Result<StudyConfig> {
     let (widths, _) = dcff_widths(cfg, input, classes)?;
-    let mut c = cfg.clone();
-    c.model.hidden = None;
-    c.model.widths = Some(widths);
+    let mut c = cfg.at_widths(widths);
     c.pruning = Default::default();
     Ok(c)
 }
@@ -204,13 +202,7 @@ fn dcff_report(
     classes: usize,
 ) -> Result<Vec<(String, Value)>> {
     let small = dcff_compact_config(cfg, input, classes)?;
-    let flops = |c: &StudyConfig| -> Result<u64> {
-        Ok(crate::commands::geometry(c, input, classes)?
-            .layers
-            .iter()
-            .map(|l| l.flops(l.weight_shape.iter().product()))
-            .sum())
-    };
+    let flops = |c: &StudyConfig| -> Result<u64> { Ok(crate::commands::geometry(c, input, classes)?.dense_flops()) };
     let (full_flops, small_flops) = (flops(cfg)?, flops(&small)?);
     let full_params = {
         let mut plain = cfg.clone();
@@ -351,16 +343,8 @@ fn cap_finish(t: &Trained) -> Result<Vec<(String, Value)>> {
         .metrics
         .accuracy;
     let compacted = secateur_pruning::structured::compact_store(&coupling, &mask, &plain_store)?;
-    let mut small = plain_cfg.clone();
-    small.model.hidden = None;
-    small.model.widths = Some(compacted.out_widths());
-    let flops = |c: &StudyConfig| -> Result<u64> {
-        Ok(crate::commands::geometry(c, input, classes)?
-            .layers
-            .iter()
-            .map(|l| l.flops(l.weight_shape.iter().product()))
-            .sum())
-    };
+    let small = plain_cfg.at_widths(compacted.out_widths());
+    let flops = |c: &StudyConfig| -> Result<u64> { Ok(crate::commands::geometry(c, input, classes)?.dense_flops()) };
     Ok(vec![
         ("pruning_method".into(), cfg.pruning.method.clone().into()),
         ("cap_groups_removed".into(), mask.num_pruned().into()),

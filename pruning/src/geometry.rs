@@ -62,6 +62,22 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// Multiply–accumulates per example of every weight layer with all its weights kept:
+    /// `Σ_l |W_l| · positions_l`.
+    ///
+    /// ```
+    /// use secateur_models::ModelSpec;
+    /// // LeNet-300-100: every weight is used once per example
+    /// let g = secateur_pruning::geometry::record(&ModelSpec::new("mlp", [1, 28, 28], 10)).unwrap();
+    /// assert_eq!(g.dense_flops(), 784 * 300 + 300 * 100 + 100 * 10);
+    /// ```
+    pub fn dense_flops(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|l| l.flops(l.weight_shape.iter().product()))
+            .sum()
+    }
+
     /// The layer with logical weight name `name`.
     pub fn get(&self, name: &str) -> Option<&LayerInfo> {
         self.layers.iter().find(|l| l.name == name)

@@ -422,9 +422,7 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
     check_pruned_outputs(&c, &smask, &store.tensors()).map_err(|e| ExpError::config("--masks", e.to_string()))?;
     let mut compacted = compact_store(&c, &smask, &store)?;
 
-    let mut small_cfg = cfg.clone();
-    small_cfg.model.hidden = None;
-    small_cfg.model.widths = Some(compacted.out_widths());
+    let mut small_cfg = cfg.at_widths(compacted.out_widths());
     if cfg.pruning.is_scl() {
         // the learned connections are in the weights (their masks applied): a plain network
         let suffix = format!(".{}", secateur_pruning::learned::scl::MASK_BUFFER);
@@ -433,11 +431,7 @@ pub fn compact(opts: &CompactOptions) -> Result<CompactSummary> {
     }
     let (small_net, small_store) = build_model(&small_cfg, input, classes, &dev)?;
     small_store.load(&compacted.tensors)?;
-    let widths = compacted
-        .widths
-        .iter()
-        .map(|w| (w.name.clone(), w.before, w.after))
-        .collect();
+    let widths = compacted.width_rows();
     let before = Before {
         net: &net,
         cfg: &cfg,
@@ -492,13 +486,7 @@ fn finish(
             ),
         });
     }
-    let flops = |cfg: &StudyConfig| -> Result<u64> {
-        Ok(geometry(cfg, input, classes)?
-            .layers
-            .iter()
-            .map(|l| l.flops(l.weight_shape.iter().product()))
-            .sum())
-    };
+    let flops = |cfg: &StudyConfig| -> Result<u64> { Ok(geometry(cfg, input, classes)?.dense_flops()) };
     let (mut lat_masked, mut lat_small) = (Vec::new(), Vec::new());
     if opts.latency_reps > 0 {
         for b in [1, 128] {
@@ -594,16 +582,10 @@ fn compact_cap(opts: &CompactOptions) -> Result<CompactSummary> {
     let (plain_cfg, plain_net, plain_store) =
         crate::learned::cap_static(&cfg, &store, &c, &stats, &smask, (input, classes), &dev)?;
     let compacted = compact_store(&c, &smask, &plain_store)?;
-    let mut small_cfg = plain_cfg.clone();
-    small_cfg.model.hidden = None;
-    small_cfg.model.widths = Some(compacted.out_widths());
+    let small_cfg = plain_cfg.at_widths(compacted.out_widths());
     let (small_net, small_store) = build_model(&small_cfg, input, classes, &dev)?;
     small_store.load(&compacted.tensors)?;
-    let widths = compacted
-        .widths
-        .iter()
-        .map(|w| (w.name.clone(), w.before, w.after))
-        .collect();
+    let widths = compacted.width_rows();
     let before = Before {
         net: &plain_net,
         cfg: &plain_cfg,

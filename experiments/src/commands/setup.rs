@@ -189,9 +189,7 @@ pub(super) fn build_network(
         None if cfg.pruning.is_dcff() => {
             // the compact network, with the full filters of every pruned layer
             let (widths, full) = crate::learned::dcff_widths(cfg, input, outputs)?;
-            let mut compact = cfg.clone();
-            compact.model.hidden = None;
-            compact.model.widths = Some(widths);
+            let compact = cfg.at_widths(widths);
             let factory = secateur_pruning::learned::dcff::DcffFactory::new(full, cfg.pruning.dcff.t_start);
             return build_with(&compact, &spec, input, outputs, &factory, pb);
         }

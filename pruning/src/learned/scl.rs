@@ -489,6 +489,8 @@ mod tests {
             }
         }
         // every row moves by a comparable amount although one row's gradient is 1000 times larger
+        // (each row's normalised gradients have RMS 1, so their mean |ĝ + λ| is at most 1 + λ;
+        // without the normalisation the ratio of movements would be about 1000)
         let moved: Vec<f64> = (0..3)
             .map(|r| {
                 (0..g[r].len())

@@ -99,6 +99,14 @@ impl Compacted {
     pub fn out_widths(&self) -> Vec<usize> {
         self.widths.iter().map(|w| w.after).collect()
     }
+
+    /// `(weight name, width before, width after)` of every weight layer, in forward order.
+    pub fn width_rows(&self) -> Vec<(String, usize, usize)> {
+        self.widths
+            .iter()
+            .map(|w| (w.name.clone(), w.before, w.after))
+            .collect()
+    }
 }
 
 /// What happens to one parameter path.
