@@ -35,8 +35,9 @@ for seed in "$@"; do
   cell deterministic "$seed" sparse-vd-lenet300.toml --set 'model.layers="deterministic"'
   cell sparse-vd "$seed" sparse-vd-lenet300.toml
   cell gsm-gates "$seed" gsm-gates-lenet300.toml
-  cell spike-slab "$seed" spike-slab-lenet300.toml
-  cell spike-slab-kl1 "$seed" spike-slab-lenet300.toml --set 'bayes.beta={kind="linear",delay=10,warmup=30,max=1.0}'
+  cell spike-slab "$seed" spike-slab-lenet300.toml                                  # 150 epochs
+  cell spike-slab-e100 "$seed" spike-slab-lenet300.toml --set train.epochs=100        # before 150
+  cell spike-slab-kl1 "$seed" spike-slab-lenet300.toml --set train.epochs=100 --set 'bayes.beta={kind="linear",delay=10,warmup=30,max=1.0}'
 done
 # the mean-field network without node selection, same recipe, divergence weight 1 (seed 0)
-cell mean-field-kl1 0 spike-slab-lenet300.toml --set 'model.layers="mean-field"' --set bayes.spike_slab_layerwise=false --set 'bayes.beta={kind="linear",delay=10,warmup=30,max=1.0}'
+cell mean-field-kl1 0 spike-slab-lenet300.toml --set train.epochs=100 --set 'model.layers="mean-field"' --set bayes.spike_slab_layerwise=false --set 'bayes.beta={kind="linear",delay=10,warmup=30,max=1.0}'

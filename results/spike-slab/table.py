@@ -14,14 +14,15 @@ import statistics
 import sys
 
 HERE = pathlib.Path(__file__).parent
-ORDER = ["deterministic", "sparse-vd", "gsm-gates", "spike-slab", "spike-slab-kl1", "mean-field-kl1"]
+ORDER = ["deterministic", "sparse-vd", "gsm-gates", "spike-slab", "spike-slab-e100", "spike-slab-kl1", "mean-field-kl1"]
 LABEL = {
     "deterministic": "deterministic (30 epochs)",
     "sparse-vd": "sparse VD (30 epochs)",
     "gsm-gates": "GSM gates (30 epochs)",
-    "spike-slab": "spike-and-slab, divergence weight 0.15 (shipped, 100 epochs)",
-    "spike-slab-kl1": "spike-and-slab, divergence weight 1",
-    "mean-field-kl1": "mean-field, no node selection, divergence weight 1",
+    "spike-slab": "spike-and-slab, divergence weight 0.15 (shipped, 150 epochs)",
+    "spike-slab-e100": "spike-and-slab, divergence weight 0.15, 100 epochs",
+    "spike-slab-kl1": "spike-and-slab, divergence weight 1 (100 epochs)",
+    "mean-field-kl1": "mean-field, no node selection, divergence weight 1 (100 epochs)",
 }
 
 
