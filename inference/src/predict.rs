@@ -4,7 +4,9 @@
 
 use crate::batches::Batches;
 use crate::likelihood::Gaussian;
+use crate::objective::samples_in_one_pass;
 use candle_core::{DType, Result, D};
+use secateur_bayes::ctx::tile;
 use secateur_bayes::{Ctx, Module, Sampling, SeededRng};
 
 /// Predicted probabilities (row-major `[N × classes]`) and the true labels of a data set.
@@ -189,8 +191,11 @@ pub fn decompose(samples: &[&[f64]]) -> Uncertainty {
 ///
 /// `sampling` selects the estimator of the stochastic layers (`Weight`, `Local`, `Flipout`;
 /// `Mean` makes every sample identical, so the mutual information is 0). All draws come from
-/// `rng`; the S passes of a batch are consecutive, so results do not depend on the batch size
-/// only through the order of draws. `samples = 0` is refused.
+/// `rng`. Where [`samples_in_one_pass`] says so, the S passes of a batch run as passes of several
+/// samples at once ([`Ctx::with_samples`]: the part of the network before the first noisy layer
+/// is computed once per pass), as many as keep the tiled input under [`MC_PASS_ELEMENTS`]
+/// elements, so the draws depend on the batch size; otherwise as S consecutive passes.
+/// `samples = 0` is refused.
 pub fn predict_mc(
     model: &dyn Module,
     data: &mut dyn Batches,
@@ -207,13 +212,23 @@ pub fn predict_mc(
     let mut classes = 0;
     for i in 0..data.num_batches() {
         let (x, y) = data.batch(i, rng)?;
+        let b = x.dim(0)?;
         let mut draws: Vec<Vec<f32>> = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            let mut ctx = Ctx::eval(rng, sampling);
-            let logits = model.forward(&x, &mut ctx)?;
+        let per_pass = samples_per_pass(samples, &x, sampling);
+        while draws.len() < samples {
+            let s = per_pass.min(samples - draws.len());
+            let mut ctx = Ctx::eval(rng, sampling).with_samples(s);
+            let logits = model.forward(&tile(&x, s)?, &mut ctx)?;
             classes = logits.dim(D::Minus1)?;
+            if logits.dims() != [s * b, classes] {
+                candle_core::bail!(
+                    "predict_mc: a pass of {s} samples of a batch of {b} returned logits of shape {:?}",
+                    logits.dims()
+                );
+            }
             let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
-            draws.push(p.flatten_all()?.to_vec1::<f32>()?);
+            let p = p.flatten_all()?.to_vec1::<f32>()?;
+            draws.extend(p.chunks(b * classes).map(<[f32]>::to_vec));
         }
         push_decomposed(&draws, y.dim(0)?, classes, &mut out);
         labels.extend(y.to_dtype(DType::U32)?.to_vec1::<u32>()?);
@@ -221,6 +236,19 @@ pub fn predict_mc(
     out.predictions.labels = labels;
     out.predictions.classes = classes;
     Ok(out)
+}
+
+/// The largest tiled input, in elements, that [`predict_mc`] evaluates in one pass (2²² = 4 Mi
+/// values, 16 MiB in f32): it bounds the memory of a pass of several samples.
+pub const MC_PASS_ELEMENTS: usize = 1 << 22;
+
+/// How many of `samples` Monte Carlo samples one pass evaluates for an input `x`: 1 where
+/// [`samples_in_one_pass`] says no, else as many as fit under [`MC_PASS_ELEMENTS`], at least one.
+fn samples_per_pass(samples: usize, x: &candle_core::Tensor, sampling: Sampling) -> usize {
+    if !samples_in_one_pass(sampling, x.device()) {
+        return 1;
+    }
+    (MC_PASS_ELEMENTS / x.elem_count().max(1)).clamp(1, samples.max(1))
 }
 
 /// Appends to `out` the averaged probabilities and the decomposition of [`decompose`] of `n`
@@ -363,8 +391,8 @@ impl RegressionPredictions {
 ///
 /// `sampling` selects the estimator of the stochastic layers; `Sampling::Mean` with
 /// `samples = 1` is the deterministic (or posterior-mean) prediction, with zero epistemic
-/// variance. All draws come from `rng`; the S passes of a batch are consecutive. `samples = 0`
-/// is refused.
+/// variance. All draws come from `rng`; the S passes of a batch run several samples at a time
+/// as in [`predict_mc`]. `samples = 0` is refused.
 pub fn predict_regression(
     model: &dyn Module,
     likelihood: &Gaussian,
@@ -381,15 +409,28 @@ pub fn predict_regression(
     let (mut sample_mean, mut sample_std, mut targets) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..data.num_batches() {
         let (x, y) = data.batch(i, rng)?;
+        let b = x.dim(0)?;
         let mut draws: Vec<(Vec<f32>, Vec<f32>)> = Vec::with_capacity(samples);
-        for _ in 0..samples {
-            let mut ctx = Ctx::eval(rng, sampling);
-            let out = model.forward(&x, &mut ctx)?;
+        let per_pass = samples_per_pass(samples, &x, sampling);
+        while draws.len() < samples {
+            let s = per_pass.min(samples - draws.len());
+            let mut ctx = Ctx::eval(rng, sampling).with_samples(s);
+            let out = model.forward(&tile(&x, s)?, &mut ctx)?;
+            if out.dim(0)? != s * b {
+                candle_core::bail!(
+                    "predict_regression: a pass of {s} samples of a batch of {b} returned {} rows",
+                    out.dim(0)?
+                );
+            }
             let (mu, sigma) = likelihood.mean_std(&out.to_dtype(DType::F32)?)?;
-            draws.push((
-                mu.flatten_all()?.to_vec1::<f32>()?,
-                sigma.flatten_all()?.to_vec1::<f32>()?,
-            ));
+            let mu = mu.flatten_all()?.to_vec1::<f32>()?;
+            let sigma = sigma.flatten_all()?.to_vec1::<f32>()?;
+            let per = mu.len() / s;
+            draws.extend(
+                mu.chunks(per)
+                    .zip(sigma.chunks(per))
+                    .map(|(m, g)| (m.to_vec(), g.to_vec())),
+            );
         }
         let y = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let n = draws[0].0.len() / dim;

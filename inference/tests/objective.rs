@@ -212,3 +212,61 @@ fn custom_objectives_and_evaluations_plug_into_the_trainer() -> Result<()> {
     }
     Ok(())
 }
+
+/// `expected_nll_one_pass` with `S` samples is one pass over the batch tiled `S` times: with the
+/// weight sampled once per sample block, its NLL is the mean of the `S` per-block cross-entropies
+/// computed here from the block outputs of the same draws, and its summed outputs are the sum of
+/// the blocks. `expected_nll` with weight sampling on the CPU is `S` consecutive passes (checked
+/// against them on the same draws), and with `S = 1` it is `OnePassNll` on the same draws.
+#[test]
+fn expected_nll_of_s_samples_is_the_mean_of_per_sample_nlls() -> Result<()> {
+    use secateur_inference::objective::{expected_nll, expected_nll_one_pass, samples_in_one_pass, StepPosition};
+    let (store, fc) = layer(DType::F64, 4)?;
+    let x = Tensor::new(&[[1.0f64, -0.5, 2.0], [0.3, 0.8, -1.2], [-0.7, 0.1, 0.4]], &Device::Cpu)?;
+    let y = Tensor::new(&[0u32, 1, 1], &Device::Cpu)?;
+    let cx = ObjectiveContext {
+        model: &fc,
+        store: &store,
+        likelihood: &Likelihood::Categorical,
+        sampling: Sampling::Weight,
+        at: StepPosition {
+            epoch: 0,
+            step: 0,
+            steps: 1,
+        },
+    };
+    let s = 5;
+    let (nll, sum) = expected_nll_one_pass(&cx, &x, &y, s, &mut SeededRng::new(9))?;
+    // the same draws, block by block
+    let xt = secateur_bayes::ctx::tile(&x, s)?;
+    let out = fc.forward(
+        &xt,
+        &mut Ctx::train(&mut SeededRng::new(9), Sampling::Weight).with_samples(s),
+    )?;
+    let mut by_hand = 0.0;
+    let mut blocks = Vec::new();
+    for k in 0..s {
+        let o = out.narrow(0, 3 * k, 3)?;
+        by_hand += secateur_bayes::nn::cross_entropy(&o, &y)?.to_scalar::<f64>()? / s as f64;
+        blocks.push(o);
+    }
+    assert!((nll.to_scalar::<f64>()? - by_hand).abs() < 1e-12);
+    let want = blocks.iter().skip(1).try_fold(blocks[0].clone(), |a, b| a + b)?;
+    assert!((sum - want)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-12);
+    // the blocks are different weight samples
+    assert!((&blocks[0] - &blocks[1])?.abs()?.max_all()?.to_scalar::<f64>()? > 1e-3);
+    // weight sampling on the CPU: S consecutive passes
+    assert!(!samples_in_one_pass(Sampling::Weight, &Device::Cpu));
+    let (nll, _) = expected_nll(&cx, &x, &y, s, &mut SeededRng::new(9))?;
+    let mut rng = SeededRng::new(9);
+    let mut by_hand = 0.0;
+    for _ in 0..s {
+        let o = fc.forward(&x, &mut Ctx::train(&mut rng, Sampling::Weight))?;
+        by_hand += secateur_bayes::nn::cross_entropy(&o, &y)?.to_scalar::<f64>()? / s as f64;
+    }
+    assert!((nll.to_scalar::<f64>()? - by_hand).abs() < 1e-12);
+    let (one, _) = expected_nll(&cx, &x, &y, 1, &mut SeededRng::new(3))?;
+    let reference = OnePassNll.batch_loss(&cx, &x, &y, &mut SeededRng::new(3))?;
+    assert_eq!(one.to_scalar::<f64>()?, reference.loss.to_scalar::<f64>()?);
+    Ok(())
+}

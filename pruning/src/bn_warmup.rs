@@ -29,6 +29,8 @@ where
             width: None,
             bn_momentum: None,
             taps: None,
+            samples: 1,
+            shared: false,
         };
         // The output (and the graph it holds) is dropped: no backward pass.
         drop(model.forward(&x, &mut ctx)?);

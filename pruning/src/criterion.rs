@@ -321,6 +321,8 @@ impl<'a> ScoringContext<'a> {
             width: None,
             bn_momentum: None,
             taps: None,
+            samples: 1,
+            shared: false,
         };
         self.model.forward(x, &mut ctx)
     }

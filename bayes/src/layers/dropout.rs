@@ -40,6 +40,7 @@ impl Module for McDropout {
         if ctx.sampling == Sampling::Mean || self.p == 0.0 {
             return Ok(x.clone());
         }
+        ctx.mark_noisy();
         let u = ctx.rng.rand_uniform(x.dims(), 0.0, 1.0, x.dtype(), x.device())?;
         let keep = u.ge(self.p)?.to_dtype(x.dtype())?;
         (x * keep)? / (1.0 - self.p)

@@ -434,6 +434,7 @@ impl Gated {
         }
         let theta = self.theta()?;
         let (dt, dev) = (theta.dtype(), theta.device());
+        ctx.mark_noisy();
         let u = ctx.rng.rand_uniform(&[rows, g], 0.0, 1.0, dt, dev)?;
         let xi = u.broadcast_lt(&theta.detach().reshape((1, g))?)?.to_dtype(dt)?;
         let st = (&theta - theta.detach())?.reshape((1, g))?;

@@ -410,7 +410,7 @@ impl Module for BayesLinear {
             bias_mu: self.inner.bias.as_ref().map(|b| &b.0),
             bias_sigma: bs.as_ref(),
         };
-        gaussian_linear(x, w, ctx.sampling, ctx.rng)
+        gaussian_linear(x, w, ctx)
     }
 }
 
@@ -599,7 +599,7 @@ impl Module for BayesConv2d {
             bias_mu: self.inner.bias.as_ref().map(|b| &b.0),
             bias_sigma: bs.as_ref(),
         };
-        gaussian_conv2d(x, w, self.geom, ctx.sampling, ctx.rng)
+        gaussian_conv2d(x, w, self.geom, ctx)
     }
 }
 

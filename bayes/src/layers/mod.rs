@@ -40,7 +40,7 @@ pub use sparse_vd::{SvdConv2d, SvdConv2dConfig, SvdLinear, SvdLinearConfig};
 pub use spike_slab::{SpikeSlabConv2d, SpikeSlabConv2dConfig, SpikeSlabLinear, SpikeSlabLinearConfig};
 pub use variational_dropout::{VdConv2d, VdConv2dConfig, VdGranularity, VdLinear, VdLinearConfig};
 
-use crate::ctx::Sampling;
+use crate::ctx::{tile, Ctx, Sampling};
 use crate::rng::SeededRng;
 use candle_core::{Result, Tensor};
 use secateur_kernels::matmul::matmul_bt as mm;
@@ -140,7 +140,7 @@ fn add_bias_channels(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// A Gaussian-weight linear layer `y = x Wᵀ + b` for `x: [..., in]` (leading dimensions are
-/// flattened into rows, each row its own example), with the estimator `sampling`:
+/// flattened into rows, each row its own example), with the estimator `ctx.sampling`:
 ///
 /// - `Mean`: `x μᵀ + b_μ`;
 /// - `Weight` (Blundell et al. 2015): one draw `W = μ + σ ε`, `b = b_μ + b_σ ε'` per call;
@@ -148,7 +148,13 @@ fn add_bias_channels(y: Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 ///   an independent pre-activation draw per example;
 /// - `Flipout` (Wen et al. 2018): `y = x μᵀ + ((x ⊙ s_in) ΔWᵀ) ⊙ s_out + b`, `ΔW = σ ⊙ ε` one per
 ///   call, `s_in`, `s_out` Rademacher sign vectors per example, `b` one draw per call.
-pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: &mut SeededRng) -> Result<Tensor> {
+///
+/// In a pass of `S > 1` samples ([`Ctx::with_samples`]) "per call" means per sample block: `S`
+/// weight (or perturbation) draws, one for each block. While the blocks are identical
+/// ([`Ctx::shared`]) the mean and the local-reparameterisation moments are computed on one block,
+/// and the `S` weight samples multiply that block as one stacked `[S·out, in]` product; distinct
+/// blocks meet their own weight samples (or Flipout perturbations) in one batched product.
+pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, ctx: &mut Ctx) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     if dims.is_empty() {
         candle_core::bail!("linear layer: input must have rank ≥ 1, got a scalar");
@@ -160,39 +166,179 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, sampling: Sampling, rng: 
     }
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, in_dim))?;
-    let (dt, dev) = (x.dtype(), x.device());
-    let y = match sampling {
-        Sampling::Mean => add_bias_rows(mm(&x2, w.mu)?, w.bias_mu)?,
-        Sampling::Weight => {
-            let wt = w.sample_weight(rng)?;
-            let b = w.sample_bias(rng)?;
-            add_bias_rows(mm(&x2, &wt)?, b.as_ref())?
-        }
-        Sampling::Local => {
-            let mean = add_bias_rows(mm(&x2, w.mu)?, w.bias_mu)?;
-            let var = mm(&x2.sqr()?, &w.sigma.sqr()?)?;
-            let var = match w.bias_sigma {
-                Some(bs) => add_bias_rows(var, Some(&bs.sqr()?))?,
-                None => var,
+    let s = ctx.samples;
+    let y = match (ctx.sampling, ctx.shared_block(&x2)?) {
+        (_, _) if s <= 1 => linear_pass(&x2, &w, ctx.sampling, ctx.rng)?,
+        (Sampling::Mean, Some(x0)) => tile(&linear_pass(&x0, &w, Sampling::Mean, ctx.rng)?, s)?,
+        (Sampling::Mean, None) => linear_pass(&x2, &w, Sampling::Mean, ctx.rng)?,
+        (Sampling::Local, shared) => {
+            let (mean, var) = match shared {
+                Some(x0) => {
+                    let (m, v) = lrt_linear(&x0, &w)?;
+                    (tile(&m, s)?, tile(&v, s)?)
+                }
+                None => lrt_linear(&x2, &w)?,
             };
-            let eps = rng.randn(&[rows, out_dim], dt, dev)?;
+            ctx.mark_noisy();
+            let eps = ctx.rng.randn(&[rows, out_dim], x.dtype(), x.device())?;
             secateur_kernels::lrt_sample::lrt_sample(&mean, &var, &eps, LRT_VAR_EPS)?
         }
-        Sampling::Flipout => {
-            let mean = mm(&x2, w.mu)?;
-            let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
-            let delta = (w.sigma * eps)?;
-            let b = w.sample_bias(rng)?;
-            let s_in = rng.rademacher(&[rows, in_dim], dt, dev)?;
-            let s_out = rng.rademacher(&[rows, out_dim], dt, dev)?;
-            let pert = (mm(&(x2 * s_in)?, &delta)? * s_out)?;
-            add_bias_rows((mean + pert)?, b.as_ref())?
+        (Sampling::Weight, Some(x0)) => {
+            let mut ws = Vec::with_capacity(s);
+            let mut bs = Vec::with_capacity(s);
+            for _ in 0..s {
+                ws.push(w.sample_weight(ctx.rng)?);
+                if let Some(b) = w.sample_bias(ctx.rng)? {
+                    bs.push(b);
+                }
+            }
+            ctx.mark_noisy();
+            let stacked = Tensor::cat(&ws, 0)?; // [S·out, in]
+            let bias = if bs.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&bs, 0)?)
+            };
+            let y0 = add_bias_rows(mm(&x0, &stacked)?, bias.as_ref())?; // [b, S·out]
+            let b = x0.dim(0)?;
+            y0.reshape((b, s, out_dim))?
+                .transpose(0, 1)?
+                .reshape((s * b, out_dim))?
+        }
+        (Sampling::Weight, None) => {
+            // S weight samples `[S, out, in]` against the S blocks `[S, b, in]`: one batched product
+            let (ws, bias) = weight_samples(&w, s, ctx.rng)?;
+            ctx.mark_noisy();
+            let b = ctx.block_rows(&x2)?;
+            let y = x2.reshape((s, b, in_dim))?.matmul(&ws.transpose(1, 2)?)?;
+            let y = match bias {
+                Some(bias) => y.broadcast_add(&bias.unsqueeze(1)?)?,
+                None => y,
+            };
+            y.reshape((s * b, out_dim))?
+        }
+        (Sampling::Flipout, shared) => {
+            let mean = match shared {
+                Some(x0) => tile(&mm(&x0, w.mu)?, s)?,
+                None => mm(&x2, w.mu)?,
+            };
+            ctx.mark_noisy();
+            let (dt, dev) = (x.dtype(), x.device());
+            let (deltas, bias) = perturbation_samples(&w, s, ctx.rng)?; // [S, out, in], [S, out]
+            let s_in = ctx.rng.rademacher(&[rows, in_dim], dt, dev)?;
+            let s_out = ctx.rng.rademacher(&[rows, out_dim], dt, dev)?;
+            let b = rows / s;
+            let pert = (x2 * s_in)?.reshape((s, b, in_dim))?.matmul(&deltas.transpose(1, 2)?)?;
+            let y = (mean.reshape((s, b, out_dim))? + (pert * s_out.reshape((s, b, out_dim))?)?)?;
+            let y = match bias {
+                Some(bias) => y.broadcast_add(&bias.unsqueeze(1)?)?,
+                None => y,
+            };
+            y.reshape((rows, out_dim))?
         }
     };
     let mut out = dims;
     let last = out.len() - 1;
     out[last] = out_dim;
     y.reshape(out)
+}
+
+/// `S` weight draws `μ + σ ε` stacked `[S, …]`, each followed by its bias draw as one pass makes
+/// them (stacked `[S, out]`; `None` without a bias).
+fn weight_samples(w: &GaussianWeights, s: usize, rng: &mut SeededRng) -> Result<(Tensor, Option<Tensor>)> {
+    let mut ws = Vec::with_capacity(s);
+    let mut bs = Vec::with_capacity(s);
+    for _ in 0..s {
+        ws.push(w.sample_weight(rng)?);
+        if let Some(b) = w.sample_bias(rng)? {
+            bs.push(b);
+        }
+    }
+    let bias = if bs.is_empty() {
+        None
+    } else {
+        Some(Tensor::stack(&bs, 0)?)
+    };
+    Ok((Tensor::stack(&ws, 0)?, bias))
+}
+
+/// `S` Flipout perturbations `ΔW = σ ⊙ ε` stacked `[S, …]`, each followed by its bias draw.
+fn perturbation_samples(w: &GaussianWeights, s: usize, rng: &mut SeededRng) -> Result<(Tensor, Option<Tensor>)> {
+    let mut ds = Vec::with_capacity(s);
+    let mut bs = Vec::with_capacity(s);
+    for _ in 0..s {
+        let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
+        ds.push((w.sigma * eps)?);
+        if let Some(b) = w.sample_bias(rng)? {
+            bs.push(b);
+        }
+    }
+    let bias = if bs.is_empty() {
+        None
+    } else {
+        Some(Tensor::stack(&bs, 0)?)
+    };
+    Ok((Tensor::stack(&ds, 0)?, bias))
+}
+
+/// `[S·B, C, H, W]` sample blocks as `S` channel groups `[B, S·C, H, W]` (a copy), so that one
+/// grouped convolution applies a different kernel to each block.
+fn blocks_to_channels(x: &Tensor, s: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((s, n / s, c, h, w))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((n / s, s * c, h, w))
+}
+
+/// The inverse of [`blocks_to_channels`]: `[B, S·O, H, W]` → `[S·B, O, H, W]`.
+fn channels_to_blocks(y: &Tensor, s: usize) -> Result<Tensor> {
+    let (b, so, h, w) = y.dims4()?;
+    y.reshape((b, s, so / s, h, w))?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((s * b, so / s, h, w))
+}
+
+/// The local-reparameterisation moments of a Gaussian linear layer, `(x μᵀ + b_μ, x² (σ²)ᵀ + b_σ²)`.
+fn lrt_linear(x2: &Tensor, w: &GaussianWeights) -> Result<(Tensor, Tensor)> {
+    let mean = add_bias_rows(mm(x2, w.mu)?, w.bias_mu)?;
+    let var = mm(&x2.sqr()?, &w.sigma.sqr()?)?;
+    let var = match w.bias_sigma {
+        Some(bs) => add_bias_rows(var, Some(&bs.sqr()?))?,
+        None => var,
+    };
+    Ok((mean, var))
+}
+
+/// One ordinary pass of [`gaussian_linear`] over the rows of `x2: [rows, in]`.
+fn linear_pass(x2: &Tensor, w: &GaussianWeights, sampling: Sampling, rng: &mut SeededRng) -> Result<Tensor> {
+    let (rows, in_dim) = x2.dims2()?;
+    let out_dim = w.mu.dim(0)?;
+    let (dt, dev) = (x2.dtype(), x2.device());
+    match sampling {
+        Sampling::Mean => add_bias_rows(mm(x2, w.mu)?, w.bias_mu),
+        Sampling::Weight => {
+            let wt = w.sample_weight(rng)?;
+            let b = w.sample_bias(rng)?;
+            add_bias_rows(mm(x2, &wt)?, b.as_ref())
+        }
+        Sampling::Local => {
+            let (mean, var) = lrt_linear(x2, w)?;
+            let eps = rng.randn(&[rows, out_dim], dt, dev)?;
+            secateur_kernels::lrt_sample::lrt_sample(&mean, &var, &eps, LRT_VAR_EPS)
+        }
+        Sampling::Flipout => {
+            let mean = mm(x2, w.mu)?;
+            let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
+            let delta = (w.sigma * eps)?;
+            let b = w.sample_bias(rng)?;
+            let s_in = rng.rademacher(&[rows, in_dim], dt, dev)?;
+            let s_out = rng.rademacher(&[rows, out_dim], dt, dev)?;
+            let pert = (mm(&(x2 * s_in)?, &delta)? * s_out)?;
+            add_bias_rows((mean + pert)?, b.as_ref())
+        }
+    }
 }
 
 /// The local-reparameterisation convolution pair `(conv(x, μ), conv(x², σ²))` (Kingma, Salimans
@@ -239,7 +385,7 @@ fn conv(x: &Tensor, w: &Tensor, g: Conv2dGeom) -> Result<Tensor> {
 }
 
 /// A Gaussian-weight 2-D convolution for `x: [N, C, H, W]`, weight `[O, C/groups, k, k]`, with
-/// the estimator `sampling` (as [`gaussian_linear`]; for convolutions):
+/// the estimator `ctx.sampling` (as [`gaussian_linear`]; for convolutions):
 ///
 /// - `Mean`: `conv(x, μ) + b_μ`;
 /// - `Weight`: one weight and bias draw per call, shared by the batch;
@@ -247,15 +393,15 @@ fn conv(x: &Tensor, w: &Tensor, g: Conv2dGeom) -> Result<Tensor> {
 ///   ([`lrt_conv`]);
 /// - `Flipout` (Wen et al. 2018): `conv(x, μ) + conv(x ⊙ s_in, ΔW) ⊙ s_out + b`, `ΔW = σ ⊙ ε` one per
 ///   call, sign vectors per example and channel (`s_in: [N, C, 1, 1]`, `s_out: [N, O, 1, 1]`).
-pub fn gaussian_conv2d(
-    x: &Tensor,
-    w: GaussianWeights,
-    geom: Conv2dGeom,
-    sampling: Sampling,
-    rng: &mut SeededRng,
-) -> Result<Tensor> {
-    let (n, c, _, _) = x.dims4()?;
-    let (o, ci, _, _) = w.mu.dims4()?;
+///
+/// In a pass of `S > 1` samples, as [`gaussian_linear`]: one draw per sample block; on identical
+/// blocks the mean and the local-reparameterisation moments are computed once, and (one group)
+/// the `S` weight samples convolve that block as one convolution with `S·O` output channels.
+/// Distinct blocks meet their own kernels in one grouped convolution (`S · groups` groups, the
+/// blocks stacked as channels).
+pub fn gaussian_conv2d(x: &Tensor, w: GaussianWeights, geom: Conv2dGeom, ctx: &mut Ctx) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (_, ci, _, _) = w.mu.dims4()?;
     if ci * geom.groups != c {
         candle_core::bail!(
             "conv layer: input has {c} channels, the weight expects {} ({} groups)",
@@ -263,6 +409,88 @@ pub fn gaussian_conv2d(
             geom.groups
         );
     }
+    let s = ctx.samples;
+    match (ctx.sampling, ctx.shared_block(x)?) {
+        (_, _) if s <= 1 => conv_pass(x, &w, geom, ctx.sampling, ctx.rng),
+        (Sampling::Mean, Some(x0)) => tile(&conv_pass(&x0, &w, geom, Sampling::Mean, ctx.rng)?, s),
+        (Sampling::Mean, None) => conv_pass(x, &w, geom, Sampling::Mean, ctx.rng),
+        (Sampling::Local, shared) => {
+            let (mean, var) = match shared {
+                Some(x0) => {
+                    let (m, v) = lrt_conv_bias(&x0, &w, geom)?;
+                    (tile(&m, s)?, tile(&v, s)?)
+                }
+                None => lrt_conv_bias(x, &w, geom)?,
+            };
+            ctx.mark_noisy();
+            let eps = ctx.rng.randn(mean.dims(), x.dtype(), x.device())?;
+            secateur_kernels::lrt_sample::lrt_sample(&mean, &var, &eps, LRT_VAR_EPS)
+        }
+        (Sampling::Weight, shared) => {
+            let (ws, bias) = weight_samples(&w, s, ctx.rng)?;
+            ctx.mark_noisy();
+            let (o, ci, k1, k2) = w.mu.dims4()?;
+            let stacked = ws.reshape((s * o, ci, k1, k2))?;
+            let bias = bias.map(|b| b.flatten_all()).transpose()?;
+            match shared {
+                // one block, S·O output channels
+                Some(x0) if geom.groups == 1 => {
+                    channels_to_blocks(&add_bias_channels(conv(&x0, &stacked, geom)?, bias.as_ref())?, s)
+                }
+                // each block its own kernels: S·groups groups over the blocks stacked as channels
+                _ => {
+                    let g = Conv2dGeom {
+                        groups: geom.groups * s,
+                        ..geom
+                    };
+                    let y = add_bias_channels(conv(&blocks_to_channels(x, s)?, &stacked, g)?, bias.as_ref())?;
+                    channels_to_blocks(&y, s)
+                }
+            }
+        }
+        (Sampling::Flipout, shared) => {
+            let mean = match shared {
+                Some(x0) => tile(&conv(&x0, w.mu, geom)?, s)?,
+                None => conv(x, w.mu, geom)?,
+            };
+            ctx.mark_noisy();
+            let (deltas, bias) = perturbation_samples(&w, s, ctx.rng)?;
+            let (o, ci, k1, k2) = w.mu.dims4()?;
+            let n = x.dim(0)?;
+            let (dt, dev) = (x.dtype(), x.device());
+            let s_in = ctx.rng.rademacher(&[n, c, 1, 1], dt, dev)?;
+            let s_out = ctx.rng.rademacher(&[n, o, 1, 1], dt, dev)?;
+            let g = Conv2dGeom {
+                groups: geom.groups * s,
+                ..geom
+            };
+            let xs = blocks_to_channels(&x.broadcast_mul(&s_in)?, s)?;
+            let pert = channels_to_blocks(&conv(&xs, &deltas.reshape((s * o, ci, k1, k2))?, g)?, s)?;
+            let y = (mean + pert.broadcast_mul(&s_out)?)?;
+            match bias {
+                Some(bias) => {
+                    let (_, _, h, wd) = y.dims4()?;
+                    let b = n / s;
+                    let y5 = y.reshape((s, b, o, h, wd))?;
+                    y5.broadcast_add(&bias.reshape((s, 1, o, 1, 1))?)?
+                        .reshape((n, o, h, wd))
+                }
+                None => Ok(y),
+            }
+        }
+    }
+}
+
+/// One ordinary pass of [`gaussian_conv2d`].
+fn conv_pass(
+    x: &Tensor,
+    w: &GaussianWeights,
+    geom: Conv2dGeom,
+    sampling: Sampling,
+    rng: &mut SeededRng,
+) -> Result<Tensor> {
+    let (n, c, _, _) = x.dims4()?;
+    let o = w.mu.dim(0)?;
     let (dt, dev) = (x.dtype(), x.device());
     match sampling {
         Sampling::Mean => add_bias_channels(conv(x, w.mu, geom)?, w.bias_mu),
@@ -272,7 +500,7 @@ pub fn gaussian_conv2d(
             add_bias_channels(conv(x, &wt, geom)?, b.as_ref())
         }
         Sampling::Local => {
-            let (mean, var) = lrt_conv_bias(x, &w, geom)?;
+            let (mean, var) = lrt_conv_bias(x, w, geom)?;
             let eps = rng.randn(mean.dims(), dt, dev)?;
             secateur_kernels::lrt_sample::lrt_sample(&mean, &var, &eps, LRT_VAR_EPS)
         }

@@ -220,6 +220,7 @@ impl Module for NestedDropout {
         if ctx.mode != Mode::Train || ctx.sampling == Sampling::Mean {
             return Ok(x.clone());
         }
+        ctx.mark_noisy();
         let b = self.sample_truncation(n, units, ctx.rng);
         let v: Vec<f32> = b
             .iter()
@@ -394,6 +395,9 @@ impl Module for VariationalNestedDropout {
         }
         if let Some(w) = ctx.width {
             return apply_mask(x, &prefix_mask(kept_units(w, units)?, units, x.dtype(), x.device())?);
+        }
+        if ctx.sampling != Sampling::Mean {
+            ctx.mark_noisy();
         }
         match (ctx.mode, ctx.sampling) {
             (_, Sampling::Mean) => Ok(x.clone()),

@@ -282,7 +282,7 @@ impl Module for SvdLinear {
             bias_mu: self.inner.bias.as_ref(),
             bias_sigma: None,
         };
-        gaussian_linear(x, w, ctx.sampling, ctx.rng)
+        gaussian_linear(x, w, ctx)
     }
 }
 
@@ -434,7 +434,7 @@ impl Module for SvdConv2d {
             bias_mu: self.inner.bias.as_ref(),
             bias_sigma: None,
         };
-        gaussian_conv2d(x, w, self.geom, ctx.sampling, ctx.rng)
+        gaussian_conv2d(x, w, self.geom, ctx)
     }
 }
 

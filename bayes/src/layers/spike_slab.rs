@@ -318,8 +318,13 @@ impl SpikeSlab {
 
     /// The node mask `[out]` of one forward pass: the test-time rule in evaluation mode or with
     /// `Sampling::Mean`, otherwise a relaxed draw (rounded forward, relaxed gradient if `hard`).
+    /// Whether a pass in `ctx` draws a node mask (training, sampling, selecting nodes).
+    fn draws_mask(&self, ctx: &Ctx) -> bool {
+        !(ctx.mode == Mode::Eval || ctx.sampling == Sampling::Mean || !self.selects())
+    }
+
     fn node_mask(&self, ctx: &mut Ctx) -> Result<Tensor> {
-        if ctx.mode == Mode::Eval || ctx.sampling == Sampling::Mean || !self.selects() {
+        if !self.draws_mask(ctx) {
             return self.keep_mask();
         }
         let z = relaxed_bernoulli(&self.logit, self.temperature, ctx.rng)?;
@@ -630,8 +635,12 @@ impl SpikeSlabLinear {
 
 impl Module for SpikeSlabLinear {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        // The node mask is drawn once per pass: once per sample block in a pass of S samples.
+        if ctx.samples > 1 && self.inner.draws_mask(ctx) {
+            return ctx.per_block(x, |xb, c| self.forward(xb, c));
+        }
         let m = self.inner.masked(ctx)?;
-        gaussian_linear(x, m.weights(), ctx.sampling, ctx.rng)
+        gaussian_linear(x, m.weights(), ctx)
     }
 }
 
@@ -842,8 +851,12 @@ impl SpikeSlabConv2d {
 
 impl Module for SpikeSlabConv2d {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        // The node mask is drawn once per pass: once per sample block in a pass of S samples.
+        if ctx.samples > 1 && self.inner.draws_mask(ctx) {
+            return ctx.per_block(x, |xb, c| self.forward(xb, c));
+        }
         let m = self.inner.masked(ctx)?;
-        gaussian_conv2d(x, m.weights(), self.geom, ctx.sampling, ctx.rng)
+        gaussian_conv2d(x, m.weights(), self.geom, ctx)
     }
 }
 

@@ -368,7 +368,7 @@ impl Module for VdLinear {
             bias_mu: self.inner.bias.as_ref(),
             bias_sigma: None,
         };
-        gaussian_linear(x, w, ctx.sampling, ctx.rng)
+        gaussian_linear(x, w, ctx)
     }
 }
 
@@ -541,7 +541,7 @@ impl Module for VdConv2d {
             bias_mu: self.inner.bias.as_ref(),
             bias_sigma: None,
         };
-        gaussian_conv2d(x, w, self.geom, ctx.sampling, ctx.rng)
+        gaussian_conv2d(x, w, self.geom, ctx)
     }
 }
 

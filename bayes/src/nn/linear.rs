@@ -163,8 +163,11 @@ pub fn linear_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Res
 }
 
 impl Module for Linear {
-    fn forward(&self, x: &Tensor, _ctx: &mut Ctx) -> Result<Tensor> {
-        linear_forward(x, &self.weight, self.bias.as_ref())
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        match ctx.shared_block(x)? {
+            Some(x0) => crate::ctx::tile(&linear_forward(&x0, &self.weight, self.bias.as_ref())?, ctx.samples),
+            None => linear_forward(x, &self.weight, self.bias.as_ref()),
+        }
     }
 }
 
@@ -216,7 +219,13 @@ pub fn conv2d_forward(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &
 }
 
 impl Module for Conv2d {
-    fn forward(&self, x: &Tensor, _ctx: &mut Ctx) -> Result<Tensor> {
-        conv2d_forward(x, &self.weight, self.bias.as_ref(), &self.cfg)
+    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        match ctx.shared_block(x)? {
+            Some(x0) => crate::ctx::tile(
+                &conv2d_forward(&x0, &self.weight, self.bias.as_ref(), &self.cfg)?,
+                ctx.samples,
+            ),
+            None => conv2d_forward(x, &self.weight, self.bias.as_ref(), &self.cfg),
+        }
     }
 }

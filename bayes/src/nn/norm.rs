@@ -65,16 +65,35 @@ impl BatchNorm {
                 Ok(y)
             };
         }
+        // A pass of S samples normalises each sample block with its own statistics and updates
+        // the running statistics once per block, in block order, as S passes would; identical
+        // blocks are normalised once and the result tiled (the S updates are then equal).
+        if ctx.samples > 1 {
+            if let Some(x0) = ctx.shared_block(x)? {
+                let m = ctx.bn_momentum.unwrap_or(self.momentum);
+                let y = self.train_pass(&x0, m, relu, ctx.samples)?;
+                return crate::ctx::tile(&y, ctx.samples);
+            }
+            return ctx.per_block(x, |xb, c| self.normalise(xb, c, relu));
+        }
+        let m = ctx.bn_momentum.unwrap_or(self.momentum);
+        self.train_pass(x, m, relu, 1)
+    }
+
+    /// Training-mode batch norm of `x` with its batch statistics, the running statistics updated
+    /// `updates` times with momentum `m` (`updates` identical passes).
+    fn train_pass(&self, x: &Tensor, m: f64, relu: bool, updates: usize) -> Result<Tensor> {
         // Batch statistics, normalisation, affine map (and ReLU) in one fused, twice
         // differentiable kernel on the CPU; candle's ops elsewhere.
         let out = secateur_kernels::norm::batch_norm_train(x, &self.weight, &self.bias, self.eps, relu)?;
         let n = out.count;
         let unbiased = (out.var * (n as f64 / (n.max(2) - 1) as f64))?;
-        let m = ctx.bn_momentum.unwrap_or(self.momentum);
-        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (out.mean * m)?)?;
-        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-        self.running_mean.set(&rm)?;
-        self.running_var.set(&rv)?;
+        for _ in 0..updates {
+            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (&out.mean * m)?)?;
+            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (&unbiased * m)?)?;
+            self.running_mean.set(&rm)?;
+            self.running_var.set(&rv)?;
+        }
         Ok(out.y)
     }
 }

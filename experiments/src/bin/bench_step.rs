@@ -20,6 +20,11 @@
 //! and `--hvp-ops` run themselves again with it, and `--hvp` times the plain gradient in a child process
 //! of itself started without it (`--grad-only`), so that gradient is candle's first-order one.
 //!
+//! `--mc S` times the Monte Carlo work of a Bayesian row with `S` samples both ways: `S`
+//! one-sample passes one after the other, against one pass of `S` samples
+//! ([`Ctx::with_samples`]), for prediction (evaluation-mode forward passes, `--sampling`) and for a
+//! training step (forward, `(1/S) Σₛ CE_s + KL / N`, backward, SGD), next to one one-sample pass.
+//!
 //! `bayes-mlp` and `bayes-lenet5` use the mean-field Gaussian layers of `secateur-bayes` with local
 //! reparameterisation (`Sampling::Local`), `softplus(ρ) = softplus(-5)` initially, and the loss
 //! `CE + KL / 60000` with the analytic KL to `N(0, 1)`, as `bench/pytorch_step.py` does.
@@ -68,6 +73,13 @@ struct Args {
     /// (Used by `--hvp`.) Time plain gradients only and print their milliseconds as JSON.
     #[arg(long, hide = true)]
     grad_only: bool,
+    /// Time `S` Monte Carlo samples as `S` one-sample passes and as one pass of `S` samples
+    /// (Bayesian rows only).
+    #[arg(long)]
+    mc: Option<usize>,
+    /// Estimator of the `--mc` timings: local, weight or flipout.
+    #[arg(long, default_value = "local")]
+    sampling: String,
     /// `cpu` or `cuda` (needs `--features cuda`); on CUDA each timed step ends with a device
     /// synchronisation, and the models use candle's own CUDA ops.
     #[arg(long, default_value = "cpu")]
@@ -237,6 +249,91 @@ fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
         "peak_rss_mib": proc_status_mib("VmHWM"),
         "base_rss_mib": rss_base,
         "final_loss": last_loss,
+    }))
+}
+
+/// `--mc S`: the Monte Carlo work of `S` samples as `S` one-sample passes and as one `S`-sample
+/// pass, for prediction and for a training step, next to one one-sample pass of each.
+fn mc_bench(args: &Args, input: [usize; 3], samples: usize) -> Result<serde_json::Value> {
+    let dev = make_device(&args.device)?;
+    let s = setup(&args.model, input, args.batch, &dev)?;
+    if !s.bayes || samples == 0 {
+        candle_core::bail!("--mc needs a Bayesian model (bayes-mlp, bayes-lenet5) and S ≥ 1");
+    }
+    let sampling = match args.sampling.as_str() {
+        "local" => Sampling::Local,
+        "weight" => Sampling::Weight,
+        "flipout" => Sampling::Flipout,
+        other => candle_core::bail!("--sampling `{other}`: use local, weight or flipout"),
+    };
+    let params: BTreeMap<String, Var> = s.store.params();
+    let mut opt = Sgd::new(SgdConfig::default())?;
+    let mut rng = SeededRng::new(2);
+    let xt = secateur_bayes::ctx::tile(&s.x, samples)?;
+    let yt = secateur_bayes::ctx::tile(&s.y, samples)?;
+    let med = |t: Vec<f64>| median(&t);
+    let (w, n) = (args.warmup, args.steps);
+    let predict_one = med(time_steps(&dev, w, n, || {
+        drop(s.net.forward(&s.x, &mut Ctx::eval(&mut rng, sampling))?);
+        Ok(())
+    })?);
+    let predict_loop = med(time_steps(&dev, w, n, || {
+        for _ in 0..samples {
+            drop(s.net.forward(&s.x, &mut Ctx::eval(&mut rng, sampling))?);
+        }
+        Ok(())
+    })?);
+    let predict_pass = med(time_steps(&dev, w, n, || {
+        drop(
+            s.net
+                .forward(&xt, &mut Ctx::eval(&mut rng, sampling).with_samples(samples))?,
+        );
+        Ok(())
+    })?);
+    let mut step = |batched: bool, count: usize, rng: &mut SeededRng| -> Result<()> {
+        let ce = if batched {
+            let logits = s.net.forward(&xt, &mut Ctx::train(rng, sampling).with_samples(count))?;
+            cross_entropy(&logits, &yt)?
+        } else {
+            let mut acc: Option<Tensor> = None;
+            for _ in 0..count {
+                let logits = s.net.forward(&s.x, &mut Ctx::train(rng, sampling))?;
+                let ce = cross_entropy(&logits, &s.y)?;
+                acc = Some(match acc {
+                    None => ce,
+                    Some(a) => (a + ce)?,
+                });
+            }
+            (acc.ok_or_else(|| candle_core::Error::Msg("no pass".into()))? / count as f64)?
+        };
+        let (kl, _) = s.store.divergence(&Divergence::Kl, rng)?;
+        let l = (ce + (kl / TRAIN_SIZE)?)?;
+        let grads = l.backward()?;
+        opt.step(&params, &grads, args.lr)
+    };
+    let train_one = med(time_steps(&dev, w, n, || step(false, 1, &mut rng))?);
+    let train_loop = med(time_steps(&dev, w, n, || step(false, samples, &mut rng))?);
+    let train_pass = med(time_steps(&dev, w, n, || step(true, samples, &mut rng))?);
+    Ok(serde_json::json!({
+        "impl": "secateur",
+        "mode": "mc_samples",
+        "model": args.model,
+        "sampling": args.sampling,
+        "samples": samples,
+        "batch": args.batch,
+        "steps": n,
+        "threads": threads(),
+        "device": args.device,
+        "predict_one_ms": predict_one,
+        "predict_loop_ms": predict_loop,
+        "predict_pass_ms": predict_pass,
+        "predict_pass_over_loop": predict_pass / predict_loop,
+        "predict_pass_over_one": predict_pass / predict_one,
+        "train_one_ms": train_one,
+        "train_loop_ms": train_loop,
+        "train_pass_ms": train_pass,
+        "train_pass_over_loop": train_pass / train_loop,
+        "train_pass_over_one": train_pass / train_one,
     }))
 }
 
@@ -641,7 +738,9 @@ fn run(args: Args) {
         println!("{j}");
         std::process::exit(2);
     };
-    let result = if args.hvp {
+    let result = if let Some(samples) = args.mc {
+        mc_bench(&args, input, samples)
+    } else if args.hvp {
         hvp_bench(&args, input)
     } else {
         train_bench(&args, input)
