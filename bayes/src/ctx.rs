@@ -138,8 +138,10 @@ impl<'a> Ctx<'a> {
         self.mode == Mode::Train
     }
 
-    /// The same context evaluating `s ≥ 1` samples in one pass: the input must be the batch
-    /// tiled `s` times ([`tile`]); the blocks start out [`shared`](Ctx::shared).
+    /// The same context evaluating `s ≥ 1` samples in one pass: the input **must** be one batch
+    /// tiled `s` times ([`tile`]), because the blocks start out [`shared`](Ctx::shared) and the
+    /// layers before the first noisy one compute on the first block only. (To pass `s` different
+    /// batches, set `shared = false` after this call.)
     pub fn with_samples(mut self, s: usize) -> Self {
         self.samples = s.max(1);
         self.shared = self.samples > 1;

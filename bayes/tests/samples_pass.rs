@@ -269,3 +269,41 @@ fn deterministic_layers_on_shared_blocks_equal_one_pass() -> Result<()> {
     assert!(err.to_string().contains("multiple of 3"), "{err}");
     Ok(())
 }
+
+/// A grouped Gaussian convolution (2 groups) on distinct blocks, with σ ≈ 0 so that every weight
+/// draw is the mean: each block of the S-sample pass (the `S · groups`-group convolution over
+/// the blocks stacked as channels) must equal the one-sample convolution of that block's input —
+/// which fails if a block meets another block's channels or kernels.
+#[test]
+fn grouped_conv_blocks_meet_their_own_channels() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut r = SeededRng::new(21);
+    let mu = r.randn(&[4, 2, 3, 3], DType::F64, &dev)?; // 4 outputs, 4 inputs in 2 groups
+    let rho = (mu.zeros_like()? - 40.0)?; // σ = softplus(−40) ≈ 4e−18
+    let b_mu = r.randn(&[4], DType::F64, &dev)?;
+    let b_rho = (b_mu.zeros_like()? - 40.0)?;
+    let geom = Conv2dGeom {
+        padding: 1,
+        groups: 2,
+        ..Conv2dGeom::default()
+    };
+    let conv = BayesConv2d::from_tensors("c", mu, rho, Some((b_mu, b_rho)), Prior::default(), geom)?;
+    let s = 3;
+    let x = r.randn(&[s * 2, 4, 5, 5], DType::F64, &dev)?; // 3 distinct blocks of 2 examples
+    for sampling in [Sampling::Weight, Sampling::Flipout] {
+        let mut rng = SeededRng::new(1);
+        let mut ctx = Ctx::eval(&mut rng, sampling).with_samples(s);
+        ctx.shared = false;
+        let got = conv.forward(&x, &mut ctx)?;
+        for k in 0..s {
+            let xk = x.narrow(0, 2 * k, 2)?;
+            let want = conv.forward(&xk, &mut Ctx::eval(&mut rng, Sampling::Mean))?;
+            let d = (got.narrow(0, 2 * k, 2)? - want)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
+            assert!(d < 1e-9, "{sampling:?} block {k}: {d}");
+        }
+    }
+    Ok(())
+}

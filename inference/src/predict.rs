@@ -213,6 +213,9 @@ pub fn predict_mc(
     for i in 0..data.num_batches() {
         let (x, y) = data.batch(i, rng)?;
         let b = x.dim(0)?;
+        if b == 0 {
+            continue;
+        }
         let mut draws: Vec<Vec<f32>> = Vec::with_capacity(samples);
         let per_pass = samples_per_pass(samples, &x, sampling);
         while draws.len() < samples {
@@ -410,6 +413,9 @@ pub fn predict_regression(
     for i in 0..data.num_batches() {
         let (x, y) = data.batch(i, rng)?;
         let b = x.dim(0)?;
+        if b == 0 {
+            continue;
+        }
         let mut draws: Vec<(Vec<f32>, Vec<f32>)> = Vec::with_capacity(samples);
         let per_pass = samples_per_pass(samples, &x, sampling);
         while draws.len() < samples {

@@ -227,7 +227,7 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, ctx: &mut Ctx) -> Result<
             let (deltas, bias) = perturbation_samples(&w, s, ctx.rng)?; // [S, out, in], [S, out]
             let s_in = ctx.rng.rademacher(&[rows, in_dim], dt, dev)?;
             let s_out = ctx.rng.rademacher(&[rows, out_dim], dt, dev)?;
-            let b = rows / s;
+            let b = ctx.block_rows(&x2)?;
             let pert = (x2 * s_in)?.reshape((s, b, in_dim))?.matmul(&deltas.transpose(1, 2)?)?;
             let y = (mean.reshape((s, b, out_dim))? + (pert * s_out.reshape((s, b, out_dim))?)?)?;
             let y = match bias {
@@ -457,6 +457,7 @@ pub fn gaussian_conv2d(x: &Tensor, w: GaussianWeights, geom: Conv2dGeom, ctx: &m
             let (deltas, bias) = perturbation_samples(&w, s, ctx.rng)?;
             let (o, ci, k1, k2) = w.mu.dims4()?;
             let n = x.dim(0)?;
+            let b = ctx.block_rows(x)?;
             let (dt, dev) = (x.dtype(), x.device());
             let s_in = ctx.rng.rademacher(&[n, c, 1, 1], dt, dev)?;
             let s_out = ctx.rng.rademacher(&[n, o, 1, 1], dt, dev)?;
@@ -470,7 +471,6 @@ pub fn gaussian_conv2d(x: &Tensor, w: GaussianWeights, geom: Conv2dGeom, ctx: &m
             match bias {
                 Some(bias) => {
                     let (_, _, h, wd) = y.dims4()?;
-                    let b = n / s;
                     let y5 = y.reshape((s, b, o, h, wd))?;
                     y5.broadcast_add(&bias.reshape((s, 1, o, 1, 1))?)?
                         .reshape((n, o, h, wd))

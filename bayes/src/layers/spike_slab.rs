@@ -316,13 +316,13 @@ impl SpikeSlab {
         self.logit.detach().ge(0f64)?.to_dtype(self.logit.dtype())
     }
 
-    /// The node mask `[out]` of one forward pass: the test-time rule in evaluation mode or with
-    /// `Sampling::Mean`, otherwise a relaxed draw (rounded forward, relaxed gradient if `hard`).
     /// Whether a pass in `ctx` draws a node mask (training, sampling, selecting nodes).
     fn draws_mask(&self, ctx: &Ctx) -> bool {
         !(ctx.mode == Mode::Eval || ctx.sampling == Sampling::Mean || !self.selects())
     }
 
+    /// The node mask `[out]` of one forward pass: the test-time rule in evaluation mode or with
+    /// `Sampling::Mean`, otherwise a relaxed draw (rounded forward, relaxed gradient if `hard`).
     fn node_mask(&self, ctx: &mut Ctx) -> Result<Tensor> {
         if !self.draws_mask(ctx) {
             return self.keep_mask();
