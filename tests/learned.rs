@@ -43,18 +43,6 @@ fn structured_options(
     }
 }
 
-/// `secateur compact --run run --out out`, untimed.
-fn compact_options(run: &Path, out: &Path) -> CompactOptions {
-    CompactOptions {
-        run: run.to_path_buf(),
-        masks: None,
-        out: out.to_path_buf(),
-        data_dir: None,
-        force: false,
-        latency_reps: 0,
-    }
-}
-
 fn metrics(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("metrics.json")).expect("metrics.json exists");
     let mut v: serde_json::Value = serde_json::from_str(&text).expect("metrics.json is JSON");
@@ -114,7 +102,7 @@ fn scl_resumes_bit_identically_and_compacts_to_what_it_learned() {
         .collect();
     assert!(kept.len() == 2 && kept[1] < kept[0] && kept[0] < 784 * 300, "{kept:?}");
 
-    let s = compact(&compact_options(&straight, &small)).unwrap();
+    let s = compact(&CompactOptions::untimed(&straight, &small)).unwrap();
     assert_eq!(s.groups_pruned as u64, removed);
     assert!(s.compacted.params < s.masked.params);
     let (small_metrics, small_cfg) = eval(&small, None, "cpu").unwrap();
@@ -235,7 +223,7 @@ fn dcff_resumes_bit_identically_and_fuses_into_the_compact_network() {
     let history = std::fs::read_to_string(straight.join("history.csv")).unwrap();
     assert!(history.lines().next().unwrap().contains("fc1.kept,fc1.mean_inclusion"));
 
-    let s = compact(&compact_options(&straight, &small)).unwrap();
+    let s = compact(&CompactOptions::untimed(&straight, &small)).unwrap();
     assert_eq!((s.groups_pruned, s.groups), (200, 400));
     assert!(s.max_logit_diff < 1e-4, "{}", s.max_logit_diff);
     let (small_metrics, small_cfg) = eval(&small, None, "cpu").unwrap();
@@ -244,7 +232,7 @@ fn dcff_resumes_bit_identically_and_fuses_into_the_compact_network() {
     // a DCFF run is compacted from its fusion only
     let e = compact(&CompactOptions {
         masks: Some(straight.join("checkpoints")),
-        ..compact_options(&straight, &dir.path().join("other"))
+        ..CompactOptions::untimed(&straight, &dir.path().join("other"))
     })
     .unwrap_err()
     .to_string();
@@ -283,7 +271,7 @@ fn cap_resumes_bit_identically_and_its_cut_compacts_and_fine_tunes() {
     assert!(m["cap_flops_kept"].as_f64().unwrap() < 1.0, "{m}");
     assert!(straight.join("cap_channels.safetensors").is_file());
 
-    let s = compact(&compact_options(&straight, &small)).unwrap();
+    let s = compact(&CompactOptions::untimed(&straight, &small)).unwrap();
     assert_eq!(s.groups_pruned as u64, removed);
     assert!(
         s.max_logit_diff < 1e-4,

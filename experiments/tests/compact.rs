@@ -45,17 +45,6 @@ fn prune_opts(run: &Path, out: &Path, criterion: FilterCriterion) -> StructuredP
     }
 }
 
-fn compact_opts(run: &Path, out: &Path) -> CompactOptions {
-    CompactOptions {
-        run: run.to_path_buf(),
-        masks: None,
-        out: out.to_path_buf(),
-        data_dir: None,
-        force: false,
-        latency_reps: 0,
-    }
-}
-
 /// The whole path: a trained LeNet-5, half its FLOPs removed by ℓ1 filter norms, fine-tuned from
 /// the run's weights with the masks held, compacted; the compacted run has the kept widths,
 /// computes what the masked network computes (over the whole test set), and `eval` and `train`
@@ -87,7 +76,7 @@ fn structured_prune_finetune_compact_eval() {
     train(&ft_cfg, &ft, Some(p.join("masks.safetensors")));
 
     let small = tmp.path().join("small");
-    let s = commands::compact(&compact_opts(&ft, &small)).expect("compact");
+    let s = commands::compact(&CompactOptions::untimed(&ft, &small)).expect("compact");
     let widths: Vec<usize> = s.widths.iter().map(|w| w.2).collect();
     assert!(widths[0] < 6 && widths[1] < 16 && widths[4] == 10, "{widths:?}");
     assert!(s.max_logit_diff <= 1e-5 * s.max_logit.max(1.0), "{s:?}");
@@ -125,13 +114,15 @@ fn structured_prune_finetune_compact_eval() {
 
     // the prune directory itself compacts too (masks on the unfine-tuned run)
     let direct = tmp.path().join("direct");
-    let d = commands::compact(&compact_opts(&p, &direct)).expect("compact a prune directory");
+    let d = commands::compact(&CompactOptions::untimed(&p, &direct)).expect("compact a prune directory");
     assert_eq!(d.widths, s.widths);
 
     // no overwrite without --force; --force replaces only a compaction
-    let e = commands::compact(&compact_opts(&ft, &small)).unwrap_err().to_string();
+    let e = commands::compact(&CompactOptions::untimed(&ft, &small))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--force"), "{e}");
-    let mut forced = compact_opts(&ft, &small);
+    let mut forced = CompactOptions::untimed(&ft, &small);
     forced.force = true;
     commands::compact(&forced).expect("--force replaces a compaction");
     // --force keeps anything a compaction did not write
@@ -180,7 +171,7 @@ fn masks_that_are_not_structured_are_refused() {
         set.save(&f).unwrap();
         f
     };
-    let mut o = compact_opts(&run, &tmp.path().join("a"));
+    let mut o = CompactOptions::untimed(&run, &tmp.path().join("a"));
     o.masks = Some(mk("none.safetensors", &[]));
     let e = commands::compact(&o).unwrap_err().to_string();
     assert!(e.contains("no whole filter"), "{e}");
@@ -189,7 +180,7 @@ fn masks_that_are_not_structured_are_refused() {
     assert!(e.contains("conv1.bias") && e.contains("group 1"), "{e}");
     assert!(!tmp.path().join("a").exists(), "a refused compaction wrote its output");
     // a run without masks, and no --masks
-    let e = commands::compact(&compact_opts(&run, &tmp.path().join("b")))
+    let e = commands::compact(&CompactOptions::untimed(&run, &tmp.path().join("b")))
         .unwrap_err()
         .to_string();
     assert!(e.contains("masks.safetensors") && e.contains("--masks"), "{e}");

@@ -91,15 +91,8 @@ fn greg1_prunes_half_the_filters_of_each_layer_and_trains_them_at_zero() {
     );
     assert!(run.dir.join("masks.safetensors").is_file());
     // and the run compacts into the network of half the filters
-    let small = commands::compact(&commands::CompactOptions {
-        run: run.dir.clone(),
-        masks: None,
-        out: tmp.path().join("small"),
-        data_dir: None,
-        force: false,
-        latency_reps: 0,
-    })
-    .expect("compact the GReg run");
+    let small = commands::compact(&commands::CompactOptions::untimed(&run.dir, &tmp.path().join("small")))
+        .expect("compact the GReg run");
     let widths: Vec<usize> = small.widths.iter().map(|w| w.2).collect();
     assert_eq!(widths, [3, 8, 60, 42, 10]);
     assert_eq!(small.masked.test_accuracy, small.compacted.test_accuracy);

@@ -120,8 +120,13 @@ impl GaussianWeights<'_> {
 
     /// One reparameterised weight draw `μ + σ ε`.
     fn sample_weight(&self, rng: &mut SeededRng) -> Result<Tensor> {
+        self.mu + self.sample_perturbation(rng)?
+    }
+
+    /// One perturbation draw `ΔW = σ ⊙ ε` (Flipout's; the weight draw is `μ + ΔW`).
+    fn sample_perturbation(&self, rng: &mut SeededRng) -> Result<Tensor> {
         let eps = rng.randn(self.mu.dims(), self.mu.dtype(), self.mu.device())?;
-        self.mu + (self.sigma * eps)?
+        self.sigma * eps
     }
 }
 
@@ -207,7 +212,7 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, ctx: &mut Ctx) -> Result<
         }
         (Sampling::Weight, None) => {
             // S weight samples `[S, out, in]` against the S blocks `[S, b, in]`: one batched product
-            let (ws, bias) = weight_samples(&w, s, ctx.rng)?;
+            let (ws, bias) = stacked_draws(&w, s, ctx.rng, |r| w.sample_weight(r))?;
             ctx.mark_noisy();
             let b = ctx.block_rows(&x2)?;
             let y = x2.reshape((s, b, in_dim))?.matmul(&ws.transpose(1, 2)?)?;
@@ -224,7 +229,7 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, ctx: &mut Ctx) -> Result<
             };
             ctx.mark_noisy();
             let (dt, dev) = (x.dtype(), x.device());
-            let (deltas, bias) = perturbation_samples(&w, s, ctx.rng)?; // [S, out, in], [S, out]
+            let (deltas, bias) = stacked_draws(&w, s, ctx.rng, |r| w.sample_perturbation(r))?; // [S, out, in], [S, out]
             let s_in = ctx.rng.rademacher(&[rows, in_dim], dt, dev)?;
             let s_out = ctx.rng.rademacher(&[rows, out_dim], dt, dev)?;
             let b = ctx.block_rows(&x2)?;
@@ -243,13 +248,19 @@ pub fn gaussian_linear(x: &Tensor, w: GaussianWeights, ctx: &mut Ctx) -> Result<
     y.reshape(out)
 }
 
-/// `S` weight draws `μ + σ ε` stacked `[S, …]`, each followed by its bias draw as one pass makes
-/// them (stacked `[S, out]`; `None` without a bias).
-fn weight_samples(w: &GaussianWeights, s: usize, rng: &mut SeededRng) -> Result<(Tensor, Option<Tensor>)> {
+/// `S` draws stacked `[S, …]`, each followed by its bias draw as one pass makes them (stacked
+/// `[S, out]`; `None` without a bias): `draw` is [`GaussianWeights::sample_weight`] (weights
+/// `μ + σ ε`) or [`GaussianWeights::sample_perturbation`] (Flipout's `ΔW = σ ⊙ ε`).
+fn stacked_draws(
+    w: &GaussianWeights,
+    s: usize,
+    rng: &mut SeededRng,
+    draw: impl Fn(&mut SeededRng) -> Result<Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let mut ws = Vec::with_capacity(s);
     let mut bs = Vec::with_capacity(s);
     for _ in 0..s {
-        ws.push(w.sample_weight(rng)?);
+        ws.push(draw(rng)?);
         if let Some(b) = w.sample_bias(rng)? {
             bs.push(b);
         }
@@ -260,25 +271,6 @@ fn weight_samples(w: &GaussianWeights, s: usize, rng: &mut SeededRng) -> Result<
         Some(Tensor::stack(&bs, 0)?)
     };
     Ok((Tensor::stack(&ws, 0)?, bias))
-}
-
-/// `S` Flipout perturbations `ΔW = σ ⊙ ε` stacked `[S, …]`, each followed by its bias draw.
-fn perturbation_samples(w: &GaussianWeights, s: usize, rng: &mut SeededRng) -> Result<(Tensor, Option<Tensor>)> {
-    let mut ds = Vec::with_capacity(s);
-    let mut bs = Vec::with_capacity(s);
-    for _ in 0..s {
-        let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
-        ds.push((w.sigma * eps)?);
-        if let Some(b) = w.sample_bias(rng)? {
-            bs.push(b);
-        }
-    }
-    let bias = if bs.is_empty() {
-        None
-    } else {
-        Some(Tensor::stack(&bs, 0)?)
-    };
-    Ok((Tensor::stack(&ds, 0)?, bias))
 }
 
 /// `[S·B, C, H, W]` sample blocks as `S` channel groups `[B, S·C, H, W]` (a copy), so that one
@@ -330,8 +322,7 @@ fn linear_pass(x2: &Tensor, w: &GaussianWeights, sampling: Sampling, rng: &mut S
         }
         Sampling::Flipout => {
             let mean = mm(x2, w.mu)?;
-            let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
-            let delta = (w.sigma * eps)?;
+            let delta = w.sample_perturbation(rng)?;
             let b = w.sample_bias(rng)?;
             let s_in = rng.rademacher(&[rows, in_dim], dt, dev)?;
             let s_out = rng.rademacher(&[rows, out_dim], dt, dev)?;
@@ -427,7 +418,7 @@ pub fn gaussian_conv2d(x: &Tensor, w: GaussianWeights, geom: Conv2dGeom, ctx: &m
             secateur_kernels::lrt_sample::lrt_sample(&mean, &var, &eps, LRT_VAR_EPS)
         }
         (Sampling::Weight, shared) => {
-            let (ws, bias) = weight_samples(&w, s, ctx.rng)?;
+            let (ws, bias) = stacked_draws(&w, s, ctx.rng, |r| w.sample_weight(r))?;
             ctx.mark_noisy();
             let (o, ci, k1, k2) = w.mu.dims4()?;
             let stacked = ws.reshape((s * o, ci, k1, k2))?;
@@ -454,7 +445,7 @@ pub fn gaussian_conv2d(x: &Tensor, w: GaussianWeights, geom: Conv2dGeom, ctx: &m
                 None => conv(x, w.mu, geom)?,
             };
             ctx.mark_noisy();
-            let (deltas, bias) = perturbation_samples(&w, s, ctx.rng)?;
+            let (deltas, bias) = stacked_draws(&w, s, ctx.rng, |r| w.sample_perturbation(r))?;
             let (o, ci, k1, k2) = w.mu.dims4()?;
             let n = x.dim(0)?;
             let b = ctx.block_rows(x)?;
@@ -506,8 +497,7 @@ fn conv_pass(
         }
         Sampling::Flipout => {
             let mean = conv(x, w.mu, geom)?;
-            let eps = rng.randn(w.mu.dims(), w.mu.dtype(), w.mu.device())?;
-            let delta = (w.sigma * eps)?;
+            let delta = w.sample_perturbation(rng)?;
             let b = w.sample_bias(rng)?;
             let s_in = rng.rademacher(&[n, c, 1, 1], dt, dev)?;
             let s_out = rng.rademacher(&[n, o, 1, 1], dt, dev)?;

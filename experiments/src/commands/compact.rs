@@ -77,6 +77,21 @@ pub struct CompactOptions {
     pub latency_reps: usize,
 }
 
+impl CompactOptions {
+    /// `secateur compact --run RUN --out OUT` without timing: the run's own masks, the default
+    /// data directory, no `--force`, `latency_reps = 0`.
+    pub fn untimed(run: &std::path::Path, out: &std::path::Path) -> Self {
+        Self {
+            run: run.to_path_buf(),
+            masks: None,
+            out: out.to_path_buf(),
+            data_dir: None,
+            force: false,
+            latency_reps: 0,
+        }
+    }
+}
+
 /// Median and fastest wall time of a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Latency {
