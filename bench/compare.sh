@@ -8,7 +8,10 @@
 # Sets up PyTorch in bench/.venv if missing, builds bench_step in release, then runs each model
 # in separate processes on both sides with the same batch size (BATCH, 128), dtype (f32), thread
 # count (THREADS, 2), warm-up and step count, and prints a markdown table of median ms per step,
-# peak RSS and the ratios secateur / PyTorch, followed by the machine description.
+# peak RSS and the ratios secateur / PyTorch, followed by the machine description. Each row also
+# gives its floor (the step's FLOPs, counted by torch.utils.flop_counter on the PyTorch side, at
+# the host's f32 matrix-product rate, measured first with PyTorch on the same threads), each
+# side's distance to it, and each side's p90 / median of the step times.
 # Raw JSON lines are kept in $OUT_DIR (default bench/results/<timestamp>/).
 # HVP=0 skips the second table: one Hessian-vector product by double backprop, and one Hutchinson
 # probe (the second backward pass alone), vs one gradient (forward + backward) on the secateur
@@ -104,12 +107,15 @@ run_measured() {
 }
 
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+# The host's floor rate: the best f32 matrix-product rate on these threads (PyTorch's, 2048³).
+echo "compare.sh: matrix-product rate of this host ($THREADS threads)" >&2
+run_measured "gemm-rate" "$PY" "$ROOT/bench/pytorch_step.py" --gemm-rate 2048 --threads "$THREADS"
 for m in $MODELS; do
   s="$(steps_for "$m")"; w="$(warmup_for "$m")"
   echo "compare.sh: $m (batch $BATCH, $w warm-up + $s timed steps, $THREADS threads)" >&2
   run_measured "secateur-$m" "$BIN" --model "$m" --batch "$BATCH" --steps "$s" --warmup "$w" --json
   run_measured "pytorch-$m" "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" --batch "$BATCH" \
-    --steps "$s" --warmup "$w" --threads "$THREADS" --json
+    --steps "$s" --warmup "$w" --threads "$THREADS" --flops --json
 done
 HVP_MODELS=""
 if [ "${HVP:-1}" != "0" ]; then
@@ -161,8 +167,10 @@ def fmt(v, nd=1):
         return f"{v:.1f}"
     return f"{v:.{max(nd, 2)}f}"
 
-print("| model | params | secateur ms/step | PyTorch ms/step | ratio | secateur peak MiB | PyTorch peak MiB | ratio |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|")
+gemm = load("gemm", "rate")
+rate = gemm.get("gflops") if gemm else None
+print("| model | params | secateur ms/step | PyTorch ms/step | ratio | floor ms | secateur / floor | PyTorch / floor | p90 / median, secateur | p90 / median, PyTorch | secateur peak MiB | PyTorch peak MiB | ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 notes = []
 for m in os.environ["MODELS"].split():
     s, p = load("secateur", m), load("pytorch", m)
@@ -177,7 +185,14 @@ for m in os.environ["MODELS"].split():
     sm = f"{s['peak_rss_mib']:.0f}" if ok(s) else "n/a"
     pm = f"{p['peak_rss_mib']:.0f}" if ok(p) else "n/a"
     mr = f"{s['peak_rss_mib'] / p['peak_rss_mib']:.2f}×" if ok(s) and ok(p) else "n/a"
-    print(f"| {m} | {params} | {st} | {pt} | {tr} | {sm} | {pm} | {mr} |")
+    flops = p.get("flops_per_step") if ok(p) else None
+    floor = flops / (rate * 1e9) * 1e3 if flops and rate else None
+    fl = fmt(floor) if floor else "n/a"
+    sf = f"{s['median_ms'] / floor:.2f}×" if floor and ok(s) else "n/a"
+    pf = f"{p['median_ms'] / floor:.2f}×" if floor and ok(p) else "n/a"
+    sv = f"{s['p90_ms'] / s['median_ms']:.2f}" if ok(s) and "p90_ms" in s else "n/a"
+    pv = f"{p['p90_ms'] / p['median_ms']:.2f}" if ok(p) and "p90_ms" in p else "n/a"
+    print(f"| {m} | {params} | {st} | {pt} | {tr} | {fl} | {sf} | {pf} | {sv} | {pv} | {sm} | {pm} | {mr} |")
     for side, r in (("secateur", s), ("PyTorch", p)):
         bg = background(f"{side.lower()}-{m}")
         if bg > 0.1:
@@ -187,6 +202,11 @@ for m in os.environ["MODELS"].split():
         elif not ok(r):
             notes.append(f"{m}: {side}: {r.get('error', 'not supported')}")
 print()
+if rate:
+    print(f"Floor = the step's floating-point operations (torch.utils.flop_counter on the PyTorch side: matrix")
+    print(f"products and convolutions, forward and backward) at this host's matrix-product rate, {rate:.0f} GFLOP/s")
+    print(f"(PyTorch, 2048³ f32, the same threads). p90 / median: the spread of the step times.")
+    print()
 print("Memory growth above the process's resident size after start-up (PyTorch's import alone is")
 print("several hundred MiB, so peak RSS mostly compares library footprints):")
 print()

@@ -234,6 +234,37 @@ def rss_mib(peak=True):
     return float("nan")
 
 
+def quantile(v, q):
+    """The q-quantile of v by nearest rank (the smallest value with at least q·n values at or below it)."""
+    if not v:
+        return float("nan")
+    s = sorted(v)
+    return s[min(max(math.ceil(q * len(s)), 1), len(s)) - 1]
+
+
+def gemm_rate(n, threads, reps=20):
+    """Best rate of ``reps`` n×n f32 matrix products (after two untimed ones), in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    for _ in range(2):
+        torch.mm(a, b, out=c)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return {"mode": "gemm_rate", "n": n, "threads": threads, "gflops": 2 * n**3 / best / 1e9, "torch": torch.__version__}
+
+
+def step_flops(step):
+    """Floating-point operations of one call of ``step`` as torch's flop counter counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet5", choices=sorted(MODELS))
@@ -244,12 +275,28 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--train-size", type=int, default=60_000, help="N in the KL / N term")
     ap.add_argument("--json", action="store_true", help="print one JSON line only")
+    ap.add_argument(
+        "--gemm-rate",
+        type=int,
+        metavar="N",
+        help="instead of a model: time N×N by N×N f32 matrix products on --threads threads and "
+        "print the best GFLOP/s (2N³ per product) as JSON, the host's floor rate",
+    )
+    ap.add_argument(
+        "--flops",
+        action="store_true",
+        help="count the floating-point operations of one step (torch.utils.flop_counter: matrix "
+        "products and convolutions, forward and backward, 2 per multiply-add) before timing",
+    )
     ap.add_argument("--print-params", action="store_true", help="list parameter names and shapes")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (each step ends with loss.item(), a sync)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.gemm_rate:
+        print(json.dumps(gemm_rate(args.gemm_rate, args.threads)))
+        return
     base_rss = rss_mib(peak=False)
 
     ctor, (c, h, w), bayes, expected = MODELS[args.model]
@@ -278,6 +325,7 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    flops = step_flops(step) if args.flops else None
     times = []
     loss = float("nan")
     for _ in range(args.steps):
@@ -298,11 +346,13 @@ def main():
         "params": nparams,
         "params_expected": expected,
         "median_ms": statistics.median(times) if times else float("nan"),
+        "p90_ms": quantile(times, 0.9),
         "mean_ms": statistics.fmean(times) if times else float("nan"),
         "min_ms": min(times) if times else float("nan"),
         "peak_rss_mib": rss_mib(peak=True),
         "base_rss_mib": base_rss,
         "final_loss": loss,
+        "flops_per_step": flops,
         "torch": torch.__version__,
         "omp_threads_env": os.environ.get("OMP_NUM_THREADS"),
     }

@@ -241,7 +241,7 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
         .collect();
     let pix = g.pix();
     let xs = g.c * g.h * g.w;
-    let mut y = vec![0f32; g.n * g.o * pix];
+    let mut y = crate::cpu::zeros::<f32>(g.n * g.o * pix);
     if y.is_empty() {
         return y;
     }
@@ -303,7 +303,7 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
         .collect();
     let (pix, hw) = (g.pix(), g.h * g.w);
     let xs = g.c * hw;
-    let mut dx = vec![0f32; g.n * xs];
+    let mut dx = crate::cpu::zeros::<f32>(g.n * xs);
     if dx.is_empty() {
         return dx;
     }

@@ -15,9 +15,33 @@ pub(crate) fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &s
     }
 }
 
+/// Below this many entries [`zeros`] fills on the calling thread (four chunks' worth).
+const ZEROS_PAR_MIN: usize = 4 * CHUNK;
+
+/// `n` zeros, written by the rayon pool in parallel chunks for large `n`.
+///
+/// The output buffers of the kernels are allocated zeroed and then overwritten in parallel; a
+/// plain `vec![0; n]` zeroes them (and takes their page faults) on the calling thread while the
+/// other workers wait. On the 2-core machines, `memset` was 12% of a ResNet-20 training step,
+/// about half of it in these buffers. Same values as `vec![T::zero(); n]`.
+pub(crate) fn zeros<T: WithDType>(n: usize) -> Vec<T> {
+    if n < ZEROS_PAR_MIN {
+        return vec![T::zero(); n];
+    }
+    let mut v: Vec<T> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n].par_chunks_mut(CHUNK).for_each(|c| {
+        for e in c {
+            e.write(T::zero());
+        }
+    });
+    // SAFETY: the loop above initialised each of the first `n` entries of the capacity.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// `f(x)` elementwise, in parallel.
 pub(crate) fn map1<T: WithDType>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeros::<T>(x.len());
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(o, x)| wide::each1(o, x, &f));
@@ -26,7 +50,7 @@ pub(crate) fn map1<T: WithDType>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
 
 /// `f(a, b)` elementwise, in parallel (`a` and `b` of one length).
 pub(crate) fn map2<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
+    let mut out = zeros::<T>(a.len());
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
         .for_each(|(o, (a, b))| wide::each2(o, a, b, &f));
@@ -98,6 +122,35 @@ mod wide {
             super::body1(&mut base, &x, &f);
             let same = avx2.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "the AVX2 and baseline builds of the elementwise loop differ");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`zeros`] on both sides of its parallel threshold, and at lengths that leave a partial
+    /// chunk: the right length and every entry zero (including an f64 and a reused allocation).
+    #[test]
+    fn zeros_are_zero_at_every_length() {
+        for n in [
+            0,
+            1,
+            CHUNK - 1,
+            ZEROS_PAR_MIN - 1,
+            ZEROS_PAR_MIN,
+            ZEROS_PAR_MIN + 7,
+            9 * CHUNK + 3,
+        ] {
+            // leave non-zero garbage in the allocator's free lists first
+            drop(vec![f32::NAN; n]);
+            let z = zeros::<f32>(n);
+            assert_eq!(z.len(), n);
+            assert!(z.iter().all(|&v| v.to_bits() == 0), "n = {n}");
+            let z = zeros::<f64>(n);
+            assert_eq!(z.len(), n);
+            assert!(z.iter().all(|&v| v.to_bits() == 0), "n = {n}");
         }
     }
 }

@@ -91,7 +91,7 @@ pub struct LrtVarGradOp {
 
 /// `f(a[i], v[i], b[i])` elementwise, in parallel.
 fn map3<T: WithDType>(a: &[T], v: &[T], b: &[T], f: impl Fn(f64, f64, f64) -> f64 + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); v.len()];
+    let mut out = crate::cpu::zeros::<T>(v.len());
     out.par_chunks_mut(CHUNK)
         .zip(a.par_chunks(CHUNK).zip(v.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))))
         .for_each(|(o, (a, (v, b)))| {

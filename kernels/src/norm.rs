@@ -478,7 +478,7 @@ impl<T: WithDType> Args<'_, T> {
             .iter()
             .map(|k| [k.a, k.b, k.cx, k.cg, k.ch, k.c0].map(T::from_f64))
             .collect();
-        let mut out = vec![T::zero(); self.x.len()];
+        let mut out = crate::cpu::zeros::<T>(self.x.len());
         let (relu, g, h) = (self.relu, self.g, self.h);
         // Planes in groups of at least PLANE_GROUP entries per task (one task per plane would
         // spend more on scheduling than on the arithmetic for small planes).

@@ -94,7 +94,7 @@ fn argmax<T: WithDType>(plane: &[T], g: &Geom, i: usize, j: usize) -> usize {
 }
 
 fn pool_fwd<T: WithDType>(x: &[T], g: Geom) -> Vec<T> {
-    let mut out = vec![T::zero(); g.planes * g.ho * g.wo];
+    let mut out = crate::cpu::zeros::<T>(g.planes * g.ho * g.wo);
     out.par_chunks_mut(g.ho * g.wo).enumerate().for_each(|(p, o)| {
         let plane = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
         for i in 0..g.ho {
@@ -107,7 +107,7 @@ fn pool_fwd<T: WithDType>(x: &[T], g: Geom) -> Vec<T> {
 }
 
 fn scatter<T: WithDType>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
-    let mut out = vec![T::zero(); g.planes * g.h * g.w];
+    let mut out = crate::cpu::zeros::<T>(g.planes * g.h * g.w);
     out.par_chunks_mut(g.h * g.w).enumerate().for_each(|(p, o)| {
         let plane = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
         let gp = &grad[p * g.ho * g.wo..(p + 1) * g.ho * g.wo];
@@ -121,7 +121,7 @@ fn scatter<T: WithDType>(x: &[T], grad: &[T], g: Geom) -> Vec<T> {
 }
 
 fn gather<T: WithDType>(x: &[T], big: &[T], g: Geom) -> Vec<T> {
-    let mut out = vec![T::zero(); g.planes * g.ho * g.wo];
+    let mut out = crate::cpu::zeros::<T>(g.planes * g.ho * g.wo);
     out.par_chunks_mut(g.ho * g.wo).enumerate().for_each(|(p, o)| {
         let plane = &x[p * g.h * g.w..(p + 1) * g.h * g.w];
         let bp = &big[p * g.h * g.w..(p + 1) * g.h * g.w];

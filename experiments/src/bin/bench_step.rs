@@ -125,6 +125,18 @@ fn proc_status_mib(field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The `q`-quantile of `v` (nearest rank: the smallest value with at least `q·n` values at or
+/// below it); `p90 / median` is the variance measure of issue 24.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    s[rank - 1]
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -244,6 +256,7 @@ fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
         "device": args.device,
         "params": s.store.num_params(),
         "median_ms": median(&times),
+        "p90_ms": quantile(&times, 0.9),
         "mean_ms": mean(&times),
         "min_ms": times.iter().cloned().fold(f64::INFINITY, f64::min),
         "peak_rss_mib": proc_status_mib("VmHWM"),
