@@ -241,36 +241,42 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
         .collect();
     let pix = g.pix();
     let xs = g.c * g.h * g.w;
-    let mut y = crate::cpu::zeros::<f32>(g.n * g.o * pix);
-    if y.is_empty() {
-        return y;
+    if g.n * g.o * pix == 0 {
+        return Vec::new();
     }
-    y.par_chunks_mut(g.o * pix).enumerate().for_each_init(
-        || (vec![0f32; plan.src_len], vec![0f32; og * plan.qlen]),
-        |(src, flat), (ni, yn)| {
-            let xn = &x[ni * xs..(ni + 1) * xs];
-            for gi in 0..g.p.groups {
-                let xg = &xn[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
-                plan.pad_into(xg, g.h, g.w, ph, pw, src);
-                correlate(&plan, src, &packed[gi], flat);
-                for o in 0..og {
-                    let oc = gi * og + o;
-                    let b = bias.map_or(0.0, |b| b[oc]);
-                    let dst = &mut yn[oc * pix..(oc + 1) * pix];
-                    for i in 0..g.oh {
-                        let s = &flat[o * plan.qlen + i * plan.wp..o * plan.qlen + i * plan.wp + g.ow];
-                        let d = &mut dst[i * g.ow..(i + 1) * g.ow];
-                        if bias.is_some() {
-                            d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + b);
-                        } else {
-                            d.copy_from_slice(s);
+    // SAFETY: each part is one sample's output, `[O, OH, OW]`, and the loops below write each
+    // row of each of its output channels.
+    unsafe {
+        crate::cpu::filled_with(
+            g.n * g.o * pix,
+            g.o * pix,
+            || (vec![0f32; plan.src_len], vec![0f32; og * plan.qlen]),
+            |(src, flat), ni, yn| {
+                let xn = &x[ni * xs..(ni + 1) * xs];
+                for gi in 0..g.p.groups {
+                    let xg = &xn[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
+                    plan.pad_into(xg, g.h, g.w, ph, pw, src);
+                    correlate(&plan, src, &packed[gi], flat);
+                    for o in 0..og {
+                        let oc = gi * og + o;
+                        let b = bias.map_or(0.0, |b| b[oc]);
+                        let dst = &mut yn[oc * pix..(oc + 1) * pix];
+                        for i in 0..g.oh {
+                            let s = &flat[o * plan.qlen + i * plan.wp..o * plan.qlen + i * plan.wp + g.ow];
+                            let d = &mut dst[i * g.ow..(i + 1) * g.ow];
+                            if bias.is_some() {
+                                d.iter_mut().zip(s).for_each(|(d, &s)| {
+                                    d.write(s + b);
+                                });
+                            } else {
+                                crate::cpu::write_all(d, s);
+                            }
                         }
                     }
                 }
-            }
-        },
-    );
-    y
+            },
+        )
+    }
 }
 
 /// `dx = conv_transpose(dy, w)` on the direct path: the correlation of `dy` padded by
@@ -303,28 +309,32 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
         .collect();
     let (pix, hw) = (g.pix(), g.h * g.w);
     let xs = g.c * hw;
-    let mut dx = crate::cpu::zeros::<f32>(g.n * xs);
-    if dx.is_empty() {
-        return dx;
+    if g.n * xs == 0 {
+        return Vec::new();
     }
-    dx.par_chunks_mut(xs).enumerate().for_each_init(
-        || (vec![0f32; plan.src_len], vec![0f32; cg * plan.qlen]),
-        |(src, flat), (ni, dxn)| {
-            let dyn_ = &dy[ni * g.o * pix..(ni + 1) * g.o * pix];
-            for gi in 0..g.p.groups {
-                plan.pad_into(&dyn_[gi * og * pix..(gi + 1) * og * pix], g.oh, g.ow, qh, qw, src);
-                correlate(&plan, src, &packed[gi], flat);
-                for c in 0..cg {
-                    let dst = &mut dxn[(gi * cg + c) * hw..(gi * cg + c + 1) * hw];
-                    for i in 0..g.h {
-                        let s = c * plan.qlen + i * plan.wp;
-                        dst[i * g.w..(i + 1) * g.w].copy_from_slice(&flat[s..s + g.w]);
+    // SAFETY: each part is one sample's input gradient, `[C, H, W]`, and the loops below write
+    // each row of each of its channels.
+    unsafe {
+        crate::cpu::filled_with(
+            g.n * xs,
+            xs,
+            || (vec![0f32; plan.src_len], vec![0f32; cg * plan.qlen]),
+            |(src, flat), ni, dxn| {
+                let dyn_ = &dy[ni * g.o * pix..(ni + 1) * g.o * pix];
+                for gi in 0..g.p.groups {
+                    plan.pad_into(&dyn_[gi * og * pix..(gi + 1) * og * pix], g.oh, g.ow, qh, qw, src);
+                    correlate(&plan, src, &packed[gi], flat);
+                    for c in 0..cg {
+                        let dst = &mut dxn[(gi * cg + c) * hw..(gi * cg + c + 1) * hw];
+                        for i in 0..g.h {
+                            let s = c * plan.qlen + i * plan.wp;
+                            crate::cpu::write_all(&mut dst[i * g.w..(i + 1) * g.w], &flat[s..s + g.w]);
+                        }
                     }
                 }
-            }
-        },
-    );
-    dx
+            },
+        )
+    }
 }
 
 /// `dw[o, (c, a, b)] = Σ_n Σ_q dy_flat[n, o, q] · x_pad[n, δ(c, a, b) + q]` on the direct path,

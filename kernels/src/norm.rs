@@ -44,6 +44,7 @@
 use crate::cpu::contiguous;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The result of [`batch_norm_train`]: the output and the (detached) batch statistics.
@@ -478,13 +479,12 @@ impl<T: WithDType> Args<'_, T> {
             .iter()
             .map(|k| [k.a, k.b, k.cx, k.cg, k.ch, k.c0].map(T::from_f64))
             .collect();
-        let mut out = crate::cpu::zeros::<T>(self.x.len());
         let (relu, g, h) = (self.relu, self.g, self.h);
         // Planes in groups of at least PLANE_GROUP entries per task (one task per plane would
         // spend more on scheduling than on the arithmetic for small planes).
         let inner = gm.inner.max(1);
         let per_task = PLANE_GROUP.div_ceil(inner).max(1);
-        out.par_chunks_mut(inner * per_task).enumerate().for_each(|(t, group)| {
+        let fill = |t: usize, group: &mut [MaybeUninit<T>]| {
             for (j, o) in group.chunks_mut(inner).enumerate() {
                 let k = t * per_task + j;
                 let (b, c) = (k / gm.c, k % gm.c);
@@ -498,8 +498,10 @@ impl<T: WithDType> Args<'_, T> {
                     (true, true) => affine::<T, true, true>(o, xs, gs, hs, coefs[c]),
                 }
             }
-        });
-        out
+        };
+        // SAFETY: the parts are whole planes (the length is `outer · C · inner`), and `affine`
+        // writes every entry of each (it asserts the plane lengths equal).
+        unsafe { crate::cpu::filled(self.x.len(), inner * per_task, fill) }
     }
 
     /// [`Self::map`] with the coefficients `coef(chan)` of each channel.
@@ -529,15 +531,26 @@ struct Affine {
 
 /// The elementwise loop of [`Args::map`] for one plane. Unused inputs carry zero coefficients.
 #[inline(always)]
-fn affine<T: WithDType, const RELU: bool, const ZERO_OFF: bool>(o: &mut [T], x: &[T], g: &[T], h: &[T], k: [T; 6]) {
+fn affine<T: WithDType, const RELU: bool, const ZERO_OFF: bool>(
+    o: &mut [MaybeUninit<T>],
+    x: &[T],
+    g: &[T],
+    h: &[T],
+    k: [T; 6],
+) {
+    // every entry of `o` is written (what `Args::map` relies on)
+    assert!(
+        o.len() == x.len() && o.len() == g.len() && o.len() == h.len(),
+        "batch norm: plane lengths differ"
+    );
     let [pa, pb, cx, cg, ch, c0] = k;
     let (z, one) = (T::zero(), T::one());
     // The mask as a 0/1 factor chosen between two constants, in fixed-size blocks: this form
     // compiles to vector compares and blends instead of a branch per entry.
-    let step = |o: &mut T, x: T, g: T, h: T| {
+    let step = |o: &mut MaybeUninit<T>, x: T, g: T, h: T| {
         let m = if !RELU || pa * x + pb > z { one } else { z };
         let v = cx * x + cg * (g * m) + ch * h + c0;
-        *o = if ZERO_OFF { v * m } else { v };
+        o.write(if ZERO_OFF { v * m } else { v });
     };
     let mut oc = o.chunks_exact_mut(LANES);
     let (xc, gc, hc) = (x.chunks_exact(LANES), g.chunks_exact(LANES), h.chunks_exact(LANES));
