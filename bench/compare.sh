@@ -30,6 +30,12 @@ PY="$VENV/bin/python"
 BATCH="${BATCH:-128}"
 THREADS="${THREADS:-2}"
 MODELS="${MODELS:-mlp lenet5 resnet20 bayes-mlp bayes-lenet5}"
+# Layer-kind rows: each KIND:ESTIMATOR of KINDS on each model of KIND_MODELS (bench_step and
+# pytorch_step.py with --layers KIND --sampling ESTIMATOR), e.g.
+#   KINDS="mean-field:weight mean-field:local mean-field:flipout sparse-vd:local" bench/compare.sh
+KINDS="${KINDS:-}"
+ROWS="$MODELS"
+for km in ${KIND_MODELS:-lenet5}; do for k in $KINDS; do ROWS="$ROWS $km+$k"; done; done
 OUT_DIR="${OUT_DIR:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT_DIR"
 
@@ -110,11 +116,14 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 # The host's floor rate: the best f32 matrix-product rate on these threads (PyTorch's, 2048³).
 echo "compare.sh: matrix-product rate of this host ($THREADS threads)" >&2
 run_measured "gemm-rate" "$PY" "$ROOT/bench/pytorch_step.py" --gemm-rate 2048 --threads "$THREADS"
-for m in $MODELS; do
+for row in $ROWS; do
+  m="${row%%+*}"; kind=()
+  if [ "$row" != "$m" ]; then k="${row#*+}"; kind=(--layers "${k%%:*}" --sampling "${k#*:}"); fi
+  f="${row//[+:]/_}"
   s="$(steps_for "$m")"; w="$(warmup_for "$m")"
-  echo "compare.sh: $m (batch $BATCH, $w warm-up + $s timed steps, $THREADS threads)" >&2
-  run_measured "secateur-$m" "$BIN" --model "$m" --batch "$BATCH" --steps "$s" --warmup "$w" --json
-  run_measured "pytorch-$m" "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" --batch "$BATCH" \
+  echo "compare.sh: $row (batch $BATCH, $w warm-up + $s timed steps, $THREADS threads)" >&2
+  run_measured "secateur-$f" "$BIN" --model "$m" "${kind[@]}" --batch "$BATCH" --steps "$s" --warmup "$w" --json
+  run_measured "pytorch-$f" "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" "${kind[@]}" --batch "$BATCH" \
     --steps "$s" --warmup "$w" --threads "$THREADS" --flops --json
 done
 HVP_MODELS=""
@@ -138,13 +147,24 @@ RUSTC="$(rustc --version)"
 CANDLE="$(awk '/^name = "candle-core"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)"
 COMMIT="${SECATEUR_LABEL:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')}"
 
-OUT_DIR="$OUT_DIR" MODELS="$MODELS" HVP_MODELS="$HVP_MODELS" python3 - <<'EOF'
+OUT_DIR="$OUT_DIR" MODELS="$ROWS" HVP_MODELS="$HVP_MODELS" python3 - <<'EOF'
 import json, os
 out = os.environ["OUT_DIR"]
 
+def fname(row):
+    return row.replace("+", "_").replace(":", "_")
+
+def label(row):
+    # "lenet5+sparse-vd:local" → "lenet5, sparse-vd (local)"
+    if "+" not in row:
+        return row
+    m, k = row.split("+", 1)
+    kind, est = k.split(":", 1)
+    return f"{m}, {kind} ({est})"
+
 def load(side, m):
     try:
-        with open(os.path.join(out, f"{side}-{m}.json")) as f:
+        with open(os.path.join(out, f"{side}-{fname(m)}.json")) as f:
             lines = [l for l in f.read().splitlines() if l.strip().startswith("{")]
         return json.loads(lines[-1]) if lines else None
     except (OSError, ValueError):
@@ -152,7 +172,7 @@ def load(side, m):
 
 def background(name):
     try:
-        with open(os.path.join(out, f"{name}.bg")) as f:
+        with open(os.path.join(out, f"{fname(name)}.bg")) as f:
             return float(f.read().strip())
     except (OSError, ValueError):
         return 0.0
@@ -192,7 +212,7 @@ for m in os.environ["MODELS"].split():
     pf = f"{p['median_ms'] / floor:.2f}×" if floor and ok(p) else "n/a"
     sv = f"{s['p90_ms'] / s['median_ms']:.2f}" if ok(s) and "p90_ms" in s else "n/a"
     pv = f"{p['p90_ms'] / p['median_ms']:.2f}" if ok(p) and "p90_ms" in p else "n/a"
-    print(f"| {m} | {params} | {st} | {pt} | {tr} | {fl} | {sf} | {pf} | {sv} | {pv} | {sm} | {pm} | {mr} |")
+    print(f"| {label(m)} | {params} | {st} | {pt} | {tr} | {fl} | {sf} | {pf} | {sv} | {pv} | {sm} | {pm} | {mr} |")
     for side, r in (("secateur", s), ("PyTorch", p)):
         bg = background(f"{side.lower()}-{m}")
         if bg > 0.1:
@@ -216,7 +236,7 @@ for m in os.environ["MODELS"].split():
     s, p = load("secateur", m), load("pytorch", m)
     sd = f"{s['peak_rss_mib'] - s['base_rss_mib']:.0f}" if ok(s) else "n/a"
     pd = f"{p['peak_rss_mib'] - p['base_rss_mib']:.0f}" if ok(p) else "n/a"
-    print(f"| {m} | {sd} | {pd} |")
+    print(f"| {label(m)} | {sd} | {pd} |")
 hvp_models = os.environ.get("HVP_MODELS", "").split()
 if hvp_models:
     print()
@@ -248,7 +268,7 @@ cat <<EOF
 
 Median of the timed steps; batch $BATCH, f32, $THREADS threads (RAYON/OMP/MKL_NUM_THREADS=$THREADS,
 torch.set_num_threads($THREADS)); ratio = secateur / PyTorch; peak = process peak RSS
-(VmHWM / ru_maxrss). Steps per model: $(for m in $MODELS; do printf '%s %s+%s, ' "$m" "$(warmup_for "$m")" "$(steps_for "$m")"; done | sed 's/, $//') (warm-up+timed).
+(VmHWM / ru_maxrss). Steps per model: $(for m in $ROWS; do printf '%s %s+%s, ' "$m" "$(warmup_for "${m%%+*}")" "$(steps_for "${m%%+*}")"; done | sed 's/, $//') (warm-up+timed).
 
 - CPU: $CPU, $CORES cores
 - torch $TORCH; $RUSTC; candle-core $CANDLE; secateur $COMMIT

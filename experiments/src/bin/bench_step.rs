@@ -38,7 +38,9 @@ use secateur_bayes::prior::Prior;
 use secateur_bayes::Divergence;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
-use secateur_models::{build, Deterministic, LayerFactory, MeanField, ModelSpec, Network};
+use secateur_models::{
+    build, Deterministic, FactoryOptions, KindSampling, LayerFactory, MeanField, ModelSpec, Network,
+};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -77,9 +79,16 @@ struct Args {
     /// (Bayesian rows only).
     #[arg(long)]
     mc: Option<usize>,
-    /// Estimator of the `--mc` timings: local, weight or flipout.
+    /// Estimator of the `--mc` timings and of `--layers`: local, weight or flipout.
     #[arg(long, default_value = "local")]
     sampling: String,
+    /// Train `--model mlp|lenet5|resnet20` with the layers of this kind (`model.layers` of a
+    /// config: mean-field, sparse-vd, variational-dropout, mc-dropout, gsm-gates, …, with their
+    /// default options) instead of the deterministic or `bayes-*` ones: loss + the kind's
+    /// divergence / 60000, sampled as `--sampling` where the kind lets the config choose, with
+    /// fresh masks for the dropout kinds (as `secateur train` does).
+    #[arg(long)]
+    layers: Option<String>,
     /// `cpu` or `cuda` (needs `--features cuda`); on CUDA each timed step ends with a device
     /// synchronisation, and the models use candle's own CUDA ops.
     #[arg(long, default_value = "cpu")]
@@ -160,8 +169,11 @@ struct Setup {
     store: ParamStore,
     x: Tensor,
     y: Tensor,
-    /// Bayesian rows: local reparameterisation and `+ KL / N` in the loss.
+    /// Bayesian rows: `+ KL / N` in the loss.
     bayes: bool,
+    /// How the layers sample in a training step (local reparameterisation for the `bayes-*`
+    /// rows, the posterior mean for the deterministic ones).
+    sampling: Sampling,
 }
 
 fn setup(model: &str, input: [usize; 3], batch: usize, dev: &Device) -> Result<Setup> {
@@ -169,6 +181,18 @@ fn setup(model: &str, input: [usize; 3], batch: usize, dev: &Device) -> Result<S
 }
 
 fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType, dev: &Device) -> Result<Setup> {
+    setup_kind(model, None, input, batch, dtype, dev)
+}
+
+/// The network of `model`, with the layers of the kind `layers` (and its estimator) when given.
+fn setup_kind(
+    model: &str,
+    layers: Option<(&str, &str)>,
+    input: [usize; 3],
+    batch: usize,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Setup> {
     let store = ParamStore::new();
     let pb = ParamBuilder::new(store.clone(), SeededRng::new(0), dtype, dev.clone());
     let (arch, bayes) = match model.strip_prefix("bayes-") {
@@ -178,8 +202,26 @@ fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType, dev: 
     // The `bayes-*` rows: mean-field Gaussian layers, prior N(0, 1), σ initialised as
     // bayesian-torch's ρ = −5 gives (and as `bench/pytorch_step.py` does).
     let mean_field = MeanField::new(Prior::default(), BAYES_INIT_STD)?;
-    let factory: &dyn LayerFactory = if bayes { &mean_field } else { &Deterministic };
-    let net = build(&ModelSpec::new(arch, input, 10), factory, &pb)?;
+    let (factory, sampling): (Box<dyn LayerFactory>, Sampling) = match layers {
+        Some((_, _)) if bayes => {
+            return Err(candle_core::Error::Msg(format!(
+                "--layers replaces the layers of a plain model; `{model}` already has mean-field ones"
+            )))
+        }
+        Some((name, estimator)) => {
+            let kind = secateur_models::kind(name)?;
+            let sampling = match kind.sampling {
+                KindSampling::Mean => Sampling::Mean,
+                KindSampling::Masks => Sampling::Weight,
+                KindSampling::Configured => parse_sampling(estimator)?,
+            };
+            ((kind.factory)(&FactoryOptions::default())?, sampling)
+        }
+        None if bayes => (Box::new(mean_field), Sampling::Local),
+        None => (Box::new(Deterministic), Sampling::Mean),
+    };
+    let net = build(&ModelSpec::new(arch, input, 10), factory.as_ref(), &pb)?;
+    let bayes = bayes || !store.variational_layers().is_empty();
     let mut data_rng = SeededRng::new(1);
     let [c, h, w] = input;
     let x = data_rng.randn(&[batch, c, h, w], dtype, dev)?;
@@ -193,12 +235,12 @@ fn setup_dtype(model: &str, input: [usize; 3], batch: usize, dtype: DType, dev: 
         x,
         y,
         bayes,
+        sampling,
     })
 }
 
 fn loss(s: &Setup, rng: &mut SeededRng) -> Result<Tensor> {
-    let sampling = if s.bayes { Sampling::Local } else { Sampling::Mean };
-    let mut ctx = Ctx::train(rng, sampling);
+    let mut ctx = Ctx::train(rng, s.sampling);
     let logits = s.net.forward(&s.x, &mut ctx)?;
     let ce = cross_entropy(&logits, &s.y)?;
     if !s.bayes {
@@ -232,7 +274,8 @@ fn threads() -> String {
 fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     let rss_base = proc_status_mib("VmRSS");
     let dev = make_device(&args.device)?;
-    let s = setup(&args.model, input, args.batch, &dev)?;
+    let layers = args.layers.as_deref().map(|k| (k, args.sampling.as_str()));
+    let s = setup_kind(&args.model, layers, input, args.batch, DType::F32, &dev)?;
     let params: BTreeMap<String, Var> = s.store.params();
     let mut opt = Sgd::new(SgdConfig::default())?;
     let mut rng = SeededRng::new(2);
@@ -248,6 +291,8 @@ fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
         "impl": "secateur",
         "mode": "train_step",
         "model": args.model,
+        "layers": args.layers,
+        "sampling": format!("{:?}", s.sampling).to_lowercase(),
         "supported": true,
         "batch": args.batch,
         "steps": args.steps,
@@ -265,6 +310,16 @@ fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     }))
 }
 
+/// The estimator of `--sampling`.
+fn parse_sampling(name: &str) -> Result<Sampling> {
+    Ok(match name {
+        "local" => Sampling::Local,
+        "weight" => Sampling::Weight,
+        "flipout" => Sampling::Flipout,
+        other => candle_core::bail!("--sampling `{other}`: use local, weight or flipout"),
+    })
+}
+
 /// `--mc S`: the Monte Carlo work of `S` samples as `S` one-sample passes and as one `S`-sample
 /// pass, for prediction and for a training step, next to one one-sample pass of each.
 fn mc_bench(args: &Args, input: [usize; 3], samples: usize) -> Result<serde_json::Value> {
@@ -273,12 +328,7 @@ fn mc_bench(args: &Args, input: [usize; 3], samples: usize) -> Result<serde_json
     if !s.bayes || samples == 0 {
         candle_core::bail!("--mc needs a Bayesian model (bayes-mlp, bayes-lenet5) and S ≥ 1");
     }
-    let sampling = match args.sampling.as_str() {
-        "local" => Sampling::Local,
-        "weight" => Sampling::Weight,
-        "flipout" => Sampling::Flipout,
-        other => candle_core::bail!("--sampling `{other}`: use local, weight or flipout"),
-    };
+    let sampling = parse_sampling(&args.sampling)?;
     let params: BTreeMap<String, Var> = s.store.params();
     let mut opt = Sgd::new(SgdConfig::default())?;
     let mut rng = SeededRng::new(2);
