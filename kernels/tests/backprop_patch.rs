@@ -2,7 +2,7 @@
 //! first gradient contribution is stored as it is instead of being added to a tensor of zeros.
 //! Each test computes gradients whose closed form is known, through the paths the patch changes
 //! (one use, several uses, a residual sum) and the ones it leaves to upstream's `zeros + g`
-//! (narrowed and broadcast views, transposes), and checks the values and that every stored
+//! (narrowed and broadcast views, transposes, a variable handed back as a gradient), and checks the values and that every stored
 //! gradient is contiguous from the start of a storage of exactly its size, the layout upstream
 //! gives. The second-order test runs in a child process with double backpropagation on.
 
@@ -121,4 +121,54 @@ fn residual_second_order() -> Result<()> {
     let diag = ((dy.sqr()? * 2.0)? + ((&y0 * &w)? * 4.0)?)?;
     check(hv, &(diag * &v)?, 1e-13, "Hessian-vector product");
     Ok(())
+}
+
+/// A first contribution that is itself a variable (a custom op may return one of its inputs as a
+/// gradient) is copied, not stored: an optimiser that updates the variable in place must not
+/// change the stored gradient.
+#[test]
+fn a_variable_is_not_stored_as_a_gradient() -> Result<()> {
+    let w = Var::from_tensor(&t2(2, 2, |i| 1.0 + i as f64))?;
+    let x = Var::from_tensor(&t2(2, 2, |i| -(i as f64)))?;
+    // `PassW` computes x ⊙ w and hands back `w` itself as x's gradient (right for a summed output)
+    let y = x.as_tensor().apply_op2(w.as_tensor(), PassW)?;
+    let g = y.sum_all()?.backward()?;
+    let gx = g.get(x.as_tensor()).unwrap().clone();
+    check(&gx, w.as_tensor(), 0.0, "gradient equal to w");
+    w.set(&t2(2, 2, |_| 0.0))?;
+    check(
+        &gx,
+        &t2(2, 2, |i| 1.0 + i as f64),
+        0.0,
+        "gradient after w changed in place",
+    );
+    Ok(())
+}
+
+/// `x ⊙ w` (f64, contiguous) whose backward returns the variable `w` itself as the gradient of `x`.
+struct PassW;
+
+impl candle_core::CustomOp2 for PassW {
+    fn name(&self) -> &'static str {
+        "pass-w"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(CpuStorage, candle_core::Shape)> {
+        let (a, b) = (s1.as_slice::<f64>()?, s2.as_slice::<f64>()?);
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("pass-w: contiguous inputs only")
+        };
+        let out: Vec<f64> = a[a0..a1].iter().zip(&b[b0..b1]).map(|(x, w)| x * w).collect();
+        Ok((CpuStorage::F64(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(w.clone()), None))
+    }
 }

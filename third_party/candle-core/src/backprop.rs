@@ -708,8 +708,9 @@ impl GradStore {
 
     /// Adds `grad` to the gradient stored for `tensor`. The first contribution is stored as it is
     /// (no tensor of zeroes to add it to) when it has the tensor's shape, dtype and device and is
-    /// contiguous from the start of a storage of its own size; otherwise it is added to zeros as
-    /// upstream does, so that every stored gradient keeps the layout upstream gives it. Values are those of
+    /// contiguous from the start of a storage of its own size, and is not a variable (whose
+    /// storage an optimiser may update in place); otherwise it is added to zeros as upstream
+    /// does, so that every stored gradient keeps the layout upstream gives it and owns its storage. Values are those of
     /// `0 + grad`, except that a `-0.0` stays `-0.0`. [secateur patch, see PATCHES.md]
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
@@ -721,6 +722,7 @@ impl GradStore {
                 let first = if grad.shape() == tensor.shape()
                     && grad.dtype() == tensor.dtype()
                     && grad.device().same_device(tensor.device())
+                    && !grad.is_variable()
                     && owns_exactly(grad)
                 {
                     grad.clone()
