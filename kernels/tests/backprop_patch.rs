@@ -2,9 +2,10 @@
 //! first gradient contribution is stored as it is instead of being added to a tensor of zeros.
 //! Each test computes gradients whose closed form is known, through the paths the patch changes
 //! (one use, several uses, a residual sum) and the ones it leaves to upstream's `zeros + g`
-//! (narrowed and broadcast views, transposes, a variable handed back as a gradient), and checks the values and that every stored
-//! gradient is contiguous from the start of a storage of exactly its size, the layout upstream
-//! gives. The second-order test runs in a child process with double backpropagation on.
+//! (narrowed and broadcast views, transposes, a variable handed back as a gradient), and checks
+//! the values and that every stored gradient is contiguous from the start of a storage of exactly
+//! its size, the layout upstream gives. The second-order test runs in a child process with double
+//! backpropagation on.
 
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor, Var};
 
