@@ -37,6 +37,11 @@ KINDS="${KINDS:-}"
 ROWS="$MODELS"
 for km in ${KIND_MODELS:-lenet5}; do for k in $KINDS; do ROWS="$ROWS $km+$k"; done; done
 OUT_DIR="${OUT_DIR:-$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)}"
+# Raw results of an earlier run are kept unless FORCE=1.
+if [ -n "$(ls -A "$OUT_DIR" 2>/dev/null)" ] && [ "${FORCE:-0}" != 1 ]; then
+  echo "compare.sh: $OUT_DIR already holds results; give another OUT_DIR, or FORCE=1 to replace them" >&2
+  exit 1
+fi
 mkdir -p "$OUT_DIR"
 
 # Per-model defaults (warm-up steps, timed steps); STEPS / WARMUP override them all.

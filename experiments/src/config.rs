@@ -627,6 +627,18 @@ impl Default for BayesConfig {
 /// The sampling names of `bayes.sampling`.
 pub const SAMPLING_NAMES: &[&str] = &["local", "weight", "flipout"];
 
+/// The Gaussian-weight estimator of one of [`SAMPLING_NAMES`]; an error naming the unknown name
+/// and the known ones otherwise.
+pub fn parse_sampling(name: &str) -> std::result::Result<secateur_bayes::Sampling, String> {
+    use secateur_bayes::Sampling;
+    match name {
+        "local" => Ok(Sampling::Local),
+        "weight" => Ok(Sampling::Weight),
+        "flipout" => Ok(Sampling::Flipout),
+        other => Err(format!("`{other}` is unknown; known: {}", SAMPLING_NAMES.join(", "))),
+    }
+}
+
 impl BayesConfig {
     /// Refuses impossible values; the message names the field (`bayes.…`).
     pub fn validate(&self) -> std::result::Result<(), String> {
@@ -784,16 +796,7 @@ impl BayesConfig {
 
     /// The parsed `sampling`.
     pub fn sampling(&self) -> std::result::Result<secateur_bayes::Sampling, String> {
-        use secateur_bayes::Sampling;
-        match self.sampling.as_str() {
-            "local" => Ok(Sampling::Local),
-            "weight" => Ok(Sampling::Weight),
-            "flipout" => Ok(Sampling::Flipout),
-            other => Err(format!(
-                "bayes.sampling `{other}` is unknown; known: {}",
-                SAMPLING_NAMES.join(", ")
-            )),
-        }
+        parse_sampling(&self.sampling).map_err(|e| format!("bayes.sampling {e}"))
     }
 
     /// The options of the layer factories.

@@ -29,15 +29,14 @@ pub(crate) fn zeros<T: WithDType>(n: usize) -> Vec<T> {
     if n < ZEROS_PAR_MIN {
         return vec![T::zero(); n];
     }
-    let mut v: Vec<T> = Vec::with_capacity(n);
-    v.spare_capacity_mut()[..n].par_chunks_mut(CHUNK).for_each(|c| {
-        for e in c {
-            e.write(T::zero());
-        }
-    });
-    // SAFETY: the loop above initialised each of the first `n` entries of the capacity.
-    unsafe { v.set_len(n) };
-    v
+    // SAFETY: the closure writes every entry of its part.
+    unsafe {
+        filled(n, CHUNK, |_, part| {
+            for e in part {
+                e.write(T::zero());
+            }
+        })
+    }
 }
 
 /// A vector of `n` entries written by `fill` in parallel, without zeroing them first: `fill(s, i,

@@ -35,6 +35,24 @@ pub enum KindSampling {
     Masks,
 }
 
+impl KindSampling {
+    /// The [`Sampling`](secateur_bayes::Sampling) of a training or Monte Carlo pass: the
+    /// posterior mean, `Weight` for the mask kinds (any sampling but `Mean` draws masks), or the
+    /// estimator `configured` gives where the kind leaves it to the config (called only then, so
+    /// that an unknown estimator name is an error only where it is used).
+    pub fn resolve<E>(
+        self,
+        configured: impl FnOnce() -> std::result::Result<secateur_bayes::Sampling, E>,
+    ) -> std::result::Result<secateur_bayes::Sampling, E> {
+        use secateur_bayes::Sampling;
+        Ok(match self {
+            KindSampling::Mean => Sampling::Mean,
+            KindSampling::Masks => Sampling::Weight,
+            KindSampling::Configured => configured()?,
+        })
+    }
+}
+
 /// One value reported after training (a count keeps its integer form in `metrics.json`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ReportValue {

@@ -38,9 +38,7 @@ use secateur_bayes::prior::Prior;
 use secateur_bayes::Divergence;
 use secateur_bayes::{Ctx, Module, ParamBuilder, ParamStore, Sampling, SeededRng};
 use secateur_inference::optim::{Optimizer, Sgd, SgdConfig};
-use secateur_models::{
-    build, Deterministic, FactoryOptions, KindSampling, LayerFactory, MeanField, ModelSpec, Network,
-};
+use secateur_models::{build, Deterministic, FactoryOptions, LayerFactory, MeanField, ModelSpec, Network};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -210,11 +208,7 @@ fn setup_kind(
         }
         Some((name, estimator)) => {
             let kind = secateur_models::kind(name)?;
-            let sampling = match kind.sampling {
-                KindSampling::Mean => Sampling::Mean,
-                KindSampling::Masks => Sampling::Weight,
-                KindSampling::Configured => parse_sampling(estimator)?,
-            };
+            let sampling = kind.sampling.resolve(|| parse_sampling(estimator))?;
             ((kind.factory)(&FactoryOptions::default())?, sampling)
         }
         None if bayes => (Box::new(mean_field), Sampling::Local),
@@ -310,14 +304,9 @@ fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
     }))
 }
 
-/// The estimator of `--sampling`.
+/// The estimator of `--sampling` (the names of `bayes.sampling`).
 fn parse_sampling(name: &str) -> Result<Sampling> {
-    Ok(match name {
-        "local" => Sampling::Local,
-        "weight" => Sampling::Weight,
-        "flipout" => Sampling::Flipout,
-        other => candle_core::bail!("--sampling `{other}`: use local, weight or flipout"),
-    })
+    secateur_experiments::config::parse_sampling(name).map_err(|e| candle_core::Error::Msg(format!("--sampling {e}")))
 }
 
 /// `--mc S`: the Monte Carlo work of `S` samples as `S` one-sample passes and as one `S`-sample

@@ -260,16 +260,9 @@ fn build_with(
 /// [`KindSampling`](secateur_models::KindSampling), with `bayes.sampling` where the kind leaves
 /// the Gaussian estimator to the config.
 pub fn sampling(cfg: &StudyConfig) -> Result<Sampling> {
-    use secateur_models::KindSampling;
     let kind = cfg.layer_kind().map_err(|e| ExpError::config("model.layers", e))?;
-    Ok(match kind.sampling {
-        KindSampling::Mean => Sampling::Mean,
-        KindSampling::Masks => Sampling::Weight,
-        KindSampling::Configured => cfg
-            .bayes
-            .sampling()
-            .map_err(|e| ExpError::config("bayes.sampling", e))?,
-    })
+    kind.sampling
+        .resolve(|| cfg.bayes.sampling().map_err(|e| ExpError::config("bayes.sampling", e)))
 }
 
 /// The weights file named by `bayes.init_from`: the path itself, or `weights.safetensors` inside
