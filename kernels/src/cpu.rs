@@ -23,7 +23,7 @@ const ZEROS_PAR_MIN: usize = 4 * CHUNK;
 ///
 /// The output buffers of the kernels are allocated zeroed and then overwritten in parallel; a
 /// plain `vec![0; n]` zeroes them (and takes their page faults) on the calling thread while the
-/// other workers wait. On the 2-core machines, `memset` was 12% of a ResNet-20 training step,
+/// other workers wait. On the 2-core Intel Xeon, `memset` was 12% of a ResNet-20 training step,
 /// about half of it in these buffers. Same values as `vec![T::zero(); n]`.
 pub(crate) fn zeros<T: WithDType>(n: usize) -> Vec<T> {
     if n < ZEROS_PAR_MIN {
