@@ -50,16 +50,17 @@ fn metrics(dir: &Path) -> serde_json::Value {
     v
 }
 
-/// `history.csv` without its wall-time column.
+/// `history.csv` without its wall-time columns.
 fn history_without_seconds(dir: &Path) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(dir.join("history.csv")).unwrap();
     let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
-    let col = header.iter().position(|c| *c == "seconds").unwrap();
+    let col = |name: &str| header.iter().position(|c| *c == name).unwrap();
+    let (secs, eval_secs) = (col("seconds"), col("eval_seconds"));
     text.lines()
         .map(|l| {
             l.split(',')
                 .enumerate()
-                .filter(|(i, _)| *i != col)
+                .filter(|(i, _)| *i != secs && *i != eval_secs)
                 .map(|(_, v)| v.to_string())
                 .collect()
         })

@@ -89,8 +89,8 @@ impl Observer for Progress {
                 None => format!("acc {:.4}", r.train_accuracy),
             };
             eprintln!(
-                "epoch {:>3}  lr {:.4}  train loss {:.4} {train}{eval}  ({:.1}s)",
-                r.epoch, r.lr, r.train_loss, r.seconds
+                "epoch {:>3}  lr {:.4}  train loss {:.4} {train}{eval}  ({:.1}s + {:.1}s eval)",
+                r.epoch, r.lr, r.train_loss, r.seconds, r.eval_seconds
             );
         }
         Ok(())

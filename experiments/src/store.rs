@@ -312,19 +312,20 @@ impl RunDir {
     }
 
     /// Writes the history as CSV (one row per epoch). A classification history has the columns
-    /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds`,
+    /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds,eval_seconds`
+    /// (`seconds` the epoch's training, `eval_seconds` its evaluation, wall clock),
     /// then `mc_test_accuracy,mc_test_nll,mc_test_brier,mc_test_ece,mc_test_mce` when the run
     /// evaluated the Monte Carlo predictive every epoch (`bayes.eval_every_epoch`; the `test_*`
     /// columns are the posterior-mean network's, empty when only the Monte Carlo one was asked),
     /// then `LAYER.kept,LAYER.mean_inclusion` for every layer that selects units.
     /// A regression history (records with `train_rmse`) has the columns
-    /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds`.
+    /// `epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds,eval_seconds`.
     pub fn write_history(&self, history: &[EpochRecord]) -> Result<()> {
         if history.iter().any(|r| r.train_rmse.is_some()) {
             return self.write_regression_history(history);
         }
         let mut s = String::from(
-            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds",
+            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_accuracy,test_accuracy,test_nll,test_brier,test_ece,test_mce,seconds,eval_seconds",
         );
         // Unit-selecting layers (spike-and-slab nodes, gates) add two columns each: the units kept
         // by the test-time rule and their mean inclusion probability, named after the layer.
@@ -348,7 +349,7 @@ impl RunDir {
         for r in history {
             let (a, n, b, e, m) = five(&r.eval);
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{:.3}",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3}",
                 r.epoch,
                 r.lr,
                 r.train_loss,
@@ -361,7 +362,8 @@ impl RunDir {
                 b,
                 e,
                 m,
-                r.seconds
+                r.seconds,
+                r.eval_seconds
             ));
             if mc {
                 let (a, n, b, e, m) = five(&r.eval_mc);
@@ -380,7 +382,7 @@ impl RunDir {
 
     fn write_regression_history(&self, history: &[EpochRecord]) -> Result<()> {
         let mut s = String::from(
-            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds\n",
+            "epoch,lr,train_loss,train_nll,train_divergence,beta,train_rmse,test_rmse,test_nll,test_coverage_95,seconds,eval_seconds\n",
         );
         for r in history {
             let (a, n, c) = match &r.eval_regression {
@@ -388,7 +390,7 @@ impl RunDir {
                 None => (f64::NAN, f64::NAN, f64::NAN),
             };
             s.push_str(&format!(
-                "{},{},{},{},{},{},{},{a},{n},{c},{:.3}\n",
+                "{},{},{},{},{},{},{},{a},{n},{c},{:.3},{:.3}\n",
                 r.epoch,
                 r.lr,
                 r.train_loss,
@@ -396,7 +398,8 @@ impl RunDir {
                 r.train_divergence,
                 r.beta,
                 r.train_rmse.unwrap_or(f64::NAN),
-                r.seconds
+                r.seconds,
+                r.eval_seconds
             ));
         }
         atomic::write_string(&self.file("history.csv"), &s)

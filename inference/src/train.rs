@@ -84,6 +84,10 @@ pub struct EpochRecord {
     pub eval_regression: Option<RegressionMetrics>,
     /// Wall-clock seconds of the epoch's training (not evaluation).
     pub seconds: f64,
+    /// Wall-clock seconds of the epoch's evaluation on the test set (0 without one). The epoch's
+    /// whole time is `seconds + eval_seconds`; read as 0 from checkpoints written before it existed.
+    #[serde(default)]
+    pub eval_seconds: f64,
     /// At the epoch's end, per layer that selects units (spike-and-slab nodes, gates): units kept
     /// by the test-time rule and their mean inclusion probability; then what the step hook
     /// selects ([`StepHook::units`]: SCL's connections on); empty for other models.
@@ -439,6 +443,7 @@ impl<'a> Trainer<'a> {
                 }
             }
             let seconds = t0.elapsed().as_secs_f64();
+            let t_eval = Instant::now();
             let metrics = match eval.as_deref_mut() {
                 Some(data) => {
                     // Evaluation draws from its own sub-stream so it never shifts the training stream.
@@ -452,6 +457,7 @@ impl<'a> Trainer<'a> {
                 }
                 None => Default::default(),
             };
+            let eval_seconds = t_eval.elapsed().as_secs_f64();
             let record = EpochRecord {
                 epoch: epoch + 1,
                 lr,
@@ -465,6 +471,7 @@ impl<'a> Trainer<'a> {
                 eval_mc: metrics.classification_mc,
                 eval_regression: metrics.regression,
                 seconds,
+                eval_seconds,
                 units: {
                     let mut u = self.store.unit_summaries()?;
                     if let Some(h) = self.hook.as_ref() {

@@ -637,6 +637,7 @@ mod tests {
             }),
             eval_mc: None,
             seconds: 1.0,
+            eval_seconds: 0.1,
             units: Vec::new(),
         }
     }
