@@ -122,10 +122,10 @@ class BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     """CIFAR ResNet-(6n+2) as in akamaster/pytorch_resnet_cifar10: 16-32-64, option A, Kaiming normal."""
 
-    def __init__(self, depth=20, classes=10):
+    def __init__(self, depth=20, classes=10, in_ch=3):
         super().__init__()
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_ch, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         ch = 16
         for k, width in enumerate((16, 32, 64)):
@@ -241,6 +241,8 @@ LRT_VAR_EPS = 1e-16
 MEAN_FIELD_INIT_STD = 1e-3
 #: `sparse_vd::DEFAULT_INIT_LOG_SIGMA2` and `LOG_ALPHA_CLIP`, `THETA_SQ_EPS`.
 SVD_INIT_LOG_SIGMA2, SVD_LOG_ALPHA_CLIP, SVD_THETA_SQ_EPS = -10.0, 8.0, 1e-16
+#: `bayes.sparse_vd_threshold`'s default: weights with log α at or above it are zero at test time.
+SVD_THRESHOLD = 3.0
 #: Molchanov, Ashukha & Vetrov 2017, eq. (14) (`divergence::MOLCHANOV_K*`).
 MOLCHANOV_K1, MOLCHANOV_K2, MOLCHANOV_K3 = 0.63576, 1.87320, 1.48695
 #: `variational_dropout::DEFAULT_INIT_LOG_ALPHA` and the clip `[VD_LOG_ALPHA_MIN, VD_LOG_ALPHA_MAX]`.
@@ -251,6 +253,8 @@ KINGMA_C1, KINGMA_C2, KINGMA_C3 = 1.16145124, -1.50204118, 0.58629921
 MC_DROPOUT_P = 0.1
 #: `GsmGatePrior::default()` (shape a, scale b, unit cost λ), `DEFAULT_INIT_INCLUSION`, `DEFAULT_LR_SCALE`.
 GSM_SHAPE, GSM_SCALE, GSM_UNIT_COST, GSM_INIT_INCLUSION, GSM_LR_SCALE = 1.0, 1.0, 0.0, 0.9, 1.0
+#: `bayes.gate_threshold`'s default: a unit is removed at test time iff θ < it.
+GSM_THRESHOLD = 0.5
 
 
 def inv_softplus(sigma):
@@ -349,8 +353,21 @@ class _GaussianLayer(_Variational):
         raise NotImplementedError
 
     def forward(self, x):
+        if getattr(self, "mean_mode", False):
+            return self.mean_forward(x)
         mu, sigma, b_mu, b_sigma = self.posterior()
         return gaussian_forward(x, mu, sigma, b_mu, b_sigma, self.sampling, self.conv)
+
+    def mean_weights(self):
+        """``(weight, bias)`` of the posterior-mean network (secateur's ``Sampling::Mean``)."""
+        mu, _, b_mu, _ = self.posterior()
+        return mu, b_mu
+
+    def mean_forward(self, x):
+        w, b = self.mean_weights()
+        if self.conv is None:
+            return F.linear(x, w, b)
+        return F.conv2d(x, w, b, *self.conv)
 
 
 class MeanFieldLayer(_GaussianLayer):
@@ -398,6 +415,11 @@ class SparseVdLayer(_GaussianLayer):
     def log_alpha(self):
         la = self.weight_log_sigma2 - torch.log(self.weight_mu * self.weight_mu + SVD_THETA_SQ_EPS)
         return la.clamp(-SVD_LOG_ALPHA_CLIP, SVD_LOG_ALPHA_CLIP)
+
+    def mean_weights(self):
+        """θ with the weights of ``log α ≥ threshold`` (3) set to zero, as at test time."""
+        keep = (self.log_alpha() < SVD_THRESHOLD).to(self.weight_mu.dtype)
+        return self.weight_mu * keep, self.bias
 
     def divergence(self):
         la = self.log_alpha()
@@ -448,6 +470,8 @@ class McDropoutLinear(nn.Linear):
         self.p = p
 
     def forward(self, x):
+        if getattr(self, "mean_mode", False):
+            return super().forward(x)
         return super().forward(F.dropout(x, self.p, training=True))
 
 
@@ -459,6 +483,8 @@ class McDropoutConv2d(nn.Conv2d):
         self.p = p
 
     def forward(self, x):
+        if getattr(self, "mean_mode", False):
+            return super().forward(x)
         return super().forward(F.dropout(x, self.p, training=True))
 
 
@@ -484,8 +510,12 @@ class GsmGateLayer(_Variational):
     def forward(self, x):
         theta = self.theta()
         t = theta.detach()
-        xi = (torch.rand(x.shape[0], t.numel(), dtype=x.dtype, device=x.device) < t).to(x.dtype)
-        gate = xi + (theta - t)
+        if getattr(self, "mean_mode", False):
+            # test time: θ·[θ ≥ threshold] for every example
+            gate = (t * (t >= GSM_THRESHOLD).to(x.dtype)).expand(x.shape[0], -1)
+        else:
+            xi = (torch.rand(x.shape[0], t.numel(), dtype=x.dtype, device=x.device) < t).to(x.dtype)
+            gate = xi + (theta - t)
         if self.conv is None:
             return F.linear(x * gate, self.weight_mu, self.bias)
         stride, padding = self.conv
