@@ -27,9 +27,13 @@ What is reproduced from the config (``experiments/src/config.rs``), and how:
   ``bayes.prior.std``), ``sparse-vd``, ``variational-dropout``, ``mc-dropout``
   (``bayes.mc_dropout_p``) and ``gsm-gates`` (``bayes.gate_*``), the plain-PyTorch layers of
   ``bench/pytorch_step.py``, with ``bayes.sampling`` (local, weight, flipout);
-- loss: mean NLL over ``bayes.mc_samples`` forward passes + β · T · divergence / N (cross-entropy,
-  or the heteroscedastic Gaussian NLL with ``σ = softplus(raw) + min_std``), β from
-  ``bayes.beta`` at the epoch (``--beta-max``: its largest value from the first step);
+- loss: mean NLL + β · T · divergence / N (cross-entropy, or the Gaussian NLL on standardised
+  targets with ``likelihood.noise``: ``σ = softplus(raw) + min_std`` from the net's second output,
+  one learned log σ starting at ``std / y_std``, or ``std / y_std`` fixed), β from ``bayes.beta``
+  at the epoch (``--beta-max``: its largest value from the first step); one forward sample per
+  step (configs with ``mc_samples > 1`` are refused);
+- mean-field posteriors start as ``bayes.posterior_init`` says (``torch``, ``bayesian-torch``,
+  ``blundell``), with the KL to N(0, ``bayes.prior.std``²); other priors are refused;
 - optimiser: ``sgd`` (``torch.optim.SGD`` with momentum, Nesterov, coupled weight decay) or
   ``adamw`` (``torch.optim.AdamW``); ``train.schedule`` ``constant`` or ``cosine`` (per epoch);
 - the epoch's evaluation: the posterior-mean network (``bayes.eval_every_epoch = "mean"``, the
@@ -111,7 +115,18 @@ def recipe_problem(cfg):
         return f"layer kind {kind!r} has no PyTorch version here"
     if kind != "deterministic" and arch not in ("mlp", "lenet5"):
         return f"layer kind {kind!r} on {arch} has no PyTorch version here"
+    if cfg["data"].get("val_fraction", 0.0) > 0:
+        return "a validation split is not reproduced"
+    if cfg["model"].get("widths") is not None or cfg["model"].get("dtype", "f32") != "f32":
+        return "model.widths / model.dtype are not reproduced"
     bayes = cfg.get("bayes", {})
+    prior = bayes.get("prior", {"kind": "gaussian"})
+    if prior.get("kind", "gaussian") != "gaussian" or prior.get("mean", 0.0) != 0.0 or bayes.get("layer_priors"):
+        return "a prior other than one zero-mean Gaussian is not reproduced"
+    if bayes.get("kl_reduction", "sum") != "sum":
+        return "bayes.kl_reduction other than `sum` is not reproduced"
+    if bayes.get("mc_samples", 1) != 1:
+        return "mc_samples > 1 (secateur: one pass over the batch tiled S times) is not reproduced"
     if bayes.get("divergence", "kl") != "kl":
         return f"divergence {bayes['divergence']!r} is not reproduced"
     if bayes.get("eval_every_epoch", "mean") != "mean":
@@ -160,7 +175,7 @@ def beta_at(spec, epoch, top=False):
 
 
 def lr_at(cfg, epoch):
-    base = cfg.get("optim", {}).get("lr", 0.01)
+    base = cfg.get("optim", {}).get("lr", 0.05)
     s = cfg.get("train", {}).get("schedule", {"kind": "constant"})
     if s.get("kind", "constant") == "cosine":
         total, lo = s["total"], s.get("min_lr", 0.0)
@@ -191,12 +206,37 @@ def build(cfg, in_shape, outputs):
     )
     if arch == "mlp":
         hidden = tuple(cfg["model"].get("hidden", (300, 100)))
-        return ps.Mlp(inp=math.prod(in_shape), hidden=hidden, classes=outputs, linear=linear)
-    if arch == "lenet5":
-        return ps.LeNet5(classes=outputs, linear=linear, conv=conv)
-    if arch == "resnet20":
-        return ps.ResNetCifar(20, classes=outputs, in_ch=in_shape[0])
-    return Vgg(in_ch=in_shape[0], side=in_shape[1], classes=outputs)
+        model = ps.Mlp(inp=math.prod(in_shape), hidden=hidden, classes=outputs, linear=linear)
+    elif arch == "lenet5":
+        model = ps.LeNet5(classes=outputs, linear=linear, conv=conv)
+    elif arch == "resnet20":
+        model = ps.ResNetCifar(20, classes=outputs, in_ch=in_shape[0])
+    else:
+        model = Vgg(in_ch=in_shape[0], side=in_shape[1], classes=outputs)
+    init_posterior(model, bayes)
+    return model
+
+
+def init_posterior(model, bayes):
+    """The mean-field layers' prior σ and ``bayes.posterior_init`` (``PosteriorInit`` of
+    ``bayes/src/layers``): ``torch`` keeps PyTorch's μ and ρ = ρ₀; ``bayesian-torch`` draws
+    μ ~ N(0, 0.1) and ρ ~ N(ρ₀, 0.1); ``blundell`` μ ~ U(±0.2) and ρ ~ U(ρ₀ ± ½)."""
+    how = bayes.get("posterior_init", "torch")
+    rho0 = ps.inv_softplus(bayes.get("init_std", ps.MEAN_FIELD_INIT_STD))
+    with torch.no_grad():
+        for m in model.modules():
+            if not isinstance(m, ps.MeanFieldLayer):
+                continue
+            m.prior_std = bayes.get("prior", {}).get("std", 1.0)
+            for mu, rho in ((m.weight_mu, m.weight_rho), (m.bias_mu, m.bias_rho)):
+                if how == "bayesian-torch":
+                    mu.normal_(0.0, 0.1)
+                    rho.normal_(rho0, 0.1)
+                elif how == "blundell":
+                    mu.uniform_(-0.2, 0.2)
+                    rho.uniform_(rho0 - 0.5, rho0 + 0.5)
+                elif how != "torch":
+                    raise ValueError(f"bayes.posterior_init {how!r}")
 
 
 def set_mean_mode(model, on):
@@ -240,18 +280,29 @@ def run(args):
 
     model = build(cfg, tuple(xtr.shape[1:]), outputs).float()
     variational = any(isinstance(m, ps._Variational) for m in model.modules())
+    params = list(model.parameters())
+    noise = lik.get("noise", "heteroscedastic")
+    log_std = None
+    if regression and noise == "homoscedastic":
+        # one learned log σ on standardised targets, starting at std / y_std
+        log_std = nn.Parameter(torch.tensor(math.log(lik.get("std", 1.0) / y_unit)))
+        params.append(log_std)
     o = cfg.get("optim", {})
     if o.get("kind", "sgd") == "sgd":
         opt = torch.optim.SGD(
-            model.parameters(),
-            lr=o.get("lr", 0.01),
-            momentum=o.get("momentum", 0.0),
+            params,
+            lr=o.get("lr", 0.05),
+            momentum=o.get("momentum", 0.9),
             nesterov=o.get("nesterov", False),
-            weight_decay=o.get("weight_decay", 0.0),
+            weight_decay=o.get("weight_decay", 5e-4),
         )
     else:
         opt = torch.optim.AdamW(
-            model.parameters(), lr=o.get("lr", 1e-3), weight_decay=o.get("weight_decay", 0.0), eps=o.get("eps", 1e-8)
+            params,
+            lr=o.get("lr", 0.05),
+            betas=(o.get("beta1", 0.9), o.get("beta2", 0.999)),
+            weight_decay=o.get("weight_decay", 5e-4),
+            eps=o.get("eps", 1e-8),
         )
     bayes = cfg.get("bayes", {})
     samples = bayes.get("mc_samples", 1)
@@ -259,11 +310,18 @@ def run(args):
     beta_spec = bayes.get("beta", {"kind": "constant", "value": 1.0})
     n_train, batch, eval_batch = xtr.shape[0], data["batch_size"], data.get("eval_batch_size", 1000)
 
+    # the noise σ on standardised targets, as `LikelihoodConfig::noise`: the net's second output
+    # (heteroscedastic), the learned log σ (homoscedastic) or std / y_std (fixed)
     def nll(out, y):
         if not regression:
             return F.cross_entropy(out, y)
         mu = out[:, 0]
-        sd = F.softplus(out[:, 1]) + min_std if outputs == 2 else torch.full_like(mu, lik.get("std", 1.0))
+        if noise == "heteroscedastic":
+            sd = F.softplus(out[:, 1]) + min_std
+        elif log_std is not None:
+            sd = log_std.exp().expand_as(mu)
+        else:
+            sd = torch.full_like(mu, lik.get("std", 1.0) / y_unit)
         return (torch.log(sd) + 0.5 * ((y - mu) / sd) ** 2 + 0.5 * math.log(2 * math.pi)).mean()
 
     epochs = []
@@ -302,7 +360,7 @@ def run(args):
             # in the target's units, as secateur's history.csv (`Trainer::with_target_units`)
             metrics = {
                 "test_rmse": float(((mu - yte) ** 2).mean().sqrt()) * y_unit,
-                "test_nll": float(nll(out, yte)) + math.log(y_unit),
+                "test_nll": float(nll(out, yte).detach()) + math.log(y_unit),
             }
         else:
             metrics = classification_metrics(torch.softmax(out, 1).numpy(), yte.numpy())

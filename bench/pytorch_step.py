@@ -388,9 +388,13 @@ class MeanFieldLayer(_GaussianLayer):
     def posterior(self):
         return self.weight_mu, F.softplus(self.weight_rho), self.bias_mu, F.softplus(self.bias_rho)
 
+    #: σ of the N(0, σ²) prior (secateur's ``bayes.prior.std``, default 1).
+    prior_std = 1.0
+
     def divergence(self):
-        return gaussian_kl(self.weight_mu, F.softplus(self.weight_rho)) + gaussian_kl(
-            self.bias_mu, F.softplus(self.bias_rho)
+        p = self.prior_std
+        return gaussian_kl(self.weight_mu, F.softplus(self.weight_rho), p) + gaussian_kl(
+            self.bias_mu, F.softplus(self.bias_rho), p
         )
 
 

@@ -5,6 +5,7 @@
 # runs may share the cores.
 #
 #   results/structured/retime.sh vgg11     # nothing else running
+#   CELLS="group-snr-0.4 group-snr-0.6" results/structured/retime.sh vgg11   # only these cells
 set -euo pipefail
 ARCH=${1:?usage: retime.sh resnet20|vgg11}
 B=${B:-target/release/secateur}
@@ -14,6 +15,7 @@ C=results/structured/cells/$ARCH
 for cell in "$C"/*/; do
   name=$(basename "$cell")
   [ -f "$cell/compact.json" ] || continue
+  if [ -n "${CELLS:-}" ] && [[ " $CELLS " != *" $name "* ]]; then continue; fi
   [ -d "$R/$name/ft" ] || { echo "retime.sh: $R/$name/ft is missing; skipped $name" >&2; continue; }
   $B compact --run "$R/$name/ft" --out "$R/$name/small" --force --latency-reps "$REPS" > /dev/null
   cp "$R/$name/small/compact.json" "$R/$name/small/compact.md" "$cell"
