@@ -26,7 +26,10 @@
 //!
 //! CPU path: per sample and group, the input is packed (im2col) into a `[C/G·KH·KW, OH·OW]`
 //! matrix and multiplied with the `gemm` crate, in parallel over the batch with rayon (one packing
-//! buffer per worker). The input gradient multiplies `wᵀ · dy[n]` and scatters it back (col2im).
+//! buffer per worker). Where a sample's output plane is small (fewer than 64 pixels: VGG's 7×7,
+//! 3×3 and 1×1 planes) several samples are packed side by side into one product
+//! (`samples_per_product`), since `gemm` runs a product with a handful of columns far below
+//! its rate. The input gradient multiplies `wᵀ · dy[n]` and scatters it back (col2im).
 //! The weight gradient is accumulated per chunk of the batch (the chunking depends only on the
 //! batch size, never on the thread count) and the chunk sums are added in chunk order, so results
 //! are bit-identical from run to run. f32 and f64 run on the fast path; other dtypes, and every
@@ -332,6 +335,12 @@ fn valid_range(off: isize, len: usize, s: usize, out: usize) -> (usize, usize) {
 
 /// Packs one group of one sample, `x: [C/G, H, W]`, into `cols: [C/G·KH·KW, OH·OW]`.
 pub(crate) fn im2col<T: Elem>(x: &[T], cols: &mut [T], g: &Geom) {
+    im2col_strided(x, cols, g.pix(), g)
+}
+
+/// [`im2col`] into rows `ld ≥ OH·OW` elements apart: row `r` is `cols[r·ld..r·ld + OH·OW]` (the
+/// columns of one sample in a matrix of several samples side by side).
+pub(crate) fn im2col_strided<T: Elem>(x: &[T], cols: &mut [T], ld: usize, g: &Geom) {
     let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
     let (sh, sw) = g.p.stride;
     let (ph, pw) = g.p.padding;
@@ -344,7 +353,7 @@ pub(crate) fn im2col<T: Elem>(x: &[T], cols: &mut [T], g: &Geom) {
             let (ylo, yhi) = valid_range(offy, h, sh, oh);
             for kj in 0..g.kw {
                 let row = (c * g.kh + ki) * g.kw + kj;
-                let dst = &mut cols[row * pix..(row + 1) * pix];
+                let dst = &mut cols[row * ld..row * ld + pix];
                 let offx = (kj * dw) as isize - pw as isize;
                 let (xlo, xhi) = valid_range(offx, w, sw, ow);
                 dst[..ylo * ow].fill(T::ZERO);
@@ -373,6 +382,11 @@ pub(crate) fn im2col<T: Elem>(x: &[T], cols: &mut [T], g: &Geom) {
 
 /// Adjoint of [`im2col`]: adds `cols: [C/G·KH·KW, OH·OW]` back into `x: [C/G, H, W]`.
 pub(crate) fn col2im_add<T: Elem>(cols: &[T], x: &mut [T], g: &Geom) {
+    col2im_add_strided(cols, x, g.pix(), g)
+}
+
+/// [`col2im_add`] from rows `ld ≥ OH·OW` elements apart (as [`im2col_strided`] writes them).
+pub(crate) fn col2im_add_strided<T: Elem>(cols: &[T], x: &mut [T], ld: usize, g: &Geom) {
     let (h, w, oh, ow) = (g.h, g.w, g.oh, g.ow);
     let (sh, sw) = g.p.stride;
     let (ph, pw) = g.p.padding;
@@ -385,7 +399,7 @@ pub(crate) fn col2im_add<T: Elem>(cols: &[T], x: &mut [T], g: &Geom) {
             let (ylo, yhi) = valid_range(offy, h, sh, oh);
             for kj in 0..g.kw {
                 let row = (c * g.kh + ki) * g.kw + kj;
-                let src = &cols[row * pix..(row + 1) * pix];
+                let src = &cols[row * ld..row * ld + pix];
                 let offx = (kj * dw) as isize - pw as isize;
                 let (xlo, xhi) = valid_range(offx, w, sw, ow);
                 if xlo >= xhi {
@@ -420,6 +434,10 @@ pub(crate) fn conv_fwd_cpu<T: Elem>(x: &[T], w: &[T], g: &Geom) -> Vec<T> {
 /// `y = conv(x, w) (+ b[o])` on contiguous buffers; the bias is added to each sample's output
 /// right after its product, while it is in cache.
 pub(crate) fn conv_bias_fwd_cpu<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &Geom) -> Vec<T> {
+    let bs = samples_per_product(g);
+    if bs > 1 {
+        return conv_bias_fwd_blocked(x, w, b, g, bs);
+    }
     let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
     let xs = g.c * g.h * g.w;
     let mut y = vec![T::ZERO; g.n * g.o * pix];
@@ -455,8 +473,112 @@ pub(crate) fn conv_bias_fwd_cpu<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &
     y
 }
 
+/// Columns (samples × output pixels) the im2col path hands `gemm` in one product at least,
+/// where a sample's output plane is smaller: a product of 512 × 4608 weights with the 9 columns
+/// of one sample's 3×3 plane runs far below the rate of the same product with 72 columns.
+const MIN_COLS: usize = 64;
+
+/// How many samples the im2col path packs side by side into one product: 1 where a sample's
+/// output plane has at least [`MIN_COLS`] pixels (and for pointwise convolutions, which pack
+/// nothing), else enough samples to reach [`MIN_COLS`] columns, at most the batch. A function
+/// of the geometry only, so results do not depend on the thread count.
+pub(crate) fn samples_per_product(g: &Geom) -> usize {
+    let pix = g.pix();
+    if g.is_pointwise() || pix == 0 || pix >= MIN_COLS {
+        1
+    } else {
+        MIN_COLS.div_ceil(pix).min(g.n).max(1)
+    }
+}
+
+/// [`conv_bias_fwd_cpu`] for small output planes: `bs` samples packed side by side,
+/// `cols: [K, m·OH·OW]`, one product `out[O/G, m·OH·OW] = w_g · cols` per group, then copied
+/// into each sample's `[O, OH, OW]` (with the bias).
+fn conv_bias_fwd_blocked<T: Elem>(x: &[T], w: &[T], b: Option<&[T]>, g: &Geom, bs: usize) -> Vec<T> {
+    let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
+    let (xs, ys, gs) = (g.c * g.h * g.w, g.o * pix, cg * g.h * g.w);
+    let mut y = vec![T::ZERO; g.n * ys];
+    if y.is_empty() {
+        return y;
+    }
+    y.par_chunks_mut(bs * ys).enumerate().for_each_init(
+        || (vec![T::ZERO; k * bs * pix], vec![T::ZERO; og * bs * pix]),
+        |(cols, out), (bi, yb)| {
+            let m = yb.len() / ys;
+            let ld = m * pix;
+            for gi in 0..g.p.groups {
+                for s in 0..m {
+                    let xn = &x[(bi * bs + s) * xs..(bi * bs + s + 1) * xs];
+                    im2col_strided(&xn[gi * gs..(gi + 1) * gs], &mut cols[s * pix..], ld, g);
+                }
+                let wg = &w[gi * og * k..(gi + 1) * og * k];
+                // out[og, ld] = wg[og, k] · cols[k, ld]
+                matmul(og, ld, k, out, false, wg, k, 1, cols, ld, 1);
+                for s in 0..m {
+                    for o in 0..og {
+                        let oc = gi * og + o;
+                        let dst = &mut yb[s * ys + oc * pix..s * ys + (oc + 1) * pix];
+                        let src = &out[o * ld + s * pix..o * ld + (s + 1) * pix];
+                        match b {
+                            Some(b) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b[oc]),
+                            None => dst.copy_from_slice(src),
+                        }
+                    }
+                }
+            }
+        },
+    );
+    y
+}
+
+/// Copies the output gradients of samples `n0..n0 + m`, group `gi`, side by side into
+/// `dyb: [O/G, m·OH·OW]`.
+fn gather_dy<T: Elem>(dy: &[T], n0: usize, m: usize, gi: usize, dyb: &mut [T], g: &Geom) {
+    let (pix, og) = (g.pix(), g.og());
+    let (ys, ld) = (g.o * pix, m * pix);
+    for s in 0..m {
+        for o in 0..og {
+            let src = (n0 + s) * ys + (gi * og + o) * pix;
+            dyb[o * ld + s * pix..o * ld + (s + 1) * pix].copy_from_slice(&dy[src..src + pix]);
+        }
+    }
+}
+
+/// [`conv_input_grad_cpu`] for small output planes: `bs` samples' output gradients side by
+/// side, `dcols[K, m·OH·OW] = w_gᵀ · dy_block`, scattered back per sample.
+fn conv_input_grad_blocked<T: Elem>(dy: &[T], w: &[T], g: &Geom, bs: usize) -> Vec<T> {
+    let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
+    let (xs, gs) = (g.c * g.h * g.w, cg * g.h * g.w);
+    let mut dx = vec![T::ZERO; g.n * xs];
+    if dx.is_empty() {
+        return dx;
+    }
+    dx.par_chunks_mut(bs * xs).enumerate().for_each_init(
+        || (vec![T::ZERO; k * bs * pix], vec![T::ZERO; og * bs * pix]),
+        |(dcols, dyb), (bi, dxb)| {
+            let m = dxb.len() / xs;
+            let ld = m * pix;
+            for gi in 0..g.p.groups {
+                gather_dy(dy, bi * bs, m, gi, dyb, g);
+                let wg = &w[gi * og * k..(gi + 1) * og * k];
+                // dcols[k, ld] = wgᵀ[k, og] · dyb[og, ld]
+                matmul(k, ld, og, dcols, false, wg, 1, k, dyb, ld, 1);
+                for s in 0..m {
+                    let dxg = &mut dxb[s * xs + gi * gs..s * xs + (gi + 1) * gs];
+                    col2im_add_strided(&dcols[s * pix..], dxg, ld, g);
+                }
+            }
+        },
+    );
+    dx
+}
+
 /// `dx = conv_transpose(dy, w)` (the input gradient) on contiguous buffers.
 pub(crate) fn conv_input_grad_cpu<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T> {
+    let bs = samples_per_product(g);
+    if bs > 1 {
+        return conv_input_grad_blocked(dy, w, g, bs);
+    }
     let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
     let xs = g.c * g.h * g.w;
     let gs = cg * g.h * g.w;
@@ -536,6 +658,9 @@ pub(crate) fn reduce_in_order<T: Elem>(parts: Vec<Vec<T>>, len: usize) -> Vec<T>
 
 /// `dw = Σ_n dy[n] · patches(x[n])ᵀ` (the weight gradient) on contiguous buffers.
 pub(crate) fn conv_weight_grad_cpu<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    if samples_per_product(g) > 1 {
+        return conv_weight_grad_blocked(x, dy, g);
+    }
     let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
     let xs = g.c * g.h * g.w;
     let len = g.o * k;
@@ -563,6 +688,50 @@ pub(crate) fn conv_weight_grad_cpu<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<
                     // accᵀ[k, og] += packed[k, pix] · dygᵀ[pix, og] (transposed at the end: the
                     // long pixel axis then runs along gemm's preferred direction)
                     matmul(k, og, pix, accg, true, packed, pix, 1, dyg, 1, pix);
+                }
+            }
+            acc
+        })
+        .collect();
+    untranspose_groups(&reduce_in_order(parts, len), g)
+}
+
+/// Columns per product of the blocked weight gradient ([`conv_weight_grad_blocked`]): there
+/// they are the product's inner dimension, against an accumulator of all `K × O/G` weights
+/// that each product reads and writes (9 MiB for a 512 → 512 3×3 layer).
+const MIN_COLS_WGRAD: usize = 256;
+
+/// [`conv_weight_grad_cpu`] for small output planes: within each chunk of the batch, blocks of
+/// `bs` samples packed side by side (`bs·OH·OW` about [`MIN_COLS_WGRAD`] columns),
+/// `accᵀ[K, O/G] += cols[K, m·OH·OW] · dy_blockᵀ`; at least four chunks where the batch allows,
+/// for the cores; chunk sums added in order. Block and chunk sizes depend on the batch size and
+/// the geometry only, so the sums are the same for every thread count.
+fn conv_weight_grad_blocked<T: Elem>(x: &[T], dy: &[T], g: &Geom) -> Vec<T> {
+    let (k, pix, og, cg) = (g.k(), g.pix(), g.og(), g.cg());
+    let (xs, gs) = (g.c * g.h * g.w, cg * g.h * g.w);
+    let len = g.o * k;
+    let bs = MIN_COLS_WGRAD.div_ceil(pix.max(1)).clamp(1, g.n.div_ceil(4).max(1));
+    let chunk = wgrad_chunk(g.n).max(bs);
+    let starts: Vec<usize> = (0..g.n).step_by(chunk).collect();
+    let parts: Vec<Vec<T>> = starts
+        .par_iter()
+        .map(|&start| {
+            let mut acc = vec![T::ZERO; len];
+            let mut cols = vec![T::ZERO; k * bs * pix];
+            let mut dyb = vec![T::ZERO; og * bs * pix];
+            let end = (start + chunk).min(g.n);
+            for n0 in (start..end).step_by(bs) {
+                let m = (n0 + bs).min(end) - n0;
+                let ld = m * pix;
+                for gi in 0..g.p.groups {
+                    for s in 0..m {
+                        let xn = &x[(n0 + s) * xs..(n0 + s + 1) * xs];
+                        im2col_strided(&xn[gi * gs..(gi + 1) * gs], &mut cols[s * pix..], ld, g);
+                    }
+                    gather_dy(dy, n0, m, gi, &mut dyb, g);
+                    let accg = &mut acc[gi * og * k..(gi + 1) * og * k];
+                    // accᵀ[k, og] += cols[k, ld] · dybᵀ[ld, og]
+                    matmul(k, og, ld, accg, true, &cols, ld, 1, &dyb, 1, ld);
                 }
             }
             acc

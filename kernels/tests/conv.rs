@@ -258,6 +258,16 @@ fn bit_identical_repeats_and_thread_counts() {
         let other = pool.install(|| fwd_bwd_bits(&x, &w, p));
         assert!(first == other, "{threads} threads differ");
     }
+    // small planes: several samples per product, in blocks and chunks set by the batch alone
+    let p = ConvParams::new(1, 1, 1, 1);
+    let x = rand_t(&[37, 16, 3, 3], 3, DType::F32).unwrap();
+    let w = rand_t(&[24, 16, 3, 3], 4, DType::F32).unwrap();
+    let first = fwd_bwd_bits(&x, &w, p);
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let other = pool.install(|| fwd_bwd_bits(&x, &w, p));
+        assert!(first == other, "{threads} threads differ on 3x3 planes");
+    }
 }
 
 #[test]

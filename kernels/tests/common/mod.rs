@@ -98,6 +98,28 @@ pub fn cases() -> Vec<Case> {
             w: [3, 1, 3, 3],
             p: sq(3, 1, 2, 3),
         },
+        // Small output planes: the im2col path packs several samples into one product
+        // (`samples_per_product`), here in blocks of 4 with a partial last block of 2 ...
+        Case {
+            name: "4x4 planes, samples in blocks of 4 and 2",
+            x: [6, 3, 4, 4],
+            w: [5, 3, 3, 3],
+            p: sq(1, 1, 1, 1),
+        },
+        // ... 1×1 planes under a padded 3×3 kernel (VGG-11's last stage on 28×28 inputs) ...
+        Case {
+            name: "1x1 planes, 3x3 pad 1",
+            x: [3, 8, 1, 1],
+            w: [4, 8, 3, 3],
+            p: sq(1, 1, 1, 1),
+        },
+        // ... and groups, with blocks of 8 and 2 forward and chunks of 3, 3, 3, 1 for the weights
+        Case {
+            name: "3x3 planes, groups 2, ten samples",
+            x: [10, 4, 3, 3],
+            w: [6, 2, 3, 3],
+            p: sq(1, 1, 1, 2),
+        },
     ]
 }
 
