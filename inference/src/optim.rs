@@ -257,7 +257,8 @@ impl Optimizer for Sgd {
             if !t.dtype().is_float() {
                 bail!("optimiser state {key} has non-float dtype {:?}", t.dtype());
             }
-            buffers.insert(param.to_string(), t.clone());
+            // a copy: later steps update the buffer in place, not the caller's tensor
+            buffers.insert(param.to_string(), t.copy()?);
         }
         if self.cfg.momentum == 0.0 {
             if let Some(key) = state.keys().next() {
@@ -388,10 +389,31 @@ impl Optimizer for AdamW {
                     s.step + 1,
                 ),
             };
+            let t_i32 = i32::try_from(t).unwrap_or(i32::MAX);
+            // In place on the CPU (three passes, no allocation, the same bits); tensor
+            // arithmetic elsewhere. The first step's moments are fresh zeros, never shared.
+            let rule = secateur_kernels::optim::AdamWRule {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                step: t_i32,
+            };
+            if secateur_kernels::optim::adamw_step(var.as_tensor(), &g, &m, &v, rule)? {
+                self.moments.insert(
+                    name.clone(),
+                    Moments {
+                        exp_avg: m,
+                        exp_avg_sq: v,
+                        step: t,
+                    },
+                );
+                continue;
+            }
             let theta = var.as_detached_tensor().affine(1.0 - lr * weight_decay, 0.0)?;
             let m = (&m + (&g - &m)?.affine(1.0 - beta1, 0.0)?)?;
             let v = (v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
-            let t_i32 = i32::try_from(t).unwrap_or(i32::MAX);
             let bias1 = 1.0 - beta1.powi(t_i32);
             let bias2_sqrt = (1.0 - beta2.powi(t_i32)).sqrt();
             let denom = v.sqrt()?.affine(1.0 / bias2_sqrt, eps)?;
@@ -410,10 +432,11 @@ impl Optimizer for AdamW {
     }
 
     fn state(&self) -> Result<BTreeMap<String, Tensor>> {
+        // Copies: the moments are updated in place by later steps.
         let mut out = BTreeMap::new();
         for (name, s) in &self.moments {
-            out.insert(format!("{name}.{}", Self::M), s.exp_avg.clone());
-            out.insert(format!("{name}.{}", Self::V), s.exp_avg_sq.clone());
+            out.insert(format!("{name}.{}", Self::M), s.exp_avg.copy()?);
+            out.insert(format!("{name}.{}", Self::V), s.exp_avg_sq.copy()?);
             out.insert(
                 format!("{name}.{}", Self::STEP),
                 Tensor::new(s.step, s.exp_avg.device())?,
@@ -443,10 +466,11 @@ impl Optimizer for AdamW {
                     if !t.dtype().is_float() {
                         bail!("optimiser state {key} has non-float dtype {:?}", t.dtype());
                     }
+                    // copies: later steps update the moments in place, not the caller's tensors
                     if suffix == Self::M {
-                        entry.0 = Some(t.clone());
+                        entry.0 = Some(t.copy()?);
                     } else {
-                        entry.1 = Some(t.clone());
+                        entry.1 = Some(t.copy()?);
                     }
                 }
             }

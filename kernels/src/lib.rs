@@ -28,6 +28,8 @@
 //!   can any program built on the library.
 //! - [`softplus`], [`gaussian_kl`]: the mean-field posterior's `σ = softplus(ρ)` and the
 //!   closed-form Gaussian KL, each one pass.
+//! - [`sparse_vd`]: sparse variational dropout's divergence and its gradients, and its
+//!   `σ = e^{½ log σ²}`, each one pass.
 
 pub mod activation;
 pub mod alloc_cache;
@@ -46,4 +48,5 @@ pub mod optim;
 pub mod pool;
 pub mod runtime;
 pub mod softplus;
+pub mod sparse_vd;
 mod vmath;

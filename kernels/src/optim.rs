@@ -274,6 +274,184 @@ impl InplaceOp3 for Step {
     }
 }
 
+/// AdamW settings of one update (Loshchilov & Hutter 2019, PyTorch's `torch.optim.AdamW` order of
+/// operations): step `t ≥ 1` and the learning rate `η` of this step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWRule {
+    /// Learning rate `η`.
+    pub lr: f64,
+    /// `β₁`.
+    pub beta1: f64,
+    /// `β₂`.
+    pub beta2: f64,
+    /// `ε`.
+    pub eps: f64,
+    /// Decoupled weight decay `λ`.
+    pub weight_decay: f64,
+    /// The step number `t ≥ 1` (for the bias corrections).
+    pub step: i32,
+}
+
+/// One AdamW update in place, in three passes (the two moments, then the parameter), with no
+/// allocation:
+///
+/// ```text
+/// m ← m + (1 − β₁)(g − m)        v ← β₂ v + (1 − β₂) g²
+/// θ ← θ (1 − ηλ) + (−η / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)
+/// ```
+///
+/// each operation rounded in the tensors' dtype in the order of the same update as tensor
+/// arithmetic (`secateur_inference::optim::AdamW`), so the two give the same bits. Returns
+/// `false`, changing nothing, where the fast path does not apply (not all four f32 or all f64,
+/// contiguous, on the CPU, of one shape); the caller then uses tensor arithmetic. As tensor
+/// arithmetic the update is twelve passes, each a fresh allocation, on the calling thread.
+pub fn adamw_step(theta: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, r: AdamWRule) -> Result<bool> {
+    let all = [theta, g, m, v];
+    let fast = all
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == theta.dtype() && t.is_contiguous() && t.dims() == theta.dims())
+        && matches!(theta.dtype(), DType::F32 | DType::F64);
+    if !fast {
+        return Ok(false);
+    }
+    if r.step < 1 {
+        candle_core::bail!("adamw step: the step number must be at least 1, got {}", r.step);
+    }
+    m.inplace_op2(g, &AdamMoment { first: true, r })?;
+    v.inplace_op2(g, &AdamMoment { first: false, r })?;
+    theta.inplace_op3(m, v, &AdamParam { r })?;
+    Ok(true)
+}
+
+/// `m ← m + (1 − β₁)(g − m)` (`first`) or `v ← β₂ v + (1 − β₂) g²`; source `[g]`.
+struct AdamMoment {
+    first: bool,
+    r: AdamWRule,
+}
+
+impl AdamMoment {
+    fn run<T: WithDType>(&self, dst: &mut [T], g: &[T]) {
+        let zero = T::from_f64(0.0);
+        if self.first {
+            let c = T::from_f64(1.0 - self.r.beta1);
+            dst.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
+                for (m, &g) in m.iter_mut().zip(g) {
+                    // candle: &m + affine(&g − &m, 1 − β₁, 0)
+                    *m = *m + ((g - *m) * c + zero);
+                }
+            });
+        } else {
+            let (b2, c) = (T::from_f64(self.r.beta2), T::from_f64(1.0 - self.r.beta2));
+            dst.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(v, g)| {
+                for (v, &g) in v.iter_mut().zip(g) {
+                    // candle: affine(v, β₂, 0) + affine(g², 1 − β₂, 0)
+                    *v = (*v * b2 + zero) + ((g * g) * c + zero);
+                }
+            });
+        }
+    }
+}
+
+impl InplaceOp2 for AdamMoment {
+    fn name(&self) -> &'static str {
+        "secateur-adamw-moment"
+    }
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
+        match dst {
+            CpuStorage::F32(dst) => self.run(
+                contiguous_mut(dst, dst_l)?,
+                contiguous::<f32>(g, gl, "adamw step", "gradient")?,
+            ),
+            CpuStorage::F64(dst) => self.run(
+                contiguous_mut(dst, dst_l)?,
+                contiguous::<f64>(g, gl, "adamw step", "gradient")?,
+            ),
+            _ => candle_core::bail!("adamw step: only f32 and f64 are supported"),
+        }
+        Ok(())
+    }
+}
+
+/// The square root in the dtype's own precision (correctly rounded, as candle's `sqrt`).
+trait Sqrt {
+    fn sqrt_(self) -> Self;
+}
+
+impl Sqrt for f32 {
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+}
+
+impl Sqrt for f64 {
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+}
+
+/// `θ ← θ(1 − ηλ) + (−η/(1 − β₁ᵗ)) · m / (√v · (1/√(1 − β₂ᵗ)) + ε)`; sources `[m, v]`.
+struct AdamParam {
+    r: AdamWRule,
+}
+
+impl AdamParam {
+    fn run<T: WithDType + Sqrt>(&self, th: &mut [T], m: &[T], v: &[T]) {
+        let r = self.r;
+        let zero = T::from_f64(0.0);
+        let decay = T::from_f64(1.0 - r.lr * r.weight_decay);
+        let bias1 = 1.0 - r.beta1.powi(r.step);
+        let bias2_sqrt = (1.0 - r.beta2.powi(r.step)).sqrt();
+        let (inv_b2, eps, scale) = (
+            T::from_f64(1.0 / bias2_sqrt),
+            T::from_f64(r.eps),
+            T::from_f64(-r.lr / bias1),
+        );
+        th.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
+            .for_each(|(th, (m, v))| {
+                for ((t, &m), &v) in th.iter_mut().zip(m).zip(v) {
+                    let denom = v.sqrt_() * inv_b2 + eps;
+                    let update = (m / denom) * scale + zero;
+                    *t = (*t * decay + zero) + update;
+                }
+            });
+    }
+}
+
+impl InplaceOp3 for AdamParam {
+    fn name(&self) -> &'static str {
+        "secateur-adamw-param"
+    }
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<()> {
+        match dst {
+            CpuStorage::F32(dst) => {
+                let (m, v) = (
+                    contiguous::<f32>(m, ml, "adamw step", "first moment")?,
+                    contiguous::<f32>(v, vl, "adamw step", "second moment")?,
+                );
+                self.run(contiguous_mut(dst, dst_l)?, m, v);
+            }
+            CpuStorage::F64(dst) => {
+                let (m, v) = (
+                    contiguous::<f64>(m, ml, "adamw step", "first moment")?,
+                    contiguous::<f64>(v, vl, "adamw step", "second moment")?,
+                );
+                self.run(contiguous_mut(dst, dst_l)?, m, v);
+            }
+            _ => candle_core::bail!("adamw step: only f32 and f64 are supported"),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +460,95 @@ mod tests {
     fn seq(n: usize, scale: f64, dt: DType) -> Tensor {
         let v: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 - 50.0) * scale).collect();
         Tensor::from_vec(v, n, &Device::Cpu).unwrap().to_dtype(dt).unwrap()
+    }
+
+    /// AdamW in place: four steps, f32 and f64, against the same update as candle tensor
+    /// arithmetic (the fallback of `secateur_inference::optim::AdamW`), bit for bit, with and
+    /// without weight decay; and against the rule written out in f64 within rounding.
+    #[test]
+    fn adamw_in_place_equals_the_tensor_arithmetic_bit_for_bit() {
+        for dt in [DType::F32, DType::F64] {
+            for wd in [0.0, 1e-2] {
+                let n = 40_000; // several chunks
+                let theta = seq(n, 0.01, dt);
+                let (m, v) = (theta.zeros_like().unwrap(), theta.zeros_like().unwrap());
+                let mut th_ops = theta.copy().unwrap();
+                let (mut m_ops, mut v_ops) = (m.copy().unwrap(), v.copy().unwrap());
+                let (beta1, beta2, eps, lr) = (0.9, 0.999, 1e-8, 1e-3);
+                let mut want: Vec<f64> = theta.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+                let (mut wm, mut wv) = (vec![0f64; n], vec![0f64; n]);
+                for t in 1..=4 {
+                    let g = seq(n, 0.003 * t as f64, dt).sin().unwrap();
+                    let r = AdamWRule {
+                        lr,
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay: wd,
+                        step: t,
+                    };
+                    assert!(adamw_step(&theta, &g, &m, &v, r).unwrap());
+                    // the tensor arithmetic
+                    let th = th_ops.affine(1.0 - lr * wd, 0.0).unwrap();
+                    m_ops = (&m_ops + (&g - &m_ops).unwrap().affine(1.0 - beta1, 0.0).unwrap()).unwrap();
+                    v_ops = (v_ops.affine(beta2, 0.0).unwrap() + g.sqr().unwrap().affine(1.0 - beta2, 0.0).unwrap())
+                        .unwrap();
+                    let b1 = 1.0 - f64::powi(beta1, t);
+                    let b2 = (1.0 - f64::powi(beta2, t)).sqrt();
+                    let denom = v_ops.sqrt().unwrap().affine(1.0 / b2, eps).unwrap();
+                    let upd = (&m_ops / denom).unwrap().affine(-lr / b1, 0.0).unwrap();
+                    th_ops = (th + upd).unwrap();
+                    // written out in f64
+                    let gv: Vec<f64> = g.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+                    for i in 0..n {
+                        wm[i] = beta1 * wm[i] + (1.0 - beta1) * gv[i];
+                        wv[i] = beta2 * wv[i] + (1.0 - beta2) * gv[i] * gv[i];
+                        want[i] = want[i] * (1.0 - lr * wd) - lr / b1 * wm[i] / (wv[i].sqrt() / b2 + eps);
+                    }
+                }
+                let bits = |t: &Tensor| -> Vec<u64> {
+                    let v: Vec<f64> = t.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+                    v.iter().map(|x| x.to_bits()).collect()
+                };
+                assert!(
+                    bits(&theta) == bits(&th_ops),
+                    "{dt:?} wd {wd}: θ differs from the tensor arithmetic"
+                );
+                assert!(bits(&m) == bits(&m_ops), "{dt:?} wd {wd}: m differs");
+                assert!(bits(&v) == bits(&v_ops), "{dt:?} wd {wd}: v differs");
+                let got: Vec<f64> = theta.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+                let tol = if dt == DType::F32 { 1e-6 } else { 1e-12 };
+                let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(worst < tol, "{dt:?} wd {wd}: largest error against the rule {worst:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn adamw_declines_what_it_cannot_update_in_place() {
+        let t = seq(6, 0.1, DType::F32);
+        let r = AdamWRule {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+        };
+        let z = t.zeros_like().unwrap();
+        // a transposed (non-contiguous) parameter and a mismatched dtype are left to the caller
+        let t2 = seq(6, 0.1, DType::F32).reshape((2, 3)).unwrap().t().unwrap();
+        let z2 = t2.zeros_like().unwrap();
+        assert!(!adamw_step(&t2, &z2.t().unwrap().contiguous().unwrap().t().unwrap(), &z2, &z2, r).unwrap());
+        assert!(!adamw_step(&t, &seq(6, 0.1, DType::F64), &z, &z, r).unwrap());
+        assert!(adamw_step(
+            &t,
+            &z,
+            &z.copy().unwrap(),
+            &z.copy().unwrap(),
+            AdamWRule { step: 0, ..r }
+        )
+        .is_err());
     }
 
     /// Three steps of every variant against the rule written out with scalars (PyTorch's SGD).

@@ -36,6 +36,14 @@ pub const THETA_SQ_EPS: f64 = 1e-16;
 /// then that of `log α = 8`, about `3e-4` nats (Molchanov et al. 2017's approximation), instead
 /// of about 4.6 nats at `log α = −8`.
 pub const PRUNED_LOG_SIGMA2: f64 = -36.841_361_487_904_734 + LOG_ALPHA_CLIP + 1.0;
+/// The constants of [`kl_sparse_vd`] for the fused kernel.
+const KL_CONSTANTS: secateur_kernels::sparse_vd::KlConstants = secateur_kernels::sparse_vd::KlConstants {
+    k1: crate::divergence::MOLCHANOV_K1,
+    k2: crate::divergence::MOLCHANOV_K2,
+    k3: crate::divergence::MOLCHANOV_K3,
+    clip: LOG_ALPHA_CLIP,
+    eps: THETA_SQ_EPS,
+};
 /// The default initial `log σ²`.
 pub const DEFAULT_INIT_LOG_SIGMA2: f64 = -10.0;
 /// The default test-time threshold: weights with `log α ≥ 3` are dropped.
@@ -149,7 +157,11 @@ impl Svd {
 
     /// `(θ, σ)` as the forward pass uses them: masked in evaluation mode.
     fn weights(&self, mode: Mode) -> Result<(Tensor, Tensor)> {
-        let sigma = (&self.log_sigma2 * 0.5)?.exp()?;
+        // σ = e^{½ log σ²}: one pass on the CPU (secateur-kernels), candle ops elsewhere
+        let sigma = match secateur_kernels::sparse_vd::sigma(&self.log_sigma2)? {
+            Some(s) => s,
+            None => (&self.log_sigma2 * 0.5)?.exp()?,
+        };
         match mode {
             Mode::Train => Ok((self.theta.clone(), sigma)),
             Mode::Eval => {
@@ -161,7 +173,11 @@ impl Svd {
 
     fn divergence(&self, how: &Divergence) -> Result<Tensor> {
         match how {
-            Divergence::Kl => kl_sparse_vd(&self.log_alpha()?),
+            // one fused pass on the CPU (secateur-kernels); the same formula as candle ops elsewhere
+            Divergence::Kl => match secateur_kernels::sparse_vd::kl_sum(&self.theta, &self.log_sigma2, KL_CONSTANTS)? {
+                Some(kl) => Ok(kl),
+                None => kl_sparse_vd(&self.log_alpha()?),
+            },
             other => Err(ConfigError::Unsupported(format!(
                 "sparse variational dropout layer `{}` defines only `kl` (its approximation to the KL from the \
                  log-uniform prior, Molchanov et al. 2017), not `{other}`",
