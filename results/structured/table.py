@@ -1,6 +1,6 @@
 """The structured-pruning study's table (issue 19) from results/structured/cells/ARCH/CELL/.
 
-    target/notebook-venv/bin/python results/structured/table.py > results/structured/table.md
+    python3 results/structured/table.py > results/structured/table.md   # standard library only
 
 One row per finished cell: method, the FLOPs removed (target and reached), parameters kept,
 test accuracy and ECE after the fine-tune (and the change from the dense network), and the
