@@ -21,6 +21,8 @@ fn main() -> candle_core::Result<()> {
         (16, 32, 16, 3, 1),
         (32, 16, 32, 3, 1),
         (64, 8, 64, 3, 1),
+        // ResNet-20's stage 3 on 28×28 inputs (the shipped Fashion-MNIST subset): 7×7 planes
+        (64, 7, 64, 3, 1),
         // VGG-11 on 28×28 inputs (models/src/arch/vgg.rs): 14, 7, 3 and 1 pixels a side
         (64, 14, 128, 3, 1),
         (128, 7, 256, 3, 1),

@@ -50,7 +50,7 @@ const PB: usize = 48;
 const TILE_V: usize = 32;
 
 /// Whether the direct path handles `g` on this CPU: stride 1, dilation 1, not pointwise,
-/// `p < K`, and at least [`MIN_USEFUL`] of its flat output useful ([`useful_fraction`]).
+/// `p < K`, and at least [`min_useful`] of its flat output useful ([`useful_fraction`]).
 pub(crate) fn applicable(g: &Geom) -> bool {
     let shape_ok = g.p.stride == (1, 1)
         && g.p.dilation == (1, 1)
@@ -59,15 +59,23 @@ pub(crate) fn applicable(g: &Geom) -> bool {
         && !g.is_pointwise()
         && g.p.padding.0 < g.kh
         && g.p.padding.1 < g.kw;
-    shape_ok && useful_fraction(g) >= MIN_USEFUL && enabled()
+    shape_ok && useful_fraction(g) >= min_useful(g) && enabled()
 }
 
-/// The smallest [`useful_fraction`] the direct path takes. Measured per op at batch 128 on the
-/// 2-core Xeon (direct vs im2col, ms): 64×8×8 → 64 (0.67 useful) forward 3.0 vs 4.0 and
-/// LeNet-5's 6×14×14 → 16, 5×5 (0.69) 0.42–0.77 vs 0.92 go direct; VGG-11's 7×7 planes (0.51)
-/// 30.8 vs 24.0 (128 → 256), its 3×3 planes (0.19) 115 vs 65 (512 → 512) and 1×1 planes (0.02)
-/// 112 vs 27 stay on im2col.
-const MIN_USEFUL: f64 = 0.6;
+/// The smallest [`useful_fraction`] the direct path takes: 0.6, or 0.5 for layers of at most
+/// 64 × 64 × 3 × 3 weights per group. Measured per op at batch 128 on the 2-core Xeon (ms,
+/// direct vs im2col with several samples per product): 64×8×8 → 64 (0.67 useful) forward 3.0
+/// vs 4.0 and LeNet-5's 6×14×14 → 16, 5×5 (0.69) 0.42–0.77 vs 0.92 go direct; on 7×7 planes
+/// (0.51) ResNet-20's 64 → 64 (its third stage on 28×28 inputs) forward 2.65–2.77 vs 3.41, but
+/// VGG-11's 128 → 256 20.1–22.3 vs 14.6–15.1 and 256 → 256 40–45 vs 29–30; VGG-11's 3×3
+/// planes (0.19) 92–95 vs 26 (512 → 512) and 1×1 planes (0.02) 89–91 vs 3.9 stay on im2col.
+fn min_useful(g: &Geom) -> f64 {
+    if g.og() * g.k() <= 64 * 64 * 9 {
+        0.5
+    } else {
+        0.6
+    }
+}
 
 /// The share of the correlation's flat output (`OH·Wp` rounded up to the [`PB`]-pixel blocks the
 /// kernel computes) that is output: `OH·OW / qlen`. The rest is the `KW − 1` dropped columns of
