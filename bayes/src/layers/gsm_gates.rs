@@ -445,7 +445,12 @@ impl Gated {
     fn group_sumsq(&self) -> Result<(Tensor, usize)> {
         let sq = self.weight.sqr()?;
         match *self.weight.dims() {
-            [out, _] => Ok((sq.sum(0)?, out)),
+            // the column sums as the product 1ᵀ·sq (parallel); candle's `sum(0)` reduces the
+            // leading axis with strides on one thread, 17% of a gated LeNet-300-100's step
+            [out, inp] => {
+                let ones = Tensor::ones((1, out), sq.dtype(), sq.device())?;
+                Ok((secateur_kernels::matmul::matmul(&ones, &sq)?.reshape(inp)?, out))
+            }
             [out, cpg, kh, kw] => {
                 let g = self.groups;
                 let opg = out / g;
