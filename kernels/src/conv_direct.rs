@@ -28,8 +28,9 @@
 //!
 //! Used on x86-64 CPUs with AVX-512F for every stride-1, dilation-1, non-pointwise convolution
 //! with `p ≤ K − 1` on both axes (only the input gradient needs it; one condition serves all
-//! three ops), except the weight gradient where its lane sums outgrow L2 ([`weight_grad_fits`]);
-//! everything else, and f64, stays on im2col + gemm.
+//! three ops) whose flat output is mostly output (`min_useful`: small planes such as VGG's 3×3
+//! and 1×1 ones are mostly dropped columns and rounding), except the weight gradient where its
+//! lane sums outgrow L2 ([`weight_grad_fits`]); everything else, and f64, stays on im2col + gemm.
 //!
 //! One difference from im2col: the dropped columns and the rounded-up tail of `dy_flat` are zero
 //! but the input values they meet are real, so a non-finite input (`inf`) can turn a weight
