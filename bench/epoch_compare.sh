@@ -14,7 +14,9 @@
 # secateur binary (default: this tree's, built in release). Configs that are not one `train` run
 # (studies) or whose recipe pytorch_epoch.py does not reproduce get a row saying why.
 # Results go to OUT_DIR (default bench/results/epochs-<timestamp>/): runs.jsonl and table.md;
-# an OUT_DIR that already holds results is refused unless FORCE=1. Run it on a quiet machine:
+# an OUT_DIR that already holds results is refused unless FORCE=1 (start over) or RESUME=1
+# (after a kill: keep the configs already recorded in runs.jsonl, redo the rest; a config cut
+# off between its two sides is run again, and the table takes each side's last line). Run it on a quiet machine:
 # other work on the two cores moves PyTorch's OpenMP threads far more than secateur's.
 set -euo pipefail
 
@@ -25,11 +27,11 @@ THREADS="${THREADS:-2}"
 EPOCHS="${EPOCHS:-3}"
 BIG_EPOCHS="${BIG_EPOCHS:-2}"
 OUT_DIR="${OUT_DIR:-$ROOT/bench/results/epochs-$(date -u +%Y%m%dT%H%M%SZ)}"
-if [ -n "$(ls -A "$OUT_DIR" 2>/dev/null)" ] && [ "${FORCE:-0}" != 1 ]; then
-  echo "epoch_compare.sh: $OUT_DIR already holds results; give another OUT_DIR, or FORCE=1 to replace them" >&2
+if [ -n "$(ls -A "$OUT_DIR" 2>/dev/null)" ] && [ "${FORCE:-0}" != 1 ] && [ "${RESUME:-0}" != 1 ]; then
+  echo "epoch_compare.sh: $OUT_DIR already holds results; give another OUT_DIR, RESUME=1 to continue them, or FORCE=1 to replace them" >&2
   exit 1
 fi
-rm -rf "$OUT_DIR"
+[ "${RESUME:-0}" = 1 ] || rm -rf "$OUT_DIR"
 mkdir -p "$OUT_DIR/runs"
 if [ ! -x "$PY" ]; then
   python3 -m venv "$ROOT/bench/.venv"
@@ -43,6 +45,23 @@ if [ -z "${CONFIGS:-}" ]; then
   CONFIGS=$(ls experiments/configs/*.toml | sed 's#.*/##; s#\.toml$##' | grep -v -- '-smoke$')
 fi
 RUNS="$OUT_DIR/runs.jsonl"
+touch "$RUNS"
+# whether NAME is complete in runs.jsonl: a secateur line, or a PyTorch line saying unsupported
+done_already() {
+  "$PY" - "$RUNS" "$1" <<'EOF'
+import json, sys
+done = False
+for line in open(sys.argv[1]):
+    try:
+        d = json.loads(line)
+    except ValueError:
+        continue  # a line cut by a kill
+    if d.get("name") == sys.argv[2] and (d["impl"] == "secateur" or not d.get("supported", False)):
+        done = True
+sys.exit(0 if done else 1)
+EOF
+}
+[ -f "$OUT_DIR/machine.txt" ] && mv "$OUT_DIR/machine.txt" "$OUT_DIR/machine.before-resume.txt"
 {
   echo "cpu: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
   echo "secateur: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!results' || echo '+changes'); $B"
@@ -52,6 +71,10 @@ RUNS="$OUT_DIR/runs.jsonl"
 
 for name in $CONFIGS; do
   cfg="experiments/configs/$name.toml"
+  if [ "${RESUME:-0}" = 1 ] && done_already "$name"; then
+    echo "== $name: already in runs.jsonl" >&2
+    continue
+  fi
   # β override and epoch count, from the config
   read -r beta arch <<< "$("$PY" - "$cfg" <<'EOF'
 import sys, tomllib
@@ -73,6 +96,7 @@ EOF
   supported=$(echo "$py_line" | "$PY" -c 'import json,sys; print(int(json.loads(sys.stdin.read()).get("supported", False)))')
   [ "$supported" = 1 ] || continue
   run="$OUT_DIR/runs/$name"
+  rm -rf "$run"   # this script's own scratch run, perhaps cut off by a kill
   if RAYON_NUM_THREADS=$THREADS "$B" train --config "$cfg" --set "train.epochs=$e" \
       --set "bayes.beta=$beta" --out "$run" --quiet > "$OUT_DIR/runs/$name.log" 2>&1; then
     "$PY" - "$run/history.csv" "$name" >> "$RUNS" <<'EOF'

@@ -402,7 +402,10 @@ def table(path):
     rows = {}
     for line in open(path):
         if line.strip():
-            d = json.loads(line)
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
             rows.setdefault(d["name"], {})[d["impl"]] = d
     out = [
         "| config | model | batch × steps | secateur s/epoch (train + eval) | PyTorch s/epoch (train + eval) | ratio | last epoch's test accuracy (or RMSE), secateur / PyTorch |",

@@ -400,25 +400,19 @@ impl Optimizer for AdamW {
                 weight_decay,
                 step: t_i32,
             };
-            if secateur_kernels::optim::adamw_step(var.as_tensor(), &g, &m, &v, rule)? {
-                self.moments.insert(
-                    name.clone(),
-                    Moments {
-                        exp_avg: m,
-                        exp_avg_sq: v,
-                        step: t,
-                    },
-                );
-                continue;
-            }
-            let theta = var.as_detached_tensor().affine(1.0 - lr * weight_decay, 0.0)?;
-            let m = (&m + (&g - &m)?.affine(1.0 - beta1, 0.0)?)?;
-            let v = (v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
-            let bias1 = 1.0 - beta1.powi(t_i32);
-            let bias2_sqrt = (1.0 - beta2.powi(t_i32)).sqrt();
-            let denom = v.sqrt()?.affine(1.0 / bias2_sqrt, eps)?;
-            let update = (&m / denom)?.affine(-lr / bias1, 0.0)?;
-            var.set(&(theta + update)?)?;
+            let (m, v) = if secateur_kernels::optim::adamw_step(var.as_tensor(), &g, &m, &v, rule)? {
+                (m, v)
+            } else {
+                let theta = var.as_detached_tensor().affine(1.0 - lr * weight_decay, 0.0)?;
+                let m = (&m + (&g - &m)?.affine(1.0 - beta1, 0.0)?)?;
+                let v = (v.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+                let bias1 = 1.0 - beta1.powi(t_i32);
+                let bias2_sqrt = (1.0 - beta2.powi(t_i32)).sqrt();
+                let denom = v.sqrt()?.affine(1.0 / bias2_sqrt, eps)?;
+                let update = (&m / denom)?.affine(-lr / bias1, 0.0)?;
+                var.set(&(theta + update)?)?;
+                (m, v)
+            };
             self.moments.insert(
                 name.clone(),
                 Moments {

@@ -29,51 +29,7 @@ fn fast(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
-/// The arithmetic of the derivatives in the tensor's own precision: the C library's `exp` and
-/// `ln_1p` for f64; for f32 the branch-free, vectorisable versions of [`crate::vmath`] (within
-/// two units in the last place), since these run once per weight in every step of a mean-field
-/// network.
-trait Real: WithDType + std::ops::Neg<Output = Self> {
-    fn exp_(self) -> Self;
-    /// `log(1 + z)` for `z ∈ [0, 1]`.
-    fn ln_1p_unit(self) -> Self;
-    fn max0(self) -> Self;
-    fn abs_(self) -> Self;
-}
-
-impl Real for f32 {
-    #[inline(always)]
-    fn exp_(self) -> Self {
-        crate::vmath::exp(self)
-    }
-    #[inline(always)]
-    fn ln_1p_unit(self) -> Self {
-        crate::vmath::ln_1p_unit(self)
-    }
-    #[inline(always)]
-    fn max0(self) -> Self {
-        self.max(0.0)
-    }
-    #[inline(always)]
-    fn abs_(self) -> Self {
-        self.abs()
-    }
-}
-
-impl Real for f64 {
-    fn exp_(self) -> Self {
-        self.exp()
-    }
-    fn ln_1p_unit(self) -> Self {
-        self.ln_1p()
-    }
-    fn max0(self) -> Self {
-        self.max(0.0)
-    }
-    fn abs_(self) -> Self {
-        self.abs()
-    }
-}
+use crate::vmath::Real;
 
 // Each function below computes `e = e^{−|x|}` once and selects (no branches, so the f32 loops
 // vectorise). Below −15, `−|x| = x`, so `e` is the `eˣ` the definitions ask for there.
