@@ -10,16 +10,18 @@
 # results/structured/cells/ARCH/CELL/ (committed), from which table.py makes table.md. Env:
 # B (the secateur binary, default target/release/secateur), REPS (timed passes at batch 128 for
 # the speed-up, five times as many at batch 1; default 10), FT_EPOCHS (fine-tune, default 3),
-# CRITERIA (the filter criteria to run, default "l1 fpgm bn-relu group-snr"; group-snr first
-# trains the mean-field twin, hours for VGG-11 on two cores).
+# CRITERIA (the methods to run, default "l1 fpgm bn-relu group-snr greg2"; group-snr first
+# trains the mean-field twin, hours for VGG-11 on two cores), TAG (appended to the architecture
+# in the cells' folder, results/structured/cells/ARCH$TAG: e.g. TAG=-intel-twin keeps cells made
+# on another kind of host apart from the architecture's own, with their own host.txt).
 set -euo pipefail
 ARCH=${1:?usage: run.sh resnet20|vgg11}
 B=${B:-target/release/secateur}
 REPS=${REPS:-10}
 FT_EPOCHS=${FT_EPOCHS:-3}
 CFG=experiments/configs/structured-$ARCH.toml
-R=runs/structured-$ARCH
-C=results/structured/cells/$ARCH
+R=runs/structured-$ARCH${TAG:-}
+C=results/structured/cells/$ARCH${TAG:-}
 mkdir -p "$R" "$C"
 
 # One architecture's cells come from one kind of host: training is bit-reproducible on one host
@@ -60,7 +62,9 @@ finish() { # cell run: compact the fine-tuned run and keep the summaries
   echo "done: $ARCH $cell"
 }
 
-for crit in ${CRITERIA:-l1 fpgm bn-relu group-snr}; do
+CRITERIA=${CRITERIA:-l1 fpgm bn-relu group-snr greg2}
+for crit in $CRITERIA; do
+  [ "$crit" = greg2 ] && continue   # below
   for frac in 0.4 0.6; do
     cell=$crit-$frac
     [ -f "$C/$cell/compact.json" ] && continue
@@ -75,7 +79,8 @@ for crit in ${CRITERIA:-l1 fpgm bn-relu group-snr}; do
   done
 done
 greg_targets="0.4 0.6"
-[ "$ARCH" = vgg11 ] && greg_targets="0.4 0.6 0.64"   # 0.64: f = 0.4, the cell an earlier run.sh called 0.4
+case " $CRITERIA " in *" greg2 "*) ;; *) greg_targets="" ;; esac
+[ "$ARCH" = vgg11 ] && [ -n "$greg_targets" ] && greg_targets="0.4 0.6 0.64"   # 0.64: f = 0.4, the cell an earlier run.sh called 0.4
 for frac in $greg_targets; do
   # GReg-2 at filter level from the dense weights: its sparsity is the fraction f of each layer's
   # filters. A ResNet's blocks lose inner channels only, so f is about the fraction of FLOPs; a

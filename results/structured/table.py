@@ -5,13 +5,16 @@
 One row per finished cell: method, the FLOPs removed (target and reached), parameters kept,
 test accuracy and ECE after the fine-tune (and the change from the dense network), and the
 measured speed-up of the compacted network at batch 1 and 128 (median latencies of the masked
-and the compacted network, timed alternately).
+and the compacted network, timed alternately). A cells folder is named after its architecture,
+with a tag when its cells come from another kind of host (`run.sh`'s TAG); the network column
+names the host that trained and timed them (the folder's host.txt).
 """
 import json
 import pathlib
 
 ROOT = pathlib.Path(__file__).parent / "cells"
 ORDER = ["l1", "fpgm", "bn-relu", "group-snr", "greg2"]
+HOSTS = {"AuthenticAMD": "AMD EPYC", "GenuineIntel": "Intel Xeon"}
 NAMES = {"l1": "ℓ1 norm", "fpgm": "FPGM", "bn-relu": "BN statistics", "group-snr": "group SNR (mean-field)",
          "greg2": "GReg-2 (filters)"}
 
@@ -24,7 +27,8 @@ print("| network | method | FLOPs removed, target → reached | parameters kept 
       "speed-up b1 | speed-up b128 |")
 print("|---|---|---|---:|---:|---:|---:|---:|---:|")
 for arch_dir in sorted(p for p in ROOT.iterdir() if p.is_dir()):
-    arch = arch_dir.name
+    host = (arch_dir / "host.txt").read_text().strip() if (arch_dir / "host.txt").is_file() else ""
+    arch = arch_dir.name.split("-")[0] + (f" ({HOSTS.get(host, host)})" if host else "")
     dense = load(arch_dir / "dense" / "metrics.json")
     mf = load(arch_dir / "mean-field" / "metrics.json")
     if dense:
