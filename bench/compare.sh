@@ -14,8 +14,8 @@
 # side's distance to it, and each side's p90 / median of the step times.
 # Raw JSON lines are kept in $OUT_DIR (default bench/results/<timestamp>/).
 # HVP=0 skips the second table: one Hessian-vector product by double backprop, and one Hutchinson
-# probe (the second backward pass alone), vs one gradient (forward + backward) on the secateur
-# side, HVP_STEPS / HVP_WARMUP timed / warm-up repetitions.
+# probe (the second backward pass alone), vs one gradient (forward + backward), on both sides
+# (pytorch_step.py --hvp), HVP_STEPS / HVP_WARMUP timed / warm-up repetitions.
 # QUIET=1 waits (at most QUIET_MAX seconds, default 600) before each run for three 5-second
 # windows in which the CPUs are more than 85% idle. Every run records the CPU time that other
 # processes used meanwhile ("background cores"), shown in the table when above 0.1 core.
@@ -140,6 +140,8 @@ if [ "${HVP:-1}" != "0" ]; then
     HVP_MODELS="$HVP_MODELS $m"
     echo "compare.sh: $m Hessian-vector product (${HVP_WARMUP:-1} warm-up + $hs timed)" >&2
     run_measured "hvp-$m" "$BIN" --model "$m" --batch "$BATCH" --steps "$hs" --warmup "${HVP_WARMUP:-1}" --hvp --json
+    run_measured "pytorch-hvp-$m" "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" --batch "$BATCH" --steps "$hs" \
+      --warmup "${HVP_WARMUP:-1}" --threads "$THREADS" --hvp --json
   done
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -245,16 +247,18 @@ for m in os.environ["MODELS"].split():
 hvp_models = os.environ.get("HVP_MODELS", "").split()
 if hvp_models:
     print()
-    print("Hessian-vector product by double backprop (secateur; Rademacher v; checked against a central")
-    print("difference of gradients in f64, batch 8, smallest error over steps 1e-6, 1e-8, 1e-10):")
+    print("Hessian-vector product by double backprop, Rademacher v, on both sides (PyTorch:")
+    print("`torch.autograd.grad` with `create_graph=True`); secateur's is checked against a central")
+    print("difference of gradients in f64, batch 8, smallest error over steps 1e-6, 1e-8, 1e-10:")
     print()
-    print("| model | gradient ms | HVP ms | HVP / gradient | probe ms | probe / gradient | rel. error vs finite differences |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | gradient ms, secateur / PyTorch | HVP ms | HVP / gradient | probe ms | probe / gradient | rel. error vs finite differences |")
+    print("|---|---|---|---|---|---|---:|")
     for m in hvp_models:
-        r = load("hvp", m)
-        bg = background(f"hvp-{m}")
-        if bg > 0.1:
-            notes.append(f"{m} HVP: other processes kept {bg:.2f} of {os.cpu_count()} cores busy during the run")
+        r, q = load("hvp", m), load("pytorch-hvp", m)
+        for tag in (f"hvp-{m}", f"pytorch-hvp-{m}"):
+            bg = background(tag)
+            if bg > 0.1:
+                notes.append(f"{tag}: other processes kept {bg:.2f} of {os.cpu_count()} cores busy during the run")
         if r is None or "hvp_median_ms" not in r:
             err = (r or {}).get("error", "no result")
             print(f"| {m} | n/a | n/a | n/a | n/a | n/a | {str(err).splitlines()[0] if err else 'n/a'} |")
@@ -262,7 +266,15 @@ if hvp_models:
         if r.get("hvp_error"):
             print(f"| {m} | {fmt(r['grad_median_ms'])} | failed | n/a | n/a | n/a | {r['hvp_error'].splitlines()[0]} |")
             continue
-        print(f"| {m} | {fmt(r['grad_median_ms'])} | {fmt(r['hvp_median_ms'])} | {r['hvp_over_grad']:.2f}× | {fmt(r['probe_median_ms'])} | {r['probe_over_grad']:.2f}× | {r['hvp_fd_rel_err']:.1e} |")
+
+        def pair(key, ratio=False):
+            a = f"{r[key]:.2f}×" if ratio else fmt(r[key])
+            if q is None or key not in q:
+                return f"{a} / n/a"
+            return f"{a} / {q[key]:.2f}×" if ratio else f"{a} / {fmt(q[key])}"
+
+        print(f"| {m} | {pair('grad_median_ms')} | {pair('hvp_median_ms')} | {pair('hvp_over_grad', True)} | "
+              f"{pair('probe_median_ms')} | {pair('probe_over_grad', True)} | {r['hvp_fd_rel_err']:.1e} |")
 if notes:
     print()
     for n in notes:

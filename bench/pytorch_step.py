@@ -27,6 +27,12 @@ KIND, as ``factory(KIND, &FactoryOptions::default())`` makes it, and the loss is
 (Bernoulli input gates, GSM prior) and ``deterministic``; ``--sampling local|weight|flipout`` picks
 the estimator of the three Gaussian-weight kinds (default local). The JSON line then has
 ``"layers"`` and ``"sampling"`` (null where it does not apply).
+
+``--hvp`` times what ``bench_step --hvp`` times, on the deterministic models: one gradient
+(forward + backward, no optimiser), one Hessian-vector product by double backprop (gradient with
+``create_graph=True``, then the gradient of its dot product with a Rademacher vector), and one
+Hutchinson probe (that second backward pass alone, from one gradient kept with its graph), as
+medians and their ratios to the gradient.
 """
 
 import argparse
@@ -637,6 +643,65 @@ def step_flops(step):
     return counter.get_total_flops()
 
 
+def hvp_bench(model, x, y, args, nparams, base_rss):
+    """Gradient, Hessian-vector product and Hutchinson probe timings (``--hvp``), medians in ms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(3)
+    v = [(torch.randint(0, 2, p.shape, generator=gen).to(p) * 2 - 1) for p in params]
+
+    def sync():
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(fn):
+        for _ in range(args.warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+    def gradient(create_graph=False):
+        loss = F.cross_entropy(model(x), y)
+        return torch.autograd.grad(loss, params, create_graph=create_graph)
+
+    def dot(g):
+        return sum((gi * vi).sum() for gi, vi in zip(g, v))
+
+    def hvp():
+        return torch.autograd.grad(dot(gradient(create_graph=True)), params)
+
+    grad_times = timed(gradient)
+    hvp_times = timed(hvp)
+    gv = dot(gradient(create_graph=True))
+    probe_times = timed(lambda: torch.autograd.grad(gv, params, retain_graph=True))
+    g, hv, pr = (statistics.median(t) for t in (grad_times, hvp_times, probe_times))
+    return {
+        "impl": "pytorch",
+        "mode": "hvp",
+        "model": args.model,
+        "supported": True,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "params": nparams,
+        "grad_median_ms": g,
+        "hvp_median_ms": hv,
+        "hvp_over_grad": hv / g,
+        "probe_median_ms": pr,
+        "probe_over_grad": pr / g,
+        "peak_rss_mib": rss_mib(peak=True),
+        "base_rss_mib": base_rss,
+        "torch": torch.__version__,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet5", choices=sorted(MODELS))
@@ -694,6 +759,12 @@ def main():
         default=MC_DROPOUT_P,
         help="--layers mc-dropout: drop probability (default 0.1, FactoryOptions::default())",
     )
+    ap.add_argument(
+        "--hvp",
+        action="store_true",
+        help="time a gradient, a Hessian-vector product by double backprop and one Hutchinson probe "
+        "(as bench_step --hvp) instead of training steps; deterministic models only",
+    )
     ap.add_argument("--print-params", action="store_true", help="list parameter names and shapes")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (each step ends with loss.item(), a sync)")
     args = ap.parse_args()
@@ -741,6 +812,11 @@ def main():
 
     x = torch.randn(args.batch, c, h, w).to(dev)
     y = torch.randint(0, 10, (args.batch,)).to(dev)
+    if args.hvp:
+        if bayes or args.layers is not None:
+            ap.error("--hvp times the deterministic models only (as bench_step --hvp)")
+        print(json.dumps(hvp_bench(model, x, y, args, nparams, base_rss)))
+        return
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     def step():
