@@ -141,7 +141,7 @@ if [ "${HVP:-1}" != "0" ]; then
     echo "compare.sh: $m Hessian-vector product (${HVP_WARMUP:-1} warm-up + $hs timed)" >&2
     run_measured "hvp-$m" "$BIN" --model "$m" --batch "$BATCH" --steps "$hs" --warmup "${HVP_WARMUP:-1}" --hvp --json
     run_measured "pytorch-hvp-$m" "$PY" "$ROOT/bench/pytorch_step.py" --model "$m" --batch "$BATCH" --steps "$hs" \
-      --warmup "${HVP_WARMUP:-1}" --threads "$THREADS" --hvp --json
+      --warmup "${HVP_WARMUP:-1}" --threads "$THREADS" --hvp --flops --json
   done
 fi
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -249,10 +249,13 @@ if hvp_models:
     print()
     print("Hessian-vector product by double backprop, Rademacher v, on both sides (PyTorch:")
     print("`torch.autograd.grad` with `create_graph=True`); secateur's is checked against a central")
-    print("difference of gradients in f64, batch 8, smallest error over steps 1e-6, 1e-8, 1e-10:")
+    print("difference of gradients in f64, batch 8, smallest error over steps 1e-6, 1e-8, 1e-10. Each")
+    print("cell is secateur / PyTorch. The FLOP floors are the HVP's and the probe's FLOPs over a")
+    print("gradient's (torch.utils.flop_counter: matrix products and convolutions), the least ratio")
+    print("double backprop can reach if it runs at the gradient's FLOP rate:")
     print()
-    print("| model | gradient ms, secateur / PyTorch | HVP ms | HVP / gradient | probe ms | probe / gradient | rel. error vs finite differences |")
-    print("|---|---|---|---|---|---|---:|")
+    print("| model | gradient ms | HVP ms | HVP / gradient | FLOP floor | probe ms | probe / gradient | FLOP floor | rel. error vs finite differences |")
+    print("|---|---|---|---|---:|---|---|---:|---:|")
     for m in hvp_models:
         r, q = load("hvp", m), load("pytorch-hvp", m)
         for tag in (f"hvp-{m}", f"pytorch-hvp-{m}"):
@@ -273,8 +276,14 @@ if hvp_models:
                 return f"{a} / n/a"
             return f"{a} / {q[key]:.2f}×" if ratio else f"{a} / {fmt(q[key])}"
 
+        def floor(key):
+            if q is None or not q.get(key) or not q.get("grad_flops"):
+                return "n/a"
+            return f"{q[key] / q['grad_flops']:.2f}×"
+
         print(f"| {m} | {pair('grad_median_ms')} | {pair('hvp_median_ms')} | {pair('hvp_over_grad', True)} | "
-              f"{pair('probe_median_ms')} | {pair('probe_over_grad', True)} | {r['hvp_fd_rel_err']:.1e} |")
+              f"{floor('hvp_flops')} | {pair('probe_median_ms')} | {pair('probe_over_grad', True)} | "
+              f"{floor('probe_flops')} | {r['hvp_fd_rel_err']:.1e} |")
 if notes:
     print()
     for n in notes:

@@ -678,8 +678,12 @@ def hvp_bench(model, x, y, args, nparams, base_rss):
     grad_times = timed(gradient)
     hvp_times = timed(hvp)
     gv = dot(gradient(create_graph=True))
-    probe_times = timed(lambda: torch.autograd.grad(gv, params, retain_graph=True))
+    probe = lambda: torch.autograd.grad(gv, params, retain_graph=True)  # noqa: E731
+    probe_times = timed(probe)
     g, hv, pr = (statistics.median(t) for t in (grad_times, hvp_times, probe_times))
+    # With --flops: the FLOPs of each (matrix products and convolutions), whose ratios are the
+    # floor of the HVP's and the probe's ratios to a gradient.
+    flops = {k: step_flops(f) for k, f in (("grad", gradient), ("hvp", hvp), ("probe", probe))} if args.flops else {}
     return {
         "impl": "pytorch",
         "mode": "hvp",
@@ -696,6 +700,9 @@ def hvp_bench(model, x, y, args, nparams, base_rss):
         "hvp_over_grad": hv / g,
         "probe_median_ms": pr,
         "probe_over_grad": pr / g,
+        "grad_flops": flops.get("grad"),
+        "hvp_flops": flops.get("hvp"),
+        "probe_flops": flops.get("probe"),
         "peak_rss_mib": rss_mib(peak=True),
         "base_rss_mib": base_rss,
         "torch": torch.__version__,
