@@ -6,12 +6,13 @@
 #
 #   results/structured/retime.sh vgg11     # nothing else running
 #   CELLS="group-snr-0.4 group-snr-0.6" results/structured/retime.sh vgg11   # only these cells
+#   TAG=-intel-twin results/structured/retime.sh resnet20   # the cells of run.sh's TAG
 set -euo pipefail
 ARCH=${1:?usage: retime.sh resnet20|vgg11}
 B=${B:-target/release/secateur}
 REPS=${REPS:-10}
-R=runs/structured-$ARCH
-C=results/structured/cells/$ARCH
+R=runs/structured-$ARCH${TAG:-}
+C=results/structured/cells/$ARCH${TAG:-}
 for cell in "$C"/*/; do
   name=$(basename "$cell")
   [ -f "$cell/compact.json" ] || continue

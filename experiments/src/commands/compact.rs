@@ -698,6 +698,11 @@ pub fn markdown(s: &CompactSummary) -> String {
             ratio(a.median_ms, b.median_ms)
         );
     }
+    if s.layers != "deterministic" {
+        t += "\nTest accuracy is each network's own predictive. Where that is a Monte Carlo average (Bayesian layers \
+              sampled at evaluation), the two networks draw different noise (the compacted one has fewer weights), so \
+              the accuracies can differ where the posterior-mean logits agree.\n";
+    }
     if let Some(l) = m.latency.first() {
         t += &format!(
             "\nLatency: CPU forward pass in evaluation mode, median of {} (batch 1) and {} (batch {}) timed passes \
