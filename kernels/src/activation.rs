@@ -29,6 +29,16 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// `g ⊙ [y > 0]`, the gradient through a ReLU whose output is `y` (the `Mask` op on the CPU,
+/// differentiable as the module notes say; candle's ops elsewhere).
+pub(crate) fn relu_mask(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if y.device().is_cpu() && is_float(y) && y.dims() == g.dims() && y.dtype() == g.dtype() {
+        y.contiguous()?.apply_op2(&g.contiguous()?, Mask)
+    } else {
+        g * y.gt(0.0)?.to_dtype(g.dtype())?
+    }
+}
+
 fn is_float(x: &Tensor) -> bool {
     matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
 }

@@ -32,6 +32,7 @@
 //!   `σ = e^{½ log σ²}`, each one pass.
 
 pub mod activation;
+pub mod affine;
 pub mod alloc_cache;
 pub mod bias;
 pub mod conv;

@@ -52,18 +52,12 @@ impl BatchNorm {
             candle_core::bail!("batch norm over {c} channels got input of shape {:?}", x.dims());
         }
         if !ctx.is_train() {
-            let bshape: Vec<usize> = (0..rank).map(|i| if i == 1 { c } else { 1 }).collect();
+            // y = act(s x + t), s = γ / √(σ²_run + ε), t = β − μ_run s: one fused pass on the CPU
+            // (secateur_kernels::affine), the same bits as the broadcast multiply and add.
             let inv = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
             let scale = (&self.weight * inv)?;
             let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            let y = x
-                .broadcast_mul(&scale.reshape(bshape.clone())?)?
-                .broadcast_add(&shift.reshape(bshape)?)?;
-            return if relu {
-                secateur_kernels::activation::relu(&y)
-            } else {
-                Ok(y)
-            };
+            return secateur_kernels::affine::channel_affine(x, &scale, &shift, relu);
         }
         // A pass of S samples normalises each sample block with its own statistics and updates
         // the running statistics once per block, in block order, as S passes would; identical
