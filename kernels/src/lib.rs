@@ -16,13 +16,15 @@
 //! - [`activation`]: ReLU and the residual `relu(a + b)` on both cores.
 //! - [`norm`]: training-mode batch norm, optionally fused with its ReLU, closed under
 //!   differentiation to second order.
+//! - [`affine`]: the per-channel affine map `act(s x + t)`, evaluation-mode batch norm (with its
+//!   ReLU) in one pass.
 //! - [`pool`]: max pooling.
 //! - [`bias`]: per-channel bias with a parallel channel-sum backward.
 //! - [`inner`]: the inner product `Σ a ⊙ b` that starts a Hessian-vector product, with a
 //!   backward only for the operands that track gradients.
 //! - [`matmul`]: the matrix product whose backward skips the gradient of an operand that does
 //!   not track one (the input batch), at first and second order.
-//! - [`optim`]: the SGD update in place.
+//! - [`optim`]: the SGD and AdamW updates in place.
 //! - [`runtime`], [`alloc_cache`]: process set-up for programs that train (thread pool, glibc
 //!   allocator settings, a caching global allocator); the `secateur` binary uses them, and so
 //!   can any program built on the library.
