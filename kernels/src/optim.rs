@@ -13,13 +13,12 @@
 //! and reads each parameter, gradient and buffer once or twice, instead of the seven or eight
 //! whole-tensor passes (each a fresh allocation) that the same update takes as tensor
 //! arithmetic. Elsewhere (CUDA) it is that tensor arithmetic. The loops are closures over copied
-//! scalars with no branch inside, compiled twice (baseline and AVX2, picked at run time, the same
-//! bits): the earlier loop with the Nesterov test inside ran one scalar at a time, and the SGD
+//! scalars with no branch inside, run by `crate::cpu`'s `update2` / `update3` (compiled for the
+//! baseline and for AVX2, picked at run time, the same bits): the earlier loop with the Nesterov test inside ran one scalar at a time, and the SGD
 //! step was about 10% of an MLP training step on the 2-core Intel Xeon (6% after).
 
-use crate::cpu::{contiguous, CHUNK};
+use crate::cpu::{contiguous, update2, update3};
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, WithDType};
-use rayon::prelude::*;
 
 /// SGD settings of one update.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,115 +130,6 @@ fn contiguous_mut<'a, T>(v: &'a mut [T], l: &Layout) -> Result<&'a mut [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&mut v[a..b]),
         None => candle_core::bail!("sgd step: the updated tensor must be contiguous"),
-    }
-}
-
-/// `dst[i] ← f(dst[i], a[i])` in parallel chunks; see [`wide`].
-fn update2<T: WithDType>(dst: &mut [T], a: &[T], f: impl Fn(T, T) -> T + Sync + Send) {
-    assert_eq!(dst.len(), a.len(), "optimiser update: lengths differ");
-    dst.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK))
-        .for_each(|(d, a)| wide::each2(d, a, &f));
-}
-
-/// `dst[i] ← f(dst[i], a[i], b[i])` in parallel chunks; see [`wide`].
-fn update3<T: WithDType>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(T, T, T) -> T + Sync + Send) {
-    assert!(
-        dst.len() == a.len() && dst.len() == b.len(),
-        "optimiser update: lengths differ"
-    );
-    dst.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(d, (a, b))| wide::each3(d, a, b, &f));
-}
-
-/// The optimisers' per-chunk loops, compiled for the baseline (SSE2) and with AVX2 enabled,
-/// picked at run time (as `crate::cpu`'s elementwise maps). The update rules are plain closures
-/// over copied scalars, so the compiler vectorises them; no fused multiply-add is enabled, so both
-/// builds round every operation alike and give the same bits as the scalar rule.
-mod wide {
-    #[inline(always)]
-    fn body2<T: Copy>(d: &mut [T], a: &[T], f: &impl Fn(T, T) -> T) {
-        d.iter_mut().zip(a).for_each(|(d, &a)| *d = f(*d, a));
-    }
-
-    #[inline(always)]
-    fn body3<T: Copy>(d: &mut [T], a: &[T], b: &[T], f: &impl Fn(T, T, T) -> T) {
-        d.iter_mut()
-            .zip(a.iter().zip(b))
-            .for_each(|(d, (&a, &b))| *d = f(*d, a, b));
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn body2_avx2<T: Copy>(d: &mut [T], a: &[T], f: &impl Fn(T, T) -> T) {
-        body2(d, a, f)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn body3_avx2<T: Copy>(d: &mut [T], a: &[T], b: &[T], f: &impl Fn(T, T, T) -> T) {
-        body3(d, a, b, f)
-    }
-
-    /// `d[i] ← f(d[i], a[i])` (`a` as long as `d`).
-    pub(super) fn each2<T: Copy>(d: &mut [T], a: &[T], f: &impl Fn(T, T) -> T) {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { body2_avx2(d, a, f) };
-        }
-        body2(d, a, f)
-    }
-
-    /// `d[i] ← f(d[i], a[i], b[i])` (`a`, `b` as long as `d`).
-    pub(super) fn each3<T: Copy>(d: &mut [T], a: &[T], b: &[T], f: &impl Fn(T, T, T) -> T) {
-        #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { body3_avx2(d, a, b, f) };
-        }
-        body3(d, a, b, f)
-    }
-
-    #[cfg(all(test, target_arch = "x86_64"))]
-    mod tests {
-        /// The AVX2 build of the loops and the baseline build give the same bits (what the module
-        /// notes promise), on SGD's Nesterov rule and on AdamW's parameter rule (a square root
-        /// and a division) over a sweep of f32 values. Calls both builds directly; on a CPU
-        /// without AVX2 there is nothing to compare.
-        #[test]
-        fn both_builds_give_the_same_bits() {
-            if !std::is_x86_feature_detected!("avx2") {
-                return;
-            }
-            let n = 1003; // not a multiple of any vector width
-            let a: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.11).cos().abs() * 1e-3 + 1e-9).collect();
-            let start: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.73).cos()).collect();
-            let (lr, wd, m) = (0.05f32, 5e-4f32, 0.9f32);
-            let nesterov = move |t: f32, b: f32, g: f32| t - lr * (g + wd * t + m * b);
-            let adam = move |t: f32, m: f32, v: f32| (t * 0.999 + 0.0) + ((m / (v.sqrt() * 1.3 + 1e-8)) * -0.01 + 0.0);
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            // Generic in the rule (not `dyn Fn`), so that each build inlines and vectorises it.
-            fn both<F: Fn(f32, f32, f32) -> f32>(start: &[f32], a: &[f32], b: &[f32], f: F) -> (Vec<f32>, Vec<f32>) {
-                let (mut base, mut wide) = (start.to_vec(), start.to_vec());
-                super::body3(&mut base, a, b, &f);
-                // SAFETY: the caller checked that the CPU supports AVX2.
-                unsafe { super::body3_avx2(&mut wide, a, b, &f) };
-                (base, wide)
-            }
-            for (base, wide) in [both(&start, &a, &b, nesterov), both(&start, &a, &b, adam)] {
-                assert_eq!(bits(&base), bits(&wide));
-                assert_ne!(bits(&base), bits(&start), "the rule changed nothing");
-            }
-            let (mut base, mut wide) = (start.clone(), start.clone());
-            let plain = move |t: f32, b: f32| t - lr * b;
-            super::body2(&mut base, &a, &plain);
-            // SAFETY: as above.
-            unsafe { super::body2_avx2(&mut wide, &a, &plain) };
-            assert_eq!(bits(&base), bits(&wide));
-        }
     }
 }
 
