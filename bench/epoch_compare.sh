@@ -13,7 +13,8 @@
 # THREADS (2) threads on both sides (RAYON_NUM_THREADS, torch.set_num_threads). B is the
 # secateur binary (default: this tree's, built in release). Configs that are not one `train` run
 # (studies) or whose recipe pytorch_epoch.py does not reproduce get a row saying why.
-# Results go to OUT_DIR (default bench/results/epochs-<timestamp>/): runs.jsonl and table.md;
+# Results go to OUT_DIR (default bench/results/epochs-<timestamp>/): runs.jsonl and table.md,
+# with each secateur run's log in runs/ (the run itself is deleted once its history is recorded);
 # an OUT_DIR that already holds results is refused unless FORCE=1 (start over) or RESUME=1
 # (after a kill: keep the configs already recorded in runs.jsonl, redo the rest; a config cut
 # off between its two sides is run again, and the table takes each side's last line). Run it on a quiet machine:
@@ -110,6 +111,7 @@ epochs = [{"epoch": int(r["epoch"]), "train_s": num(r, "seconds"), "eval_s": num
            "test_rmse": num(r, "test_rmse")} for r in rows]
 print(json.dumps({"impl": "secateur", "name": sys.argv[2], "supported": True, "epochs": epochs}))
 EOF
+    rm -rf "$run"   # recorded: the run's checkpoints are scratch (ResNet-20 and VGG-11 ~40 MB each); its log stays
   else
     echo "{\"impl\": \"secateur\", \"name\": \"$name\", \"supported\": false, \"reason\": \"secateur train failed (see runs/$name.log)\"}" >> "$RUNS"
   fi
