@@ -643,6 +643,22 @@ def step_flops(step):
     return counter.get_total_flops()
 
 
+def run_fields(args, mode, nparams):
+    """The fields every JSON line of this script starts with (as bench_step's)."""
+    return {
+        "impl": "pytorch",
+        "mode": mode,
+        "model": args.model,
+        "supported": True,
+        "batch": args.batch,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "params": nparams,
+    }
+
+
 def hvp_bench(model, x, y, args, nparams, base_rss):
     """Gradient, Hessian-vector product and Hutchinson probe timings (``--hvp``), medians in ms."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -685,16 +701,7 @@ def hvp_bench(model, x, y, args, nparams, base_rss):
     # floor of the HVP's and the probe's ratios to a gradient.
     flops = {k: step_flops(f) for k, f in (("grad", gradient), ("hvp", hvp), ("probe", probe))} if args.flops else {}
     return {
-        "impl": "pytorch",
-        "mode": "hvp",
-        "model": args.model,
-        "supported": True,
-        "batch": args.batch,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "threads": torch.get_num_threads(),
-        "device": args.device,
-        "params": nparams,
+        **run_fields(args, "hvp", nparams),
         "grad_median_ms": g,
         "hvp_median_ms": hv,
         "hvp_over_grad": hv / g,
@@ -847,18 +854,9 @@ def main():
         times.append((time.perf_counter() - t0) * 1e3)
 
     out = {
-        "impl": "pytorch",
-        "mode": "train_step",
-        "model": args.model,
+        **run_fields(args, "train_step", nparams),
         "layers": layers,
         "sampling": sampling,
-        "supported": True,
-        "batch": args.batch,
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "threads": torch.get_num_threads(),
-        "device": args.device,
-        "params": nparams,
         "params_expected": expected,
         "median_ms": statistics.median(times) if times else float("nan"),
         "p90_ms": quantile(times, 0.9),
