@@ -259,16 +259,19 @@ pub fn prune_model(
         rounds: spec.rounds,
         final_sparsity: spec.sparsity,
     };
-    let (masks, scores) = if spec.rounds == 1 {
-        let scores = crit.score(&mut cx)?;
-        let masks = allocation.masks(&scores)?;
-        masks.apply(&store)?;
-        (masks, scores)
-    } else {
-        let masks = prune_iteratively(crit.as_ref(), &mut cx, &allocation, &schedule)?;
-        // The scores of the final, pruned state.
-        (masks, crit.score(&mut cx)?)
-    };
+    // Scoring is computation only: the pool's other workers poll for its kernels (runtime::warm).
+    let (masks, scores) = secateur_kernels::runtime::warm(|| -> Result<_> {
+        Ok(if spec.rounds == 1 {
+            let scores = crit.score(&mut cx)?;
+            let masks = allocation.masks(&scores)?;
+            masks.apply(&store)?;
+            (masks, scores)
+        } else {
+            let masks = prune_iteratively(crit.as_ref(), &mut cx, &allocation, &schedule)?;
+            // The scores of the final, pruned state.
+            (masks, crit.score(&mut cx)?)
+        })
+    })?;
     let table = masks.layer_table(&store, Some(&geom))?;
     Ok(Pruned {
         masks,

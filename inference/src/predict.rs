@@ -32,15 +32,19 @@ pub fn predict(
     let mut probs = Vec::new();
     let mut labels = Vec::new();
     let mut classes = 0;
-    for i in 0..data.num_batches() {
-        let (x, y) = data.batch(i, rng)?;
-        let mut ctx = Ctx::eval(rng, sampling);
-        let logits = model.forward(&x, &mut ctx)?;
-        classes = logits.dim(D::Minus1)?;
-        let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
-        probs.extend(p.flatten_all()?.to_vec1::<f32>()?);
-        labels.extend(y.to_dtype(DType::U32)?.to_vec1::<u32>()?);
-    }
+    // computation only: the pool's other workers poll for its kernels (runtime::warm)
+    secateur_kernels::runtime::warm(|| -> Result<()> {
+        for i in 0..data.num_batches() {
+            let (x, y) = data.batch(i, rng)?;
+            let mut ctx = Ctx::eval(rng, sampling);
+            let logits = model.forward(&x, &mut ctx)?;
+            classes = logits.dim(D::Minus1)?;
+            let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+            probs.extend(p.flatten_all()?.to_vec1::<f32>()?);
+            labels.extend(y.to_dtype(DType::U32)?.to_vec1::<u32>()?);
+        }
+        Ok(())
+    })?;
     Ok(Predictions { probs, labels, classes })
 }
 
@@ -213,32 +217,36 @@ pub fn predict_mc(
     let mut out = McPredictions::empty(samples);
     let mut labels = Vec::new();
     let mut classes = 0;
-    for i in 0..data.num_batches() {
-        let (x, y) = data.batch(i, rng)?;
-        let b = x.dim(0)?;
-        if b == 0 {
-            continue;
-        }
-        let mut draws: Vec<Vec<f32>> = Vec::with_capacity(samples);
-        let per_pass = samples_per_pass(samples, &x, sampling);
-        while draws.len() < samples {
-            let s = per_pass.min(samples - draws.len());
-            let mut ctx = Ctx::eval(rng, sampling).with_samples(s);
-            let logits = model.forward(&tile(&x, s)?, &mut ctx)?;
-            classes = logits.dim(D::Minus1)?;
-            if logits.dims() != [s * b, classes] {
-                candle_core::bail!(
-                    "predict_mc: a pass of {s} samples of a batch of {b} returned logits of shape {:?}",
-                    logits.dims()
-                );
+    // computation only: the pool's other workers poll for its kernels (runtime::warm)
+    secateur_kernels::runtime::warm(|| -> Result<()> {
+        for i in 0..data.num_batches() {
+            let (x, y) = data.batch(i, rng)?;
+            let b = x.dim(0)?;
+            if b == 0 {
+                continue;
             }
-            let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
-            let p = p.flatten_all()?.to_vec1::<f32>()?;
-            draws.extend(p.chunks(b * classes).map(<[f32]>::to_vec));
+            let mut draws: Vec<Vec<f32>> = Vec::with_capacity(samples);
+            let per_pass = samples_per_pass(samples, &x, sampling);
+            while draws.len() < samples {
+                let s = per_pass.min(samples - draws.len());
+                let mut ctx = Ctx::eval(rng, sampling).with_samples(s);
+                let logits = model.forward(&tile(&x, s)?, &mut ctx)?;
+                classes = logits.dim(D::Minus1)?;
+                if logits.dims() != [s * b, classes] {
+                    candle_core::bail!(
+                        "predict_mc: a pass of {s} samples of a batch of {b} returned logits of shape {:?}",
+                        logits.dims()
+                    );
+                }
+                let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+                let p = p.flatten_all()?.to_vec1::<f32>()?;
+                draws.extend(p.chunks(b * classes).map(<[f32]>::to_vec));
+            }
+            push_decomposed(&draws, y.dim(0)?, classes, &mut out);
+            labels.extend(y.to_dtype(DType::U32)?.to_vec1::<u32>()?);
         }
-        push_decomposed(&draws, y.dim(0)?, classes, &mut out);
-        labels.extend(y.to_dtype(DType::U32)?.to_vec1::<u32>()?);
-    }
+        Ok(())
+    })?;
     out.predictions.labels = labels;
     out.predictions.classes = classes;
     Ok(out)

@@ -376,88 +376,92 @@ impl<'a> Trainer<'a> {
             let (mut sq_err, mut cells) = (0f64, 0usize);
             let (mut nll_sum, mut div_sum, mut beta) = (0f64, 0f64, 1f64);
             let mut lr = self.settings.lr;
-            for step in 0..steps {
-                lr = self.settings.schedule.lr_at(self.settings.lr, epoch, step, steps);
-                let (x, y) = train.batch(step, &mut self.rng)?;
-                let cx = ObjectiveContext {
-                    model: self.model,
-                    store: &self.store,
-                    likelihood: &self.likelihood,
-                    sampling: self.settings.sampling,
-                    at: StepPosition { epoch, step, steps },
-                };
-                let out = self.objective.batch_loss(&cx, &x, &y, &mut self.rng)?;
-                let lv = scalar(&out.loss)?;
-                if !lv.is_finite() {
-                    let parts = match out.nll {
-                        Some(n) => format!(" (NLL {n}, divergence {})", out.divergence),
-                        None => String::new(),
+            // The pool's other workers poll for work through the steps and the evaluation
+            // instead of sleeping between kernels (runtime::warm).
+            let (seconds, metrics, eval_seconds) = secateur_kernels::runtime::warm(|| -> Result<_> {
+                for step in 0..steps {
+                    lr = self.settings.schedule.lr_at(self.settings.lr, epoch, step, steps);
+                    let (x, y) = train.batch(step, &mut self.rng)?;
+                    let cx = ObjectiveContext {
+                        model: self.model,
+                        store: &self.store,
+                        likelihood: &self.likelihood,
+                        sampling: self.settings.sampling,
+                        at: StepPosition { epoch, step, steps },
                     };
-                    candle_core::bail!(
-                        "training diverged: loss is {lv}{parts} at epoch {}, step {}",
-                        epoch + 1,
-                        step + 1
-                    );
-                }
-                beta = out.beta;
-                nll_sum += out.nll.unwrap_or(lv);
-                div_sum += out.divergence;
-                let mut grads = out.loss.backward()?;
-                let global_step = epoch * steps + step;
-                if let Some(h) = self.hook.as_mut() {
-                    h.before_step(&self.store, &mut grads, global_step)?;
-                }
-                self.optimizer.step(&self.params, &grads, lr)?;
-                if let Some(h) = self.hook.as_mut() {
-                    h.after_step(&self.store, global_step)?;
-                }
-                match &self.likelihood {
-                    Likelihood::Categorical => {
-                        let pred = out.outputs.argmax(D::Minus1)?;
-                        correct += pred
-                            .eq(&y.to_dtype(DType::U32)?)?
-                            .to_dtype(DType::F32)?
-                            .sum_all()?
-                            .to_scalar::<f32>()? as usize;
+                    let out = self.objective.batch_loss(&cx, &x, &y, &mut self.rng)?;
+                    let lv = scalar(&out.loss)?;
+                    if !lv.is_finite() {
+                        let parts = match out.nll {
+                            Some(n) => format!(" (NLL {n}, divergence {})", out.divergence),
+                            None => String::new(),
+                        };
+                        candle_core::bail!(
+                            "training diverged: loss is {lv}{parts} at epoch {}, step {}",
+                            epoch + 1,
+                            step + 1
+                        );
                     }
-                    Likelihood::Gaussian(g) => {
-                        let (mu, _) = g.mean_log_std(&out.mean_outputs()?)?;
-                        let t = y.to_dtype(DType::F64)?.reshape(mu.dims())?;
-                        sq_err += (mu.to_dtype(DType::F64)? - t)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-                        cells += mu.elem_count();
+                    beta = out.beta;
+                    nll_sum += out.nll.unwrap_or(lv);
+                    div_sum += out.divergence;
+                    let mut grads = out.loss.backward()?;
+                    let global_step = epoch * steps + step;
+                    if let Some(h) = self.hook.as_mut() {
+                        h.before_step(&self.store, &mut grads, global_step)?;
+                    }
+                    self.optimizer.step(&self.params, &grads, lr)?;
+                    if let Some(h) = self.hook.as_mut() {
+                        h.after_step(&self.store, global_step)?;
+                    }
+                    match &self.likelihood {
+                        Likelihood::Categorical => {
+                            let pred = out.outputs.argmax(D::Minus1)?;
+                            correct += pred
+                                .eq(&y.to_dtype(DType::U32)?)?
+                                .to_dtype(DType::F32)?
+                                .sum_all()?
+                                .to_scalar::<f32>()? as usize;
+                        }
+                        Likelihood::Gaussian(g) => {
+                            let (mu, _) = g.mean_log_std(&out.mean_outputs()?)?;
+                            let t = y.to_dtype(DType::F64)?.reshape(mu.dims())?;
+                            sq_err += (mu.to_dtype(DType::F64)? - t)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                            cells += mu.elem_count();
+                        }
+                    }
+                    seen += y.dim(0)?;
+                    loss_sum += lv;
+                    let info = StepInfo {
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        steps,
+                        loss: lv,
+                        accuracy: self.accuracy(correct, seen),
+                        rmse: self.rmse(sq_err, cells),
+                        examples_per_sec: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    };
+                    for o in observers.iter_mut() {
+                        o.on_step(&info)?;
                     }
                 }
-                seen += y.dim(0)?;
-                loss_sum += lv;
-                let info = StepInfo {
-                    epoch: epoch + 1,
-                    step: step + 1,
-                    steps,
-                    loss: lv,
-                    accuracy: self.accuracy(correct, seen),
-                    rmse: self.rmse(sq_err, cells),
-                    examples_per_sec: seen as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                let seconds = t0.elapsed().as_secs_f64();
+                let t_eval = Instant::now();
+                let metrics = match eval.as_deref_mut() {
+                    Some(data) => {
+                        // Evaluation draws from its own sub-stream so it never shifts the training stream.
+                        let mut erng = SeededRng::substream(self.rng.seed(), 1_000_000 + epoch as u64);
+                        match self.evaluation.as_mut() {
+                            Some(e) => e.evaluate(self.model, data, &mut erng)?,
+                            None => PosteriorMeanEvaluation::new(self.likelihood.clone())
+                                .with_target_units(self.target_units.0, self.target_units.1)?
+                                .evaluate(self.model, data, &mut erng)?,
+                        }
+                    }
+                    None => Default::default(),
                 };
-                for o in observers.iter_mut() {
-                    o.on_step(&info)?;
-                }
-            }
-            let seconds = t0.elapsed().as_secs_f64();
-            let t_eval = Instant::now();
-            let metrics = match eval.as_deref_mut() {
-                Some(data) => {
-                    // Evaluation draws from its own sub-stream so it never shifts the training stream.
-                    let mut erng = SeededRng::substream(self.rng.seed(), 1_000_000 + epoch as u64);
-                    match self.evaluation.as_mut() {
-                        Some(e) => e.evaluate(self.model, data, &mut erng)?,
-                        None => PosteriorMeanEvaluation::new(self.likelihood.clone())
-                            .with_target_units(self.target_units.0, self.target_units.1)?
-                            .evaluate(self.model, data, &mut erng)?,
-                    }
-                }
-                None => Default::default(),
-            };
-            let eval_seconds = t_eval.elapsed().as_secs_f64();
+                Ok((seconds, metrics, t_eval.elapsed().as_secs_f64()))
+            })?;
             let record = EpochRecord {
                 epoch: epoch + 1,
                 lr,

@@ -98,3 +98,121 @@ pub fn in_pool_of<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         Err(_) => f(),
     }
 }
+
+/// Runs `f` on the calling thread while the other workers of its rayon pool stay awake, each
+/// polling the pool for work (`rayon::yield_now`, a `pause` between polls) until `f` returns,
+/// instead of going to sleep between `f`'s parallel kernels.
+///
+/// A rayon worker that finds no work spins for a few dozen `sched_yield`s and then sleeps on a
+/// futex; the next fork–join wakes it with a system call whose wake-up (an inter-processor
+/// interrupt, under KVM a VM exit) the forking thread pays. A training step forks dozens of
+/// times with a few microseconds to a millisecond of one-thread work in between (graph
+/// bookkeeping, candle's elementwise ops, allocation), so the other worker is asleep at nearly
+/// every fork: a `perf record` of the MLP step on the 2-core Intel Xeon of BENCHMARKS.md spent 17%
+/// of its samples in the scheduler (`try_to_wake_up`, `futex` sleeps, `sched_yield`). PyTorch's
+/// OpenMP threads spin-wait between parallel regions for the same reason. Measured there with
+/// `bench_step`, alternating (median ms per step, sleeping → warm): MLP 1.29–1.32 → 0.90–0.96,
+/// LeNet-5 4.45–4.48 → 3.95–4.04, mean-field MLP 5.82–5.94 → 4.84–4.85, mean-field LeNet-5
+/// 12.7–13.2 → 12.1–12.2, ResNet-20 257–258 → 251–256; the same final losses.
+///
+/// The cost: the pool's cores stay busy for as long as `f` runs, so wrap computation (a training
+/// epoch, an evaluation), not waits on files, channels or other threads' pools. Outside a rayon
+/// pool, or in a pool of one thread, `f` just runs. Results do not depend on it: which worker
+/// runs a piece of work never changes what the kernels compute (they are deterministic across
+/// thread counts). Deadlock-free: the pollers are pushed on the calling worker's deque before `f`
+/// runs, so thieves, which take the oldest job, take them before any job of `f`; the calling
+/// worker never runs one inside `f` (it pops its own newest jobs first, and the only jobs older
+/// than `f`'s are the pollers, which it reaches only after `f` has returned or unwound, when they
+/// end at once).
+pub fn warm<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let others = rayon::current_num_threads().saturating_sub(1);
+    if others == 0 || rayon::current_thread_index().is_none() {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    struct Finish<'a>(&'a AtomicBool);
+    impl Drop for Finish<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    rayon::in_place_scope(|s| {
+        let finish = Finish(&done);
+        for _ in 0..others {
+            s.spawn(|_| {
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        let r = f();
+        drop(finish);
+        r
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    /// A sum computed by nested fork–joins, as the kernels do.
+    fn tree_sum(v: &[u64]) -> u64 {
+        if v.len() <= 4 {
+            return v.iter().sum();
+        }
+        let (a, b) = v.split_at(v.len() / 2);
+        let (x, y) = rayon::join(|| tree_sum(a), || tree_sum(b));
+        x + y
+    }
+
+    #[test]
+    fn warm_runs_f_on_the_calling_worker_and_returns_its_result() {
+        let v: Vec<u64> = (0..10_000).collect();
+        let expect: u64 = v.iter().sum();
+        for threads in [1, 2, 3] {
+            in_pool_of(threads, || {
+                let me = rayon::current_thread_index();
+                for _ in 0..50 {
+                    let (on, sum) = warm(|| (rayon::current_thread_index(), tree_sum(&v)));
+                    assert_eq!(on, me, "{threads} threads");
+                    assert_eq!(sum, expect, "{threads} threads");
+                    let par: u64 = warm(|| v.par_iter().map(|x| x * x).sum());
+                    assert_eq!(par, v.iter().map(|x| x * x).sum::<u64>());
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn warm_nests_and_runs_outside_a_pool() {
+        let v: Vec<u64> = (0..1000).collect();
+        let expect: u64 = v.iter().sum();
+        // outside any pool: f runs as is
+        assert_eq!(warm(|| tree_sum(&v)), expect);
+        let got = in_pool_of(2, || warm(|| warm(|| tree_sum(&v)) + warm(|| tree_sum(&v))));
+        assert_eq!(got, 2 * expect);
+    }
+
+    #[test]
+    fn warm_ends_its_pollers_when_f_panics() {
+        let v: Vec<u64> = (0..1000).collect();
+        let outcome = in_pool_of(2, || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                warm(|| {
+                    let s = tree_sum(&v);
+                    if s > 0 {
+                        panic!("f failed after its kernels");
+                    }
+                    s
+                })
+            }))
+        });
+        assert!(outcome.is_err());
+        // the pool is usable again: nothing was left polling
+        assert_eq!(in_pool_of(2, || warm(|| tree_sum(&v))), v.iter().sum::<u64>());
+    }
+}

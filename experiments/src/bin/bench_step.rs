@@ -91,6 +91,10 @@ struct Args {
     /// synchronisation, and the models use candle's own CUDA ops.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Let the pool's other workers sleep between kernels (`runtime::warm` off), as before it
+    /// existed: for A/B measurements
+    #[arg(long)]
+    cold: bool,
 }
 
 /// The device of `--device`.
@@ -244,9 +248,22 @@ fn loss(s: &Setup, rng: &mut SeededRng) -> Result<Tensor> {
     ce + (kl / TRAIN_SIZE)?
 }
 
+/// Whether `--cold` was given (set once in `main`, before any timing).
+static COLD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 /// Times `warmup + steps` calls of `f`, returning the timed durations in ms; each call ends with
-/// a synchronisation of `dev` (a no-op on the CPU), so that queued device work is counted.
-fn time_steps(dev: &Device, warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+/// a synchronisation of `dev` (a no-op on the CPU), so that queued device work is counted. The
+/// calls run as `secateur train` runs its steps, with the pool's other workers polling for work
+/// ([`secateur_kernels::runtime::warm`]), unless `--cold`.
+fn time_steps(dev: &Device, warmup: usize, steps: usize, f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    if COLD.get().copied().unwrap_or(false) {
+        time_calls(dev, warmup, steps, f)
+    } else {
+        secateur_kernels::runtime::warm(|| time_calls(dev, warmup, steps, f))
+    }
+}
+
+fn time_calls(dev: &Device, warmup: usize, steps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     for _ in 0..warmup {
         f()?;
     }
@@ -292,6 +309,7 @@ fn train_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
         "steps": args.steps,
         "warmup": args.warmup,
         "threads": threads(),
+        "workers": if COLD.get().copied().unwrap_or(false) { "sleeping" } else { "warm" },
         "device": args.device,
         "params": s.store.num_params(),
         "median_ms": median(&times),
@@ -375,6 +393,7 @@ fn mc_bench(args: &Args, input: [usize; 3], samples: usize) -> Result<serde_json
         "batch": args.batch,
         "steps": n,
         "threads": threads(),
+        "workers": if COLD.get().copied().unwrap_or(false) { "sleeping" } else { "warm" },
         "device": args.device,
         "predict_one_ms": predict_one,
         "predict_loop_ms": predict_loop,
@@ -568,6 +587,7 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
                 "steps": steps,
                 "warmup": warmup,
                 "threads": threads(),
+                "workers": if COLD.get().copied().unwrap_or(false) { "sleeping" } else { "warm" },
                 "device": device_name,
                 "params": s.store.num_params(),
                 "grad_median_ms": g,
@@ -753,6 +773,7 @@ fn main() {
             std::process::exit(1);
         }
     }
+    COLD.get_or_init(|| args.cold);
     secateur_kernels::runtime::in_pool(|| run(args));
 }
 
