@@ -8,10 +8,15 @@
 //! y[o, q] = Σ_{(c, a, b)} w[o, c, a, b] · x_pad[δ(c, a, b) + q]        (q = i·Wp + j, j < OW)
 //! ```
 //!
-//! The `KW − 1` columns `j ≥ OW` of each flat output row are computed and dropped. This is
+//! The `KW − 1` columns `j ≥ OW` of each flat output row are computed and dropped: each 16-lane
+//! vector of flat pixels is stored straight into the `[OH, OW]` output planes with one masked
+//! store per output row it touches (`Scatter`), so no flat copy of the output is kept. This is
 //! im2col with every row of the packed matrix replaced by a shifted view of the padded input:
 //! nothing is packed, the register-blocked loop below reads the taps straight from the (cached)
-//! padded planes.
+//! padded planes. (The stores replaced a flat buffer and a copy of its useful columns per row:
+//! ResNet-20's step 466 → 431 ms on one thread and 250–258 → 245–251 ms on two, LeNet-5 4.06–4.15
+//! → 3.83–3.96 ms, on the 2-core Intel Xeon of BENCHMARKS.md, alternating binaries, identical
+//! final losses.)
 //!
 //! The two gradients are the same correlation read two other ways:
 //!
@@ -40,6 +45,7 @@
 //! BENCHMARKS.md.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use crate::conv::{reduce_in_order, wgrad_chunk, Geom};
 
@@ -136,6 +142,56 @@ struct Plan {
     offs: Vec<usize>,
     /// Length of one padded source buffer (planes plus zero slack for the rounded-up reads).
     src_len: usize,
+    /// Where each 16-lane vector of the flat output lands in an `[OH, OW]` plane.
+    scatter: Scatter,
+}
+
+/// For every 16-lane vector `u` of a flat output (pixels `q = 16u + l`), one `(mask, shift)` per
+/// output row `i` the vector touches: the lanes `l` with `q = i·Wp + j`, `i < OH` and `j < OW`,
+/// and `shift = i·(Wp − OW)`, so that lane `l` belongs at `16u + l − shift = i·OW + j` of the
+/// plane. The correlation stores each vector with these masks straight into the output planes;
+/// the dropped columns and the rounded-up tail are never written.
+struct Scatter {
+    /// `segs[first[u]..first[u + 1]]` are vector `u`'s.
+    first: Vec<usize>,
+    segs: Vec<(u16, isize)>,
+}
+
+impl Scatter {
+    fn new(qlen: usize, wp: usize, oh: usize, ow: usize) -> Self {
+        let mut first = vec![0];
+        let mut segs = Vec::new();
+        for u in 0..qlen / 16 {
+            let mut row: Option<(usize, u16)> = None;
+            for l in 0..16 {
+                let q = 16 * u + l;
+                let (i, j) = (q / wp, q % wp);
+                if i >= oh || j >= ow {
+                    continue;
+                }
+                match &mut row {
+                    Some((r, m)) if *r == i => *m |= 1 << l,
+                    _ => {
+                        if let Some((r, m)) = row {
+                            segs.push((m, (r * (wp - ow)) as isize));
+                        }
+                        row = Some((i, 1 << l));
+                    }
+                }
+            }
+            if let Some((r, m)) = row {
+                segs.push((m, (r * (wp - ow)) as isize));
+            }
+            first.push(segs.len());
+        }
+        Self { first, segs }
+    }
+
+    /// The segments of vector `u`.
+    #[inline(always)]
+    fn of(&self, u: usize) -> &[(u16, isize)] {
+        &self.segs[self.first[u]..self.first[u + 1]]
+    }
 }
 
 impl Plan {
@@ -162,6 +218,7 @@ impl Plan {
             qlen,
             offs,
             src_len,
+            scatter: Scatter::new(qlen, wp, oh, ow),
         }
     }
 
@@ -240,21 +297,37 @@ impl Packed {
     }
 }
 
-/// `out[r, q] = Σ_k W[r, k] · src[δ_k + q]` for all rows of `w` and `q < qlen`;
-/// `out` is `[rows, qlen]`.
-fn correlate(plan: &Plan, src: &[f32], w: &Packed, out: &mut [f32]) {
+/// `out[r, i, j] = Σ_k W[r, k] · src[δ_k + i·Wp + j] (+ bias[r])` for all rows of `w`, `i < OH`,
+/// `j < OW`; `out` is `[rows, OH, OW]` and every entry of it is written.
+fn correlate(plan: &Plan, src: &[f32], w: &Packed, bias: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
     assert!(src.len() >= plan.src_len);
     let rows: usize = w.blocks.iter().map(|b| b.1).sum();
-    assert!(out.len() >= rows * plan.qlen);
+    let pix = plan.oh * plan.ow;
+    assert!(out.len() >= rows * pix);
+    assert!(bias.is_none_or(|b| b.len() >= rows));
     let k = plan.offs.len();
     assert!(w.data.len() >= rows * k);
     for q0 in (0..plan.qlen).step_by(PB) {
         for &(r0, rb, off) in &w.blocks {
             let wk = &w.data[off..off + rb * k];
-            let o = &mut out[r0 * plan.qlen..];
+            let o = out[r0 * pix..].as_mut_ptr().cast::<f32>();
             // SAFETY: `applicable` checked AVX-512F; every read `δ_k + q0 + 47 < src_len` by
-            // `Plan::new`, every write `(r0 + j)·qlen + q0 + 47 < rows·qlen` (asserted above).
-            unsafe { avx512::corr(rb, src.as_ptr(), &plan.offs, wk.as_ptr(), o.as_mut_ptr(), plan.qlen, q0) }
+            // `Plan::new`; the scatter writes only `(r0 + j)·pix + i·OW + j'` with `i < OH`,
+            // `j' < OW`, `j < rb`, inside `out` (asserted above); the bias has `rb` entries from
+            // `r0` on.
+            unsafe {
+                avx512::corr(
+                    rb,
+                    src.as_ptr(),
+                    &plan.offs,
+                    wk.as_ptr(),
+                    bias.map(|b| b[r0..].as_ptr()),
+                    o,
+                    pix,
+                    q0,
+                    &plan.scatter,
+                )
+            }
         }
     }
 }
@@ -274,35 +347,20 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
     if g.n * g.o * pix == 0 {
         return Vec::new();
     }
-    // SAFETY: each part is one sample's output, `[O, OH, OW]`, and the loops below write each
-    // row of each of its output channels.
+    // SAFETY: each part is one sample's output, `[O, OH, OW]`, and `correlate` writes every
+    // entry of each group's channels.
     unsafe {
         crate::cpu::filled_with(
             g.n * g.o * pix,
             g.o * pix,
-            || (vec![0f32; plan.src_len], vec![0f32; og * plan.qlen]),
-            |(src, flat), ni, yn| {
+            || vec![0f32; plan.src_len],
+            |src, ni, yn| {
                 let xn = &x[ni * xs..(ni + 1) * xs];
                 for gi in 0..g.p.groups {
                     let xg = &xn[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
                     plan.pad_into(xg, g.h, g.w, ph, pw, src);
-                    correlate(&plan, src, &packed[gi], flat);
-                    for o in 0..og {
-                        let oc = gi * og + o;
-                        let b = bias.map_or(0.0, |b| b[oc]);
-                        let dst = &mut yn[oc * pix..(oc + 1) * pix];
-                        for i in 0..g.oh {
-                            let s = &flat[o * plan.qlen + i * plan.wp..o * plan.qlen + i * plan.wp + g.ow];
-                            let d = &mut dst[i * g.ow..(i + 1) * g.ow];
-                            if bias.is_some() {
-                                d.iter_mut().zip(s).for_each(|(d, &s)| {
-                                    d.write(s + b);
-                                });
-                            } else {
-                                crate::cpu::write_all(d, s);
-                            }
-                        }
-                    }
+                    let bg = bias.map(|b| &b[gi * og..(gi + 1) * og]);
+                    correlate(&plan, src, &packed[gi], bg, &mut yn[gi * og * pix..(gi + 1) * og * pix]);
                 }
             },
         )
@@ -342,25 +400,24 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     if g.n * xs == 0 {
         return Vec::new();
     }
-    // SAFETY: each part is one sample's input gradient, `[C, H, W]`, and the loops below write
-    // each row of each of its channels.
+    // SAFETY: each part is one sample's input gradient, `[C, H, W]`, and `correlate` writes every
+    // entry of each group's channels.
     unsafe {
         crate::cpu::filled_with(
             g.n * xs,
             xs,
-            || (vec![0f32; plan.src_len], vec![0f32; cg * plan.qlen]),
-            |(src, flat), ni, dxn| {
+            || vec![0f32; plan.src_len],
+            |src, ni, dxn| {
                 let dyn_ = &dy[ni * g.o * pix..(ni + 1) * g.o * pix];
                 for gi in 0..g.p.groups {
                     plan.pad_into(&dyn_[gi * og * pix..(gi + 1) * og * pix], g.oh, g.ow, qh, qw, src);
-                    correlate(&plan, src, &packed[gi], flat);
-                    for c in 0..cg {
-                        let dst = &mut dxn[(gi * cg + c) * hw..(gi * cg + c + 1) * hw];
-                        for i in 0..g.h {
-                            let s = c * plan.qlen + i * plan.wp;
-                            crate::cpu::write_all(&mut dst[i * g.w..(i + 1) * g.w], &flat[s..s + g.w]);
-                        }
-                    }
+                    correlate(
+                        &plan,
+                        src,
+                        &packed[gi],
+                        None,
+                        &mut dxn[gi * cg * hw..(gi + 1) * cg * hw],
+                    );
                 }
             },
         )
@@ -467,40 +524,48 @@ struct WgradArgs {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::WgradArgs;
+    use super::{Scatter, WgradArgs};
     use std::arch::x86_64::*;
 
     /// Dispatches [`corr_block`] on the block height `rb ∈ {8, 4, 2, 1}`.
     ///
     /// # Safety
     /// AVX-512F must be available; `src[offs[k] + q0 + 0..48]` readable for every `k`,
-    /// `w[0..offs.len()·rb]` readable, `out[j·stride + q0 + 0..48]` writable for `j < rb`.
+    /// `w[0..offs.len()·rb]` readable, `bias[0..rb]` readable if given, and for `j < rb` the
+    /// entries of `out[j·stride..]` that `scatter` names for the vectors `q0/16 + 0..3` writable.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn corr(
         rb: usize,
         src: *const f32,
         offs: &[usize],
         w: *const f32,
+        bias: Option<*const f32>,
         out: *mut f32,
         stride: usize,
         q0: usize,
+        scatter: &Scatter,
     ) {
         match rb {
-            8 => corr_block::<8>(src, offs, w, out, stride, q0),
-            4 => corr_block::<4>(src, offs, w, out, stride, q0),
-            2 => corr_block::<2>(src, offs, w, out, stride, q0),
-            _ => corr_block::<1>(src, offs, w, out, stride, q0),
+            8 => corr_block::<8>(src, offs, w, bias, out, stride, q0, scatter),
+            4 => corr_block::<4>(src, offs, w, bias, out, stride, q0, scatter),
+            2 => corr_block::<2>(src, offs, w, bias, out, stride, q0, scatter),
+            _ => corr_block::<1>(src, offs, w, bias, out, stride, q0, scatter),
         }
     }
 
-    /// `out[j, q0 + l] = Σ_k w[k·R + j] · src[offs[k] + q0 + l]` for `j < R`, `l < 48`.
+    /// `acc[j, l] = Σ_k w[k·R + j] · src[offs[k] + q0 + l]` for `j < R`, `l < 48`, plus
+    /// `bias[j]` if given, stored through the masks of `scatter` at `out + j·stride`.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn corr_block<const R: usize>(
         src: *const f32,
         offs: &[usize],
         w: *const f32,
+        bias: Option<*const f32>,
         out: *mut f32,
         stride: usize,
         q0: usize,
+        scatter: &Scatter,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 3]; R];
         let base = src.add(q0);
@@ -517,11 +582,24 @@ mod avx512 {
                 a[2] = _mm512_fmadd_ps(wv, x2, a[2]);
             }
         }
-        for (j, a) in acc.iter().enumerate() {
-            let o = out.add(j * stride + q0);
-            _mm512_storeu_ps(o, a[0]);
-            _mm512_storeu_ps(o.add(16), a[1]);
-            _mm512_storeu_ps(o.add(32), a[2]);
+        if let Some(b) = bias {
+            // after the sum, as `sum + b` (the bits of the sum-then-add this replaced)
+            for (j, a) in acc.iter_mut().enumerate() {
+                let bv = _mm512_set1_ps(*b.add(j));
+                for a in a.iter_mut() {
+                    *a = _mm512_add_ps(*a, bv);
+                }
+            }
+        }
+        for v in 0..3 {
+            let u = q0 / 16 + v;
+            for &(mask, shift) in scatter.of(u) {
+                // lane l of the vector goes to 16u + l − shift; masked-off lanes are not accessed
+                let at = (16 * u) as isize - shift;
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(out.wrapping_add(j * stride).wrapping_offset(at), mask, a[v]);
+                }
+            }
         }
     }
 
@@ -597,8 +675,19 @@ mod avx512 {
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     //! Never called off x86-64: `applicable` is false there.
-    use super::WgradArgs;
-    pub(super) unsafe fn corr(_: usize, _: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: usize) {
+    use super::{Scatter, WgradArgs};
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn corr(
+        _: usize,
+        _: *const f32,
+        _: &[usize],
+        _: *const f32,
+        _: Option<*const f32>,
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: &Scatter,
+    ) {
         unreachable!("direct convolution needs x86-64")
     }
     pub(super) unsafe fn wgrad(_: usize, _: usize, _: &[usize], _: &WgradArgs) {
@@ -728,6 +817,43 @@ mod tests {
             assert!(
                 one.iter().zip(&other).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "weight gradient differs between 1 and {t} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn scatter_names_every_output_pixel_once() {
+        // (src channels, Hp, Wp, KH, KW): ResNet-20's three stages, LeNet-5's 5×5, a plane
+        // narrower than a vector (Wp = 5: a vector spans four rows), a 1-pixel-wide output
+        for (c, hp, wp, kh, kw) in [
+            (16, 34, 34, 3, 3),
+            (32, 18, 18, 3, 3),
+            (64, 10, 10, 3, 3),
+            (6, 14, 14, 5, 5),
+            (2, 9, 5, 3, 3),
+            (1, 7, 3, 3, 3),
+        ] {
+            let plan = Plan::new(c, hp, wp, kh, kw);
+            let (oh, ow) = (plan.oh, plan.ow);
+            let mut seen = vec![0u32; oh * ow];
+            for u in 0..plan.qlen / 16 {
+                for &(mask, shift) in plan.scatter.of(u) {
+                    for l in 0..16 {
+                        if mask & (1 << l) == 0 {
+                            continue;
+                        }
+                        let q = 16 * u + l;
+                        let (i, j) = (q / wp, q % wp);
+                        assert!(i < oh && j < ow, "{hp}×{wp}: lane {q} is a dropped column or the tail");
+                        let at = q as isize - shift;
+                        assert_eq!(at, (i * ow + j) as isize, "{hp}×{wp}: lane {q} lands at {at}");
+                        seen[i * ow + j] += 1;
+                    }
+                }
+            }
+            assert!(
+                seen.iter().all(|&n| n == 1),
+                "{hp}×{wp}: every output pixel once, got {seen:?}"
             );
         }
     }

@@ -79,14 +79,6 @@ pub(crate) unsafe fn filled<T: Send>(
     unsafe { filled_with(n, chunk, || (), |_, i, part| fill(i, part)) }
 }
 
-/// Writes `src` into `dst` (of the same length).
-pub(crate) fn write_all<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
-    assert_eq!(dst.len(), src.len(), "write_all: lengths differ");
-    for (d, &s) in dst.iter_mut().zip(src) {
-        d.write(s);
-    }
-}
-
 /// `f(x)` elementwise, in parallel.
 pub(crate) fn map1<T: WithDType>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
     // SAFETY: `each1` writes every entry of its output (it asserts the lengths equal).
