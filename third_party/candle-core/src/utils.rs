@@ -320,6 +320,18 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
+        // secateur patch: called from a worker of a rayon pool of several threads (where
+        // secateur's binaries run their work), the items go to that pool's workers, which are
+        // awake between kernels, instead of to this pool (one thread with CANDLE_NUM_THREADS=1).
+        if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            let chunk = n_items.div_ceil(rayon::current_num_threads() * 4).max(1);
+            let f = &f;
+            (0..n_items.div_ceil(chunk))
+                .into_par_iter()
+                .for_each(|c| f(c * chunk..n_items.min((c + 1) * chunk)));
+            return;
+        }
         // nested use from a worker would deadlock on the call lock; run inline instead
         if IN_BARRIER_POOL.with(|f| f.get()) {
             f(0..n_items);
