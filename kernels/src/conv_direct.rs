@@ -822,6 +822,64 @@ mod tests {
     }
 
     #[test]
+    fn padding_copies_match_a_plain_loop() {
+        if !cpu_has_avx512() {
+            eprintln!("skipped: this CPU has no AVX-512F, the direct path is not used here");
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // (channels, h, w, top, left, bottom, right): ResNet-20's planes padded by 1, a row of
+        // more than two vectors, rows narrower than a vector, padding 2 (5×5), uneven sides
+        for (c, h, w, top, left, bottom, right) in [
+            (3, 32, 32, 1, 1, 1, 1),
+            (2, 5, 40, 1, 1, 1, 1),
+            (4, 8, 8, 2, 2, 2, 2),
+            (2, 3, 1, 0, 1, 2, 0),
+            (1, 6, 15, 1, 0, 0, 1),
+        ] {
+            let (hp, wp) = (h + top + bottom, w + left + right);
+            let plan = Plan::new(c, hp, wp, 1 + top + bottom, 1 + left + right);
+            let src = rand_vec(&mut rng, c * h * w);
+            // the buffer holds garbage, as a reused one does: every entry must be written
+            let mut dst = vec![f32::NAN; plan.src_len];
+            plan.pad_into(&src, h, w, top, left, &mut dst);
+            for (k, &v) in dst.iter().enumerate() {
+                let (ch, rem) = (k / plan.plane, k % plan.plane);
+                let (i, j) = (rem / wp, rem % wp);
+                let want = if ch < c && (top..top + h).contains(&i) && (left..left + w).contains(&j) {
+                    src[(ch * h + i - top) * w + j - left]
+                } else {
+                    0.0
+                };
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "pad {c}×{h}×{w} by ({top}, {left}): entry {k}"
+                );
+            }
+            // flatten the [c, OH, OW] output of this plan into rows of width wp
+            let (oh, ow) = (plan.oh, plan.ow);
+            let out = rand_vec(&mut rng, c * oh * ow);
+            let mut flat = vec![f32::NAN; c * plan.qlen];
+            plan.flatten_into(&out, c, &mut flat);
+            for (k, &v) in flat.iter().enumerate() {
+                let (r, q) = (k / plan.qlen, k % plan.qlen);
+                let (i, j) = (q / wp, q % wp);
+                let want = if i < oh && j < ow {
+                    out[(r * oh + i) * ow + j]
+                } else {
+                    0.0
+                };
+                assert_eq!(
+                    v.to_bits(),
+                    want.to_bits(),
+                    "flatten {c}×{oh}×{ow} into width {wp}: entry {k}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn scatter_names_every_output_pixel_once() {
         // (src channels, Hp, Wp, KH, KW): ResNet-20's three stages, LeNet-5's 5×5, a plane
         // narrower than a vector (Wp = 5: a vector spans four rows), a 1-pixel-wide output
