@@ -50,6 +50,7 @@ pub mod norm;
 pub mod optim;
 pub mod pool;
 pub mod runtime;
+pub mod shortcut;
 pub mod softplus;
 pub mod sparse_vd;
 mod vmath;

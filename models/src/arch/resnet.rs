@@ -108,27 +108,13 @@ pub enum Shortcut {
     },
 }
 
-/// `x[:, :, ::s, ::s]` by index selection (differentiable).
-fn subsample(x: &Tensor, s: usize) -> Result<Tensor> {
-    if s == 1 {
-        return Ok(x.clone());
-    }
-    let (_, _, h, w) = x.dims4()?;
-    let idx = |n: usize| {
-        Tensor::from_vec(
-            (0..n).step_by(s).map(|i| i as u32).collect::<Vec<_>>(),
-            n.div_ceil(s),
-            x.device(),
-        )
-    };
-    x.index_select(&idx(h)?, 2)?.index_select(&idx(w)?, 3)
-}
-
 impl Shortcut {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         match self {
             Shortcut::Identity => Ok(x.clone()),
-            Shortcut::ZeroPad { stride, left, right } => subsample(x, *stride)?.pad_with_zeros(1, *left, *right),
+            Shortcut::ZeroPad { stride, left, right } => {
+                secateur_kernels::shortcut::subsample_pad(x, *stride, *left, *right)
+            }
             Shortcut::Projection { conv, bn } => bn.forward(&conv.forward(x, ctx)?, ctx),
         }
     }
