@@ -72,8 +72,8 @@ pub fn rerun_with_start_env(double_backprop: bool) -> std::io::Result<Option<i32
 /// a latch until the work is done, two context switches per op. A training step runs dozens of
 /// such ops, so on small models the switches are a large part of the step. Inside the pool the
 /// caller is itself a worker and each op is a plain fork–join. Threads that `f` spawns itself are
-/// not workers of this pool: the scoring thread of the pruning criteria and the `--jobs` workers
-/// of a study run their work in pools of their own ([`in_pool_of`]). The workers get 8 MiB
+/// not workers of this pool: the `--jobs` workers of a study run their work in pools of their
+/// own ([`in_pool_of`]). The workers get 8 MiB
 /// stacks, the main thread's size on Linux, since candle's backward walks the graph recursively.
 /// Measured with `bench_step` on the
 /// 2-core Xeon of BENCHMARKS.md, alternating binaries (median ms per step): MLP 1.77–1.87 →
@@ -100,7 +100,8 @@ pub fn in_pool_of<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Runs `f` on the calling thread while the other workers of its rayon pool stay awake, each
-/// polling the pool for work (`rayon::yield_now`, a `pause` between polls) until `f` returns,
+/// polling the pool for work (`rayon::yield_now`, a `pause` after each poll that finds none)
+/// until `f` returns,
 /// instead of going to sleep between `f`'s parallel kernels.
 ///
 /// A rayon worker that finds no work spins for a few dozen `sched_yield`s and then sleeps on a
@@ -119,15 +120,14 @@ pub fn in_pool_of<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 /// epoch, an evaluation), not waits on files, channels or other threads' pools. Outside a rayon
 /// pool, or in a pool of one thread, `f` just runs. Results do not depend on it: which worker
 /// runs a piece of work never changes what the kernels compute (they are deterministic across
-/// thread counts). Deadlock-free: the pollers are pushed on the calling worker's deque before `f`
-/// runs, so thieves, which take the oldest job, take them before any job of `f`; the calling
-/// worker never runs one inside `f` (it pops its own newest jobs first, and the only jobs older
-/// than `f`'s are the pollers, which it reaches only after `f` has returned or unwound, when they
-/// end at once).
+/// thread counts). The pollers are broadcast jobs, one in each other worker's own queue (no other
+/// thread takes it); the calling worker's copy returns at once, so whatever `f` waits on (a
+/// fork–join, another pool's `install`, a broadcast), the calling worker never polls inside `f`.
+/// A panic in `f` ends the polling and is passed on.
 pub fn warm<R>(f: impl FnOnce() -> R) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let others = rayon::current_num_threads().saturating_sub(1);
-    if others == 0 || rayon::current_thread_index().is_none() {
+    let me = rayon::current_thread_index();
+    if me.is_none() || rayon::current_num_threads() < 2 {
         return f();
     }
     let done = AtomicBool::new(false);
@@ -139,15 +139,16 @@ pub fn warm<R>(f: impl FnOnce() -> R) -> R {
     }
     rayon::in_place_scope(|s| {
         let finish = Finish(&done);
-        for _ in 0..others {
-            s.spawn(|_| {
-                while !done.load(Ordering::Acquire) {
-                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                        std::hint::spin_loop();
-                    }
+        s.spawn_broadcast(|_, ctx| {
+            if Some(ctx.index()) == me {
+                return;
+            }
+            while !done.load(Ordering::Acquire) {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::hint::spin_loop();
                 }
-            });
-        }
+            }
+        });
         let r = f();
         drop(finish);
         r
@@ -195,6 +196,18 @@ mod tests {
         assert_eq!(warm(|| tree_sum(&v)), expect);
         let got = in_pool_of(2, || warm(|| warm(|| tree_sum(&v)) + warm(|| tree_sum(&v))));
         assert_eq!(got, 2 * expect);
+    }
+
+    #[test]
+    fn warm_survives_f_waiting_on_another_pool() {
+        // `f` blocks in another pool's `install`, a wait that pushes nothing on the calling
+        // worker's deque: the calling worker must not pick up a poller meanwhile
+        let v: Vec<u64> = (0..10_000).collect();
+        let expect: u64 = v.iter().sum();
+        for _ in 0..20 {
+            let got = in_pool_of(2, || warm(|| in_pool_of(2, || tree_sum(&v)) + tree_sum(&v)));
+            assert_eq!(got, 2 * expect);
+        }
     }
 
     #[test]

@@ -528,6 +528,7 @@ fn hvp_bench(args: &Args, input: [usize; 3]) -> Result<serde_json::Value> {
             "--warmup",
             &warmup.to_string(),
         ])
+        .args(args.cold.then_some("--cold"))
         .env_remove(secateur_kernels::double_backprop::ENV_VAR)
         .output()
         .map_err(|e| candle_core::Error::Msg(format!("starting the gradient timing: {e}")))?;

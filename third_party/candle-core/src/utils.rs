@@ -320,18 +320,6 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
-        // secateur patch: called from a worker of a rayon pool of several threads (where
-        // secateur's binaries run their work), the items go to that pool's workers, which are
-        // awake between kernels, instead of to this pool (one thread with CANDLE_NUM_THREADS=1).
-        if rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
-            use rayon::prelude::*;
-            let chunk = n_items.div_ceil(rayon::current_num_threads() * 4).max(1);
-            let f = &f;
-            (0..n_items.div_ceil(chunk))
-                .into_par_iter()
-                .for_each(|c| f(c * chunk..n_items.min((c + 1) * chunk)));
-            return;
-        }
         // nested use from a worker would deadlock on the call lock; run inline instead
         if IN_BARRIER_POOL.with(|f| f.get()) {
             f(0..n_items);
@@ -373,6 +361,24 @@ impl Drop for BarrierPool {
 }
 
 static BARRIER_POOL: OnceLock<BarrierPool> = OnceLock::new();
+
+/// secateur patch: `f` over `0..n_items` in chunks, for the CPU backend's elementwise maps.
+/// Called from a worker of a rayon pool of several threads (where secateur's binaries run their
+/// work), the chunks go to that pool's workers, which are awake between kernels; elsewhere to
+/// [`barrier_pool`] as upstream (one thread with `CANDLE_NUM_THREADS=1`). `f` must write
+/// disjoint outputs per range and keep no per-thread state.
+pub fn execute_chunked_elementwise<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) {
+    if n_items > 0 && rayon::current_thread_index().is_some() && rayon::current_num_threads() > 1 {
+        use rayon::prelude::*;
+        let chunk = n_items.div_ceil(rayon::current_num_threads() * 4).max(1);
+        let f = &f;
+        (0..n_items.div_ceil(chunk))
+            .into_par_iter()
+            .for_each(|c| f(c * chunk..n_items.min((c + 1) * chunk)));
+        return;
+    }
+    barrier_pool().execute_chunked(n_items, f)
+}
 
 /// Persistent barrier pool
 pub fn barrier_pool() -> &'static BarrierPool {
