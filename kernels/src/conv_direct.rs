@@ -26,7 +26,8 @@
 //!   the dropped columns of `dy_flat` set to zero.
 //!
 //! Inner loops: 8 output rows × 48 flat pixels (24 AVX-512 accumulators, three loads and eight
-//! broadcast multiply-adds per tap) for the correlation; 8 output channels × 3 taps (24
+//! broadcast multiply-adds per tap; the last block of a plane 16 or 32 pixels where that covers
+//! it) for the correlation; 8 output channels × 3 taps (24
 //! accumulators over pixels, reduced once per chunk of samples) for the weight gradient. The
 //! weight gradient sums samples in the chunks of [`crate::conv::wgrad_chunk`], which depend on
 //! the batch size only, so results are bit-identical across thread counts, like the im2col path.
@@ -84,10 +85,12 @@ fn min_useful(g: &Geom) -> f64 {
     }
 }
 
-/// The share of the correlation's flat output (`OH·Wp` rounded up to the [`PB`]-pixel blocks the
-/// kernel computes) that is output: `OH·OW / qlen`. The rest is the `KW − 1` dropped columns of
-/// every row and the rounding, computed in full: a 3×3 plane padded to 5×5 is 9 useful pixels
-/// of 48 computed.
+/// The share of the correlation's flat output (`OH·Wp` rounded up to [`PB`] pixels) that is
+/// output: `OH·OW / qlen`. The rest is the `KW − 1` dropped columns of every row and the
+/// rounding: a 3×3 plane padded to 5×5 is 9 useful pixels of 48. [`min_useful`]'s thresholds were
+/// measured when the kernel computed whole 48-pixel blocks; it now ends a plane with a block of
+/// 16 or 32 pixels where that suffices (a plane's `qlen` rounds up to 16), so the share it
+/// computes is at least this, and the decisions are left as they were measured.
 fn useful_fraction(g: &Geom) -> f64 {
     let wp = g.w + 2 * g.p.padding.1;
     let qlen = (g.oh * wp).div_ceil(PB) * PB;
@@ -136,7 +139,8 @@ struct Plan {
     /// Valid output size `(OH, OW)`.
     oh: usize,
     ow: usize,
-    /// Flat output length, `OH·Wp` rounded up to a multiple of [`PB`].
+    /// Flat output length, `OH·Wp` rounded up to a whole vector (16 pixels): the last block of
+    /// a plane is 16 or 32 pixels wide where [`PB`] does not divide it.
     qlen: usize,
     /// Tap offsets `δ_k`, `k = (c·KH + a)·KW + b`.
     offs: Vec<usize>,
@@ -198,7 +202,7 @@ impl Plan {
     fn new(src_ch: usize, hp: usize, wp: usize, kh: usize, kw: usize) -> Self {
         let plane = hp * wp;
         let (oh, ow) = (hp + 1 - kh, wp + 1 - kw);
-        let qlen = (oh * wp).div_ceil(PB) * PB;
+        let qlen = (oh * wp).div_ceil(16) * 16;
         let mut offs = Vec::with_capacity(src_ch * kh * kw);
         for c in 0..src_ch {
             for a in 0..kh {
@@ -308,16 +312,19 @@ fn correlate(plan: &Plan, src: &[f32], w: &Packed, bias: Option<&[f32]>, out: &m
     let k = plan.offs.len();
     assert!(w.data.len() >= rows * k);
     for q0 in (0..plan.qlen).step_by(PB) {
+        // vectors in this block: 3, or 1–2 for the plane's last
+        let nv = ((plan.qlen - q0) / 16).min(PB / 16);
         for &(r0, rb, off) in &w.blocks {
             let wk = &w.data[off..off + rb * k];
             let o = out[r0 * pix..].as_mut_ptr().cast::<f32>();
-            // SAFETY: `applicable` checked AVX-512F; every read `δ_k + q0 + 47 < src_len` by
-            // `Plan::new`; the scatter writes only `(r0 + j)·pix + i·OW + j'` with `i < OH`,
+            // SAFETY: `applicable` checked AVX-512F; every read `δ_k + q0 + 16·nv − 1 < src_len`
+            // by `Plan::new` (`q0 + 16·nv ≤ qlen`); the scatter writes only `(r0 + j)·pix + i·OW + j'` with `i < OH`,
             // `j' < OW`, `j < rb`, inside `out` (asserted above); the bias has `rb` entries from
             // `r0` on.
             unsafe {
                 avx512::corr(
                     rb,
+                    nv,
                     src.as_ptr(),
                     &plan.offs,
                     wk.as_ptr(),
@@ -527,15 +534,17 @@ mod avx512 {
     use super::{Scatter, WgradArgs};
     use std::arch::x86_64::*;
 
-    /// Dispatches [`corr_block`] on the block height `rb ∈ {8, 4, 2, 1}`.
+    /// Dispatches [`corr_block`] on the block height `rb ∈ {8, 4, 2, 1}` and its width, `nv ∈
+    /// {3, 2, 1}` vectors.
     ///
     /// # Safety
-    /// AVX-512F must be available; `src[offs[k] + q0 + 0..48]` readable for every `k`,
+    /// AVX-512F must be available; `src[offs[k] + q0 + 0..16·nv]` readable for every `k`,
     /// `w[0..offs.len()·rb]` readable, `bias[0..rb]` readable if given, and for `j < rb` the
-    /// entries of `out[j·stride..]` that `scatter` names for the vectors `q0/16 + 0..3` writable.
+    /// entries of `out[j·stride..]` that `scatter` names for the vectors `q0/16 + 0..nv` writable.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn corr(
         rb: usize,
+        nv: usize,
         src: *const f32,
         offs: &[usize],
         w: *const f32,
@@ -545,19 +554,32 @@ mod avx512 {
         q0: usize,
         scatter: &Scatter,
     ) {
-        match rb {
-            8 => corr_block::<8>(src, offs, w, bias, out, stride, q0, scatter),
-            4 => corr_block::<4>(src, offs, w, bias, out, stride, q0, scatter),
-            2 => corr_block::<2>(src, offs, w, bias, out, stride, q0, scatter),
-            _ => corr_block::<1>(src, offs, w, bias, out, stride, q0, scatter),
+        macro_rules! go {
+            ($r:literal, $v:literal) => {
+                corr_block::<$r, $v>(src, offs, w, bias, out, stride, q0, scatter)
+            };
+        }
+        match (rb, nv) {
+            (8, 3) => go!(8, 3),
+            (8, 2) => go!(8, 2),
+            (8, _) => go!(8, 1),
+            (4, 3) => go!(4, 3),
+            (4, 2) => go!(4, 2),
+            (4, _) => go!(4, 1),
+            (2, 3) => go!(2, 3),
+            (2, 2) => go!(2, 2),
+            (2, _) => go!(2, 1),
+            (_, 3) => go!(1, 3),
+            (_, 2) => go!(1, 2),
+            _ => go!(1, 1),
         }
     }
 
-    /// `acc[j, l] = Σ_k w[k·R + j] · src[offs[k] + q0 + l]` for `j < R`, `l < 48`, plus
+    /// `acc[j, l] = Σ_k w[k·R + j] · src[offs[k] + q0 + l]` for `j < R`, `l < 16·V`, plus
     /// `bias[j]` if given, stored through the masks of `scatter` at `out + j·stride`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn corr_block<const R: usize>(
+    unsafe fn corr_block<const R: usize, const V: usize>(
         src: *const f32,
         offs: &[usize],
         w: *const f32,
@@ -567,19 +589,20 @@ mod avx512 {
         q0: usize,
         scatter: &Scatter,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 3]; R];
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
         let base = src.add(q0);
         for (kk, &off) in offs.iter().enumerate() {
             let p = base.add(off);
-            let x0 = _mm512_loadu_ps(p);
-            let x1 = _mm512_loadu_ps(p.add(16));
-            let x2 = _mm512_loadu_ps(p.add(32));
+            let mut x = [_mm512_setzero_ps(); V];
+            for (v, x) in x.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(p.add(16 * v));
+            }
             let wk = w.add(kk * R);
             for (j, a) in acc.iter_mut().enumerate() {
                 let wv = _mm512_set1_ps(*wk.add(j));
-                a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
-                a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
-                a[2] = _mm512_fmadd_ps(wv, x2, a[2]);
+                for v in 0..V {
+                    a[v] = _mm512_fmadd_ps(wv, x[v], a[v]);
+                }
             }
         }
         if let Some(b) = bias {
@@ -591,7 +614,7 @@ mod avx512 {
                 }
             }
         }
-        for v in 0..3 {
+        for v in 0..V {
             let u = q0 / 16 + v;
             for &(mask, shift) in scatter.of(u) {
                 // lane l of the vector goes to 16u + l − shift; masked-off lanes are not accessed
@@ -679,6 +702,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn corr(
         _: usize,
+        _: usize,
         _: *const f32,
         _: &[usize],
         _: *const f32,
@@ -734,6 +758,7 @@ mod tests {
             ((3, 6, 14, 14), (16, 6, 5, 5), (0, 0), 1),
             ((2, 16, 32, 32), (16, 16, 3, 3), (1, 1), 1),
             ((2, 64, 8, 8), (64, 64, 3, 3), (1, 1), 1),
+            ((2, 64, 7, 7), (64, 64, 3, 3), (1, 1), 1),
             ((1, 3, 9, 13), (15, 3, 7, 7), (3, 3), 1),
             ((2, 4, 11, 7), (7, 4, 3, 5), (1, 2), 1),
             ((3, 6, 10, 9), (6, 2, 3, 3), (0, 1), 3),
