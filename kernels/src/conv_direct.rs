@@ -534,6 +534,27 @@ mod avx512 {
     use super::{Scatter, WgradArgs};
     use std::arch::x86_64::*;
 
+    /// Calls `$go!(R, C)` for the block shape `(R, C)`, `R ∈ {8, 4, 2, 1}` rows (output channels)
+    /// and `C ∈ {3, 2, 1}` columns (vectors of pixels, or taps): the one dispatch of both kernels.
+    macro_rules! blocks_3x4 {
+        ($r:expr, $c:expr, $go:ident) => {
+            match ($r, $c) {
+                (8, 3) => $go!(8, 3),
+                (8, 2) => $go!(8, 2),
+                (8, _) => $go!(8, 1),
+                (4, 3) => $go!(4, 3),
+                (4, 2) => $go!(4, 2),
+                (4, _) => $go!(4, 1),
+                (2, 3) => $go!(2, 3),
+                (2, 2) => $go!(2, 2),
+                (2, _) => $go!(2, 1),
+                (_, 3) => $go!(1, 3),
+                (_, 2) => $go!(1, 2),
+                _ => $go!(1, 1),
+            }
+        };
+    }
+
     /// Dispatches [`corr_block`] on the block height `rb ∈ {8, 4, 2, 1}` and its width, `nv ∈
     /// {3, 2, 1}` vectors.
     ///
@@ -559,20 +580,7 @@ mod avx512 {
                 corr_block::<$r, $v>(src, offs, w, bias, out, stride, q0, scatter)
             };
         }
-        match (rb, nv) {
-            (8, 3) => go!(8, 3),
-            (8, 2) => go!(8, 2),
-            (8, _) => go!(8, 1),
-            (4, 3) => go!(4, 3),
-            (4, 2) => go!(4, 2),
-            (4, _) => go!(4, 1),
-            (2, 3) => go!(2, 3),
-            (2, 2) => go!(2, 2),
-            (2, _) => go!(2, 1),
-            (_, 3) => go!(1, 3),
-            (_, 2) => go!(1, 2),
-            _ => go!(1, 1),
-        }
+        blocks_3x4!(rb, nv, go)
     }
 
     /// `acc[j, l] = Σ_k w[k·R + j] · src[offs[k] + q0 + l]` for `j < R`, `l < 16·V`, plus
@@ -638,20 +646,7 @@ mod avx512 {
                 wgrad_block::<$o, $t>(a, offs)
             };
         }
-        match (ob, tb) {
-            (8, 3) => go!(8, 3),
-            (8, 2) => go!(8, 2),
-            (8, _) => go!(8, 1),
-            (4, 3) => go!(4, 3),
-            (4, 2) => go!(4, 2),
-            (4, _) => go!(4, 1),
-            (2, 3) => go!(2, 3),
-            (2, 2) => go!(2, 2),
-            (2, _) => go!(2, 1),
-            (_, 3) => go!(1, 3),
-            (_, 2) => go!(1, 2),
-            _ => go!(1, 1),
-        }
+        blocks_3x4!(ob, tb, go)
     }
 
     /// `lanes[j·ls + 16t + l] += Σ_{v0 ≤ v < v1} d[j·dr + 16v + l] · x[offs[t] + 16v + l]` for
