@@ -101,6 +101,18 @@ pub(crate) fn map2<T: WithDType>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync 
     }
 }
 
+/// `f(a, b, c)` elementwise, in parallel (`a`, `b` and `c` of one length).
+pub(crate) fn map3<T: WithDType>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync + Send) -> Vec<T> {
+    assert!(a.len() == b.len() && a.len() == c.len(), "map3: lengths differ");
+    // SAFETY: `each3` writes every entry of its output (it asserts the lengths equal).
+    unsafe {
+        filled(a.len(), CHUNK, |i, o| {
+            let r = i * CHUNK..i * CHUNK + o.len();
+            wide::each3(o, &a[r.clone()], &b[r.clone()], &c[r], &f)
+        })
+    }
+}
+
 /// `dst[i] ← f(dst[i], a[i])` in place, in parallel (`a` as long as `dst`): the optimisers'
 /// updates.
 pub(crate) fn update2<T: WithDType>(dst: &mut [T], a: &[T], f: impl Fn(T, T) -> T + Sync + Send) {
@@ -118,7 +130,7 @@ pub(crate) fn update3<T: WithDType>(dst: &mut [T], a: &[T], b: &[T], f: impl Fn(
         .for_each(|(d, (a, b))| wide::each_mut3(d, a, b, &f));
 }
 
-/// The loops of [`map1`], [`map2`], [`update2`] and [`update3`], compiled twice on x86-64: for
+/// The loops of [`map1`], [`map2`], [`map3`], [`update2`] and [`update3`], compiled twice on x86-64: for
 /// the baseline (SSE2) and with AVX2 enabled, picked at run time. With AVX2 the compiler's
 /// vectorised loops are twice as wide, which matters for the loops with arithmetic in them
 /// (softplus and its derivatives with `crate::vmath`, the optimisers' updates). No fused multiply-add is enabled, so both versions round every operation
@@ -138,6 +150,21 @@ mod wide {
         o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| {
             o.write(f(a, b));
         });
+    }
+
+    #[inline(always)]
+    fn body3<T: Copy>(o: &mut [MaybeUninit<T>], a: &[T], b: &[T], c: &[T], f: &impl Fn(T, T, T) -> T) {
+        o.iter_mut()
+            .zip(a.iter().zip(b.iter().zip(c)))
+            .for_each(|(o, (&a, (&b, &c)))| {
+                o.write(f(a, b, c));
+            });
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn body3_avx2<T: Copy>(o: &mut [MaybeUninit<T>], a: &[T], b: &[T], c: &[T], f: &impl Fn(T, T, T) -> T) {
+        body3(o, a, b, c, f)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -205,6 +232,20 @@ mod wide {
             return unsafe { body1_avx2(o, x, f) };
         }
         body1(o, x, f)
+    }
+
+    /// `o = f(a, b, c)`, writing every entry of `o` (`a`, `b`, `c` of the same length).
+    pub(super) fn each3<T: Copy>(o: &mut [MaybeUninit<T>], a: &[T], b: &[T], c: &[T], f: &impl Fn(T, T, T) -> T) {
+        assert!(
+            o.len() == a.len() && o.len() == b.len() && o.len() == c.len(),
+            "each3: lengths differ"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { body3_avx2(o, a, b, c, f) };
+        }
+        body3(o, a, b, c, f)
     }
 
     /// `o = f(a, b)`, writing every entry of `o` (`a`, `b` of the same length).
@@ -310,6 +351,20 @@ mod tests {
             let z = zeros::<f64>(n);
             assert_eq!(z.len(), n);
             assert!(z.iter().all(|&v| v.to_bits() == 0), "n = {n}");
+        }
+    }
+
+    /// [`map3`] equals the plain loop at lengths around its chunk size (every entry written, in
+    /// order, with the arguments in their places).
+    #[test]
+    fn map3_equals_the_plain_loop() {
+        for n in [0, 1, CHUNK - 1, CHUNK, 3 * CHUNK + 5] {
+            let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+            let c: Vec<f32> = (0..n).map(|i| 0.5 + (i % 5) as f32).collect();
+            let got = map3(&a, &b, &c, |x, y, z| x * 2.0 - y / z);
+            let want: Vec<f32> = (0..n).map(|i| a[i] * 2.0 - b[i] / c[i]).collect();
+            assert_eq!(got, want, "n = {n}");
         }
     }
 }

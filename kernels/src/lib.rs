@@ -32,6 +32,8 @@
 //!   closed-form Gaussian KL, each one pass.
 //! - [`sparse_vd`]: sparse variational dropout's divergence and its gradients, and its
 //!   `σ = e^{½ log σ²}`, each one pass.
+//! - [`variational_dropout`]: variational dropout's divergence (Kingma et al. 2015's polynomial
+//!   fit) and its gradient, and `σ = √α |θ|` with its gradients, each one pass.
 
 pub mod activation;
 pub mod affine;
@@ -53,4 +55,5 @@ pub mod runtime;
 pub mod shortcut;
 pub mod softplus;
 pub mod sparse_vd;
+pub mod variational_dropout;
 mod vmath;

@@ -40,6 +40,21 @@ pub const VD_LOG_ALPHA_MAX: f64 = 0.0;
 /// The default initial `log α` (α ≈ 0.14).
 pub const DEFAULT_INIT_LOG_ALPHA: f64 = -2.0;
 
+/// The clip of `log α` for the fused kernels.
+const CLIP: secateur_kernels::variational_dropout::Clip = secateur_kernels::variational_dropout::Clip {
+    lo: VD_LOG_ALPHA_MIN,
+    hi: VD_LOG_ALPHA_MAX,
+};
+
+/// The constants of [`kl_vd_kingma`] for the fused kernel.
+const KL_CONSTANTS: secateur_kernels::variational_dropout::KlConstants =
+    secateur_kernels::variational_dropout::KlConstants {
+        c1: crate::divergence::KINGMA_C1,
+        c2: crate::divergence::KINGMA_C2,
+        c3: crate::divergence::KINGMA_C3,
+        clip: CLIP,
+    };
+
 /// Whether α is learned per weight or per input unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -206,6 +221,10 @@ impl Vd {
 
     /// `σ = √α |θ|` per weight (the posterior standard deviation of `N(θ, α θ²)`).
     fn sigma(&self) -> Result<Tensor> {
+        // α per weight: one fused pass on the CPU (secateur-kernels), candle ops elsewhere
+        if let Some(s) = secateur_kernels::variational_dropout::sigma(&self.theta, &self.log_alpha, CLIP)? {
+            return Ok(s);
+        }
         (self.log_alpha_per_weight()? * 0.5)?
             .exp()?
             .broadcast_mul(&self.theta.abs()?)
@@ -214,7 +233,11 @@ impl Vd {
     /// `Σ KL_Kingma(log α)` over the noise variables (weights or units).
     fn divergence(&self, how: &Divergence) -> Result<Tensor> {
         match how {
-            Divergence::Kl => kl_vd_kingma(&self.log_alpha()?),
+            // one fused pass on the CPU (secateur-kernels); the same formula as candle ops elsewhere
+            Divergence::Kl => match secateur_kernels::variational_dropout::kl_sum(&self.log_alpha, KL_CONSTANTS)? {
+                Some(kl) => Ok(kl),
+                None => kl_vd_kingma(&self.log_alpha()?),
+            },
             other => Err(ConfigError::Unsupported(format!(
                 "variational dropout layer `{}` defines only `kl` (Kingma et al. 2015's approximation), not `{other}`",
                 self.name
