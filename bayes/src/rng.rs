@@ -126,8 +126,24 @@ impl SeededRng {
     }
 
     /// `n` uniform draws on `[lo, hi)` as f32.
+    ///
+    /// The numbers `rand`'s `random_range(lo..hi)` would draw one by one (`lo < hi`, both
+    /// finite): the stream's next `n` 32-bit words, each mapped as rand 0.9 maps it, to
+    /// `(1.m − 1) · (hi − lo) + lo` with `m` its 23 high bits, but the words generated in bulk
+    /// and the map run as one vectorisable loop (a gated LeNet-300-100 step draws 151k of them;
+    /// one by one they took 7% of its samples on the 2-core AMD EPYC).
     pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.inner.random_range(lo..hi)).collect()
+        assert!(
+            lo < hi && (hi - lo).is_finite(),
+            "uniform_vec: empty or infinite range [{lo}, {hi})"
+        );
+        let mut words = vec![0u32; n];
+        self.inner.fill(&mut words[..]);
+        let scale = hi - lo;
+        words
+            .iter()
+            .map(|&w| (f32::from_bits((w >> 9) | 0x3F80_0000) - 1.0) * scale + lo)
+            .collect()
     }
 
     /// A tensor of standard-normal draws with the given shape, dtype and device.
@@ -180,6 +196,30 @@ impl RngCore for SeededRng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bulk draw equals `random_range(lo..hi)` called once per number, bit for bit, and
+    /// leaves the stream where those calls would (the next draws agree too), from an odd word
+    /// position as well.
+    #[test]
+    fn uniform_vec_equals_one_by_one_draws() {
+        for (n, lo, hi) in [
+            (0usize, 0f32, 1f32),
+            (1, 0.0, 1.0),
+            (7, -2.5, 3.0),
+            (1000, 0.0, 1.0),
+            (4097, 1e-3, 2e-3),
+        ] {
+            let mut bulk = SeededRng::new(11);
+            let _ = bulk.next_u32(); // start from an odd word position
+            let mut one = bulk.clone();
+            let a = bulk.uniform_vec(n, lo, hi);
+            let b: Vec<f32> = (0..n).map(|_| one.inner.random_range(lo..hi)).collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "n = {n}, [{lo}, {hi})");
+            assert_eq!(bulk.state(), one.state(), "n = {n}");
+            assert_eq!(bulk.next_u64(), one.next_u64());
+        }
+    }
 
     #[test]
     fn large_normal_draws_are_thread_count_independent_and_resumable() {

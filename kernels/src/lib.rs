@@ -32,6 +32,8 @@
 //!   closed-form Gaussian KL, each one pass.
 //! - [`sparse_vd`]: sparse variational dropout's divergence and its gradients, and its
 //!   `σ = e^{½ log σ²}`, each one pass.
+//! - [`gates`]: Bernoulli gates on a layer's input units with the straight-through gradient,
+//!   one pass forward and one per gradient.
 //! - [`variational_dropout`]: variational dropout's divergence (Kingma et al. 2015's polynomial
 //!   fit) and its gradient, and `σ = √α |θ|` with its gradients, each one pass.
 
@@ -43,6 +45,7 @@ pub mod conv;
 mod conv_direct;
 mod cpu;
 pub mod double_backprop;
+pub mod gates;
 pub mod gaussian_kl;
 pub mod inner;
 pub mod lrt;

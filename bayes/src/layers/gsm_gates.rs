@@ -423,22 +423,37 @@ impl Gated {
         self.theta()?.detach().ge(self.threshold)?.to_dtype(self.weight.dtype())
     }
 
-    /// The gate values for a batch of `rows` examples, shape `[rows, gates]`: the test-time gates
-    /// `θ · [θ ≥ threshold]` in `Eval` + `Mean`, otherwise per-example draws `ξ ~ Bernoulli(θ)` with the
-    /// straight-through gradient `ξ + θ − stop_grad(θ)`.
-    fn gate_values(&self, rows: usize, ctx: &mut Ctx) -> Result<Tensor> {
-        let g = self.gates();
+    /// `x` (`[rows, gates, …]`) times its gates, broadcast over the trailing dimensions: the
+    /// test-time gates `θ · [θ ≥ threshold]` in `Eval` + `Mean`, otherwise per-example draws
+    /// `ξ ~ Bernoulli(θ)` with the straight-through gradient `ξ + θ − stop_grad(θ)`. On the CPU
+    /// the sampled case is one fused pass (`secateur_kernels::gates`: the same values and
+    /// gradients, the same draws).
+    fn apply(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (rows, g) = (x.dims()[0], self.gates());
+        let mut shape = vec![1, g];
+        shape.resize(x.rank(), 1);
         if ctx.mode == Mode::Eval && ctx.sampling == Sampling::Mean {
-            let mean = (self.theta()? * self.open()?)?;
-            return mean.reshape((1, g))?.broadcast_as((rows, g))?.contiguous();
+            return x.broadcast_mul(&self.mean_gates()?.reshape(shape)?);
         }
         let theta = self.theta()?;
-        let (dt, dev) = (theta.dtype(), theta.device());
         ctx.mark_noisy();
-        let u = ctx.rng.rand_uniform(&[rows, g], 0.0, 1.0, dt, dev)?;
-        let xi = u.broadcast_lt(&theta.detach().reshape((1, g))?)?.to_dtype(dt)?;
+        let u = ctx
+            .rng
+            .rand_uniform(&[rows, g], 0.0, 1.0, theta.dtype(), theta.device())?;
+        if let Some(y) = secateur_kernels::gates::gate_inputs(x, &theta, &u)? {
+            return Ok(y);
+        }
+        let xi = u
+            .broadcast_lt(&theta.detach().reshape((1, g))?)?
+            .to_dtype(theta.dtype())?;
         let st = (&theta - theta.detach())?.reshape((1, g))?;
-        xi.broadcast_add(&st)
+        shape[0] = rows;
+        x.broadcast_mul(&xi.broadcast_add(&st)?.reshape(shape)?)
+    }
+
+    /// The test-time gates `θ · [θ ≥ threshold]`, shape `[1, gates]`.
+    fn mean_gates(&self) -> Result<Tensor> {
+        (self.theta()? * self.open()?)?.reshape((1, self.gates()))
     }
 
     /// `‖μⱼ‖²` of the group of weights fed by each gate, `[gates]`, and the group size `nⱼ`.
@@ -629,9 +644,8 @@ impl Module for GateLinear {
             );
         }
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let g = self.inner.gate_values(rows, ctx)?;
-        let x2 = (x.reshape((rows, in_dim))? * g)?;
-        let mut y = x2.matmul(&self.inner.weight.t()?)?;
+        let x2 = self.inner.apply(&x.reshape((rows, in_dim))?, ctx)?;
+        let mut y = secateur_kernels::matmul::matmul_bt(&x2, &self.inner.weight)?;
         if let Some(b) = &self.inner.bias {
             y = secateur_kernels::bias::add_bias(&y, b)?;
         }
@@ -739,7 +753,7 @@ impl GateConv2d {
 
 impl Module for GateConv2d {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        let (n, c, _, _) = x.dims4()?;
+        let (_, c, _, _) = x.dims4()?;
         if c != self.inner.gates() {
             candle_core::bail!(
                 "gsm gate conv2d `{}`: input has {c} channels, the layer expects {}",
@@ -747,8 +761,7 @@ impl Module for GateConv2d {
                 self.inner.gates()
             );
         }
-        let g = self.inner.gate_values(n, ctx)?.reshape((n, c, 1, 1))?;
-        let xg = x.broadcast_mul(&g)?;
+        let xg = self.inner.apply(x, ctx)?;
         let gm = self.geom;
         let y = secateur_kernels::conv::conv2d(&xg, &self.inner.weight, gm.stride, gm.padding, gm.dilation, gm.groups)?;
         match &self.inner.bias {
