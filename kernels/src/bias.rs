@@ -139,8 +139,12 @@ impl CustomOp2 for BiasAdd {
         };
         Ok((out, l1.shape().clone()))
     }
-    fn bwd(&self, _x: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(g.clone()), Some(channel_sum(g)?)))
+    fn bwd(&self, x: &Tensor, b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // only the operands that carry a gradient (a constant's would be computed and stored
+        // for nothing)
+        let dx = x.track_op().then(|| g.clone());
+        let db = if b.track_op() { Some(channel_sum(g)?) } else { None };
+        Ok((dx, db))
     }
 }
 

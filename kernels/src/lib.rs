@@ -43,6 +43,7 @@ pub mod alloc_cache;
 pub mod bias;
 pub mod conv;
 mod conv_direct;
+mod conv_taps;
 mod cpu;
 pub mod double_backprop;
 pub mod gates;

@@ -45,7 +45,7 @@ use std::time::Instant;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Time secateur training steps (forward + cross-entropy + backward + SGD momentum)")]
 struct Args {
-    /// Model: mlp, lenet5, resnet20, bayes-mlp, bayes-lenet5 (mean-field Gaussian, local
+    /// Model: mlp, lenet5, resnet20, vgg11 (1×28×28), bayes-mlp, bayes-lenet5 (mean-field Gaussian, local
     /// reparameterisation, loss + KL / 60000).
     #[arg(long, default_value = "lenet5")]
     model: String,
@@ -113,6 +113,8 @@ fn input_shape(model: &str) -> Option<[usize; 3]> {
     match model {
         "mlp" | "lenet5" | "bayes-mlp" | "bayes-lenet5" => Some([1, 28, 28]),
         "resnet20" => Some([3, 32, 32]),
+        // the shipped VGG-11 configs' inputs (Fashion-MNIST), where its last planes are 3×3 and 1×1
+        "vgg11" => Some([1, 28, 28]),
         _ => None,
     }
 }

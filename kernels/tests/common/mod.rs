@@ -98,11 +98,32 @@ pub fn cases() -> Vec<Case> {
             w: [3, 1, 3, 3],
             p: sq(3, 1, 2, 3),
         },
-        // Small output planes: the im2col path packs several samples into one product
-        // (`samples_per_product`), here in blocks of 4 with a partial last block of 2 ...
+        // Small output planes. Up to 16 pixels with one group: one product per (output pixel,
+        // tap) that reads the input (`conv_taps`), here on 4×4 and 3×3 planes and with stride
+        // and dilation ...
         Case {
-            name: "4x4 planes, samples in blocks of 4 and 2",
+            name: "4x4 planes, per-tap products",
             x: [6, 3, 4, 4],
+            w: [5, 3, 3, 3],
+            p: sq(1, 1, 1, 1),
+        },
+        Case {
+            name: "3x3 planes, per-tap products",
+            x: [10, 4, 3, 3],
+            w: [6, 4, 3, 3],
+            p: sq(1, 1, 1, 1),
+        },
+        Case {
+            name: "4x3 planes, stride 2 dilation 2, per-tap products",
+            x: [3, 3, 7, 6],
+            w: [4, 3, 3, 3],
+            p: sq(2, 2, 2, 1),
+        },
+        // ... above 16 pixels the im2col path packs several samples into one product
+        // (`samples_per_product`), here in blocks of 3 (25-pixel planes) ...
+        Case {
+            name: "5x5 planes, samples in blocks of 3",
+            x: [6, 3, 5, 5],
             w: [5, 3, 3, 3],
             p: sq(1, 1, 1, 1),
         },
