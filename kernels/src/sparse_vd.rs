@@ -102,21 +102,20 @@ impl<T: Real> Ks<T> {
     fn log_alpha(&self, theta: T, ls2: T) -> (T, T) {
         let raw = ls2 - (theta * theta + self.eps).ln_();
         let lo = -self.clip;
-        let la = if raw < lo {
-            lo
-        } else if raw > self.clip {
-            self.clip
-        } else {
-            raw
-        };
-        let half = T::of(0.5);
-        let d = if raw > lo && raw < self.clip {
+        // selects without short-circuits, so that the loops vectorise (NaN stays NaN)
+        let la = if raw < lo { lo } else { raw };
+        let la = if la > self.clip { self.clip } else { la };
+        let inside = if (raw > lo) & (raw < self.clip) {
             T::one()
-        } else if raw == lo || raw == self.clip {
-            half
         } else {
             T::zero()
         };
+        let bound = if (raw == lo) | (raw == self.clip) {
+            T::of(0.5)
+        } else {
+            T::zero()
+        };
+        let d = inside + bound;
         (la, d)
     }
 

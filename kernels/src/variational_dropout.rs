@@ -116,24 +116,24 @@ impl<T: Real> Ks<T> {
         }
     }
 
-    /// `(λ, d)`: the clipped value and the clip's derivative.
+    /// `(λ, d)`: the clipped value and the clip's derivative (NaN stays NaN). Written as
+    /// selects without short-circuits so that the loops vectorise: with `if … else if` chains
+    /// and `&&` the compiler kept them scalar, four times slower.
     #[inline(always)]
     fn clipped(&self, l: T) -> (T, T) {
-        let la = if l < self.lo {
-            self.lo
-        } else if l > self.hi {
-            self.hi
-        } else {
-            l
-        };
-        let d = if l > self.lo && l < self.hi {
+        let la = if l < self.lo { self.lo } else { l };
+        let la = if la > self.hi { self.hi } else { la };
+        let inside = if (l > self.lo) & (l < self.hi) {
             T::one()
-        } else if l == self.lo || l == self.hi {
+        } else {
+            T::zero()
+        };
+        let bound = if (l == self.lo) | (l == self.hi) {
             T::of(0.5)
         } else {
             T::zero()
         };
-        (la, d)
+        (la, inside + bound)
     }
 
     /// The divergence of one noise variable.
