@@ -32,6 +32,7 @@
 //!   closed-form Gaussian KL, each one pass.
 //! - [`sparse_vd`]: sparse variational dropout's divergence and its gradients, and its
 //!   `σ = e^{½ log σ²}`, each one pass.
+//! - [`dropout`]: inverted dropout with given draws (MC dropout's layer), one pass each way.
 //! - [`gates`]: Bernoulli gates on a layer's input units with the straight-through gradient,
 //!   one pass forward and one per gradient.
 //! - [`variational_dropout`]: variational dropout's divergence (Kingma et al. 2015's polynomial
@@ -46,6 +47,7 @@ mod conv_direct;
 mod conv_taps;
 mod cpu;
 pub mod double_backprop;
+pub mod dropout;
 pub mod gates;
 pub mod gaussian_kl;
 pub mod inner;

@@ -42,6 +42,10 @@ impl Module for McDropout {
         }
         ctx.mark_noisy();
         let u = ctx.rng.rand_uniform(x.dims(), 0.0, 1.0, x.dtype(), x.device())?;
+        // one pass on the CPU (secateur-kernels, the same bits); candle ops elsewhere
+        if let Some(y) = secateur_kernels::dropout::inverted(x, &u, self.p)? {
+            return Ok(y);
+        }
         let keep = u.ge(self.p)?.to_dtype(x.dtype())?;
         (x * keep)? / (1.0 - self.p)
     }
