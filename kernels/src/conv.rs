@@ -34,6 +34,14 @@
 //! batch size, never on the thread count) and the chunk sums are added in chunk order, so results
 //! are bit-identical from run to run. f32 and f64 run on the fast path; other dtypes, and every
 //! non-CPU device (CUDA), use candle's own `conv2d` / `conv_transpose2d`.
+//!
+//! Small planes on the CPU: [`conv2d_with`] and [`conv2d_bias`] first cut kernel taps that read
+//! only padding for every output pixel (a 3×3 kernel with padding 1 on a 1×1 plane keeps its
+//! centre), then run a 1×1 kernel on 1×1 planes as a linear layer (`kernels::matmul`), and the
+//! three ops run planes of at most 16 output pixels (one group) as one product per (output
+//! pixel, live tap) with the batch as columns (`conv_taps`, private), which computes only the
+//! multiply-adds that read the input. Larger f32 planes take the direct convolution
+//! (`conv_direct`, private) where it applies.
 
 use std::borrow::Cow;
 
