@@ -14,9 +14,9 @@
 //! ```
 //!
 //! each a product of `[O, C]` and `[C, N]` (or its transposes) over the valid pairs only: the
-//! exact multiply-adds, in products whose shapes run near the matrix-product rate (512 × 512 by
-//! 128 columns for VGG-11), where im2col's products have a sample's 9 columns or a block of a few
-//! samples'. The input, the weights and the output gradient are first laid out pixel-major
+//! exact multiply-adds, in products of 512 × 512 by 128 columns for VGG-11, where im2col
+//! multiplied the whole kernel with blocks of 8 samples' 72 columns (forward and input
+//! gradient). The input, the weights and the output gradient are first laid out pixel-major
 //! (`[P][C][N]`, `[T][O][C]`, `[P][O][N]`) so that every operand is one contiguous block. The
 //! products of one output pixel (forward), one input pixel (input gradient) or one tap (weight
 //! gradient) run in a fixed order on one worker, the pixels or taps in parallel: the sums are the

@@ -1,6 +1,6 @@
 //! Bernoulli gates on a layer's input units with the straight-through estimator (the gated
-//! layers of `secateur_bayes::layers::gsm_gates`) as one parallel pass forward and one per
-//! gradient backward.
+//! layers of `secateur_bayes::layers::gsm_gates`) as one parallel pass forward, and backward one
+//! pass for `x`'s gradient and a product and a per-channel sum for θ's.
 //!
 //! With `x` of shape `[rows, g, inner]` (`inner = 1` for a linear layer's `[rows, g]` input, the
 //! pixels of a channel for a convolution's `[N, C, H, W]`), gate probabilities `θ` of shape `[g]`
@@ -16,14 +16,13 @@
 //! the values and gradients of the candle composition `x ⊙ (ξ + θ − stop_grad(θ))` (whose value
 //! is exactly ξ, since `θ − θ = 0`), which as candle ops is a comparison, a cast, a subtraction,
 //! two broadcasts and a product forward, and a broadcast product and a strided sum over the rows
-//! on one thread backward. The sums over the rows run in row order per gate, the same for every
-//! thread count. The gradient ops have no backward of their own: with double backpropagation
-//! requested ([`crate::double_backprop::requested`]) [`gate_inputs`] answers `None` and the
-//! caller uses its composition.
+//! on one thread backward. θ's gradient is [`crate::bias::channel_sum`] of `∂L/∂y ⊙ x` (summed in
+//! f64, the same for every thread count). With double backpropagation requested
+//! ([`crate::double_backprop::requested`]) [`gate_inputs`] answers `None` and the caller uses its
+//! composition.
 
 use crate::cpu::{contiguous, filled};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
 
 /// Entries per parallel task (whole rows of `x`, at least one).
 const TASK: usize = 1 << 14;
@@ -149,73 +148,10 @@ impl CustomOp3 for Gate {
         let grad = grad.contiguous()?;
         // ∂L/∂x = ∂L/∂y ⊙ ξ: the forward map applied to the incoming gradient
         let dx = grad.apply_op3(theta, u, Gate)?;
-        let dtheta = x.apply_op2(&grad, ThetaGrad)?;
+        // ∂L/∂θ[j] = Σ_r Σ_k ∂L/∂y[r, j, k] x[r, j, k]: the bias kernel's per-channel sum
+        // (parallel, summed in f64 in an order independent of the thread count)
+        let dtheta = crate::bias::channel_sum(&(x * &grad)?)?;
         Ok((Some(dx), Some(dtheta), None))
-    }
-}
-
-/// `(x, ∂L/∂y) ↦ ∂L/∂θ[j] = Σ_r Σ_k ∂L/∂y[r, j, k] x[r, j, k]`, shape `[g]` (no backward of its
-/// own).
-struct ThetaGrad;
-
-fn theta_grad<T: WithDType>(x: &[T], dy: &[T], (rows, g, inner): (usize, usize, usize)) -> Vec<T> {
-    let row = g * inner;
-    if inner == 1 {
-        // gates side by side in a row: blocks of gates, each summing its columns over the rows
-        // in row order (the inner loop runs along the contiguous block and vectorises)
-        const COLS: usize = 64;
-        let mut out = vec![T::zero(); g];
-        out.par_chunks_mut(COLS).enumerate().for_each(|(b, acc)| {
-            let j0 = b * COLS;
-            for r in 0..rows {
-                let (xs, ds) = (&x[r * row + j0..], &dy[r * row + j0..]);
-                for (k, a) in acc.iter_mut().enumerate() {
-                    *a += xs[k] * ds[k];
-                }
-            }
-        });
-        return out;
-    }
-    // one gate per task: its `inner` entries in each row, rows in order
-    (0..g)
-        .into_par_iter()
-        .map(|j| {
-            let mut acc = T::zero();
-            for r in 0..rows {
-                let o = r * row + j * inner;
-                for (&a, &b) in x[o..o + inner].iter().zip(&dy[o..o + inner]) {
-                    acc += a * b;
-                }
-            }
-            acc
-        })
-        .collect()
-}
-
-impl candle_core::CustomOp2 for ThetaGrad {
-    fn name(&self) -> &'static str {
-        "secateur-gates-theta-grad"
-    }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        const OP: &str = "gates θ gradient";
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("{OP}: x {:?} and ∂L/∂y {:?} differ in shape", l1.dims(), l2.dims());
-        }
-        let geo = geometry(l1);
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(theta_grad(
-                contiguous::<f32>(s1, l1, OP, "x")?,
-                contiguous::<f32>(s2, l2, OP, "∂L/∂y")?,
-                geo,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(theta_grad(
-                contiguous::<f64>(s1, l1, OP, "x")?,
-                contiguous::<f64>(s2, l2, OP, "∂L/∂y")?,
-                geo,
-            )),
-            _ => candle_core::bail!("{OP}: only f32 and f64 (not mixed) are supported"),
-        };
-        Ok((out, Shape::from(geo.1)))
     }
 }
 
@@ -288,7 +224,12 @@ mod tests {
     }
 
     /// θ's gradient is the sum over rows of `∂L/∂y ⊙ x` entry by entry, summed in f64 by hand,
-    /// for f32 inputs wide enough to span several column blocks.
+    /// for f32 inputs over several rows and many gates. The tolerance: each f32 product rounds
+    /// once (6e-8 relative) and the sum is then rounded to f32, so the error stays near 1e-7 of
+    /// `Σ|x·w|` whatever the summation order (an f32 accumulation over the 129 rows stays under
+    /// 129 · 6e-8 ≈ 8e-6 of it); 1e-5 of it admits either, while a dropped row or gate, or the
+    /// gradient of the wrong operand, errs by a whole term (on average `Σ|x·w|`/129, hundreds of
+    /// times the tolerance).
     #[test]
     fn f32_theta_gradient_is_the_row_sum() {
         let (rows, g) = (129, 200);

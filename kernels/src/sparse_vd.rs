@@ -74,7 +74,7 @@ fn fast(a: &Tensor, b: &Tensor) -> bool {
     a.device().is_cpu() && a.dtype() == b.dtype() && matches!(a.dtype(), DType::F32 | DType::F64)
 }
 
-use crate::vmath::Real;
+use crate::vmath::{clip_with_derivative, Real};
 
 /// The constants in the tensor's precision.
 #[derive(Clone, Copy)]
@@ -101,22 +101,7 @@ impl<T: Real> Ks<T> {
     #[inline(always)]
     fn log_alpha(&self, theta: T, ls2: T) -> (T, T) {
         let raw = ls2 - (theta * theta + self.eps).ln_();
-        let lo = -self.clip;
-        // selects without short-circuits, so that the loops vectorise (NaN stays NaN)
-        let la = if raw < lo { lo } else { raw };
-        let la = if la > self.clip { self.clip } else { la };
-        let inside = if (raw > lo) & (raw < self.clip) {
-            T::one()
-        } else {
-            T::zero()
-        };
-        let bound = if (raw == lo) | (raw == self.clip) {
-            T::of(0.5)
-        } else {
-            T::zero()
-        };
-        let d = inside + bound;
-        (la, d)
+        clip_with_derivative(raw, -self.clip, self.clip)
     }
 
     /// `(S(x), S(x)(1 − S(x)))` without cancellation: with `e = e^{−|x|}`,

@@ -87,6 +87,20 @@ pub(crate) fn ln_1p_unit(z: f32) -> f32 {
     2.0 * s * p
 }
 
+/// `(clip(x, lo, hi), d)` with `d` the derivative candle gives `clamp` (a `maximum` then a
+/// `minimum`, each passing half the gradient on a tie): 1 inside `(lo, hi)`, ½ on either bound,
+/// 0 outside; NaN stays NaN. Written as selects without short-circuits so that the loops calling
+/// it vectorise: as `if … else if` chains with `&&` the compiler kept variational dropout's
+/// loops scalar, four times slower.
+#[inline(always)]
+pub(crate) fn clip_with_derivative<T: Real>(x: T, lo: T, hi: T) -> (T, T) {
+    let c = if x < lo { lo } else { x };
+    let c = if c > hi { hi } else { c };
+    let inside = if (x > lo) & (x < hi) { T::one() } else { T::zero() };
+    let bound = if (x == lo) | (x == hi) { T::of(0.5) } else { T::zero() };
+    (c, inside + bound)
+}
+
 /// The elementary functions in a tensor's own precision, for the elementwise kernels generic over
 /// f32 and f64 (softplus and its derivatives, sparse VD's divergence): for f32 the branch-free,
 /// vectorisable versions above (within two units in the last place), for f64 the C library's.
@@ -209,5 +223,27 @@ mod tests {
             }
         }
         assert!(worst.1 <= 2.0, "ln_1p({}) is {} ulps off", worst.0, worst.1);
+    }
+
+    /// The clip and its derivative at every kind of point, in both precisions: inside, on each
+    /// bound (½, as candle's `clamp` passes it), outside, and NaN (kept, derivative 0).
+    #[test]
+    fn clip_with_derivative_matches_candles_clamp() {
+        for (x, c, d) in [
+            (-3.0, -3.0, 1.0),
+            (-8.0, -8.0, 0.5),
+            (0.0, 0.0, 0.5),
+            (-9.0, -8.0, 0.0),
+            (2.0, 0.0, 0.0),
+        ] {
+            assert_eq!(clip_with_derivative(x, -8.0f64, 0.0), (c, d), "f64 at {x}");
+            assert_eq!(
+                clip_with_derivative(x as f32, -8.0f32, 0.0),
+                (c as f32, d as f32),
+                "f32 at {x}"
+            );
+        }
+        let (c, d) = clip_with_derivative(f32::NAN, -8.0, 0.0);
+        assert!(c.is_nan() && d == 0.0);
     }
 }

@@ -484,7 +484,8 @@ fn dead_taps_are_cut_without_changing_values_or_gradients() {
             &format!("case {i} dw"),
         );
     }
-    assert!(compared >= 3, "only {compared} cases compared with candle's gradients");
+    // the four stride-1 cases; candle's own backward may fail on the strided one
+    assert!(compared >= 4, "only {compared} cases compared with candle's gradients");
 
     // a 1×1 kernel on 1×1 planes runs as a linear layer: the same values and gradients
     let x = rand_t(&[6, 5, 1, 1], 340, DType::F64).unwrap();
