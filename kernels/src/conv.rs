@@ -40,8 +40,10 @@
 //! centre), then run a 1×1 kernel on 1×1 planes as a linear layer (`kernels::matmul`), and the
 //! three ops run planes of at most 16 output pixels (one group) as one product per (output
 //! pixel, live tap) with the batch as columns (`conv_taps`, private), which computes only the
-//! multiply-adds that read the input. Larger f32 planes take the direct convolution
-//! (`conv_direct`, private) where it applies.
+//! multiply-adds that read the input. Larger f32 planes take a direct convolution where one
+//! applies (AVX-512F, stride 1): with the output channels in the vector lanes on planes of at
+//! most 256 pixels and 32, 48, 64, … channels (`conv_lanes`, private), with flat pixels in the
+//! lanes otherwise (`conv_direct`, private). [`f32_path_of`] says which path an op takes.
 
 use std::borrow::Cow;
 
@@ -49,7 +51,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::{conv_direct, conv_taps};
+use crate::{conv_direct, conv_lanes, conv_taps};
 
 /// Stride, padding, dilation (as `(height, width)` pairs) and group count of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -623,31 +625,85 @@ pub(crate) fn conv_input_grad_cpu<T: Elem>(dy: &[T], w: &[T], g: &Geom) -> Vec<T
     dx
 }
 
-/// f32 forward: the direct path ([`crate::conv_direct`]) where it applies, im2col + gemm otherwise.
+/// The three operations of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvOp {
+    /// `y = conv(x, w)`.
+    Forward,
+    /// `dx = conv_transpose(dy, w)`.
+    InputGrad,
+    /// `dw = Σ_n dy[n] ⋆ x[n]`.
+    WeightGrad,
+}
+
+/// Which implementation runs an f32 convolution op on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Path {
+    /// One product per (output pixel, live tap), batch as columns ([`crate::conv_taps`]): one
+    /// group, at most 16 output pixels.
+    Taps,
+    /// Direct, output channels in the vector lanes ([`crate::conv_lanes`]): AVX-512F, stride 1,
+    /// one group, small planes, rows a multiple of 16 (at least 32).
+    Lanes,
+    /// Direct, flat pixels in the vector lanes ([`crate::conv_direct`]): AVX-512F, stride 1.
+    Direct,
+    /// im2col (or samples packed side by side) + gemm: everything else.
+    Im2col,
+}
+
+/// The path of `op` for geometry `g` (f32). The f64 ops always take [`F32Path::Taps`] or
+/// [`F32Path::Im2col`] by the same rule as here.
+fn f32_path(g: &Geom, op: ConvOp) -> F32Path {
+    if conv_taps::applicable(g) {
+        return F32Path::Taps;
+    }
+    let rows = if op == ConvOp::InputGrad { g.c } else { g.o };
+    if conv_lanes::applicable(g, rows) {
+        F32Path::Lanes
+    } else if conv_direct::applicable(g) && (op != ConvOp::WeightGrad || conv_direct::weight_grad_fits(g)) {
+        F32Path::Direct
+    } else {
+        F32Path::Im2col
+    }
+}
+
+/// Which implementation an f32 convolution of input `[N, C, H, W]` and kernel `[O, C/G, KH, KW]`
+/// with `params` takes for `op` on this CPU: for tests and benchmarks that mean to exercise one
+/// path. Errors as [`conv2d_with`] does on shapes that do not match.
+pub fn f32_path_of(
+    x: (usize, usize, usize, usize),
+    w: (usize, usize, usize, usize),
+    params: ConvParams,
+    op: ConvOp,
+) -> Result<F32Path> {
+    Ok(f32_path(&Geom::new(x, w, params)?, op))
+}
+
+/// f32 forward on its [`f32_path`].
 fn conv_fwd_f32(x: &[f32], w: &[f32], b: Option<&[f32]>, g: &Geom) -> Vec<f32> {
-    if conv_direct::applicable(g) && !conv_taps::applicable(g) {
-        conv_direct::forward(x, w, b, g)
-    } else {
-        conv_bias_fwd_cpu(x, w, b, g)
+    match f32_path(g, ConvOp::Forward) {
+        F32Path::Lanes => conv_lanes::forward(x, w, b, g),
+        F32Path::Direct => conv_direct::forward(x, w, b, g),
+        F32Path::Taps | F32Path::Im2col => conv_bias_fwd_cpu(x, w, b, g),
     }
 }
 
-/// f32 input gradient: the direct path where it applies, im2col + gemm otherwise.
+/// f32 input gradient on its [`f32_path`].
 fn conv_input_grad_f32(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
-    if conv_direct::applicable(g) && !conv_taps::applicable(g) {
-        conv_direct::input_grad(dy, w, g)
-    } else {
-        conv_input_grad_cpu(dy, w, g)
+    match f32_path(g, ConvOp::InputGrad) {
+        F32Path::Lanes => conv_lanes::input_grad(dy, w, g),
+        F32Path::Direct => conv_direct::input_grad(dy, w, g),
+        F32Path::Taps | F32Path::Im2col => conv_input_grad_cpu(dy, w, g),
     }
 }
 
-/// f32 weight gradient: the direct path where it applies and its lane sums fit in L2
-/// ([`conv_direct::weight_grad_fits`]), im2col + gemm otherwise.
+/// f32 weight gradient on its [`f32_path`]: the direct path only where its lane sums fit in L2
+/// ([`conv_direct::weight_grad_fits`]).
 fn conv_weight_grad_f32(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
-    if conv_direct::applicable(g) && conv_direct::weight_grad_fits(g) && !conv_taps::applicable(g) {
-        conv_direct::weight_grad(x, dy, g)
-    } else {
-        conv_weight_grad_cpu(x, dy, g)
+    match f32_path(g, ConvOp::WeightGrad) {
+        F32Path::Lanes => conv_lanes::weight_grad(x, dy, g),
+        F32Path::Direct => conv_direct::weight_grad(x, dy, g),
+        F32Path::Taps | F32Path::Im2col => conv_weight_grad_cpu(x, dy, g),
     }
 }
 

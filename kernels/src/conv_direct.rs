@@ -118,7 +118,8 @@ fn enabled() -> bool {
     })
 }
 
-fn cpu_has_avx512() -> bool {
+/// Whether this CPU has AVX-512F.
+pub(crate) fn cpu_has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")

@@ -44,6 +44,7 @@ pub mod alloc_cache;
 pub mod bias;
 pub mod conv;
 mod conv_direct;
+mod conv_lanes;
 mod conv_taps;
 mod cpu;
 pub mod double_backprop;

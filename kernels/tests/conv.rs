@@ -512,3 +512,78 @@ fn dead_taps_are_cut_without_changing_values_or_gradients() {
         );
     }
 }
+
+/// The direct convolution with output channels in the vector lanes (`conv_lanes`): f32 forward
+/// with bias, input gradient and weight gradient against the same ops in f64 (im2col, checked
+/// against candle, a loop and finite differences above) and the forward against the loop, on
+/// shapes that take it: 64, 32 and 48 rows (4, 2 and 1 vectors per block), pixel counts that
+/// leave a partial block (7×7, 6×5), a 5×5 kernel with padding 2 and 0 (the input gradient then
+/// pads by 2 and 4), a 16×16 plane, and 17 samples (weight-gradient chunks of 2 and a last of 1);
+/// and the same bits for pools of 1 and 3 threads.
+#[test]
+fn lanes_path_matches_f64() {
+    use secateur_kernels::conv::{f32_path_of, ConvOp, F32Path};
+    let shapes: [([usize; 4], [usize; 4], usize); 6] = [
+        ([5, 64, 8, 8], [64, 64, 3, 3], 1),
+        ([3, 64, 7, 7], [64, 64, 3, 3], 1),
+        ([17, 32, 6, 5], [32, 32, 3, 3], 1),
+        ([2, 32, 16, 16], [48, 32, 3, 3], 1),
+        ([3, 48, 9, 7], [32, 48, 5, 5], 2),
+        ([2, 32, 9, 9], [64, 32, 5, 5], 0),
+    ];
+    let mut lanes_ops = 0;
+    for (i, (xs, ws, pad)) in shapes.into_iter().enumerate() {
+        let p = ConvParams::new(1, pad, 1, 1);
+        let dims = |s: [usize; 4]| (s[0], s[1], s[2], s[3]);
+        for op in [ConvOp::Forward, ConvOp::InputGrad, ConvOp::WeightGrad] {
+            let path = f32_path_of(dims(xs), dims(ws), p, op).unwrap();
+            // rows: O forward and for the weights, C for the input gradient
+            let rows = if op == ConvOp::InputGrad { xs[1] } else { ws[0] };
+            if std::arch::is_x86_feature_detected!("avx512f") && rows % 16 == 0 {
+                assert_eq!(path, F32Path::Lanes, "shape {i} {op:?}");
+            }
+            lanes_ops += usize::from(path == F32Path::Lanes);
+        }
+        let seed = 300 + 10 * i as u64;
+        let x = rand_t(&xs, seed, DType::F64).unwrap();
+        let w = rand_t(&ws, seed + 1, DType::F64).unwrap();
+        let b = rand_t(&[ws[0]], seed + 2, DType::F64).unwrap();
+        let y64 = conv2d_bias(&x, &w, &b, p).unwrap();
+        let dy = rand_t(y64.dims(), seed + 3, DType::F64).unwrap();
+        let (x32, w32, b32, dy32) = [&x, &w, &b, &dy].map(|t| t.to_dtype(DType::F32).unwrap()).into();
+        let name = format!("{xs:?} * {ws:?} pad {pad}");
+
+        let y = conv2d_bias(&x32, &w32, &b32, p).unwrap();
+        assert_close(&y, &y64, 1e-5, &format!("{name} forward vs f64"));
+        let bb = b.reshape((1, ws[0], 1, 1)).unwrap();
+        let looped = naive_conv(&x, &w, p).unwrap().broadcast_add(&bb).unwrap();
+        assert_close(&y, &looped, 1e-5, &format!("{name} forward vs loop"));
+        let dx = conv2d_input_grad(&dy32, &w32, p, (xs[2], xs[3])).unwrap();
+        let dx64 = conv2d_input_grad(&dy, &w, p, (xs[2], xs[3])).unwrap();
+        assert_close(&dx, &dx64, 1e-5, &format!("{name} input gradient vs f64"));
+        let dw = conv2d_weight_grad(&x32, &dy32, p, (ws[2], ws[3])).unwrap();
+        let dw64 = conv2d_weight_grad(&x, &dy, p, (ws[2], ws[3])).unwrap();
+        assert_close(&dw, &dw64, 1e-5, &format!("{name} weight gradient vs f64"));
+
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let (y2, dx2, dw2) = pool.install(|| {
+                (
+                    conv2d_bias(&x32, &w32, &b32, p).unwrap(),
+                    conv2d_input_grad(&dy32, &w32, p, (xs[2], xs[3])).unwrap(),
+                    conv2d_weight_grad(&x32, &dy32, p, (ws[2], ws[3])).unwrap(),
+                )
+            });
+            for (a, b, what) in [
+                (&y, &y2, "forward"),
+                (&dx, &dx2, "input gradient"),
+                (&dw, &dw2, "weight gradient"),
+            ] {
+                assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{name} {what}, {threads} threads");
+            }
+        }
+    }
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        assert_eq!(lanes_ops, 18, "every op of these shapes should take the lanes path");
+    }
+}
