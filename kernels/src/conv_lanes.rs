@@ -304,60 +304,62 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let starts: Vec<usize> = (0..g.n).step_by(chunk).collect();
     let parts: Vec<Vec<f32>> = starts
         .par_iter()
-        .map(|&start| {
-            let m = (start + chunk).min(g.n) - start;
-            // the chunk's padded inputs and its output gradients as [pixels][O]
-            let mut xp = vec![0f32; m * sl];
-            let mut dt = vec![0f32; m * pix * o];
-            for (j, ni) in (start..start + m).enumerate() {
-                plan.pad_into(
-                    &x[ni * xs..(ni + 1) * xs],
-                    g.h,
-                    g.w,
-                    ph,
-                    pw,
-                    &mut xp[j * sl..(j + 1) * sl],
-                );
-                let d = &dy[ni * ys..(ni + 1) * ys];
-                let t = &mut dt[j * pix * o..(j + 1) * pix * o];
-                for oi in 0..o {
-                    for pi in 0..pix {
-                        t[pi * o + oi] = d[oi * pix + pi];
+        // the chunk's padded inputs and its output gradients as [pixels][O], both written whole
+        // before they are read; one pair of buffers serves every chunk a worker takes
+        .map_init(
+            || (vec![0f32; chunk * sl], vec![0f32; chunk * pix * o]),
+            |(xp, dt), &start| {
+                let m = (start + chunk).min(g.n) - start;
+                for (j, ni) in (start..start + m).enumerate() {
+                    plan.pad_into(
+                        &x[ni * xs..(ni + 1) * xs],
+                        g.h,
+                        g.w,
+                        ph,
+                        pw,
+                        &mut xp[j * sl..(j + 1) * sl],
+                    );
+                    let d = &dy[ni * ys..(ni + 1) * ys];
+                    let t = &mut dt[j * pix * o..(j + 1) * pix * o];
+                    for oi in 0..o {
+                        for pi in 0..pix {
+                            t[pi * o + oi] = d[oi * pix + pi];
+                        }
                     }
                 }
-            }
-            // dwᵀ[k][o] for this chunk
-            let mut acc = vec![0f32; k * o];
-            for o0 in (0..o).step_by(16 * v) {
-                let mut k0 = 0;
-                while k0 < k {
-                    let t = if k - k0 >= tb { tb } else { 1 };
-                    // SAFETY: AVX-512F checked by `applicable`; reads `j·sl + δ + q_p < m·sl`
-                    // (`δ + q_p < sl`), `dt[(j·pix + p)·o + o0 + 16v + 16] ≤ m·pix·o`; stores
-                    // `(k0 + t − 1)·o + o0 + 16v + 16 ≤ k·o`.
-                    unsafe {
-                        avx512::wgrad(
-                            v,
-                            t,
-                            &WgradArgs {
-                                x: xp.as_ptr(),
-                                xs: sl,
-                                offs: &plan.offs[k0..k0 + t],
-                                qs: &plan.qs,
-                                d: dt.as_ptr().add(o0),
-                                ds: pix * o,
-                                dr: o,
-                                m,
-                                out: acc.as_mut_ptr().add(k0 * o + o0),
-                                os: o,
-                            },
-                        )
+                // dwᵀ[k][o] for this chunk
+                let mut acc = vec![0f32; k * o];
+                for o0 in (0..o).step_by(16 * v) {
+                    let mut k0 = 0;
+                    while k0 < k {
+                        let t = if k - k0 >= tb { tb } else { 1 };
+                        // SAFETY: AVX-512F checked by `applicable`; reads `j·sl + δ + q_p < m·sl`
+                        // (`δ + q_p < sl`), `dt[(j·pix + p)·o + o0 + 16v + 16] ≤ m·pix·o`; stores
+                        // `(k0 + t − 1)·o + o0 + 16v + 16 ≤ k·o`.
+                        unsafe {
+                            avx512::wgrad(
+                                v,
+                                t,
+                                &WgradArgs {
+                                    x: xp.as_ptr(),
+                                    xs: sl,
+                                    offs: &plan.offs[k0..k0 + t],
+                                    qs: &plan.qs,
+                                    d: dt.as_ptr().add(o0),
+                                    ds: pix * o,
+                                    dr: o,
+                                    m,
+                                    out: acc.as_mut_ptr().add(k0 * o + o0),
+                                    os: o,
+                                },
+                            )
+                        }
+                        k0 += t;
                     }
-                    k0 += t;
                 }
-            }
-            acc
-        })
+                acc
+            },
+        )
         .collect();
     let dwt = reduce_in_order(parts, k * o);
     let mut dw = vec![0f32; o * k];

@@ -518,18 +518,20 @@ fn dead_taps_are_cut_without_changing_values_or_gradients() {
 /// against candle, a loop and finite differences above) and the forward against the loop, on
 /// shapes that take it: 64, 32 and 48 rows (4, 2 and 1 vectors per block), pixel counts that
 /// leave a partial block (7×7, 6×5), a 5×5 kernel with padding 2 and 0 (the input gradient then
-/// pads by 2 and 4), a 16×16 plane, and 17 samples (weight-gradient chunks of 2 and a last of 1);
+/// pads by 2 and 4), a 16×16 plane, 128 output channels (two blocks of 64), and 17 samples
+/// (weight-gradient chunks of 2 and a last of 1);
 /// and the same bits for pools of 1 and 3 threads.
 #[test]
 fn lanes_path_matches_f64() {
     use secateur_kernels::conv::{f32_path_of, ConvOp, F32Path};
-    let shapes: [([usize; 4], [usize; 4], usize); 6] = [
+    let shapes: [([usize; 4], [usize; 4], usize); 7] = [
         ([5, 64, 8, 8], [64, 64, 3, 3], 1),
         ([3, 64, 7, 7], [64, 64, 3, 3], 1),
         ([17, 32, 6, 5], [32, 32, 3, 3], 1),
         ([2, 32, 16, 16], [48, 32, 3, 3], 1),
         ([3, 48, 9, 7], [32, 48, 5, 5], 2),
         ([2, 32, 9, 9], [64, 32, 5, 5], 0),
+        ([3, 32, 7, 7], [128, 32, 3, 3], 1),
     ];
     let mut lanes_ops = 0;
     for (i, (xs, ws, pad)) in shapes.into_iter().enumerate() {
@@ -584,6 +586,6 @@ fn lanes_path_matches_f64() {
         }
     }
     if std::arch::is_x86_feature_detected!("avx512f") {
-        assert_eq!(lanes_ops, 18, "every op of these shapes should take the lanes path");
+        assert_eq!(lanes_ops, 21, "every op of these shapes should take the lanes path");
     }
 }
