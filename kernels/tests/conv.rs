@@ -516,15 +516,16 @@ fn dead_taps_are_cut_without_changing_values_or_gradients() {
 /// The direct convolution with output channels in the vector lanes (`conv_lanes`): f32 forward
 /// with bias, input gradient and weight gradient against the same ops in f64 (im2col, checked
 /// against candle, a loop and finite differences above) and the forward against the loop, on
-/// shapes that take it: 64, 32 and 48 rows (4, 2 and 1 vectors per block), pixel counts that
-/// leave a partial block (7×7, 6×5), a 5×5 kernel with padding 2 and 0 (the input gradient then
-/// pads by 2 and 4), a 16×16 plane, 128 output channels (two blocks of 64), and 17 samples
-/// (weight-gradient chunks of 2 and a last of 1);
-/// and the same bits for pools of 1 and 3 threads.
+/// shapes where some or all of their ops take it: 64, 32 and 48 rows (4, 2 and 1 vectors per
+/// block; the forward and input gradient with 32 or 48 rows where the flat-pixel path does not
+/// apply, as with 160 input channels on a 3×6 plane), pixel counts that leave a partial block
+/// (7×7, 6×5, 3×6), 5×5 kernels with padding 2 and 0 (the input gradient then pads by 2 and 4), a
+/// 16×16 plane, 128 output channels (two blocks of 64), and 17 samples (weight-gradient chunks
+/// of 2 and a last of 1); and the same bits on pools of 1 and 3 threads.
 #[test]
 fn lanes_path_matches_f64() {
     use secateur_kernels::conv::{f32_path_of, ConvOp, F32Path};
-    let shapes: [([usize; 4], [usize; 4], usize); 7] = [
+    let shapes: [([usize; 4], [usize; 4], usize); 9] = [
         ([5, 64, 8, 8], [64, 64, 3, 3], 1),
         ([3, 64, 7, 7], [64, 64, 3, 3], 1),
         ([17, 32, 6, 5], [32, 32, 3, 3], 1),
@@ -532,6 +533,8 @@ fn lanes_path_matches_f64() {
         ([3, 48, 9, 7], [32, 48, 5, 5], 2),
         ([2, 32, 9, 9], [64, 32, 5, 5], 0),
         ([3, 32, 7, 7], [128, 32, 3, 3], 1),
+        ([2, 160, 3, 6], [32, 160, 3, 3], 1),
+        ([2, 160, 3, 6], [48, 160, 3, 3], 1),
     ];
     let mut lanes_ops = 0;
     for (i, (xs, ws, pad)) in shapes.into_iter().enumerate() {
@@ -539,9 +542,7 @@ fn lanes_path_matches_f64() {
         let dims = |s: [usize; 4]| (s[0], s[1], s[2], s[3]);
         for op in [ConvOp::Forward, ConvOp::InputGrad, ConvOp::WeightGrad] {
             let path = f32_path_of(dims(xs), dims(ws), p, op).unwrap();
-            // rows: O forward and for the weights, C for the input gradient
-            let rows = if op == ConvOp::InputGrad { xs[1] } else { ws[0] };
-            if std::arch::is_x86_feature_detected!("avx512f") && rows % 16 == 0 {
+            if std::arch::is_x86_feature_detected!("avx512f") && op == ConvOp::WeightGrad {
                 assert_eq!(path, F32Path::Lanes, "shape {i} {op:?}");
             }
             lanes_ops += usize::from(path == F32Path::Lanes);
@@ -586,6 +587,8 @@ fn lanes_path_matches_f64() {
         }
     }
     if std::arch::is_x86_feature_detected!("avx512f") {
-        assert_eq!(lanes_ops, 21, "every op of these shapes should take the lanes path");
+        // all three ops of shapes 0, 1, 4, 5, 7, 8; the weight gradient of 2 and 3; the forward
+        // and weight gradient of 6
+        assert_eq!(lanes_ops, 22, "ops on the lanes path");
     }
 }
