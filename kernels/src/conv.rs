@@ -640,14 +640,14 @@ pub enum ConvOp {
 /// Which implementation runs an f32 convolution op on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum F32Path {
-    /// One product per (output pixel, live tap), batch as columns ([`crate::conv_taps`]): one
+    /// One product per (output pixel, live tap), batch as columns (`conv_taps`, private): one
     /// group, at most 16 output pixels.
     Taps,
-    /// Direct, output channels in the vector lanes ([`crate::conv_lanes`]): AVX-512F, stride 1,
+    /// Direct, output channels in the vector lanes (`conv_lanes`, private): AVX-512F, stride 1,
     /// one group, small planes, rows a multiple of 16 (at least 32); the forward and the input
     /// gradient only with a multiple of 64 rows or where [`F32Path::Direct`] does not apply.
     Lanes,
-    /// Direct, flat pixels in the vector lanes ([`crate::conv_direct`]): AVX-512F, stride 1.
+    /// Direct, flat pixels in the vector lanes (`conv_direct`, private): AVX-512F, stride 1.
     Direct,
     /// im2col (or samples packed side by side) + gemm: everything else.
     Im2col,
