@@ -42,9 +42,8 @@
 //! pixel, live tap) with the batch as columns (`conv_taps`, private), which computes only the
 //! multiply-adds that read the input. Larger f32 planes take a direct convolution where one
 //! applies (AVX-512F, stride 1): with the output channels in the vector lanes on planes of at
-//! most 256 pixels and 32, 48, 64, … channels (`conv_lanes`, private; the forward and input
-//! gradient with a multiple of 64), with flat pixels in the lanes otherwise (`conv_direct`,
-//! private). [`f32_path_of`] says which path an op takes.
+//! most 256 pixels and 32, 48, 64, … channels (`conv_lanes`, private), with flat pixels in the
+//! lanes otherwise (`conv_direct`, private). [`f32_path_of`] says which path an op takes.
 
 use std::borrow::Cow;
 
@@ -644,8 +643,7 @@ pub enum F32Path {
     /// group, at most 16 output pixels.
     Taps,
     /// Direct, output channels in the vector lanes (`conv_lanes`, private): AVX-512F, stride 1,
-    /// one group, small planes, rows a multiple of 16 (at least 32); the forward and the input
-    /// gradient only with a multiple of 64 rows or where [`F32Path::Direct`] does not apply.
+    /// one group, planes of at most 256 pixels, rows a multiple of 16 (at least 32).
     Lanes,
     /// Direct, flat pixels in the vector lanes (`conv_direct`, private): AVX-512F, stride 1.
     Direct,
@@ -660,13 +658,7 @@ fn f32_path(g: &Geom, op: ConvOp) -> F32Path {
         return F32Path::Taps;
     }
     let rows = if op == ConvOp::InputGrad { g.c } else { g.o };
-    // The forward and the input gradient take the lanes path with blocks of 64 rows, or where the
-    // flat-pixel path does not apply; with 32 rows on the 16×16 planes of ResNet-20's second
-    // stage (little of whose flat output is dropped columns) the flat-pixel path was level or
-    // faster (2-core AMD EPYC, ms, batch 128: forward 3.28–3.41 against 3.51–3.55, input
-    // gradient 3.33–3.49 against 3.47–3.56), its weight gradient slower (4.54 against 3.32–4.03).
-    let lanes = conv_lanes::applicable(g, rows)
-        && (op == ConvOp::WeightGrad || rows.is_multiple_of(64) || !conv_direct::applicable(g));
+    let lanes = conv_lanes::applicable(g, rows);
     if lanes {
         F32Path::Lanes
     } else if conv_direct::applicable(g) && (op != ConvOp::WeightGrad || conv_direct::weight_grad_fits(g)) {

@@ -125,15 +125,6 @@ impl Plan {
         self.ch * self.hp * self.wp
     }
 
-    /// The pixel positions padded to a multiple of `p` by repeating the last (the extra
-    /// results are computed and not stored).
-    fn qs_padded(&self, p: usize) -> Vec<usize> {
-        let mut q = self.qs.clone();
-        let last = q.last().copied().unwrap_or(0);
-        q.resize(q.len().div_ceil(p) * p, last);
-        q
-    }
-
     /// Copies `src: [ch, h, w]` into `dst` padded by `(top, left)`, zero elsewhere.
     fn pad_into(&self, src: &[f32], h: usize, w: usize, top: usize, left: usize, dst: &mut [f32]) {
         let (wp, plane) = (self.wp, self.hp * self.wp);
@@ -151,6 +142,75 @@ impl Plan {
     }
 }
 
+/// The correlation's work for one source geometry: runs of at most `P` consecutive output
+/// pixels of one output row, each with the taps that read the unpadded source for at least one
+/// of its pixels (in tap order). A tap whose every read in a run is padding only adds zeros;
+/// skipping it leaves the sum's value (an exact zero added to a sum changes nothing but the sign
+/// of a zero sum), and on an 8×8 plane under a padded 3×3 kernel it is a sixth of the work.
+struct Runs {
+    /// `(first pixel p = i·OW + j0, pixel count, index into sets, flat position q = i·Wp + j0)`.
+    runs: Vec<(usize, usize, usize, usize)>,
+    /// Per tap set: `(δ_k, k·rows)` of its taps, `k = (c·KH + a)·KW + b` increasing.
+    sets: Vec<Vec<(usize, usize)>>,
+}
+
+impl Runs {
+    /// Runs for `plan`, whose source is `h × w` padded by `(top, left)` and read by a `kh × kw`
+    /// kernel; each row cut into equal runs of at most `p` pixels; weights `rows` apart.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        plan: &Plan,
+        kh: usize,
+        kw: usize,
+        top: usize,
+        left: usize,
+        h: usize,
+        w: usize,
+        p: usize,
+        rows: usize,
+    ) -> Self {
+        let mut keys: Vec<(usize, usize, usize, usize)> = Vec::new();
+        let mut sets = Vec::new();
+        let mut runs = Vec::new();
+        let per_row = plan.ow.div_ceil(p.max(1));
+        let len = plan.ow.div_ceil(per_row.max(1));
+        for i in 0..plan.oh {
+            // kernel rows a with top ≤ i + a < top + h
+            let a0 = top.saturating_sub(i);
+            let a1 = (top + h).saturating_sub(i).min(kh);
+            let mut j0 = 0;
+            while j0 < plan.ow {
+                let n = len.min(plan.ow - j0);
+                let j1 = j0 + n - 1;
+                // kernel columns b with j + b in [left, left + w) for some j in [j0, j1]
+                let b0 = left.saturating_sub(j1);
+                let b1 = (left + w).saturating_sub(j0).min(kw);
+                let key = (a0, a1, b0, b1);
+                let set = match keys.iter().position(|&k| k == key) {
+                    Some(s) => s,
+                    None => {
+                        let mut taps = Vec::new();
+                        for c in 0..plan.ch {
+                            for a in a0..a1 {
+                                for b in b0..b1 {
+                                    let k = (c * kh + a) * kw + b;
+                                    taps.push((plan.offs[k], k * rows));
+                                }
+                            }
+                        }
+                        keys.push(key);
+                        sets.push(taps);
+                        sets.len() - 1
+                    }
+                };
+                runs.push((i * plan.ow + j0, n, set, i * plan.wp + j0));
+                j0 += n;
+            }
+        }
+        Self { runs, sets }
+    }
+}
+
 /// `V` for `rows`: blocks of `16·V` rows and [`per_block`]`(V)` pixels.
 fn block_shape(rows: usize) -> usize {
     if rows.is_multiple_of(64) {
@@ -162,12 +222,12 @@ fn block_shape(rows: usize) -> usize {
     }
 }
 
-/// `out[r, p] = Σ_k src[δ_k + q_p] · wt[k·rows + r] (+ bias[r])`, `out: [rows, OH·OW]`, every
-/// entry written; `tbuf` holds `[pixels padded][rows]`.
+/// `out[r, p] = Σ_k src[δ_k + q_p] · wt[k·rows + r] (+ bias[r])` over the taps of each run,
+/// `out: [rows, OH·OW]`, every entry written; `tbuf` holds `[pixels][rows]`.
 #[allow(clippy::too_many_arguments)]
 fn correlate(
     plan: &Plan,
-    qs: &[usize],
+    runs: &Runs,
     src: &[f32],
     wt: &[f32],
     rows: usize,
@@ -180,22 +240,25 @@ fn correlate(
     let p = per_block(v);
     assert!(src.len() >= plan.src_len());
     assert!(wt.len() >= plan.offs.len() * rows);
-    assert!(qs.len().is_multiple_of(p) && qs.len() >= pix);
-    assert!(tbuf.len() >= qs.len() * rows && out.len() >= rows * pix);
+    assert!(tbuf.len() >= pix * rows && out.len() >= rows * pix);
+    assert!(runs
+        .runs
+        .iter()
+        .all(|&(p0, n, set, _)| n >= 1 && n <= p && p0 + n <= pix && set < runs.sets.len()));
     for r0 in (0..rows).step_by(16 * v) {
-        for p0 in (0..qs.len()).step_by(p) {
-            // SAFETY: AVX-512F checked by `applicable`; every read `δ_k + q_p = c·Hp·Wp + (i + a)·Wp
-            // + j + b` with `i + a < Hp`, `j + b < Wp` is inside channel `c < ch` of `src`
-            // (asserted long enough); weights `k·rows + r0 + 16V ≤ offs.len()·rows`; stores
-            // `(p0 + P − 1)·rows + r0 + 16V ≤ qs.len()·rows ≤ tbuf.len()` (asserted).
+        for &(p0, n, set, q0) in &runs.runs {
+            // SAFETY: AVX-512F checked by `applicable`; every read `δ_k + q0 + l = c·Hp·Wp + (i +
+            // a)·Wp + j0 + l + b` with `i + a < Hp` and `j0 + l + b < Wp` (the run's pixels are in
+            // row i) is inside channel `c < ch` of `src` (asserted long enough); weights
+            // `k·rows + r0 + 16V ≤ offs.len()·rows`; stores `(p0 + n − 1)·rows + r0 + 16V ≤
+            // pix·rows ≤ tbuf.len()` (asserted), `n ≤ P` (asserted).
             unsafe {
                 avx512::fwd(
                     v,
-                    src.as_ptr(),
-                    &plan.offs,
+                    n,
+                    src.as_ptr().add(q0),
+                    &runs.sets[set],
                     wt.as_ptr().add(r0),
-                    rows,
-                    &qs[p0..p0 + p],
                     tbuf.as_mut_ptr().add(p0 * rows + r0),
                     rows,
                 )
@@ -223,7 +286,7 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
     let k = g.k();
     let plan = Plan::new(g.c, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw);
     debug_assert_eq!((plan.oh, plan.ow), (g.oh, g.ow));
-    let qs = plan.qs_padded(per_block(block_shape(g.o)));
+    let runs = Runs::new(&plan, g.kh, g.kw, ph, pw, g.h, g.w, per_block(block_shape(g.o)), g.o);
     // wt[k][o] = w[o][k]
     let mut wt = vec![0f32; k * g.o];
     for o in 0..g.o {
@@ -240,10 +303,10 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
         crate::cpu::filled_with(
             g.n * g.o * pix,
             g.o * pix,
-            || (vec![0f32; plan.src_len()], vec![0f32; qs.len() * g.o]),
+            || (vec![0f32; plan.src_len()], vec![0f32; pix * g.o]),
             |(src, tbuf), ni, yn| {
                 plan.pad_into(&x[ni * xs..(ni + 1) * xs], g.h, g.w, ph, pw, src);
-                correlate(&plan, &qs, src, &wt, g.o, bias, tbuf, yn);
+                correlate(&plan, &runs, src, &wt, g.o, bias, tbuf, yn);
             },
         )
     }
@@ -257,7 +320,7 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     let (kh, kw, k) = (g.kh, g.kw, g.k());
     let plan = Plan::new(g.o, g.oh + 2 * qh, g.ow + 2 * qw, kh, kw);
     debug_assert_eq!((plan.oh, plan.ow), (g.h, g.w));
-    let qs = plan.qs_padded(per_block(block_shape(g.c)));
+    let runs = Runs::new(&plan, kh, kw, qh, qw, g.oh, g.ow, per_block(block_shape(g.c)), g.c);
     // wt[(o, a, b)][c] = w[o][c][KH − 1 − a][KW − 1 − b]
     let kt = g.o * kh * kw;
     let mut wt = vec![0f32; kt * g.c];
@@ -280,10 +343,10 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
         crate::cpu::filled_with(
             g.n * xs,
             xs,
-            || (vec![0f32; plan.src_len()], vec![0f32; qs.len() * g.c]),
+            || (vec![0f32; plan.src_len()], vec![0f32; hw * g.c]),
             |(src, tbuf), ni, dxn| {
                 plan.pad_into(&dy[ni * g.o * pix..(ni + 1) * g.o * pix], g.oh, g.ow, qh, qw, src);
-                correlate(&plan, &qs, src, &wt, g.c, None, tbuf, dxn);
+                correlate(&plan, &runs, src, &wt, g.c, None, tbuf, dxn);
             },
         )
     }
@@ -393,54 +456,57 @@ mod avx512 {
     use super::WgradArgs;
     use std::arch::x86_64::*;
 
-    /// Dispatches [`fwd_block`] on `v ∈ {4, 2, 1}` vectors of rows ([`super::per_block`]`(v)` pixels).
+    /// Dispatches [`fwd_block`] on `v ∈ {4, 2, 1}` vectors of rows and `n` pixels, at most
+    /// [`super::per_block`]`(v)`.
     ///
     /// # Safety
-    /// AVX-512F; `src[offs[k] + qs[i]]` readable for all `k`, `i`; `w[k·ws + 0..16v]` readable;
-    /// `t[i·ts + 0..16v]` writable for `i < qs.len() =` [`super::per_block`]`(v)`.
-    #[allow(clippy::too_many_arguments)]
+    /// AVX-512F; `src[off + l]` readable for every `(off, _)` of `taps` and `l < n`;
+    /// `w[wo + 0..16v]` readable for every `(_, wo)`; `t[i·ts + 0..16v]` writable for `i < n`.
     pub(super) unsafe fn fwd(
         v: usize,
+        n: usize,
         src: *const f32,
-        offs: &[usize],
+        taps: &[(usize, usize)],
         w: *const f32,
-        ws: usize,
-        qs: &[usize],
         t: *mut f32,
         ts: usize,
     ) {
+        macro_rules! go {
+            ($v:literal; $($p:literal)*) => {
+                match n {
+                    $($p => fwd_block::<$v, $p>(src, taps, w, t, ts),)*
+                    _ => unreachable!("a run of {n} pixels for {} vectors", $v),
+                }
+            };
+        }
         match v {
-            4 => fwd_block::<4, 6>(src, offs, w, ws, qs, t, ts),
-            2 => fwd_block::<2, 8>(src, offs, w, ws, qs, t, ts),
-            _ => fwd_block::<1, 12>(src, offs, w, ws, qs, t, ts),
+            4 => go!(4; 1 2 3 4 5 6),
+            2 => go!(2; 1 2 3 4 5 6 7 8),
+            _ => go!(1; 1 2 3 4 5 6 7 8 9 10 11 12),
         }
     }
 
-    /// `t[i·ts + 16v' + l] = Σ_k src[offs[k] + qs[i]] · w[k·ws + 16v' + l]`, `i < P`, `v' < V`.
+    /// `t[i·ts + 16v' + l] = Σ_{(off, wo)} src[off + i] · w[wo + 16v' + l]`, `i < P`, `v' < V`.
     #[target_feature(enable = "avx512f")]
     unsafe fn fwd_block<const V: usize, const P: usize>(
         src: *const f32,
-        offs: &[usize],
+        taps: &[(usize, usize)],
         w: *const f32,
-        ws: usize,
-        qs: &[usize],
         t: *mut f32,
         ts: usize,
     ) {
-        let mut q = [0usize; P];
-        q.copy_from_slice(&qs[..P]);
         let mut acc = [[_mm512_setzero_ps(); V]; P];
-        for (kk, &off) in offs.iter().enumerate() {
-            let wk = w.add(kk * ws);
+        for &(off, wo) in taps {
+            let wk = w.add(wo);
             let mut wv = [_mm512_setzero_ps(); V];
             for (j, wv) in wv.iter_mut().enumerate() {
                 *wv = _mm512_loadu_ps(wk.add(16 * j));
             }
             let s = src.add(off);
-            for i in 0..P {
-                let xb = _mm512_set1_ps(*s.add(q[i]));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let xb = _mm512_set1_ps(*s.add(i));
                 for j in 0..V {
-                    acc[i][j] = _mm512_fmadd_ps(xb, wv[j], acc[i][j]);
+                    acc[j] = _mm512_fmadd_ps(xb, wv[j], acc[j]);
                 }
             }
         }
