@@ -1,11 +1,11 @@
 //! Direct convolution with the output channels in the vector lanes (f32, AVX-512), for stride 1,
-//! dilation 1, one group and small planes with 16, 32, 64, … channels.
+//! dilation 1, one group and small planes with 32, 48, 64, … channels.
 //!
 //! [`crate::conv_direct`] puts 16 flat pixels of a padded plane in each vector and broadcasts the
 //! weights. On a small plane most of those vectors are partly the `KW − 1` dropped columns of each
 //! padded row: ResNet-20's third stage (8×8 planes padded to 10×10) computes 80 flat pixels per
 //! plane for 64 outputs, and its per-op time on the 2-core AMD EPYC was 1.5–1.8× oneDNN's (3.7 ms
-//! against 2.4 ms forward at batch 128). Here the vector holds 16 output channels instead, and
+//! against 2.4 ms forward at batch 128). Here each vector holds 16 output channels instead, and
 //! the loop broadcasts one input value per output pixel, so only output pixels are computed:
 //!
 //! ```text
@@ -14,18 +14,24 @@
 //!
 //! with `q_p = i·Wp + j` the flat position of output pixel `p = (i, j)` in the padded plane and
 //! `δ_k = c·Hp·Wp + a·Wp + b` the offset of tap `k = (c, a, b)`, as in [`crate::conv_direct`].
-//! The register block is `V` vectors of rows (16·V channels) by `P` pixels, `V·P = 24`
-//! accumulators; per tap `V` weight vectors are loaded and `P` input values broadcast. A block
-//! is transposed into the `[rows, OH, OW]` output once at the end.
+//! Each output row is cut into equal runs of at most `P` consecutive pixels (`P` = 6, 8, 12 for
+//! `V` = 4, 2, 1), and a register block is `V` vectors of rows (16·V channels) by one run: per
+//! tap `V` weight vectors are loaded and one input value per pixel broadcast from consecutive
+//! addresses. A run takes only the taps that read the unpadded source for at least one of its
+//! pixels ([`Runs`]), as oneDNN's direct kernel skips the pairs that read padding (the rest add
+//! exact zeros): on an 8×8 plane under a padded 3×3 kernel 528 of the 576 (pixel, tap) pairs are
+//! computed. Each sample's `[pixels][rows]` result is transposed into the `[rows, OH, OW]`
+//! output at the end.
 //!
 //! - forward: rows are the output channels, `src` the input padded by `p`, `Wᵀ[k, o] = w[o, k]`;
 //! - input gradient: rows are the input channels, `src` the output gradient padded by
 //!   `K − 1 − p`, `Wᵀ[(o, a, b), c] = w[o, c, KH − 1 − a, KW − 1 − b]` (the flipped kernel);
 //! - weight gradient: `dwᵀ[k, o] = Σ_n Σ_p x_pad[n, δ_k + q_p] · dy[n, o, p]`, with the output
 //!   gradient laid out `[pixels][O]` per sample; a block is `V` vectors of output channels by `T`
-//!   taps (`V·T = 24`), summed over every sample of a chunk ([`wgrad_chunk`], which depends on
+//!   taps (`T` = 6, 8, 12), summed over every sample of a chunk ([`wgrad_chunk`], which depends on
 //!   the batch size only) and over its pixels in a fixed order, the chunk sums added in order:
-//!   the result is the same for every thread count.
+//!   the result is the same for every thread count. (The weight gradient multiplies the padding
+//!   too.)
 //!
 //! Used where [`applicable`] says (measured per op against [`crate::conv_direct`] and im2col;
 //! the figures are in BENCHMARKS.md). `SECATEUR_CONV_LANES=0` switches it off, for A/B
@@ -36,9 +42,9 @@ use std::mem::MaybeUninit;
 
 use crate::conv::{reduce_in_order, wgrad_chunk, Geom};
 
-/// Pixels (or taps) per block for `V` vectors of rows: `V·P` accumulators, 24 for `V = 4` and
-/// 16 otherwise (with 12 or more broadcast operands the compiler hoisted them all and spilled
-/// accumulators to the stack).
+/// The most pixels (or taps) per block for `V` vectors of rows: `V·P` accumulators, 24 for
+/// `V = 4`, 16 for `V = 2` and 12 for `V = 1` (at `V = 2` with 12 pixels the compiler hoisted
+/// all the broadcasts and spilled accumulators to the stack).
 const fn per_block(v: usize) -> usize {
     match v {
         4 => 6,
