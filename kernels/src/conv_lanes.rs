@@ -577,14 +577,12 @@ mod avx512 {
 mod avx512 {
     //! Never called off x86-64: `applicable` is false there.
     use super::WgradArgs;
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn fwd(
         _: usize,
-        _: *const f32,
-        _: &[usize],
-        _: *const f32,
         _: usize,
-        _: &[usize],
+        _: *const f32,
+        _: &[(usize, usize)],
+        _: *const f32,
         _: *mut f32,
         _: usize,
     ) {
