@@ -197,6 +197,7 @@ impl CustomOp3 for ChannelAffine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::bits;
     use candle_core::{Device, Var};
 
     /// A fixed irregular fill (no RNG), with negatives so that the ReLU cuts.
@@ -218,18 +219,6 @@ mod tests {
         } else {
             Ok(y)
         }
-    }
-
-    fn bits(t: &Tensor) -> Vec<u64> {
-        t.flatten_all()
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
     }
 
     /// The same bits as the broadcast composition, for f32 and f64, with and without the ReLU,

@@ -228,21 +228,16 @@ impl Plan {
     }
 
     /// Copies `src: [src_ch, h, w]` into `dst` (length `src_len`) padded by `(top, left)`, zero
-    /// elsewhere (only the border and the slack are cleared; the interior is overwritten).
+    /// elsewhere ([`pad_planes`], then the slack after the planes cleared).
     fn pad_into(&self, src: &[f32], h: usize, w: usize, top: usize, left: usize, dst: &mut [f32]) {
-        let wp = self.wp;
-        for c in 0..self.src_ch {
-            let pl = &mut dst[c * self.plane..(c + 1) * self.plane];
-            pl[..top * wp + left].fill(0.0);
-            for i in 0..h {
-                let d0 = (i + top) * wp + left;
-                pl[d0..d0 + w].copy_from_slice(&src[(c * h + i) * w..(c * h + i + 1) * w]);
-                // the right border of this row and the left border of the next one
-                let end = ((i + top + 1) * wp + left).min(self.plane);
-                pl[d0 + w..end].fill(0.0);
-            }
-            pl[((h + top) * wp + left).min(self.plane)..].fill(0.0);
-        }
+        pad_planes(
+            src,
+            self.src_ch,
+            (h, w),
+            (self.plane / self.wp, self.wp),
+            (top, left),
+            dst,
+        );
         dst[self.src_ch * self.plane..self.src_len].fill(0.0);
     }
 
@@ -259,6 +254,49 @@ impl Plan {
             d[oh * wp..].fill(0.0);
         }
     }
+}
+
+/// Copies `src: [ch, h, w]` into the first `ch` planes of `dst`, each `hp × wp`, at `(top, left)`,
+/// zero elsewhere in them (only the borders are cleared; the interior is overwritten). Shared
+/// with [`crate::conv_lanes`].
+pub(crate) fn pad_planes(
+    src: &[f32],
+    ch: usize,
+    (h, w): (usize, usize),
+    (hp, wp): (usize, usize),
+    (top, left): (usize, usize),
+    dst: &mut [f32],
+) {
+    let plane = hp * wp;
+    for c in 0..ch {
+        let pl = &mut dst[c * plane..(c + 1) * plane];
+        pl[..top * wp + left].fill(0.0);
+        for i in 0..h {
+            let d0 = (i + top) * wp + left;
+            pl[d0..d0 + w].copy_from_slice(&src[(c * h + i) * w..(c * h + i + 1) * w]);
+            // the right border of this row and the left border of the next one
+            let end = ((i + top + 1) * wp + left).min(plane);
+            pl[d0 + w..end].fill(0.0);
+        }
+        pl[((h + top) * wp + left).min(plane)..].fill(0.0);
+    }
+}
+
+/// The input gradient's kernel for one group, `w: [O/G, C/G, KH, KW]` flipped and transposed to
+/// `w̃[c, (o, a, b)] = w[o, c, KH − 1 − a, KW − 1 − b]`. Shared with [`crate::conv_lanes`].
+pub(crate) fn flipped_kernel(wg: &[f32], og: usize, cg: usize, kh: usize, kw: usize) -> Vec<f32> {
+    let (k, kt) = (cg * kh * kw, og * kh * kw);
+    let mut wt = vec![0f32; cg * kt];
+    for c in 0..cg {
+        for o in 0..og {
+            for a in 0..kh {
+                for b in 0..kw {
+                    wt[c * kt + (o * kh + a) * kw + b] = wg[o * k + (c * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
+                }
+            }
+        }
+    }
+    wt
 }
 
 /// Rows of `W[rows, K]` (row-major) packed per block of 8, 4, 2 or 1 rows as `[K][block]`, so that
@@ -388,18 +426,7 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     let kt = og * kh * kw;
     let packed: Vec<Packed> = (0..g.p.groups)
         .map(|gi| {
-            let wg = &w[gi * og * k..(gi + 1) * og * k];
-            let mut wt = vec![0f32; cg * kt];
-            for c in 0..cg {
-                for o in 0..og {
-                    for a in 0..kh {
-                        for b in 0..kw {
-                            wt[c * kt + (o * kh + a) * kw + b] =
-                                wg[o * k + (c * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
-                        }
-                    }
-                }
-            }
+            let wt = flipped_kernel(&w[gi * og * k..(gi + 1) * og * k], og, cg, kh, kw);
             Packed::new(&wt, cg, kt)
         })
         .collect();

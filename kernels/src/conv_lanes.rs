@@ -18,9 +18,10 @@
 //! `V` = 4, 2, 1), and a register block is `V` vectors of rows (16·V channels) by one run: per
 //! tap `V` weight vectors are loaded and one input value per pixel broadcast from consecutive
 //! addresses. A run takes only the taps that read the unpadded source for at least one of its
-//! pixels ([`Runs`]), as oneDNN's direct kernel skips the pairs that read padding (the rest add
-//! exact zeros): on an 8×8 plane under a padded 3×3 kernel 528 of the 576 (pixel, tap) pairs are
-//! computed. Each sample's `[pixels][rows]` result is transposed into the `[rows, OH, OW]`
+//! pixels ([`Runs`]); the taps left out would only add exact zeros. On an 8×8 plane under a
+//! padded 3×3 kernel 528 of the 576 (pixel, tap) pairs are computed (484 read the input). oneDNN's
+//! direct kernel must skip such pairs too: its measured rate on that plane would exceed the host's
+//! FMA peak otherwise (BENCHMARKS.md). Each sample's `[pixels][rows]` result is transposed into the `[rows, OH, OW]`
 //! output at the end.
 //!
 //! - forward: rows are the output channels, `src` the input padded by `p`, `Wᵀ[k, o] = w[o, k]`;
@@ -41,6 +42,8 @@ use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 use crate::conv::{reduce_in_order, wgrad_chunk, Geom};
+use crate::conv_direct::flipped_kernel;
+use crate::conv_taps::to_pixel_major;
 
 /// The most pixels (or taps) per block for `V` vectors of rows: `V·P` accumulators, 24 for
 /// `V = 4`, 16 for `V = 2` and 12 for `V = 1` (at `V = 2` with 12 pixels the compiler hoisted
@@ -133,18 +136,7 @@ impl Plan {
 
     /// Copies `src: [ch, h, w]` into `dst` padded by `(top, left)`, zero elsewhere.
     fn pad_into(&self, src: &[f32], h: usize, w: usize, top: usize, left: usize, dst: &mut [f32]) {
-        let (wp, plane) = (self.wp, self.hp * self.wp);
-        for c in 0..self.ch {
-            let pl = &mut dst[c * plane..(c + 1) * plane];
-            pl[..top * wp].fill(0.0);
-            for i in 0..h {
-                let row = &mut pl[(top + i) * wp..(top + i + 1) * wp];
-                row[..left].fill(0.0);
-                row[left..left + w].copy_from_slice(&src[(c * h + i) * w..(c * h + i + 1) * w]);
-                row[left + w..].fill(0.0);
-            }
-            pl[(top + h) * wp..].fill(0.0);
-        }
+        crate::conv_direct::pad_planes(src, self.ch, (h, w), (self.hp, self.wp), (top, left), dst);
     }
 }
 
@@ -152,7 +144,9 @@ impl Plan {
 /// pixels of one output row, each with the taps that read the unpadded source for at least one
 /// of its pixels (in tap order). A tap whose every read in a run is padding only adds zeros;
 /// skipping it leaves the sum's value (an exact zero added to a sum changes nothing but the sign
-/// of a zero sum), and on an 8×8 plane under a padded 3×3 kernel it is a sixth of the work.
+/// of a zero sum). On an 8×8 plane under a padded 3×3 kernel the pairs that read only padding
+/// are a sixth of all (92 of 576); runs of 4 pixels leave out 48 of them (the kernel rows above
+/// the first and below the last output row; a run's border columns share it with inner pixels).
 struct Runs {
     /// `(first pixel p = i·OW + j0, pixel count, index into sets, flat position q = i·Wp + j0)`.
     runs: Vec<(usize, usize, usize, usize)>,
@@ -294,12 +288,7 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
     debug_assert_eq!((plan.oh, plan.ow), (g.oh, g.ow));
     let runs = Runs::new(&plan, g.kh, g.kw, ph, pw, g.h, g.w, per_block(block_shape(g.o)), g.o);
     // wt[k][o] = w[o][k]
-    let mut wt = vec![0f32; k * g.o];
-    for o in 0..g.o {
-        for kk in 0..k {
-            wt[kk * g.o + o] = w[o * k + kk];
-        }
-    }
+    let wt = to_pixel_major(w, 1, g.o, k);
     let (pix, xs) = (g.pix(), g.c * g.h * g.w);
     if g.n * g.o * pix == 0 {
         return Vec::new();
@@ -323,22 +312,12 @@ pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> V
 pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     let (ph, pw) = g.p.padding;
     let (qh, qw) = (g.kh - 1 - ph, g.kw - 1 - pw);
-    let (kh, kw, k) = (g.kh, g.kw, g.k());
+    let (kh, kw) = (g.kh, g.kw);
     let plan = Plan::new(g.o, g.oh + 2 * qh, g.ow + 2 * qw, kh, kw);
     debug_assert_eq!((plan.oh, plan.ow), (g.h, g.w));
     let runs = Runs::new(&plan, kh, kw, qh, qw, g.oh, g.ow, per_block(block_shape(g.c)), g.c);
-    // wt[(o, a, b)][c] = w[o][c][KH − 1 − a][KW − 1 − b]
-    let kt = g.o * kh * kw;
-    let mut wt = vec![0f32; kt * g.c];
-    for o in 0..g.o {
-        for c in 0..g.c {
-            for a in 0..kh {
-                for b in 0..kw {
-                    wt[((o * kh + a) * kw + b) * g.c + c] = w[o * k + (c * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
-                }
-            }
-        }
-    }
+    // wt[(o, a, b)][c] = w[o][c][KH − 1 − a][KW − 1 − b]: conv_direct's flipped kernel, transposed
+    let wt = to_pixel_major(&flipped_kernel(w, g.o, g.c, kh, kw), 1, g.c, g.o * kh * kw);
     let (pix, hw) = (g.pix(), g.h * g.w);
     let xs = g.c * hw;
     if g.n * xs == 0 {
@@ -430,14 +409,8 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
             },
         )
         .collect();
-    let dwt = reduce_in_order(parts, k * o);
-    let mut dw = vec![0f32; o * k];
-    for oi in 0..o {
-        for kk in 0..k {
-            dw[oi * k + kk] = dwt[kk * o + oi];
-        }
-    }
-    dw
+    // dwᵀ[k][o] → dw[o][k]
+    to_pixel_major(&reduce_in_order(parts, k * o), 1, k, o)
 }
 
 /// One weight-gradient block: the chunk's padded inputs `x` (sample stride `xs`), the taps

@@ -43,8 +43,9 @@ fn source(g: &Geom, p: usize, t: usize) -> Option<usize> {
     (ih < g.h && iw < g.w).then_some(ih * g.w + iw)
 }
 
-/// `[N][R][Q] → [Q][R][N]` (`src[(n·R + r)·Q + q]` to `dst[(q·R + r)·N + n]`), in parallel over `q`.
-fn to_pixel_major<T: Elem>(src: &[T], n: usize, r: usize, q: usize) -> Vec<T> {
+/// `[N][R][Q] → [Q][R][N]` (`src[(n·R + r)·Q + q]` to `dst[(q·R + r)·N + n]`), in parallel over `q`;
+/// with `N = 1` the transpose `[R][Q] → [Q][R]`.
+pub(crate) fn to_pixel_major<T: Elem>(src: &[T], n: usize, r: usize, q: usize) -> Vec<T> {
     let mut dst = vec![T::ZERO; n * r * q];
     dst.par_chunks_mut(r * n).enumerate().for_each(|(qi, d)| {
         for ri in 0..r {

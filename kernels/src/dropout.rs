@@ -79,6 +79,7 @@ impl CustomOp2 for Dropout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::bits;
     use candle_core::{Device, Var};
 
     fn det(n: usize, seed: f64, lo: f64, hi: f64) -> Tensor {
@@ -104,15 +105,6 @@ mod tests {
                 let fused = inverted(x.as_tensor(), &u, p).unwrap().unwrap();
                 let keep = u.ge(p).unwrap().to_dtype(dt).unwrap();
                 let comp = ((x.as_tensor() * keep).unwrap() / (1.0 - p)).unwrap();
-                let bits = |t: &Tensor| -> Vec<u64> {
-                    t.to_dtype(DType::F64)
-                        .unwrap()
-                        .to_vec1::<f64>()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect()
-                };
                 assert_eq!(bits(&fused), bits(&comp), "{dt:?} p = {p}: values");
                 let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
                 let gc = (comp * &w).unwrap().sum_all().unwrap().backward().unwrap();

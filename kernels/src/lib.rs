@@ -64,3 +64,23 @@ pub mod softplus;
 pub mod sparse_vd;
 pub mod variational_dropout;
 mod vmath;
+
+/// Helpers of the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::{DType, Tensor};
+
+    /// Every entry of `t`, any shape, as the bits of its f64 value: equal vectors mean the same
+    /// values to the bit (an f32 widens exactly).
+    pub(crate) fn bits(t: &Tensor) -> Vec<u64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+}
