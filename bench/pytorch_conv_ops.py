@@ -13,19 +13,22 @@ import time
 
 import torch
 
+# (input channels, plane side, output channels, kernel side, padding, stride)
 SHAPES = [
-    (1, 28, 6, 5, 2),
-    (6, 14, 16, 5, 0),
-    (16, 32, 16, 3, 1),
-    (32, 16, 32, 3, 1),
-    (64, 8, 64, 3, 1),
-    (64, 7, 64, 3, 1),
-    (64, 14, 128, 3, 1),
-    (128, 7, 256, 3, 1),
-    (256, 7, 256, 3, 1),
-    (256, 3, 512, 3, 1),
-    (512, 3, 512, 3, 1),
-    (512, 1, 512, 3, 1),
+    (1, 28, 6, 5, 2, 1),
+    (6, 14, 16, 5, 0, 1),
+    (16, 32, 16, 3, 1, 1),
+    (32, 16, 32, 3, 1, 1),
+    (64, 8, 64, 3, 1, 1),
+    (16, 32, 32, 3, 1, 2),
+    (32, 16, 64, 3, 1, 2),
+    (64, 7, 64, 3, 1, 1),
+    (64, 14, 128, 3, 1, 1),
+    (128, 7, 256, 3, 1, 1),
+    (256, 7, 256, 3, 1, 1),
+    (256, 3, 512, 3, 1, 1),
+    (512, 3, 512, 3, 1, 1),
+    (512, 1, 512, 3, 1, 1),
 ]
 
 
@@ -45,21 +48,22 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    for c, hw, o, k, pad in SHAPES:
+    for c, hw, o, k, pad, s in SHAPES:
         x = torch.randn(a.batch, c, hw, hw)
         w = torch.randn(o, c, k, k) * 0.1
         with torch.no_grad():
-            y = torch.nn.functional.conv2d(x, w, padding=pad)
+            y = torch.nn.functional.conv2d(x, w, stride=s, padding=pad)
         g = torch.randn_like(y)
-        print(f"-- {c}x{hw}x{hw} -> {o} k{k} p{pad}")
+        stride = "" if s == 1 else f" s{s}"
+        print(f"-- {c}x{hw}x{hw} -> {o} k{k} p{pad}{stride}")
 
         def bwd(mask):
             return torch.ops.aten.convolution_backward(
-                g, x, w, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, mask
+                g, x, w, None, [s, s], [pad, pad], [1, 1], False, [0, 0], 1, mask
             )
 
         with torch.no_grad():
-            timed("fwd", lambda: torch.nn.functional.conv2d(x, w, padding=pad), a.reps)
+            timed("fwd", lambda: torch.nn.functional.conv2d(x, w, stride=s, padding=pad), a.reps)
             timed("input grad", lambda: bwd([True, False, False]), a.reps)
             timed("weight grad", lambda: bwd([False, True, False]), a.reps)
 

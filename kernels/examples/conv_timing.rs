@@ -15,27 +15,32 @@ fn time<F: FnMut()>(name: &str, mut f: F) {
 
 fn main() -> candle_core::Result<()> {
     let dev = Device::Cpu;
-    for (c, hw, o, k, pad) in [
-        (1, 28, 6, 5, 2),
-        (6, 14, 16, 5, 0),
-        (16, 32, 16, 3, 1),
-        (32, 16, 32, 3, 1),
-        (64, 8, 64, 3, 1),
+    // (input channels, plane side, output channels, kernel side, padding, stride)
+    for (c, hw, o, k, pad, s) in [
+        (1, 28, 6, 5, 2, 1),
+        (6, 14, 16, 5, 0, 1),
+        (16, 32, 16, 3, 1, 1),
+        (32, 16, 32, 3, 1, 1),
+        (64, 8, 64, 3, 1, 1),
+        // ResNet-20's first convolutions of stages 2 and 3 (stride 2)
+        (16, 32, 32, 3, 1, 2),
+        (32, 16, 64, 3, 1, 2),
         // ResNet-20's stage 3 on 28×28 inputs (the shipped Fashion-MNIST subset): 7×7 planes
-        (64, 7, 64, 3, 1),
+        (64, 7, 64, 3, 1, 1),
         // VGG-11 on 28×28 inputs (models/src/arch/vgg.rs): 14, 7, 3 and 1 pixels a side
-        (64, 14, 128, 3, 1),
-        (128, 7, 256, 3, 1),
-        (256, 7, 256, 3, 1),
-        (256, 3, 512, 3, 1),
-        (512, 3, 512, 3, 1),
-        (512, 1, 512, 3, 1),
+        (64, 14, 128, 3, 1, 1),
+        (128, 7, 256, 3, 1, 1),
+        (256, 7, 256, 3, 1, 1),
+        (256, 3, 512, 3, 1, 1),
+        (512, 3, 512, 3, 1, 1),
+        (512, 1, 512, 3, 1, 1),
     ] {
-        let p = ConvParams::new(1, pad, 1, 1);
+        let p = ConvParams::new(s, pad, 1, 1);
         let x = Tensor::randn(0f32, 1.0, (128, c, hw, hw), &dev)?;
         let w = Tensor::randn(0f32, 0.1, (o, c, k, k), &dev)?;
         let y = conv2d_with(&x, &w, p)?;
-        println!("-- {c}x{hw}x{hw} -> {o} k{k} p{pad}");
+        let stride = if s == 1 { String::new() } else { format!(" s{s}") };
+        println!("-- {c}x{hw}x{hw} -> {o} k{k} p{pad}{stride}");
         time("fwd", || drop(conv2d_with(&x, &w, p).unwrap()));
         time("input grad", || drop(conv2d_input_grad(&y, &w, p, (hw, hw)).unwrap()));
         time("weight grad", || drop(conv2d_weight_grad(&x, &y, p, (k, k)).unwrap()));
@@ -53,7 +58,7 @@ fn main() -> candle_core::Result<()> {
             drop(y.backward().unwrap())
         });
         time("fwd+bwd candle", || {
-            let y = xv.as_tensor().conv2d(wv.as_tensor(), pad, 1, 1, 1).unwrap();
+            let y = xv.as_tensor().conv2d(wv.as_tensor(), pad, s, 1, 1).unwrap();
             drop(y.backward().unwrap())
         });
     }
