@@ -657,9 +657,7 @@ fn f32_path(g: &Geom, op: ConvOp) -> F32Path {
     if conv_taps::applicable(g) {
         return F32Path::Taps;
     }
-    let rows = if op == ConvOp::InputGrad { g.c } else { g.o };
-    let lanes = conv_lanes::applicable(g, rows);
-    if lanes {
+    if conv_lanes::applicable(g, op) {
         F32Path::Lanes
     } else if conv_direct::applicable(g) && (op != ConvOp::WeightGrad || conv_direct::weight_grad_fits(g)) {
         F32Path::Direct

@@ -1,5 +1,6 @@
-//! Direct convolution with the output channels in the vector lanes (f32, AVX-512), for stride 1,
-//! dilation 1, one group and small planes with 32, 48, 64, … channels.
+//! Direct convolution with the output channels in the vector lanes (f32, AVX-512), for stride 1
+//! (and stride 2 for the forward and the weight gradient), dilation 1, one group and small planes
+//! with 32, 48, 64, … channels.
 //!
 //! [`crate::conv_direct`] puts 16 flat pixels of a padded plane in each vector and broadcasts the
 //! weights. On a small plane most of those vectors are partly the `KW − 1` dropped columns of each
@@ -12,12 +13,13 @@
 //! Y[p, r] = Σ_k src[δ_k + q_p] · Wᵀ[k, r]      (Y: [pixels][rows], rows in the lanes)
 //! ```
 //!
-//! with `q_p = i·Wp + j` the flat position of output pixel `p = (i, j)` in the padded plane and
+//! with `q_p = s·(i·Wp + j)` the flat position of output pixel `p = (i, j)` in the padded plane
+//! (stride `s`; a run's pixels then broadcast from every `s`-th address) and
 //! `δ_k = c·Hp·Wp + a·Wp + b` the offset of tap `k = (c, a, b)`, as in [`crate::conv_direct`].
 //! Each output row is cut into equal runs of at most `P` consecutive pixels (`P` = 6, 8, 12 for
 //! `V` = 4, 2, 1), and a register block is `V` vectors of rows (16·V channels) by one run: per
-//! tap `V` weight vectors are loaded and one input value per pixel broadcast from consecutive
-//! addresses. A run takes only the taps that read the unpadded source for at least one of its
+//! tap `V` weight vectors are loaded and one input value per pixel broadcast (from consecutive
+//! addresses at stride 1). A run takes only the taps that read the unpadded source for at least one of its
 //! pixels ([`Runs`]); the taps left out would only add exact zeros. On an 8×8 plane under a
 //! padded 3×3 kernel 528 of the 576 (pixel, tap) pairs are computed (484 read the input). oneDNN's
 //! direct kernel must skip such pairs too: its measured rate on that plane would exceed the host's
@@ -28,11 +30,11 @@
 //! - input gradient: rows are the input channels, `src` the output gradient padded by
 //!   `K − 1 − p`, `Wᵀ[(o, a, b), c] = w[o, c, KH − 1 − a, KW − 1 − b]` (the flipped kernel);
 //! - weight gradient: `dwᵀ[k, o] = Σ_n Σ_p x_pad[n, δ_k + q_p] · dy[n, o, p]`, with the output
-//!   gradient laid out `[pixels][O]` per sample; a block is `V` vectors of output channels by `T`
-//!   taps (`T` = 6, 8, 12), summed over every sample of a chunk ([`wgrad_chunk`], which depends on
-//!   the batch size only) and over its pixels in a fixed order, the chunk sums added in order:
-//!   the result is the same for every thread count. (The weight gradient multiplies the padding
-//!   too.)
+//!   gradient laid out `[pixels][O]` per sample; a block is `V` vectors of output channels by up
+//!   to `T` taps of one kernel position (`T` = 6, 8, 12 channels), summed over every sample of a
+//!   chunk ([`wgrad_chunk`], which depends on the batch size only) and over the pixels whose read
+//!   at that kernel position is unpadded ([`live_pixels`]; the others add exact zeros), in a fixed
+//!   order, the chunk sums added in order: the result is the same for every thread count.
 //!
 //! Used where [`applicable`] says (measured per op against [`crate::conv_direct`] and im2col;
 //! the figures are in BENCHMARKS.md). `SECATEUR_CONV_LANES=0` switches it off, for A/B
@@ -41,7 +43,7 @@
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::conv::{reduce_in_order, wgrad_chunk, Geom};
+use crate::conv::{reduce_in_order, wgrad_chunk, ConvOp, Geom};
 use crate::conv_direct::flipped_kernel;
 use crate::conv_taps::to_pixel_major;
 
@@ -56,13 +58,16 @@ const fn per_block(v: usize) -> usize {
     }
 }
 
-/// Whether the lanes path handles `g`: f32 on AVX-512F (checked by the caller's path), stride 1,
-/// dilation 1, one group, `p < K`, not pointwise, and the rows of the op a multiple of 16
-/// (output channels for the forward and weight gradient, input channels for the input
-/// gradient: `rows`), on planes of at most [`MAX_PLANE`] output pixels with at least 32
+/// Whether the lanes path handles `op` on `g`: f32 on AVX-512F (checked by the caller's path),
+/// stride 1 (or 2 in both directions for the forward and the weight gradient), dilation 1, one
+/// group, `p < K`, not pointwise, and the rows of the op a multiple of 16 (output channels for
+/// the forward and weight gradient, input channels for the input gradient), on planes of at
+/// most [`MAX_PLANE`] output pixels and `MAX_PLANE·stride²` input pixels with at least 32
 /// channels of rows.
-pub(crate) fn applicable(g: &Geom, rows: usize) -> bool {
-    g.p.stride == (1, 1)
+pub(crate) fn applicable(g: &Geom, op: ConvOp) -> bool {
+    let rows = if op == ConvOp::InputGrad { g.c } else { g.o };
+    let s = g.p.stride;
+    (s == (1, 1) || (s == (2, 2) && op != ConvOp::InputGrad))
         && g.p.dilation == (1, 1)
         && g.p.groups == 1
         && !g.is_pointwise()
@@ -73,7 +78,7 @@ pub(crate) fn applicable(g: &Geom, rows: usize) -> bool {
         && rows.is_multiple_of(16)
         && rows >= 32
         && g.pix() <= MAX_PLANE
-        && g.h * g.w <= MAX_PLANE
+        && g.h * g.w <= MAX_PLANE * s.0 * s.1
         && enabled()
 }
 
@@ -89,25 +94,25 @@ fn enabled() -> bool {
     })
 }
 
-/// One correlation over padded planes: the source planes' geometry, the tap offsets and the
-/// output pixels' flat positions.
+/// One correlation over padded planes: the source planes' geometry, the stride and the tap
+/// offsets.
 struct Plan {
     /// Source channels, padded plane `Hp × Wp`.
     ch: usize,
     hp: usize,
     wp: usize,
+    /// Stride (the same in both directions): output pixel `(i, j)` reads from `(s·i, s·j)` on.
+    s: usize,
     /// Output plane `OH × OW`.
     oh: usize,
     ow: usize,
     /// `δ_k` for `k = (c·KH + a)·KW + b`.
     offs: Vec<usize>,
-    /// `q_p = i·Wp + j` for `p = i·OW + j`.
-    qs: Vec<usize>,
 }
 
 impl Plan {
-    fn new(ch: usize, hp: usize, wp: usize, kh: usize, kw: usize) -> Self {
-        let (oh, ow) = (hp + 1 - kh, wp + 1 - kw);
+    fn new(ch: usize, hp: usize, wp: usize, kh: usize, kw: usize, s: usize) -> Self {
+        let (oh, ow) = ((hp - kh) / s + 1, (wp - kw) / s + 1);
         let plane = hp * wp;
         let mut offs = Vec::with_capacity(ch * kh * kw);
         for c in 0..ch {
@@ -117,19 +122,18 @@ impl Plan {
                 }
             }
         }
-        let qs = (0..oh).flat_map(|i| (0..ow).map(move |j| i * wp + j)).collect();
         Self {
             ch,
             hp,
             wp,
+            s,
             oh,
             ow,
             offs,
-            qs,
         }
     }
 
-    /// Length of one padded source: every read `δ_k + q_p ≤ ch·Hp·Wp − 1`.
+    /// Length of one padded source: every read `δ_k + q_p ≤ ch·Hp·Wp − 1` (`q_p = s·(i·Wp + j)`).
     fn src_len(&self) -> usize {
         self.ch * self.hp * self.wp
     }
@@ -148,7 +152,7 @@ impl Plan {
 /// are a sixth of all (92 of 576); runs of 4 pixels leave out 48 of them (the kernel rows above
 /// the first and below the last output row; a run's border columns share it with inner pixels).
 struct Runs {
-    /// `(first pixel p = i·OW + j0, pixel count, index into sets, flat position q = i·Wp + j0)`.
+    /// `(first pixel p = i·OW + j0, pixel count, index into sets, flat position q = s·(i·Wp + j0))`.
     runs: Vec<(usize, usize, usize, usize)>,
     /// Per tap set: `(δ_k, k·rows)` of its taps, `k = (c·KH + a)·KW + b` increasing.
     sets: Vec<Vec<(usize, usize)>>,
@@ -174,17 +178,18 @@ impl Runs {
         let mut runs = Vec::new();
         let per_row = plan.ow.div_ceil(p.max(1));
         let len = plan.ow.div_ceil(per_row.max(1));
+        let s = plan.s;
         for i in 0..plan.oh {
-            // kernel rows a with top ≤ i + a < top + h
-            let a0 = top.saturating_sub(i);
-            let a1 = (top + h).saturating_sub(i).min(kh);
+            // kernel rows a with top ≤ s·i + a < top + h
+            let a0 = top.saturating_sub(s * i);
+            let a1 = (top + h).saturating_sub(s * i).min(kh);
             let mut j0 = 0;
             while j0 < plan.ow {
                 let n = len.min(plan.ow - j0);
                 let j1 = j0 + n - 1;
-                // kernel columns b with j + b in [left, left + w) for some j in [j0, j1]
-                let b0 = left.saturating_sub(j1);
-                let b1 = (left + w).saturating_sub(j0).min(kw);
+                // kernel columns b with s·j + b in [left, left + w) for some j in [j0, j1]
+                let b0 = left.saturating_sub(s * j1);
+                let b1 = (left + w).saturating_sub(s * j0).min(kw);
                 let key = (a0, a1, b0, b1);
                 let set = match keys.iter().position(|&k| k == key) {
                     Some(s) => s,
@@ -203,7 +208,7 @@ impl Runs {
                         sets.len() - 1
                     }
                 };
-                runs.push((i * plan.ow + j0, n, set, i * plan.wp + j0));
+                runs.push((i * plan.ow + j0, n, set, s * (i * plan.wp + j0)));
                 j0 += n;
             }
         }
@@ -247,15 +252,16 @@ fn correlate(
         .all(|&(p0, n, set, _)| n >= 1 && n <= p && p0 + n <= pix && set < runs.sets.len()));
     for r0 in (0..rows).step_by(16 * v) {
         for &(p0, n, set, q0) in &runs.runs {
-            // SAFETY: AVX-512F checked by `applicable`; every read `δ_k + q0 + l = c·Hp·Wp + (i +
-            // a)·Wp + j0 + l + b` with `i + a < Hp` and `j0 + l + b < Wp` (the run's pixels are in
-            // row i) is inside channel `c < ch` of `src` (asserted long enough); weights
+            // SAFETY: AVX-512F checked by `applicable`; every read `δ_k + q0 + s·l = c·Hp·Wp + (s·i
+            // + a)·Wp + s·(j0 + l) + b` with `s·i + a < Hp` and `s·(j0 + l) + b < Wp` (the run's
+            // pixels are in row i) is inside channel `c < ch` of `src` (asserted long enough); weights
             // `k·rows + r0 + 16V ≤ offs.len()·rows`; stores `(p0 + n − 1)·rows + r0 + 16V ≤
             // pix·rows ≤ tbuf.len()` (asserted), `n ≤ P` (asserted).
             unsafe {
                 avx512::fwd(
                     v,
                     n,
+                    plan.s,
                     src.as_ptr().add(q0),
                     &runs.sets[set],
                     wt.as_ptr().add(r0),
@@ -284,7 +290,7 @@ fn correlate(
 pub(crate) fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, g: &Geom) -> Vec<f32> {
     let (ph, pw) = g.p.padding;
     let k = g.k();
-    let plan = Plan::new(g.c, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw);
+    let plan = Plan::new(g.c, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw, g.p.stride.0);
     debug_assert_eq!((plan.oh, plan.ow), (g.oh, g.ow));
     let runs = Runs::new(&plan, g.kh, g.kw, ph, pw, g.h, g.w, per_block(block_shape(g.o)), g.o);
     // wt[k][o] = w[o][k]
@@ -313,7 +319,8 @@ pub(crate) fn input_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     let (ph, pw) = g.p.padding;
     let (qh, qw) = (g.kh - 1 - ph, g.kw - 1 - pw);
     let (kh, kw) = (g.kh, g.kw);
-    let plan = Plan::new(g.o, g.oh + 2 * qh, g.ow + 2 * qw, kh, kw);
+    debug_assert_eq!(g.p.stride, (1, 1));
+    let plan = Plan::new(g.o, g.oh + 2 * qh, g.ow + 2 * qw, kh, kw, 1);
     debug_assert_eq!((plan.oh, plan.ow), (g.h, g.w));
     let runs = Runs::new(&plan, kh, kw, qh, qw, g.oh, g.ow, per_block(block_shape(g.c)), g.c);
     // wt[(o, a, b)][c] = w[o][c][KH − 1 − a][KW − 1 − b]: conv_direct's flipped kernel, transposed
@@ -343,12 +350,14 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let (ph, pw) = g.p.padding;
     let k = g.k();
     let o = g.o;
-    let plan = Plan::new(g.c, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw);
+    let plan = Plan::new(g.c, g.h + 2 * ph, g.w + 2 * pw, g.kh, g.kw, g.p.stride.0);
     let (pix, xs, ys) = (g.pix(), g.c * g.h * g.w, g.o * g.pix());
     let sl = plan.src_len();
     let v = block_shape(o);
     let tb = per_block(v);
     let chunk = wgrad_chunk(g.n);
+    let kk = g.kh * g.kw;
+    let live = live_pixels(g);
     let starts: Vec<usize> = (0..g.n).step_by(chunk).collect();
     let parts: Vec<Vec<f32>> = starts
         .par_iter()
@@ -375,34 +384,38 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                         }
                     }
                 }
-                // dwᵀ[k][o] for this chunk
+                // dwᵀ[k][o] for this chunk: per kernel position (a, b), blocks of up to `tb`
+                // channels c, each tap k = (c·KH + a)·KW + b over the pixels whose read is unpadded
                 let mut acc = vec![0f32; k * o];
                 for o0 in (0..o).step_by(16 * v) {
-                    let mut k0 = 0;
-                    while k0 < k {
-                        let t = if k - k0 >= tb { tb } else { 1 };
-                        // SAFETY: AVX-512F checked by `applicable`; reads `j·sl + δ + q_p < m·sl`
-                        // (`δ + q_p < sl`), `dt[(j·pix + p)·o + o0 + 16v + 16] ≤ m·pix·o`; stores
-                        // `(k0 + t − 1)·o + o0 + 16v + 16 ≤ k·o`.
-                        unsafe {
-                            avx512::wgrad(
-                                v,
-                                t,
-                                &WgradArgs {
-                                    x: xp.as_ptr(),
-                                    xs: sl,
-                                    offs: &plan.offs[k0..k0 + t],
-                                    qs: &plan.qs,
-                                    d: dt.as_ptr().add(o0),
-                                    ds: pix * o,
-                                    dr: o,
-                                    m,
-                                    out: acc.as_mut_ptr().add(k0 * o + o0),
-                                    os: o,
-                                },
-                            )
+                    for (ab, pixels) in live.iter().enumerate() {
+                        let mut c0 = 0;
+                        while c0 < g.c {
+                            let t = tb.min(g.c - c0);
+                            let offs: Vec<usize> = (c0..c0 + t).map(|c| plan.offs[c * kk + ab]).collect();
+                            // SAFETY: AVX-512F checked by `applicable`; reads `j·sl + δ + q <
+                            // m·sl` (`δ + q < sl`: `q` is an output pixel's flat position),
+                            // `dt[j·pix·o + p·o + o0 + 16V] ≤ m·pix·o` (`p < pix`, `o0 + 16V ≤
+                            // o`); stores `((c0 + t − 1)·KK + ab)·o + o0 + 16V ≤ k·o`.
+                            unsafe {
+                                avx512::wgrad(
+                                    v,
+                                    t,
+                                    &WgradArgs {
+                                        x: xp.as_ptr(),
+                                        xs: sl,
+                                        offs: &offs,
+                                        pixels,
+                                        d: dt.as_ptr().add(o0),
+                                        ds: pix * o,
+                                        m,
+                                        out: acc.as_mut_ptr().add((c0 * kk + ab) * o + o0),
+                                        os: kk * o,
+                                    },
+                                )
+                            }
+                            c0 += t;
                         }
-                        k0 += t;
                     }
                 }
                 acc
@@ -413,18 +426,44 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     to_pixel_major(&reduce_in_order(parts, k * o), 1, k, o)
 }
 
+/// For each kernel position `(a, b)` (index `a·KW + b`) of the forward correlation, the output
+/// pixels `p = (i, j)` whose read `(s·i + a, s·j + b)` of the padded input lies in the unpadded
+/// `H × W` source, as `(p·O, q_p)`: the offset of `p`'s row in a sample's `[pixels][O]` output
+/// gradient and its flat position `q_p = s·(i·Wp + j)` (stride `s`). Every other pixel reads padding and adds an
+/// exact zero to the tap's sum. On an 8×8 plane under a 3×3 kernel with padding 1: 49 pixels
+/// at the corners, 56 at the edges, 64 in the middle, 484 of 576 pairs.
+fn live_pixels(g: &Geom) -> Vec<Vec<(usize, usize)>> {
+    let (ph, pw) = g.p.padding;
+    let (wp, s) = (g.w + 2 * pw, g.p.stride.0);
+    // the output indices t < len with lo ≤ s·t + a < hi
+    let live = |lo: usize, hi: usize, a: usize, len: usize| (0..len).filter(move |&t| (lo..hi).contains(&(s * t + a)));
+    let mut all = Vec::with_capacity(g.kh * g.kw);
+    for a in 0..g.kh {
+        for b in 0..g.kw {
+            let mut px = Vec::new();
+            for i in live(ph, ph + g.h, a, g.oh) {
+                for j in live(pw, pw + g.w, b, g.ow) {
+                    px.push(((i * g.ow + j) * g.o, s * (i * wp + j)));
+                }
+            }
+            all.push(px);
+        }
+    }
+    all
+}
+
 /// One weight-gradient block: the chunk's padded inputs `x` (sample stride `xs`), the taps
-/// `offs`, the output pixels `qs`, the `[pixels][O]` output gradients `d` from the block's first
-/// channel on (sample stride `ds`, pixel stride `dr`), `m` samples, and where the sums go (`out`,
-/// tap stride `os`).
+/// `offs`, the pixels summed over ([`live_pixels`]: each pixel's offset in a sample's output
+/// gradients and its flat position), the `[pixels][O]` output gradients `d` from the block's
+/// first channel on (sample stride `ds`), `m` samples, and where the sums go (`out`, tap stride
+/// `os`).
 struct WgradArgs<'a> {
     x: *const f32,
     xs: usize,
     offs: &'a [usize],
-    qs: &'a [usize],
+    pixels: &'a [(usize, usize)],
     d: *const f32,
     ds: usize,
-    dr: usize,
     m: usize,
     out: *mut f32,
     os: usize,
@@ -435,15 +474,17 @@ mod avx512 {
     use super::WgradArgs;
     use std::arch::x86_64::*;
 
-    /// Dispatches [`fwd_block`] on `v ∈ {4, 2, 1}` vectors of rows and `n` pixels, at most
-    /// [`super::per_block`]`(v)`.
+    /// Dispatches [`fwd_block`] on `v ∈ {4, 2, 1}` vectors of rows, `n` pixels (at most
+    /// [`super::per_block`]`(v)`) and stride `s ∈ {1, 2}`.
     ///
     /// # Safety
-    /// AVX-512F; `src[off + l]` readable for every `(off, _)` of `taps` and `l < n`;
+    /// AVX-512F; `src[off + s·l]` readable for every `(off, _)` of `taps` and `l < n`;
     /// `w[wo + 0..16v]` readable for every `(_, wo)`; `t[i·ts + 0..16v]` writable for `i < n`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn fwd(
         v: usize,
         n: usize,
+        s: usize,
         src: *const f32,
         taps: &[(usize, usize)],
         w: *const f32,
@@ -451,23 +492,26 @@ mod avx512 {
         ts: usize,
     ) {
         macro_rules! go {
-            ($v:literal; $($p:literal)*) => {
+            ($v:literal, $s:literal; $($p:literal)*) => {
                 match n {
-                    $($p => fwd_block::<$v, $p>(src, taps, w, t, ts),)*
+                    $($p => fwd_block::<$v, $p, $s>(src, taps, w, t, ts),)*
                     _ => unreachable!("a run of {n} pixels for {} vectors", $v),
                 }
             };
         }
-        match v {
-            4 => go!(4; 1 2 3 4 5 6),
-            2 => go!(2; 1 2 3 4 5 6 7 8),
-            _ => go!(1; 1 2 3 4 5 6 7 8 9 10 11 12),
+        match (v, s) {
+            (4, 1) => go!(4, 1; 1 2 3 4 5 6),
+            (2, 1) => go!(2, 1; 1 2 3 4 5 6 7 8),
+            (_, 1) => go!(1, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
+            (4, _) => go!(4, 2; 1 2 3 4 5 6),
+            (2, _) => go!(2, 2; 1 2 3 4 5 6 7 8),
+            _ => go!(1, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
         }
     }
 
-    /// `t[i·ts + 16v' + l] = Σ_{(off, wo)} src[off + i] · w[wo + 16v' + l]`, `i < P`, `v' < V`.
+    /// `t[i·ts + 16v' + l] = Σ_{(off, wo)} src[off + S·i] · w[wo + 16v' + l]`, `i < P`, `v' < V`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn fwd_block<const V: usize, const P: usize>(
+    unsafe fn fwd_block<const V: usize, const P: usize, const S: usize>(
         src: *const f32,
         taps: &[(usize, usize)],
         w: *const f32,
@@ -483,7 +527,7 @@ mod avx512 {
             }
             let s = src.add(off);
             for (i, acc) in acc.iter_mut().enumerate() {
-                let xb = _mm512_set1_ps(*s.add(i));
+                let xb = _mm512_set1_ps(*s.add(S * i));
                 for j in 0..V {
                     acc[j] = _mm512_fmadd_ps(xb, wv[j], acc[j]);
                 }
@@ -496,24 +540,29 @@ mod avx512 {
         }
     }
 
-    /// Dispatches [`wgrad_block`] on `v ∈ {4, 2, 1}` vectors of output channels and `tb` taps
-    /// ([`super::per_block`]`(v)`, or 1 for the tail).
+    /// Dispatches [`wgrad_block`] on `v ∈ {4, 2, 1}` vectors of output channels and `t` taps,
+    /// at most [`super::per_block`]`(v)` (`a.offs.len() == t`).
     ///
     /// # Safety
-    /// AVX-512F; for `j < m`, `k < tb`, every `q` of `qs` (pixel `p`): `x[j·xs + offs[k] + q]`
-    /// and `d[j·ds + p·dr + 0..16v]` readable; `out[k·os + 0..16v]` writable.
-    pub(super) unsafe fn wgrad(v: usize, tb: usize, a: &WgradArgs) {
-        match (v, tb) {
-            (4, 6) => wgrad_block::<4, 6>(a),
-            (4, _) => wgrad_block::<4, 1>(a),
-            (2, 8) => wgrad_block::<2, 8>(a),
-            (2, _) => wgrad_block::<2, 1>(a),
-            (_, 12) => wgrad_block::<1, 12>(a),
-            _ => wgrad_block::<1, 1>(a),
+    /// AVX-512F; for `j < m`, `k < t`, every `(dp, q)` of `pixels`: `x[j·xs + offs[k] + q]`
+    /// and `d[j·ds + dp + 0..16v]` readable; `out[k·os + 0..16v]` writable.
+    pub(super) unsafe fn wgrad(v: usize, t: usize, a: &WgradArgs) {
+        macro_rules! go {
+            ($v:literal; $($t:literal)*) => {
+                match t {
+                    $($t => wgrad_block::<$v, $t>(a),)*
+                    _ => unreachable!("a block of {t} taps for {} vectors", $v),
+                }
+            };
+        }
+        match v {
+            4 => go!(4; 1 2 3 4 5 6),
+            2 => go!(2; 1 2 3 4 5 6 7 8),
+            _ => go!(1; 1 2 3 4 5 6 7 8 9 10 11 12),
         }
     }
 
-    /// `out[k·os + 16v' + l] = Σ_j Σ_p x[j·xs + offs[k] + qs[p]] · d[j·ds + p·dr + 16v' + l]`
+    /// `out[k·os + 16v' + l] = Σ_j Σ_{(dp, q)} x[j·xs + offs[k] + q] · d[j·ds + dp + 16v' + l]`
     /// (samples, then pixels, in order).
     #[target_feature(enable = "avx512f")]
     unsafe fn wgrad_block<const V: usize, const T: usize>(a: &WgradArgs) {
@@ -523,8 +572,8 @@ mod avx512 {
         for j in 0..a.m {
             let xj = a.x.add(j * a.xs);
             let dj = a.d.add(j * a.ds);
-            for (p, &q) in a.qs.iter().enumerate() {
-                let dp = dj.add(p * a.dr);
+            for &(dp, q) in a.pixels {
+                let dp = dj.add(dp);
                 let mut dv = [_mm512_setzero_ps(); V];
                 for (v, dv) in dv.iter_mut().enumerate() {
                     *dv = _mm512_loadu_ps(dp.add(16 * v));
@@ -550,7 +599,9 @@ mod avx512 {
 mod avx512 {
     //! Never called off x86-64: `applicable` is false there.
     use super::WgradArgs;
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn fwd(
+        _: usize,
         _: usize,
         _: usize,
         _: *const f32,

@@ -520,30 +520,42 @@ fn dead_taps_are_cut_without_changing_values_or_gradients() {
 /// into runs of unequal lengths (7, 5, 6 and 9 pixels wide), 5×5 kernels with padding 2 and 0
 /// (the input gradient then pads by 2 and 4, and border runs skip up to two kernel rows and
 /// columns), a 16×16 plane, 128 output channels (two blocks of 64), 160 input channels on a 3×6
-/// plane, and 17 samples (weight-gradient chunks of 2 and a last of 1); and the same bits on
-/// pools of 1 and 3 threads.
+/// plane, and 17 samples (weight-gradient chunks of 2 and a last of 1); with stride 2 (the
+/// forward and the weight gradient; the input gradient takes im2col): ResNet-20's 16×32×32 → 32,
+/// odd and unequal sides, a 5×5 kernel with padding 2, padding 0 (rows and columns of the input
+/// that no output reads); and the same bits on pools of 1 and 3 threads.
 #[test]
 fn lanes_path_matches_f64() {
     use secateur_kernels::conv::{f32_path_of, ConvOp, F32Path};
-    let shapes: [([usize; 4], [usize; 4], usize); 9] = [
-        ([5, 64, 8, 8], [64, 64, 3, 3], 1),
-        ([3, 64, 7, 7], [64, 64, 3, 3], 1),
-        ([17, 32, 6, 5], [32, 32, 3, 3], 1),
-        ([2, 32, 16, 16], [48, 32, 3, 3], 1),
-        ([3, 48, 9, 7], [32, 48, 5, 5], 2),
-        ([2, 32, 9, 9], [64, 32, 5, 5], 0),
-        ([3, 32, 7, 7], [128, 32, 3, 3], 1),
-        ([2, 160, 3, 6], [32, 160, 3, 3], 1),
-        ([2, 160, 3, 6], [48, 160, 3, 3], 1),
+    // (input, kernel, padding, stride)
+    let shapes: [([usize; 4], [usize; 4], usize, usize); 13] = [
+        ([5, 64, 8, 8], [64, 64, 3, 3], 1, 1),
+        ([3, 64, 7, 7], [64, 64, 3, 3], 1, 1),
+        ([17, 32, 6, 5], [32, 32, 3, 3], 1, 1),
+        ([2, 32, 16, 16], [48, 32, 3, 3], 1, 1),
+        ([3, 48, 9, 7], [32, 48, 5, 5], 2, 1),
+        ([2, 32, 9, 9], [64, 32, 5, 5], 0, 1),
+        ([3, 32, 7, 7], [128, 32, 3, 3], 1, 1),
+        ([2, 160, 3, 6], [32, 160, 3, 3], 1, 1),
+        ([2, 160, 3, 6], [48, 160, 3, 3], 1, 1),
+        ([3, 16, 32, 32], [32, 16, 3, 3], 1, 2),
+        ([4, 32, 9, 9], [64, 32, 3, 3], 1, 2),
+        ([2, 32, 10, 8], [48, 32, 5, 5], 2, 2),
+        ([17, 32, 12, 11], [32, 32, 3, 3], 0, 2),
     ];
     let mut lanes_ops = 0;
-    for (i, (xs, ws, pad)) in shapes.into_iter().enumerate() {
-        let p = ConvParams::new(1, pad, 1, 1);
+    for (i, (xs, ws, pad, stride)) in shapes.into_iter().enumerate() {
+        let p = ConvParams::new(stride, pad, 1, 1);
         let dims = |s: [usize; 4]| (s[0], s[1], s[2], s[3]);
         for op in [ConvOp::Forward, ConvOp::InputGrad, ConvOp::WeightGrad] {
             let path = f32_path_of(dims(xs), dims(ws), p, op).unwrap();
             if std::arch::is_x86_feature_detected!("avx512f") {
-                assert_eq!(path, F32Path::Lanes, "shape {i} {op:?}");
+                let want = if stride > 1 && op == ConvOp::InputGrad {
+                    F32Path::Im2col
+                } else {
+                    F32Path::Lanes
+                };
+                assert_eq!(path, want, "shape {i} {op:?}");
             }
             lanes_ops += usize::from(path == F32Path::Lanes);
         }
@@ -554,7 +566,7 @@ fn lanes_path_matches_f64() {
         let y64 = conv2d_bias(&x, &w, &b, p).unwrap();
         let dy = rand_t(y64.dims(), seed + 3, DType::F64).unwrap();
         let (x32, w32, b32, dy32) = [&x, &w, &b, &dy].map(|t| t.to_dtype(DType::F32).unwrap()).into();
-        let name = format!("{xs:?} * {ws:?} pad {pad}");
+        let name = format!("{xs:?} * {ws:?} pad {pad} stride {stride}");
 
         // 1e-5 of the largest entry, as in the other f32 tests above: each entry is an f32 sum of
         // at most 1,440 products of entries in (−1, 1) (160 channels × 9 taps; the weight
@@ -593,6 +605,6 @@ fn lanes_path_matches_f64() {
         }
     }
     if std::arch::is_x86_feature_detected!("avx512f") {
-        assert_eq!(lanes_ops, 27, "ops on the lanes path");
+        assert_eq!(lanes_ops, 35, "ops on the lanes path");
     }
 }
