@@ -1,4 +1,5 @@
 //! Quick per-op timings (batch 128, f32): `cargo run --release -p secateur-kernels --example conv_timing`.
+//! `CONV_TIMING_OPS_ONLY=1` times the three ops alone; `CONV_TIMING_SHAPE=256x7x7` one input shape.
 use candle_core::{Device, Tensor};
 use secateur_kernels::conv::{conv2d_input_grad, conv2d_weight_grad, conv2d_with, ConvParams};
 use std::time::Instant;
@@ -35,6 +36,10 @@ fn main() -> candle_core::Result<()> {
         (512, 3, 512, 3, 1, 1),
         (512, 1, 512, 3, 1, 1),
     ] {
+        // CONV_TIMING_SHAPE=16x32x32 times only the shapes whose input is that
+        if std::env::var("CONV_TIMING_SHAPE").is_ok_and(|v| v != format!("{c}x{hw}x{hw}")) {
+            continue;
+        }
         let p = ConvParams::new(s, pad, 1, 1);
         let x = Tensor::randn(0f32, 1.0, (128, c, hw, hw), &dev)?;
         let w = Tensor::randn(0f32, 0.1, (o, c, k, k), &dev)?;
