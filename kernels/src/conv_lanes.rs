@@ -302,7 +302,7 @@ impl Runs {
 /// (longer first): `(start, length)`. 49 pixels in runs of at most 6: four of 6, five of 5.
 fn balanced(len: usize, p: usize) -> impl Iterator<Item = (usize, usize)> {
     let runs = len.div_ceil(p.max(1));
-    let (base, extra) = if runs == 0 { (0, 0) } else { (len / runs, len % runs) };
+    let (base, extra) = (len.checked_div(runs).unwrap_or(0), len.checked_rem(runs).unwrap_or(0));
     (0..runs).scan(0, move |start, r| {
         let n = base + usize::from(r < extra);
         let at = *start;
