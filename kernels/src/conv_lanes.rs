@@ -150,13 +150,14 @@ impl Plan {
 /// exact zero added to a sum changes nothing but the sign of a zero sum).
 ///
 /// The runs are cut one of two ways, whichever costs less by [`Cut::cost`]:
-/// - **rows**: each output row cut into equal runs of consecutive pixels, which read every
-///   `s`-th address. On an 8×8 plane under a padded 3×3 kernel, runs of 4 pixels compute 528 of
-///   the 576 (pixel, tap) pairs (484 read the input): they leave out the kernel rows above the
-///   first and below the last output row, and a run's border columns share it with inner pixels.
-/// - **flat**: the plane's pixels in order cut into equal runs, which may cross rows (their
-///   pixels' offsets listed). A 7×7 plane takes 9 runs of 5–6 pixels instead of 14 of 3–4 (400
-///   pairs instead of 399): each tap's weights, loaded once per run, serve more pixels.
+/// - **rows**: each output row cut into runs of consecutive pixels as equal as they come
+///   ([`balanced`]), which read every `s`-th address. On an 8×8 plane under a padded 3×3 kernel,
+///   runs of 4 pixels compute 528 of the 576 (pixel, tap) pairs (484 read the input): they leave
+///   out the kernel rows above the first and below the last output row, and a run's border
+///   columns share it with inner pixels.
+/// - **flat**: the plane's pixels in order cut the same way, into runs that may cross rows
+///   (their pixels' offsets listed). A 7×7 plane takes 9 runs of 5–6 pixels instead of 14 of 3–4
+///   (408 pairs instead of 399): each tap's weights, loaded once per run, serve more pixels.
 struct Runs {
     /// `(first pixel p, pixel count, index into sets, flat position q of p)`.
     runs: Vec<(usize, usize, usize, usize)>,
