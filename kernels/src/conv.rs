@@ -41,9 +41,10 @@
 //! three ops run planes of at most 16 output pixels (one group) as one product per (output
 //! pixel, live tap) with the batch as columns (`conv_taps`, private), which computes only the
 //! multiply-adds that read the input. Larger f32 planes take a direct convolution where one
-//! applies (AVX-512F, stride 1): with the output channels in the vector lanes on planes of at
-//! most 256 pixels and 32, 48, 64, … channels (`conv_lanes`, private), with flat pixels in the
-//! lanes otherwise (`conv_direct`, private). [`f32_path_of`] says which path an op takes.
+//! applies (AVX-512F): with the output channels in the vector lanes on planes of at most 256
+//! pixels and 32, 48, 64, … channels (`conv_lanes`, private; stride 1, and stride 2 for the
+//! forward and weight gradient of kernels larger than 1×1), with flat pixels in the lanes
+//! otherwise (stride 1, `conv_direct`, private). [`f32_path_of`] says which path an op takes.
 
 use std::borrow::Cow;
 
@@ -642,8 +643,9 @@ pub enum F32Path {
     /// One product per (output pixel, live tap), batch as columns (`conv_taps`, private): one
     /// group, at most 16 output pixels.
     Taps,
-    /// Direct, output channels in the vector lanes (`conv_lanes`, private): AVX-512F, stride 1,
-    /// one group, planes of at most 256 pixels, rows a multiple of 16 (at least 32).
+    /// Direct, output channels in the vector lanes (`conv_lanes`, private): AVX-512F, stride 1
+    /// (or 2 for the forward and weight gradient of kernels larger than 1×1), one group, planes
+    /// of at most 256 output pixels, rows a multiple of 16 (at least 32).
     Lanes,
     /// Direct, flat pixels in the vector lanes (`conv_direct`, private): AVX-512F, stride 1.
     Direct,

@@ -16,10 +16,11 @@
 //! with `q_p = s·(i·Wp + j)` the flat position of output pixel `p = (i, j)` in the padded plane
 //! (stride `s`; a run's pixels then broadcast from every `s`-th address) and
 //! `δ_k = c·Hp·Wp + a·Wp + b` the offset of tap `k = (c, a, b)`, as in [`crate::conv_direct`].
-//! Each output row is cut into equal runs of at most `P` consecutive pixels (`P` = 6, 8, 12 for
-//! `V` = 4, 2, 1), and a register block is `V` vectors of rows (16·V channels) by one run: per
-//! tap `V` weight vectors are loaded and one input value per pixel broadcast (from consecutive
-//! addresses at stride 1). A run takes only the taps that read the unpadded source for at least one of its
+//! The output pixels are cut into runs of at most `P` pixels (`P` = 6, 8, 12 for `V` = 4, 2, 1:
+//! pieces of an output row, or of the plane's pixels in order across rows, [`Runs`]), and a
+//! register block is `V` vectors of rows (16·V channels) by one run: per tap `V` weight vectors
+//! are loaded and one input value per pixel broadcast (from consecutive addresses within a row
+//! at stride 1). A run takes only the taps that read the unpadded source for at least one of its
 //! pixels ([`Runs`]); the taps left out would only add exact zeros. On an 8×8 plane under a
 //! padded 3×3 kernel 528 of the 576 (pixel, tap) pairs are computed (484 read the input). oneDNN's
 //! direct kernel must skip such pairs too: its measured rate on that plane would exceed the host's
@@ -59,7 +60,8 @@ const fn per_block(v: usize) -> usize {
 }
 
 /// Whether the lanes path handles `op` on `g`: f32 on AVX-512F (checked by the caller's path),
-/// stride 1 (or 2 in both directions for the forward and the weight gradient), dilation 1, one
+/// stride 1 (or 2 in both directions for the forward and the weight gradient of kernels larger
+/// than 1×1, the only ones measured), dilation 1, one
 /// group, `p < K`, not pointwise, and the rows of the op a multiple of 16 (output channels for
 /// the forward and weight gradient, input channels for the input gradient), on planes of at
 /// most [`MAX_PLANE`] output pixels and `MAX_PLANE·stride²` input pixels with at least 32
@@ -67,7 +69,7 @@ const fn per_block(v: usize) -> usize {
 pub(crate) fn applicable(g: &Geom, op: ConvOp) -> bool {
     let rows = if op == ConvOp::InputGrad { g.c } else { g.o };
     let s = g.p.stride;
-    (s == (1, 1) || (s == (2, 2) && op != ConvOp::InputGrad))
+    (s == (1, 1) || (s == (2, 2) && op != ConvOp::InputGrad && g.kh * g.kw > 1))
         && g.p.dilation == (1, 1)
         && g.p.groups == 1
         && !g.is_pointwise()
@@ -181,7 +183,6 @@ impl Cut {
     /// of its pixels' live kernel positions: kernel row `a` is live for output row `i` where
     /// `top ≤ s·i + a < top + h`, column `b` for output column `j` where `left ≤ s·j + b < left +
     /// w`.
-    #[allow(clippy::too_many_arguments)]
     fn new(
         plan: &Plan,
         (kh, kw): (usize, usize),
@@ -220,10 +221,12 @@ impl Cut {
 
     /// `Σ_runs taps·(n + 1)` per source channel: each tap of a run costs its `n` pixels'
     /// multiply-adds and one more for loading its weights. Per op on the 2-core AMD EPYC (ms,
-    /// batch 128): on 7×7 planes, where flat runs cost 8% less, 256 channels forward and input
-    /// gradient 41–42 → 33–36 ms with them, 128 → 256 input gradient 42–45 → 34 (one thread);
-    /// on 8×8 and 14×14 planes, 3% less, they measured level (64 channels), so flat runs are taken
-    /// only where they cost at least 5% less.
+    /// batch 128), with the flat cut of eacfbf9 (eight runs of 6 and one of 1 on 7×7, 8% below
+    /// the rows by this cost): 256 channels forward and input gradient 41–42 → 33–36 ms with flat
+    /// runs, 128 → 256 input gradient 42–45 → 34 (one thread); on 8×8 and 14×14 planes, 3%
+    /// below, level (64 channels); so flat runs are taken only where they cost at least 5% less.
+    /// The balanced flat cut of 7×7 (four runs of 6, five of 5) is 5.8% below the rows by this
+    /// cost and measured level with eacfbf9's.
     fn cost(&self) -> usize {
         self.runs
             .iter()
@@ -471,6 +474,10 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let chunk = wgrad_chunk(g.n);
     let kk = g.kh * g.kw;
     let live = live_pixels(g);
+    // per kernel position, the offsets δ of its taps channel by channel
+    let blocks: Vec<Vec<usize>> = (0..kk)
+        .map(|ab| (0..g.c).map(|c| plan.offs[c * kk + ab]).collect())
+        .collect();
     let starts: Vec<usize> = (0..g.n).step_by(chunk).collect();
     let parts: Vec<Vec<f32>> = starts
         .par_iter()
@@ -505,7 +512,7 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                         let mut c0 = 0;
                         while c0 < g.c {
                             let t = tb.min(g.c - c0);
-                            let offs: Vec<usize> = (c0..c0 + t).map(|c| plan.offs[c * kk + ab]).collect();
+                            let offs = &blocks[ab][c0..c0 + t];
                             // SAFETY: AVX-512F checked by `applicable`; reads `j·sl + δ + q <
                             // m·sl` (`δ + q < sl`: `q` is an output pixel's flat position),
                             // `dt[j·pix·o + p·o + o0 + 16V] ≤ m·pix·o` (`p < pix`, `o0 + 16V ≤
@@ -517,7 +524,7 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                                     &WgradArgs {
                                         x: xp.as_ptr(),
                                         xs: sl,
-                                        offs: &offs,
+                                        offs,
                                         pixels,
                                         d: dt.as_ptr().add(o0),
                                         ds: pix * o,
@@ -543,8 +550,10 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
 /// pixels `p = (i, j)` whose read `(s·i + a, s·j + b)` of the padded input lies in the unpadded
 /// `H × W` source, as `(p·O, q_p)`: the offset of `p`'s row in a sample's `[pixels][O]` output
 /// gradient and its flat position `q_p = s·(i·Wp + j)` (stride `s`). Every other pixel reads padding and adds an
-/// exact zero to the tap's sum. On an 8×8 plane under a 3×3 kernel with padding 1: 49 pixels
-/// at the corners, 56 at the edges, 64 in the middle, 484 of 576 pairs.
+/// exact zero to the tap's sum (for a finite output gradient: an infinite or NaN one at such a
+/// pixel made the sum NaN before, as im2col still does, and is now left out). On an 8×8 plane
+/// under a 3×3 kernel with padding 1: 49 pixels at the corners, 56 at the edges, 64 in the
+/// middle, 484 of 576 pairs.
 fn live_pixels(g: &Geom) -> Vec<Vec<(usize, usize)>> {
     let (ph, pw) = g.p.padding;
     let (wp, s) = (g.w + 2 * pw, g.p.stride.0);
@@ -891,6 +900,14 @@ mod tests {
         assert_eq!(r, vec![(4, false); 16]);
         // 3×3: rows (flat runs would read the padding rows)
         assert_eq!(check_runs(&geom((1, 8, 3, 3), (64, 8, 3, 3), 1, 1)).len(), 3);
+        // runs across rows at stride 2 (ResNet-20's 32×16×16 → 64) and with 2 and 1 vectors
+        for (x, w, s) in [
+            ((1, 4, 16, 16), (64, 4, 3, 3), 2),
+            ((1, 4, 7, 9), (32, 4, 3, 3), 1),
+            ((1, 4, 9, 13), (48, 4, 3, 3), 1),
+        ] {
+            assert!(check_runs(&geom(x, w, 1, s)).iter().any(|&(_, c)| c), "{x:?} {w:?}");
+        }
         // other shapes, strides and paddings: the invariants only
         for (x, w, pad, s) in [
             ((1, 4, 9, 7), (32, 4, 5, 5), 2, 1),

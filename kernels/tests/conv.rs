@@ -524,13 +524,14 @@ fn dead_taps_are_cut_without_changing_values_or_gradients() {
 /// forward and the weight gradient; the input gradient takes im2col): ResNet-20's 16×32×32 → 32,
 /// odd and unequal sides, a 5×5 kernel with padding 2, padding 0 (rows and columns of the input
 /// that no output reads); a 4×4 plane under padding 2 (each 6-pixel output row one run, whose
-/// pixels share no kernel position that reads the input); and the same bits on pools of 1 and 3
-/// threads.
+/// first and last pixels share no kernel position that reads the input); runs that cross output
+/// rows with 4, 2 and 1 vectors per block (the first at stride 2: ResNet-20's 32×16×16 → 64);
+/// and the same bits on pools of 1 and 3 threads.
 #[test]
 fn lanes_path_matches_f64() {
     use secateur_kernels::conv::{f32_path_of, ConvOp, F32Path};
     // (input, kernel, padding, stride)
-    let shapes: [([usize; 4], [usize; 4], usize, usize); 14] = [
+    let shapes: [([usize; 4], [usize; 4], usize, usize); 17] = [
         ([5, 64, 8, 8], [64, 64, 3, 3], 1, 1),
         ([3, 64, 7, 7], [64, 64, 3, 3], 1, 1),
         ([17, 32, 6, 5], [32, 32, 3, 3], 1, 1),
@@ -545,6 +546,9 @@ fn lanes_path_matches_f64() {
         ([2, 32, 10, 8], [48, 32, 5, 5], 2, 2),
         ([17, 32, 12, 11], [32, 32, 3, 3], 0, 2),
         ([9, 64, 4, 4], [64, 64, 3, 3], 2, 1),
+        ([2, 32, 16, 16], [64, 32, 3, 3], 1, 2),
+        ([3, 32, 7, 9], [32, 32, 3, 3], 1, 1),
+        ([2, 48, 9, 13], [48, 48, 3, 3], 1, 1),
     ];
     let mut lanes_ops = 0;
     for (i, (xs, ws, pad, stride)) in shapes.into_iter().enumerate() {
@@ -608,6 +612,12 @@ fn lanes_path_matches_f64() {
         }
     }
     if std::arch::is_x86_feature_detected!("avx512f") {
-        assert_eq!(lanes_ops, 38, "ops on the lanes path");
+        assert_eq!(lanes_ops, 46, "ops on the lanes path");
+        // 1×1 kernels with stride 2 stay off it (not measured there)
+        let p2 = ConvParams::new(2, 0, 1, 1);
+        for op in [ConvOp::Forward, ConvOp::InputGrad, ConvOp::WeightGrad] {
+            let path = f32_path_of((8, 64, 16, 16), (128, 64, 1, 1), p2, op).unwrap();
+            assert_ne!(path, F32Path::Lanes, "1×1 stride 2 {op:?}");
+        }
     }
 }
