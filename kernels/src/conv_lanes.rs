@@ -548,30 +548,23 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
 
 /// For each kernel position `(a, b)` (index `a·KW + b`) of the forward correlation, the output
 /// pixels `p = (i, j)` whose read `(s·i + a, s·j + b)` of the padded input lies in the unpadded
-/// `H × W` source, as `(p·O, q_p)`: the offset of `p`'s row in a sample's `[pixels][O]` output
-/// gradient and its flat position `q_p = s·(i·Wp + j)` (stride `s`). Every other pixel reads padding and adds an
+/// `H × W` source ([`conv_taps::source`](crate::conv_taps::source), the rule every path uses),
+/// as `(p·O, q_p)`: the offset of `p`'s row in a sample's `[pixels][O]` output gradient and its
+/// flat position `q_p = s·(i·Wp + j)` (stride `s`). Every other pixel reads padding and adds an
 /// exact zero to the tap's sum (for a finite output gradient: an infinite or NaN one at such a
 /// pixel made the sum NaN before, as im2col still does, and is now left out). On an 8×8 plane
 /// under a 3×3 kernel with padding 1: 49 pixels at the corners, 56 at the edges, 64 in the
 /// middle, 484 of 576 pairs.
 fn live_pixels(g: &Geom) -> Vec<Vec<(usize, usize)>> {
-    let (ph, pw) = g.p.padding;
-    let (wp, s) = (g.w + 2 * pw, g.p.stride.0);
-    // the output indices t < len with lo ≤ s·t + a < hi
-    let live = |lo: usize, hi: usize, a: usize, len: usize| (0..len).filter(move |&t| (lo..hi).contains(&(s * t + a)));
-    let mut all = Vec::with_capacity(g.kh * g.kw);
-    for a in 0..g.kh {
-        for b in 0..g.kw {
-            let mut px = Vec::new();
-            for i in live(ph, ph + g.h, a, g.oh) {
-                for j in live(pw, pw + g.w, b, g.ow) {
-                    px.push(((i * g.ow + j) * g.o, s * (i * wp + j)));
-                }
-            }
-            all.push(px);
-        }
-    }
-    all
+    let (wp, s) = (g.w + 2 * g.p.padding.1, g.p.stride.0);
+    (0..g.kh * g.kw)
+        .map(|tap| {
+            (0..g.pix())
+                .filter(|&p| crate::conv_taps::source(g, p, tap).is_some())
+                .map(|p| (p * g.o, s * ((p / g.ow) * wp + p % g.ow)))
+                .collect()
+        })
+        .collect()
 }
 
 /// One weight-gradient block: the chunk's padded inputs `x` (sample stride `xs`), the taps
@@ -596,8 +589,44 @@ mod avx512 {
     use super::WgradArgs;
     use std::arch::x86_64::*;
 
-    /// Dispatches [`fwd_block`] on `v ∈ {4, 2, 1}` vectors of rows, `n` pixels (at most
-    /// [`super::per_block`]`(v)`) and stride `s ∈ {1, 2}`.
+    /// Calls `$go!(V, P)` for `$v ∈ {4, 2, 1}` vectors and `$n` pixels or taps, at most
+    /// [`super::per_block`]`(V)`: the shapes the blocks are compiled for.
+    macro_rules! by_shape {
+        ($v:expr, $n:expr, $go:ident) => {
+            match ($v, $n) {
+                (4, 1) => $go!(4, 1),
+                (4, 2) => $go!(4, 2),
+                (4, 3) => $go!(4, 3),
+                (4, 4) => $go!(4, 4),
+                (4, 5) => $go!(4, 5),
+                (4, 6) => $go!(4, 6),
+                (2, 1) => $go!(2, 1),
+                (2, 2) => $go!(2, 2),
+                (2, 3) => $go!(2, 3),
+                (2, 4) => $go!(2, 4),
+                (2, 5) => $go!(2, 5),
+                (2, 6) => $go!(2, 6),
+                (2, 7) => $go!(2, 7),
+                (2, 8) => $go!(2, 8),
+                (1, 1) => $go!(1, 1),
+                (1, 2) => $go!(1, 2),
+                (1, 3) => $go!(1, 3),
+                (1, 4) => $go!(1, 4),
+                (1, 5) => $go!(1, 5),
+                (1, 6) => $go!(1, 6),
+                (1, 7) => $go!(1, 7),
+                (1, 8) => $go!(1, 8),
+                (1, 9) => $go!(1, 9),
+                (1, 10) => $go!(1, 10),
+                (1, 11) => $go!(1, 11),
+                (1, 12) => $go!(1, 12),
+                (v, n) => unreachable!("a block of {n} pixels or taps for {v} vectors"),
+            }
+        };
+    }
+
+    /// Dispatches [`corr_block`] on `v ∈ {4, 2, 1}` vectors of rows and `n` pixels (at most
+    /// [`super::per_block`]`(v)`), pixel `i` reading `s·i` on (stride `s ∈ {1, 2}`).
     ///
     /// # Safety
     /// AVX-512F; `src[off + s·l]` readable for every `(off, _)` of `taps` and `l < n`;
@@ -613,21 +642,20 @@ mod avx512 {
         t: *mut f32,
         ts: usize,
     ) {
-        macro_rules! go {
-            ($v:literal, $s:literal; $($p:literal)*) => {
-                match n {
-                    $($p => fwd_block::<$v, $p, $s>(src, taps, w, t, ts),)*
-                    _ => unreachable!("a run of {n} pixels for {} vectors", $v),
-                }
+        macro_rules! stride1 {
+            ($v:literal, $p:literal) => {
+                corr_block::<$v, $p>(src, |i| i, taps, w, t, ts)
             };
         }
-        match (v, s) {
-            (4, 1) => go!(4, 1; 1 2 3 4 5 6),
-            (2, 1) => go!(2, 1; 1 2 3 4 5 6 7 8),
-            (_, 1) => go!(1, 1; 1 2 3 4 5 6 7 8 9 10 11 12),
-            (4, _) => go!(4, 2; 1 2 3 4 5 6),
-            (2, _) => go!(2, 2; 1 2 3 4 5 6 7 8),
-            _ => go!(1, 2; 1 2 3 4 5 6 7 8 9 10 11 12),
+        macro_rules! stride2 {
+            ($v:literal, $p:literal) => {
+                corr_block::<$v, $p>(src, |i| 2 * i, taps, w, t, ts)
+            };
+        }
+        if s == 1 {
+            by_shape!(v, n, stride1)
+        } else {
+            by_shape!(v, n, stride2)
         }
     }
 
@@ -647,58 +675,22 @@ mod avx512 {
         ts: usize,
     ) {
         macro_rules! go {
-            ($v:literal; $($p:literal)*) => {
-                match n {
-                    $($p => gather_block::<$v, $p>(src, steps, taps, w, t, ts),)*
-                    _ => unreachable!("a run of {n} pixels for {} vectors", $v),
-                }
-            };
+            ($v:literal, $p:literal) => {{
+                let mut st = [0usize; $p];
+                st.copy_from_slice(&steps[..$p]);
+                corr_block::<$v, $p>(src, |i| st[i], taps, w, t, ts)
+            }};
         }
-        match v {
-            4 => go!(4; 1 2 3 4 5 6),
-            2 => go!(2; 1 2 3 4 5 6 7 8),
-            _ => go!(1; 1 2 3 4 5 6 7 8 9 10 11 12),
-        }
+        by_shape!(v, n, go)
     }
 
-    /// `t[i·ts + 16v' + l] = Σ_{(off, wo)} src[off + steps[i]] · w[wo + 16v' + l]`.
+    /// `t[i·ts + 16v' + l] = Σ_{(off, wo)} src[off + at(i)] · w[wo + 16v' + l]`, `i < P`,
+    /// `v' < V`: pixel `i` of the run at offset `at(i)` (`S·i` for a run within a row, its listed
+    /// offset for a run across rows; the closure is inlined, so `S·i` stays an immediate).
     #[target_feature(enable = "avx512f")]
-    unsafe fn gather_block<const V: usize, const P: usize>(
+    unsafe fn corr_block<const V: usize, const P: usize>(
         src: *const f32,
-        steps: &[usize],
-        taps: &[(usize, usize)],
-        w: *const f32,
-        t: *mut f32,
-        ts: usize,
-    ) {
-        let mut st = [0usize; P];
-        st.copy_from_slice(&steps[..P]);
-        let mut acc = [[_mm512_setzero_ps(); V]; P];
-        for &(off, wo) in taps {
-            let wk = w.add(wo);
-            let mut wv = [_mm512_setzero_ps(); V];
-            for (j, wv) in wv.iter_mut().enumerate() {
-                *wv = _mm512_loadu_ps(wk.add(16 * j));
-            }
-            let s = src.add(off);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let xb = _mm512_set1_ps(*s.add(st[i]));
-                for j in 0..V {
-                    acc[j] = _mm512_fmadd_ps(xb, wv[j], acc[j]);
-                }
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            for (j, a) in a.iter().enumerate() {
-                _mm512_storeu_ps(t.add(i * ts + 16 * j), *a);
-            }
-        }
-    }
-
-    /// `t[i·ts + 16v' + l] = Σ_{(off, wo)} src[off + S·i] · w[wo + 16v' + l]`, `i < P`, `v' < V`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fwd_block<const V: usize, const P: usize, const S: usize>(
-        src: *const f32,
+        at: impl Fn(usize) -> usize,
         taps: &[(usize, usize)],
         w: *const f32,
         t: *mut f32,
@@ -713,7 +705,7 @@ mod avx512 {
             }
             let s = src.add(off);
             for (i, acc) in acc.iter_mut().enumerate() {
-                let xb = _mm512_set1_ps(*s.add(S * i));
+                let xb = _mm512_set1_ps(*s.add(at(i)));
                 for j in 0..V {
                     acc[j] = _mm512_fmadd_ps(xb, wv[j], acc[j]);
                 }
@@ -734,18 +726,11 @@ mod avx512 {
     /// and `d[j·ds + dp + 0..16v]` readable; `out[k·os + 0..16v]` writable.
     pub(super) unsafe fn wgrad(v: usize, t: usize, a: &WgradArgs) {
         macro_rules! go {
-            ($v:literal; $($t:literal)*) => {
-                match t {
-                    $($t => wgrad_block::<$v, $t>(a),)*
-                    _ => unreachable!("a block of {t} taps for {} vectors", $v),
-                }
+            ($v:literal, $t:literal) => {
+                wgrad_block::<$v, $t>(a)
             };
         }
-        match v {
-            4 => go!(4; 1 2 3 4 5 6),
-            2 => go!(2; 1 2 3 4 5 6 7 8),
-            _ => go!(1; 1 2 3 4 5 6 7 8 9 10 11 12),
-        }
+        by_shape!(v, t, go)
     }
 
     /// `out[k·os + 16v' + l] = Σ_j Σ_{(dp, q)} x[j·xs + offs[k] + q] · d[j·ds + dp + 16v' + l]`

@@ -35,7 +35,7 @@ pub(crate) fn applicable(g: &Geom) -> bool {
 }
 
 /// The input pixel that output pixel `p` reads with tap `t`, if inside the plane.
-fn source(g: &Geom, p: usize, t: usize) -> Option<usize> {
+pub(crate) fn source(g: &Geom, p: usize, t: usize) -> Option<usize> {
     let (i, j) = (p / g.ow, p % g.ow);
     let (a, b) = (t / g.kw, t % g.kw);
     let ih = (i * g.p.stride.0 + a * g.p.dilation.0).checked_sub(g.p.padding.0)?;
